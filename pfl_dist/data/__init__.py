@@ -1,0 +1,1 @@
+"""Federated datasets: synthetic (the paper's generator) and images (IDX files)."""

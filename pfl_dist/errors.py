@@ -1,0 +1,27 @@
+"""Errors a user can cause. Each one becomes a single line on stderr and a non-zero exit.
+
+Anything a user can get wrong (config, data, world size) raises a subclass of `PflError`;
+`assert` is kept for internal invariants only.
+"""
+
+from __future__ import annotations
+
+
+class PflError(Exception):
+    """Base class: the message is shown to the user as one line, without a traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(PflError):
+    """A config key is unknown, mistyped, out of range, or inconsistent with the world size."""
+
+
+class DataError(PflError):
+    """Data is missing, corrupt, or cannot be partitioned as the config asks."""
+
+
+class DivergenceError(PflError):
+    """A local or global model became NaN/inf. Names the round and the client."""
+
+    exit_code = 3
