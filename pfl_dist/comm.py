@@ -1,0 +1,151 @@
+"""The Communicator (the only path to torch.distributed collectives) and its byte ledger.
+
+Byte accounting, in one place:
+- payload_bytes: numel * element_size of each tensor handed to a collective, per rank.
+- wire_bytes_model: what the collective algorithm puts on the network, per rank, from the
+  formulas in `WIRE_BYTES_PER_RANK` (gloo's CPU all-reduce was measured to move exactly the
+  ring amount; shared/ENVIRONMENT.md).
+- uplink_bytes / downlink_bytes: FL-equivalent traffic, the model bytes each participating
+  client would send to / receive from a server. Comparable with papers that count
+  rounds x model size.
+- wire_bytes_measured: the interface's tx_bytes counter around each collective, read on local
+  rank 0 of every node when GLOO_SOCKET_IFNAME names an interface; None otherwise.
+
+Collectives are SPMD: every rank issues the same collectives with the same sizes, so the job
+total of payload and modelled wire bytes is world_size x the per-rank amount, computed on every
+rank without any communication. Only the measured counters differ by node; they are summed
+across ranks in the evaluation reduction (`measured_local`).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pfl_dist.runtime import Runtime
+
+
+class Traffic(enum.Enum):
+    TRAIN = "train"  # the model exchange of a training round: what the trade-off curves count
+    TELEMETRY = "telemetry"  # metric reductions, set-up agreement (smoothness, resume round)
+
+
+def ring_all_reduce_wire_bytes(payload_bytes: int, world_size: int) -> int:
+    """Ring all-reduce: reduce-scatter + all-gather, each rank sends 2(W-1)/W of the payload."""
+    return 2 * (world_size - 1) * payload_bytes // world_size
+
+
+WIRE_BYTES_PER_RANK: dict[str, Callable[[int, int], int]] = {
+    "all_reduce": ring_all_reduce_wire_bytes,
+}
+
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+@dataclass
+class Counters:
+    """Job-level byte counters of one traffic class (summed over all ranks)."""
+
+    payload_bytes: int = 0
+    wire_bytes_model: int = 0
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    num_collectives: int = 0
+    wire_bytes_measured: int | None = None
+
+    def add(self, other: Counters) -> None:
+        # wire_bytes_measured is not additive per rank: it is summed over nodes at evaluation.
+        for f in fields(self):
+            if f.name != "wire_bytes_measured":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+class InterfaceCounter:
+    """tx_bytes of the interface named by GLOO_SOCKET_IFNAME, or None when there is none."""
+
+    def __init__(self, ifname: str | None) -> None:
+        path = Path(f"/sys/class/net/{ifname}/statistics/tx_bytes") if ifname else None
+        self.path = path if path is not None and path.exists() else None
+
+    def read(self) -> int | None:
+        return int(self.path.read_text()) if self.path is not None else None
+
+
+class ByteLedger:
+    """Per-round and cumulative counters for each traffic class. Replicated on every rank."""
+
+    def __init__(self) -> None:
+        self.round = {t: Counters() for t in Traffic}
+        self.total = {t: Counters() for t in Traffic}
+        # This node's measured bytes (local rank 0 only), not yet summed over nodes.
+        self.measured_local = {t: 0 for t in Traffic}
+        self.measuring = False
+
+    def record(self, traffic: Traffic, counters: Counters) -> None:
+        self.round[traffic].add(counters)
+
+    def close_round(self) -> dict[Traffic, Counters]:
+        closed = self.round
+        for traffic, counters in closed.items():
+            self.total[traffic].add(counters)
+        self.round = {t: Counters() for t in Traffic}
+        return closed
+
+    def set_measured_totals(self, train: int, telemetry: int) -> None:
+        """Store the all-node sums of the measured counters (taken in an eval reduction)."""
+        self.total[Traffic.TRAIN].wire_bytes_measured = train
+        self.total[Traffic.TELEMETRY].wire_bytes_measured = telemetry
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "total": {t.value: self.total[t].to_dict() for t in Traffic},
+            "measured_local": {t.value: self.measured_local[t] for t in Traffic},
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        totals = state["total"]
+        measured = state["measured_local"]
+        assert isinstance(totals, dict) and isinstance(measured, dict)
+        self.total = {t: Counters(**totals[t.value]) for t in Traffic}
+        self.measured_local = {t: int(measured[t.value]) for t in Traffic}
+
+
+class Communicator:
+    """Every collective of pfl_dist goes through here, so every byte is counted."""
+
+    def __init__(self, runtime: Runtime, ledger: ByteLedger) -> None:
+        self.runtime = runtime
+        self.ledger = ledger
+        ifname = os.environ.get("GLOO_SOCKET_IFNAME") if runtime.distributed else None
+        # One reader per node: the interface is shared by the node's ranks.
+        self.interface = InterfaceCounter(ifname if runtime.local_rank == 0 else None)
+        ledger.measuring = ifname is not None
+
+    def all_reduce(self, tensor: torch.Tensor, *, traffic: Traffic, op: str = "sum") -> torch.Tensor:
+        """In-place all-reduce of one flat buffer; a no-op (but still counted) on one process."""
+        world_size = self.runtime.world_size
+        payload = tensor.numel() * tensor.element_size()
+        before = self.interface.read()
+        if self.runtime.distributed:
+            dist.all_reduce(tensor, op=_REDUCE_OPS[op])
+        after = self.interface.read()
+        if before is not None and after is not None:
+            self.ledger.measured_local[traffic] += after - before
+        wire = WIRE_BYTES_PER_RANK["all_reduce"](payload, world_size)
+        self.ledger.record(traffic, Counters(payload_bytes=payload * world_size,
+                                             wire_bytes_model=wire * world_size, num_collectives=1))
+        return tensor
+
+    def record_client_traffic(self, *, num_participants: int, model_bytes: int) -> None:
+        """FL-equivalent bytes: each participant uploads its model and downloads w_g."""
+        size = num_participants * model_bytes
+        self.ledger.record(Traffic.TRAIN, Counters(uplink_bytes=size, downlink_bytes=size))

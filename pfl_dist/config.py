@@ -1,0 +1,259 @@
+"""Typed experiment config: one frozen dataclass per section, YAML + dotted overrides.
+
+Precedence is CLI override > YAML file > dataclass default. Every key is checked when the
+config is built: unknown keys, wrong types and out-of-range values raise `ConfigError` with
+the dotted key in the message ("algorithm.lam must be >= 0, got -1.0").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from pfl_dist.errors import ConfigError
+
+Auto = Literal["auto"]
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"  # run directory name below out_dir
+    out_dir: str = "runs"  # parent folder of run directories
+    seed: int = 0  # seeds data, model init and client sampling
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty folder name")
+        _require(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: Literal["synthetic", "fashion_mnist", "mnist", "mnist5k"] = "synthetic"
+    num_clients: int = 4  # m, the number of clients taking part
+    samples_per_client: int = 200  # n (synthetic)
+    dim: int = 10  # d (synthetic)
+    num_classes: int = 2  # C (synthetic)
+    R: float = 1.0  # heterogeneity: std of the clients' true models (synthetic)
+    data_dir: str | None = None  # IDX folder (images); None = the kind's default
+    download: bool = False  # images: download missing files (needs a network)
+    partition: Literal["classes", "dirichlet", "iid"] = "classes"  # images
+    num_partitions: int = 300  # images: clients partitioned before num_clients are drawn
+    classes_per_client: int = 2  # images, partition=classes
+    alpha: float = 0.5  # images, partition=dirichlet
+    test_fraction: float = 0.1  # images: per-client test split
+
+    def __post_init__(self) -> None:
+        for key in ("num_clients", "samples_per_client", "dim", "num_partitions"):
+            value = getattr(self, key)
+            _require(value >= 1, f"data.{key}", f"must be >= 1, got {value}")
+        _require(self.num_classes >= 2, "data.num_classes", f"must be >= 2, got {self.num_classes}")
+        _require(self.R >= 0, "data.R", f"must be >= 0, got {self.R}")
+        _require(1 <= self.classes_per_client <= 10, "data.classes_per_client",
+                 f"must be in 1..10, got {self.classes_per_client}")
+        _require(self.alpha > 0, "data.alpha", f"must be > 0, got {self.alpha}")
+        _require(0 < self.test_fraction < 1, "data.test_fraction",
+                 f"must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # auto: linear softmax without bias for synthetic data (the paper's), logreg for images
+    kind: Literal["auto", "linear", "logreg", "cnn"] = "auto"
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: Literal["fedclup", "fedavg", "fedprox", "local"] = "fedclup"
+    lam: float = 0.5  # degree of personalization lambda (proximal weight for fedprox)
+    local_lr: float | Auto = "auto"  # eta; auto = 1/(L + lam)
+    global_lr: float | Auto = "auto"  # gamma (fedclup); auto = 1/lam + 1/L
+    smoothness: float | Auto = "auto"  # L; auto = max_i lambda_max(X_i^T X_i)/(4 n_i)
+    num_local_steps: int = 150  # K full-batch GD steps (when batch_size is null)
+    local_epochs: int = 5  # E epochs of minibatch SGD (when batch_size is set)
+    batch_size: int | None = None  # null = full-batch gradient descent
+    sample_fraction: float = 1.0  # C, fraction of clients sampled per round
+
+    def __post_init__(self) -> None:
+        _require(self.lam >= 0, "algorithm.lam", f"must be >= 0, got {self.lam}")
+        for key in ("local_lr", "global_lr", "smoothness"):
+            value = getattr(self, key)
+            _require(value == "auto" or value > 0, f"algorithm.{key}", f"must be > 0 or 'auto', got {value}")
+        _require(self.num_local_steps >= 1, "algorithm.num_local_steps",
+                 f"must be >= 1, got {self.num_local_steps}")
+        _require(self.local_epochs >= 1, "algorithm.local_epochs", f"must be >= 1, got {self.local_epochs}")
+        _require(self.batch_size is None or self.batch_size >= 1, "algorithm.batch_size",
+                 f"must be >= 1 or null, got {self.batch_size}")
+        _require(0 < self.sample_fraction <= 1, "algorithm.sample_fraction",
+                 f"must be in (0, 1], got {self.sample_fraction}")
+        _require(not (self.name == "fedclup" and self.lam == 0 and self.global_lr != "auto"),
+                 "algorithm.global_lr", "must be 'auto' when algorithm.lam is 0 (gamma = 1/lam)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_rounds: int = 50
+    eval_every: int = 5  # evaluate (one extra collective) every this many rounds, and at the end
+    dtype: Literal["float32", "float64"] = "float32"
+
+    def __post_init__(self) -> None:
+        _require(self.num_rounds >= 1, "train.num_rounds", f"must be >= 1, got {self.num_rounds}")
+        _require(self.eval_every >= 1, "train.eval_every", f"must be >= 1, got {self.eval_every}")
+
+
+@dataclass(frozen=True)
+class CommConfig:
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto = nccl on cuda, gloo on cpu
+    timeout_s: float = 300.0  # collective timeout; a dead peer ends the job after this
+
+    def __post_init__(self) -> None:
+        _require(self.timeout_s > 0, "comm.timeout_s", f"must be > 0, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 0  # rounds between checkpoints; 0 = never
+    keep: int = 2  # newest complete checkpoints kept
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, "checkpoint.every", f"must be >= 0, got {self.every}")
+        _require(self.keep >= 1, "checkpoint.keep", f"must be >= 1, got {self.keep}")
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check_world_size(self, world_size: int) -> None:
+        """Errors the config causes only for a given number of processes."""
+        _require(self.data.num_clients >= world_size, "data.num_clients",
+                 f"({self.data.num_clients}) must be >= the world size ({world_size}): "
+                 "every process hosts at least one client")
+
+
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+# --- building a Config from plain data -------------------------------------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    names = []
+    for option in options:
+        if typing.get_origin(option) is Literal:
+            names.append(" | ".join(repr(v) for v in typing.get_args(option)))
+        else:
+            names.append("null" if option is type(None) else option.__name__)
+    return " or ".join(names)
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (Union, types.UnionType)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Return `value` if it fits `annotation` (ints widen to float), else raise ConfigError."""
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if typing.get_origin(option) is Literal and value in typing.get_args(option):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option in (int, str, bool) and type(value) is option:
+            return value
+    raise ConfigError(f"{key} must be {_type_name(annotation)}, got {value!r}")
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{name}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f"{name}.{k}" for k in hints]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise _unknown_key(f"{name}.{key}", known)
+        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    for name in raw:
+        if name not in SECTIONS:
+            raise _unknown_key(str(name), list(SECTIONS))
+    return Config(**{name: _build_section(name, SECTIONS[name], raw[name]) for name in raw})
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`algorithm.lam=0.5` -> (["algorithm", "lam"], 0.5); the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or key.count(".") != 1 or not all(key.split(".")):
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        parsed = value  # an unparsable value stays a string and the type check decides
+    return key.split("."), parsed
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
+    """Defaults < YAML file < `section.key=value` overrides, validated as a whole."""
+    raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        section_values = raw.setdefault(section, {})
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping, got {section_values!r}")
+        section_values[key] = value
+    return config_from_dict(raw)

@@ -1,0 +1,97 @@
+"""Process-group lifecycle: the only module that touches init_process_group.
+
+Works the same under `torchrun` (RANK/WORLD_SIZE set) and as a plain single process (no
+process group at all; collectives become local no-ops in the Communicator).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from pfl_dist.config import Config
+from pfl_dist.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str | None  # None when running as a single process without a process group
+
+    @property
+    def is_logging_rank(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def env_world_size() -> int:
+    """The world size torchrun announced, 1 for a plain process. Read without any set-up."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or "MASTER_ADDR" in os.environ
+
+
+def select_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device is 'cuda' but no CUDA device is available")
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def select_backend(requested: str, device: torch.device) -> str:
+    """nccl for CUDA tensors, gloo for CPU tensors; an explicit choice must fit the device."""
+    if requested == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if requested == "nccl" and device.type != "cuda":
+        raise ConfigError("comm.backend 'nccl' needs run.device 'cuda' (nccl cannot reduce CPU tensors)")
+    return requested
+
+
+def set_num_threads(local_world_size: int) -> int:
+    """Split the cores between the ranks of this node so W ranks do not oversubscribe them.
+
+    An explicit OMP_NUM_THREADS set by the user wins only when torchrun did not pick it:
+    torchrun forces 1 for nproc > 1, which is also what this rule gives on a small box.
+    """
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // max(1, local_world_size))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def init_runtime(cfg: Config) -> Runtime:
+    world_size = env_world_size()
+    rank, local_rank = env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    device = select_device(cfg.run.device, local_rank)
+    backend = select_backend(cfg.comm.backend, device) if launched_by_torchrun() else None
+    set_num_threads(local_world_size)
+    if backend is not None:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.comm.timeout_s))
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank,
+                   local_world_size=local_world_size, device=device, backend=backend)
+
+
+def shutdown_runtime(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()

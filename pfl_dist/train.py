@@ -1,0 +1,306 @@
+"""Entry point: `torchrun --nproc-per-node=W -m pfl_dist.train --config X.yaml key=value ...`.
+
+Also runs as a plain single process (`python -m pfl_dist.train ...`), hosting every client.
+One round on every rank (shared/DESIGN.md):
+    S_t <- sample(seed, t)                        no communication
+    w_i <- local_update(...) for my i in S_t      one batched computation
+    buf <- [sum n_i w_i, sum n_i]; all_reduce     the only collective of a training round
+    w_g <- algorithm.global_step(w_g, avg)        identical on all ranks
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pfl_dist.algorithms import Algorithm, build_algorithm
+from pfl_dist.comm import ByteLedger, Communicator, Traffic
+from pfl_dist.config import Config, load_config
+from pfl_dist.errors import DivergenceError, PflError
+from pfl_dist.runtime import Runtime, env_rank, env_world_size, init_runtime, shutdown_runtime
+from pfl_dist.sampling import client_block, sample_clients
+from pfl_dist.tasks import Task, build_task
+from pfl_dist.tracking import NullLogger, RunLogger
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pfl_dist.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML experiment config (defaults are used without one)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def model_sha256(model: torch.Tensor) -> str:
+    return hashlib.sha256(model.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+class Trainer:
+    """Holds the replicated global model, this rank's local models, and the byte ledger."""
+
+    def __init__(self, cfg: Config, runtime: Runtime) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.ledger = ByteLedger()
+        self.comm = Communicator(runtime, self.ledger)
+        block = client_block(runtime.rank, world_size=runtime.world_size, num_clients=cfg.data.num_clients)
+        self.task: Task = build_task(cfg, client_ids=block, device=runtime.device)
+        self.algorithm: Algorithm = build_algorithm(cfg.algorithm, smoothness=self._smoothness())
+        self.global_model = self.task.init_model()
+        self.local_models = self.global_model.repeat(len(block), 1)
+        self.model_bytes = self.global_model.numel() * self.global_model.element_size()
+        self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
+        self.final_update_counts = torch.zeros(0, dtype=torch.long)
+        self.round_times: list[float] = []
+        self.start_round = 0
+        self.logger = RunLogger(cfg.run_dir, cfg.to_dict()) if runtime.is_logging_rank else NullLogger()
+        self.started = time.perf_counter()
+
+    def _smoothness(self) -> float:
+        """L: explicit, or the max over all clients of the per-client bound (one MAX reduce)."""
+        if self.cfg.algorithm.smoothness != "auto":
+            return float(self.cfg.algorithm.smoothness)
+        local = torch.tensor([self.task.local_smoothness()], dtype=torch.float64, device=self.runtime.device)
+        return float(self.comm.all_reduce(local, traffic=Traffic.TELEMETRY, op="max"))
+
+    # --- one training round ------------------------------------------------------------
+
+    def _my_rows(self, sampled: torch.Tensor) -> torch.Tensor:
+        block = self.task.client_ids
+        mine = sampled[(sampled >= block.start) & (sampled < block.stop)]
+        return (mine - block.start).to(self.runtime.device)
+
+    def _local_phase(self, round_idx: int, rows: torch.Tensor) -> torch.Tensor:
+        algo = self.algorithm
+        models = algo.start_models(self.local_models[rows], self.global_model)
+        models = self.task.local_update(models, rows, anchor=self.global_model, lam=algo.prox_weight,
+                                        lr=algo.local_lr, round_idx=round_idx)
+        self.local_models[rows] = models
+        self.update_counts[rows] += 1
+        return models
+
+    def _communication_phase(self, rows: torch.Tensor, models: torch.Tensor, num_sampled: int) -> None:
+        buffer = torch.zeros(self.task.num_params + 1, dtype=models.dtype, device=models.device)
+        if len(rows):
+            buffer[:-1] = self.task.sample_counts[rows] @ models
+            buffer[-1] = self.task.sample_counts[rows].sum()
+        self.comm.all_reduce(buffer, traffic=Traffic.TRAIN)
+        self.comm.record_client_traffic(num_participants=num_sampled, model_bytes=self.model_bytes)
+        self.global_model = self.algorithm.global_step(self.global_model, buffer[:-1] / buffer[-1])
+
+    def _check_finite(self, round_idx: int, rows: torch.Tensor, models: torch.Tensor) -> None:
+        finite_rows = torch.isfinite(models).all(dim=1)
+        if not bool(finite_rows.all()):
+            client = self.task.client_ids.start + int(rows[~finite_rows][0])
+            raise DivergenceError(f"round {round_idx + 1}: client {client} diverged (non-finite local model); "
+                                  "lower algorithm.local_lr")
+        if not bool(torch.isfinite(self.global_model).all()):
+            raise DivergenceError(f"round {round_idx + 1}: the global model is non-finite "
+                                  "(a client on another rank diverged); lower algorithm.local_lr")
+
+    def run_round(self, round_idx: int) -> None:
+        started = time.perf_counter()
+        cfg = self.cfg
+        sampled = torch.from_numpy(sample_clients(round_idx, seed=cfg.run.seed, num_clients=cfg.data.num_clients,
+                                                  sample_fraction=cfg.algorithm.sample_fraction))
+        rows = self._my_rows(sampled)
+        models = self._local_phase(round_idx, rows)
+        if self.algorithm.communicates:
+            # A diverged client still joins the all-reduce, so every rank sees the NaN and stops.
+            self._communication_phase(rows, models, len(sampled))
+        self._check_finite(round_idx, rows, models)
+        self.round_times.append(time.perf_counter() - started)
+
+    # --- evaluation --------------------------------------------------------------------
+
+    def evaluation_model(self) -> torch.Tensor:
+        """w_g, or for LocalTrain the sample-weighted mean of local models (evaluation only)."""
+        if self.algorithm.communicates:
+            return self.global_model
+        counts = self.task.sample_counts
+        buffer = torch.cat([counts @ self.local_models, counts.sum().reshape(1)])
+        self.comm.all_reduce(buffer, traffic=Traffic.TELEMETRY)
+        return buffer[:-1] / buffer[-1]
+
+    def evaluate(self, *, final: bool = False) -> dict[str, float]:
+        """Metric sums of every rank in one all-reduce (telemetry, not training traffic).
+
+        The final evaluation also sums how often each client was trained (m numbers, once), so
+        the summary shows which clients took part, independent of the world size.
+        """
+        global_model = self.evaluation_model()
+        sums = self.task.metric_sums(self.local_models, global_model)
+        if final:
+            counts = torch.zeros(self.cfg.data.num_clients, dtype=torch.float64, device=self.runtime.device)
+            counts[self.task.client_ids.start: self.task.client_ids.stop] = self.update_counts
+            sums["update_counts"] = counts
+        if self.ledger.measuring:
+            sums["measured_train"] = torch.tensor(float(self.ledger.measured_local[Traffic.TRAIN]), dtype=torch.float64)
+            sums["measured_telemetry"] = torch.tensor(float(self.ledger.measured_local[Traffic.TELEMETRY]),
+                                                      dtype=torch.float64)
+        names = sorted(sums)
+        flat = torch.cat([sums[k].reshape(-1).double().to(self.runtime.device) for k in names])
+        self.comm.all_reduce(flat, traffic=Traffic.TELEMETRY)
+        reduced, offset = {}, 0
+        for name in names:
+            size = sums[name].numel()
+            reduced[name] = flat[offset: offset + size].reshape(sums[name].shape).cpu()
+            offset += size
+        if self.ledger.measuring:
+            self.ledger.set_measured_totals(int(reduced.pop("measured_train")), int(reduced.pop("measured_telemetry")))
+        if final:
+            self.final_update_counts = reduced.pop("update_counts").long()
+        return self.task.finalize_metrics(reduced, global_model.cpu())
+
+    def _is_eval_round(self, round_num: int) -> bool:
+        return round_num % self.cfg.train.eval_every == 0 or round_num == self.cfg.train.num_rounds
+
+    def _record(self, round_num: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "round": round_num,
+            "wall_s": time.perf_counter() - self.started,
+            "metrics": metrics,
+            "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
+            "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
+        }
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        metrics = self.evaluate() if self.start_round == 0 else {}
+        if self.start_round == 0:
+            self.ledger.close_round()
+            self._log_eval(self._record(0, metrics))
+        for round_idx in range(self.start_round, self.cfg.train.num_rounds):
+            round_num = round_idx + 1
+            self.run_round(round_idx)
+            if self._is_eval_round(round_num):
+                metrics = self.evaluate(final=round_num == self.cfg.train.num_rounds)
+            closed = self.ledger.close_round()
+            self.logger.log_round(round_num, comm=closed, round_s=self.round_times[-1])
+            if self._is_eval_round(round_num):
+                self._log_eval(self._record(round_num, metrics))
+        return self._finish(metrics)
+
+    def _log_eval(self, record: dict[str, Any]) -> None:
+        self.logger.log_eval(record)
+        if self.runtime.is_logging_rank:
+            print(progress_line(record, num_rounds=self.cfg.train.num_rounds, round_times=self.round_times), flush=True)
+
+    def _finish(self, metrics: dict[str, float]) -> dict[str, Any]:
+        final_model = self.evaluation_model() if not self.algorithm.communicates else self.global_model
+        summary = {
+            "config": self.cfg.to_dict(),
+            "world_size": self.runtime.world_size,
+            "backend": self.runtime.backend,
+            "num_rounds_completed": self.cfg.train.num_rounds,
+            "algorithm": self.algorithm.describe(),
+            "final": metrics,
+            "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
+            "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
+            "time": {"wall_s": time.perf_counter() - self.started,
+                     "round_s_median": statistics.median(self.round_times) if self.round_times else 0.0},
+            "global_model_sha256": model_sha256(final_model),
+            "participation": participation_summary(self.final_update_counts),
+        }
+        if self.runtime.is_logging_rank:
+            final_dir = self.cfg.run_dir / "final"
+            final_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(self.task.model_state_dict(final_model.cpu()), final_dir / "global.pt")
+        self.logger.finish(summary, hparams=self._hparams())
+        return summary
+
+    def _hparams(self) -> dict[str, Any]:
+        cfg = self.cfg
+        algo = cfg.algorithm
+        return {"method": algo.name, "lam": algo.lam, "num_local_steps": algo.num_local_steps,
+                "sample_fraction": algo.sample_fraction, "num_clients": cfg.data.num_clients, "R": cfg.data.R,
+                "data": cfg.data.kind, "world_size": self.runtime.world_size, "seed": cfg.run.seed}
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def participation_summary(update_counts: torch.Tensor) -> dict[str, Any]:
+    """How many local updates each client received; the full list only for small federations."""
+    summary: dict[str, Any] = {
+        "num_local_updates": int(update_counts.sum()),
+        "update_counts_sha256": hashlib.sha256(update_counts.numpy().tobytes()).hexdigest(),
+    }
+    if len(update_counts) <= 1000:
+        summary["update_counts"] = update_counts.tolist()
+    return summary
+
+
+def format_bytes(num: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(num) < 1000 or unit == "GB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.2f} {unit}"
+        num /= 1000
+    raise AssertionError("unreachable")
+
+
+def progress_line(record: dict[str, Any], *, num_rounds: int, round_times: list[float]) -> str:
+    shown = " ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if not k.startswith("naive"))
+    wire = format_bytes(record["comm"]["wire_bytes_model"])
+    ms = 1000 * statistics.median(round_times) if round_times else 0.0
+    return f"round {record['round']:>4}/{num_rounds} | {shown} | train wire {wire} | {ms:.1f} ms/round"
+
+
+def report_error(err: PflError, *, rank: int) -> int:
+    """One line on stderr, no traceback. Rank-independent errors are printed by rank 0 only."""
+    if rank == 0 or isinstance(err, DivergenceError):
+        print(f"pfl_dist: error: {err}", file=sys.stderr, flush=True)
+    return err.exit_code
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    runtime = init_runtime(cfg)
+    trainer = None
+    try:
+        trainer = Trainer(cfg, runtime)
+        summary = trainer.train()
+    finally:
+        if trainer is not None:
+            trainer.close()
+    shutdown_runtime(runtime)
+    if runtime.is_logging_rank:
+        print_final(cfg, summary)
+    return summary
+
+
+def print_final(cfg: Config, summary: dict[str, Any]) -> None:
+    comm = summary["comm"]
+    final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items())
+    print(f"final: {final}")
+    print(f"training bytes: wire (model) {format_bytes(comm['wire_bytes_model'])}, payload "
+          f"{format_bytes(comm['payload_bytes'])}, uplink {format_bytes(comm['uplink_bytes'])}, downlink "
+          f"{format_bytes(comm['downlink_bytes'])} in {comm['num_collectives']} collectives")
+    print(f"run dir: {cfg.run_dir}  (summary.json, metrics.jsonl)")
+    print(f"TensorBoard: tensorboard --logdir {Path(cfg.run.out_dir)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        cfg.check_world_size(env_world_size())
+        run(cfg)
+    except PflError as err:
+        return report_error(err, rank=env_rank())
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,55 @@
+"""Shared test helpers: run pfl_dist in-process (one process) or under real torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pfl_dist.config import load_config
+from pfl_dist.train import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_inprocess(tmp_path: Path, *overrides: str, config: str | None = None, name: str = "run") -> dict[str, Any]:
+    """One process hosting every client; returns summary.json."""
+    cfg = load_config(config, [f"run.out_dir={tmp_path}", f"run.name={name}", *overrides])
+    run(cfg)
+    return read_summary(tmp_path / name)
+
+
+def run_torchrun(
+    tmp_path: Path, nproc: int, *overrides: str, config: str | None = None, name: str = "run", timeout: float = 300
+) -> dict[str, Any]:
+    """`torchrun --standalone --nproc-per-node=nproc -m pfl_dist.train`; returns summary.json."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "pfl_dist.train"]
+    command += (["--config", config] if config else []) + [f"run.out_dir={tmp_path}", f"run.name={name}", *overrides]
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"torchrun failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return read_summary(tmp_path / name)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def global_weights(run_dir: Path) -> torch.Tensor:
+    return torch.load(run_dir / "final" / "global.pt", weights_only=True)["weight"]
+
+
+def run_cli(*args: str, module: str = "pfl_dist.train", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
