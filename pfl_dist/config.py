@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,6 +178,17 @@ def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (Union, types.UnionType)
 
 
+def _as_float(value: Any) -> float | None:
+    """Numbers, and strings like '1e6' that PyYAML (YAML 1.1) leaves as strings; finite only."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Return `value` if it fits `annotation` (ints widen to float), else raise ConfigError."""
     options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
@@ -185,8 +197,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return None
         if typing.get_origin(option) is Literal and value in typing.get_args(option):
             return value
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if option is float and _as_float(value) is not None:
+            return _as_float(value)
         if option in (int, str, bool) and type(value) is option:
             return value
     raise ConfigError(f"{key} must be {_type_name(annotation)}, got {value!r}")

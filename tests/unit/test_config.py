@@ -102,3 +102,9 @@ def test_launcher_rejects_more_processes_than_clients() -> None:
 def test_every_shipped_config_is_valid() -> None:
     for path in sorted((REPO / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_scientific_notation_is_a_float_but_nan_is_not() -> None:
+    assert load_config(None, ["algorithm.lam=1e6"]).algorithm.lam == 1e6  # PyYAML reads '1e6' as a string
+    with pytest.raises(ConfigError, match="algorithm.lam must be float, got 'nan'"):
+        load_config(None, ["algorithm.lam=nan"])

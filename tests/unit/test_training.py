@@ -1,0 +1,93 @@
+"""Single-process training runs (no process group): the method's limits and the paper's claims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pfl_dist.config import load_config
+from pfl_dist.runtime import init_runtime
+from pfl_dist.train import Trainer
+from tests.helpers import REPO, read_metrics, run_cli, run_inprocess
+
+SMALL = ("data.num_clients=6", "data.samples_per_client=80", "algorithm.num_local_steps=30", "train.num_rounds=8",
+         "train.eval_every=4")
+
+
+def train_models(tmp_path: Path, *overrides: str) -> Trainer:
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", *SMALL, *overrides])
+    trainer = Trainer(cfg, init_runtime(cfg))
+    trainer.train()
+    trainer.close()
+    return trainer
+
+
+def test_lambda_zero_leaves_local_models_equal_to_pure_local_training(tmp_path: Path) -> None:
+    fedclup = train_models(tmp_path / "a", "algorithm.name=fedclup", "algorithm.lam=0")
+    local = train_models(tmp_path / "b", "algorithm.name=local", "algorithm.lam=0")
+    assert fedclup.algorithm.local_lr == local.algorithm.local_lr
+    assert torch.equal(fedclup.local_models, local.local_models)  # bitwise: w_g never enters
+    assert fedclup.ledger.total[next(iter(fedclup.ledger.total))].num_collectives == 8
+
+
+def test_huge_lambda_behaves_like_fedavg(tmp_path: Path) -> None:
+    """As lam -> inf, FedCLUP's round is one GD step of size 1/L on the global loss, which is
+    exactly FedAvg with one local step of lr 1/L (full participation)."""
+    fedclup = train_models(tmp_path / "a", "algorithm.name=fedclup", "algorithm.lam=1e6", "train.dtype=float64")
+    smoothness = fedclup.algorithm.smoothness
+    fedavg = train_models(tmp_path / "b", "algorithm.name=fedavg", "algorithm.num_local_steps=1",
+                          f"algorithm.local_lr={1 / smoothness}", "train.dtype=float64")
+    moved = (fedavg.global_model - fedavg.task.init_model()).abs().max()
+    diff = (fedclup.global_model - fedavg.global_model).abs().max()
+    assert float(moved) > 0.1  # both really trained
+    assert float(diff) < 1e-4 * float(moved)
+    moderate = train_models(tmp_path / "c", "algorithm.name=fedclup", "algorithm.lam=1", "train.dtype=float64")
+    assert float((moderate.global_model - fedavg.global_model).abs().max()) > 100 * float(diff)
+
+
+PAPER = ("data.num_clients=10", "data.samples_per_client=200", "data.dim=10", "data.num_classes=2",
+         "algorithm.num_local_steps=150", "train.num_rounds=50", "train.eval_every=50")
+
+
+def _final_itr(tmp_path: Path, name: str, *overrides: str) -> float:
+    return float(run_inprocess(tmp_path, *PAPER, *overrides, name=name)["final"]["ITR"])
+
+
+def test_paper_sanity_small_and_large_heterogeneity(tmp_path: Path) -> None:
+    # Small R: sharing helps, so a moderate lambda beats training alone.
+    clup = _final_itr(tmp_path, "clup_r01", "data.R=0.1", "algorithm.lam=0.5")
+    local = _final_itr(tmp_path, "local_r01", "data.R=0.1", "algorithm.name=local", "algorithm.local_lr=0.001")
+    assert clup < local
+    # Large R: clients differ, so a small lambda beats forcing one model (FedAvg).
+    clup = _final_itr(tmp_path, "clup_r3", "data.R=3.0", "algorithm.lam=0.02")
+    fedavg = _final_itr(tmp_path, "fedavg_r3", "data.R=3.0", "algorithm.name=fedavg", "algorithm.local_lr=0.01")
+    assert clup < fedavg
+
+
+def test_metrics_file_has_one_record_per_evaluated_round(tmp_path: Path) -> None:
+    run_inprocess(tmp_path, *SMALL, "train.num_rounds=9", "train.eval_every=4")
+    records = read_metrics(tmp_path / "run")
+    assert [r["round"] for r in records] == [0, 4, 8, 9]
+    assert records[0]["comm"]["uplink_bytes"] == 0
+    assert records[-1]["comm"]["uplink_bytes"] == 9 * 6 * 80
+    assert {"ITR", "ATR", "acc_personal", "acc_global", "loss_personal", "loss_global"} <= set(records[-1]["metrics"])
+
+
+def test_divergence_names_round_and_client(tmp_path: Path) -> None:
+    result = run_cli("--config", str(REPO / "configs/default.yaml"), f"run.out_dir={tmp_path}",
+                     "algorithm.local_lr=1e30", "train.num_rounds=3")
+    assert result.returncode == 3
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("pfl_dist: error: round 1: client 0 diverged")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "default" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("name", ["fedclup", "fedavg", "fedprox", "local"])
+def test_every_algorithm_learns(tmp_path: Path, name: str) -> None:
+    summary = run_inprocess(tmp_path, *SMALL, f"algorithm.name={name}")
+    first = read_metrics(tmp_path / "run")[0]["metrics"]
+    assert summary["final"]["loss_personal"] < 0.5 * first["loss_personal"]
+    assert summary["final"]["acc_personal"] > 0.85
