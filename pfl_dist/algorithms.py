@@ -24,9 +24,14 @@ class Algorithm:
     resets_local_models: ClassVar[bool] = False
 
     def __init__(self, cfg: AlgorithmConfig, *, smoothness: float) -> None:
-        self.lam = cfg.lam
+        self.cfg = cfg
         self.smoothness = smoothness
-        self.local_lr = self.default_local_lr() if cfg.local_lr == "auto" else float(cfg.local_lr)
+        self.set_lam(cfg.lam_auto_init if cfg.lam == "auto" else cfg.lam)
+
+    def set_lam(self, lam: float) -> None:
+        """Set lambda and every step size derived from it (lam=auto changes it mid-run)."""
+        self.lam = lam
+        self.local_lr = self.default_local_lr() if self.cfg.local_lr == "auto" else float(self.cfg.local_lr)
 
     def default_local_lr(self) -> float:
         """eta = 1/(L + lam): stable for the proximal objective (PAPER.md §2)."""
@@ -54,13 +59,15 @@ class FedCLUP(Algorithm):
 
     name = "fedclup"
 
-    def __init__(self, cfg: AlgorithmConfig, *, smoothness: float) -> None:
-        super().__init__(cfg, smoothness=smoothness)
-        if cfg.global_lr == "auto":
+    def set_lam(self, lam: float) -> None:
+        super().set_lam(lam)
+        if self.cfg.global_lr == "auto":
             # gamma = 1/lam + 1/L, so gamma * lam = 1 + lam/L (well defined at lam = 0).
-            self.step_factor = 1.0 + self.lam / smoothness
+            self.step_factor = 1.0 + lam / self.smoothness
+        elif self.cfg.global_lr == "1/lam":
+            self.step_factor = 1.0  # gamma * lam = 1: w_g is the weighted average of the local models
         else:
-            self.step_factor = float(cfg.global_lr) * self.lam
+            self.step_factor = float(self.cfg.global_lr) * lam
 
     def global_step(self, global_model: torch.Tensor, average: torch.Tensor) -> torch.Tensor:
         return envelope_step(global_model, average, step_factor=self.step_factor)
@@ -99,6 +106,18 @@ class LocalTrain(Algorithm):
     @property
     def prox_weight(self) -> float:
         return 0.0
+
+
+def theory_lambda(r_hat: float, *, num_samples: float, c: float) -> float:
+    """The paper's rule (PAPER.md §3): lam = c / (n R^2) if R >= 1/sqrt(n), else c / (sqrt(n) R).
+
+    The branches meet at lam = c when R = 1/sqrt(n). R_hat is floored at 1e-12, so identical
+    clients give a very large (FedAvg-like) lambda instead of a division by zero.
+    """
+    r_hat = max(r_hat, 1e-12)
+    if r_hat >= num_samples**-0.5:
+        return c / (num_samples * r_hat**2)
+    return c / (num_samples**0.5 * r_hat)
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedCLUP, FedAvg, FedProx, LocalTrain)}

@@ -78,9 +78,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     name: Literal["fedclup", "fedavg", "fedprox", "local"] = "fedclup"
-    lam: float = 0.5  # degree of personalization lambda (proximal weight for fedprox)
+    lam: float | Auto = 0.5  # degree of personalization lambda; auto = the paper's rule (fedclup)
+    lam_auto_c: float = 5.0  # lam=auto: the rule's constant c
+    lam_auto_warmup: float = 0.2  # lam=auto: fraction of rounds run before R_hat is estimated
+    lam_auto_init: float = 1.0  # lam=auto: lambda used during the warm-up rounds
     local_lr: float | Auto = "auto"  # eta; auto = 1/(L + lam)
-    global_lr: float | Auto = "auto"  # gamma (fedclup); auto = 1/lam + 1/L
+    # gamma (fedclup); auto = 1/lam + 1/L; '1/lam' = plain averaging (the paper's image runs)
+    global_lr: float | Literal["auto", "1/lam"] = "auto"
     smoothness: float | Auto = "auto"  # L; auto = max_i lambda_max(X_i^T X_i)/(4 n_i)
     num_local_steps: int = 150  # K full-batch GD steps (when batch_size is null)
     local_epochs: int = 5  # E epochs of minibatch SGD (when batch_size is set)
@@ -88,10 +92,16 @@ class AlgorithmConfig:
     sample_fraction: float = 1.0  # C, fraction of clients sampled per round
 
     def __post_init__(self) -> None:
-        _require(self.lam >= 0, "algorithm.lam", f"must be >= 0, got {self.lam}")
+        _require(self.lam == "auto" or self.lam >= 0, "algorithm.lam", f"must be >= 0 or 'auto', got {self.lam}")
+        _require(self.lam != "auto" or self.name == "fedclup", "algorithm.lam",
+                 f"'auto' is only defined for fedclup, not {self.name}")
+        _require(self.lam_auto_c > 0, "algorithm.lam_auto_c", f"must be > 0, got {self.lam_auto_c}")
+        _require(0 < self.lam_auto_warmup < 1, "algorithm.lam_auto_warmup",
+                 f"must be in (0, 1), got {self.lam_auto_warmup}")
+        _require(self.lam_auto_init > 0, "algorithm.lam_auto_init", f"must be > 0, got {self.lam_auto_init}")
         for key in ("local_lr", "global_lr", "smoothness"):
             value = getattr(self, key)
-            _require(value == "auto" or value > 0, f"algorithm.{key}", f"must be > 0 or 'auto', got {value}")
+            _require(isinstance(value, str) or value > 0, f"algorithm.{key}", f"must be > 0 or 'auto', got {value}")
         _require(self.num_local_steps >= 1, "algorithm.num_local_steps",
                  f"must be >= 1, got {self.num_local_steps}")
         _require(self.local_epochs >= 1, "algorithm.local_epochs", f"must be >= 1, got {self.local_epochs}")
@@ -99,8 +109,8 @@ class AlgorithmConfig:
                  f"must be >= 1 or null, got {self.batch_size}")
         _require(0 < self.sample_fraction <= 1, "algorithm.sample_fraction",
                  f"must be in (0, 1], got {self.sample_fraction}")
-        _require(not (self.name == "fedclup" and self.lam == 0 and self.global_lr != "auto"),
-                 "algorithm.global_lr", "must be 'auto' when algorithm.lam is 0 (gamma = 1/lam)")
+        _require(not (self.name == "fedclup" and self.lam == 0 and not isinstance(self.global_lr, str)),
+                 "algorithm.global_lr", "must be 'auto' or '1/lam' when algorithm.lam is 0 (gamma = 1/lam)")
 
 
 @dataclass(frozen=True)

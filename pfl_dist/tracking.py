@@ -49,6 +49,9 @@ class NullLogger:
     def log_eval(self, record: dict[str, Any]) -> None:
         pass
 
+    def log_lambda(self, choice: dict[str, float]) -> None:
+        pass
+
     def finish(self, summary: dict[str, Any], hparams: dict[str, Any]) -> None:
         pass
 
@@ -113,6 +116,11 @@ class RunLogger(NullLogger):
                 self.writer.add_scalar(f"tradeoff_fl/{name}_vs_fl_bytes", record["metrics"][name], fl_bytes)
         with open(self.metrics_path, "a") as f:  # reopened per record: a crash loses no line
             f.write(json.dumps(record) + "\n")
+
+    def log_lambda(self, choice: dict[str, float]) -> None:
+        """lam=auto: the estimated heterogeneity and the lambda the rule chose."""
+        self.writer.add_scalar("lambda/R_hat", choice["R_hat"], int(choice["round"]))
+        self.writer.add_scalar("lambda/lam", choice["lam"], int(choice["round"]))
 
     def finish(self, summary: dict[str, Any], hparams: dict[str, Any]) -> None:
         metrics = {f"hparam/{k}": v for k, v in summary["final"].items()}

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pfl_dist.algorithms import Algorithm, build_algorithm
+from pfl_dist.algorithms import Algorithm, build_algorithm, theory_lambda
 from pfl_dist.comm import ByteLedger, Communicator, Traffic
 from pfl_dist.config import Config, load_config
 from pfl_dist.errors import DivergenceError, PflError
@@ -60,6 +60,7 @@ class Trainer:
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
         self.start_round = 0
+        self.lambda_choice: dict[str, float] | None = None
         self.logger = RunLogger(cfg.run_dir, cfg.to_dict()) if runtime.is_logging_rank else NullLogger()
         self.started = time.perf_counter()
 
@@ -171,6 +172,31 @@ class Trainer:
             "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
         }
 
+    # --- theory-guided lambda (algorithm.lam = auto) ---------------------------------
+
+    def lambda_auto_round(self) -> int | None:
+        """The round after which R_hat is estimated and lambda chosen; None unless lam=auto."""
+        if self.cfg.algorithm.lam != "auto":
+            return None
+        return max(1, round(self.cfg.algorithm.lam_auto_warmup * self.cfg.train.num_rounds))
+
+    def choose_lambda(self, round_num: int) -> None:
+        """R_hat = mean ||w_i - w_g|| over clients trained so far (one telemetry all-reduce),
+        then lambda by the paper's rule with n = the mean client sample count."""
+        trained = self.update_counts > 0
+        distances = torch.linalg.vector_norm(self.local_models[trained] - self.global_model, dim=1)
+        sums = torch.stack([distances.double().sum(), trained.double().sum(),
+                            self.task.sample_counts.double().sum(), torch.tensor(float(len(trained)))])
+        self.comm.all_reduce(sums.to(self.runtime.device), traffic=Traffic.TELEMETRY)
+        r_hat, mean_samples = float(sums[0] / sums[1]), float(sums[2] / sums[3])
+        lam = theory_lambda(r_hat, num_samples=mean_samples, c=self.cfg.algorithm.lam_auto_c)
+        self.algorithm.set_lam(lam)
+        self.lambda_choice = {"round": round_num, "R_hat": r_hat, "lam": lam, "num_samples": mean_samples}
+        self.logger.log_lambda(self.lambda_choice)
+        if self.runtime.is_logging_rank:
+            print(f"lam=auto: after round {round_num}, R_hat {r_hat:.4g} with n {mean_samples:.0f} -> lam {lam:.4g}",
+                  flush=True)
+
     # --- the loop ----------------------------------------------------------------------
 
     def train(self) -> dict[str, Any]:
@@ -181,6 +207,8 @@ class Trainer:
         for round_idx in range(self.start_round, self.cfg.train.num_rounds):
             round_num = round_idx + 1
             self.run_round(round_idx)
+            if round_num == self.lambda_auto_round():
+                self.choose_lambda(round_num)
             if self._is_eval_round(round_num):
                 metrics = self.evaluate(final=round_num == self.cfg.train.num_rounds)
             closed = self.ledger.close_round()
@@ -202,6 +230,7 @@ class Trainer:
             "backend": self.runtime.backend,
             "num_rounds_completed": self.cfg.train.num_rounds,
             "algorithm": self.algorithm.describe(),
+            "lambda_auto": self.lambda_choice,
             "final": metrics,
             "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
             "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
@@ -220,9 +249,9 @@ class Trainer:
     def _hparams(self) -> dict[str, Any]:
         cfg = self.cfg
         algo = cfg.algorithm
-        return {"method": algo.name, "lam": algo.lam, "num_local_steps": algo.num_local_steps,
-                "sample_fraction": algo.sample_fraction, "num_clients": cfg.data.num_clients, "R": cfg.data.R,
-                "data": cfg.data.kind, "world_size": self.runtime.world_size, "seed": cfg.run.seed}
+        return {"method": algo.name, "lam": self.algorithm.lam, "lam_auto": algo.lam == "auto",
+                "num_local_steps": algo.num_local_steps, "sample_fraction": algo.sample_fraction,
+                "num_clients": cfg.data.num_clients, "R": cfg.data.R, "data": cfg.data.kind, "world_size": self.runtime.world_size, "seed": cfg.run.seed}
 
     def close(self) -> None:
         self.logger.close()

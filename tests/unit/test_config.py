@@ -33,8 +33,8 @@ def test_override_values_keep_their_yaml_types() -> None:
     [
         (["algorithm.lamda=1"], "unknown config key 'algorithm.lamda' (did you mean 'algorithm.lam'?)"),
         (["trian.num_rounds=3"], "unknown config key 'trian'"),
-        (["algorithm.lam=-1"], "algorithm.lam must be >= 0, got -1.0"),
-        (["algorithm.lam=big"], "algorithm.lam must be float, got 'big'"),
+        (["algorithm.lam=-1"], "algorithm.lam must be >= 0 or 'auto', got -1.0"),
+        (["algorithm.lam=big"], "algorithm.lam must be float or 'auto', got 'big'"),
         (["algorithm.sample_fraction=1.5"], "algorithm.sample_fraction must be in (0, 1], got 1.5"),
         (["train.num_rounds=2.5"], "train.num_rounds must be int, got 2.5"),
         (["train.num_rounds=true"], "train.num_rounds must be int, got True"),
@@ -106,5 +106,5 @@ def test_every_shipped_config_is_valid() -> None:
 
 def test_scientific_notation_is_a_float_but_nan_is_not() -> None:
     assert load_config(None, ["algorithm.lam=1e6"]).algorithm.lam == 1e6  # PyYAML reads '1e6' as a string
-    with pytest.raises(ConfigError, match="algorithm.lam must be float, got 'nan'"):
+    with pytest.raises(ConfigError, match="algorithm.lam must be float or 'auto', got 'nan'"):
         load_config(None, ["algorithm.lam=nan"])
