@@ -69,9 +69,10 @@ def preflight(cfg: Config, *, world_size: int) -> None:
     """Everything that can be checked before any process starts."""
     cfg.check_world_size(world_size)
     if cfg.data.kind != "synthetic":
-        from pfl_dist.data.images import check_available
+        # Loads the data once (~1 s) so corrupt files and impossible partitions also fail here.
+        from pfl_dist.tasks.images import preflight as images_preflight
 
-        check_available(cfg.data.kind, data_dir=cfg.data.data_dir)
+        images_preflight(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
