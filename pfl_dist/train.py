@@ -251,7 +251,8 @@ class Trainer:
         algo = cfg.algorithm
         return {"method": algo.name, "lam": self.algorithm.lam, "lam_auto": algo.lam == "auto",
                 "num_local_steps": algo.num_local_steps, "sample_fraction": algo.sample_fraction,
-                "num_clients": cfg.data.num_clients, "R": cfg.data.R, "data": cfg.data.kind, "world_size": self.runtime.world_size, "seed": cfg.run.seed}
+                "num_clients": cfg.data.num_clients, "R": cfg.data.R, "data": cfg.data.kind,
+                "world_size": self.runtime.world_size, "seed": cfg.run.seed}
 
     def close(self) -> None:
         self.logger.close()
