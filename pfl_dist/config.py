@@ -51,13 +51,16 @@ class DataConfig:
     data_dir: str | None = None  # IDX folder (images); None = the kind's default
     download: bool = False  # images: download missing files (needs a network)
     partition: Literal["classes", "dirichlet", "iid"] = "classes"  # images
-    num_partitions: int = 300  # images: clients partitioned before num_clients are drawn
+    # images: clients partitioned before num_clients are drawn; auto = 200 images per client
+    num_partitions: int | Auto = "auto"
     classes_per_client: int = 2  # images, partition=classes
     alpha: float = 0.5  # images, partition=dirichlet
     test_fraction: float = 0.1  # images: per-client test split
 
     def __post_init__(self) -> None:
-        for key in ("num_clients", "samples_per_client", "dim", "num_partitions"):
+        _require(self.num_partitions == "auto" or self.num_partitions >= 1, "data.num_partitions",
+                 f"must be >= 1 or 'auto', got {self.num_partitions}")
+        for key in ("num_clients", "samples_per_client", "dim"):
             value = getattr(self, key)
             _require(value >= 1, f"data.{key}", f"must be >= 1, got {value}")
         _require(self.num_classes >= 2, "data.num_classes", f"must be >= 2, got {self.num_classes}")

@@ -1,0 +1,321 @@
+"""The paper's image experiments (PAPER.md §4) as a Task: MNIST / Fashion-MNIST / mnist5k clients.
+
+Data. Every rank loads the dataset (numpy, read-only), partitions the whole training split into
+`data.num_partitions` clients with the configured partitioner, picks the experiment's
+`data.num_clients` of them by seed (`select_clients`), and splits each picked client 90/10 into
+train/test (`train_test_split_client`, keyed by the partition id). All of that is label
+arithmetic on every rank; only the rank's own clients are turned into tensors. Experiment client
+c is partition `selected[c]`; `client_index_sets` is the one function that maps clients to
+sample index sets, so a 1-rank and an N-rank run use the same partition by construction.
+
+Features are pixels / 255 in [0, 1], neither centred nor standardised (the paper's
+ToTensor-only pipeline): flat 784-vectors for the linear models, (1, 28, 28) for the CNN.
+
+Metrics (all additive float64 sums, reduced by the engine's one evaluation all-reduce):
+- acc_personal / loss_personal: each client's own model on its own test split, with the
+  prediction restricted to the classes present in the client's training split (logits of other
+  classes are masked to -inf before argmax and softmax), weighted by test samples.
+- naive_acc / naive_loss: the class-frequency baseline: predict the client's training class
+  frequencies (argmax for accuracy, the frequencies as probabilities for the loss).
+  improvement_over_naive = acc_personal - naive_acc.
+- acc_global / loss_global: w_g on the official test set. The test set is cut into
+  num_clients contiguous slices and each rank evaluates the slices of its own clients, so every
+  test image is evaluated exactly once per job on any world size.
+Log-probabilities are floored at log(1e-12) in both losses, so a test image of a class its
+client never trained on (possible only with the dirichlet/iid partitioners) costs a finite 27.6.
+
+Smoothness (for algorithm.smoothness = auto): logreg/linear use PAPER.md §2's bound
+max_i lambda_max(X_i^T X_i) / (4 n_i) on the [0, 1] pixels (with a column of ones for the bias).
+The CNN has no such constant: a config that would need it (local_lr or FedCLUP's global_lr
+left at auto) is rejected with a ConfigError, and otherwise L is reported as 0 (unused).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pfl_dist.config import Config
+from pfl_dist.data.images import ImageDataset, load_images
+from pfl_dist.data.partition import (
+    partition_classes,
+    partition_dirichlet,
+    partition_iid,
+    select_clients,
+    train_test_split_client,
+)
+from pfl_dist.errors import ConfigError
+from pfl_dist.local_sgd import proximal_gd, proximal_sgd
+from pfl_dist.models.cnn import CNNModel
+from pfl_dist.models.linear import LinearSoftmax
+
+NUM_CLASSES = 10
+NUM_PIXELS = 28 * 28
+LOG_PROB_FLOOR = math.log(1e-12)
+EVAL_CHUNK = 1000  # global-test images per forward pass (bounds CNN activation memory)
+
+
+class LogRegModel:
+    """LinearSoftmax on flat pixels, with the weighted minibatch gradient local SGD needs."""
+
+    input_shape = (NUM_PIXELS,)
+
+    def __init__(self, *, bias: bool) -> None:
+        self.linear = LinearSoftmax(NUM_PIXELS, NUM_CLASSES, bias=bias)
+        self.num_params = self.linear.num_params
+
+    def init_params(self, seed: int, *, dtype: torch.dtype) -> torch.Tensor:
+        """nn.Linear's default U(-1/sqrt(784), 1/sqrt(784)) from a fixed seed (not the synthetic
+        N(0, 1): on 784 pixels that starts every client with logits of size ~10)."""
+        bound = 1.0 / math.sqrt(NUM_PIXELS)
+        generator = torch.Generator().manual_seed(seed)
+        params = torch.rand(self.num_params, generator=generator, dtype=torch.float64) * 2 * bound - bound
+        return params.to(dtype)
+
+    def state_dict(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.linear.state_dict(flat)
+
+    def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.linear.logits(params, x)
+
+    def weighted_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                      weights: torch.Tensor) -> torch.Tensor:
+        """Analytic: X^T ((softmax - onehot) * w), two batched matmuls for all k clients."""
+        probs = torch.softmax(self.linear.logits(params, x), dim=-1)
+        residual = probs.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(probs[..., :1], -1.0))
+        residual.mul_(weights.unsqueeze(-1))
+        parts = [torch.bmm(x.transpose(1, 2), residual).flatten(1)]
+        if self.linear.bias:
+            parts.append(residual.sum(dim=1))
+        return torch.cat(parts, dim=1)
+
+
+ImageModel = LogRegModel | CNNModel
+
+
+def build_image_model(kind: str) -> ImageModel:
+    """model.kind: auto and logreg = multinomial logistic regression with bias; linear = without."""
+    if kind == "cnn":
+        return CNNModel(NUM_CLASSES)
+    return LogRegModel(bias=kind != "linear")
+
+
+@dataclass(frozen=True)
+class ClientSplit:
+    client_id: int  # the experiment's stable client id, 0..num_clients-1
+    partition_id: int  # which of the num_partitions partitions it is
+    train: np.ndarray  # sorted indices into the official training split
+    test: np.ndarray
+
+
+PAPER_CLIENT_SIZE = 200  # 60000 training images over 300 clients (PAPER.md §4)
+
+
+def num_partitions(cfg: Config, num_train: int) -> int:
+    """data.num_partitions, where 'auto' keeps the paper's client size of 200 images: 300
+    partitions of (Fashion-)MNIST, 20 of the 4,000 mnist5k training images."""
+    if cfg.data.num_partitions != "auto":
+        return int(cfg.data.num_partitions)
+    return max(cfg.data.num_clients, num_train // PAPER_CLIENT_SIZE)
+
+
+def _partition(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
+    data, seed = cfg.data, cfg.run.seed
+    parts = num_partitions(cfg, len(labels))
+    if data.partition == "classes":
+        return partition_classes(labels, num_partitions=parts, classes_per_client=data.classes_per_client, seed=seed)
+    if data.partition == "dirichlet":
+        return partition_dirichlet(labels, num_partitions=parts, alpha=data.alpha, seed=seed)
+    return partition_iid(labels, num_partitions=parts, seed=seed)
+
+
+def client_index_sets(cfg: Config, train_labels: np.ndarray, *, client_ids: Sequence[int]) -> list[ClientSplit]:
+    """Train/test sample indices of the experiment clients `client_ids`; rank-independent."""
+    check_image_config(cfg)
+    partitions = _partition(cfg, train_labels)
+    selected = select_clients(len(partitions), num_clients=cfg.data.num_clients, seed=cfg.run.seed)
+    splits = []
+    for client_id in client_ids:
+        partition_id = int(selected[client_id])
+        train, test = train_test_split_client(partitions[partition_id], test_fraction=cfg.data.test_fraction,
+                                              seed=cfg.run.seed, client_id=partition_id)
+        splits.append(ClientSplit(client_id=client_id, partition_id=partition_id, train=train, test=test))
+    return splits
+
+
+def needs_smoothness(cfg: Config) -> bool:
+    """Whether L enters a step size (local_lr auto, or FedCLUP's global_lr auto)."""
+    algo = cfg.algorithm
+    return algo.local_lr == "auto" or (algo.name == "fedclup" and algo.global_lr == "auto")
+
+
+def check_image_config(cfg: Config) -> None:
+    """Config errors that only image runs can have."""
+    data = cfg.data
+    if data.num_partitions != "auto" and data.num_clients > data.num_partitions:
+        raise ConfigError(f"data.num_clients ({data.num_clients}) must be <= data.num_partitions "
+                          f"({data.num_partitions}): the experiment uses num_clients of the partitioned clients")
+    if cfg.model.kind == "cnn" and cfg.algorithm.smoothness == "auto" and needs_smoothness(cfg):
+        raise ConfigError("algorithm.smoothness 'auto' has no formula for model.kind 'cnn': set algorithm.local_lr "
+                          "(the paper uses 0.01) and algorithm.global_lr (e.g. 1/lam), or an explicit smoothness")
+
+
+def preflight(cfg: Config) -> None:
+    """Everything a launcher can check before starting ranks: config, files, the partition."""
+    dataset = load_images(cfg.data.kind, data_dir=cfg.data.data_dir, download=cfg.data.download)
+    client_index_sets(cfg, dataset.train.labels, client_ids=range(cfg.data.num_clients))
+
+
+def global_test_slice(num_test: int, *, client_ids: range, num_clients: int) -> slice:
+    """This rank's contiguous share of the official test set: the slices of its clients."""
+    return slice(client_ids.start * num_test // num_clients, client_ids.stop * num_test // num_clients)
+
+
+def _padded(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack (n_i, ...) arrays into (k, max n_i, ...), zero-padded."""
+    out = np.zeros((len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+    for i, array in enumerate(arrays):
+        out[i, : len(array)] = array
+    return out
+
+
+def _valid(counts: torch.Tensor, length: int) -> torch.Tensor:
+    """(k, length) True on real samples, False on padding."""
+    return torch.arange(length, device=counts.device) < counts.unsqueeze(1)
+
+
+class ImageTask:
+    """This rank's image clients: padded train/test tensors, the model, local SGD and metrics."""
+
+    def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
+        check_image_config(cfg)
+        dataset = load_images(cfg.data.kind, data_dir=cfg.data.data_dir, download=cfg.data.download)
+        self.cfg = cfg
+        self.client_ids = client_ids
+        self.device = device
+        self.dtype = dtype
+        self.model = build_image_model(cfg.model.kind)
+        self.num_params = self.model.num_params
+        self.clients = client_index_sets(cfg, dataset.train.labels, client_ids=client_ids)
+        self._materialize_clients(dataset)
+        shard = global_test_slice(len(dataset.test), client_ids=client_ids, num_clients=cfg.data.num_clients)
+        self.global_x = self._features(dataset.test.images[shard])
+        self.global_y = torch.from_numpy(np.array(dataset.test.labels[shard])).to(device)
+        self.naive_sums = self._naive_sums()
+
+    # --- data -----------------------------------------------------------------------------
+
+    def _features(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (..., 28, 28) -> float pixels / 255 in the model's input shape."""
+        pixels = torch.from_numpy(np.array(images)).to(self.device, self.dtype).div_(255.0)
+        return pixels.reshape(*images.shape[:-2], *self.model.input_shape)
+
+    def _materialize_clients(self, dataset: ImageDataset) -> None:
+        """Padded (k, max n_i, ...) tensors of this rank's clients' train and test samples."""
+        source = dataset.train  # a client's test split is held-out images of its own partition
+        self.train_counts = [len(c.train) for c in self.clients]
+        self.train_x = self._features(_padded([source.images[c.train] for c in self.clients]))
+        self.train_y = torch.from_numpy(_padded([source.labels[c.train] for c in self.clients])).to(self.device)
+        self.test_x = self._features(_padded([source.images[c.test] for c in self.clients]))
+        self.test_y = torch.from_numpy(_padded([source.labels[c.test] for c in self.clients])).to(self.device)
+        self.test_counts = torch.tensor([len(c.test) for c in self.clients], device=self.device)
+        self.sample_counts = torch.tensor(self.train_counts, dtype=self.dtype, device=self.device)
+        class_counts = np.stack([np.bincount(source.labels[c.train], minlength=NUM_CLASSES) for c in self.clients])
+        frequencies = class_counts / class_counts.sum(axis=1, keepdims=True)
+        self.class_frequencies = torch.from_numpy(frequencies).to(self.device)
+        self.class_mask = self.class_frequencies > 0  # (k, C): the classes each client trained on
+
+    # --- the Task protocol ---------------------------------------------------------------
+
+    def init_model(self) -> torch.Tensor:
+        return self.model.init_params(self.cfg.run.seed, dtype=self.dtype).to(self.device)
+
+    def model_state_dict(self, model: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.state_dict(model)
+
+    def local_smoothness(self) -> float:
+        """PAPER.md §2's bound for the linear models; 0 (unused, see module doc) for the CNN."""
+        if isinstance(self.model, CNNModel):
+            return 0.0
+        bounds = []
+        for i, n in enumerate(self.train_counts):
+            x = self.train_x[i, :n].double()
+            if self.model.linear.bias:
+                x = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], dim=1)
+            gram = x @ x.T if n < x.shape[1] else x.T @ x  # same largest eigenvalue, smaller matrix
+            bounds.append(float(torch.linalg.eigvalsh(gram)[-1]) / (4 * n))
+        return max(bounds)
+
+    def local_update(
+        self, models: torch.Tensor, rows: torch.Tensor, *, anchor: torch.Tensor, lam: float, lr: float, round_idx: int
+    ) -> torch.Tensor:
+        if not len(rows):
+            return models
+        algo = self.cfg.algorithm
+        counts = [self.train_counts[int(r)] for r in rows]
+        if algo.batch_size is None:
+            return proximal_gd(self.model, models, self.train_x, self.train_y, rows=rows, counts=counts,
+                               anchor=anchor, lam=lam, lr=lr, num_steps=algo.num_local_steps)
+        return proximal_sgd(self.model, models, self.train_x, self.train_y, rows=rows, counts=counts,
+                            client_ids=[self.client_ids.start + int(r) for r in rows], anchor=anchor, lam=lam,
+                            lr=lr, num_epochs=algo.local_epochs, batch_size=algo.batch_size,
+                            seed=self.cfg.run.seed, round_idx=round_idx)
+
+    # --- metrics -------------------------------------------------------------------------
+
+    def _naive_sums(self) -> dict[str, torch.Tensor]:
+        """The class-frequency baseline on each client's test split (constant: computed once)."""
+        valid = _valid(self.test_counts, self.test_y.shape[1])
+        prediction = self.class_frequencies.argmax(dim=1, keepdim=True)
+        probs = self.class_frequencies.gather(1, self.test_y)
+        log_probs = torch.log(probs).clamp(min=LOG_PROB_FLOOR)
+        return {
+            "naive_correct": ((self.test_y == prediction) & valid).double().sum(),
+            "naive_loss_sum": -(log_probs * valid).double().sum(),
+        }
+
+    def _personal_sums(self, local_models: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.model.logits(local_models, self.test_x).double()
+        logits = logits.masked_fill(~self.class_mask.unsqueeze(1), -math.inf)
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, self.test_y.unsqueeze(-1)).squeeze(-1)
+        valid = _valid(self.test_counts, self.test_y.shape[1])
+        correct = (logits.argmax(dim=-1) == self.test_y) & valid
+        return {
+            "num_test_personal": self.test_counts.double().sum(),
+            "correct_personal": correct.double().sum(),
+            "loss_personal_sum": -(log_probs.clamp(min=LOG_PROB_FLOOR) * valid).sum(),
+        }
+
+    def _global_sums(self, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
+        correct = torch.zeros((), dtype=torch.float64)
+        loss = torch.zeros((), dtype=torch.float64)
+        params = global_model.to(self.device, self.dtype).unsqueeze(0)
+        for x, y in zip(self.global_x.split(EVAL_CHUNK), self.global_y.split(EVAL_CHUNK), strict=True):
+            logits = self.model.logits(params, x.unsqueeze(0))[0].double()
+            log_probs = torch.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+            loss -= log_probs.clamp(min=LOG_PROB_FLOOR).sum().cpu()
+            correct += (logits.argmax(dim=-1) == y).sum().cpu()
+        return {"num_test_global": torch.tensor(float(len(self.global_y)), dtype=torch.float64),
+                "correct_global": correct, "loss_global_sum": loss}
+
+    def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**self._personal_sums(local_models), **self._global_sums(global_model), **self.naive_sums}
+
+    def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:
+        personal = float(sums["num_test_personal"])
+        num_global = float(sums["num_test_global"])
+        acc_personal = float(sums["correct_personal"]) / personal
+        naive_acc = float(sums["naive_correct"]) / personal
+        return {
+            "acc_personal": acc_personal,
+            "acc_global": float(sums["correct_global"]) / num_global,
+            "loss_personal": float(sums["loss_personal_sum"]) / personal,
+            "loss_global": float(sums["loss_global_sum"]) / num_global,
+            "naive_acc": naive_acc,
+            "naive_loss": float(sums["naive_loss_sum"]) / personal,
+            "improvement_over_naive": acc_personal - naive_acc,
+        }
