@@ -130,7 +130,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class CommConfig:
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto = nccl on cuda, gloo on cpu
-    timeout_s: float = 300.0  # collective timeout; a dead peer ends the job after this
+    # init_process_group and collective timeout: a hung peer ends the job after this (a dead one
+    # at once). Waiting for missing nodes is torchrun's --rdzv-conf=join_timeout.
+    timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         _require(self.timeout_s > 0, "comm.timeout_s", f"must be > 0, got {self.timeout_s}")
@@ -138,8 +140,8 @@ class CommConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 0  # rounds between checkpoints; 0 = never
-    keep: int = 2  # newest complete checkpoints kept
+    every: int = 0  # rounds between checkpoints; 0 = only the one written on SIGTERM/SIGINT
+    keep: int = 2  # complete checkpoints kept, besides the one being written (pfl_dist/checkpoint.py)
 
     def __post_init__(self) -> None:
         _require(self.every >= 0, "checkpoint.every", f"must be >= 0, got {self.every}")

@@ -2,13 +2,21 @@
 
 Works the same under `torchrun` (RANK/WORLD_SIZE set) and as a plain single process (no
 process group at all; collectives become local no-ops in the Communicator).
+
+Timeouts: `comm.timeout_s` bounds init_process_group (gloo's full-mesh connect) and every
+collective, so a hung peer ends the job after it. A dead peer ends a collective at once
+(connection reset). Waiting for missing nodes is torchrun's rendezvous, bounded by
+`--rdzv-conf=join_timeout=S` (default 600 s; also PET_RDZV_CONF). `collective_failure` tells
+these failures apart from bugs, so `pfl_dist.train` reports them in one line.
 """
 
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -66,10 +74,16 @@ def select_backend(requested: str, device: torch.device) -> str:
 
 
 def set_num_threads(local_world_size: int) -> int:
-    """Split the cores between the ranks of this node so W ranks do not oversubscribe them.
+    """The thread rule: intra-op threads per rank = max(1, usable cores // ranks on this node).
 
-    An explicit OMP_NUM_THREADS set by the user wins only when torchrun did not pick it:
-    torchrun forces 1 for nproc > 1, which is also what this rule gives on a small box.
+    - usable cores: this process's CPU affinity, so taskset, cgroup cpusets and a sweep's
+      per-job CPU pinning are respected (not the machine's core count);
+    - ranks on this node: torchrun's LOCAL_WORLD_SIZE (1 for a plain process), so W ranks
+      never run more than `cores` busy threads together;
+    - OMP_NUM_THREADS is overridden: torchrun sets it to 1 for nproc > 1 unasked, so a worker
+      cannot tell it from a user's choice. On these 2-core machines: 1 thread per rank with
+      2+ ranks, 2 for a plain process.
+    Tasks may use fewer (the synthetic task uses 1: its kernels are too small to split).
     """
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // max(1, local_world_size))
@@ -95,3 +109,20 @@ def init_runtime(cfg: Config) -> Runtime:
 def shutdown_runtime(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def collective_failure(err: RuntimeError) -> bool:
+    """Raised inside a torch.distributed call; gloo raises a plain RuntimeError on a timeout."""
+    if isinstance(err, dist.DistError):
+        return True
+    return any(Path(frame.f_code.co_filename).match("torch/distributed/*.py")
+               for frame, _ in traceback.walk_tb(err.__traceback__))
+
+
+def failure_reason(err: RuntimeError) -> str:
+    """The first sentence of gloo's message, without its source location: 'Timed out waiting
+    10000ms for recv operation to complete', 'Read error [10.0.0.2]:5000: Connection reset by peer'."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(". ", 1)[0]

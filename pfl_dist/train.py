@@ -6,26 +6,37 @@ One round on every rank (shared/DESIGN.md):
     w_i <- local_update(...) for my i in S_t      one batched computation
     buf <- [sum n_i w_i, sum n_i]; all_reduce     the only collective of a training round
     w_g <- algorithm.global_step(w_g, avg)        identical on all ranks
+    every checkpoint.every rounds: checkpoint     see pfl_dist/checkpoint.py (also resume and stop)
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from pfl_dist.algorithms import Algorithm, build_algorithm, theory_lambda
-from pfl_dist.comm import ByteLedger, Communicator, Traffic
+from pfl_dist.checkpoint import Checkpointer, RunStopped, StopRequest, agree_on_resume_round, rng_state, set_rng_state
+from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
 from pfl_dist.errors import DivergenceError, PflError
-from pfl_dist.runtime import Runtime, env_rank, env_world_size, init_runtime, shutdown_runtime
+from pfl_dist.runtime import (
+    Runtime,
+    collective_failure,
+    env_rank,
+    env_world_size,
+    failure_reason,
+    init_runtime,
+    shutdown_runtime,
+)
 from pfl_dist.sampling import client_block, sample_clients
 from pfl_dist.tasks import Task, build_task
 from pfl_dist.tracking import NullLogger, RunLogger
@@ -45,7 +56,7 @@ def model_sha256(model: torch.Tensor) -> str:
 class Trainer:
     """Holds the replicated global model, this rank's local models, and the byte ledger."""
 
-    def __init__(self, cfg: Config, runtime: Runtime) -> None:
+    def __init__(self, cfg: Config, runtime: Runtime, *, stop: StopRequest | None = None) -> None:
         self.cfg = cfg
         self.runtime = runtime
         self.ledger = ByteLedger()
@@ -59,10 +70,17 @@ class Trainer:
         self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
-        self.start_round = 0
         self.lambda_choice: dict[str, float] | None = None
-        self.logger = RunLogger(cfg.run_dir, cfg.to_dict()) if runtime.is_logging_rank else NullLogger()
         self.started = time.perf_counter()
+        self.stop = stop if stop is not None else StopRequest()
+        self.stop_agreed = False  # set when the evaluation reduction carried a stop (LocalTrain)
+        self.resumed_from: list[int] = []
+        self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
+                                         num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep,
+                                         config=cfg.to_dict())
+        self.start_round, num_events = self._resume()
+        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), start_round=self.start_round, num_events=num_events)
+                       if runtime.is_logging_rank else NullLogger())
 
     def _smoothness(self) -> float:
         """L: explicit, or the max over all clients of the per-client bound (one MAX reduce)."""
@@ -79,22 +97,25 @@ class Trainer:
         return (mine - block.start).to(self.runtime.device)
 
     def _local_phase(self, round_idx: int, rows: torch.Tensor) -> torch.Tensor:
+        """The new local models of my sampled clients; committed only once the round completes."""
         algo = self.algorithm
         models = algo.start_models(self.local_models[rows], self.global_model)
-        models = self.task.local_update(models, rows, anchor=self.global_model, lam=algo.prox_weight,
-                                        lr=algo.local_lr, round_idx=round_idx)
-        self.local_models[rows] = models
-        self.update_counts[rows] += 1
-        return models
+        return self.task.local_update(models, rows, anchor=self.global_model, lam=algo.prox_weight,
+                                      lr=algo.local_lr, round_idx=round_idx)
 
-    def _communication_phase(self, rows: torch.Tensor, models: torch.Tensor, num_sampled: int) -> None:
+    def _communication_phase(self, rows: torch.Tensor, models: torch.Tensor, num_sampled: int) -> torch.Tensor | None:
+        """The round's one all-reduce -> the weighted average; None when some rank asked to stop."""
         buffer = torch.zeros(self.task.num_params + 1, dtype=models.dtype, device=models.device)
         if len(rows):
             buffer[:-1] = self.task.sample_counts[rows] @ models
             buffer[-1] = self.task.sample_counts[rows].sum()
+        if self.stop.requested:
+            buffer[-1] = math.inf  # the stop flag, in band: a weight total is otherwise always finite
         self.comm.all_reduce(buffer, traffic=Traffic.TRAIN)
+        if math.isinf(float(buffer[-1])):
+            return None
         self.comm.record_client_traffic(num_participants=num_sampled, model_bytes=self.model_bytes)
-        self.global_model = self.algorithm.global_step(self.global_model, buffer[:-1] / buffer[-1])
+        return buffer[:-1] / buffer[-1]
 
     def _check_finite(self, round_idx: int, rows: torch.Tensor, models: torch.Tensor) -> None:
         finite_rows = torch.isfinite(models).all(dim=1)
@@ -106,7 +127,9 @@ class Trainer:
             raise DivergenceError(f"round {round_idx + 1}: the global model is non-finite "
                                   "(a client on another rank diverged); lower algorithm.local_lr")
 
-    def run_round(self, round_idx: int) -> None:
+    def run_round(self, round_idx: int) -> bool:
+        """One round; False when a stop was agreed in its all-reduce (the round is then discarded
+        on every rank, leaving the state of the previous round)."""
         started = time.perf_counter()
         cfg = self.cfg
         sampled = torch.from_numpy(sample_clients(round_idx, seed=cfg.run.seed, num_clients=cfg.data.num_clients,
@@ -115,9 +138,15 @@ class Trainer:
         models = self._local_phase(round_idx, rows)
         if self.algorithm.communicates:
             # A diverged client still joins the all-reduce, so every rank sees the NaN and stops.
-            self._communication_phase(rows, models, len(sampled))
+            average = self._communication_phase(rows, models, len(sampled))
+            if average is None:
+                return False
+            self.global_model = self.algorithm.global_step(self.global_model, average)
+        self.local_models[rows] = models
+        self.update_counts[rows] += 1
         self._check_finite(round_idx, rows, models)
         self.round_times.append(time.perf_counter() - started)
+        return True
 
     # --- evaluation --------------------------------------------------------------------
 
@@ -142,6 +171,8 @@ class Trainer:
             counts = torch.zeros(self.cfg.data.num_clients, dtype=torch.float64, device=self.runtime.device)
             counts[self.task.client_ids.start: self.task.client_ids.stop] = self.update_counts
             sums["update_counts"] = counts
+        if not self.algorithm.communicates:  # no training all-reduce carries the stop flag
+            sums["stop_requests"] = torch.tensor(float(self.stop.requested), dtype=torch.float64)
         if self.ledger.measuring:
             sums["measured_train"] = torch.tensor(float(self.ledger.measured_local[Traffic.TRAIN]), dtype=torch.float64)
             sums["measured_telemetry"] = torch.tensor(float(self.ledger.measured_local[Traffic.TELEMETRY]),
@@ -158,6 +189,7 @@ class Trainer:
             self.ledger.set_measured_totals(int(reduced.pop("measured_train")), int(reduced.pop("measured_telemetry")))
         if final:
             self.final_update_counts = reduced.pop("update_counts").long()
+        self.stop_agreed = self.stop_agreed or float(reduced.pop("stop_requests", torch.zeros(()))) > 0
         return self.task.finalize_metrics(reduced, global_model.cpu())
 
     def _is_eval_round(self, round_num: int) -> bool:
@@ -200,13 +232,11 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------
 
     def train(self) -> dict[str, Any]:
-        metrics = self.evaluate() if self.start_round == 0 else {}
-        if self.start_round == 0:
-            self.ledger.close_round()
-            self._log_eval(self._record(0, metrics))
+        metrics = self._initial_evaluation()
         for round_idx in range(self.start_round, self.cfg.train.num_rounds):
             round_num = round_idx + 1
-            self.run_round(round_idx)
+            if not self.run_round(round_idx):
+                self._stop(completed=round_idx)
             if round_num == self.lambda_auto_round():
                 self.choose_lambda(round_num)
             if self._is_eval_round(round_num):
@@ -215,7 +245,97 @@ class Trainer:
             self.logger.log_round(round_num, comm=closed, round_s=self.round_times[-1])
             if self._is_eval_round(round_num):
                 self._log_eval(self._record(round_num, metrics))
+            self._end_of_round(round_num)
         return self._finish(metrics)
+
+    def _initial_evaluation(self) -> dict[str, float]:
+        """Round 0 of a fresh run; a resumed run logged it before."""
+        if self.start_round:
+            return {}
+        metrics = self.evaluate()
+        self.ledger.close_round()
+        self._log_eval(self._record(0, metrics))
+        return metrics
+
+    # --- checkpoint, resume, stop (the file format lives in pfl_dist/checkpoint.py) ---------
+
+    def _end_of_round(self, round_num: int) -> None:
+        """Stop here if the evaluation carried a stop (LocalTrain); else checkpoint when due. The
+        final round is never checkpointed: its evaluation and summary are recomputed on resume."""
+        if round_num == self.cfg.train.num_rounds:
+            return
+        if self.stop_agreed:
+            self._stop(completed=round_num)
+        every = self.cfg.checkpoint.every
+        if every and round_num % every == 0:
+            self._save_checkpoint(round_num)
+
+    def _save_checkpoint(self, round_num: int) -> Path:
+        self.logger.flush()  # the checkpoint counts the TensorBoard events: they must be on disk
+        return self.checkpointer.save(round_num, self.state_dict())
+
+    def _stop(self, *, completed: int) -> NoReturn:
+        """Every rank gets here at the same round: checkpoint the last completed round and end."""
+        if completed > self.start_round:
+            where = f"checkpoint {self._save_checkpoint(completed)}"
+        else:
+            where = f"resumes from round {completed}" if completed else "no round completed, nothing to save"
+        cause = self.stop.signal_name or "a signal to another rank"
+        raise RunStopped(f"stopped by {cause} after round {completed}/{self.cfg.train.num_rounds}; {where}; "
+                         "rerun the same command to resume")
+
+    def _resume(self) -> tuple[int, int]:
+        """Agree on the newest round every rank can load (one MIN all-reduce) and load it; 0 =
+        start fresh, which is also what a rerun of a complete run (summary.json present) does.
+        -> (round, TensorBoard events logged up to it)."""
+        complete = self.runtime.is_logging_rank and (self.cfg.run_dir / "summary.json").exists()
+        round_num = agree_on_resume_round(self.checkpointer, self.comm, num_rounds=self.cfg.train.num_rounds,
+                                          complete=complete)
+        num_events = 0
+        if round_num:
+            state = self.checkpointer.load(round_num)
+            num_events = state["rank"]["tensorboard_events"]
+            self.load_state_dict(state, round_num=round_num)
+            if self.runtime.is_logging_rank:
+                reshard = (f", re-sharded from {state['world_size']} ranks"
+                           if state["world_size"] != self.runtime.world_size else "")
+                print(f"resume: round {round_num}/{self.cfg.train.num_rounds} from "
+                      f"{self.checkpointer.root}{reshard}", flush=True)
+        self.checkpointer.discard_after(round_num)
+        return round_num, num_events
+
+    def state_dict(self) -> dict[str, Any]:
+        """Client rows (keyed by client id via the shard's client range), replicated state, and
+        this rank's own state. The TensorBoard step is the round, stored by the checkpointer; the
+        logger's event count lets a resume cut the event files back to it."""
+        ledger = self.ledger.state_dict()
+        return {
+            "clients": {"local_models": self.local_models.cpu(), "update_counts": self.update_counts.cpu()},
+            "replicated": {"global_model": self.global_model.cpu(), "ledger_total": ledger["total"],
+                           "lam": self.algorithm.lam, "lambda_choice": self.lambda_choice,
+                           "resumed_from": list(self.resumed_from)},
+            "rank": {"round_times": list(self.round_times), "measured_local": ledger["measured_local"],
+                     "wall_s": time.perf_counter() - self.started, "rng": rng_state(),
+                     "tensorboard_events": self.logger.num_events},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, round_num: int) -> None:
+        device = self.runtime.device
+        assert state["clients"]["local_models"].shape == self.local_models.shape
+        self.local_models = state["clients"]["local_models"].to(device)
+        self.update_counts = state["clients"]["update_counts"].to(device)
+        replicated, own = state["replicated"], state["rank"]
+        self.global_model = replicated["global_model"].to(device)
+        self.ledger.load_state_dict({"total": replicated["ledger_total"], "measured_local": own["measured_local"]})
+        # This attempt's set-up collectives (smoothness, the vote) are not part of the run: the
+        # ledger counts the run as if uninterrupted, so totals equal an uninterrupted run's.
+        self.ledger.round = {t: Counters() for t in Traffic}
+        self.algorithm.set_lam(replicated["lam"])
+        self.lambda_choice = replicated["lambda_choice"]
+        self.resumed_from = [*replicated["resumed_from"], round_num]
+        self.round_times = list(own["round_times"])
+        self.started = time.perf_counter() - own["wall_s"]
+        set_rng_state(own["rng"])
 
     def _log_eval(self, record: dict[str, Any]) -> None:
         self.logger.log_eval(record)
@@ -231,6 +351,7 @@ class Trainer:
             "num_rounds_completed": self.cfg.train.num_rounds,
             "algorithm": self.algorithm.describe(),
             "lambda_auto": self.lambda_choice,
+            "resumed_from": self.resumed_from,
             "final": metrics,
             "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
             "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
@@ -293,11 +414,17 @@ def report_error(err: PflError, *, rank: int) -> int:
 
 def run(cfg: Config) -> dict[str, Any]:
     runtime = init_runtime(cfg)
+    stop = StopRequest()
+    stop.install()
     trainer = None
     try:
-        trainer = Trainer(cfg, runtime)
+        trainer = Trainer(cfg, runtime, stop=stop)
         summary = trainer.train()
+    except RunStopped:
+        shutdown_runtime(runtime)  # every rank stopped at the same round, so the group ends cleanly
+        raise
     finally:
+        stop.uninstall()
         if trainer is not None:
             trainer.close()
     shutdown_runtime(runtime)
@@ -325,6 +452,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(cfg)
     except PflError as err:
         return report_error(err, rank=env_rank())
+    except RunStopped as stopped:
+        if env_rank() == 0:
+            print(f"pfl_dist: {stopped}", file=sys.stderr, flush=True)
+        return stopped.exit_code
+    except RuntimeError as err:
+        if not collective_failure(err):
+            raise
+        # A peer died, or hung past comm.timeout_s: one line; torchrun may then restart the group.
+        print(f"pfl_dist: error: rank {env_rank()}: a collective failed (a peer died or hung; comm.timeout_s="
+              f"{cfg.comm.timeout_s:g}): {failure_reason(err)}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

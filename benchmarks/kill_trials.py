@@ -1,0 +1,230 @@
+"""Kill trials: SIGKILL one worker of a checkpointing torchrun job and check the resumed run.
+
+    .venv/bin/python benchmarks/kill_trials.py --trials 10 [--out runs/kill_trials]
+
+Each trial starts `torchrun --nproc-per-node=4 --max-restarts=3`, waits until the checkpoint
+of a random round is complete plus a random fraction of a round, then SIGKILLs a random worker
+by PID (found from outside, as a child of the torchrun agent). torchrun restarts the group, the
+workers resume from the newest checkpoint, and the trial passes when the run ends with
+- the global_model_sha256, final metrics and byte totals of an uninterrupted run;
+- every evaluated round exactly once in metrics.jsonl, the same rounds as the reference;
+- no duplicate steps in any TensorBoard scalar tag, and the same points as the reference
+  (time/round_s excepted: wall-clock values).
+It also reports the time from the kill to the resumed run's "resume:" line. tests/distributed/
+test_elastic.py runs one trial; this script runs many and prints one JSON line per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_ROUNDS = 30
+EVERY = 2
+# 8 clients, half sampled per round, lam=auto (so the lambda choice is part of the state).
+OVERRIDES = ("data.num_clients=8", "data.samples_per_client=100", f"train.num_rounds={NUM_ROUNDS}",
+             "train.eval_every=3", "algorithm.num_local_steps=200", "algorithm.sample_fraction=0.5",
+             "algorithm.lam=auto", f"checkpoint.every={EVERY}")
+_VOLATILE_TAGS = ("time/",)  # wall-clock values differ between any two runs
+
+
+@dataclass
+class Job:
+    """A running torchrun job whose output lines are collected with their arrival time."""
+
+    process: subprocess.Popen[str]
+    lines: list[tuple[float, str]] = field(default_factory=list)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def first_line_time(self, prefix: str, after: float) -> float | None:
+        return next((t for t, line in list(self.lines) if t >= after and line.startswith(prefix)), None)
+
+    def output(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+
+def start_torchrun(out_dir: Path, name: str, *, nproc: int, max_restarts: int, overrides: tuple[str, ...]) -> Job:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               f"--max-restarts={max_restarts}", "--monitor-interval=0.1", "-m", "pfl_dist.train",
+               f"run.out_dir={out_dir}", f"run.name={name}", *overrides]
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    job = Job(process)
+
+    def collect() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            job.lines.append((time.time(), line))
+
+    threading.Thread(target=collect, daemon=True).start()
+    return job
+
+
+def worker_pids(agent_pid: int) -> dict[int, int]:
+    """rank -> pid of the agent's worker processes, read from /proc (RANK in their environment)."""
+    workers = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != agent_pid:
+                continue
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        except (OSError, IndexError, ValueError):
+            continue
+        if "RANK" in env:
+            workers[int(env["RANK"])] = int(proc.name)
+    return workers
+
+
+def checkpoint_complete(run_dir: Path, round_num: int, nproc: int) -> bool:
+    folder = run_dir / "ckpt" / f"round_{round_num:06d}"
+    return len(list(folder.glob("shard_*.json"))) == nproc
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def scalar_points(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(p.step, p.value) for p in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def rounds_logged(run_dir: Path) -> list[int]:
+    return [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def compare_runs(run_dir: Path, reference: Path) -> list[str]:
+    """Everything that should be equal between a resumed and an uninterrupted run; -> problems."""
+    problems = []
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference))
+    for key in ("global_model_sha256", "final", "comm", "comm_telemetry", "participation", "lambda_auto"):
+        if got[key] != want[key]:
+            problems.append(f"summary[{key}] differs: {got[key]} != {want[key]}")
+    rounds = rounds_logged(run_dir)
+    if rounds != rounds_logged(reference):
+        problems.append(f"metrics.jsonl rounds {rounds}")
+    points, reference_points = scalar_points(run_dir), scalar_points(reference)
+    for tag, tag_points in points.items():
+        steps = [step for step, _ in tag_points]
+        if len(steps) != len(set(steps)):
+            problems.append(f"TensorBoard tag {tag} has duplicate steps")
+        if tag.startswith(_VOLATILE_TAGS):
+            tag_points = [(step, 0.0) for step in steps]
+            reference_points[tag] = [(step, 0.0) for step, _ in reference_points.get(tag, [])]
+        if tag_points != reference_points.get(tag):
+            problems.append(f"TensorBoard tag {tag} differs from the reference")
+    if set(points) != set(reference_points):
+        problems.append(f"TensorBoard tags differ: {sorted(set(points) ^ set(reference_points))}")
+    return problems
+
+
+@dataclass
+class TrialResult:
+    trial: int
+    killed_rank: int
+    kill_after_round: int
+    killed_at_round: int | None  # newest complete checkpoint when the kill landed
+    resumed_from: list[int]
+    exit_code: int
+    resume_s: float | None  # SIGKILL -> the restarted group has loaded its checkpoint
+    total_s: float
+    problems: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0 and bool(self.resumed_from) and not self.problems
+
+
+def run_reference(out_dir: Path, *, nproc: int = 4, overrides: tuple[str, ...] = OVERRIDES,
+                  timeout: float = 600) -> Path:
+    job = start_torchrun(out_dir, "reference", nproc=nproc, max_restarts=0, overrides=overrides)
+    code = job.wait(timeout)
+    if code != 0:
+        raise RuntimeError(f"reference run failed ({code}):\n{job.output()}")
+    return out_dir / "reference"
+
+
+def kill_trial(out_dir: Path, reference: Path, *, trial: int, killed_rank: int, kill_after_round: int,
+               delay_s: float, nproc: int = 4, overrides: tuple[str, ...] = OVERRIDES,
+               timeout: float = 600) -> TrialResult:
+    name = f"trial_{trial:02d}"
+    run_dir = out_dir / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    started = time.time()
+    job = start_torchrun(out_dir, name, nproc=nproc, max_restarts=3, overrides=overrides)
+    try:
+        ready = wait_for(lambda: checkpoint_complete(run_dir, kill_after_round, nproc), timeout=timeout)
+        pids = worker_pids(job.process.pid)
+        if not ready or killed_rank not in pids:
+            raise RuntimeError(f"trial {trial}: no worker rank {killed_rank} to kill (ready={ready}, pids={pids})")
+        time.sleep(delay_s)
+        killed = time.time()
+        os.kill(pids[killed_rank], signal.SIGKILL)
+        # Complete now means complete before the kill: the killed rank can write no more shards.
+        killed_at = max((r for r in range(EVERY, NUM_ROUNDS, EVERY) if checkpoint_complete(run_dir, r, nproc)),
+                        default=None)
+        code = job.wait(timeout)
+    finally:
+        if job.process.poll() is None:
+            os.killpg(job.process.pid, signal.SIGKILL)
+    resumed = job.first_line_time("resume:", after=killed)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    problems = compare_runs(run_dir, reference) if code == 0 else [f"job failed:\n{job.output()[-3000:]}"]
+    return TrialResult(trial=trial, killed_rank=killed_rank, kill_after_round=kill_after_round,
+                       killed_at_round=killed_at, resumed_from=summary.get("resumed_from", []), exit_code=code,
+                       resume_s=None if resumed is None else resumed - killed, total_s=time.time() - started,
+                       problems=problems)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "kill_trials")
+    parser.add_argument("--seed", type=int, default=0, help="chooses the killed rank, round and delay")
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    reference = run_reference(args.out)
+    rng = random.Random(args.seed)
+    results = []
+    for trial in range(args.trials):
+        result = kill_trial(args.out, reference, trial=trial, killed_rank=rng.randrange(4),
+                            kill_after_round=rng.randrange(EVERY, NUM_ROUNDS - 2 * EVERY, EVERY),
+                            delay_s=rng.uniform(0.0, 0.3))
+        results.append(result)
+        print(json.dumps({**asdict(result), "passed": result.passed}), flush=True)
+    passed = sum(r.passed for r in results)
+    resume = sorted(r.resume_s for r in results if r.resume_s is not None)
+    median = resume[len(resume) // 2] if resume else None
+    print(f"kill trials: {passed}/{len(results)} passed; resume after SIGKILL: median {median:.1f} s, "
+          f"range {resume[0]:.1f}-{resume[-1]:.1f} s" if resume else f"kill trials: {passed}/{len(results)} passed")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

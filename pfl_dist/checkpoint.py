@@ -1,0 +1,375 @@
+"""Checkpoints in round folders, the resume agreement, and the stop-on-signal protocol.
+
+Layout (one shard per rank, so no rank ever waits for another to write):
+
+    <run_dir>/ckpt/round_000012/
+        shard_00001_of_00004.pt    rank 1 of 4: its clients' rows (local models, update counts),
+                                   keyed by client id, plus the replicated state (w_g, ledger, ...)
+        shard_00001_of_00004.json  its completion marker, written last: sha256 and size of the
+                                   .pt, the client ids it holds, and the result-relevant config
+
+Both files are written atomically (temp file + fsync + os.replace). A shard counts only when its
+marker exists and the .pt matches the marker's checksum, so a truncated or corrupt newest shard
+is skipped with a warning and an older round is used.
+
+Resume: each rank votes, for every round, whether it can load that round (all the shards
+holding its clients verify). One all_reduce(MIN) of the votes, through the Communicator as
+telemetry, gives the newest round every rank can load; 0 means a fresh start. Voting on every
+round rather than on each rank's newest one also works when ranks keep different sets. A
+different world size re-shards by client id: a rank reads the old shards overlapping its block.
+
+Stop: SIGTERM/SIGINT only set a flag (`StopRequest`). The flag travels in the round's one
+all-reduce as +inf in the weight slot (a weight total is otherwise always finite), so every rank
+learns of it in the same round without an extra collective. That round is discarded on every
+rank, the state after the previous round is checkpointed and `RunStopped` ends the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+
+from pfl_dist.comm import Communicator, Traffic
+from pfl_dist.errors import ConfigError
+from pfl_dist.sampling import client_block
+
+FORMAT_VERSION = 1
+STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to resume
+_SHARD = re.compile(r"shard_(\d{5})_of_(\d{5})\.json")
+_ROUND = re.compile(r"round_(\d{6})")
+# Keys that may change between attempts without changing any result.
+_IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download")
+_IGNORED_SECTIONS = ("comm", "checkpoint")
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """temp file + fsync + os.replace: readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames in `path` durable (POSIX needs the directory synced too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def round_dir(root: Path, round_num: int) -> Path:
+    return root / f"round_{round_num:06d}"
+
+
+def shard_stem(rank: int, world_size: int) -> str:
+    return f"shard_{rank:05d}_of_{world_size:05d}"
+
+
+def resume_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as dotted keys, without the keys that cannot change a result."""
+    flat = {f"{section}.{key}": value for section, values in config.items() if section not in _IGNORED_SECTIONS
+            for key, value in values.items()}
+    return {key: value for key, value in flat.items() if key not in _IGNORED_KEYS}
+
+
+def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """'algorithm.lam was 0.5, now 0.3' for the first differing key, None when equal."""
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            return f"{key} was {saved.get(key)!r}, now {current.get(key)!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One rank's file of one round, as its completion marker describes it."""
+
+    path: Path  # the .pt
+    rank: int
+    world_size: int
+    clients: range
+    num_bytes: int
+    sha256: str
+    config: dict[str, Any]
+
+    @classmethod
+    def from_marker(cls, marker: Path) -> Shard:
+        info = json.loads(marker.read_text())
+        return cls(path=marker.with_suffix(".pt"), rank=int(info["rank"]), world_size=int(info["world_size"]),
+                   clients=range(*info["clients"]), num_bytes=int(info["num_bytes"]), sha256=str(info["sha256"]),
+                   config=dict(info["config"]))
+
+    def read_verified(self) -> bytes:
+        """The .pt's bytes; ValueError when they do not match the marker (truncated, corrupt)."""
+        data = self.path.read_bytes()
+        if len(data) != self.num_bytes:
+            raise ValueError(f"{self.path} is truncated ({len(data)} of {self.num_bytes} bytes)")
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise ValueError(f"{self.path} is corrupt (sha256 mismatch)")
+        return data
+
+
+# --- RNG state ---------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG (torch, numpy, python) as weights_only-loadable values. Sampling and
+    shuffling are pure functions of (seed, round), so these matter only to code outside them."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, mt, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "python": {"version": version, "mt": list(mt), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["gauss"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["mt"]), python["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- the checkpointer ------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """Writes this rank's shards, finds the rounds it can load, loads and prunes them.
+
+    A shard's state is `{"clients": {name: (k, ...) tensor}, "replicated": {...}, "rank": {...}}`:
+    client rows are keyed by client id through the shard's client range; the replicated part is
+    identical on every rank; the per-rank part (round times, measured bytes, RNG) is this rank's.
+    """
+
+    def __init__(self, root: Path, *, rank: int, world_size: int, num_clients: int, keep: int,
+                 config: dict[str, Any]) -> None:
+        self.root = root
+        self.rank = rank
+        self.world_size = world_size
+        self.num_clients = num_clients
+        self.clients = client_block(rank, world_size=world_size, num_clients=num_clients)
+        self.keep = keep
+        self.config = resume_config(config)
+        self.conflict: str | None = None  # set by `votes` when a checkpoint has another config
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def save(self, round_num: int, state: dict[str, Any]) -> Path:
+        folder = round_dir(self.root, round_num)
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT_VERSION, "round": round_num, **state}, buffer)
+        data = buffer.getvalue()
+        stem = shard_stem(self.rank, self.world_size)
+        write_bytes_atomic(folder / f"{stem}.pt", data)
+        marker = {"round": round_num, "rank": self.rank, "world_size": self.world_size,
+                  "clients": [self.clients.start, self.clients.stop], "num_bytes": len(data),
+                  "sha256": hashlib.sha256(data).hexdigest(), "config": self.config}
+        write_bytes_atomic(folder / f"{stem}.json", json.dumps(marker).encode())  # the marker goes last
+        fsync_dir(folder)
+        self.prune()
+        return folder
+
+    def prune(self) -> None:
+        """Keep `keep` complete checkpoints, plus the one just written, which other ranks may
+        still be writing. Every earlier shard of this rank is complete on all ranks: each of them
+        wrote it before joining the all-reduces that led here. A rank deletes only its own files
+        (and those of other world sizes), so it never removes a shard a slower rank needs."""
+        complete = [r for r in self.rounds() if self._own_marker(r).exists()][:-1]
+        if len(complete) < self.keep:
+            return
+        for round_num in self.rounds():
+            if round_num < complete[-self.keep]:
+                self._remove_stale(round_num)
+
+    def discard_after(self, round_num: int) -> None:
+        """Files of rounds after the one resumed from belong to an abandoned attempt."""
+        for newer in self.rounds():
+            if newer > round_num:
+                self._remove_stale(newer)
+
+    def _own_marker(self, round_num: int) -> Path:
+        return round_dir(self.root, round_num) / f"{shard_stem(self.rank, self.world_size)}.json"
+
+    def _remove_stale(self, round_num: int) -> None:
+        folder = round_dir(self.root, round_num)
+        own = shard_stem(self.rank, self.world_size)
+        for path in list(folder.glob("*")):
+            foreign = f"_of_{self.world_size:05d}" not in path.name
+            if path.name.startswith(own) or path.name.startswith(f".{own}") or foreign:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # other ranks' files are still there
+            folder.rmdir()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def rounds(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        found = (_ROUND.fullmatch(p.name) for p in self.root.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def needed_shards(self, round_num: int, *, verify: bool = True) -> list[Shard]:
+        """The shards holding this rank's clients in `round_num`, checksums verified.
+
+        ValueError (with the reason) when any of them is missing, truncated or corrupt.
+        """
+        folder = round_dir(self.root, round_num)
+        markers: dict[int, dict[int, Path]] = {}
+        for path in folder.glob("shard_*.json"):
+            match = _SHARD.fullmatch(path.name)
+            if match:
+                markers.setdefault(int(match.group(2)), {})[int(match.group(1))] = path
+        if not markers:
+            raise ValueError(f"{folder} holds no complete shard")
+        # Prefer this world size; otherwise re-shard from the most complete older world size.
+        old_size = self.world_size if self.world_size in markers else max(markers, key=lambda w: (len(markers[w]), w))
+        shards = []
+        for old_rank in range(old_size):
+            block = client_block(old_rank, world_size=old_size, num_clients=self.num_clients)
+            if block.start >= self.clients.stop or block.stop <= self.clients.start:
+                continue
+            if old_rank not in markers[old_size]:
+                raise ValueError(f"{folder} lacks the marker of {shard_stem(old_rank, old_size)}")
+            try:
+                shard = Shard.from_marker(markers[old_size][old_rank])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{markers[old_size][old_rank]} is unreadable ({err})") from None
+            difference = config_difference(shard.config, self.config)
+            if difference is not None:
+                self.conflict = f"{folder} was written with another config ({difference})"
+                raise ValueError(self.conflict)
+            if shard.clients != block:
+                raise ValueError(f"{shard.path} holds clients {shard.clients}, expected {block}")
+            if verify:
+                shard.read_verified()
+            shards.append(shard)
+        return shards
+
+    def votes(self, num_rounds: int, *, complete: bool) -> torch.Tensor:
+        """[not complete, no config conflict, can load round 0, 1, ..., num_rounds - 1] as 0/1.
+
+        Round 0 (a fresh start) is always loadable. The final round is never checkpointed: its
+        evaluation and summary are always recomputed. A rerun of a complete run starts fresh.
+        """
+        loadable = torch.zeros(num_rounds, dtype=torch.uint8)
+        loadable[0] = 1
+        for round_num in [] if complete else self.rounds():
+            try:
+                self.needed_shards(round_num)  # also beyond num_rounds: that is another config
+            except (OSError, ValueError) as err:
+                if self.conflict is None:
+                    print(f"pfl_dist: warning: rank {self.rank}: skipping checkpoint round {round_num}: {err}",
+                          file=sys.stderr, flush=True)
+                continue
+            if 0 < round_num < num_rounds:
+                loadable[round_num] = 1
+        flags = torch.tensor([0 if complete else 1, 1 if self.conflict is None else 0], dtype=torch.uint8)
+        return torch.cat([flags, loadable])
+
+    def load(self, round_num: int) -> dict[str, Any]:
+        """This rank's state at `round_num`, assembled by client id from the shards holding it."""
+        parts = []
+        for shard in self.needed_shards(round_num, verify=False):
+            state = torch.load(io.BytesIO(shard.read_verified()), map_location="cpu", weights_only=True)
+            parts.append((shard, state))
+        first = parts[0][1]
+        assert first["format"] == FORMAT_VERSION and first["round"] == round_num
+        clients = {}
+        for name in first["clients"]:
+            rows = [state["clients"][name][self._overlap(shard.clients)] for shard, state in parts]
+            clients[name] = torch.cat(rows)
+        # Every old rank's measured bytes go to exactly one new rank (the one holding its first
+        # client), so their sum over ranks survives a re-shard.
+        measured = {key: sum(int(state["rank"]["measured_local"][key]) for shard, state in parts
+                             if shard.clients.start in self.clients)
+                    for key in first["rank"]["measured_local"]}
+        return {"clients": clients, "replicated": first["replicated"],
+                "rank": {**first["rank"], "measured_local": measured}, "world_size": parts[0][0].world_size}
+
+    def _overlap(self, held: range) -> slice:
+        start, stop = max(held.start, self.clients.start), min(held.stop, self.clients.stop)
+        return slice(start - held.start, stop - held.start)
+
+
+def agree_on_resume_round(checkpointer: Checkpointer, comm: Communicator, *, num_rounds: int, complete: bool) -> int:
+    """The newest round every rank can load (0 = fresh start): ONE all_reduce(MIN), telemetry."""
+    votes = checkpointer.votes(num_rounds, complete=complete).to(comm.runtime.device)
+    comm.all_reduce(votes, traffic=Traffic.TELEMETRY, op="min")
+    votes = votes.cpu()
+    if not votes[0]:
+        return 0
+    if not votes[1]:
+        detail = checkpointer.conflict or f"another rank found checkpoints of another config in {checkpointer.root}"
+        raise ConfigError(f"cannot resume: {detail}; use another run.name or delete {checkpointer.root}")
+    return int(torch.nonzero(votes[2:]).max())
+
+
+# --- stopping on a signal --------------------------------------------------------------------
+
+
+class RunStopped(Exception):
+    """SIGTERM/SIGINT ended the run at a round boundary, after a checkpoint where possible."""
+
+    exit_code = STOPPED_EXIT_CODE
+
+
+class StopRequest:
+    """Records SIGTERM/SIGINT. The first signal only sets a flag (the round loop then stops at an
+    agreed round); a second one gets the previous handler, so it interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.uninstall()

@@ -1,0 +1,109 @@
+"""Several torchrun agents on one machine (c10d rendezvous on 127.0.0.1): a 2-node run equals the
+1-node run of the same world size; a missing node ends the rendezvous within join_timeout; a
+node that dies mid-run ends the job on the other node instead of hanging it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.kill_trials import Job, checkpoint_complete, wait_for, worker_pids
+from tests.helpers import REPO, read_summary, run_torchrun
+
+pytestmark = pytest.mark.distributed
+
+SMALL = ("data.num_clients=8", "data.samples_per_client=100", "train.num_rounds=6", "train.eval_every=3",
+         "algorithm.num_local_steps=20", "algorithm.sample_fraction=0.5")
+LONG = ("data.num_clients=8", "data.samples_per_client=100", "train.num_rounds=200", "train.eval_every=10",
+        "algorithm.num_local_steps=200", "checkpoint.every=2")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_agent(out: Path, *overrides: str, port: int, host: bool, nnodes: int = 2, join_timeout: int = 60,
+                max_restarts: int = 0) -> Job:
+    """One torchrun agent of a 2-process-per-node job; exactly one agent hosts the c10d store."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", "--nproc-per-node=2",
+               f"--max-restarts={max_restarts}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+               "--rdzv-id=multinode", f"--rdzv-conf=join_timeout={join_timeout},is_host={str(host).lower()}",
+               "--local-addr=127.0.0.1", "-m", "pfl_dist.train", f"run.out_dir={out}", "run.name=run", *overrides]
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    job = Job(process)
+    threading.Thread(target=lambda: job.lines.extend((time.time(), line) for line in process.stdout or []),
+                     daemon=True).start()
+    return job
+
+
+def kill_job(job: Job) -> None:
+    """SIGKILL an agent and its workers (they run in their own sessions), if still running."""
+    for pid in [*worker_pids(job.process.pid).values(), job.process.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    job.process.wait()
+
+
+def test_two_agents_equal_one_agent_with_the_same_world_size(tmp_path: Path) -> None:
+    # Prepare
+    one = run_torchrun(tmp_path / "one", 4, *SMALL)
+    port = free_port()
+    # Execute: two agents, two ranks each
+    agents = [start_agent(tmp_path / "two", *SMALL, port=port, host=host) for host in (True, False)]
+    codes = [agent.wait(300) for agent in agents]
+    # Assert
+    assert codes == [0, 0], [agent.output() for agent in agents]
+    two = read_summary(tmp_path / "two" / "run")
+    assert two["world_size"] == 4
+    assert two["global_model_sha256"] == one["global_model_sha256"]
+    assert two["final"] == one["final"]
+    assert two["comm"] == one["comm"]
+
+
+def test_a_missing_node_ends_the_rendezvous_within_join_timeout(tmp_path: Path) -> None:
+    # Execute: the second node never comes
+    started = time.monotonic()
+    agent = start_agent(tmp_path, *SMALL, port=free_port(), host=True, join_timeout=10)
+    code = agent.wait(120)
+    elapsed = time.monotonic() - started
+    # Assert: torchrun gives up with its rendezvous timeout, long before the 600 s default
+    assert code != 0
+    assert "RendezvousTimeoutError" in agent.output()
+    assert elapsed < 10 + 30  # the timeout plus interpreter start-up on a loaded 2-core box
+    print(f"missing node: torchrun exited {code} after {elapsed:.1f} s (join_timeout=10)")
+
+
+def test_a_node_dying_mid_run_ends_the_job_on_the_other_node(tmp_path: Path) -> None:
+    # Prepare: a long run on two agents
+    port = free_port()
+    survivor, victim = (start_agent(tmp_path, *LONG, "comm.timeout_s=60", port=port, host=host)
+                        for host in (True, False))
+    try:
+        assert wait_for(lambda: checkpoint_complete(tmp_path / "run", 4, 4), timeout=300), survivor.output()
+        # Execute: the second node goes away, agent and workers at once
+        killed = time.monotonic()
+        kill_job(victim)
+        code = survivor.wait(120)
+        elapsed = time.monotonic() - killed
+    finally:
+        kill_job(victim)
+        kill_job(survivor)
+    # Assert: the survivor's ranks fail their collective at once and say so in one line each
+    assert code != 0
+    failures = [line for line in survivor.output().splitlines() if "a collective failed" in line]
+    assert failures, survivor.output()
+    assert elapsed < 60  # well inside comm.timeout_s: a dead peer resets the connection
+    print(f"dead node: the other node's job ended {elapsed:.1f} s after the kill")
