@@ -88,10 +88,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", *torchrun_args, "-m", "pfl_dist.train"]
     command += (["--config", config] if config else []) + overrides
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    return run_torchrun(command, env=env)
+
+
+# torchrun failures that end in its own multi-page report; the launcher adds one line that says
+# what happened and what to do.
+_TORCHRUN_FAILURES = {
+    "RendezvousTimeoutError": "rendezvous timed out: not every node joined within the join timeout "
+    "(--rdzv-conf=join_timeout=S); check that every node runs the same command and reaches the endpoint",
+    "RendezvousConnectionError": "cannot reach the rendezvous endpoint (--rdzv-endpoint); is node 0 up?",
+}
+
+
+def run_torchrun(command: list[str], *, env: dict[str, str]) -> int:
+    """Run torchrun, passing its stderr through, and end a known failure with one clear line."""
+    seen: set[str] = set()
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    assert process.stderr is not None
     try:
-        return subprocess.call(command, env=env)
+        for line in process.stderr:
+            sys.stderr.write(line)
+            seen.update(marker for marker in _TORCHRUN_FAILURES if marker in line)
+        code = process.wait()
     except KeyboardInterrupt:
+        process.wait()
         return 130
+    for marker in seen if code else ():
+        print(f"pfl_dist: error: {_TORCHRUN_FAILURES[marker]}", file=sys.stderr)
+    return code
 
 
 def cli() -> None:
