@@ -5,10 +5,18 @@ Client k, with seed (k + seed * m):
     X_k ~ N(v_k, diag(j^-1.2, j = 1..d)) with n rows,  y = argmax(X_k W_k^T).
 Features are scaled per client by their standard deviation, without centring. Each rank
 generates only its own clients, and a client's data depends only on (seed, k, m).
+
+Clients are generated in blocks: one generator per client (its stream is the client's data,
+so that cannot be shared), one draw per client for all three of W_k, v_k and X_k (the same
+stream positions as three successive draws), and the arithmetic vectorized over the block.
+Every step is the same IEEE operation on the same operands as the one-client version, so the
+data is bit for bit what `generate_client` always produced (tests/unit/test_golden.py); the
+block form is ~4x faster, which matters for 50,000 clients per rank.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +30,38 @@ class SyntheticClient:
     true_model: np.ndarray  # W_k, (C, d), in the unscaled feature space
 
 
+@dataclass(frozen=True)
+class SyntheticBlock:
+    """Several clients stacked along a leading axis (the fields of SyntheticClient)."""
+
+    features: np.ndarray  # (k, n, d)
+    labels: np.ndarray  # (k, n) int64
+    scale: np.ndarray  # (k, d)
+    true_models: np.ndarray  # (k, C, d)
+
+
+def generate_clients(
+    client_ids: Sequence[int], *, seed: int, num_clients: int, num_samples: int, dim: int, num_classes: int, R: float
+) -> SyntheticBlock:
+    num_model = num_classes * dim
+    draws = np.empty((len(client_ids), num_model + dim + num_samples * dim))
+    for row, client_id in enumerate(client_ids):
+        np.random.default_rng(client_id + seed * num_clients).standard_normal(out=draws[row])
+    # Generator.normal(loc, scale) is loc + scale * standard_normal, element by element.
+    true_models = 0.0 + R * draws[:, :num_model].reshape(-1, num_classes, dim)
+    center = draws[:, num_model: num_model + dim]
+    noise = draws[:, num_model + dim:].reshape(-1, num_samples, dim)
+    feature_std = np.arange(1, dim + 1, dtype=np.float64) ** (-1.2 / 2)
+    features = center[:, None, :] + noise * feature_std
+    labels = np.argmax(features @ true_models.transpose(0, 2, 1), axis=2).astype(np.int64)
+    scale = features.std(axis=1)
+    return SyntheticBlock(features=features / scale[:, None, :], labels=labels, scale=scale, true_models=true_models)
+
+
 def generate_client(
     client_id: int, *, seed: int, num_clients: int, num_samples: int, dim: int, num_classes: int, R: float
 ) -> SyntheticClient:
-    rng = np.random.default_rng(client_id + seed * num_clients)
-    true_model = rng.normal(0.0, R, size=(num_classes, dim))
-    center = rng.normal(0.0, 1.0, size=dim)
-    feature_std = np.arange(1, dim + 1, dtype=np.float64) ** (-1.2 / 2)
-    features = center + rng.normal(size=(num_samples, dim)) * feature_std
-    labels = np.argmax(features @ true_model.T, axis=1).astype(np.int64)
-    scale = features.std(axis=0)
-    return SyntheticClient(features=features / scale, labels=labels, scale=scale, true_model=true_model)
+    block = generate_clients([client_id], seed=seed, num_clients=num_clients, num_samples=num_samples, dim=dim,
+                             num_classes=num_classes, R=R)
+    return SyntheticClient(features=block.features[0], labels=block.labels[0], scale=block.scale[0],
+                           true_model=block.true_models[0])

@@ -4,11 +4,22 @@ Parameters are one flat row per client: (k, P) with P = d*C (+ C with a bias). A
 W (d, C) [then b (C)], so logits = x @ W + b. The gradient is written out (X^T (softmax - onehot)
 / n) rather than taken by autograd: for this model it is two batched matmuls, which is what makes
 a rank's virtual clients one computation.
+
+Two sets of kernels compute the same maths (`reference_kernels` decides, by dtype):
+- float64: the reference kernels below (sample-major (k, n, C) logits), bitwise reproducible;
+- float32 and others: class-major (k, C, n) logits, several times faster at small C (softmax and
+  log-softmax along a middle dimension vectorize over samples; along a last dimension of size 2
+  they run row by row). See pfl_dist/local_solver.py for the training side.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def reference_kernels(dtype: torch.dtype) -> bool:
+    """float64 runs the reference kernels: results are pinned bit for bit (tests/unit/test_golden.py)."""
+    return dtype == torch.float64
 
 
 class LinearSoftmax:
@@ -63,7 +74,69 @@ class LinearSoftmax:
 
     def loss_and_correct(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-client mean loss (k,) and number of correct predictions (k,)."""
-        logits = self.logits(w, x)
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
-        correct = (logits.argmax(dim=-1) == y).sum(dim=1)
-        return loss, correct
+        if reference_kernels(w.dtype):
+            logits = self.logits(w, x)
+            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
+            correct = (logits.argmax(dim=-1) == y).sum(dim=1)
+            return loss, correct
+        weights = w[:, : self.num_weights].view(-1, self.dim, self.num_classes)
+        if self.num_classes == 2:
+            direction = (weights[:, :, 1] - weights[:, :, 0]).unsqueeze(1)  # (k, 1, d)
+            margin = torch.bmm(direction, x.transpose(1, 2)).squeeze(1)  # (k, n): logit_1 - logit_0
+            if self.bias:
+                margin += (w[:, -1] - w[:, -2]).unsqueeze(-1)
+            loss, correct = binary_loss_and_correct(margin, y)
+        else:
+            logits = torch.bmm(weights.transpose(1, 2), x.transpose(1, 2))  # (k, C, n)
+            if self.bias:
+                logits += w[:, self.num_weights :].unsqueeze(-1)
+            loss, correct = class_major_loss_and_correct(logits, y, class_dim=1)
+        return loss.mean(dim=1), correct.sum(dim=1)
+
+    def shared_loss_and_correct(
+        self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss_and_correct` of ONE model w (P,) on every client's data, as if it were each row."""
+        num_clients, num_samples = x.shape[:2]
+        if reference_kernels(w.dtype):
+            return self.loss_and_correct(w.expand(num_clients, -1), x, y)
+        # One matrix product over all k*n samples instead of k small ones.
+        weights = w[: self.num_weights].view(self.dim, self.num_classes)
+        samples = x.reshape(-1, self.dim)
+        if self.num_classes == 2:
+            margin = samples @ (weights[:, 1] - weights[:, 0])
+            if self.bias:
+                margin += w[-1] - w[-2]
+            loss, correct = binary_loss_and_correct(margin.view(num_clients, num_samples), y)
+        else:
+            logits = (weights.t() @ samples.t()).view(self.num_classes, num_clients, num_samples)
+            if self.bias:
+                logits += w[self.num_weights :].view(-1, 1, 1)
+            loss, correct = class_major_loss_and_correct(logits, y, class_dim=0)
+        return loss.mean(dim=1), correct.sum(dim=1)
+
+
+def binary_loss_and_correct(margin: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes from the margin z = logit_1 - logit_0: CE = softplus(+-z), predicted class z > 0
+    (a tie predicts class 0, as argmax does)."""
+    loss = torch.nn.functional.softplus(margin * (1 - 2 * y))
+    return loss, (margin > 0).long() == y
+
+
+def class_major_loss_and_correct(
+    logits: torch.Tensor, y: torch.Tensor, *, class_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy and correctness of logits whose classes run along `class_dim`.
+
+    argmax along a middle dimension is ~300x slower than amax here, so the predicted class (the
+    first maximum, as argmax) is found with amax: rank each maximum by C - class and take the best.
+    """
+    picked = logits.gather(class_dim, y.unsqueeze(class_dim)).squeeze(class_dim)
+    loss = torch.logsumexp(logits, dim=class_dim).sub_(picked)
+    num_classes = logits.shape[class_dim]
+    shape = [1] * logits.dim()
+    shape[class_dim] = num_classes
+    rank = torch.arange(num_classes, 0, -1, device=logits.device).view(shape)
+    is_max = logits == logits.amax(dim=class_dim, keepdim=True)
+    predicted = num_classes - (is_max * rank).amax(dim=class_dim)
+    return loss, predicted == y

@@ -9,34 +9,49 @@ Accuracies and losses of synthetic runs are measured on the clients' own trainin
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from pfl_dist.config import Config
-from pfl_dist.data.synthetic import generate_client
+from pfl_dist.data.synthetic import generate_clients
 from pfl_dist.local_solver import proximal_gradient_descent
 from pfl_dist.models.linear import LinearSoftmax
+
+_GENERATION_BLOCK = 256  # clients generated per numpy block
 
 
 class SyntheticTask:
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         data = cfg.data
-        clients = [
-            generate_client(k, seed=cfg.run.seed, num_clients=data.num_clients, num_samples=data.samples_per_client,
-                            dim=data.dim, num_classes=data.num_classes, R=data.R)
-            for k in client_ids
-        ]
+        # One intra-op thread, whatever the rank's share of the cores: the local solver works on
+        # cache-sized chunks of clients (~10k-100k-element ops), which OpenMP synchronisation makes
+        # slower, not faster (k=100: 112 us/step with 1 thread, 1.2-1.7 ms with 2 on a shared
+        # 2-core box). More cores are used by more ranks (docs/PERFORMANCE.md, thread rule).
+        torch.set_num_threads(1)
         self.cfg = cfg
         self.client_ids = client_ids
         self.model = LinearSoftmax(data.dim, data.num_classes, bias=False)
         self.num_params = self.model.num_params
         self.dtype = dtype
-        self.features = torch.tensor(np.stack([c.features for c in clients]), dtype=dtype, device=device)
-        self.labels = torch.tensor(np.stack([c.labels for c in clients]), device=device)
-        self.scale = torch.tensor(np.stack([c.scale for c in clients]), dtype=torch.float64, device=device)
-        # W_k^T, (k, d, C): the truth in the same layout as the model's weight matrix.
-        self.true_models = torch.tensor(np.stack([c.true_model.T for c in clients]), dtype=torch.float64, device=device)
-        self.sample_counts = torch.full((len(clients),), data.samples_per_client, dtype=dtype, device=device)
+        num_clients, n, d, c = len(client_ids), data.samples_per_client, data.dim, data.num_classes
+        self.features = torch.empty(num_clients, n, d, dtype=dtype)
+        self.labels = torch.empty(num_clients, n, dtype=torch.long)
+        self.scale = torch.empty(num_clients, d, dtype=torch.float64)
+        # W_k^T, (k, d, C): the truth in the same layout as the model's weight matrix, viewed
+        # from (k, C, d) memory as it always was: reductions over it depend on the memory order.
+        self.true_models = torch.empty(num_clients, c, d, dtype=torch.float64).transpose(1, 2)
+        # Blocks bound the float64 working memory (100,000 clients fit) and stay cache-sized.
+        for start in range(0, num_clients, _GENERATION_BLOCK):
+            ids = client_ids[start: start + _GENERATION_BLOCK]
+            block = generate_clients(ids, seed=cfg.run.seed, num_clients=data.num_clients, num_samples=n, dim=d,
+                                     num_classes=c, R=data.R)
+            rows = slice(start, start + len(ids))
+            self.features[rows] = torch.from_numpy(block.features)
+            self.labels[rows] = torch.from_numpy(block.labels)
+            self.scale[rows] = torch.from_numpy(block.scale)
+            self.true_models[rows] = torch.from_numpy(block.true_models).transpose(1, 2)
+        self.features, self.labels = self.features.to(device), self.labels.to(device)
+        self.scale, self.true_models = self.scale.to(device), self.true_models.to(device)
+        self.sample_counts = torch.full((num_clients,), n, dtype=dtype, device=device)
 
     def init_model(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.cfg.run.seed)
@@ -62,8 +77,7 @@ class SyntheticTask:
     def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
         n = self.features.shape[1]
         loss_p, correct_p = self.model.loss_and_correct(local_models, self.features, self.labels)
-        global_rows = global_model.expand_as(local_models)
-        loss_g, correct_g = self.model.loss_and_correct(global_rows, self.features, self.labels)
+        loss_g, correct_g = self.model.shared_loss_and_correct(global_model, self.features, self.labels)
         raw_models = self.model.weight_matrix(local_models).double() / self.scale.unsqueeze(-1)
         itr = torch.linalg.matrix_norm(raw_models - self.true_models)
         return {

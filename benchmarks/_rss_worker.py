@@ -1,0 +1,19 @@
+"""`pfl_dist.train` as a torchrun worker that also records its peak RSS (for scaling.py).
+
+Writes {"rank": r, "max_rss_mb": x} to $PFL_BENCH_RSS_DIR/rank<r>.json after training.
+"""
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+
+from pfl_dist.train import main
+
+code = main(sys.argv[1:])
+rank = int(os.environ.get("RANK", "0"))
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+out = Path(os.environ["PFL_BENCH_RSS_DIR"]) / f"rank{rank}.json"
+out.write_text(json.dumps({"rank": rank, "max_rss_mb": peak_mb}))
+sys.exit(code)
