@@ -1,0 +1,176 @@
+"""Run a sweep: `python -m pfl_dist.sweep configs/sweeps/quick.yaml [--dry-run] [--jobs N] ...`.
+
+Every point runs under a real torchrun job, with its own run dir below the sweep's out dir
+(name = the point's varied values), TensorBoard run, byte ledger and summary.json. The sweep is
+resumable: a point whose summary.json exists is skipped, so after Ctrl-C, SIGTERM or a failed
+point, rerunning the same command runs only what is missing. results.csv is rebuilt from the
+run dirs after every invocation (one row per run dir: no duplicates after a resume).
+
+Launch modes (launch.mode, or --mode):
+- per_point: one torchrun per point; points are isolated, each pays the job start-up (~10 s here).
+- in_job: several points inside one torchrun job (pfl_dist.sweep_worker): start-up paid once.
+`--jobs N` runs N torchrun jobs at a time, each pinned to its share of the CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from pfl_dist.errors import PflError
+from pfl_dist.sweep_jobs import JobRunner, batches, point_command, worker_command
+from pfl_dist.sweep_results import RESULTS_FILE, find_runs, is_complete, write_results_csv
+from pfl_dist.sweep_spec import Point, Sweep, load_sweep
+
+
+class Interrupted(Exception):
+    """SIGTERM, raised in the main loop so it unwinds like Ctrl-C (KeyboardInterrupt)."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pfl_dist.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", help="sweep YAML (configs/sweeps/*.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="validate every point and print the plan")
+    parser.add_argument("--jobs", type=int, help="torchrun jobs at a time (overrides launch.jobs)")
+    parser.add_argument("--mode", choices=("per_point", "in_job"), help="overrides launch.mode")
+    parser.add_argument("--nproc-per-node", type=int, help="ranks per job (overrides launch.nproc_per_node)")
+    parser.add_argument("--out-dir", help="overrides the sweep's out_dir")
+    parser.add_argument("--only", metavar="REGEX", help="run only the points whose name matches (re.search)")
+    parser.add_argument("--no-plot", action="store_true", help="skip figures and the trade-off table at the end")
+    return parser.parse_args(argv)
+
+
+def launch_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"jobs": args.jobs, "mode": args.mode, "nproc_per_node": args.nproc_per_node}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def varied_keys(points: Sequence[Point]) -> list[str]:
+    return list(dict.fromkeys(k for p in points for k in p.values))
+
+
+def print_plan(sweep: Sweep, pending: list[Point]) -> None:
+    """--dry-run: what would run, as commands a user could paste."""
+    for point in sweep.points:
+        status = "done   " if is_complete(sweep.out_dir / point.name) else "pending" if point in pending else "skipped"
+        print(f"{status} {point.name}")
+    launch = sweep.launch
+    for i, batch in enumerate(batches(pending, jobs=launch.jobs, mode=launch.mode)):
+        if launch.mode == "per_point":
+            print("$ " + shlex.join(point_command(sweep, batch[0])))
+        else:
+            plan = sweep.out_dir / "logs" / f"job-{i}.plan.json"
+            print(f"$ {shlex.join(worker_command(sweep, plan))}   # {len(batch)} points")
+    num_complete = sum(is_complete(sweep.out_dir / p.name) for p in sweep.points)
+    print(f"{len(sweep.points)} points valid, {len(pending)} to run, {num_complete} complete")
+
+
+def collect(sweep: Sweep) -> list[dict[str, Any]]:
+    """Rebuild results.csv from the run dirs of this sweep's points."""
+    runs = find_runs(sweep.out_dir, [p.name for p in sweep.points])
+    return write_results_csv(sweep.out_dir / RESULTS_FILE, runs, varied=varied_keys(sweep.points))
+
+
+def log_invocation(sweep: Sweep, entry: dict[str, Any]) -> None:
+    """One line per invocation in sweep_log.jsonl: the sweep-level wall time of each attempt."""
+    with open(sweep.out_dir / "sweep_log.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def report(sweep: Sweep) -> None:
+    """The trade-off table, the figure paths and the TensorBoard command."""
+    from pfl_dist.plot import render
+
+    rendered = render(sweep.out_dir, sweep.out_dir / "figures")
+    print(f"\ntrade-off ({rendered.metric} vs {rendered.axis_label}):")
+    print(rendered.table_markdown, end="")
+    print(f"table: {rendered.table_paths[0]} (and .csv)")
+    for kind, path in rendered.figures.items():
+        print(f"{'trade-off figure' if kind == 'tradeoff' else 'figure'}: {path}")
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted()
+
+
+def execute(sweep: Sweep, pending: list[Point]) -> tuple[JobRunner, str]:
+    """Run the pending points; returns the runner and 'ok', 'failed' or 'interrupted'."""
+    num_complete = sum(is_complete(sweep.out_dir / p.name) for p in sweep.points)
+    runner = JobRunner(sweep, pending, num_complete=num_complete)
+    # SIGINT explicitly too: a sweep started in the background of a script inherits SIGINT ignored.
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    try:
+        runner.run()
+    except (KeyboardInterrupt, Interrupted):
+        runner.stop()
+        return runner, "interrupted"
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return runner, "failed" if runner.failures else "ok"
+
+
+def finish(sweep: Sweep, runner: JobRunner, status: str, *, wall_s: float, plot: bool) -> int:
+    rows = collect(sweep)
+    launch = sweep.launch
+    log_invocation(sweep, {"status": status, "mode": launch.mode, "nproc_per_node": launch.nproc_per_node,
+                           "jobs": launch.jobs, "num_run": len(runner.completed), "num_failed": len(runner.failures),
+                           "num_complete": len(rows), "num_points": len(sweep.points), "wall_s": wall_s})
+    missing = len(sweep.points) - len(rows)
+    print(f"\nsweep {status}: {len(rows)}/{len(sweep.points)} points complete, {len(runner.failures)} failed, "
+          f"{wall_s:.1f} s; results: {sweep.out_dir / RESULTS_FILE}")
+    for name, reason in runner.failures.items():
+        print(f"  failed {name}: {reason}")
+    if missing:
+        print(f"rerun the same command to run the {missing} missing point(s); complete ones are skipped")
+    if plot and rows and status != "interrupted":
+        report(sweep)
+    print(f"TensorBoard: tensorboard --logdir {sweep.out_dir}")
+    return {"ok": 0, "failed": 1, "interrupted": 130}[status]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep, out_dir=args.out_dir, launch_overrides=launch_overrides(args))
+    except PflError as err:
+        print(f"pfl_dist.sweep: error: {err}", file=sys.stderr)
+        return err.exit_code
+    try:
+        only = re.compile(args.only) if args.only else None
+    except re.error as err:
+        print(f"pfl_dist.sweep: error: --only is not a valid regular expression: {err}", file=sys.stderr)
+        return 2
+    pending = [p for p in sweep.points
+               if not is_complete(sweep.out_dir / p.name) and (only is None or only.search(p.name))]
+    if args.dry_run:
+        print_plan(sweep, pending)
+        return 0
+    (sweep.out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (sweep.out_dir / "sweep.yaml").write_text(sweep.path.read_text())
+    launch = sweep.launch
+    num_complete = sum(is_complete(sweep.out_dir / p.name) for p in sweep.points)
+    print(f"sweep {sweep.path}: {len(sweep.points)} points, {num_complete} already complete, "
+          f"{len(pending)} to run -> {sweep.out_dir} | {launch.mode}, {launch.nproc_per_node} rank(s)/job, "
+          f"{launch.jobs} job(s) at a time", flush=True)
+    started = time.perf_counter()
+    runner, status = execute(sweep, pending)
+    return finish(sweep, runner, status, wall_s=time.perf_counter() - started, plot=not args.no_plot)
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
+

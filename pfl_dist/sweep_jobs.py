@@ -1,0 +1,248 @@
+"""Starting, watching and stopping a sweep's torchrun jobs.
+
+A job is one torchrun process group: one point (per_point mode) or a batch of points run one
+after another by pfl_dist.sweep_worker (in_job mode). A point counts as done once its
+summary.json exists, which is also how an in-job batch reports progress without any pipe.
+Each job runs in its own session, so Ctrl-C reaches only the sweep, which then stops its jobs
+(SIGTERM to torchrun, which stops its workers; SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pfl_dist.sampling import num_sampled
+from pfl_dist.sweep_results import POINT_FILE, Run, is_complete
+from pfl_dist.sweep_spec import Point, Sweep
+from pfl_dist.tracking import write_json_atomic
+
+_POLL_S = 0.2
+_STOP_GRACE_S = 15.0
+# One torchrun start-up (~10 s on the 2-core reference box) in point_cost units (~5e6 per s there).
+_STARTUP_COST = 5e7
+RDZV_OPTIONS = ("--standalone", "--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr")
+_SHOWN_METRICS = ("ITR", "ATR", "acc_personal", "acc_global")
+
+
+def point_cost(point: Point) -> float:
+    """Relative work of a point (rounds x local steps x sampled clients x samples), for the ETA
+    and for balancing in-job batches."""
+    cfg = point.cfg
+    steps = cfg.algorithm.num_local_steps if cfg.algorithm.batch_size is None else 10 * cfg.algorithm.local_epochs
+    sampled = num_sampled(cfg.data.num_clients, cfg.algorithm.sample_fraction)
+    return float(cfg.train.num_rounds * steps * sampled * cfg.data.samples_per_client)
+
+
+def batches(points: list[Point], *, jobs: int, mode: str) -> list[list[Point]]:
+    """per_point: one point per job. in_job: `jobs` batches of about equal cost (largest first
+    into the lightest batch), each keeping the sweep's order."""
+    if mode == "per_point" or not points:
+        return [[p] for p in points]
+    bins: list[list[Point]] = [[] for _ in range(min(jobs, len(points)))]
+    loads = [0.0] * len(bins)
+    for point in sorted(points, key=point_cost, reverse=True):
+        lightest = loads.index(min(loads))
+        bins[lightest].append(point)
+        loads[lightest] += point_cost(point)
+    order = {p.name: i for i, p in enumerate(points)}
+    return [sorted(b, key=lambda p: order[p.name]) for b in bins]
+
+
+def torchrun_prefix(sweep: Sweep) -> list[str]:
+    launch = sweep.launch
+    args = list(launch.torchrun_args)
+    if not any(a.split("=")[0] in RDZV_OPTIONS for a in args):
+        args.insert(0, "--standalone")  # a free port per job, so parallel jobs never collide
+    return [sys.executable, "-m", "torch.distributed.run", *args, f"--nproc-per-node={launch.nproc_per_node}"]
+
+
+def point_command(sweep: Sweep, point: Point) -> list[str]:
+    config = ["--config", str(sweep.base)] if sweep.base else []
+    return [*torchrun_prefix(sweep), "-m", "pfl_dist.train", *config, *point.overrides]
+
+
+def worker_command(sweep: Sweep, plan: Path) -> list[str]:
+    return [*torchrun_prefix(sweep), "-m", "pfl_dist.sweep_worker", str(plan)]
+
+
+def point_info(point: Point, mode: str) -> dict[str, Any]:
+    return {"name": point.name, "variant": point.variant, "values": point.values, "seed": point.seed, "mode": mode}
+
+
+def write_plan(sweep: Sweep, points: list[Point], path: Path) -> None:
+    base = str(sweep.base) if sweep.base else None
+    entries = [{"base": base, "overrides": list(p.overrides), "info": point_info(p, "in_job")} for p in points]
+    path.write_text(json.dumps({"points": entries}, indent=1))
+
+
+def cpu_sets(jobs: int) -> list[set[int]] | None:
+    """Disjoint CPU sets, one per concurrent job, so N jobs do not oversubscribe the cores
+    (the runtime sizes its thread pool from the affinity mask)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs <= 1 or jobs > len(cores):
+        return None
+    return [set(cores[i * len(cores) // jobs: (i + 1) * len(cores) // jobs]) for i in range(jobs)]
+
+
+def failure_reason(code: int, stderr_path: Path) -> str:
+    """'exit 1 (worker exit 3): pfl_dist: error: ...' from torchrun's code and the worker's stderr."""
+    lines = [ln.strip() for ln in stderr_path.read_text(errors="replace").splitlines() if ln.strip()]
+    ours = [ln for ln in lines if "pfl_dist: error:" in ln]
+    # A worker's exception (torchrun prefixes its lines with [rankN]:), before torchrun's own summary.
+    rank_error = re.compile(r"^\[rank\d+\]:\s*([\w.]*(?:Error|Exception)\b.*)")
+    worker_errors = [m.group(1) for ln in lines if (m := rank_error.match(ln))]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln) and "ChildFailedError" not in ln]
+    last = (ours or worker_errors or errors or lines or ["(no stderr)"])[-1]
+    worker = re.findall(r"exitcode\s*:\s*(-?\d+)", "\n".join(lines))
+    detail = f" (worker exit {worker[0]})" if worker else ""
+    return f"exit {code}{detail}: {last[:300]}"
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children (torchrun's workers, which live in their own sessions)."""
+    pids: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in children.read_text().split()]
+    return pids
+
+
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM torchrun (it stops its workers); SIGKILL it and its workers after a grace period."""
+    workers = child_pids(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@dataclass
+class Job:
+    name: str
+    points: list[Point]  # not yet complete, in run order
+    proc: subprocess.Popen[bytes]
+    slot: int
+    last_event: float  # start, or the previous point's completion
+    stderr_path: Path
+
+
+class JobRunner:
+    """Keeps up to launch.jobs torchrun jobs busy until every pending point is done or failed."""
+
+    def __init__(self, sweep: Sweep, pending: list[Point], *, num_complete: int) -> None:
+        launch = sweep.launch
+        self.sweep = sweep
+        self.queue: deque[list[Point]] = deque(batches(pending, jobs=launch.jobs, mode=launch.mode))
+        self.running: list[Job] = []
+        self.completed: list[str] = []
+        self.failures: dict[str, str] = {}
+        self.num_complete = num_complete
+        self.num_total = num_complete + len(pending)  # points --only leaves out are not counted
+        self.overhead = _STARTUP_COST if launch.mode == "per_point" else 0.0
+        self.remaining_cost = sum(point_cost(p) + self.overhead for p in pending)
+        self.done_cost = 0.0
+        self.started = time.perf_counter()
+        self.num_started = 0
+        self.cpu_sets = cpu_sets(launch.jobs)
+
+    def run(self) -> None:
+        while self.queue or self.running:
+            self._fill()
+            time.sleep(_POLL_S)
+            for job in list(self.running):
+                self._poll(job)
+
+    def stop(self) -> None:
+        for job in self.running:
+            stop_process_group(job.proc)
+        self.running = []
+
+    def _fill(self) -> None:
+        busy = {job.slot for job in self.running}
+        free = [slot for slot in range(self.sweep.launch.jobs) if slot not in busy]
+        while self.queue and free:
+            self._start(self.queue.popleft(), free.pop(0))
+
+    def _start(self, batch: list[Point], slot: int) -> None:
+        logs = self.sweep.out_dir / "logs"
+        per_point = self.sweep.launch.mode == "per_point"
+        name = batch[0].name if per_point else f"job-{self.num_started}"
+        self.num_started += 1
+        if per_point:
+            command = point_command(self.sweep, batch[0])
+        else:
+            write_plan(self.sweep, batch, logs / f"{name}.plan.json")
+            command = worker_command(self.sweep, logs / f"{name}.plan.json")
+        cpus = self.cpu_sets[slot] if self.cpu_sets else None
+        env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+        with open(logs / f"{name}.out", "wb") as out, open(logs / f"{name}.err", "wb") as err:
+            proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True,
+                                    preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        self.running.append(Job(name=name, points=list(batch), proc=proc, slot=slot,
+                                last_event=time.perf_counter(), stderr_path=logs / f"{name}.err"))
+
+    def _poll(self, job: Job) -> None:
+        if self.sweep.launch.mode == "in_job":  # points of a batch finish in order
+            while job.points and is_complete(self.sweep.out_dir / job.points[0].name):
+                self._point_done(job, job.points[0])
+        code = job.proc.poll()
+        if code is None:
+            return
+        self.running.remove(job)
+        while job.points and is_complete(self.sweep.out_dir / job.points[0].name):
+            self._point_done(job, job.points[0])
+        if job.points:
+            self._point_failed(job, job.points.pop(0), code)
+            if job.points:  # the rest of the batch never started: give it a fresh job
+                self.queue.appendleft(job.points)
+
+    def _point_done(self, job: Job, point: Point) -> None:
+        now = time.perf_counter()
+        seconds, job.last_event = now - job.last_event, now
+        job.points.remove(point)
+        if self.sweep.launch.mode == "per_point":  # the whole torchrun job, start-up included
+            info = {**point_info(point, "per_point"), "point_wall_s": seconds}
+            write_json_atomic(self.sweep.out_dir / point.name / POINT_FILE, info)
+        self.completed.append(point.name)
+        self.num_complete += 1
+        self.done_cost += point_cost(point) + self.overhead
+        self.remaining_cost -= point_cost(point) + self.overhead
+        final = Run(self.sweep.out_dir / point.name).summary["final"]
+        shown = " ".join(f"{k} {final[k]:.4g}" for k in _SHOWN_METRICS if k in final)
+        print(f"{self._counter()} ok   {point.name}  {seconds:.1f} s | {shown} | {self._eta()}", flush=True)
+
+    def _point_failed(self, job: Job, point: Point, code: int) -> None:
+        reason = failure_reason(code, job.stderr_path)
+        self.failures[point.name] = reason
+        self.remaining_cost -= point_cost(point) + self.overhead
+        print(f"{self._counter()} FAIL {point.name}: {reason} (log: {job.stderr_path})", flush=True)
+
+    def _counter(self) -> str:
+        total = self.num_total
+        return f"[{self.num_complete:>{len(str(total))}}/{total}]"
+
+    def _eta(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done_cost * self.remaining_cost if self.done_cost else 0.0
+        return f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}"

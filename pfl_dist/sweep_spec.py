@@ -1,0 +1,281 @@
+"""Sweep files: a base config, overrides, variants, a grid and seeds, expanded into points.
+
+A sweep YAML (configs/sweeps/*.yaml):
+
+    base: ../default.yaml            # engine config, relative to this sweep file
+    out_dir: runs/sweeps/quick       # one run dir per point below it (default: runs/sweeps/<stem>)
+    overrides: {data.num_clients: 10, train.num_rounds: 30}
+    variants:                        # named override sets; a list value is a grid inside the variant
+      fedavg: {algorithm.name: fedavg, algorithm.local_lr: 0.01}
+      fedclup: {algorithm.name: fedclup, algorithm.lam: [0.02, 0.1, 0.5]}
+    grid: {data.R: [0.1, 1.0, 3.0]}  # crossed with every variant
+    seeds: [0]                       # or `repetitions: 3` for seeds 0, 1, 2
+    launch: {nproc_per_node: 2, torchrun_args: [], mode: per_point, jobs: 1}
+
+Variants exist because a pure cartesian product cannot say "FedAvg once, FedCLUP at three
+lambdas": lambda means nothing to FedAvg, and crossing it would repeat identical FedAvg runs.
+Precedence is base < overrides < variant < grid < seed; a key set by both a variant and the grid
+is an error rather than a silent winner. Every point's config is built and validated here, so a
+bad value costs one line before any process starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pfl_dist.config import SECTIONS, Config, load_config, read_yaml
+from pfl_dist.errors import ConfigError, PflError
+
+Mode = Literal["per_point", "in_job"]
+_TOP_KEYS = ("description", "base", "out_dir", "overrides", "variants", "grid", "seeds", "repetitions", "launch")
+_LAUNCH_KEYS = ("nproc_per_node", "torchrun_args", "mode", "jobs")
+_SWEEP_OWNED = ("run.name", "run.out_dir", "run.seed")  # set per point by the sweep itself
+_NPROC_FLAGS = ("--nproc-per-node", "--nproc_per_node")
+_FIXED_RDZV_FLAGS = ("--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr", "--master-port",
+                     "--master_port")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    nproc_per_node: int = 1  # ranks per torchrun job
+    torchrun_args: tuple[str, ...] = ()  # extra torchrun options, e.g. --nnodes, --max-restarts
+    mode: Mode = "per_point"  # per_point: one torchrun per point; in_job: many points per torchrun
+    jobs: int = 1  # torchrun jobs running at the same time
+
+    def __post_init__(self) -> None:
+        _require(self.nproc_per_node >= 1, f"launch.nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        _require(self.jobs >= 1, f"launch.jobs must be >= 1, got {self.jobs}")
+        _require(self.mode in ("per_point", "in_job"),
+                 f"launch.mode must be 'per_point' or 'in_job', got {self.mode!r}")
+        flags = [arg.split("=")[0] for arg in self.torchrun_args]
+        _require(not set(flags) & set(_NPROC_FLAGS),
+                 "launch.torchrun_args must not set --nproc-per-node; use launch.nproc_per_node")
+        _require(self.jobs == 1 or not set(flags) & set(_FIXED_RDZV_FLAGS),
+                 "launch.jobs > 1 needs a free port per job: drop the fixed rendezvous options from torchrun_args")
+
+    @property
+    def world_size(self) -> int:
+        from pfl_dist.launch import planned_world_size
+
+        return planned_world_size([f"--nproc-per-node={self.nproc_per_node}", *self.torchrun_args])
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of the sweep: its run-dir name, what distinguishes it, and its validated config."""
+
+    name: str
+    variant: str | None
+    values: dict[str, Any]  # dotted key -> value for every key the variant grid and grid vary
+    seed: int
+    overrides: tuple[str, ...]  # `section.key=value` on top of the base file, incl. run.*
+    cfg: Config
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    base: Path | None
+    out_dir: Path
+    overrides: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    grid: dict[str, list[Any]]
+    seeds: tuple[int, ...]
+    launch: LaunchSpec
+    points: tuple[Point, ...] = field(default=())
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def yaml_value(value: Any) -> str:
+    """The override text that yaml.safe_load turns back into `value` (types survive)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+def _check_dotted(key: Any, where: str) -> str:
+    _require(isinstance(key, str) and key.count(".") == 1 and all(key.split(".")),
+             f"{where}: key {key!r} must look like section.key")
+    section = key.split(".")[0]
+    if section not in SECTIONS:
+        close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{where}: unknown config section in '{key}'{hint}")
+    _require(key not in _SWEEP_OWNED, f"{where}: {key} is set by the sweep (use seeds/repetitions, out_dir)")
+    return key
+
+
+def _mapping(raw: Any, where: str) -> dict[Any, Any]:
+    _require(isinstance(raw, dict), f"{where} must be a mapping, got {raw!r}")
+    return dict(raw)
+
+
+def _check_keys(raw: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown sweep key '{where}{key}'{hint}")
+
+
+def _parse_axes(raw: Any, where: str, *, lists_only: bool) -> dict[str, Any]:
+    """Dotted key -> value; a list is an axis to expand (and must be a non-empty list of scalars)."""
+    axes: dict[str, Any] = {}
+    for key, value in _mapping(raw, where).items():
+        key = _check_dotted(key, where)
+        if lists_only:
+            _require(isinstance(value, list), f"{where}.{key} must be a list of values, got {value!r}")
+        if isinstance(value, list):
+            _require(len(value) > 0, f"{where}.{key} must not be empty")
+            _require(all(not isinstance(v, (list, dict)) for v in value), f"{where}.{key} must hold scalars")
+            _require(len({yaml_value(v) for v in value}) == len(value), f"{where}.{key} has a repeated value")
+        else:
+            _require(not isinstance(value, dict), f"{where}.{key} must be a scalar or a list, got a mapping")
+        axes[key] = value
+    return axes
+
+
+def _parse_seeds(raw: dict[str, Any]) -> tuple[int, ...]:
+    _require(not ("seeds" in raw and "repetitions" in raw), "sweep: give either seeds or repetitions, not both")
+    if "repetitions" in raw:
+        reps = raw["repetitions"]
+        _require(type(reps) is int and reps >= 1, f"repetitions must be an integer >= 1, got {reps!r}")
+        return tuple(range(reps))
+    seeds = raw.get("seeds", [0])
+    _require(isinstance(seeds, list) and len(seeds) > 0 and all(type(s) is int and s >= 0 for s in seeds),
+             f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    _require(len(set(seeds)) == len(seeds), "seeds has a repeated value")
+    return tuple(seeds)
+
+
+def _parse_launch(raw: Any) -> LaunchSpec:
+    values = _mapping(raw, "launch")
+    _check_keys(values, _LAUNCH_KEYS, "launch.")
+    types = {"nproc_per_node": int, "jobs": int, "mode": str}
+    for key, kind in types.items():
+        if key in values:
+            _require(type(values[key]) is kind, f"launch.{key} must be {kind.__name__}, got {values[key]!r}")
+    args = values.get("torchrun_args", [])
+    _require(isinstance(args, list) and all(isinstance(a, str) for a in args),
+             f"launch.torchrun_args must be a list of strings, got {args!r}")
+    values["torchrun_args"] = tuple(args)
+    return LaunchSpec(**values)
+
+
+def _parse_variants(raw: Any, grid: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    variants: dict[str, dict[str, Any]] = {}
+    for name, values in _mapping(raw, "variants").items():
+        _require(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9._+-]+", name) is not None,
+                 f"variants: name {name!r} must be a short word (letters, digits, . _ + -)")
+        axes = _parse_axes(values, f"variants.{name}", lists_only=False)
+        for key in axes:
+            _require(key not in grid, f"variants.{name} sets {key}, which the grid also varies; keep one")
+        variants[name] = axes
+    _require(len(variants) > 0, "variants must not be empty (leave the key out instead)")
+    return variants
+
+
+def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
+                launch_overrides: dict[str, Any] | None = None) -> Sweep:
+    """Validate the sweep file's structure; `expand_points` then validates every point's config."""
+    _check_keys(raw, _TOP_KEYS, "")
+    base = raw.get("base")
+    _require(base is None or isinstance(base, str), f"base must be a config file path, got {base!r}")
+    base_path = (path.parent / base) if base else None
+    if base_path is not None:
+        read_yaml(base_path)  # a missing or broken base file is named now, not per point
+    grid = _parse_axes(raw.get("grid", {}), "grid", lists_only=True)
+    variants = _parse_variants(raw["variants"], grid) if "variants" in raw else {}
+    launch_raw = {**_mapping(raw.get("launch", {}), "launch"), **(launch_overrides or {})}
+    out = out_dir or raw.get("out_dir") or f"runs/sweeps/{path.stem}"
+    _require(isinstance(out, str), f"out_dir must be a path, got {out!r}")
+    return Sweep(path=path, base=base_path, out_dir=Path(out),
+                 overrides=_parse_axes(raw.get("overrides", {}), "overrides", lists_only=False),
+                 variants=variants, grid=grid, seeds=_parse_seeds(raw), launch=_parse_launch(launch_raw))
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """`data.R` -> `R` unless two varied keys share the last part; then keep the dotted key."""
+    last = [k.split(".")[1] for k in keys]
+    return {k: (k.split(".")[1] if last.count(k.split(".")[1]) == 1 else k) for k in keys}
+
+
+def _name_part(short: str, value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._+=-]", "-", f"{short}={yaml_value(value)}")
+
+
+def _variant_items(sweep: Sweep) -> list[tuple[str | None, dict[str, Any]]]:
+    return list(sweep.variants.items()) if sweep.variants else [(None, {})]
+
+
+def _combos(axes: dict[str, Any]) -> list[dict[str, Any]]:
+    varied = {k: v for k, v in axes.items() if isinstance(v, list)}
+    return [dict(zip(varied, combo, strict=True)) for combo in itertools.product(*varied.values())]
+
+
+def point_specs(sweep: Sweep) -> list[tuple[str, str | None, dict[str, Any], int, tuple[str, ...]]]:
+    """(name, variant, varied values, seed, overrides without run.*) in a deterministic order."""
+    varied_keys = list(sweep.grid) + [k for _, a in _variant_items(sweep) for k, v in a.items() if isinstance(v, list)]
+    short = _short_names(sorted(set(varied_keys)))
+    specs = []
+    for variant, axes in _variant_items(sweep):
+        fixed = {k: v for k, v in axes.items() if not isinstance(v, list)}
+        for inner in _combos(axes):
+            for outer in _combos(sweep.grid):
+                for seed in sweep.seeds:
+                    values = {**inner, **outer}
+                    parts = ([variant] if variant else []) + [_name_part(short[k], v) for k, v in values.items()]
+                    name = "__".join([*parts, f"seed={seed}"])
+                    settings = {**sweep.overrides, **fixed, **values}
+                    overrides = tuple(f"{k}={yaml_value(v)}" for k, v in settings.items()) + (f"run.seed={seed}",)
+                    specs.append((name, variant, values, seed, overrides))
+    return specs
+
+
+def build_point(sweep: Sweep, spec: tuple[str, str | None, dict[str, Any], int, tuple[str, ...]]) -> Point:
+    name, variant, values, seed, overrides = spec
+    full = (*overrides, f"run.out_dir={yaml_value(str(sweep.out_dir))}", f"run.name={yaml_value(name)}")
+    try:
+        cfg = load_config(sweep.base, list(full))
+        cfg.check_world_size(sweep.launch.world_size)
+    except PflError as err:
+        raise ConfigError(f"sweep point {name}: {err}") from None
+    return Point(name=name, variant=variant, values=values, seed=seed, overrides=full, cfg=cfg)
+
+
+def expand_points(sweep: Sweep) -> tuple[Point, ...]:
+    """Every point, validated; names are unique and derived only from the varied values."""
+    points = tuple(build_point(sweep, spec) for spec in point_specs(sweep))
+    names = [p.name for p in points]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    _require(duplicate is None, f"sweep: two points share the name {duplicate}; make variant names distinct")
+    if sweep.launch.mode == "in_job":
+        shared = {(p.cfg.run.device, p.cfg.comm.backend, p.cfg.comm.timeout_s) for p in points}
+        _require(len(shared) <= 1, "launch.mode in_job needs the same run.device, comm.backend and "
+                 "comm.timeout_s for every point (they share one process group)")
+    return points
+
+
+def load_sweep(path: str | Path, *, out_dir: str | None = None, launch_overrides: dict[str, Any] | None = None,
+               check_data: bool = True) -> Sweep:
+    """Read, validate and expand a sweep file. Raises ConfigError with one line on any problem."""
+    path = Path(path)
+    sweep = parse_sweep(read_yaml(path), path=path, out_dir=out_dir, launch_overrides=launch_overrides)
+    points = expand_points(sweep)
+    if check_data:
+        from pfl_dist.launch import preflight
+
+        for cfg in {(p.cfg.data.kind, p.cfg.data.data_dir): p.cfg for p in points}.values():
+            preflight(cfg, world_size=sweep.launch.world_size)
+    return dataclasses.replace(sweep, points=points)

@@ -1,0 +1,75 @@
+"""Many sweep points inside one torchrun job: `torchrun ... -m pfl_dist.sweep_worker PLAN.json`.
+
+A small synthetic run trains in a few seconds, but a fresh torchrun job first pays ~10 s here
+for the agent, the Python/torch imports of every rank and the gloo rendezvous. This worker pays
+that once: it initialises the process group with the first point's config, then builds one
+Trainer per point on the same Runtime. Each Trainer has its own byte ledger, run dir,
+TensorBoard writer and summary.json, exactly as `pfl_dist.train` would produce.
+
+The points of one job must agree on what the process group depends on (device, backend,
+timeout); the sweep checks that when it expands the grid. A point that fails ends the whole job
+(a rank that raised cannot rejoin collectives its peers are waiting in); the sweep then marks
+that point failed and starts a new job for the points after it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pfl_dist.config import Config, load_config
+from pfl_dist.errors import PflError
+from pfl_dist.runtime import Runtime, env_rank, env_world_size, init_runtime, shutdown_runtime
+from pfl_dist.sweep_results import POINT_FILE
+from pfl_dist.tracking import write_json_atomic
+from pfl_dist.train import Trainer, report_error
+
+
+def load_plan(path: Path) -> list[tuple[Config, dict[str, Any]]]:
+    """(config, point info) per point; configs are validated before the process group starts."""
+    plan = json.loads(path.read_text())
+    points = []
+    for entry in plan["points"]:
+        cfg = load_config(entry["base"], entry["overrides"])
+        cfg.check_world_size(env_world_size())
+        points.append((cfg, entry["info"]))
+    return points
+
+
+def run_point(cfg: Config, runtime: Runtime, info: dict[str, Any]) -> dict[str, Any]:
+    """One point on an existing runtime: a fresh Trainer (ledger, logger, run dir) per point."""
+    started = time.perf_counter()
+    trainer = Trainer(cfg, runtime)
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    if runtime.is_logging_rank:
+        # Written after summary.json; the sweep reads it only once the job is over.
+        write_json_atomic(cfg.run_dir / POINT_FILE, {**info, "point_wall_s": time.perf_counter() - started})
+        print(f"sweep point done: {cfg.run.name}", flush=True)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: torchrun ... -m pfl_dist.sweep_worker PLAN.json", file=sys.stderr)
+        return 2
+    try:
+        points = load_plan(Path(args[0]))
+        runtime = init_runtime(points[0][0])
+        for cfg, info in points:
+            run_point(cfg, runtime, info)
+    except PflError as err:
+        return report_error(err, rank=env_rank())
+    shutdown_runtime(runtime)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The sweep runner end to end with real torchrun jobs (2 gloo ranks each): SIGTERM and resume,
+a failing point that does not lose the others, and in-job points equal to per-point runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, read_summary
+
+pytestmark = [pytest.mark.integration, pytest.mark.distributed]
+
+TINY = {"data.num_clients": 4, "data.samples_per_client": 40, "algorithm.num_local_steps": 5,
+        "train.num_rounds": 4, "train.eval_every": 2}
+
+
+def write_sweep(tmp_path: Path, **fields: Any) -> Path:
+    raw = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(tmp_path / "out"), "overrides": TINY,
+           "launch": {"nproc_per_node": 2}, **fields}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def sweep_command(path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pfl_dist.sweep", str(path), *args]
+
+
+def run_sweep(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(sweep_command(path, *args), cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def result_names(out: Path) -> list[str]:
+    with open(out / "results.csv", newline="") as f:
+        return [row["name"] for row in csv.DictReader(f)]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def wait_for(path: Path, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+def test_sigterm_stops_the_job_and_a_rerun_completes_only_the_missing_point(tmp_path: Path) -> None:
+    # Prepare: a short point, then a long one that is still running when SIGTERM arrives.
+    path = write_sweep(tmp_path, grid={"train.num_rounds": [4, 300]}, launch={"nproc_per_node": 2,
+                                                                               "mode": "per_point"})
+    out = tmp_path / "out"
+    first, second = out / "num_rounds=4__seed=0", out / "num_rounds=300__seed=0"
+    # Execute
+    sweep = subprocess.Popen(sweep_command(path, "--no-plot"), cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(first / "summary.json", timeout=240)
+        wait_for(out / "logs" / f"{second.name}.err", timeout=60)  # the second torchrun job has started
+        time.sleep(1.0)
+        sweep.send_signal(signal.SIGTERM)
+        interrupted_out = sweep.communicate(timeout=60)[0]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    first_mtime = (first / "summary.json").stat().st_mtime_ns
+    # Assert: stopped cleanly, nothing left running, the finished point kept
+    assert sweep.returncode == 130, interrupted_out
+    assert "sweep interrupted: 1/2 points complete" in interrupted_out
+    assert not (second / "summary.json").exists()
+    assert processes_mentioning(str(out)) == []
+    assert result_names(out) == [first.name]
+    # Execute: the same command again, now with the figures
+    rerun = run_sweep(path)
+    # Assert: only the missing point ran, no duplicate rows, figures and the table were produced
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    log = [json.loads(line) for line in (out / "sweep_log.jsonl").read_text().splitlines()]
+    assert [(e["status"], e["num_run"]) for e in log] == [("interrupted", 1), ("ok", 1)]
+    assert (first / "summary.json").stat().st_mtime_ns == first_mtime
+    assert result_names(out) == [first.name, second.name]
+    assert read_summary(second)["comm"]["num_collectives"] == 300
+    for name in ("tradeoff.png", "total_error_vs_rounds.png", "tradeoff_table.md"):
+        assert (out / "figures" / name).stat().st_size > 0
+    assert f"trade-off figure: {out / 'figures' / 'tradeoff.png'}" in rerun.stdout
+    assert f"tensorboard --logdir {out}" in rerun.stdout
+
+
+def test_in_job_points_have_own_ledgers_survive_a_failure_and_match_per_point_runs(tmp_path: Path) -> None:
+    # Prepare: the middle point diverges (a step size that overflows float32).
+    variants = {"ok1": {"algorithm.name": "fedclup", "algorithm.lam": 0.5},
+                "bad": {"algorithm.name": "fedavg", "algorithm.local_lr": 1e38},
+                "ok2": {"algorithm.name": "fedavg"}}
+    path = write_sweep(tmp_path, variants=variants, launch={"nproc_per_node": 2, "mode": "in_job"})
+    out = tmp_path / "out"
+    # Execute
+    in_job = run_sweep(path, "--no-plot")
+    per_point = run_sweep(path, "--no-plot", "--mode", "per_point", "--only", "^ok1", "--out-dir", str(tmp_path / "pp"))
+    # Assert: the failure is named, the points after it still ran (in a fresh job)
+    assert in_job.returncode == 1, in_job.stdout + in_job.stderr
+    assert "FAIL bad__seed=0: exit 1 (worker exit 3): pfl_dist: error: round 1: client" in in_job.stdout
+    assert result_names(out) == ["ok1__seed=0", "ok2__seed=0"]
+    assert sorted(p.name for p in (out / "logs").glob("job-*.plan.json")) == ["job-0.plan.json", "job-1.plan.json"]
+    # Assert: each point has its own ledger and TensorBoard run, as a separate torchrun job would
+    assert per_point.returncode == 0, per_point.stdout + per_point.stderr
+    model_bytes = 10 * 2 * 4
+    for name in ("ok1__seed=0", "ok2__seed=0"):  # ok2 ran after a failed point, in a second job
+        comm = read_summary(out / name)["comm"]
+        assert comm["num_collectives"] == 4  # this point's 4 rounds only: not cumulative over the job
+        assert comm["uplink_bytes"] == 4 * 4 * model_bytes
+        assert comm["wire_bytes_model"] == 4 * (2 * 1 * (10 * 2 + 1) * 4 // 2) * 2  # ring: 2(W-1)/W x payload
+        assert len(list((out / name).glob("events.out.tfevents.*"))) >= 1
+    in_job_summary, alone = read_summary(out / "ok1__seed=0"), read_summary(tmp_path / "pp" / "ok1__seed=0")
+    assert in_job_summary["comm"] == alone["comm"]
+    assert in_job_summary["global_model_sha256"] == alone["global_model_sha256"]
+    assert in_job_summary["final"] == alone["final"]
+    assert processes_mentioning(str(out)) == [] and os.getpid() not in processes_mentioning(str(out))

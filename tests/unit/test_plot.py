@@ -1,0 +1,127 @@
+"""Figures and the trade-off table from tiny sweeps trained in-process (no process group), and
+the trade-off math (Pareto front, bytes to reach a target, byte axis) on hand-made curves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from pfl_dist.plot import main as plot_main
+from pfl_dist.plot import render
+from pfl_dist.runtime import Runtime
+from pfl_dist.sweep_results import find_runs, write_results_csv
+from pfl_dist.sweep_spec import load_sweep
+from pfl_dist.sweep_tradeoff import Curve, byte_axis, bytes_to_reach, default_targets, pareto_front
+from pfl_dist.sweep_worker import run_point
+from tests.helpers import REPO
+
+TINY = {"data.num_clients": 4, "data.samples_per_client": 40, "algorithm.num_local_steps": 5,
+        "train.num_rounds": 4, "train.eval_every": 2}
+METHODS = {"fedavg": {"algorithm.name": "fedavg"}, "local": {"algorithm.name": "local", "algorithm.lam": 0.0},
+           "clup": {"algorithm.name": "fedclup", "algorithm.lam": [0.1, 1.0]}}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_sweep(out: Path, **fields: Any) -> Path:
+    """Train every point of a sweep in this process on one Runtime, as the in-job worker does
+    (one Trainer per point), minus the ranks."""
+    raw = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(out), "overrides": TINY,
+           "launch": {"nproc_per_node": 1}, **fields}
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(raw))
+    sweep = load_sweep(path)
+    runtime = Runtime(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend=None)
+    for point in sweep.points:
+        run_point(point.cfg, runtime, {"name": point.name, "variant": point.variant})
+    write_results_csv(out / "results.csv", find_runs(out, [p.name for p in sweep.points]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    root = tmp_path_factory.mktemp("sweeps")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids sync costs on a busy box
+    yield {
+        "R": tiny_sweep(root / "r", variants=METHODS, grid={"data.R": [0.5, 2.0]}),
+        "K": tiny_sweep(root / "k", grid={"algorithm.num_local_steps": [2, 5]}),
+        "classes": tiny_sweep(root / "c", variants={k: METHODS[k] for k in ("fedavg", "local")},
+                              grid={"data.classes_per_client": [2, 3]}),
+        "none": tiny_sweep(root / "n", variants=METHODS),
+    }
+    torch.set_num_threads(threads)
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("sweep", "figure", "file"), [
+    ("R", "stat_error_vs_R", "stat_error_vs_R.png"),
+    ("K", "local_steps", "local_steps.png"),
+    ("classes", "images", "images_vs_classes.png"),
+    ("none", "total_error_vs_rounds", "total_error_vs_rounds.png"),
+])
+def test_each_figure_is_drawn_from_what_the_sweep_varies(sweeps: dict[str, Path], tmp_path: Path, sweep: str,
+                                                         figure: str, file: str) -> None:
+    rendered = render(sweeps[sweep], tmp_path)
+    assert set(rendered.figures) == {figure, "tradeoff"}
+    assert rendered.figures[figure] == tmp_path / file
+    assert_png(rendered.figures[figure])
+    assert_png(rendered.figures["tradeoff"])
+
+
+def test_tradeoff_table_has_a_row_per_method_and_facet(sweeps: dict[str, Path], tmp_path: Path) -> None:
+    rendered = render(sweeps["R"], tmp_path, prefix="r_")
+    rows = [line for line in rendered.table_markdown.splitlines()[2:] if line.startswith("|")]
+    assert len(rows) == 2 * 4  # R in {0.5, 2.0} x {LocalTrain, FedCLUP 0.1, FedCLUP 1, FedAvg}
+    assert rows[0].startswith("| R=0.5 | LocalTrain |") and rows[3].startswith("| R=0.5 | FedAvg |")
+    assert "| 0 B |" in rows[0]  # LocalTrain sends nothing
+    assert rendered.metric == "ITR" and "uplink + downlink" in rendered.axis_label  # 1 process: no wire
+    assert rendered.table_paths == (tmp_path / "r_tradeoff_table.md", tmp_path / "r_tradeoff_table.csv")
+
+
+def test_cli_writes_figures_and_prints_the_table(sweeps: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert plot_main([str(sweeps["none"]), "--out", str(tmp_path), "--target", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "bytes to ITR <= 100" in out and "figure: " + str(tmp_path / "tradeoff.png") in out
+    assert "not reached" not in out  # every curve starts below ITR 100
+
+
+# --- the trade-off math ----------------------------------------------------------------------
+
+
+def curve(label: str, num_bytes: list[float], values: list[float]) -> Curve:
+    return Curve(label=label, facet="", rounds=list(range(len(values))), num_bytes=num_bytes, values=values,
+                 communicates=True)
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    fast = curve("a", [0, 10, 20, 30], [9.0, 5.0, 4.0, 3.9])
+    slow = curve("b", [0, 10, 20, 30], [9.0, 7.0, 3.0, 2.0])
+    assert pareto_front([fast, slow], metric="ITR") == [(0, 9.0), (10, 5.0), (20, 3.0), (30, 2.0)]
+    acc = curve("c", [0, 10, 20], [0.5, 0.9, 0.8])
+    assert pareto_front([acc], metric="acc_personal") == [(0, 0.5), (10, 0.9)]
+
+
+def test_bytes_to_reach_and_default_targets() -> None:
+    a = curve("a", [0, 10, 20, 30], [9.0, 5.0, 4.0, 3.9])
+    b = curve("b", [0, 10, 20, 30], [9.0, 7.0, 3.0, 2.0])
+    assert bytes_to_reach(a, 5.0, metric="ITR") == (10, 1)
+    assert bytes_to_reach(a, 3.0, metric="ITR") is None
+    assert bytes_to_reach(b, 3.0, metric="ITR") == (20, 2)
+    assert default_targets([a, b], metric="ITR") == [3.9, 2.95]  # worst final, median final
+    assert default_targets([a, a], metric="ITR") == [3.9]
+
+
+def test_byte_axis_falls_back_to_fl_bytes_when_nothing_crossed_a_wire(sweeps: dict[str, Path]) -> None:
+    runs = find_runs(sweeps["none"])  # trained in one process: wire bytes are 0
+    assert all(r.summary["comm"]["wire_bytes_model"] == 0 for r in runs)
+    kind, label = byte_axis(runs)
+    assert kind == "fl" and "uplink + downlink" in label

@@ -1,0 +1,192 @@
+"""Sweep files without any process: grid expansion, naming, validation errors, resume selection,
+results.csv collection and job batching."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pfl_dist import sweep
+from pfl_dist.errors import ConfigError
+from pfl_dist.sweep_jobs import batches, failure_reason, point_command
+from pfl_dist.sweep_results import find_runs, write_results_csv
+from pfl_dist.sweep_spec import load_sweep, yaml_value
+from tests.helpers import REPO
+
+BASE = str(REPO / "configs" / "default.yaml")
+
+
+def write_sweep(tmp_path: Path, **fields: Any) -> Path:
+    raw = {"base": BASE, "out_dir": str(tmp_path / "out"), "launch": {"nproc_per_node": 2}, **fields}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def fake_run(run_dir: Path, *, lam: float = 0.5, final_itr: float = 1.0) -> None:
+    """A finished run dir with the engine's summary/metrics shape (no training)."""
+    run_dir.mkdir(parents=True)
+    comm = {"payload_bytes": 100, "wire_bytes_model": 50, "uplink_bytes": 80, "downlink_bytes": 80,
+            "num_collectives": 2, "wire_bytes_measured": None}
+    config = {"run": {"seed": 0}, "data": {"kind": "synthetic", "R": 1.0, "num_clients": 4, "classes_per_client": 2},
+              "algorithm": {"name": "fedclup", "lam": lam, "sample_fraction": 1.0, "num_local_steps": 5},
+              "train": {"num_rounds": 2}}
+    summary = {"config": config, "world_size": 2, "algorithm": {"lam": lam}, "final": {"ITR": final_itr},
+               "comm": comm, "comm_telemetry": comm, "time": {"wall_s": 1.0, "round_s_median": 0.1}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+# --- expansion -------------------------------------------------------------------------------
+
+
+def test_variants_cross_grid_and_seeds_with_deterministic_names(tmp_path: Path) -> None:
+    # Prepare
+    path = write_sweep(tmp_path, overrides={"data.num_clients": 6, "train.num_rounds": 3},
+                       variants={"fedavg": {"algorithm.name": "fedavg"},
+                                 "clup": {"algorithm.name": "fedclup", "algorithm.lam": [0.1, 2]}},
+                       grid={"data.R": [0.5, 3.0]}, repetitions=2)
+    # Execute
+    points = load_sweep(path).points
+    # Assert
+    assert len(points) == (1 + 2) * 2 * 2
+    assert [p.name for p in points[:4]] == ["fedavg__R=0.5__seed=0", "fedavg__R=0.5__seed=1",
+                                            "fedavg__R=3.0__seed=0", "fedavg__R=3.0__seed=1"]
+    clup = next(p for p in points if p.name == "clup__lam=2__R=3.0__seed=1")
+    assert (clup.cfg.algorithm.lam, clup.cfg.data.R, clup.cfg.run.seed) == (2.0, 3.0, 1)
+    assert clup.cfg.data.num_clients == 6 and clup.cfg.train.num_rounds == 3  # overrides apply
+    assert clup.cfg.run.name == clup.name and clup.cfg.run.out_dir == str(tmp_path / "out")
+    assert clup.values == {"algorithm.lam": 2, "data.R": 3.0}
+    assert [p.name for p in load_sweep(path).points] == [p.name for p in points]  # deterministic
+
+
+def test_grid_alone_is_a_cartesian_product(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, grid={"algorithm.lam": [0.1, 0.5, 1.0], "algorithm.num_local_steps": [5, 10]})
+    points = load_sweep(path).points
+    assert len(points) == 6
+    assert {(p.cfg.algorithm.lam, p.cfg.algorithm.num_local_steps) for p in points} == {
+        (lam, k) for lam in (0.1, 0.5, 1.0) for k in (5, 10)}
+    assert points[0].name == "lam=0.1__num_local_steps=5__seed=0"
+
+
+def test_keys_sharing_a_last_part_keep_their_section(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, grid={"run.device": ["cpu"], "comm.backend": ["gloo"], "data.R": [1.0]})
+    names = {p.name for p in load_sweep(path).points}
+    assert names == {"device=cpu__backend=gloo__R=1.0__seed=0"}
+
+
+@pytest.mark.parametrize("value", [0.1, 1e-05, 3, "auto", "0.5", True, None, "runs/x y"])
+def test_override_text_round_trips_through_yaml(value: Any) -> None:
+    assert yaml.safe_load(yaml_value(value)) == value
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"gird": {}}, "unknown sweep key 'gird' (did you mean 'grid'?)"),
+    ({"grid": {"data.R": 1.0}}, "grid.data.R must be a list of values"),
+    ({"grid": {"data.R": []}}, "grid.data.R must not be empty"),
+    ({"grid": {"data.R": [1, 1]}}, "grid.data.R has a repeated value"),
+    ({"grid": {"dat.R": [1]}}, "unknown config section in 'dat.R' (did you mean 'data'?)"),
+    ({"grid": {"run.name": ["a"]}}, "run.name is set by the sweep"),
+    ({"grid": {"R": [1]}}, "key 'R' must look like section.key"),
+    ({"variants": {"a": {"data.R": 1}}, "grid": {"data.R": [1, 2]}}, "variants.a sets data.R, which the grid"),
+    ({"variants": {"a b": {}}}, "must be a short word"),
+    ({"seeds": [0], "repetitions": 2}, "either seeds or repetitions"),
+    ({"seeds": [-1]}, "seeds must be a non-empty list of integers >= 0"),
+    ({"launch": {"nproc_per_node": 0}}, "launch.nproc_per_node must be >= 1"),
+    ({"launch": {"mode": "threads"}}, "launch.mode must be 'per_point' or 'in_job'"),
+    ({"launch": {"jobs": "2"}}, "launch.jobs must be int"),
+    ({"launch": {"torchrun_args": ["--nproc-per-node=4"]}}, "must not set --nproc-per-node"),
+    ({"launch": {"jobs": 2, "torchrun_args": ["--rdzv-endpoint=h:1"]}}, "needs a free port per job"),
+    ({"launch": {"nproc_per_nod": 2}}, "'launch.nproc_per_nod' (did you mean 'launch.nproc_per_node'?)"),
+    ({"base": "missing.yaml"}, "config file not found"),
+])
+def test_structural_errors_are_one_line(tmp_path: Path, fields: dict[str, Any], message: str) -> None:
+    path = write_sweep(tmp_path, **fields)
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_point_config_is_validated_and_named(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, grid={"algorithm.lam": [0.5, -1.0]})
+    with pytest.raises(ConfigError, match=r"^sweep point lam=-1.0__seed=0: algorithm.lam must be >= 0"):
+        load_sweep(path)
+    path = write_sweep(tmp_path, grid={"algorithm.lamda": [0.5]})
+    with pytest.raises(ConfigError, match="unknown config key 'algorithm.lamda'"):
+        load_sweep(path)
+    path = write_sweep(tmp_path, overrides={"data.num_clients": 1}, grid={"data.R": [1.0]})
+    with pytest.raises(ConfigError, match="data.num_clients.*must be >= the world size"):
+        load_sweep(path)  # 1 client cannot fill 2 ranks
+
+
+def test_cli_reports_errors_with_exit_code_2_and_launches_nothing(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(tmp_path, grid={"algorithm.lam": [0.5, -1.0]})
+    assert sweep.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pfl_dist.sweep: error: sweep point lam=-1.0__seed=0:") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# --- resume selection, results, batching ------------------------------------------------------
+
+
+def test_dry_run_skips_complete_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(tmp_path, grid={"algorithm.lam": [0.1, 0.5, 1.0]})
+    fake_run(tmp_path / "out" / "lam=0.5__seed=0")
+    (tmp_path / "out" / "lam=1.0__seed=0").mkdir()  # started but never finished: still pending
+    assert sweep.main([str(path), "--dry-run", "--mode", "per_point"]) == 0
+    out = capsys.readouterr().out
+    assert "done    lam=0.5__seed=0" in out and "pending lam=0.1__seed=0" in out and "pending lam=1.0__seed=0" in out
+    assert out.count("$ ") == 2 and "3 points valid, 2 to run, 1 complete" in out
+
+
+def test_results_csv_has_one_row_per_finished_point(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for lam in (0.1, 0.5):
+        fake_run(out / f"lam={lam}__seed=0", lam=lam)
+    fake_run(out / "stray_from_an_old_sweep")
+    names = ["lam=0.1__seed=0", "lam=0.5__seed=0", "lam=1.0__seed=0"]
+    for _ in range(2):  # rebuilding (as after a resume) must not duplicate rows
+        write_results_csv(out / "results.csv", find_runs(out, names), varied=["algorithm.lam"])
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == names[:2]
+    assert [r["algorithm.lam"] for r in rows] == ["0.1", "0.5"]
+    assert rows[0]["label"] == "FedCLUP λ=0.1" and rows[0]["fl_bytes"] == "160" and rows[0]["ITR"] == "1.0"
+    assert [r.name for r in find_runs(out)] == names[:2]  # results.csv selects the sweep's runs
+
+
+def test_in_job_batches_balance_cost_and_keep_order(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, grid={"train.num_rounds": [40, 10, 11, 12, 13]})
+    points = list(load_sweep(path).points)
+    two = batches(points, jobs=2, mode="in_job")
+    assert [[p.cfg.train.num_rounds for p in b] for b in two] == [[40], [10, 11, 12, 13]]
+    assert batches(points, jobs=8, mode="in_job")[0] == [points[0]]
+    assert all(len(b) == 1 for b in batches(points, jobs=1, mode="per_point"))
+    command = point_command(load_sweep(path), points[0])
+    assert command[3:6] == ["--standalone", "--nproc-per-node=2", "-m"] and f"run.name={points[0].name}" in command
+
+
+def test_failure_reason_names_the_worker_error(tmp_path: Path) -> None:
+    stderr = tmp_path / "err"
+    stderr.write_text("noise\npfl_dist: error: round 2: client 1 diverged (non-finite local model)\n"
+                      "Traceback ...\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n"
+                      "  exitcode  : 3 (pid: 12)\n=====\n")
+    reason = failure_reason(1, stderr)
+    assert reason == "exit 1 (worker exit 3): pfl_dist: error: round 2: client 1 diverged (non-finite local model)"
+
+
+def test_failure_reason_prefers_the_worker_exception_over_torchrun_summary(tmp_path: Path) -> None:
+    stderr = tmp_path / "err"
+    stderr.write_text("[rank0]: Traceback (most recent call last):\n[rank0]: ImportError: cannot import name 'x'\n"
+                      "Traceback (most recent call last):\n"
+                      "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n  exitcode  : 1 (pid: 9)\n")
+    assert failure_reason(1, stderr) == "exit 1 (worker exit 1): ImportError: cannot import name 'x'"
