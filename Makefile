@@ -7,7 +7,7 @@ NPROC   ?= 4
 # Elastic restarts of a gloo group fail to reconnect without this (shared/ENVIRONMENT.md).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE := 1
 
-.PHONY: install data run test test-fast check lint typecheck clean
+.PHONY: install data run run-default test test-fast check lint typecheck clean
 
 install: $(STAMP) data
 
@@ -21,11 +21,17 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 data: $(STAMP)
 	@bash launch/install_data.sh $(PY)
 
+# The main job: FedAvg, LocalTrain and FedCLUP at several lambda on synthetic data, real torchrun
+# processes; ends with the trade-off table, the figure and the TensorBoard command.
 run: install
+	$(PY) -m pfl_dist.sweep configs/sweeps/quick.yaml
+
+# One FedCLUP job: 4 clients as 4 torchrun processes.
+run-default: install
 	$(PY) -m pfl_dist.launch --nproc-per-node=$(NPROC) --config configs/default.yaml
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not integration"
