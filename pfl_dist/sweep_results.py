@@ -160,10 +160,3 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def format_bytes(num: float) -> str:
-    """Decimal units, as network counters are usually read (1 KB = 1000 B)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(num) < 1000 or unit == "GB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.3g} {unit}"
-        num /= 1000
-    raise AssertionError("unreachable")

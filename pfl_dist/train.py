@@ -25,7 +25,7 @@ import torch
 
 from pfl_dist.algorithms import Algorithm, build_algorithm, theory_lambda
 from pfl_dist.checkpoint import Checkpointer, RunStopped, StopRequest, agree_on_resume_round, rng_state, set_rng_state
-from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
+from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic, format_bytes
 from pfl_dist.config import Config, load_config
 from pfl_dist.errors import DivergenceError, PflError
 from pfl_dist.runtime import (
@@ -389,13 +389,6 @@ def participation_summary(update_counts: torch.Tensor) -> dict[str, Any]:
         summary["update_counts"] = update_counts.tolist()
     return summary
 
-
-def format_bytes(num: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(num) < 1000 or unit == "GB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.2f} {unit}"
-        num /= 1000
-    raise AssertionError("unreachable")
 
 
 def progress_line(record: dict[str, Any], *, num_rounds: int, round_times: list[float]) -> str:
