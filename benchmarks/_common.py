@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def median(values: Sequence[float]) -> float:
 @dataclass
 class JobResult:
     wall_s: float  # the whole command, start to exit, measured outside
+    cpu_s: float  # user + system CPU of the command and all its descendants (ranks, agent)
     summary: dict[str, Any]  # the run's summary.json ({} for scripts that write none)
     load: float  # 1-minute load average when the job ended
 
@@ -56,16 +58,19 @@ def run_job(command: Sequence[str], *, cwd: Path = REPO, env: dict[str, str] | N
             run_dir: Path | None = None, timeout: float = 1800) -> JobResult:
     """Run one command to completion; wall time from start to exit; read summary.json if any."""
     full_env = {**os.environ, **TORCHRUN_ENV, **(env or {})}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(list(command), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if result.returncode != 0:
         raise SystemExit(f"benchmark job failed ({result.returncode}): {' '.join(command)}\n"
                          f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     summary = {}
     if run_dir is not None and (run_dir / "summary.json").exists():
         summary = json.loads((run_dir / "summary.json").read_text())
-    return JobResult(wall_s=wall, summary=summary, load=load1())
+    return JobResult(wall_s=wall, cpu_s=cpu, summary=summary, load=load1())
 
 
 def train_job(nproc: int, overrides: Sequence[str], *, repo: Path = REPO, name: str = "bench",

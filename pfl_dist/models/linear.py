@@ -119,8 +119,9 @@ class LinearSoftmax:
 def binary_loss_and_correct(margin: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two classes from the margin z = logit_1 - logit_0: CE = softplus(+-z), predicted class z > 0
     (a tie predicts class 0, as argmax does)."""
-    loss = torch.nn.functional.softplus(margin * (1 - 2 * y))
-    return loss, (margin > 0).long() == y
+    positive = y == 1
+    loss = torch.nn.functional.softplus(torch.where(positive, -margin, margin))
+    return loss, (margin > 0) == positive
 
 
 def class_major_loss_and_correct(
