@@ -48,6 +48,9 @@ class DataConfig:
     dim: int = 10  # d (synthetic)
     num_classes: int = 2  # C (synthetic)
     R: float = 1.0  # heterogeneity: std of the clients' true models (synthetic)
+    # synthetic: std of a centre W_0 shared by all true models (W_k = W_0 + R Z_k); 0 = the paper's
+    # generator, whose data does not depend on R (docs/RESULTS.md §2)
+    center_scale: float = 0.0
     data_dir: str | None = None  # IDX folder (images); None = the kind's default
     download: bool = False  # images: download missing files (needs a network)
     partition: Literal["classes", "dirichlet", "iid"] = "classes"  # images
@@ -65,6 +68,7 @@ class DataConfig:
             _require(value >= 1, f"data.{key}", f"must be >= 1, got {value}")
         _require(self.num_classes >= 2, "data.num_classes", f"must be >= 2, got {self.num_classes}")
         _require(self.R >= 0, "data.R", f"must be >= 0, got {self.R}")
+        _require(self.center_scale >= 0, "data.center_scale", f"must be >= 0, got {self.center_scale}")
         _require(1 <= self.classes_per_client <= 10, "data.classes_per_client",
                  f"must be in 1..10, got {self.classes_per_client}")
         _require(self.alpha > 0, "data.alpha", f"must be > 0, got {self.alpha}")

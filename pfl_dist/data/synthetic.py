@@ -6,6 +6,14 @@ Client k, with seed (k + seed * m):
 Features are scaled per client by their standard deviation, without centring. Each rank
 generates only its own clients, and a client's data depends only on (seed, k, m).
 
+In that generator R does not change the data: y = argmax(X_k W_k^T) is invariant to the scale
+of W_k, and W_k at any R is the same draw times R, so every R gives bit-identical clients and
+only the truth the errors are measured against moves. `center_scale` > 0 adds a centre shared
+by all clients, W_k = W_0 + R * Z_k with W_0 ~ N(0, center_scale^2) drawn from a stream of its
+own (seed only): then R is the spread of the clients' rules around a common one, so small R
+means similar labels and large R different ones (docs/RESULTS.md §2). center_scale = 0 is the
+paper's generator, bit for bit.
+
 Clients are generated in blocks: one generator per client (its stream is the client's data,
 so that cannot be shared), one draw per client for all three of W_k, v_k and X_k (the same
 stream positions as three successive draws), and the arithmetic vectorized over the block.
@@ -41,14 +49,16 @@ class SyntheticBlock:
 
 
 def generate_clients(
-    client_ids: Sequence[int], *, seed: int, num_clients: int, num_samples: int, dim: int, num_classes: int, R: float
+    client_ids: Sequence[int], *, seed: int, num_clients: int, num_samples: int, dim: int, num_classes: int, R: float,
+    center_scale: float = 0.0,
 ) -> SyntheticBlock:
     num_model = num_classes * dim
     draws = np.empty((len(client_ids), num_model + dim + num_samples * dim))
     for row, client_id in enumerate(client_ids):
         np.random.default_rng(client_id + seed * num_clients).standard_normal(out=draws[row])
     # Generator.normal(loc, scale) is loc + scale * standard_normal, element by element.
-    true_models = 0.0 + R * draws[:, :num_model].reshape(-1, num_classes, dim)
+    true_models = shared_center(seed, num_classes, dim, center_scale) + R * draws[:, :num_model].reshape(
+        -1, num_classes, dim)
     center = draws[:, num_model: num_model + dim]
     noise = draws[:, num_model + dim:].reshape(-1, num_samples, dim)
     feature_std = np.arange(1, dim + 1, dtype=np.float64) ** (-1.2 / 2)
@@ -58,10 +68,22 @@ def generate_clients(
     return SyntheticBlock(features=features / scale[:, None, :], labels=labels, scale=scale, true_models=true_models)
 
 
+def shared_center(seed: int, num_classes: int, dim: int, center_scale: float) -> np.ndarray:
+    """W_0, (C, d): zero for the paper's generator, else one draw shared by every client.
+
+    Its stream is seeded by the pair (seed, 1) (a different SeedSequence entropy than any
+    client's single integer), so it does not overlap the clients' streams.
+    """
+    if center_scale == 0:
+        return np.zeros((num_classes, dim))  # 0.0 + x == x: the paper's numbers exactly
+    return center_scale * np.random.default_rng([seed, 1]).standard_normal((num_classes, dim))
+
+
 def generate_client(
-    client_id: int, *, seed: int, num_clients: int, num_samples: int, dim: int, num_classes: int, R: float
+    client_id: int, *, seed: int, num_clients: int, num_samples: int, dim: int, num_classes: int, R: float,
+    center_scale: float = 0.0,
 ) -> SyntheticClient:
     block = generate_clients([client_id], seed=seed, num_clients=num_clients, num_samples=num_samples, dim=dim,
-                             num_classes=num_classes, R=R)
+                             num_classes=num_classes, R=R, center_scale=center_scale)
     return SyntheticClient(features=block.features[0], labels=block.labels[0], scale=block.scale[0],
                            true_model=block.true_models[0])

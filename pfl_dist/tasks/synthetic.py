@@ -45,7 +45,7 @@ class SyntheticTask:
         for start in range(0, num_clients, _GENERATION_BLOCK):
             ids = client_ids[start: start + _GENERATION_BLOCK]
             block = generate_clients(ids, seed=cfg.run.seed, num_clients=data.num_clients, num_samples=n, dim=d,
-                                     num_classes=c, R=data.R)
+                                     num_classes=c, R=data.R, center_scale=data.center_scale)
             rows = slice(start, start + len(ids))
             self.features[rows] = torch.from_numpy(block.features)
             self.labels[rows] = torch.from_numpy(block.labels)

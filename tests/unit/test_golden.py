@@ -148,3 +148,20 @@ def test_block_generation_is_the_released_generator_bit_for_bit(
         got = (block.features[row], block.labels[row], block.scale[row], block.true_models[row])
         for want, have in zip(expected, got, strict=True):
             assert want.dtype == have.dtype and want.tobytes() == have.tobytes()
+
+
+def test_paper_generator_data_does_not_depend_on_R_but_a_shared_center_makes_it() -> None:
+    """Why lam=auto cannot follow R on the paper's generator (docs/RESULTS.md §2), and the fix."""
+    shape = {"seed": 0, "num_clients": 10, "num_samples": 200, "dim": 10, "num_classes": 2}
+    small, large = (generate_clients(range(10), R=R, **shape) for R in (0.1, 3.0))
+    assert np.array_equal(small.features, large.features) and np.array_equal(small.labels, large.labels)
+    assert np.allclose(large.true_models, 30 * small.true_models)  # only the truth moves
+
+    small, large = (generate_clients(range(10), R=R, center_scale=1.0, **shape) for R in (0.1, 3.0))
+    assert np.array_equal(small.features, large.features)  # same X_k draws ...
+    # ... but labels follow the clients' rules: nearly the shared rule at small R, not at large R.
+    center = small.true_models.mean(axis=0)
+    raw = small.features * small.scale[:, None, :]
+    shared_rule = np.argmax(raw @ center.T, axis=2)
+    agreement = [float(np.mean(block.labels == shared_rule)) for block in (small, large)]
+    assert agreement[0] > 0.9 and agreement[1] < 0.8, agreement
