@@ -69,13 +69,16 @@ class Counters:
     wire_bytes_measured: int | None = None
 
     def add(self, other: Counters) -> None:
-        # wire_bytes_measured is not additive per rank: it is summed over nodes at evaluation.
-        for f in fields(self):
-            if f.name != "wire_bytes_measured":
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for name in _ADDITIVE_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_dict(self) -> dict[str, int | None]:
         return asdict(self)
+
+
+# wire_bytes_measured is not additive per rank: it is summed over nodes at evaluation.
+# (Computed once: `fields()` per call showed in the profile of 500-round runs.)
+_ADDITIVE_FIELDS = tuple(f.name for f in fields(Counters) if f.name != "wire_bytes_measured")
 
 
 class InterfaceCounter:

@@ -33,6 +33,7 @@ from pfl_dist.runtime import (
     collective_failure,
     env_rank,
     env_world_size,
+    exit_process,
     failure_reason,
     init_runtime,
     shutdown_runtime,
@@ -460,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> None:
-    sys.exit(main())
+    exit_process(main())
 
 
 if __name__ == "__main__":
