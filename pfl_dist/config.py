@@ -89,6 +89,9 @@ class AlgorithmConfig:
     lam_auto_c: float = 5.0  # lam=auto: the rule's constant c
     lam_auto_warmup: float = 0.2  # lam=auto: fraction of rounds run before R_hat is estimated
     lam_auto_init: float = 1.0  # lam=auto: lambda used during the warm-up rounds
+    # lam=auto: re-estimate R_hat under the lambda in force and choose again every warm-up period
+    # (rounds w, 2w, ... before the last); false = choose once, after the warm-up
+    lam_auto_refresh: bool = True
     local_lr: float | Auto = "auto"  # eta; auto = 1/(L + lam)
     # gamma (fedclup); auto = 1/lam + 1/L; '1/lam' = plain averaging (the paper's image runs)
     global_lr: float | Literal["auto", "1/lam"] = "auto"

@@ -71,7 +71,7 @@ class Trainer:
         self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
-        self.lambda_choice: dict[str, float] | None = None
+        self.lambda_choices: list[dict[str, float]] = []  # lam=auto: every (round, R_hat, lam) chosen
         self.started = time.perf_counter()
         self.stop = stop if stop is not None else StopRequest()
         self.stop_agreed = False  # set when the evaluation reduction carried a stop (LocalTrain)
@@ -207,11 +207,21 @@ class Trainer:
 
     # --- theory-guided lambda (algorithm.lam = auto) ---------------------------------
 
-    def lambda_auto_round(self) -> int | None:
-        """The round after which R_hat is estimated and lambda chosen; None unless lam=auto."""
-        if self.cfg.algorithm.lam != "auto":
-            return None
-        return max(1, round(self.cfg.algorithm.lam_auto_warmup * self.cfg.train.num_rounds))
+    def is_lambda_auto_round(self, round_num: int) -> bool:
+        """lam=auto: R_hat is estimated and lambda chosen after round w = warm-up x rounds and,
+        with lam_auto_refresh, again after rounds 2w, 3w, ... before the last round.
+
+        Re-estimating matters because R_hat is measured under the lambda in force: a proximal
+        term of weight lam_auto_init holds every w_i near w_g and shrinks R_hat, so one estimate
+        mostly reflects the warm-up's lambda. Choosing again under the chosen lambda lets the rule
+        move towards a lambda consistent with its own estimate (docs/RESULTS.md §2).
+        """
+        algo = self.cfg.algorithm
+        if algo.lam != "auto":
+            return False
+        warmup = max(1, round(algo.lam_auto_warmup * self.cfg.train.num_rounds))
+        refresh = algo.lam_auto_refresh and round_num % warmup == 0 and round_num < self.cfg.train.num_rounds
+        return round_num == warmup or refresh
 
     def choose_lambda(self, round_num: int) -> None:
         """R_hat = mean ||w_i - w_g|| over clients trained so far (one telemetry all-reduce),
@@ -224,8 +234,9 @@ class Trainer:
         r_hat, mean_samples = float(sums[0] / sums[1]), float(sums[2] / sums[3])
         lam = theory_lambda(r_hat, num_samples=mean_samples, c=self.cfg.algorithm.lam_auto_c)
         self.algorithm.set_lam(lam)
-        self.lambda_choice = {"round": round_num, "R_hat": r_hat, "lam": lam, "num_samples": mean_samples}
-        self.logger.log_lambda(self.lambda_choice)
+        choice = {"round": round_num, "R_hat": r_hat, "lam": lam, "num_samples": mean_samples}
+        self.lambda_choices.append(choice)
+        self.logger.log_lambda(choice)
         if self.runtime.is_logging_rank:
             print(f"lam=auto: after round {round_num}, R_hat {r_hat:.4g} with n {mean_samples:.0f} -> lam {lam:.4g}",
                   flush=True)
@@ -238,7 +249,7 @@ class Trainer:
             round_num = round_idx + 1
             if not self.run_round(round_idx):
                 self._stop(completed=round_idx)
-            if round_num == self.lambda_auto_round():
+            if self.is_lambda_auto_round(round_num):
                 self.choose_lambda(round_num)
             if self._is_eval_round(round_num):
                 metrics = self.evaluate(final=round_num == self.cfg.train.num_rounds)
@@ -313,7 +324,7 @@ class Trainer:
         return {
             "clients": {"local_models": self.local_models.cpu(), "update_counts": self.update_counts.cpu()},
             "replicated": {"global_model": self.global_model.cpu(), "ledger_total": ledger["total"],
-                           "lam": self.algorithm.lam, "lambda_choice": self.lambda_choice,
+                           "lam": self.algorithm.lam, "lambda_choices": self.lambda_choices,
                            "resumed_from": list(self.resumed_from)},
             "rank": {"round_times": list(self.round_times), "measured_local": ledger["measured_local"],
                      "wall_s": time.perf_counter() - self.started, "rng": rng_state(),
@@ -332,7 +343,7 @@ class Trainer:
         # ledger counts the run as if uninterrupted, so totals equal an uninterrupted run's.
         self.ledger.round = {t: Counters() for t in Traffic}
         self.algorithm.set_lam(replicated["lam"])
-        self.lambda_choice = replicated["lambda_choice"]
+        self.lambda_choices = list(replicated["lambda_choices"])
         self.resumed_from = [*replicated["resumed_from"], round_num]
         self.round_times = list(own["round_times"])
         self.started = time.perf_counter() - own["wall_s"]
@@ -351,7 +362,8 @@ class Trainer:
             "backend": self.runtime.backend,
             "num_rounds_completed": self.cfg.train.num_rounds,
             "algorithm": self.algorithm.describe(),
-            "lambda_auto": self.lambda_choice,
+            "lambda_auto": self.lambda_choices[-1] if self.lambda_choices else None,  # the lambda that ended
+            "lambda_auto_history": self.lambda_choices,
             "resumed_from": self.resumed_from,
             "final": metrics,
             "comm": self.ledger.total[Traffic.TRAIN].to_dict(),

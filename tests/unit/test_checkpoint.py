@@ -43,7 +43,7 @@ def shard_state(clients: range, *, num_params: int = 3, measured: int = 0) -> di
     ids = torch.tensor(list(clients), dtype=torch.float32)
     return {"clients": {"local_models": ids.unsqueeze(1).repeat(1, num_params), "update_counts": ids.double()},
             "replicated": {"global_model": torch.arange(num_params, dtype=torch.float32), "lam": 0.5,
-                           "lambda_choice": None, "resumed_from": []},
+                           "lambda_choices": [], "resumed_from": []},
             "rank": {"round_times": [0.1, 0.2], "measured_local": {"train": measured, "telemetry": 0},
                      "wall_s": 1.0, "rng": rng_state()}}
 

@@ -23,17 +23,32 @@ def test_rule_branches_meet_at_c() -> None:
     assert theory_lambda(0.0, num_samples=n, c=c) > 1e9  # identical clients: FedAvg-like
 
 
-def test_auto_lambda_is_chosen_after_warmup_and_logged(tmp_path: Path) -> None:
-    summary = run_inprocess(tmp_path, "data.num_clients=6", "algorithm.lam=auto", "algorithm.num_local_steps=30",
-                            "train.num_rounds=10", "train.eval_every=5", "algorithm.lam_auto_warmup=0.3")
-    choice = summary["lambda_auto"]
-    assert choice["round"] == 3 and choice["num_samples"] == 200
-    assert choice["lam"] == pytest.approx(theory_lambda(choice["R_hat"], num_samples=200, c=5.0))
-    assert summary["algorithm"]["lam"] == choice["lam"]
-    assert summary["algorithm"]["local_lr"] == pytest.approx(1 / (summary["algorithm"]["smoothness"] + choice["lam"]))
+AUTO_RUN = ("data.num_clients=6", "algorithm.lam=auto", "algorithm.num_local_steps=30", "train.num_rounds=10",
+            "train.eval_every=5", "algorithm.lam_auto_warmup=0.3")
+
+
+def test_auto_lambda_is_chosen_every_warmup_period_and_logged(tmp_path: Path) -> None:
+    summary = run_inprocess(tmp_path, *AUTO_RUN)
+    history = summary["lambda_auto_history"]
+    assert [choice["round"] for choice in history] == [3, 6, 9]  # w = 3 rounds; not after the last round
+    for choice in history:
+        assert choice["num_samples"] == 200
+        assert choice["lam"] == pytest.approx(theory_lambda(choice["R_hat"], num_samples=200, c=5.0))
+    # Each estimate is taken under the lambda chosen before it, so they differ.
+    assert len({choice["R_hat"] for choice in history}) == 3
+    final = history[-1]
+    assert summary["lambda_auto"] == final and summary["algorithm"]["lam"] == final["lam"]
+    assert summary["algorithm"]["local_lr"] == pytest.approx(1 / (summary["algorithm"]["smoothness"] + final["lam"]))
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0})
     events.Reload()
-    assert [(p.step, p.value) for p in events.Scalars("lambda/lam")] == [(3, pytest.approx(choice["lam"]))]
+    assert [(p.step, p.value) for p in events.Scalars("lambda/lam")] == [
+        (c["round"], pytest.approx(c["lam"])) for c in history]
+
+
+def test_auto_lambda_without_refresh_is_chosen_once(tmp_path: Path) -> None:
+    summary = run_inprocess(tmp_path, *AUTO_RUN, "algorithm.lam_auto_refresh=false")
+    assert [choice["round"] for choice in summary["lambda_auto_history"]] == [3]
+    assert summary["algorithm"]["lam"] == summary["lambda_auto"]["lam"]
 
 
 def test_auto_lambda_is_only_for_fedclup() -> None:
