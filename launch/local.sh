@@ -19,16 +19,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NPROC_PER_NODE="${NPROC_PER_NODE:-4}"
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
-fi
-
-cores="$(nproc 2>/dev/null || echo 1)"
-threads=$(( cores / NPROC_PER_NODE ))
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
-# torch 2.13: an elastic restart of a gloo group cannot reconnect without this.
-export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# shellcheck source=launch/_env.sh
+source "$REPO/launch/_env.sh"
 
 config_args=(--config "$REPO/configs/default.yaml")
 for arg in "$@"; do

@@ -53,16 +53,8 @@ NNODES="${NNODES:-1}"
 NPROC_PER_NODE="${NPROC_PER_NODE:-1}"
 RDZV_ID="${RDZV_ID:-pfl}"
 MAX_RESTARTS="${MAX_RESTARTS:-3}"
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
-fi
-
-cores="$(nproc 2>/dev/null || echo 1)"
-threads=$(( cores / NPROC_PER_NODE ))
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
-# torch 2.13: an elastic restart of a gloo group cannot reconnect without this.
-export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# shellcheck source=launch/_env.sh
+source "$REPO/launch/_env.sh"
 
 # Node 0 runs the rendezvous store; the others must not try to (is_host=false skips
 # torchrun's guess from the hostname).
