@@ -49,7 +49,7 @@ class DataConfig:
     num_classes: int = 2  # C (synthetic)
     R: float = 1.0  # heterogeneity: std of the clients' true models (synthetic)
     # synthetic: std of a centre W_0 shared by all true models (W_k = W_0 + R Z_k); 0 = the paper's
-    # generator, whose data does not depend on R (docs/RESULTS.md §2)
+    # generator, whose data does not depend on R (docs/RESULTS.md §1b)
     center_scale: float = 0.0
     data_dir: str | None = None  # IDX folder (images); None = the kind's default
     download: bool = False  # images: download missing files (needs a network)

@@ -214,7 +214,7 @@ class Trainer:
         Re-estimating matters because R_hat is measured under the lambda in force: a proximal
         term of weight lam_auto_init holds every w_i near w_g and shrinks R_hat, so one estimate
         mostly reflects the warm-up's lambda. Choosing again under the chosen lambda lets the rule
-        move towards a lambda consistent with its own estimate (docs/RESULTS.md §2).
+        move towards a lambda consistent with its own estimate (docs/RESULTS.md §1b).
         """
         algo = self.cfg.algorithm
         if algo.lam != "auto":

@@ -11,7 +11,7 @@ of W_k, and W_k at any R is the same draw times R, so every R gives bit-identica
 only the truth the errors are measured against moves. `center_scale` > 0 adds a centre shared
 by all clients, W_k = W_0 + R * Z_k with W_0 ~ N(0, center_scale^2) drawn from a stream of its
 own (seed only): then R is the spread of the clients' rules around a common one, so small R
-means similar labels and large R different ones (docs/RESULTS.md §2). center_scale = 0 is the
+means similar labels and large R different ones (docs/RESULTS.md §1b). center_scale = 0 is the
 paper's generator, bit for bit.
 
 Clients are generated in blocks: one generator per client (its stream is the client's data,

@@ -151,7 +151,7 @@ def test_block_generation_is_the_released_generator_bit_for_bit(
 
 
 def test_paper_generator_data_does_not_depend_on_R_but_a_shared_center_makes_it() -> None:
-    """Why lam=auto cannot follow R on the paper's generator (docs/RESULTS.md §2), and the fix."""
+    """Why lam=auto cannot follow R on the paper's generator (docs/RESULTS.md §1), and the fix."""
     shape = {"seed": 0, "num_clients": 10, "num_samples": 200, "dim": 10, "num_classes": 2}
     small, large = (generate_clients(range(10), R=R, **shape) for R in (0.1, 3.0))
     assert np.array_equal(small.features, large.features) and np.array_equal(small.labels, large.labels)
