@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from pfl_dist.aggregate import pack_weighted_sum, weighted_average
 from pfl_dist.algorithms import Algorithm, build_algorithm, theory_lambda
 from pfl_dist.checkpoint import Checkpointer, RunStopped, StopRequest, agree_on_resume_round, rng_state, set_rng_state
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic, format_bytes
@@ -76,11 +77,11 @@ class Trainer:
         self.stop = stop if stop is not None else StopRequest()
         self.stop_agreed = False  # set when the evaluation reduction carried a stop (LocalTrain)
         self.resumed_from: list[int] = []
+        config = cfg.to_dict()
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
-                                         num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep,
-                                         config=cfg.to_dict())
+                                         num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep, config=config)
         self.start_round, num_events = self._resume()
-        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), start_round=self.start_round, num_events=num_events)
+        self.logger = (RunLogger(cfg.run_dir, config, start_round=self.start_round, num_events=num_events)
                        if runtime.is_logging_rank else NullLogger())
 
     def _smoothness(self) -> float:
@@ -106,17 +107,14 @@ class Trainer:
 
     def _communication_phase(self, rows: torch.Tensor, models: torch.Tensor, num_sampled: int) -> torch.Tensor | None:
         """The round's one all-reduce -> the weighted average; None when some rank asked to stop."""
-        buffer = torch.zeros(self.task.num_params + 1, dtype=models.dtype, device=models.device)
-        if len(rows):
-            buffer[:-1] = self.task.sample_counts[rows] @ models
-            buffer[-1] = self.task.sample_counts[rows].sum()
+        buffer = pack_weighted_sum(models, self.task.sample_counts[rows], num_params=self.task.num_params)
         if self.stop.requested:
             buffer[-1] = math.inf  # the stop flag, in band: a weight total is otherwise always finite
         self.comm.all_reduce(buffer, traffic=Traffic.TRAIN)
         if math.isinf(float(buffer[-1])):
             return None
         self.comm.record_client_traffic(num_participants=num_sampled, model_bytes=self.model_bytes)
-        return buffer[:-1] / buffer[-1]
+        return weighted_average(buffer)
 
     def _check_finite(self, round_idx: int, rows: torch.Tensor, models: torch.Tensor) -> None:
         finite_rows = torch.isfinite(models).all(dim=1)
@@ -155,10 +153,9 @@ class Trainer:
         """w_g, or for LocalTrain the sample-weighted mean of local models (evaluation only)."""
         if self.algorithm.communicates:
             return self.global_model
-        counts = self.task.sample_counts
-        buffer = torch.cat([counts @ self.local_models, counts.sum().reshape(1)])
+        buffer = pack_weighted_sum(self.local_models, self.task.sample_counts, num_params=self.task.num_params)
         self.comm.all_reduce(buffer, traffic=Traffic.TELEMETRY)
-        return buffer[:-1] / buffer[-1]
+        return weighted_average(buffer)
 
     def evaluate(self, *, final: bool = False) -> dict[str, float]:
         """Metric sums of every rank in one all-reduce (telemetry, not training traffic).
