@@ -47,6 +47,7 @@ import torch
 from pfl_dist.comm import Communicator, Traffic
 from pfl_dist.errors import ConfigError
 from pfl_dist.sampling import client_block
+from pfl_dist.tracking import write_bytes_atomic
 
 FORMAT_VERSION = 1
 STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to resume
@@ -58,16 +59,6 @@ _IGNORED_SECTIONS = ("comm", "checkpoint")
 
 
 # --- files -----------------------------------------------------------------------------------
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """temp file + fsync + os.replace: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def fsync_dir(path: Path) -> None:

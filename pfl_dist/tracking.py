@@ -35,15 +35,18 @@ def metric_tag(name: str) -> str:
     return f"train/{name}" if name.startswith("loss") else f"eval/{name}"
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """temp file + fsync + os.replace: readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False)
-        f.write("\n")
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def first_events(paths: list[Path], num_events: int) -> list[Any]:
@@ -144,9 +147,7 @@ class RunLogger(NullLogger):
                 continue
             if record["round"] <= last_round:
                 records.append(record)
-        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
-        os.replace(tmp, self.metrics_path)
+        write_bytes_atomic(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records).encode())
 
     def _add_layout(self) -> None:
         layout = {
