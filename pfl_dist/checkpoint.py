@@ -173,6 +173,7 @@ class Checkpointer:
         self.keep = keep
         self.config = resume_config(config)
         self.conflict: str | None = None  # set by `votes` when a checkpoint has another config
+        self._verified: dict[Path, bytes] = {}  # shard bytes checked by `votes`, read once for `load`
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -205,7 +206,9 @@ class Checkpointer:
                 self._remove_stale(round_num)
 
     def discard_after(self, round_num: int) -> None:
-        """Files of rounds after the one resumed from belong to an abandoned attempt."""
+        """Files of rounds after the one resumed from belong to an abandoned attempt. (Called once
+        the resume round is settled, so the bytes `votes` verified are no longer needed.)"""
+        self._verified.clear()
         for newer in self.rounds():
             if newer > round_num:
                 self._remove_stale(newer)
@@ -264,7 +267,7 @@ class Checkpointer:
             if shard.clients != block:
                 raise ValueError(f"{shard.path} holds clients {shard.clients}, expected {block}")
             if verify:
-                shard.read_verified()
+                self._verified[shard.path] = shard.read_verified()
             shards.append(shard)
         return shards
 
@@ -293,8 +296,10 @@ class Checkpointer:
         """This rank's state at `round_num`, assembled by client id from the shards holding it."""
         parts = []
         for shard in self.needed_shards(round_num, verify=False):
-            state = torch.load(io.BytesIO(shard.read_verified()), map_location="cpu", weights_only=True)
+            data = self._verified.pop(shard.path, None) or shard.read_verified()
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             parts.append((shard, state))
+        self._verified.clear()
         first = parts[0][1]
         assert first["format"] == FORMAT_VERSION and first["round"] == round_num
         clients = {}
