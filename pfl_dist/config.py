@@ -219,8 +219,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return None
         if typing.get_origin(option) is Literal and value in typing.get_args(option):
             return value
-        if option is float and _as_float(value) is not None:
-            return _as_float(value)
+        if option is float and (number := _as_float(value)) is not None:
+            return number
         if option in (int, str, bool) and type(value) is option:
             return value
     raise ConfigError(f"{key} must be {_type_name(annotation)}, got {value!r}")
