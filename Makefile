@@ -34,7 +34,7 @@ test: install
 	$(PY) -m pytest -q --durations=15
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not integration"
+	$(PY) -m pytest -q -m "not slow and not integration and not distributed"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pfl_dist tests benchmarks

@@ -15,22 +15,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pfl_dist.sampling import sample_clients
+from tests.distributed.conftest import BASE, ROUNDS
 from tests.helpers import REPO, global_weights, read_metrics, read_summary, run_inprocess, run_torchrun
 
 pytestmark = pytest.mark.distributed
 
-ROUNDS = 6
-# 8 clients, half sampled per round; stable step sizes (auto) so summation order barely matters.
-BASE = ("data.num_clients=8", "data.samples_per_client=100", f"train.num_rounds={ROUNDS}", "train.eval_every=3",
-        "algorithm.num_local_steps=20", "algorithm.sample_fraction=0.5", "algorithm.lam=0.5")
 MODEL_BYTES = 10 * 2 * 4  # d x C float32
-
-
-@pytest.fixture(scope="module")
-def four_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("w4")
-    run_torchrun(out, 4, *BASE)
-    return out / "run"
 
 
 def test_one_collective_per_round_and_byte_formulas(four_rank_run: Path) -> None:

@@ -273,6 +273,7 @@ def test_fashion_mnist_shows_the_papers_shape(tmp_path: Path) -> None:
     assert global_["fedavg"] > global_["fedclup"] > global_["local"] + 0.005, global_
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_FASHION, reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_cnn_shows_the_papers_shape(tmp_path: Path) -> None:
     """The same shape with the paper's CNN, reduced: the 10 clients of configs/fmnist_cnn.yaml in
