@@ -46,8 +46,8 @@ import torch
 
 from pfl_dist.comm import Communicator, Traffic
 from pfl_dist.errors import ConfigError
+from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.sampling import client_block
-from pfl_dist.tracking import write_bytes_atomic
 
 FORMAT_VERSION = 1
 STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to resume

@@ -45,15 +45,6 @@ WIRE_BYTES_PER_RANK: dict[str, Callable[[int, int], int]] = {
     "all_reduce": ring_all_reduce_wire_bytes,
 }
 
-def format_bytes(num: float) -> str:
-    """Decimal units, as network counters are usually read (1 KB = 1000 B)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(num) < 1000 or unit == "GB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.3g} {unit}"
-        num /= 1000
-    raise AssertionError("unreachable")
-
-
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 

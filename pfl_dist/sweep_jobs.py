@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pfl_dist.outputs import write_json_atomic
 from pfl_dist.sampling import num_sampled
 from pfl_dist.sweep_results import POINT_FILE, Run, is_complete
 from pfl_dist.sweep_spec import Point, Sweep
-from pfl_dist.tracking import write_json_atomic
 
 _POLL_S = 0.2
 _STOP_GRACE_S = 15.0

@@ -8,6 +8,7 @@ resumed sweep cannot produce duplicate rows: one row per run dir, one run dir pe
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from pfl_dist.outputs import write_bytes_atomic
 
 POINT_FILE = "sweep_point.json"  # what the sweep knows about a run: variant, varied values, wall time
 RESULTS_FILE = "results.csv"
@@ -145,12 +148,11 @@ def _columns(rows: list[dict[str, Any]], varied: Sequence[str]) -> list[str]:
 def write_results_csv(path: Path, runs: Sequence[Run], *, varied: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rewrite results.csv from the run dirs (temp file + replace: a reader never sees half)."""
     rows = [result_row(run, varied=varied) for run in runs]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_columns(rows, varied), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows([{k: _cell(v) for k, v in row.items()} for row in rows])
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=_columns(rows, varied), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows([{k: _cell(v) for k, v in row.items()} for row in rows])
+    write_bytes_atomic(path, text.getvalue().encode())
     return rows
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pfl_dist.comm import format_bytes
+from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep_results import Run
 
 LOWER_IS_BETTER = {"ITR", "ATR", "IOR", "AOR", "loss_personal", "loss_global"}

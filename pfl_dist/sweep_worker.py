@@ -23,9 +23,9 @@ from typing import Any
 
 from pfl_dist.config import Config, load_config
 from pfl_dist.errors import PflError
+from pfl_dist.outputs import write_json_atomic
 from pfl_dist.runtime import Runtime, env_rank, env_world_size, exit_process, init_runtime, shutdown_runtime
 from pfl_dist.sweep_results import POINT_FILE
-from pfl_dist.tracking import write_json_atomic
 from pfl_dist.train import Trainer, report_error
 
 

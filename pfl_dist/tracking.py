@@ -18,7 +18,6 @@ it would also drop their points of rounds <= t, and keep stale ones when the byt
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 
 from pfl_dist.comm import Counters, Traffic
+from pfl_dist.outputs import write_bytes_atomic, write_json_atomic
 
 TRADEOFF_METRICS = ("acc_personal", "acc_global", "ITR", "ATR")
 _RESULT_FILES = ("metrics.jsonl", "summary.json", "final")
@@ -33,20 +33,6 @@ _RESULT_FILES = ("metrics.jsonl", "summary.json", "final")
 
 def metric_tag(name: str) -> str:
     return f"train/{name}" if name.startswith("loss") else f"eval/{name}"
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """temp file + fsync + os.replace: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def first_events(paths: list[Path], num_events: int) -> list[Any]:

@@ -26,9 +26,10 @@ import torch
 from pfl_dist.aggregate import pack_weighted_sum, weighted_average
 from pfl_dist.algorithms import Algorithm, build_algorithm, theory_lambda
 from pfl_dist.checkpoint import Checkpointer, RunStopped, StopRequest, agree_on_resume_round, rng_state, set_rng_state
-from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic, format_bytes
+from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
 from pfl_dist.errors import DivergenceError, PflError
+from pfl_dist.outputs import format_bytes
 from pfl_dist.runtime import (
     Runtime,
     collective_failure,
