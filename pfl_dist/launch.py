@@ -17,6 +17,17 @@ from pfl_dist.config import SECTIONS, Config, load_config
 from pfl_dist.errors import ConfigError, PflError
 
 _RDZV_OPTIONS = ("--standalone", "--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr")
+# torch 2.13: an elastic restart of a gloo group cannot reconnect without it (shared/ENVIRONMENT.md).
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def torchrun_command(torchrun_args: Sequence[str]) -> list[str]:
+    """`python -m torch.distributed.run ARGS`, with --standalone (a free port per job, so parallel
+    jobs never collide) unless ARGS name a rendezvous."""
+    args = list(torchrun_args)
+    if not any(a.split("=")[0] in _RDZV_OPTIONS for a in args):
+        args.insert(0, "--standalone")
+    return [sys.executable, "-m", "torch.distributed.run", *args]
 
 
 def is_override(arg: str) -> bool:
@@ -83,12 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PflError as err:
         print(f"pfl_dist: error: {err}", file=sys.stderr)
         return err.exit_code
-    if not any(a.split("=")[0] in _RDZV_OPTIONS for a in torchrun_args):
-        torchrun_args.insert(0, "--standalone")
-    command = [sys.executable, "-m", "torch.distributed.run", *torchrun_args, "-m", "pfl_dist.train"]
+    command = [*torchrun_command(torchrun_args), "-m", "pfl_dist.train"]
     command += (["--config", config] if config else []) + overrides
-    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    return run_torchrun(command, env=env)
+    return run_torchrun(command, env={**os.environ, **TORCHRUN_ENV})
 
 
 # torchrun failures that end in its own multi-page report; the launcher adds one line that says

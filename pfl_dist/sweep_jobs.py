@@ -15,13 +15,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pfl_dist.launch import TORCHRUN_ENV, torchrun_command
 from pfl_dist.outputs import write_json_atomic
 from pfl_dist.sampling import num_sampled
 from pfl_dist.sweep_results import POINT_FILE, Run, is_complete
@@ -31,7 +31,6 @@ _POLL_S = 0.2
 _STOP_GRACE_S = 15.0
 # One torchrun start-up (~10 s on the 2-core reference box) in point_cost units (~5e6 per s there).
 _STARTUP_COST = 5e7
-RDZV_OPTIONS = ("--standalone", "--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr")
 _SHOWN_METRICS = ("ITR", "ATR", "acc_personal", "acc_global")
 
 
@@ -61,10 +60,7 @@ def batches(points: list[Point], *, jobs: int, mode: str) -> list[list[Point]]:
 
 def torchrun_prefix(sweep: Sweep) -> list[str]:
     launch = sweep.launch
-    args = list(launch.torchrun_args)
-    if not any(a.split("=")[0] in RDZV_OPTIONS for a in args):
-        args.insert(0, "--standalone")  # a free port per job, so parallel jobs never collide
-    return [sys.executable, "-m", "torch.distributed.run", *args, f"--nproc-per-node={launch.nproc_per_node}"]
+    return torchrun_command([*launch.torchrun_args, f"--nproc-per-node={launch.nproc_per_node}"])
 
 
 def point_command(sweep: Sweep, point: Point) -> list[str]:
@@ -195,7 +191,7 @@ class JobRunner:
             write_plan(self.sweep, batch, logs / f"{name}.plan.json")
             command = worker_command(self.sweep, logs / f"{name}.plan.json")
         cpus = self.cpu_sets[slot] if self.cpu_sets else None
-        env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+        env = {**os.environ, **TORCHRUN_ENV}
         with open(logs / f"{name}.out", "wb") as out, open(logs / f"{name}.err", "wb") as err:
             proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True,
                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
