@@ -12,6 +12,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -281,9 +282,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Defaults < YAML file < `section.key=value` overrides, validated as a whole."""
-    raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    return apply_overrides(read_yaml(path) if path is not None else {}, overrides)
+
+
+def apply_overrides(file_config: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Defaults < `file_config` (a parsed config file, left unchanged, so one parse can serve many
+    configs) < `section.key=value` overrides, validated as a whole."""
+    raw = {name: dict(values) if isinstance(values, dict) else values for name, values in file_config.items()}
     for text in overrides:
         (section, key), value = parse_override(text)
         section_values = raw.setdefault(section, {})

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pfl_dist.config import SECTIONS, Config, load_config, read_yaml
+from pfl_dist.config import SECTIONS, Config, apply_overrides, read_yaml
 from pfl_dist.errors import ConfigError, PflError
 
 Mode = Literal["per_point", "in_job"]
@@ -91,6 +91,7 @@ class Sweep:
     seeds: tuple[int, ...]
     launch: LaunchSpec
     points: tuple[Point, ...] = field(default=())
+    base_config: dict[str, Any] = field(default_factory=dict)  # the base file, parsed once
 
 
 def _require(ok: bool, message: str) -> None:
@@ -193,8 +194,7 @@ def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
     base = raw.get("base")
     _require(base is None or isinstance(base, str), f"base must be a config file path, got {base!r}")
     base_path = (path.parent / base) if base else None
-    if base_path is not None:
-        read_yaml(base_path)  # a missing or broken base file is named now, not per point
+    base_config = read_yaml(base_path) if base_path is not None else {}  # a broken base is named now
     grid = _parse_axes(raw.get("grid", {}), "grid", lists_only=True)
     variants = _parse_variants(raw["variants"], grid) if "variants" in raw else {}
     launch_raw = {**_mapping(raw.get("launch", {}), "launch"), **(launch_overrides or {})}
@@ -202,7 +202,8 @@ def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
     _require(isinstance(out, str), f"out_dir must be a path, got {out!r}")
     return Sweep(path=path, base=base_path, out_dir=Path(out),
                  overrides=_parse_axes(raw.get("overrides", {}), "overrides", lists_only=False),
-                 variants=variants, grid=grid, seeds=_parse_seeds(raw), launch=_parse_launch(launch_raw))
+                 variants=variants, grid=grid, seeds=_parse_seeds(raw), launch=_parse_launch(launch_raw),
+                 base_config=base_config)
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
@@ -247,7 +248,7 @@ def build_point(sweep: Sweep, spec: tuple[str, str | None, dict[str, Any], int, 
     name, variant, values, seed, overrides = spec
     full = (*overrides, f"run.out_dir={yaml_value(str(sweep.out_dir))}", f"run.name={yaml_value(name)}")
     try:
-        cfg = load_config(sweep.base, list(full))
+        cfg = apply_overrides(sweep.base_config, full)
         cfg.check_world_size(sweep.launch.world_size)
     except PflError as err:
         raise ConfigError(f"sweep point {name}: {err}") from None

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pfl_dist.config import Config, load_config
+from pfl_dist.config import Config, apply_overrides, read_yaml
 from pfl_dist.errors import PflError
 from pfl_dist.outputs import write_json_atomic
 from pfl_dist.runtime import Runtime, env_rank, env_world_size, exit_process, init_runtime, shutdown_runtime
@@ -32,9 +32,10 @@ from pfl_dist.train import Trainer, report_error
 def load_plan(path: Path) -> list[tuple[Config, dict[str, Any]]]:
     """(config, point info) per point; configs are validated before the process group starts."""
     plan = json.loads(path.read_text())
+    base_files = {base: read_yaml(base) if base is not None else {} for base in {e["base"] for e in plan["points"]}}
     points = []
     for entry in plan["points"]:
-        cfg = load_config(entry["base"], entry["overrides"])
+        cfg = apply_overrides(base_files[entry["base"]], entry["overrides"])
         cfg.check_world_size(env_world_size())
         points.append((cfg, entry["info"]))
     return points
