@@ -88,17 +88,31 @@ def plan_epoch(
     )
 
 
-def full_batch_plan(counts: Sequence[int], *, num_positions: int, dtype: torch.dtype) -> EpochPlan:
-    """One step over every real sample of each client (full-batch gradient descent)."""
+def full_batch_weights(counts: Sequence[int], *, num_positions: int, dtype: torch.dtype) -> torch.Tensor:
+    """(k, num_positions): 1/n_i on each client's n_i real samples, 0 on its padding."""
     counts_array = np.asarray(counts)[:, None]
-    weights = (np.arange(num_positions) < counts_array) / counts_array
-    positions = np.broadcast_to(np.arange(num_positions), weights.shape).copy()
-    return EpochPlan(
-        positions=torch.from_numpy(positions).unsqueeze(0),
-        weights=torch.from_numpy(weights).to(dtype).unsqueeze(0),
-        active=torch.ones(1, len(counts), dtype=dtype),
-        ragged=False,
-    )
+    return torch.from_numpy((np.arange(num_positions) < counts_array) / counts_array).to(dtype)
+
+
+def _prox_step(
+    model: MinibatchModel,
+    models: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    anchor: torch.Tensor,
+    lam: float,
+    lr: float,
+    active: torch.Tensor | None = None,
+) -> None:
+    """One proximal step of every client, in place; `active` (k,) masks clients that sit out."""
+    grad = model.weighted_grad(models, x, y, weights)
+    if lam:
+        grad.add_(models - anchor, alpha=lam)
+    if active is not None:
+        grad.mul_(active.unsqueeze(1))
+    models.sub_(grad, alpha=lr)
 
 
 def run_plan(
@@ -120,12 +134,8 @@ def run_plan(
     for step in range(positions.shape[0]):
         batch_x = features[row_index, positions[step]]
         batch_y = labels[row_index, positions[step]]
-        grad = model.weighted_grad(models, batch_x, batch_y, weights[step])
-        if lam:
-            grad.add_(models - anchor, alpha=lam)
-        if plan.ragged:
-            grad.mul_(active[step].unsqueeze(1))
-        models.sub_(grad, alpha=lr)
+        _prox_step(model, models, batch_x, batch_y, weights[step], anchor=anchor, lam=lam, lr=lr,
+                   active=active[step] if plan.ragged else None)
 
 
 def proximal_sgd(
@@ -170,8 +180,11 @@ def proximal_gd(
     lr: float,
     num_steps: int,
 ) -> torch.Tensor:
-    """Full-batch proximal GD (algorithm.batch_size = null) on padded data, in place."""
-    plan = full_batch_plan(counts, num_positions=features.shape[1], dtype=models.dtype)
+    """Full-batch proximal GD (algorithm.batch_size = null) on padded data, in place. The clients'
+    data is gathered once: every step uses all of it."""
+    rows = rows.to(models.device)
+    x, y = features[rows], labels[rows]
+    weights = full_batch_weights(counts, num_positions=features.shape[1], dtype=models.dtype).to(models.device)
     for _ in range(num_steps):
-        run_plan(model, models, features, labels, plan, rows=rows, anchor=anchor, lam=lam, lr=lr)
+        _prox_step(model, models, x, y, weights, anchor=anchor, lam=lam, lr=lr)
     return models
