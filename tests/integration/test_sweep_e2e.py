@@ -10,25 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.helpers import REPO, read_summary
+from tests.helpers import REPO, TINY, read_summary, write_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
-TINY = {"data.num_clients": 4, "data.samples_per_client": 40, "algorithm.num_local_steps": 5,
-        "train.num_rounds": 4, "train.eval_every": 2}
-
-
-def write_sweep(tmp_path: Path, **fields: Any) -> Path:
-    raw = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(tmp_path / "out"), "overrides": TINY,
-           "launch": {"nproc_per_node": 2}, **fields}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 def sweep_command(path: Path, *args: str) -> list[str]:
@@ -64,8 +52,8 @@ def wait_for(path: Path, *, timeout: float) -> None:
 
 def test_sigterm_stops_the_job_and_a_rerun_completes_only_the_missing_point(tmp_path: Path) -> None:
     # Prepare: a short point, then a long one that is still running when SIGTERM arrives.
-    path = write_sweep(tmp_path, grid={"train.num_rounds": [4, 300]}, launch={"nproc_per_node": 2,
-                                                                               "mode": "per_point"})
+    path = write_sweep(tmp_path / "sweep.yaml", overrides=TINY, grid={"train.num_rounds": [4, 300]},
+                       launch={"nproc_per_node": 2, "mode": "per_point"})
     out = tmp_path / "out"
     first, second = out / "num_rounds=4__seed=0", out / "num_rounds=300__seed=0"
     # Execute
@@ -106,7 +94,8 @@ def test_in_job_points_have_own_ledgers_survive_a_failure_and_match_per_point_ru
     variants = {"ok1": {"algorithm.name": "fedclup", "algorithm.lam": 0.5},
                 "bad": {"algorithm.name": "fedavg", "algorithm.local_lr": 1e38},
                 "ok2": {"algorithm.name": "fedavg"}}
-    path = write_sweep(tmp_path, variants=variants, launch={"nproc_per_node": 2, "mode": "in_job"})
+    path = write_sweep(tmp_path / "sweep.yaml", overrides=TINY, variants=variants,
+                       launch={"nproc_per_node": 2, "mode": "in_job"})
     out = tmp_path / "out"
     # Execute
     in_job = run_sweep(path, "--no-plot")

