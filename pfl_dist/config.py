@@ -227,10 +227,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key} must be {_type_name(annotation)}, got {value!r}")
 
 
+def did_you_mean(key: str, known: Sequence[str], *, prefix: str = "") -> str:
+    """' (did you mean 'PREFIXclosest'?)' for the closest known name, '' when none is close."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
 def _unknown_key(key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}")
+    return ConfigError(f"unknown config key '{key}'{did_you_mean(key, known)}")
 
 
 def _build_section(name: str, cls: type, values: Any) -> Any:

@@ -22,7 +22,6 @@ bad value costs one line before any process starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pfl_dist.config import SECTIONS, Config, apply_overrides, read_yaml
+from pfl_dist.config import SECTIONS, Config, apply_overrides, did_you_mean, read_yaml
 from pfl_dist.errors import ConfigError, PflError
 
 Mode = Literal["per_point", "in_job"]
@@ -110,9 +109,7 @@ def _check_dotted(key: Any, where: str) -> str:
              f"{where}: key {key!r} must look like section.key")
     section = key.split(".")[0]
     if section not in SECTIONS:
-        close = difflib.get_close_matches(section, list(SECTIONS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{where}: unknown config section in '{key}'{hint}")
+        raise ConfigError(f"{where}: unknown config section in '{key}'{did_you_mean(section, list(SECTIONS))}")
     _require(key not in _SWEEP_OWNED, f"{where}: {key} is set by the sweep (use seeds/repetitions, out_dir)")
     return key
 
@@ -125,9 +122,7 @@ def _mapping(raw: Any, where: str) -> dict[Any, Any]:
 def _check_keys(raw: dict[str, Any], known: tuple[str, ...], where: str) -> None:
     for key in raw:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown sweep key '{where}{key}'{hint}")
+            raise ConfigError(f"unknown sweep key '{where}{key}'{did_you_mean(str(key), known, prefix=where)}")
 
 
 def _parse_axes(raw: Any, where: str, *, lists_only: bool) -> dict[str, Any]:
