@@ -159,6 +159,9 @@ def plot_vs_rounds(runs: Sequence[Run], metrics: Sequence[str], path: Path, titl
     return _save(fig, path)
 
 
+_MAX_FACETS = 4
+
+
 def byte_scale(max_bytes: float) -> tuple[float, str]:
     for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
         if max_bytes >= scale:
@@ -166,8 +169,9 @@ def byte_scale(max_bytes: float) -> tuple[float, str]:
     return 1.0, "B"
 
 
-def facet_values(runs: Sequence[Run], key: str | None, *, limit: int = 4) -> list[Any]:
-    """Up to `limit` values of the facet key, evenly spaced and including both ends."""
+def facet_values(runs: Sequence[Run], key: str | None) -> list[Any]:
+    """Up to _MAX_FACETS values of the facet key, evenly spaced and including both ends."""
+    limit = _MAX_FACETS
     if key is None:
         return [None]
     values = sorted({r.setting(key) for r in runs})

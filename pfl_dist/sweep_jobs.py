@@ -199,15 +199,13 @@ class JobRunner:
                                 last_event=time.perf_counter(), stderr_path=logs / f"{name}.err"))
 
     def _poll(self, job: Job) -> None:
-        if self.sweep.launch.mode == "in_job":  # points of a batch finish in order
+        code = job.proc.poll()
+        if self.sweep.launch.mode == "in_job" or code is not None:  # points of a batch finish in order
             while job.points and is_complete(self.sweep.out_dir / job.points[0].name):
                 self._point_done(job, job.points[0])
-        code = job.proc.poll()
         if code is None:
             return
         self.running.remove(job)
-        while job.points and is_complete(self.sweep.out_dir / job.points[0].name):
-            self._point_done(job, job.points[0])
         if job.points:
             self._point_failed(job, job.points.pop(0), code)
             if job.points:  # the rest of the batch never started: give it a fresh job

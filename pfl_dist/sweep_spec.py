@@ -263,15 +263,15 @@ def expand_points(sweep: Sweep) -> tuple[Point, ...]:
     return points
 
 
-def load_sweep(path: str | Path, *, out_dir: str | None = None, launch_overrides: dict[str, Any] | None = None,
-               check_data: bool = True) -> Sweep:
-    """Read, validate and expand a sweep file. Raises ConfigError with one line on any problem."""
+def load_sweep(path: str | Path, *, out_dir: str | None = None,
+               launch_overrides: dict[str, Any] | None = None) -> Sweep:
+    """Read, validate and expand a sweep file (data files included). Raises ConfigError with one
+    line on any problem."""
+    from pfl_dist.launch import preflight
+
     path = Path(path)
     sweep = parse_sweep(read_yaml(path), path=path, out_dir=out_dir, launch_overrides=launch_overrides)
     points = expand_points(sweep)
-    if check_data:
-        from pfl_dist.launch import preflight
-
-        for cfg in {(p.cfg.data.kind, p.cfg.data.data_dir): p.cfg for p in points}.values():
-            preflight(cfg, world_size=sweep.launch.world_size)
+    for cfg in {(p.cfg.data.kind, p.cfg.data.data_dir): p.cfg for p in points}.values():
+        preflight(cfg, world_size=sweep.launch.world_size)
     return dataclasses.replace(sweep, points=points)
