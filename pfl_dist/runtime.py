@@ -75,8 +75,9 @@ def select_backend(requested: str, device: torch.device) -> str:
     return requested
 
 
-def set_num_threads(local_world_size: int) -> int:
-    """The thread rule: intra-op threads per rank = max(1, usable cores // ranks on this node).
+def set_num_threads(local_world_size: int, *, cap: int | None = None) -> int:
+    """The thread rule: intra-op threads per rank = max(1, usable cores // ranks on this node),
+    at most `cap` (a task's own limit, `Task.max_threads`).
 
     - usable cores: this process's CPU affinity, so taskset, cgroup cpusets and a sweep's
       per-job CPU pinning are respected (not the machine's core count);
@@ -85,10 +86,13 @@ def set_num_threads(local_world_size: int) -> int:
     - OMP_NUM_THREADS is overridden: torchrun sets it to 1 for nproc > 1 unasked, so a worker
       cannot tell it from a user's choice. On these 2-core machines: 1 thread per rank with
       2+ ranks, 2 for a plain process.
-    Tasks may use fewer (the synthetic task uses 1: its kernels are too small to split).
+    The Trainer applies it per run with its task's cap (the synthetic task's is 1: its kernels are
+    too small to split), so the points of an in-job sweep each get their own task's count.
     """
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // max(1, local_world_size))
+    if cap is not None:
+        threads = min(threads, cap)
     torch.set_num_threads(threads)
     return threads
 

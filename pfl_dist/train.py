@@ -38,6 +38,7 @@ from pfl_dist.runtime import (
     exit_process,
     failure_reason,
     init_runtime,
+    set_num_threads,
     shutdown_runtime,
 )
 from pfl_dist.sampling import client_block, sample_clients
@@ -66,6 +67,7 @@ class Trainer:
         self.comm = Communicator(runtime, self.ledger)
         block = client_block(runtime.rank, world_size=runtime.world_size, num_clients=cfg.data.num_clients)
         self.task: Task = build_task(cfg, client_ids=block, device=runtime.device)
+        set_num_threads(runtime.local_world_size, cap=self.task.max_threads)
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, smoothness=self._smoothness())
         self.global_model = self.task.init_model()
         self.local_models = self.global_model.repeat(len(block), 1)

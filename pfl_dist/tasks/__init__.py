@@ -14,6 +14,7 @@ class Task(Protocol):
     num_params: int
     client_ids: range  # the global ids of this rank's clients, contiguous
     sample_counts: torch.Tensor  # (k,) n_i of this rank's clients, the aggregation weights
+    max_threads: int | None  # intra-op thread cap for this task; None = the runtime's thread rule
 
     def init_model(self) -> torch.Tensor:
         """The shared initial model (P,), identical on every rank."""

@@ -199,6 +199,8 @@ def _valid(counts: torch.Tensor, length: int) -> torch.Tensor:
 class ImageTask:
     """This rank's image clients: padded train/test tensors, the model, local SGD and metrics."""
 
+    max_threads: int | None = None  # the runtime's thread rule: CNN and 784-wide batches do split
+
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         check_image_config(cfg)
         dataset = _dataset(cfg.data.kind, cfg.data.data_dir, cfg.data.download)

@@ -22,13 +22,14 @@ _GENERATION_BLOCK = 256  # clients generated per numpy block
 
 
 class SyntheticTask:
+    # One intra-op thread, whatever the rank's share of the cores: the local solver works on
+    # cache-sized chunks of clients (~10k-100k-element ops), which OpenMP synchronisation makes
+    # slower, not faster (k=100: 112 us/step with 1 thread, 1.2-1.7 ms with 2 on a shared
+    # 2-core box). More cores are used by more ranks (docs/PERFORMANCE.md, thread rule).
+    max_threads: int | None = 1
+
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         data = cfg.data
-        # One intra-op thread, whatever the rank's share of the cores: the local solver works on
-        # cache-sized chunks of clients (~10k-100k-element ops), which OpenMP synchronisation makes
-        # slower, not faster (k=100: 112 us/step with 1 thread, 1.2-1.7 ms with 2 on a shared
-        # 2-core box). More cores are used by more ranks (docs/PERFORMANCE.md, thread rule).
-        torch.set_num_threads(1)
         self.cfg = cfg
         self.client_ids = client_ids
         self.model = LinearSoftmax(data.dim, data.num_classes, bias=False)
