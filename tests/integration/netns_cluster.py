@@ -71,7 +71,6 @@ class ServiceNode:
     service: ComposeService
     namespace: str
     address: str
-    hub_port: str
 
 
 @dataclass
@@ -81,7 +80,6 @@ class ServiceProcess:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
-    argv: tuple[str, ...]
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -272,7 +270,7 @@ class NetnsCluster:
         self._ip_n(namespace, "link", "set", INTERFACE_NAME, "up")
         self._ip_n(self.hub_namespace, "link", "set", hub_port, "master", BRIDGE_NAME)
         self._ip_n(self.hub_namespace, "link", "set", hub_port, "up")
-        return ServiceNode(service=service, namespace=namespace, address=address, hub_port=hub_port)
+        return ServiceNode(service=service, namespace=namespace, address=address)
 
     def _write_etc(self, node: ServiceNode) -> None:
         """/etc/netns/<ns>/{hosts,resolv.conf} are bind-mounted by `ip netns exec`."""
@@ -300,11 +298,6 @@ class NetnsCluster:
         """Run a short command in a service's namespace and return its output."""
         return _run(["ip", "netns", "exec", self.nodes[name].namespace, *argv], check=check)
 
-    def interface_counter(self, name: str, counter: str = "tx_bytes") -> int:
-        """A statistics counter of the service's eth0, as the trainer reads it."""
-        path = f"/sys/class/net/{INTERFACE_NAME}/statistics/{counter}"
-        return int(self.exec(name, ["cat", path]).stdout)
-
     def start(
         self,
         name: str,
@@ -312,27 +305,23 @@ class NetnsCluster:
         path_map: Mapping[str, str | os.PathLike[str]],
         executables: Mapping[str, str | os.PathLike[str]] | None = None,
         overrides: Sequence[str] = (),
-        command: Sequence[str] | None = None,
-        base_env: Mapping[str, str] | None = None,
-        extra_env: Mapping[str, str] | None = None,
         log_dir: str | os.PathLike[str],
     ) -> ServiceProcess:
-        """Start a service's command (or ``command``) in its namespace.
+        """Start a service's command in its namespace.
 
         ``path_map`` maps container paths (``/app``, ``/runs``) to host paths; the service's
-        working dir must be one of them. The environment is ``base_env`` (default: this
-        process's) updated by the service's environment, then by ``extra_env``.
+        working dir must be one of them. The environment is this process's, updated by the
+        service's environment.
         """
         node = self.nodes[name]
         service = node.service
         argv = translate_command(
-            apply_overrides(command or service.command, overrides),
+            apply_overrides(service.command, overrides),
             path_map=path_map,
             executables=executables or {},
         )
-        env = dict(os.environ if base_env is None else base_env)
+        env = dict(os.environ)
         env.update({k: translate_path(v, path_map) for k, v in service.environment.items()})
-        env.update(extra_env or {})
         cwd = translate_path(service.working_dir, path_map) if service.working_dir else os.getcwd()
         log_path = Path(log_dir) / f"{name}.log"
         with open(log_path, "wb") as log:
@@ -345,7 +334,7 @@ class NetnsCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        process = ServiceProcess(name=name, popen=popen, log_path=log_path, argv=tuple(argv))
+        process = ServiceProcess(name=name, popen=popen, log_path=log_path)
         self.processes[name] = process
         return process
 
