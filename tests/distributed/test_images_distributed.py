@@ -17,7 +17,7 @@ from pfl_dist.config import load_config
 from pfl_dist.data.images import load_images
 from pfl_dist.sampling import client_block
 from pfl_dist.tasks.images import client_index_sets
-from tests.helpers import HAS_MLXTEND, global_weights, run_torchrun
+from tests.helpers import HAS_MLXTEND, global_weights, run_inprocess, run_torchrun
 
 pytestmark = [
     pytest.mark.distributed,
@@ -37,7 +37,7 @@ def test_one_rank_and_five_ranks_agree(tmp_path: Path) -> None:
     five_ranks = [s for r in range(5)
                   for s in client_index_sets(cfg, labels, client_ids=client_block(r, world_size=5, num_clients=10))]
     # Execute
-    single = run_torchrun(tmp_path, 1, *SMALL, config="configs/mnist_logreg.yaml", name="w1")
+    single = run_inprocess(tmp_path, *SMALL, config="configs/mnist_logreg.yaml", name="w1")  # 1 rank, no torchrun
     multi = run_torchrun(tmp_path, 5, *SMALL, config="configs/mnist_logreg.yaml", name="w5")
     # Assert: same client -> sample index sets, same final global model, same metrics.
     assert [(c.client_id, c.partition_id) for c in five_ranks] == [(c.client_id, c.partition_id) for c in one_rank]

@@ -26,8 +26,8 @@ from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError, DivergenceError
 from pfl_dist.runtime import Runtime
 from pfl_dist.sampling import client_block
-from pfl_dist.train import Trainer, run
-from tests.helpers import read_metrics, read_summary
+from pfl_dist.train import Trainer
+from tests.helpers import read_metrics, read_summary, run_inprocess
 
 CONFIG = load_config(None, []).to_dict()
 SINGLE = Runtime(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend=None)
@@ -187,7 +187,7 @@ BASE = ("data.num_clients=6", "data.samples_per_client=60", f"train.num_rounds={
 
 
 def run_one(tmp_path: Path, name: str, *overrides: str) -> dict[str, Any]:
-    return run(load_config(None, [f"run.out_dir={tmp_path}", f"run.name={name}", *BASE, *overrides]))
+    return run_inprocess(tmp_path, *BASE, *overrides, name=name)
 
 
 @pytest.fixture(scope="module")
