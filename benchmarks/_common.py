@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pfl_dist.launch import TORCHRUN_ENV
+
 REPO = Path(__file__).resolve().parents[1]
-TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # shared/ENVIRONMENT.md
 
 # PAPER.md §4, total error vs rounds (the settings of configs/sweeps/total_error_1000.yaml).
 TOTAL_ERROR = ("data.kind=synthetic", "data.num_clients=1000", "data.samples_per_client=200", "data.dim=10",

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pfl_dist.launch import TORCHRUN_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 NUM_ROUNDS = 30
 EVERY = 2
@@ -61,7 +63,7 @@ def start_torchrun(out_dir: Path, name: str, *, nproc: int, max_restarts: int, o
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                f"--max-restarts={max_restarts}", "--monitor-interval=0.1", "-m", "pfl_dist.train",
                f"run.out_dir={out_dir}", f"run.name={name}", *overrides]
-    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     job = Job(process)

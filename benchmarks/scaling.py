@@ -25,9 +25,12 @@ from pathlib import Path
 
 from _common import machine_line, median, print_table, run_job, torchrun
 
+from pfl_dist.sampling import num_sampled
+
+SAMPLE_FRACTION, LOCAL_STEPS = 0.1, 150
 BASE = ("data.kind=synthetic", "data.samples_per_client=200", "data.dim=10", "data.num_classes=2", "data.R=2.0",
-        "algorithm.name=fedclup", "algorithm.lam=0.25", "algorithm.num_local_steps=150",
-        "algorithm.sample_fraction=0.1")
+        "algorithm.name=fedclup", "algorithm.lam=0.25", f"algorithm.num_local_steps={LOCAL_STEPS}",
+        f"algorithm.sample_fraction={SAMPLE_FRACTION}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,9 +65,9 @@ def main() -> None:
     for num_clients in sizes:
         runs = [one_job(num_clients, args) for _ in range(args.repeats)]
         ms, rss, wall = (median([r[i] for r in runs]) for i in range(3))
-        per_rank = round(0.1 * num_clients) / args.nproc
+        per_rank = num_sampled(num_clients, SAMPLE_FRACTION) / args.nproc
         growth = f"{ms / previous:.1f}x" if previous else "-"
-        rows.append([num_clients, per_rank, ms, 1000 * ms / (per_rank * 150), growth, rss, wall])
+        rows.append([num_clients, per_rank, ms, 1000 * ms / (per_rank * LOCAL_STEPS), growth, rss, wall])
         previous = ms
     print_table(["clients", "sampled/rank", "ms/round", "us/client-step", "growth", "peak RSS MB/rank", "job s"], rows)
     growths = [rows[i][2] / rows[i - 1][2] for i in range(1, len(rows))]

@@ -18,6 +18,7 @@ import yaml
 
 from pfl_dist.config import load_config
 from pfl_dist.data.images import FASHION_MNIST_DIR
+from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def run_torchrun(
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "pfl_dist.train"]
     command += (["--config", config] if config else []) + [f"run.out_dir={tmp_path}", f"run.name={name}", *overrides]
-    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"torchrun failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return read_summary(tmp_path / name)
@@ -93,6 +94,6 @@ def global_weights(run_dir: Path) -> torch.Tensor:
 
 
 def run_cli(*args: str, module: str = "pfl_dist.train", timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    env = {**os.environ, **TORCHRUN_ENV}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.sampling import sample_clients
 from tests.distributed.conftest import BASE, ROUNDS
 from tests.helpers import REPO, global_weights, read_metrics, read_summary, run_inprocess, run_torchrun
@@ -74,7 +75,7 @@ def test_local_training_sends_no_training_bytes(tmp_path: Path) -> None:
 def test_no_collective_bypasses_the_communicator(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                str(REPO / "tests/distributed/collective_counter_worker.py"), str(tmp_path), *BASE]
-    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = read_summary(tmp_path / "default")

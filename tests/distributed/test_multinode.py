@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.kill_trials import Job, checkpoint_complete, wait_for, worker_pids
+from pfl_dist.launch import TORCHRUN_ENV
 from tests.distributed.conftest import BASE
 from tests.helpers import REPO, free_port, read_summary
 
@@ -32,7 +33,7 @@ def start_agent(out: Path, *overrides: str, port: int, host: bool, nnodes: int =
                f"--max-restarts={max_restarts}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
                "--rdzv-id=multinode", f"--rdzv-conf=join_timeout={join_timeout},is_host={str(host).lower()}",
                "--local-addr=127.0.0.1", "-m", "pfl_dist.train", f"run.out_dir={out}", "run.name=run", *overrides]
-    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     job = Job(process)
