@@ -22,6 +22,12 @@ def reference_kernels(dtype: torch.dtype) -> bool:
     return dtype == torch.float64
 
 
+def _softmax_residual(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """softmax(logits) - onehot(y), (k, n, C): the cross-entropy gradient w.r.t. the logits."""
+    probs = torch.softmax(logits, dim=-1)
+    return probs.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(probs[..., :1], -1.0))
+
+
 class LinearSoftmax:
     def __init__(self, dim: int, num_classes: int, *, bias: bool) -> None:
         self.dim = dim
@@ -59,18 +65,26 @@ class LinearSoftmax:
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Mean cross-entropy per client (k,) and its gradient (k, P) on (x, y)."""
         logits = self.logits(w, x)
-        probs = torch.softmax(logits, dim=-1)
+        residual = _softmax_residual(logits, y)
         loss = None
         if need_loss:
             log_probs = torch.log_softmax(logits, dim=-1)
             loss = -log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(dim=1)
-        residual = probs.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(probs[..., :1], -1.0))
         residual.div_(x.shape[1])
         grad = torch.empty_like(w)
         torch.bmm(x.transpose(1, 2), residual, out=grad[:, : self.num_weights].view(-1, self.dim, self.num_classes))
         if self.bias:
             grad[:, self.num_weights :] = residual.sum(dim=1)
         return loss, grad
+
+    def weighted_grad(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(k, P) gradients of sum_j weights[i, j] * CE(x[i, j]) (local SGD's batches, padding at 0)."""
+        residual = _softmax_residual(self.logits(w, x), y)
+        residual.mul_(weights.unsqueeze(-1))
+        # Not `loss_and_grad`'s bmm into a slice of one (k, P) buffer: with a bias that slice is
+        # strided, and float32 rounds differently there; this is the image solver's arithmetic.
+        grad_weights = torch.bmm(x.transpose(1, 2), residual).flatten(1)
+        return torch.cat([grad_weights, residual.sum(dim=1)], dim=1) if self.bias else grad_weights
 
     def loss_and_correct(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-client mean loss (k,) and number of correct predictions (k,)."""

@@ -86,13 +86,7 @@ class LogRegModel:
     def weighted_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                       weights: torch.Tensor) -> torch.Tensor:
         """Analytic: X^T ((softmax - onehot) * w), two batched matmuls for all k clients."""
-        probs = torch.softmax(self.linear.logits(params, x), dim=-1)
-        residual = probs.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(probs[..., :1], -1.0))
-        residual.mul_(weights.unsqueeze(-1))
-        parts = [torch.bmm(x.transpose(1, 2), residual).flatten(1)]
-        if self.linear.bias:
-            parts.append(residual.sum(dim=1))
-        return torch.cat(parts, dim=1)
+        return self.linear.weighted_grad(params, x, y, weights)
 
 
 ImageModel = LogRegModel | CNNModel
