@@ -4,6 +4,7 @@ run still ends bitwise equal; a different world size re-shards the clients by id
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -41,10 +42,25 @@ def crash_after(out: Path, name: str, round_num: int) -> list[int]:
     return [r for r in rounds if checkpoint_complete(out / name, r, NPROC)]
 
 
-def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(reference: Path) -> None:
+@pytest.fixture(scope="module")
+def crashed(reference: Path) -> tuple[Path, list[int]]:
+    """One crashed run (rank 1 SIGKILLed after round 8 is checkpointed) for the tests to copy:
+    its run dir and its complete checkpoint rounds."""
+    return reference.parent / "crashed", crash_after(reference.parent, "crashed", 8)
+
+
+def copy_run(crashed: tuple[Path, list[int]], name: str) -> tuple[Path, list[int]]:
+    """The crashed run under another name (resume ignores run.name), so each test resumes its own."""
+    run_dir, complete = crashed
+    shutil.copytree(run_dir, run_dir.parent / name)
+    return run_dir.parent, complete
+
+
+def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(reference: Path,
+                                                                  crashed: tuple[Path, list[int]]) -> None:
     # Prepare: a crashed run, then one flipped byte in rank 1's newest shard
-    out, name = reference.parent, "corrupt"
-    complete = crash_after(out, name, 8)
+    name = "corrupt"
+    out, complete = copy_run(crashed, name)
     newest, previous = complete[-1], complete[-2]
     shard = out / name / "ckpt" / f"round_{newest:06d}" / "shard_00001_of_00002.pt"
     data = bytearray(shard.read_bytes())
@@ -61,10 +77,11 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(reference: Pa
     assert compare_runs(out / name, reference) == []
 
 
-def test_a_different_world_size_reshards_by_client_id(reference: Path) -> None:
+def test_a_different_world_size_reshards_by_client_id(reference: Path, crashed: tuple[Path, list[int]]) -> None:
     # Prepare: checkpoints written by 2 ranks
-    out, name = reference.parent, "reshard"
-    newest = crash_after(out, name, 6)[-1]
+    name = "reshard"
+    out, complete = copy_run(crashed, name)
+    newest = complete[-1]
     # Execute: resume them with 4 ranks
     job = start_torchrun(out, name, nproc=4, max_restarts=0, overrides=OVERRIDES)
     assert job.wait(300) == 0, job.output()
