@@ -49,6 +49,16 @@ class Job:
     process: subprocess.Popen[str]
     lines: list[tuple[float, str]] = field(default_factory=list)
 
+    @classmethod
+    def spawn(cls, command: list[str], *, env: dict[str, str], new_session: bool = False) -> Job:
+        """Start `command` in the repo with stdout and stderr merged; a thread collects the lines."""
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=new_session)
+        job = cls(process)
+        threading.Thread(target=lambda: job.lines.extend((time.time(), line) for line in process.stdout or []),
+                         daemon=True).start()
+        return job
+
     def wait(self, timeout: float) -> int:
         return self.process.wait(timeout=timeout)
 
@@ -64,17 +74,7 @@ def start_torchrun(out_dir: Path, name: str, *, nproc: int, max_restarts: int, o
                f"--max-restarts={max_restarts}", "--monitor-interval=0.1", "-m", "pfl_dist.train",
                f"run.out_dir={out_dir}", f"run.name={name}", *overrides]
     env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    job = Job(process)
-
-    def collect() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            job.lines.append((time.time(), line))
-
-    threading.Thread(target=collect, daemon=True).start()
-    return job
+    return Job.spawn(command, env=env, new_session=True)
 
 
 def worker_pids(agent_pid: int) -> dict[int, int]:

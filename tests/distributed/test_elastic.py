@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,7 @@ from benchmarks.kill_trials import (
     wait_for,
 )
 from pfl_dist.checkpoint import STOPPED_EXIT_CODE
-from tests.helpers import REPO, read_summary
+from tests.helpers import read_summary
 
 pytestmark = pytest.mark.distributed
 
@@ -84,9 +81,4 @@ def test_sigint_to_a_single_process_run_exits_75_with_one_line(tmp_path: Path) -
 
 def start_plain(out: Path) -> Job:
     command = [sys.executable, "-m", "pfl_dist.train", f"run.out_dir={out}", "run.name=plain", *OVERRIDES]
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    job = Job(process)
-    threading.Thread(target=lambda: job.lines.extend((time.time(), line) for line in process.stdout or []),
-                     daemon=True).start()
-    return job
+    return Job.spawn(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})

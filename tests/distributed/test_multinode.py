@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from benchmarks.kill_trials import Job, checkpoint_complete, wait_for, worker_pids
 from pfl_dist.launch import TORCHRUN_ENV
 from tests.distributed.conftest import BASE
-from tests.helpers import REPO, free_port, read_summary
+from tests.helpers import free_port, read_summary
 
 pytestmark = pytest.mark.distributed
 
@@ -33,13 +31,7 @@ def start_agent(out: Path, *overrides: str, port: int, host: bool, nnodes: int =
                f"--max-restarts={max_restarts}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
                "--rdzv-id=multinode", f"--rdzv-conf=join_timeout={join_timeout},is_host={str(host).lower()}",
                "--local-addr=127.0.0.1", "-m", "pfl_dist.train", f"run.out_dir={out}", "run.name=run", *overrides]
-    env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    job = Job(process)
-    threading.Thread(target=lambda: job.lines.extend((time.time(), line) for line in process.stdout or []),
-                     daemon=True).start()
-    return job
+    return Job.spawn(command, env={**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
 
 
 def kill_job(job: Job) -> None:
