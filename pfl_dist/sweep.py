@@ -57,10 +57,10 @@ def varied_keys(points: Sequence[Point]) -> list[str]:
     return list(dict.fromkeys(k for p in points for k in p.values))
 
 
-def print_plan(sweep: Sweep, pending: list[Point]) -> None:
+def print_plan(sweep: Sweep, pending: list[Point], complete: set[str]) -> None:
     """--dry-run: what would run, as commands a user could paste."""
     for point in sweep.points:
-        status = "done   " if is_complete(sweep.out_dir / point.name) else "pending" if point in pending else "skipped"
+        status = "done   " if point.name in complete else "pending" if point in pending else "skipped"
         print(f"{status} {point.name}")
     launch = sweep.launch
     for i, batch in enumerate(batches(pending, jobs=launch.jobs, mode=launch.mode)):
@@ -69,8 +69,7 @@ def print_plan(sweep: Sweep, pending: list[Point]) -> None:
         else:
             plan = sweep.out_dir / "logs" / f"job-{i}.plan.json"
             print(f"$ {shlex.join(worker_command(sweep, plan))}   # {len(batch)} points")
-    num_complete = sum(is_complete(sweep.out_dir / p.name) for p in sweep.points)
-    print(f"{len(sweep.points)} points valid, {len(pending)} to run, {num_complete} complete")
+    print(f"{len(sweep.points)} points valid, {len(pending)} to run, {len(complete)} complete")
 
 
 def collect(sweep: Sweep) -> list[dict[str, Any]]:
@@ -101,9 +100,8 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted()
 
 
-def execute(sweep: Sweep, pending: list[Point]) -> tuple[JobRunner, str]:
+def execute(sweep: Sweep, pending: list[Point], *, num_complete: int) -> tuple[JobRunner, str]:
     """Run the pending points; returns the runner and 'ok', 'failed' or 'interrupted'."""
-    num_complete = sum(is_complete(sweep.out_dir / p.name) for p in sweep.points)
     runner = JobRunner(sweep, pending, num_complete=num_complete)
     # SIGINT explicitly too: a sweep started in the background of a script inherits SIGINT ignored.
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted),
@@ -150,20 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except re.error as err:
         print(f"pfl_dist.sweep: error: --only is not a valid regular expression: {err}", file=sys.stderr)
         return 2
-    pending = [p for p in sweep.points
-               if not is_complete(sweep.out_dir / p.name) and (only is None or only.search(p.name))]
+    complete = {p.name for p in sweep.points if is_complete(sweep.out_dir / p.name)}
+    pending = [p for p in sweep.points if p.name not in complete and (only is None or only.search(p.name))]
     if args.dry_run:
-        print_plan(sweep, pending)
+        print_plan(sweep, pending, complete)
         return 0
     (sweep.out_dir / "logs").mkdir(parents=True, exist_ok=True)
     (sweep.out_dir / "sweep.yaml").write_text(sweep.path.read_text())
     launch = sweep.launch
-    num_complete = sum(is_complete(sweep.out_dir / p.name) for p in sweep.points)
-    print(f"sweep {sweep.path}: {len(sweep.points)} points, {num_complete} already complete, "
+    print(f"sweep {sweep.path}: {len(sweep.points)} points, {len(complete)} already complete, "
           f"{len(pending)} to run -> {sweep.out_dir} | {launch.mode}, {launch.nproc_per_node} rank(s)/job, "
           f"{launch.jobs} job(s) at a time", flush=True)
     started = time.perf_counter()
-    runner, status = execute(sweep, pending)
+    runner, status = execute(sweep, pending, num_complete=len(complete))
     return finish(sweep, runner, status, wall_s=time.perf_counter() - started, plot=not args.no_plot)
 
 

@@ -153,7 +153,7 @@ class JobRunner:
         self.running: list[Job] = []
         self.completed: list[str] = []
         self.failures: dict[str, str] = {}
-        self.num_complete = num_complete
+        self.num_complete_before = num_complete
         self.num_total = num_complete + len(pending)  # points --only leaves out are not counted
         self.overhead = _STARTUP_COST if launch.mode == "per_point" else 0.0
         self.remaining_cost = sum(point_cost(p) + self.overhead for p in pending)
@@ -219,7 +219,6 @@ class JobRunner:
             info = {**point_info(point, "per_point"), "point_wall_s": seconds}
             write_json_atomic(self.sweep.out_dir / point.name / POINT_FILE, info)
         self.completed.append(point.name)
-        self.num_complete += 1
         self.done_cost += point_cost(point) + self.overhead
         self.remaining_cost -= point_cost(point) + self.overhead
         final = Run(self.sweep.out_dir / point.name).summary["final"]
@@ -234,7 +233,7 @@ class JobRunner:
 
     def _counter(self) -> str:
         total = self.num_total
-        return f"[{self.num_complete:>{len(str(total))}}/{total}]"
+        return f"[{self.num_complete_before + len(self.completed):>{len(str(total))}}/{total}]"
 
     def _eta(self) -> str:
         elapsed = time.perf_counter() - self.started
