@@ -230,7 +230,8 @@ def tradeoff_table(runs: Sequence[Run], *, facet_key: str | None, targets: Seque
     """Bytes to reach each target of the personal metric, per facet and method, plus finals."""
     kind, _ = byte_axis(runs)
     metric = personal_metric(runs)
-    members = [r for r in runs if facet_key is None or r.setting(facet_key) in facet_values(runs, facet_key)]
+    facets = facet_values(runs, facet_key)
+    members = [r for r in runs if facet_key is None or r.setting(facet_key) in facets]
     keys = label_keys_of(runs)
     curves = in_legend_order(build_curves(members, metric=metric, kind=kind, facet_key=facet_key, label_keys=keys),
                              colors(runs, keys))
@@ -245,7 +246,7 @@ def tradeoff_table(runs: Sequence[Run], *, facet_key: str | None, targets: Seque
 
 def choose_figures(runs: Sequence[Run], out: Path, prefix: str) -> dict[str, Path]:
     """Draw what the runs' varied settings call for (see the module docstring)."""
-    synthetic = all("ITR" in r.summary["final"] for r in runs)
+    synthetic = personal_metric(runs) == "ITR"
     accuracy = ["acc_personal", "acc_global"]
     figures: dict[str, Path] = {}
     if synthetic and varies(runs, "data.R"):
