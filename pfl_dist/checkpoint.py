@@ -219,7 +219,11 @@ class Checkpointer:
     def _remove_stale(self, round_num: int) -> None:
         folder = round_dir(self.root, round_num)
         own = shard_stem(self.rank, self.world_size)
-        for path in list(folder.glob("*")):
+        try:
+            paths = list(folder.iterdir())
+        except FileNotFoundError:
+            return  # after a re-shard every rank removes the old world size's files: another was first
+        for path in paths:
             foreign = f"_of_{self.world_size:05d}" not in path.name
             if path.name.startswith(own) or path.name.startswith(f".{own}") or foreign:
                 path.unlink(missing_ok=True)

@@ -135,6 +135,17 @@ def test_keep_counts_complete_checkpoints_besides_the_one_being_written(tmp_path
     assert vote(checkpointer(tmp_path, rank=1, world_size=2)) == 8
 
 
+def test_pruning_a_round_another_rank_already_removed_is_not_an_error(tmp_path: Path) -> None:
+    # After a re-shard from 2 to 4 ranks, every new rank prunes the old ranks' files of the same
+    # old rounds; a rank that listed round 2 before another removed its folder must carry on.
+    save_all_ranks(tmp_path, 2, world_size=2)
+    ckpt = checkpointer(tmp_path, rank=1, world_size=4)
+    rounds = ckpt.rounds()
+    checkpointer(tmp_path, rank=0, world_size=4)._remove_stale(2)  # the other rank is first
+    assert rounds == [2] and not (tmp_path / "round_000002").exists()
+    ckpt._remove_stale(2)
+
+
 # --- re-sharding and the vote ----------------------------------------------------------------
 
 
