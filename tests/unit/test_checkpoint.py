@@ -135,15 +135,23 @@ def test_keep_counts_complete_checkpoints_besides_the_one_being_written(tmp_path
     assert vote(checkpointer(tmp_path, rank=1, world_size=2)) == 8
 
 
-def test_pruning_a_round_another_rank_already_removed_is_not_an_error(tmp_path: Path) -> None:
+def test_pruning_a_round_another_rank_removes_meanwhile_is_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # After a re-shard from 2 to 4 ranks, every new rank prunes the old ranks' files of the same
-    # old rounds; a rank that listed round 2 before another removed its folder must carry on.
+    # old rounds. Here rank 0 removes round 2's folder just as rank 1 starts listing it.
     save_all_ranks(tmp_path, 2, world_size=2)
-    ckpt = checkpointer(tmp_path, rank=1, world_size=4)
-    rounds = ckpt.rounds()
-    checkpointer(tmp_path, rank=0, world_size=4)._remove_stale(2)  # the other rank is first
-    assert rounds == [2] and not (tmp_path / "round_000002").exists()
-    ckpt._remove_stale(2)
+    listing, raced = Path.iterdir, []
+
+    def other_rank_first(self: Path) -> Any:
+        if self.name == "round_000002" and not raced:
+            raced.append(True)
+            checkpointer(tmp_path, rank=0, world_size=4)._remove_stale(2)
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", other_rank_first)
+    checkpointer(tmp_path, rank=1, world_size=4)._remove_stale(2)
+    assert not (tmp_path / "round_000002").exists()
 
 
 # --- re-sharding and the vote ----------------------------------------------------------------
