@@ -9,7 +9,7 @@ Two sets of kernels compute the same maths (`reference_kernels` decides, by dtyp
 - float64: the reference kernels below (sample-major (k, n, C) logits), bitwise reproducible;
 - float32 and others: class-major (k, C, n) logits, several times faster at small C (softmax and
   log-softmax along a middle dimension vectorize over samples; along a last dimension of size 2
-  they run row by row). See pfl_dist/local_solver.py for the training side.
+  they run row by row). See pfl_dist/solvers/linear.py for the training side.
 """
 
 from __future__ import annotations

@@ -50,9 +50,9 @@ from pfl_dist.data.partition import (
     train_test_split_client,
 )
 from pfl_dist.errors import ConfigError
-from pfl_dist.local_sgd import proximal_gd, proximal_sgd
 from pfl_dist.models.cnn import CNNModel
 from pfl_dist.models.linear import LinearSoftmax
+from pfl_dist.solvers.padded import prox_gd_padded, prox_sgd_padded
 
 NUM_CLASSES = 10
 NUM_PIXELS = 28 * 28
@@ -262,9 +262,9 @@ class ImageTask:
         algo = self.cfg.algorithm
         counts = [self.train_counts[int(r)] for r in rows]
         if algo.batch_size is None:
-            return proximal_gd(self.model, models, self.train_x, self.train_y, rows=rows, counts=counts,
+            return prox_gd_padded(self.model, models, self.train_x, self.train_y, rows=rows, counts=counts,
                                anchor=anchor, lam=lam, lr=lr, num_steps=algo.num_local_steps)
-        return proximal_sgd(self.model, models, self.train_x, self.train_y, rows=rows, counts=counts,
+        return prox_sgd_padded(self.model, models, self.train_x, self.train_y, rows=rows, counts=counts,
                             client_ids=[self.client_ids.start + int(r) for r in rows], anchor=anchor, lam=lam,
                             lr=lr, num_epochs=algo.local_epochs, batch_size=algo.batch_size,
                             seed=self.cfg.run.seed, round_idx=round_idx)

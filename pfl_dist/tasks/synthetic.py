@@ -15,8 +15,8 @@ import torch
 
 from pfl_dist.config import Config
 from pfl_dist.data.synthetic import generate_clients
-from pfl_dist.local_solver import proximal_gradient_descent
 from pfl_dist.models.linear import LinearSoftmax
+from pfl_dist.solvers.linear import prox_gd_linear_softmax
 
 _GENERATION_BLOCK = 256  # clients generated per numpy block
 
@@ -75,7 +75,7 @@ class SyntheticTask:
     def local_update(
         self, models: torch.Tensor, rows: torch.Tensor, *, anchor: torch.Tensor, lam: float, lr: float, round_idx: int
     ) -> torch.Tensor:
-        return proximal_gradient_descent(
+        return prox_gd_linear_softmax(
             self.model, models, self.features[rows], self.labels[rows],
             anchor=anchor, lam=lam, lr=lr, num_steps=self.cfg.algorithm.num_local_steps,
         )

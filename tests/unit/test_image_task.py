@@ -1,4 +1,4 @@
-"""ImageTask, local SGD and the CNN (pfl_dist.tasks.images, pfl_dist.local_sgd, pfl_dist.models.cnn).
+"""ImageTask, local SGD and the CNN (pfl_dist.tasks.images, pfl_dist.solvers.padded, pfl_dist.models.cnn).
 
 Mechanics run on a small learnable MNIST-layout dataset written here (class templates plus
 noise); the paper's expected shape and the accuracy bar run on the real data when installed.
@@ -15,9 +15,9 @@ import torch
 from pfl_dist.config import Config, load_config
 from pfl_dist.data.images import load_images
 from pfl_dist.errors import ConfigError
-from pfl_dist.local_sgd import epoch_permutation, plan_epoch, proximal_sgd
 from pfl_dist.models.cnn import CNNModel, PaperCNN
 from pfl_dist.sampling import client_block
+from pfl_dist.solvers.padded import epoch_permutation, plan_epoch, prox_sgd_padded
 from pfl_dist.tasks.images import ImageTask, LogRegModel, check_image_config, client_index_sets, global_test_slice
 from tests.helpers import HAS_FASHION, HAS_MLXTEND, run_cli, run_inprocess, write_idx
 
@@ -79,9 +79,9 @@ def test_batched_sgd_equals_each_client_alone() -> None:
     anchor = torch.zeros(model.num_params, dtype=torch.float64)
     common = dict(anchor=anchor, lam=0.7, lr=0.05, num_epochs=3, batch_size=8, seed=3, round_idx=4)
     # Execute: all three at once, then each alone (as it would run on its own rank).
-    together = proximal_sgd(model, start.clone(), x, y, rows=torch.arange(3), counts=counts,
+    together = prox_sgd_padded(model, start.clone(), x, y, rows=torch.arange(3), counts=counts,
                             client_ids=[0, 1, 2], **common)  # type: ignore[arg-type]
-    alone = [proximal_sgd(model, start[i:i + 1].clone(), x, y, rows=torch.tensor([i]), counts=[counts[i]],
+    alone = [prox_sgd_padded(model, start[i:i + 1].clone(), x, y, rows=torch.tensor([i]), counts=[counts[i]],
                           client_ids=[i], **common) for i in range(3)]  # type: ignore[arg-type]
     # Assert
     assert torch.allclose(together, torch.cat(alone), rtol=0, atol=1e-12)

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from pfl_dist.plot import main as plot_main
-from pfl_dist.plot import render
 from pfl_dist.runtime import Runtime
-from pfl_dist.sweep_results import find_runs, write_results_csv
-from pfl_dist.sweep_spec import load_sweep
-from pfl_dist.sweep_tradeoff import Curve, byte_axis, bytes_to_reach, default_targets, pareto_front
-from pfl_dist.sweep_worker import run_point
+from pfl_dist.sweep.plot import main as plot_main
+from pfl_dist.sweep.plot import render
+from pfl_dist.sweep.results import find_runs, write_results_csv
+from pfl_dist.sweep.spec import load_sweep
+from pfl_dist.sweep.tradeoff import Curve, byte_axis, bytes_to_reach, default_targets, pareto_front
+from pfl_dist.sweep.worker import run_point
 from tests.helpers import TINY, write_sweep
 
 METHODS = {"fedavg": {"algorithm.name": "fedavg"}, "local": {"algorithm.name": "local", "algorithm.lam": 0.0},

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from pfl_dist import sweep
 from pfl_dist.errors import ConfigError
-from pfl_dist.sweep_jobs import batches, failure_reason, point_command
-from pfl_dist.sweep_results import find_runs, write_results_csv
-from pfl_dist.sweep_spec import load_sweep, yaml_value
+from pfl_dist.sweep import cli as sweep
+from pfl_dist.sweep.jobs import batches, failure_reason, point_command
+from pfl_dist.sweep.results import find_runs, write_results_csv
+from pfl_dist.sweep.spec import load_sweep, yaml_value
 from tests.helpers import write_sweep
 
 

@@ -1,4 +1,4 @@
-"""Many sweep points inside one torchrun job: `torchrun ... -m pfl_dist.sweep_worker PLAN.json`.
+"""Many sweep points inside one torchrun job: `torchrun ... -m pfl_dist.sweep.worker PLAN.json`.
 
 A small synthetic run trains in a few seconds, but a fresh torchrun job first pays ~10 s here
 for the agent, the Python/torch imports of every rank and the gloo rendezvous. This worker pays
@@ -25,7 +25,7 @@ from pfl_dist.config import Config, apply_overrides, read_yaml
 from pfl_dist.errors import PflError
 from pfl_dist.outputs import write_json_atomic
 from pfl_dist.runtime import Runtime, env_rank, env_world_size, exit_process, init_runtime, shutdown_runtime
-from pfl_dist.sweep_results import POINT_FILE
+from pfl_dist.sweep.results import POINT_FILE
 from pfl_dist.train import Trainer, report_error
 
 
@@ -59,7 +59,7 @@ def run_point(cfg: Config, runtime: Runtime, info: dict[str, Any]) -> dict[str, 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: torchrun ... -m pfl_dist.sweep_worker PLAN.json", file=sys.stderr)
+        print("usage: torchrun ... -m pfl_dist.sweep.worker PLAN.json", file=sys.stderr)
         return 2
     try:
         points = load_plan(Path(args[0]))

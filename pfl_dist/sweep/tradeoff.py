@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pfl_dist.outputs import format_bytes
-from pfl_dist.sweep_results import Run
+from pfl_dist.sweep.results import Run
 
 LOWER_IS_BETTER = {"ITR", "ATR", "IOR", "AOR", "loss_personal", "loss_global"}
 WIRE_AXIS = ("wire", "cumulative training bytes on the wire (modelled ring all-reduce)")

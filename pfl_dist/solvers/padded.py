@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+# The tag keeps its original module name: it seeds every shuffle, so renaming it would change results.
 _SHUFFLE = zlib.crc32(b"pfl_dist.local_sgd.shuffle")
 
 
@@ -138,7 +139,7 @@ def run_plan(
                    active=active[step] if plan.ragged else None)
 
 
-def proximal_sgd(
+def prox_sgd_padded(
     model: MinibatchModel,
     models: torch.Tensor,
     features: torch.Tensor,
@@ -167,7 +168,7 @@ def proximal_sgd(
     return models
 
 
-def proximal_gd(
+def prox_gd_padded(
     model: MinibatchModel,
     models: torch.Tensor,
     features: torch.Tensor,

@@ -8,7 +8,7 @@ run dirs after every invocation (one row per run dir: no duplicates after a resu
 
 Launch modes (launch.mode, or --mode):
 - per_point: one torchrun per point; points are isolated, each pays the job start-up (~10 s here).
-- in_job: several points inside one torchrun job (pfl_dist.sweep_worker): start-up paid once.
+- in_job: several points inside one torchrun job (pfl_dist.sweep.worker): start-up paid once.
 `--jobs N` runs N torchrun jobs at a time, each pinned to its share of the CPUs.
 """
 
@@ -26,9 +26,9 @@ from types import FrameType
 from typing import Any
 
 from pfl_dist.errors import PflError
-from pfl_dist.sweep_jobs import JobRunner, batches, point_command, worker_command
-from pfl_dist.sweep_results import RESULTS_FILE, find_runs, is_complete, write_results_csv
-from pfl_dist.sweep_spec import Point, Sweep, load_sweep
+from pfl_dist.sweep.jobs import JobRunner, batches, point_command, worker_command
+from pfl_dist.sweep.results import RESULTS_FILE, find_runs, is_complete, write_results_csv
+from pfl_dist.sweep.spec import Point, Sweep, load_sweep
 
 
 class Interrupted(Exception):
@@ -86,7 +86,7 @@ def log_invocation(sweep: Sweep, entry: dict[str, Any]) -> None:
 
 def report(sweep: Sweep) -> None:
     """The trade-off table, the figure paths and the TensorBoard command."""
-    from pfl_dist.plot import render
+    from pfl_dist.sweep.plot import render
 
     rendered = render(sweep.out_dir, sweep.out_dir / "figures")
     print(f"\ntrade-off ({rendered.metric} vs {rendered.axis_label}):")

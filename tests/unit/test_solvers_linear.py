@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pfl_dist import local_solver
-from pfl_dist.local_solver import proximal_gradient_descent
 from pfl_dist.models.linear import LinearSoftmax
+from pfl_dist.solvers import linear as local_solver
+from pfl_dist.solvers.linear import prox_gd_linear_softmax
 
 
 def _problem(*, num_clients: int, num_classes: int, bias: bool, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -42,7 +42,7 @@ def test_float64_solver_is_the_definition_bit_for_bit(bias: bool, lam: float) ->
     p = _problem(num_clients=7, num_classes=3, bias=bias)
     expected = _by_definition(model, p, lam=lam, lr=0.1, steps=25)
     # Execute
-    got = proximal_gradient_descent(model, p["models"].clone(), p["features"], p["labels"], anchor=p["anchor"],
+    got = prox_gd_linear_softmax(model, p["models"].clone(), p["features"], p["labels"], anchor=p["anchor"],
                                     lam=lam, lr=0.1, num_steps=25)
     # Assert
     assert torch.equal(got, expected)
@@ -60,7 +60,7 @@ def test_float32_class_major_solver_matches_the_reference(
     p = _problem(num_clients=30, num_classes=num_classes, bias=bias)
     expected = _by_definition(model, p, lam=lam, lr=0.1, steps=30)
     # Execute
-    got = proximal_gradient_descent(model, p["models"].float(), p["features"].float(), p["labels"],
+    got = prox_gd_linear_softmax(model, p["models"].float(), p["features"].float(), p["labels"],
                                     anchor=p["anchor"].float(), lam=lam, lr=0.1, num_steps=30)
     # Assert: float32 rounding only
     assert got.dtype == torch.float32

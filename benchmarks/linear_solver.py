@@ -1,13 +1,13 @@
 """The synthetic local solver alone: CPU us per GD step, the engine's first loop vs today's kernels.
 
-    python benchmarks/local_solver.py [--clients 5,50,500,5000] [--classes 2] [--repeats 5]
+    python benchmarks/linear_solver.py [--clients 5,50,500,5000] [--classes 2] [--repeats 5]
 
 One process, 1 thread (what each of 2 ranks gets on these machines), K=150 proximal GD steps
 of softmax regression on k stacked clients (n=200, d=10), lam=0.25. Compared, interleaved:
 - first loop: the engine before issue 6 (`LinearSoftmax.loss_and_grad` each step: sample-major
   logits, last-dim softmax, scatter, two new tensors per step), the definition the float64
   reference kernels reproduce bit for bit;
-- now: `pfl_dist.local_solver.proximal_gradient_descent` (float32: class-major kernels in
+- now: `pfl_dist.solvers.linear.prox_gd_linear_softmax` (float32: class-major kernels in
   cache-sized chunks; float64: the reference kernels with preallocated buffers).
 CPU time of this process (`time.process_time`), median of `--repeats`: on a shared machine
 wall time mostly measures the other jobs.
@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 from _common import machine_line, median, print_table
 
-from pfl_dist.local_solver import proximal_gradient_descent
 from pfl_dist.models.linear import LinearSoftmax
+from pfl_dist.solvers.linear import prox_gd_linear_softmax
 
 STEPS = 150
 
@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"local_solver: {machine_line()}, 1 thread, K={STEPS}, n=200, d=10, C={args.classes}")
-    solvers: dict[str, Callable[..., torch.Tensor]] = {"first loop": first_loop, "now": proximal_gradient_descent}
+    print(f"linear_solver: {machine_line()}, 1 thread, K={STEPS}, n=200, d=10, C={args.classes}")
+    solvers: dict[str, Callable[..., torch.Tensor]] = {"first loop": first_loop, "now": prox_gd_linear_softmax}
     rows = []
     for dtype in (torch.float32, torch.float64):
         for k in (int(c) for c in args.clients.split(",")):

@@ -1,7 +1,7 @@
 """Starting, watching and stopping a sweep's torchrun jobs.
 
 A job is one torchrun process group: one point (per_point mode) or a batch of points run one
-after another by pfl_dist.sweep_worker (in_job mode). A point counts as done once its
+after another by pfl_dist.sweep.worker (in_job mode). A point counts as done once its
 summary.json exists, which is also how an in-job batch reports progress without any pipe.
 Each job runs in its own session, so Ctrl-C reaches only the sweep, which then stops its jobs
 (SIGTERM to torchrun, which stops its workers; SIGKILL after a grace period).
@@ -24,8 +24,8 @@ from typing import Any
 from pfl_dist.launch import TORCHRUN_ENV, torchrun_command
 from pfl_dist.outputs import write_json_atomic
 from pfl_dist.sampling import num_sampled
-from pfl_dist.sweep_results import POINT_FILE, Run, is_complete
-from pfl_dist.sweep_spec import Point, Sweep
+from pfl_dist.sweep.results import POINT_FILE, Run, is_complete
+from pfl_dist.sweep.spec import Point, Sweep
 
 _POLL_S = 0.2
 _STOP_GRACE_S = 15.0
@@ -69,7 +69,7 @@ def point_command(sweep: Sweep, point: Point) -> list[str]:
 
 
 def worker_command(sweep: Sweep, plan: Path) -> list[str]:
-    return [*torchrun_prefix(sweep), "-m", "pfl_dist.sweep_worker", str(plan)]
+    return [*torchrun_prefix(sweep), "-m", "pfl_dist.sweep.worker", str(plan)]
 
 
 def point_info(point: Point, mode: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pfl_dist.models.linear import LinearSoftmax, reference_kernels
 _CHUNK_FEATURE_BYTES = 512 * 1024
 
 
-def proximal_gradient_descent(
+def prox_gd_linear_softmax(
     model: LinearSoftmax,
     models: torch.Tensor,
     features: torch.Tensor,
