@@ -27,6 +27,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pfl_dist.comm import Communicator
 
 from _common import TORCHRUN_ENV, load1, machine_line, print_table, torchrun, verdict
 
@@ -49,6 +53,12 @@ def relaunch(args: argparse.Namespace) -> int:
     command = torchrun(args.nproc, os.path.abspath(__file__), *sys.argv[1:])
     env = {**os.environ, **TORCHRUN_ENV}
     return subprocess.call(command, env=env)
+
+
+def record_models(comm: Communicator, num_participants: int, model_bytes: int) -> None:
+    """A dense round's FL-equivalent bytes: every participant sends and receives the model."""
+    size = num_participants * model_bytes
+    comm.record_client_traffic(uplink_bytes=size, uplink_bytes_dense=size, downlink_bytes=size)
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -76,17 +86,17 @@ def measure(args: argparse.Namespace) -> None:
 
         def pfl(b: torch.Tensor = buf) -> None:
             comm.all_reduce(b, traffic=Traffic.TRAIN)
-            comm.record_client_traffic(num_participants=100, model_bytes=(b.numel() - 1) * 4)
+            record_models(comm, 100, (b.numel() - 1) * 4)
 
         def pfl_pack(m: torch.Tensor = models, w: torch.Tensor = weights, n: int = numel - 1) -> None:
             packed = pack_weighted_sum(m, w, num_params=n)
             comm.all_reduce(packed, traffic=Traffic.TRAIN)
-            comm.record_client_traffic(num_participants=100, model_bytes=n * 4)
+            record_models(comm, 100, n * 4)
             weighted_average(packed)
 
         def bookkeeping(b: torch.Tensor = buf) -> None:
             bookkeeping_comm.all_reduce(b, traffic=Traffic.TRAIN)
-            bookkeeping_comm.record_client_traffic(num_participants=100, model_bytes=(b.numel() - 1) * 4)
+            record_models(bookkeeping_comm, 100, (b.numel() - 1) * 4)
 
         methods: dict[str, Callable[[], None]] = {"raw all_reduce": raw, "pfl_dist": pfl, "pfl_dist + pack": pfl_pack,
                                                   "bookkeeping only": bookkeeping}

@@ -1,7 +1,7 @@
 """Federated algorithms as small classes over one interface.
 
-A round is the same for every algorithm (train.py): sample, local update, one all-reduce,
-global step. An algorithm only decides
+A round is the same for every algorithm (train.py): sample, local update, the exchange
+(pfl_dist/exchange/), global step. An algorithm only decides
 - where a sampled client's local update starts (`start_models`): its own persistent w_i, or w_g;
 - the proximal weight of the local loss (`prox_weight`);
 - the global step from the reduced weighted average (`global_step`);

@@ -18,9 +18,9 @@ telemetry, gives the newest round every rank can load; 0 means a fresh start. Vo
 round rather than on each rank's newest one also works when ranks keep different sets. A
 different world size re-shards by client id: a rank reads the old shards overlapping its block.
 
-Stop: SIGTERM/SIGINT only set a flag (`StopRequest`). The flag travels in the round's one
-all-reduce as +inf in the weight slot (a weight total is otherwise always finite), so every rank
-learns of it in the same round without an extra collective. That round is discarded on every
+Stop: SIGTERM/SIGINT only set a flag (`StopRequest`). The flag travels in the round's control
+lane (pfl_dist/exchange/: a count of stop requests beside the weight total, which no codec
+touches), so every rank learns of it in the same round without an extra collective. That round is discarded on every
 rank, the state after the previous round is checkpointed and `RunStopped` ends the job.
 """
 
@@ -54,8 +54,8 @@ STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to res
 _SHARD = re.compile(r"shard_(\d{5})_of_(\d{5})\.json")
 _ROUND = re.compile(r"round_(\d{6})")
 # Keys that may change between attempts without changing any result.
-_IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download")
-_IGNORED_SECTIONS = ("comm", "checkpoint")
+_IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "comm.backend", "comm.timeout_s")
+_IGNORED_SECTIONS = ("checkpoint",)
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """The Communicator (the only path to torch.distributed collectives) and its byte ledger.
 
-Byte accounting, in one place:
-- payload_bytes: numel * element_size of each tensor handed to a collective, per rank.
+Byte accounting, in one place, per collective type (all_reduce, all_gather):
+- payload_bytes: numel * element_size of each tensor handed to a collective, per rank (for an
+  all_gather, the tensor this rank contributes, not the gathered result).
 - wire_bytes_model: what the collective algorithm puts on the network, per rank, from the
-  formulas in `WIRE_BYTES_PER_RANK` (gloo's CPU all-reduce was measured to move exactly the
-  ring amount; shared/ENVIRONMENT.md).
-- uplink_bytes / downlink_bytes: FL-equivalent traffic, the model bytes each participating
-  client would send to / receive from a server. Comparable with papers that count
-  rounds x model size.
+  formulas in `WIRE_BYTES_PER_RANK` (each function derives its formula; gloo's CPU all-reduce
+  was measured to move exactly the ring amount).
+- uplink_bytes / downlink_bytes: FL-equivalent traffic, the exact encoded size of each
+  participating client's message to a server (the model, or the codec's encoding with its
+  indices and scales) and of the model sent back. Comparable with papers that count
+  rounds x model size. uplink_bytes_dense is the uplink without a codec, so
+  uplink_bytes_dense / uplink_bytes is the codec's compression ratio.
 - wire_bytes_measured: the interface's tx_bytes counter around each collective, read on local
   rank 0 of every node when GLOO_SOCKET_IFNAME names an interface; None otherwise.
 
@@ -37,13 +40,25 @@ class Traffic(enum.Enum):
 
 
 def ring_all_reduce_wire_bytes(payload_bytes: int, world_size: int) -> int:
-    """Ring all-reduce: reduce-scatter + all-gather, each rank sends 2(W-1)/W of the payload."""
+    """Ring all-reduce of a B-byte buffer: the buffer is cut into W chunks of B/W. Reduce-scatter
+    takes W-1 steps, in each a rank sends one chunk to its neighbour (it ends owning one fully
+    reduced chunk); all-gather takes W-1 more steps passing the reduced chunks on. So each rank
+    sends 2(W-1) chunks = 2(W-1)/W * B."""
     return 2 * (world_size - 1) * payload_bytes // world_size
+
+
+def ring_all_gather_wire_bytes(payload_bytes: int, world_size: int) -> int:
+    """Ring all-gather of B bytes from each rank (W*B gathered): in each of W-1 steps a rank
+    forwards one B-byte block it has not yet passed on, so each rank sends (W-1) * B, which is
+    (W-1)/W of the gathered total."""
+    return (world_size - 1) * payload_bytes
 
 
 WIRE_BYTES_PER_RANK: dict[str, Callable[[int, int], int]] = {
     "all_reduce": ring_all_reduce_wire_bytes,
+    "all_gather": ring_all_gather_wire_bytes,
 }
+COLLECTIVES = tuple(WIRE_BYTES_PER_RANK)
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
@@ -55,9 +70,29 @@ class Counters:
     payload_bytes: int = 0
     wire_bytes_model: int = 0
     uplink_bytes: int = 0
+    uplink_bytes_dense: int = 0  # the uplink had every client sent its dense model
     downlink_bytes: int = 0
     num_collectives: int = 0
+    # The same three numbers per collective type (they add up to the totals above).
+    all_reduce_payload_bytes: int = 0
+    all_reduce_wire_bytes_model: int = 0
+    all_reduce_num_collectives: int = 0
+    all_gather_payload_bytes: int = 0
+    all_gather_wire_bytes_model: int = 0
+    all_gather_num_collectives: int = 0
     wire_bytes_measured: int | None = None
+
+    @classmethod
+    def collective(cls, kind: str, *, payload_bytes: int, wire_bytes_model: int) -> Counters:
+        """One collective of type `kind` (job totals), counted in the totals and under its type."""
+        return cls(payload_bytes=payload_bytes, wire_bytes_model=wire_bytes_model, num_collectives=1,
+                   **{f"{kind}_payload_bytes": payload_bytes, f"{kind}_wire_bytes_model": wire_bytes_model,
+                      f"{kind}_num_collectives": 1})
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Dense uplink / encoded uplink; None when nothing was sent."""
+        return self.uplink_bytes_dense / self.uplink_bytes if self.uplink_bytes else None
 
     def add(self, other: Counters) -> None:
         for name in _ADDITIVE_FIELDS:
@@ -135,20 +170,36 @@ class Communicator:
 
     def all_reduce(self, tensor: torch.Tensor, *, traffic: Traffic, op: str = "sum") -> torch.Tensor:
         """In-place all-reduce of one flat buffer; a no-op (but still counted) on one process."""
-        world_size = self.runtime.world_size
-        payload = tensor.numel() * tensor.element_size()
         before = self.interface.read()
         if self.runtime.distributed:
             dist.all_reduce(tensor, op=_REDUCE_OPS[op])
+        self._count("all_reduce", tensor, traffic=traffic, before=before)
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor, *, traffic: Traffic) -> torch.Tensor:
+        """(W * n,) holding every rank's flat (n,) `tensor` in rank order (every rank passes the
+        same n); on one process, a copy of `tensor` (still counted)."""
+        before = self.interface.read()
+        if self.runtime.distributed:
+            gathered = torch.empty(self.runtime.world_size * tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+            dist.all_gather_into_tensor(gathered, tensor)
+        else:
+            gathered = tensor.clone()
+        self._count("all_gather", tensor, traffic=traffic, before=before)
+        return gathered
+
+    def _count(self, kind: str, tensor: torch.Tensor, *, traffic: Traffic, before: int | None) -> None:
         after = self.interface.read()
         if before is not None and after is not None:
             self.ledger.measured_local[traffic] += after - before
-        wire = WIRE_BYTES_PER_RANK["all_reduce"](payload, world_size)
-        self.ledger.record(traffic, Counters(payload_bytes=payload * world_size,
-                                             wire_bytes_model=wire * world_size, num_collectives=1))
-        return tensor
+        world_size = self.runtime.world_size
+        payload = tensor.numel() * tensor.element_size()
+        wire = WIRE_BYTES_PER_RANK[kind](payload, world_size)
+        self.ledger.record(traffic, Counters.collective(kind, payload_bytes=payload * world_size,
+                                                        wire_bytes_model=wire * world_size))
 
-    def record_client_traffic(self, *, num_participants: int, model_bytes: int) -> None:
-        """FL-equivalent bytes: each participant uploads its model and downloads w_g."""
-        size = num_participants * model_bytes
-        self.ledger.record(Traffic.TRAIN, Counters(uplink_bytes=size, downlink_bytes=size))
+    def record_client_traffic(self, *, uplink_bytes: int, uplink_bytes_dense: int, downlink_bytes: int) -> None:
+        """FL-equivalent bytes of a round: the participants' encoded messages to the server (and
+        what they would have been dense), and the models sent back to them."""
+        self.ledger.record(Traffic.TRAIN, Counters(uplink_bytes=uplink_bytes, uplink_bytes_dense=uplink_bytes_dense,
+                                                   downlink_bytes=downlink_bytes))

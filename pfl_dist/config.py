@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from pfl_dist.errors import ConfigError
+from pfl_dist.exchange.spec import parse_codec
 
 Auto = Literal["auto"]
 
@@ -141,9 +142,17 @@ class CommConfig:
     # init_process_group and collective timeout: a hung peer ends the job after this (a dead one
     # at once). Waiting for missing nodes is torchrun's --rdzv-conf=join_timeout.
     timeout_s: float = 300.0
+    # what a client's update is encoded as on the wire (pfl_dist/exchange/): none (the dense
+    # model, as float32/float64), fp16, bf16, qsgd:LEVELS, topk:FRACTION, randk:FRACTION,
+    # powersgd:RANK; a codec without its parameter takes the default (qsgd:4, topk:0.01, ...)
+    codec: str = "none"
 
     def __post_init__(self) -> None:
         _require(self.timeout_s > 0, "comm.timeout_s", f"must be > 0, got {self.timeout_s}")
+        try:
+            parse_codec(self.codec)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 @dataclass(frozen=True)

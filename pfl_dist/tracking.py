@@ -151,6 +151,8 @@ class RunLogger(NullLogger):
         train = comm[Traffic.TRAIN]
         for key in ("payload_bytes", "wire_bytes_model", "uplink_bytes", "downlink_bytes"):
             self._scalar(f"comm/{key}", getattr(train, key), round_num)
+        if train.compression_ratio is not None:
+            self._scalar("comm/compression_ratio", train.compression_ratio, round_num)
         self._scalar("time/round_s", round_s, round_num)
 
     def log_eval(self, record: dict[str, Any]) -> None:

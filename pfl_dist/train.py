@@ -4,7 +4,9 @@ Also runs as a plain single process (`python -m pfl_dist.train ...`), hosting ev
 One round on every rank (shared/DESIGN.md):
     S_t <- sample(seed, t)                        no communication
     w_i <- local_update(...) for my i in S_t      one batched computation
-    buf <- [sum n_i w_i, sum n_i]; all_reduce     the only collective of a training round
+    avg <- exchange.run_round(...)                the codec's collectives (pfl_dist/exchange/);
+                                                  with comm.codec=none one all-reduce of
+                                                  [sum n_i w_i, sum n_i, stops]
     w_g <- algorithm.global_step(w_g, avg)        identical on all ranks
     every checkpoint.every rounds: checkpoint     see pfl_dist/checkpoint.py (also resume and stop)
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import statistics
 import sys
 import time
@@ -29,6 +30,7 @@ from pfl_dist.checkpoint import Checkpointer, RunStopped, StopRequest, agree_on_
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
 from pfl_dist.errors import DivergenceError, PflError
+from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.outputs import format_bytes
 from pfl_dist.runtime import (
     Runtime,
@@ -71,7 +73,9 @@ class Trainer:
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, smoothness=self._smoothness())
         self.global_model = self.task.init_model()
         self.local_models = self.global_model.repeat(len(block), 1)
-        self.model_bytes = self.global_model.numel() * self.global_model.element_size()
+        self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.parameter_shapes(), client_ids=block,
+                                 num_clients=cfg.data.num_clients, dtype=self.global_model.dtype,
+                                 device=runtime.device, seed=cfg.run.seed)
         self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
@@ -86,6 +90,12 @@ class Trainer:
         self.start_round, num_events = self._resume()
         self.logger = (RunLogger(cfg.run_dir, config, start_round=self.start_round, num_events=num_events)
                        if runtime.is_logging_rank else NullLogger())
+
+    def parameter_shapes(self) -> list[torch.Size]:
+        """The flat model's parameter tensors, in order (a codec may compress the matrices)."""
+        shapes = [t.shape for t in self.task.model_state_dict(self.global_model).values()]
+        assert sum(s.numel() for s in shapes) == self.task.num_params
+        return shapes
 
     def _smoothness(self) -> float:
         """L: explicit, or the max over all clients of the per-client bound (one MAX reduce)."""
@@ -108,17 +118,6 @@ class Trainer:
         return self.task.local_update(models, rows, anchor=self.global_model, lam=algo.prox_weight,
                                       lr=algo.local_lr, round_idx=round_idx)
 
-    def _communication_phase(self, rows: torch.Tensor, models: torch.Tensor, num_sampled: int) -> torch.Tensor | None:
-        """The round's one all-reduce -> the weighted average; None when some rank asked to stop."""
-        buffer = pack_weighted_sum(models, self.task.sample_counts[rows], num_params=self.task.num_params)
-        if self.stop.requested:
-            buffer[-1] = math.inf  # the stop flag, in band: a weight total is otherwise always finite
-        self.comm.all_reduce(buffer, traffic=Traffic.TRAIN)
-        if math.isinf(float(buffer[-1])):
-            return None
-        self.comm.record_client_traffic(num_participants=num_sampled, model_bytes=self.model_bytes)
-        return weighted_average(buffer)
-
     def _check_finite(self, round_idx: int, rows: torch.Tensor, models: torch.Tensor) -> None:
         finite_rows = torch.isfinite(models).all(dim=1)
         if not bool(finite_rows.all()):
@@ -139,8 +138,10 @@ class Trainer:
         rows = self._my_rows(sampled)
         models = self._local_phase(round_idx, rows)
         if self.algorithm.communicates:
-            # A diverged client still joins the all-reduce, so every rank sees the NaN and stops.
-            average = self._communication_phase(rows, models, len(sampled))
+            # A diverged client still joins the exchange, so every rank sees the NaN and stops.
+            average = self.exchange.run_round(round_idx, global_model=self.global_model, sent=models, rows=rows,
+                                              counts=self.task.sample_counts[rows], sampled=sampled.numpy(),
+                                              stop=self.stop.requested)
             if average is None:
                 return False
             self.global_model = self.algorithm.global_step(self.global_model, average)
@@ -322,8 +323,10 @@ class Trainer:
         logger's event count lets a resume cut the event files back to it."""
         ledger = self.ledger.state_dict()
         return {
-            "clients": {"local_models": self.local_models.cpu(), "update_counts": self.update_counts.cpu()},
+            "clients": {"local_models": self.local_models.cpu(), "update_counts": self.update_counts.cpu(),
+                        **self.exchange.client_state()},
             "replicated": {"global_model": self.global_model.cpu(), "ledger_total": ledger["total"],
+                           "exchange": self.exchange.replicated_state(),
                            "lam": self.algorithm.lam, "lambda_choices": self.lambda_choices,
                            "resumed_from": list(self.resumed_from)},
             "rank": {"round_times": list(self.round_times), "measured_local": ledger["measured_local"],
@@ -336,7 +339,10 @@ class Trainer:
         assert state["clients"]["local_models"].shape == self.local_models.shape
         self.local_models = state["clients"]["local_models"].to(device)
         self.update_counts = state["clients"]["update_counts"].to(device)
+        self.exchange.load_client_state({k: v for k, v in state["clients"].items()
+                                         if k not in ("local_models", "update_counts")})
         replicated, own = state["replicated"], state["rank"]
+        self.exchange.load_replicated_state(replicated["exchange"])
         self.global_model = replicated["global_model"].to(device)
         self.ledger.load_state_dict({"total": replicated["ledger_total"], "measured_local": own["measured_local"]})
         # This attempt's set-up collectives (smoothness, the vote) are not part of the run: the

@@ -30,7 +30,7 @@ def test_one_collective_per_round_and_byte_formulas(four_rank_run: Path) -> None
     num_sampled = 4
     assert comm["uplink_bytes"] == ROUNDS * num_sampled * MODEL_BYTES
     assert comm["downlink_bytes"] == comm["uplink_bytes"]
-    per_rank_payload = (10 * 2 + 1) * 4  # the flat buffer: weighted model sum + weight total
+    per_rank_payload = (10 * 2 + 2) * 4  # the flat buffer: weighted model sum, weight total, stop count
     assert comm["payload_bytes"] == ROUNDS * 4 * per_rank_payload
     assert comm["wire_bytes_model"] / comm["payload_bytes"] == pytest.approx(2 * 3 / 4, rel=0.01)
     assert comm["wire_bytes_measured"] is None  # no GLOO_SOCKET_IFNAME here

@@ -112,7 +112,8 @@ def test_in_job_points_have_own_ledgers_survive_a_failure_and_match_per_point_ru
         comm = read_summary(out / name)["comm"]
         assert comm["num_collectives"] == 4  # this point's 4 rounds only: not cumulative over the job
         assert comm["uplink_bytes"] == 4 * 4 * model_bytes
-        assert comm["wire_bytes_model"] == 4 * (2 * 1 * (10 * 2 + 1) * 4 // 2) * 2  # ring: 2(W-1)/W x payload
+        # ring: 2(W-1)/W x payload [model, weight total, stop count]
+        assert comm["wire_bytes_model"] == 4 * (2 * 1 * (10 * 2 + 2) * 4 // 2) * 2
         assert len(list((out / name).glob("events.out.tfevents.*"))) >= 1
     in_job_summary, alone = read_summary(out / "ok1__seed=0"), read_summary(tmp_path / "pp" / "ok1__seed=0")
     assert in_job_summary["comm"] == alone["comm"]

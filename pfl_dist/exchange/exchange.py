@@ -1,0 +1,142 @@
+"""The Exchange owns a round's wire format: what each participating client sends, the
+collectives that carry it, and the decoded aggregate handed back to the algorithm.
+
+What is sent is an update Delta_i = sent_i - w_g with weight n_i. The control words, the round's
+weight total N = sum_i n_i and the number of ranks asking to stop, travel in a float64 control
+lane that no codec rounds, clips or sparsifies; a codec may add words of its own (a scale bound).
+
+- `none`: one all-reduce of [sum_i n_i sent_i, N, stops] in the model dtype, as before codecs
+  existed. It keeps that arithmetic (the weighted sum of what was sent, divided by N) rather
+  than summing deltas, so float64 runs stay bitwise what they were. The control words ride in
+  the same buffer because they are integers, which float64 holds exactly and float32 holds
+  exactly up to 2^24 (16.7 million samples per round).
+- any other codec: the control lane is its own float64 all-reduce, first; then, unless a stop
+  was agreed, the codec's collectives (an all_gather, or one or two all-reduces) run on the
+  updates weighted by w_i = n_i / N, so every sum is a weighted mean and cannot grow with the
+  number of clients.
+
+`run_round` returns the weighted mean of what was sent, w_g + sum_i w_i decode(Delta_i), or
+None when some rank asked to stop (the round is then discarded everywhere). The ledger records
+each collective through the Communicator and, per round, the FL-equivalent uplink: each
+participating client's encoded message, exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from pfl_dist.comm import Communicator, Traffic
+from pfl_dist.exchange.base import Codec, GatherLayout, RoundInput
+from pfl_dist.exchange.codecs import QSGD, BFloat16, HalfPrecision, RandK, TopK
+from pfl_dist.exchange.powersgd import PowerSGD
+from pfl_dist.exchange.spec import parse_codec
+from pfl_dist.sampling import client_block
+
+CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (HalfPrecision, BFloat16, QSGD, TopK, RandK, PowerSGD)}
+
+
+class TrainingWire:
+    """The Communicator's collectives as training traffic, for codecs."""
+
+    def __init__(self, comm: Communicator) -> None:
+        self.comm = comm
+        self.world_size = comm.runtime.world_size
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.comm.all_reduce(tensor, traffic=Traffic.TRAIN)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.comm.all_gather(tensor, traffic=Traffic.TRAIN)
+
+
+class Exchange:
+    def __init__(self, codec: str, *, comm: Communicator, shapes: Sequence[torch.Size], client_ids: range,
+                 num_clients: int, dtype: torch.dtype, device: torch.device, seed: int) -> None:
+        self.spec = parse_codec(codec)
+        self.comm = comm
+        self.wire = TrainingWire(comm)
+        self.client_ids = client_ids
+        self.num_clients = num_clients
+        self.dtype = dtype
+        self.device = device
+        self.num_params = sum(int(np.prod(s)) for s in shapes)
+        self.model_bytes = self.num_params * torch.empty((), dtype=dtype).element_size()
+        self.codec: Codec | None = None
+        if self.spec.name != "none":
+            self.codec = CODECS[self.spec.name](self.spec, shapes=shapes, num_local_clients=len(client_ids),
+                                                dtype=dtype, device=device, seed=seed)
+
+    def message_bytes(self) -> int:
+        """The exact encoded size of one client's message."""
+        return self.codec.message_bytes() if self.codec is not None else self.model_bytes
+
+    def run_round(self, round_idx: int, *, global_model: torch.Tensor, sent: torch.Tensor, rows: torch.Tensor,
+                  counts: torch.Tensor, sampled: np.ndarray, stop: bool) -> torch.Tensor | None:
+        """`sent` (k, P): what this rank's sampled clients send (rows `rows`, weights `counts`,
+        sorted by client id); `sampled`: every sampled client id. -> the weighted mean of what
+        was sent, or None when some rank asked to stop."""
+        if self.codec is None:
+            average = self._dense_round(sent, counts, stop=stop)
+        else:
+            average = self._codec_round(self.codec, round_idx, global_model, sent, rows, counts, sampled, stop=stop)
+        if average is not None:
+            num_sampled = len(sampled)
+            self.comm.record_client_traffic(uplink_bytes=num_sampled * self.message_bytes(),
+                                            uplink_bytes_dense=num_sampled * self.model_bytes,
+                                            downlink_bytes=num_sampled * self.model_bytes)
+        return average
+
+    def _dense_round(self, sent: torch.Tensor, counts: torch.Tensor, *, stop: bool) -> torch.Tensor | None:
+        p = self.num_params
+        buffer = torch.zeros(p + 2, dtype=sent.dtype, device=sent.device)
+        if sent.shape[0]:
+            buffer[:p] = counts.to(sent.dtype) @ sent
+            buffer[p] = counts.sum()
+        buffer[p + 1] = float(stop)
+        self.comm.all_reduce(buffer, traffic=Traffic.TRAIN)
+        if float(buffer[p + 1]) > 0:
+            return None
+        return buffer[:p] / buffer[p]
+
+    def _codec_round(self, codec: Codec, round_idx: int, global_model: torch.Tensor, sent: torch.Tensor,
+                     rows: torch.Tensor, counts: torch.Tensor, sampled: np.ndarray, *,
+                     stop: bool) -> torch.Tensor | None:
+        updates = sent - global_model
+        lane = torch.cat([torch.tensor([float(counts.double().sum()), float(stop)], dtype=torch.float64),
+                          codec.control_words(updates, counts).cpu()]).to(self.device)
+        self.comm.all_reduce(lane, traffic=Traffic.TRAIN)
+        if float(lane[1]) > 0:
+            return None
+        weight_total = float(lane[0])
+        round_input = RoundInput(
+            round_idx=round_idx, updates=updates, weights=counts.double() / weight_total, rows=rows,
+            client_ids=rows.cpu() + self.client_ids.start, control=lane[2:], weight_total=weight_total,
+            layout=self.layout(sampled))
+        return global_model + codec.aggregate(round_input, self.wire)
+
+    def layout(self, sampled: np.ndarray) -> GatherLayout:
+        world_size = self.comm.runtime.world_size
+        counts = []
+        for rank in range(world_size):
+            block = client_block(rank, world_size=world_size, num_clients=self.num_clients)
+            counts.append(int(np.count_nonzero((sampled >= block.start) & (sampled < block.stop))))
+        return GatherLayout(tuple(counts))
+
+    # --- state (per-client rows keyed by client id; replicated words) ----------------------
+
+    def client_state(self) -> dict[str, torch.Tensor]:
+        return self.codec.client_state() if self.codec is not None else {}
+
+    def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.codec is not None:
+            self.codec.load_client_state(state)
+
+    def replicated_state(self) -> dict[str, torch.Tensor]:
+        return self.codec.replicated_state() if self.codec is not None else {}
+
+    def load_replicated_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.codec is not None:
+            self.codec.load_replicated_state(state)
