@@ -47,15 +47,13 @@ import torch
 from pfl_dist.comm import Communicator, Traffic
 from pfl_dist.errors import ConfigError
 from pfl_dist.outputs import write_bytes_atomic
+from pfl_dist.rundir import config_difference, result_config
 from pfl_dist.sampling import client_block
 
 FORMAT_VERSION = 1
 STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to resume
 _SHARD = re.compile(r"shard_(\d{5})_of_(\d{5})\.json")
 _ROUND = re.compile(r"round_(\d{6})")
-# Keys that may change between attempts without changing any result.
-_IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "comm.backend", "comm.timeout_s")
-_IGNORED_SECTIONS = ("checkpoint",)
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -79,18 +77,8 @@ def shard_stem(rank: int, world_size: int) -> str:
 
 
 def resume_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as dotted keys, without the keys that cannot change a result."""
-    flat = {f"{section}.{key}": value for section, values in config.items() if section not in _IGNORED_SECTIONS
-            for key, value in values.items()}
-    return {key: value for key, value in flat.items() if key not in _IGNORED_KEYS}
-
-
-def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """'algorithm.lam was 0.5, now 0.3' for the first differing key, None when equal."""
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            return f"{key} was {saved.get(key)!r}, now {current.get(key)!r}"
-    return None
+    """The config as dotted keys, without the keys that cannot change a result (pfl_dist/rundir.py)."""
+    return result_config(config)
 
 
 @dataclass(frozen=True)
@@ -279,7 +267,8 @@ class Checkpointer:
         """[not complete, no config conflict, can load round 0, 1, ..., num_rounds - 1] as 0/1.
 
         Round 0 (a fresh start) is always loadable. The final round is never checkpointed: its
-        evaluation and summary are always recomputed. A rerun of a complete run starts fresh.
+        evaluation and summary are always recomputed. A rerun of a complete run (rank 0 found its
+        summary.json, of the same config: pfl_dist/rundir.py) trains nothing.
         """
         loadable = torch.zeros(num_rounds, dtype=torch.uint8)
         loadable[0] = 1
@@ -323,13 +312,17 @@ class Checkpointer:
         return slice(start - held.start, stop - held.start)
 
 
+RUN_COMPLETE = -1  # agree_on_resume_round: rank 0 holds a completed run of this config
+
+
 def agree_on_resume_round(checkpointer: Checkpointer, comm: Communicator, *, num_rounds: int, complete: bool) -> int:
-    """The newest round every rank can load (0 = fresh start): ONE all_reduce(MIN), telemetry."""
+    """The newest round every rank can load (0 = fresh start, RUN_COMPLETE when rank 0 holds a
+    completed run of this config): ONE all_reduce(MIN), telemetry."""
     votes = checkpointer.votes(num_rounds, complete=complete).to(comm.runtime.device)
     comm.all_reduce(votes, traffic=Traffic.TELEMETRY, op="min")
     votes = votes.cpu()
     if not votes[0]:
-        return 0
+        return RUN_COMPLETE
     if not votes[1]:
         detail = checkpointer.conflict or f"another rank found checkpoints of another config in {checkpointer.root}"
         raise ConfigError(f"cannot resume: {detail}; use another run.name or delete {checkpointer.root}")

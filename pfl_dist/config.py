@@ -32,7 +32,8 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "default"  # run directory name below out_dir
+    # run directory name below out_dir; auto = <method>-<hash of the result-relevant config>
+    name: str = "auto"
     out_dir: str = "runs"  # parent folder of run directories
     seed: int = 0  # seeds data, model init and client sampling
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
@@ -177,6 +178,11 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
+        """out_dir/name; run.name=auto names it after the config (pfl_dist/rundir.py)."""
+        if self.run.name == "auto":
+            from pfl_dist.rundir import auto_run_name
+
+            return Path(self.run.out_dir) / auto_run_name(self.to_dict())
         return Path(self.run.out_dir) / self.run.name
 
     def to_dict(self) -> dict[str, Any]:

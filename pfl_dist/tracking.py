@@ -81,7 +81,7 @@ class RunLogger(NullLogger):
         run_dir.mkdir(parents=True, exist_ok=True)
         if start_round == 0:
             self._clear_previous_results()
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_bytes_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
         old_files = sorted(run_dir.glob("events.out.tfevents.*"))
         kept = first_events(old_files, num_events) if start_round else []
         self.writer = SummaryWriter(str(run_dir))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import json
 import statistics
 import sys
 import time
@@ -26,12 +28,23 @@ import torch
 
 from pfl_dist.aggregate import pack_weighted_sum, weighted_average
 from pfl_dist.algorithms import Algorithm, build_algorithm, theory_lambda
-from pfl_dist.checkpoint import Checkpointer, RunStopped, StopRequest, agree_on_resume_round, rng_state, set_rng_state
+from pfl_dist.checkpoint import (
+    RUN_COMPLETE,
+    STOPPED_EXIT_CODE,
+    Checkpointer,
+    RunStopped,
+    StopRequest,
+    agree_on_resume_round,
+    rng_state,
+    set_rng_state,
+)
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
 from pfl_dist.errors import DivergenceError, PflError
 from pfl_dist.exchange.exchange import Exchange
-from pfl_dist.outputs import format_bytes
+from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
+from pfl_dist.outputs import format_bytes, write_bytes_atomic
+from pfl_dist.rundir import PreparedRunDir, is_disk_error, os_error_text, prepare_run_dir, print_notes
 from pfl_dist.runtime import (
     Runtime,
     collective_failure,
@@ -51,6 +64,9 @@ from pfl_dist.tracking import NullLogger, RunLogger
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pfl_dist.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML experiment config (defaults are used without one)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a completed run of another config in the run dir (kept until the new one "
+                             "completes)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return parser.parse_args(argv)
 
@@ -88,8 +104,9 @@ class Trainer:
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
                                          num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep, config=config)
         self.start_round, num_events = self._resume()
+        self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
         self.logger = (RunLogger(cfg.run_dir, config, start_round=self.start_round, num_events=num_events)
-                       if runtime.is_logging_rank else NullLogger())
+                       if runtime.is_logging_rank and not self.already_complete else NullLogger())
 
     def parameter_shapes(self) -> list[torch.Size]:
         """The flat model's parameter tensors, in order (a codec may compress the matrices)."""
@@ -245,9 +262,12 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------
 
     def train(self) -> dict[str, Any]:
+        if self.already_complete:  # rank 0 holds the summary of this very config
+            return read_saved_summary(self.cfg.run_dir) if self.runtime.is_logging_rank else {}
         metrics = self._initial_evaluation()
         for round_idx in range(self.start_round, self.cfg.train.num_rounds):
             round_num = round_idx + 1
+            check_parent()  # an orphaned worker stops before it writes anything more
             if not self.run_round(round_idx):
                 self._stop(completed=round_idx)
             if self.is_lambda_auto_round(round_num):
@@ -299,11 +319,14 @@ class Trainer:
 
     def _resume(self) -> tuple[int, int]:
         """Agree on the newest round every rank can load (one MIN all-reduce) and load it; 0 =
-        start fresh, which is also what a rerun of a complete run (summary.json present) does.
+        start fresh; RUN_COMPLETE when rank 0's run dir holds this config's summary.json (run dirs
+        of another config are refused or set aside before: pfl_dist/rundir.py).
         -> (round, TensorBoard events logged up to it)."""
         complete = self.runtime.is_logging_rank and (self.cfg.run_dir / "summary.json").exists()
         round_num = agree_on_resume_round(self.checkpointer, self.comm, num_rounds=self.cfg.train.num_rounds,
                                           complete=complete)
+        if round_num == RUN_COMPLETE:
+            return round_num, 0
         num_events = 0
         if round_num:
             state = self.checkpointer.load(round_num)
@@ -382,7 +405,9 @@ class Trainer:
         if self.runtime.is_logging_rank:
             final_dir = self.cfg.run_dir / "final"
             final_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(self.task.model_state_dict(final_model.cpu()), final_dir / "global.pt")
+            buffer = io.BytesIO()
+            torch.save(self.task.model_state_dict(final_model.cpu()), buffer)
+            write_bytes_atomic(final_dir / "global.pt", buffer.getvalue())  # before summary.json, the marker
         self.logger.finish(summary, hparams=self._hparams())
         return summary
 
@@ -424,7 +449,28 @@ def report_error(err: PflError, *, rank: int) -> int:
     return err.exit_code
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def read_saved_summary(run_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((run_dir / "summary.json").read_text()))
+
+
+def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
+    """Prepare and lock the run dir (rank 0: pfl_dist/rundir.py), then train."""
+    prepared = prepare_run_dir(cfg, overwrite=overwrite) if env_rank() == 0 else None
+    try:
+        if prepared is not None:
+            print_notes(prepared)
+        summary = _run(cfg, prepared)
+    except (PflError, OSError):
+        if prepared is not None:
+            prepared.rollback()  # an --overwrite that failed gives the old results back
+        raise
+    finally:
+        if prepared is not None:
+            prepared.release()
+    return summary
+
+
+def _run(cfg: Config, prepared: PreparedRunDir | None) -> dict[str, Any]:
     runtime = init_runtime(cfg)
     stop = StopRequest()
     stop.install()
@@ -440,7 +486,12 @@ def run(cfg: Config) -> dict[str, Any]:
         if trainer is not None:
             trainer.close()
     shutdown_runtime(runtime)
+    if prepared is not None:
+        prepared.commit()
     if runtime.is_logging_rank:
+        if trainer.already_complete:
+            print(f"already complete: {cfg.run_dir} holds this config's results; nothing was retrained "
+                  "(another run.name, or --overwrite, trains again)")
         print_final(cfg, summary)
     return summary
 
@@ -456,26 +507,50 @@ def print_final(cfg: Config, summary: dict[str, Any]) -> None:
     print(f"TensorBoard: tensorboard --logdir {Path(cfg.run.out_dir)}")
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "ckpt").glob("round_*/shard_*.json"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    guard_output()  # `... | head -1` must not kill the run
+    die_with_parent()  # a SIGKILLed torchrun leaves no workers behind
     args = parse_args(argv)
+    cfg = None
     try:
         cfg = load_config(args.config, args.overrides)
         cfg.check_world_size(env_world_size())
-        run(cfg)
+        run(cfg, overwrite=args.overwrite)
     except PflError as err:
         return report_error(err, rank=env_rank())
+    except ParentDied as err:
+        print(f"pfl_dist: error: rank {env_rank()}: {err}; stopped", file=sys.stderr, flush=True)
+        return err.exit_code
+    except OSError as err:
+        if cfg is None or not is_disk_error(err):
+            raise
+        return report_disk_error(err, cfg)
     except RunStopped as stopped:
         if env_rank() == 0:
             print(f"pfl_dist: {stopped}", file=sys.stderr, flush=True)
         return stopped.exit_code
     except RuntimeError as err:
-        if not collective_failure(err):
+        if cfg is None or not collective_failure(err):
             raise
         # A peer died, or hung past comm.timeout_s: one line; torchrun may then restart the group.
         print(f"pfl_dist: error: rank {env_rank()}: a collective failed (a peer died or hung; comm.timeout_s="
               f"{cfg.comm.timeout_s:g}): {failure_reason(err)}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def report_disk_error(err: OSError, cfg: Config) -> int:
+    """The run dir's filesystem failed mid-run: one line; 75 when a checkpoint can resume it."""
+    resumable = has_checkpoint(cfg.run_dir)
+    then = ("the newest checkpoint is kept: fix that and rerun the same command to resume" if resumable
+            else "fix that and rerun")
+    print(f"pfl_dist: error: rank {env_rank()}: cannot write the run's files: {os_error_text(err)}; {then}",
+          file=sys.stderr, flush=True)
+    return STOPPED_EXIT_CODE if resumable else 2
 
 
 def cli() -> None:

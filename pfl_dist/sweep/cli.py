@@ -2,9 +2,14 @@
 
 Every point runs under a real torchrun job, with its own run dir below the sweep's out dir
 (name = the point's varied values), TensorBoard run, byte ledger and summary.json. The sweep is
-resumable: a point whose summary.json exists is skipped, so after Ctrl-C, SIGTERM or a failed
-point, rerunning the same command runs only what is missing. results.csv is rebuilt from the
-run dirs after every invocation (one row per run dir: no duplicates after a resume).
+resumable: a point whose summary.json holds the point's config (the hash of everything that
+changes its numbers, pfl_dist/rundir.py) is skipped, so after Ctrl-C, SIGTERM or a failed point,
+rerunning the same command runs only what is missing. A point whose config changed since its run
+(say train.num_rounds was edited in the sweep file) is rerun: its old run dir is moved to
+`<out_dir>/replaced/<name>.<old hash8>` and named in the output. `--force` reruns every selected
+point the same way. results.csv is rebuilt from the run dirs after every invocation, one row per
+point and only from a run of the point's current config. A lock (`<out_dir>/.lock`) refuses a
+second sweep into the same out dir while one runs.
 
 Launch modes (launch.mode, or --mode):
 - per_point: one torchrun per point; points are isolated, each pays the job start-up (~10 s here).
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import signal
@@ -26,6 +32,18 @@ from types import FrameType
 from typing import Any
 
 from pfl_dist.errors import PflError
+from pfl_dist.outputs import write_bytes_atomic
+from pfl_dist.rundir import (
+    DirLock,
+    changed_keys,
+    check_directory,
+    config_hash,
+    make_directory,
+    os_error_text,
+    result_config,
+    run_config,
+    set_run_dir_aside,
+)
 from pfl_dist.sweep.jobs import JobRunner, batches, point_command, worker_command
 from pfl_dist.sweep.results import RESULTS_FILE, find_runs, is_complete, write_results_csv
 from pfl_dist.sweep.spec import Point, Sweep, load_sweep
@@ -45,6 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", help="overrides the sweep's out_dir")
     parser.add_argument("--only", metavar="REGEX", help="run only the points whose name matches (re.search)")
     parser.add_argument("--no-plot", action="store_true", help="skip figures and the trade-off table at the end")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun every selected point, complete or not (old run dirs are kept in out_dir/replaced)")
     return parser.parse_args(argv)
 
 
@@ -57,11 +77,34 @@ def varied_keys(points: Sequence[Point]) -> list[str]:
     return list(dict.fromkeys(k for p in points for k in p.values))
 
 
-def print_plan(sweep: Sweep, pending: list[Point], complete: set[str]) -> None:
+def point_changes(point: Point) -> list[str] | None:
+    """How the run in the point's run dir differs from the point's config: [] = the same config,
+    None = no run there (or nothing readable)."""
+    saved = run_config(point.cfg.run_dir)
+    if saved is None:
+        return None
+    return changed_keys(result_config(saved), result_config(point.cfg.to_dict()))
+
+
+def describe_changes(changes: list[str]) -> str:
+    return "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+
+
+def set_aside(sweep: Sweep, point: Point, why: str) -> None:
+    """Move a point's old run dir to out_dir/replaced/ (kept, named in the output)."""
+    run_dir = point.cfg.run_dir
+    saved = run_config(run_dir)
+    label = config_hash(saved)[:8] if saved is not None else "unknown"
+    kept = set_run_dir_aside(run_dir, sweep.out_dir / "replaced", label=label)
+    print(f"{point.name}: {why}; rerunning it, the old run is kept in {kept}", flush=True)
+
+
+def print_plan(sweep: Sweep, pending: list[Point], complete: set[str], changed: dict[str, list[str]]) -> None:
     """--dry-run: what would run, as commands a user could paste."""
     for point in sweep.points:
         status = "done   " if point.name in complete else "pending" if point in pending else "skipped"
-        print(f"{status} {point.name}")
+        note = f"  (config changed: {describe_changes(changed[point.name])})" if point.name in changed else ""
+        print(f"{status} {point.name}{note}")
     launch = sweep.launch
     for i, batch in enumerate(batches(pending, jobs=launch.jobs, mode=launch.mode)):
         if launch.mode == "per_point":
@@ -73,8 +116,10 @@ def print_plan(sweep: Sweep, pending: list[Point], complete: set[str]) -> None:
 
 
 def collect(sweep: Sweep) -> list[dict[str, Any]]:
-    """Rebuild results.csv from the run dirs of this sweep's points."""
-    runs = find_runs(sweep.out_dir, [p.name for p in sweep.points])
+    """Rebuild results.csv from the run dirs of this sweep's points, each only from a run of the
+    point's current config (a point left out by --only keeps no stale row)."""
+    expected = {p.name: config_hash(p.cfg.to_dict()) for p in sweep.points}
+    runs = [run for run in find_runs(sweep.out_dir, list(expected)) if config_hash(run.config) == expected[run.name]]
     return write_results_csv(sweep.out_dir / RESULTS_FILE, runs, varied=varied_keys(sweep.points))
 
 
@@ -148,13 +193,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except re.error as err:
         print(f"pfl_dist.sweep: error: --only is not a valid regular expression: {err}", file=sys.stderr)
         return 2
-    complete = {p.name for p in sweep.points if is_complete(sweep.out_dir / p.name)}
-    pending = [p for p in sweep.points if p.name not in complete and (only is None or only.search(p.name))]
+    changes = {p.name: point_changes(p) for p in sweep.points}
+    changed = {name: c for name, c in changes.items() if c}
+    complete = {p.name for p in sweep.points if changes[p.name] == [] and is_complete(sweep.out_dir / p.name)}
+    selected = [p for p in sweep.points if only is None or only.search(p.name)]
+    pending = [p for p in selected if args.force or p.name not in complete]
+    if args.force:
+        complete -= {p.name for p in selected}
     if args.dry_run:
-        print_plan(sweep, pending, complete)
+        print_plan(sweep, pending, complete, changed)
         return 0
+    try:
+        check_directory(sweep.out_dir, "sweep out_dir")
+        make_directory(sweep.out_dir, "sweep out_dir")
+        lock = DirLock(sweep.out_dir, "sweep out_dir").acquire()
+    except PflError as err:
+        print(f"pfl_dist.sweep: error: {err}", file=sys.stderr)
+        return err.exit_code
+    try:
+        return _run_sweep(sweep, pending, complete, changed, args)
+    except OSError as err:
+        print(f"pfl_dist.sweep: error: cannot write the sweep's files: {os_error_text(err)}", file=sys.stderr)
+        return 2
+    finally:
+        lock.release()
+
+
+def _run_sweep(sweep: Sweep, pending: list[Point], complete: set[str], changed: dict[str, list[str]],
+               args: argparse.Namespace) -> int:
+    for point in pending:
+        if point.name in changed:
+            set_aside(sweep, point, f"config changed ({describe_changes(changed[point.name])})")
+        elif args.force and os.path.lexists(point.cfg.run_dir):
+            set_aside(sweep, point, "--force")
     (sweep.out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    (sweep.out_dir / "sweep.yaml").write_text(sweep.path.read_text())
+    write_bytes_atomic(sweep.out_dir / "sweep.yaml", sweep.path.read_bytes())
     launch = sweep.launch
     print(f"sweep {sweep.path}: {len(sweep.points)} points, {len(complete)} already complete, "
           f"{len(pending)} to run -> {sweep.out_dir} | {launch.mode}, {launch.nproc_per_node} rank(s)/job, "

@@ -23,7 +23,9 @@ from typing import Any
 
 from pfl_dist.config import Config, apply_overrides, read_yaml
 from pfl_dist.errors import PflError
+from pfl_dist.guard import die_with_parent, guard_output
 from pfl_dist.outputs import write_json_atomic
+from pfl_dist.rundir import prepare_run_dir
 from pfl_dist.runtime import Runtime, env_rank, env_world_size, exit_process, init_runtime, shutdown_runtime
 from pfl_dist.sweep.results import POINT_FILE
 from pfl_dist.train import Trainer, report_error
@@ -42,13 +44,19 @@ def load_plan(path: Path) -> list[tuple[Config, dict[str, Any]]]:
 
 
 def run_point(cfg: Config, runtime: Runtime, info: dict[str, Any]) -> dict[str, Any]:
-    """One point on an existing runtime: a fresh Trainer (ledger, logger, run dir) per point."""
+    """One point on an existing runtime: a fresh Trainer (ledger, logger, run dir) per point,
+    with rank 0 holding the run dir's lock while it trains (pfl_dist/rundir.py)."""
     started = time.perf_counter()
-    trainer = Trainer(cfg, runtime)
+    prepared = prepare_run_dir(cfg) if runtime.is_logging_rank else None
     try:
-        summary = trainer.train()
+        trainer = Trainer(cfg, runtime)
+        try:
+            summary = trainer.train()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        if prepared is not None:
+            prepared.release()
     if runtime.is_logging_rank:
         # Written after summary.json; the sweep reads it only once the job is over.
         write_json_atomic(cfg.run_dir / POINT_FILE, {**info, "point_wall_s": time.perf_counter() - started})
@@ -61,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: torchrun ... -m pfl_dist.sweep.worker PLAN.json", file=sys.stderr)
         return 2
+    guard_output()
+    die_with_parent()
     try:
         points = load_plan(Path(args[0]))
         runtime = init_runtime(points[0][0])

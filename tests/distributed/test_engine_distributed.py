@@ -78,7 +78,8 @@ def test_no_collective_bypasses_the_communicator(tmp_path: Path) -> None:
     env = {**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    summary = read_summary(tmp_path / "default")
+    (run_dir,) = [p.parent for p in tmp_path.glob("*/summary.json")]  # run.name=auto
+    summary = read_summary(run_dir)
     ledger_collectives = summary["comm"]["num_collectives"] + summary["comm_telemetry"]["num_collectives"]
     ledger_payload = (summary["comm"]["payload_bytes"] + summary["comm_telemetry"]["payload_bytes"]) // 2
     for rank in range(2):

@@ -24,4 +24,4 @@ def test_missing_node_ends_within_the_join_timeout_with_one_line(tmp_path: Path)
     assert "RendezvousTimeoutError" in result.stderr  # torchrun's own report, passed through
     assert result.stderr.strip().splitlines()[-1].startswith("pfl_dist: error: rendezvous timed out")
     assert elapsed < 8 + 30  # the join timeout plus start-up, never a hang
-    assert not (tmp_path / "default" / "summary.json").exists()
+    assert not list(tmp_path.glob("*/summary.json"))

@@ -120,3 +120,35 @@ def test_in_job_points_have_own_ledgers_survive_a_failure_and_match_per_point_ru
     assert in_job_summary["global_model_sha256"] == alone["global_model_sha256"]
     assert in_job_summary["final"] == alone["final"]
     assert processes_mentioning(str(out)) == []
+
+
+def test_a_changed_point_is_rerun_and_the_table_shows_its_new_numbers(tmp_path: Path) -> None:
+    """Edit train.num_rounds in the sweep file and rerun: the changed points rerun (their old run
+    dirs kept under replaced/), the unchanged one is skipped, and results.csv holds only new numbers."""
+    # Prepare: a 3-point in-job sweep, complete at 4 rounds
+    variants = {"a": {"algorithm.lam": 0.1}, "b": {"algorithm.lam": 1.0}, "avg": {"algorithm.name": "fedavg"}}
+    path = write_sweep(tmp_path / "sweep.yaml", overrides=TINY, variants=variants,
+                       launch={"nproc_per_node": 2, "mode": "in_job"})
+    first = run_sweep(path, "--no-plot")
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "out"
+    old_avg = (out / "avg__seed=0" / "summary.json").read_bytes()
+    # Execute: 6 rounds for the FedCLUP variants only
+    variants["a"]["train.num_rounds"] = variants["b"]["train.num_rounds"] = 6
+    write_sweep(path, overrides=TINY, variants=variants, launch={"nproc_per_node": 2, "mode": "in_job"})
+    second = run_sweep(path, "--no-plot")
+    # Assert
+    assert second.returncode == 0, second.stderr
+    assert "1 already complete, 2 to run" in second.stdout
+    assert "a__seed=0: config changed (train.num_rounds was 4, now 6); rerunning it, the old run is kept in" \
+        in second.stdout
+    with open(out / "results.csv", newline="") as f:
+        rows = {row["name"]: row for row in csv.DictReader(f)}
+    assert {name: row["num_rounds"] for name, row in rows.items()} == {"a__seed=0": "6", "b__seed=0": "6",
+                                                                        "avg__seed=0": "4"}
+    assert read_summary(out / "a__seed=0")["comm"]["num_collectives"] == 6
+    assert (out / "avg__seed=0" / "summary.json").read_bytes() == old_avg  # unchanged point untouched
+    kept = sorted(p.name.split(".")[0] for p in (out / "replaced").iterdir())
+    assert kept == ["a__seed=0", "b__seed=0"]
+    for old in (out / "replaced").iterdir():
+        assert read_summary(old)["config"]["train"]["num_rounds"] == 4

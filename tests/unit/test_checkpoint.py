@@ -14,6 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pfl_dist.checkpoint import (
+    RUN_COMPLETE,
     Checkpointer,
     RunStopped,
     StopRequest,
@@ -24,9 +25,10 @@ from pfl_dist.checkpoint import (
 from pfl_dist.comm import ByteLedger, Communicator
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError, DivergenceError
+from pfl_dist.rundir import RunDirError
 from pfl_dist.runtime import Runtime
 from pfl_dist.sampling import client_block
-from pfl_dist.train import Trainer
+from pfl_dist.train import Trainer, run
 from tests.helpers import read_metrics, read_summary, run_inprocess
 
 CONFIG = load_config(None, []).to_dict()
@@ -180,10 +182,11 @@ def test_a_missing_shard_of_another_rank_blocks_only_the_ranks_needing_it(tmp_pa
     assert checkpointer(tmp_path, rank=1, world_size=2).votes(10, complete=False)[2 + 6] == 0  # needs ranks 2, 3
 
 
-def test_a_complete_run_is_rerun_from_scratch(tmp_path: Path) -> None:
+def test_a_complete_run_is_not_rerun(tmp_path: Path) -> None:
     ckpt = checkpointer(tmp_path)
     ckpt.save(4, shard_state(ckpt.clients))
-    assert vote(ckpt, complete=True) == 0
+    assert vote(ckpt, complete=True) == RUN_COMPLETE
+    assert vote(ckpt, complete=False) == 4
 
 
 def test_a_checkpoint_of_another_config_is_refused_naming_the_key(tmp_path: Path) -> None:
@@ -328,12 +331,26 @@ def test_a_diverged_round_is_never_checkpointed(tmp_path: Path, monkeypatch: pyt
     assert checkpointer(tmp_path / "run" / "ckpt").rounds() == [1, 2, 3]
 
 
-def test_rerunning_a_complete_run_starts_fresh(tmp_path: Path, reference: Path) -> None:
-    run_one(tmp_path, "run")
+def test_rerunning_a_complete_run_trains_nothing_and_touches_nothing(tmp_path: Path, reference: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    first = run_one(tmp_path, "run")
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
     again = run_one(tmp_path, "run")
-    assert again["resumed_from"] == []
-    assert [r["round"] for r in read_metrics(tmp_path / "run")] == [0, 3, 6, 9, 10]
-    assert again["global_model_sha256"] == read_summary(reference)["global_model_sha256"]
+    assert "already complete" in capsys.readouterr().out
+    assert again == first and again["global_model_sha256"] == read_summary(reference)["global_model_sha256"]
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_overwrite_replaces_a_complete_run_of_another_config(tmp_path: Path, reference: Path) -> None:
+    run_one(tmp_path, "run", "algorithm.lam=0.3")
+    with pytest.raises(RunDirError, match=r"another config \(algorithm.lam was 0.3, now 'auto'\).*--overwrite"):
+        run_one(tmp_path, "run")
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=run", *BASE])
+    summary = run(cfg, overwrite=True)
+    assert summary["global_model_sha256"] == read_summary(reference)["global_model_sha256"]
+    assert read_summary(tmp_path / "run")["config"]["algorithm"]["lam"] == "auto"
+    assert not (tmp_path / "run" / ".replaced").exists()  # removed once the new summary is on disk
 
 
 def test_stop_request_first_signal_sets_a_flag_second_restores_the_handler() -> None:

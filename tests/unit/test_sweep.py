@@ -19,14 +19,16 @@ from pfl_dist.sweep.spec import load_sweep, yaml_value
 from tests.helpers import write_sweep
 
 
-def fake_run(run_dir: Path, *, lam: float = 0.5, final_itr: float = 1.0) -> None:
-    """A finished run dir with the engine's summary/metrics shape (no training)."""
+def fake_run(run_dir: Path, *, lam: float = 0.5, final_itr: float = 1.0, config: dict[str, Any] | None = None) -> None:
+    """A finished run dir with the engine's summary/metrics shape (no training); `config` is the
+    summary's config (a point's cfg.to_dict() makes it that point's run)."""
     run_dir.mkdir(parents=True)
     comm = {"payload_bytes": 100, "wire_bytes_model": 50, "uplink_bytes": 80, "downlink_bytes": 80,
             "num_collectives": 2, "wire_bytes_measured": None}
-    config = {"run": {"seed": 0}, "data": {"kind": "synthetic", "R": 1.0, "num_clients": 4, "classes_per_client": 2},
-              "algorithm": {"name": "fedclup", "lam": lam, "sample_fraction": 1.0, "num_local_steps": 5},
-              "train": {"num_rounds": 2}}
+    config = config or {"run": {"seed": 0},
+                        "data": {"kind": "synthetic", "R": 1.0, "num_clients": 4, "classes_per_client": 2},
+                        "algorithm": {"name": "fedclup", "lam": lam, "sample_fraction": 1.0, "num_local_steps": 5},
+                        "train": {"num_rounds": 2}}
     summary = {"config": config, "world_size": 2, "algorithm": {"lam": lam}, "final": {"ITR": final_itr},
                "comm": comm, "comm_telemetry": comm, "time": {"wall_s": 1.0, "round_s_median": 0.1}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -132,12 +134,32 @@ def test_cli_reports_errors_with_exit_code_2_and_launches_nothing(tmp_path: Path
 
 def test_dry_run_skips_complete_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1, 0.5, 1.0]})
-    fake_run(tmp_path / "out" / "lam=0.5__seed=0")
+    point = next(p for p in load_sweep(path).points if p.name == "lam=0.5__seed=0")
+    fake_run(tmp_path / "out" / "lam=0.5__seed=0", config=point.cfg.to_dict())
     (tmp_path / "out" / "lam=1.0__seed=0").mkdir()  # started but never finished: still pending
     assert sweep.main([str(path), "--dry-run", "--mode", "per_point"]) == 0
     out = capsys.readouterr().out
     assert "done    lam=0.5__seed=0" in out and "pending lam=0.1__seed=0" in out and "pending lam=1.0__seed=0" in out
     assert out.count("$ ") == 2 and "3 points valid, 2 to run, 1 complete" in out
+
+
+def test_a_point_whose_config_changed_is_pending_and_names_the_keys(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1, 0.5]},
+                       overrides={"train.num_rounds": 7})
+    for point in load_sweep(path).points:
+        fake_run(point.cfg.run_dir, config=point.cfg.to_dict())
+    write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1, 0.5]}, overrides={"train.num_rounds": 9})
+    assert sweep.main([str(path), "--dry-run", "--mode", "per_point"]) == 0
+    out = capsys.readouterr().out
+    assert "pending lam=0.1__seed=0  (config changed: train.num_rounds was 7, now 9)" in out
+    assert "2 points valid, 2 to run, 0 complete" in out
+    # results.csv keeps no row of the old config, and --force reruns unchanged points too
+    assert sweep.collect(load_sweep(path)) == []
+    write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1, 0.5]}, overrides={"train.num_rounds": 7})
+    assert [row["name"] for row in sweep.collect(load_sweep(path))] == ["lam=0.1__seed=0", "lam=0.5__seed=0"]
+    assert sweep.main([str(path), "--dry-run", "--force", "--only", "lam=0.1"]) == 0
+    assert "1 to run, 1 complete" in capsys.readouterr().out
 
 
 def test_results_csv_has_one_row_per_finished_point(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import torch
 from pfl_dist.config import load_config
 from pfl_dist.runtime import init_runtime
 from pfl_dist.train import Trainer
-from tests.helpers import REPO, read_metrics, run_cli, run_inprocess
+from pfl_dist.train import main as train_main
+from tests.helpers import REPO, read_metrics, read_summary, run_cli, run_inprocess
 
 SMALL = ("data.num_clients=6", "data.samples_per_client=80", "algorithm.num_local_steps=30", "train.num_rounds=8",
          "train.eval_every=4")
@@ -82,7 +83,7 @@ def test_divergence_names_round_and_client(tmp_path: Path) -> None:
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("pfl_dist: error: round 1: client 0 diverged")
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "default" / "summary.json").exists()
+    assert not list(tmp_path.glob("*/summary.json"))
 
 
 @pytest.mark.parametrize("name", ["fedclup", "fedavg", "fedprox", "local"])
@@ -91,3 +92,21 @@ def test_every_algorithm_learns(tmp_path: Path, name: str) -> None:
     first = read_metrics(tmp_path / "run")[0]["metrics"]
     assert summary["final"]["loss_personal"] < 0.5 * first["loss_personal"]
     assert summary["final"]["acc_personal"] > 0.85
+
+
+def test_two_runs_with_different_lambda_and_no_run_name_keep_both_results(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """run.name=auto (the default) names the run dir <method>-<config hash>: the README's commands
+    no longer overwrite each other, and the same command again trains nothing."""
+    base = ["--config", str(REPO / "configs/default.yaml"), f"run.out_dir={tmp_path}", "train.num_rounds=3",
+            "data.num_clients=2"]
+    assert train_main([*base, "algorithm.lam=0.1"]) == 0
+    assert train_main([*base, "algorithm.lam=0.2"]) == 0
+    summaries = {p.parent.name: read_summary(p.parent) for p in tmp_path.glob("*/summary.json")}
+    assert sorted(s["config"]["algorithm"]["lam"] for s in summaries.values()) == [0.1, 0.2]
+    assert all(name.startswith("fedclup-") and len(name) == len("fedclup-") + 8 for name in summaries)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train_main([*base, "algorithm.lam=0.2"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -1,0 +1,335 @@
+"""Run directories: their identity, the default name, the writer's lock, and what may replace what.
+
+No torch here: the sweep driver uses the same identity without paying torch's import.
+
+Identity. A run's numbers depend on its config minus the keys that provably do not change them
+(`IGNORED_KEYS`, `IGNORED_SECTIONS`: where it is written, the device choice, whether data may be
+downloaded, the collective timeout and backend, checkpoint cadence; `comm.codec` counts). `config_hash` is the sha256
+of the rest; the checkpoint's resume check and the sweep's completeness check use the same keys.
+`train.eval_every` counts: it changes metrics.jsonl and the telemetry byte totals.
+
+Default name. `run.name=auto` (the default) names the run dir `<method>-<hash8>` from that hash,
+so two runs that differ in any number-changing key never share a directory, and rerunning the
+same command finds its own run: complete (nothing is retrained) or resumable from checkpoints.
+
+Protection (`prepare_run_dir`, rank 0 before any training):
+- out_dir / run dir must be (creatable) directories that this process can write; otherwise one
+  line and exit 2;
+- an advisory lock (`fcntl.flock` on `<run_dir>/.lock`) is held for the whole run, so a second
+  writer is refused with one line while the first runs (a killed holder releases it at once);
+- a completed run (summary.json) of the same config: "already complete", nothing retrained;
+  of another config: refused with one line naming the first changed key. `--overwrite` trains
+  again in either case.
+  An overwrite moves the old results into `<run_dir>/.replaced/` (a rename: no space needed) and
+  deletes them only once the new summary.json is on disk; a run that fails with an error puts
+  them back, so nothing is lost to a full disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pfl_dist.errors import PflError
+
+if TYPE_CHECKING:
+    from pfl_dist.config import Config
+
+# Keys that may change between attempts without changing any number of the run.
+IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "comm.backend", "comm.timeout_s")
+IGNORED_SECTIONS = ("checkpoint",)
+LOCK_FILE = ".lock"
+REPLACED_DIR = ".replaced"
+# What a run writes into its run dir (ckpt/ included: it belongs to the run it resumes).
+RESULT_NAMES = ("config.yaml", "metrics.jsonl", "summary.json", "final", "ckpt", "sweep_point.json")
+RESULT_GLOBS = ("events.out.tfevents.*",)
+
+
+class RunDirError(PflError):
+    """The run dir cannot be used: not writable, a file, locked, or holding another config's run."""
+
+
+# --- identity ----------------------------------------------------------------------------------
+
+
+def result_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as dotted keys, without the keys that cannot change a result."""
+    flat = {f"{section}.{key}": value for section, values in config.items() if section not in IGNORED_SECTIONS
+            for key, value in values.items()}
+    return {key: value for key, value in flat.items() if key not in IGNORED_KEYS}
+
+
+def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'algorithm.lam was 0.5, now 0.3' for every differing key of two `result_config`s."""
+    return [f"{key} was {saved.get(key)!r}, now {current.get(key)!r}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first differing key as in `changed_keys`, None when equal."""
+    changes = changed_keys(saved, current)
+    return changes[0] if changes else None
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the result-relevant config (`Config.to_dict()` or a summary's `config`)."""
+    text = json.dumps(result_config(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def auto_run_name(config: dict[str, Any]) -> str:
+    """`<method>-<hash8>`: the default run dir name (run.name=auto)."""
+    return f"{config['algorithm']['name']}-{config_hash(config)[:8]}"
+
+
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config of the completed run in `run_dir` (its summary.json), None when there is none
+    or it cannot be read (a torn summary does not make a run complete)."""
+    try:
+        config = json.loads((run_dir / "summary.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+# --- errors from the filesystem -------------------------------------------------------------------
+
+
+def os_error_text(err: OSError) -> str:
+    """'No space left on device: runs/x/summary.json' (no errno number, no traceback)."""
+    reason = err.strerror or type(err).__name__
+    where = err.filename if err.filename is not None else ""
+    return f"{reason}: {where}" if where else reason
+
+
+def check_directory(path: Path, what: str) -> None:
+    """`path` is a directory or absent, and not a symlink: one line otherwise."""
+    if path.is_symlink():
+        raise RunDirError(f"{what} {path} is a symlink; pfl_dist does not follow it (use a real directory)")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{what} {path} is not a directory")
+
+
+def make_directory(path: Path, what: str) -> None:
+    for parent in [*reversed(path.parents), path]:
+        if parent.exists() and not parent.is_dir():
+            raise RunDirError(f"{what} {path} cannot be created: {parent} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"cannot create {what} {path}: {os_error_text(err)}") from None
+
+
+# --- the writer's lock ---------------------------------------------------------------------------
+
+
+class DirLock:
+    """An advisory lock on `<directory>/.lock` (fcntl.flock), held until `release` or exit.
+
+    The file holds the holder's pid for the message a second writer gets. flock locks belong to
+    the open file, so a killed holder's lock is released by the kernel at once.
+    """
+
+    def __init__(self, directory: Path, what: str) -> None:
+        self.path = directory / LOCK_FILE
+        self.what = what
+        self.fd: int | None = None
+
+    def acquire(self) -> DirLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise RunDirError(f"cannot write to {self.what} {self.path.parent}: {os_error_text(err)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise RunDirError(f"{self.what} {self.path.parent} is in use by another pfl_dist process{holder}; "
+                              "wait for it to finish, or write elsewhere") from None
+        try:  # our pid, and a probe that the disk takes a write at all
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.fsync(fd)
+        except OSError as err:
+            os.close(fd)
+            raise RunDirError(f"cannot write to {self.what} {self.path.parent}: {os_error_text(err)}") from None
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (unlinking would race)
+            self.fd = None
+
+
+def _read_pid(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(os.pread(fd, 32, 0).decode().strip())
+        return f" (pid {pid})"
+    return ""
+
+
+# --- preparing a run dir -------------------------------------------------------------------------
+
+
+def _result_paths(run_dir: Path) -> list[Path]:
+    paths = [run_dir / name for name in RESULT_NAMES if (run_dir / name).exists() or (run_dir / name).is_symlink()]
+    for pattern in RESULT_GLOBS:
+        paths += sorted(run_dir.glob(pattern))
+    return paths
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class PreparedRunDir:
+    """What `prepare_run_dir` found and holds: the lock, and old results set aside by --overwrite."""
+
+    run_dir: Path
+    lock: DirLock
+    complete: dict[str, Any] | None = None  # the summary of an identical completed run
+    replaced: Path | None = None  # old results kept here until the new run completes
+    notes: list[str] = field(default_factory=list)
+
+    def commit(self) -> None:
+        """The new run's summary.json is on disk: the replaced results can go."""
+        if self.replaced is not None and (self.run_dir / "summary.json").is_file():
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+    def rollback(self) -> None:
+        """The new run failed: its files go and the replaced results come back (renames only)."""
+        if self.replaced is None or not self.replaced.is_dir():
+            return
+        with contextlib.suppress(OSError):
+            for path in _result_paths(self.run_dir):
+                _remove(path)
+            for path in self.replaced.iterdir():
+                os.replace(path, self.run_dir / path.name)
+            self.replaced.rmdir()
+            self.replaced = None
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+def prepare_run_dir(cfg: Config, *, overwrite: bool = False) -> PreparedRunDir:
+    """Check, create and lock `cfg.run_dir` (rank 0, before any training); see the module doc."""
+    out_dir, run_dir = Path(cfg.run.out_dir), cfg.run_dir
+    check_directory(out_dir, "run.out_dir")
+    check_directory(run_dir, "run dir")
+    make_directory(run_dir, "run dir")
+    lock = DirLock(run_dir, "run dir").acquire()
+    try:
+        prepared = _classify(cfg, PreparedRunDir(run_dir=run_dir, lock=lock), overwrite=overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return prepared
+
+
+def _classify(cfg: Config, prepared: PreparedRunDir, *, overwrite: bool) -> PreparedRunDir:
+    run_dir = prepared.run_dir
+    for name in ("final", "ckpt"):
+        check_directory(run_dir / name, f"{name}/ of")
+    replaced = run_dir / REPLACED_DIR
+    summary_present = (run_dir / "summary.json").exists()
+    if replaced.is_dir():
+        if summary_present:  # the new run completed but died before removing the old results
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            prepared.replaced = replaced
+            prepared.notes.append(f"an earlier --overwrite of {run_dir} did not finish; the results it replaces "
+                                  f"stay in {replaced} until this run completes")
+    saved = saved_config(run_dir)
+    current = cfg.to_dict()
+    if saved is None:
+        if summary_present:
+            prepared.notes.append(f"{run_dir}/summary.json is unreadable; the run counts as incomplete")
+        return prepared
+    difference = config_difference(result_config(saved), result_config(current))
+    if difference is None and not overwrite:
+        prepared.complete = read_summary(run_dir)
+        return prepared
+    if not overwrite:
+        raise RunDirError(f"{run_dir} holds a completed run of another config ({difference}); keep it with "
+                          "run.name=<another name> (or the default run.name=auto), or replace it with --overwrite")
+    _set_aside(prepared)
+    return prepared
+
+
+def _set_aside(prepared: PreparedRunDir) -> None:
+    """--overwrite: move the completed run's files into .replaced/ (renames: no space needed)."""
+    replaced = prepared.run_dir / REPLACED_DIR
+    try:
+        if replaced.is_dir():
+            shutil.rmtree(replaced)
+        replaced.mkdir()
+        for path in _result_paths(prepared.run_dir):
+            os.replace(path, replaced / path.name)
+    except OSError as err:
+        raise RunDirError(f"cannot set the old results of {prepared.run_dir} aside: {os_error_text(err)}") from None
+    prepared.replaced = replaced
+    prepared.notes.append(f"--overwrite: the previous results of {prepared.run_dir} are kept in {replaced} until "
+                          "this run completes")
+
+
+def print_notes(prepared: PreparedRunDir) -> None:
+    for note in prepared.notes:
+        print(f"pfl_dist: note: {note}", file=sys.stderr, flush=True)
+
+
+def is_disk_error(err: OSError) -> bool:
+    """Errors of the filesystem a run writes to (not bugs): full, read-only, permissions, I/O."""
+    return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                         errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EFBIG, errno.ELOOP)
+
+
+def run_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run dir was written with: its summary's, else the config.yaml of a run that
+    started and did not finish; None when it holds neither (or they cannot be read)."""
+    saved = saved_config(run_dir)
+    if saved is not None:
+        return saved
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) and all(isinstance(v, dict) for v in config.values()) else None
+
+
+def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:
+    """Move a whole run dir to `into/<name>.<label>` (a rename; `.2`, `.3`, ... if taken)."""
+    into.mkdir(parents=True, exist_ok=True)
+    target = into / f"{run_dir.name}.{label}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = into / f"{run_dir.name}.{label}.{suffix}"
+    os.replace(run_dir, target)
+    return target
