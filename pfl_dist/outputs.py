@@ -3,6 +3,7 @@ plot CLI (which only read and write files) do not pay torch's import."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -12,11 +13,16 @@ from typing import Any
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """temp file + fsync + os.replace: readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
+        raise
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,8 +142,9 @@ def make_directory(path: Path, what: str) -> None:
 class DirLock:
     """An advisory lock on `<directory>/.lock` (fcntl.flock), held until `release` or exit.
 
-    The file holds the holder's pid for the message a second writer gets. flock locks belong to
-    the open file, so a killed holder's lock is released by the kernel at once.
+    The file stays empty (a refused writer changes nothing); the holder's pid for the message is
+    looked up in /proc/locks. flock locks belong to the open file, so a killed holder's lock is
+    released by the kernel at once.
     """
 
     def __init__(self, directory: Path, what: str) -> None:
@@ -160,17 +160,10 @@ class DirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_pid(fd)
+            holder = _lock_holder(fd)
             os.close(fd)
             raise RunDirError(f"{self.what} {self.path.parent} is in use by another pfl_dist process{holder}; "
                               "wait for it to finish, or write elsewhere") from None
-        try:  # our pid, and a probe that the disk takes a write at all
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            os.fsync(fd)
-        except OSError as err:
-            os.close(fd)
-            raise RunDirError(f"cannot write to {self.what} {self.path.parent}: {os_error_text(err)}") from None
         self.fd = fd
         return self
 
@@ -180,10 +173,15 @@ class DirLock:
             self.fd = None
 
 
-def _read_pid(fd: int) -> str:
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(os.pread(fd, 32, 0).decode().strip())
-        return f" (pid {pid})"
+def _lock_holder(fd: int) -> str:
+    """' (pid N)' of the process holding the flock on the file `fd` is open on, from /proc/locks."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        info = os.fstat(fd)
+        inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and "->" not in fields and fields[5] == inode:
+                return f" (pid {fields[4]})"
     return ""
 
 
@@ -241,6 +239,8 @@ def prepare_run_dir(cfg: Config, *, overwrite: bool = False) -> PreparedRunDir:
     out_dir, run_dir = Path(cfg.run.out_dir), cfg.run_dir
     check_directory(out_dir, "run.out_dir")
     check_directory(run_dir, "run dir")
+    if run_dir.is_dir() and not overwrite:  # refuse a conflict before touching anything
+        _refuse_another_config(cfg, run_dir)
     make_directory(run_dir, "run dir")
     lock = DirLock(run_dir, "run dir").acquire()
     try:
@@ -265,20 +265,24 @@ def _classify(cfg: Config, prepared: PreparedRunDir, *, overwrite: bool) -> Prep
             prepared.notes.append(f"an earlier --overwrite of {run_dir} did not finish; the results it replaces "
                                   f"stay in {replaced} until this run completes")
     saved = saved_config(run_dir)
-    current = cfg.to_dict()
     if saved is None:
         if summary_present:
             prepared.notes.append(f"{run_dir}/summary.json is unreadable; the run counts as incomplete")
         return prepared
-    difference = config_difference(result_config(saved), result_config(current))
-    if difference is None and not overwrite:
-        prepared.complete = read_summary(run_dir)
+    if overwrite:
+        _set_aside(prepared)
         return prepared
-    if not overwrite:
+    _refuse_another_config(cfg, run_dir)
+    prepared.complete = read_summary(run_dir)
+    return prepared
+
+
+def _refuse_another_config(cfg: Config, run_dir: Path) -> None:
+    saved = saved_config(run_dir)
+    difference = None if saved is None else config_difference(result_config(saved), result_config(cfg.to_dict()))
+    if difference is not None:
         raise RunDirError(f"{run_dir} holds a completed run of another config ({difference}); keep it with "
                           "run.name=<another name> (or the default run.name=auto), or replace it with --overwrite")
-    _set_aside(prepared)
-    return prepared
 
 
 def _set_aside(prepared: PreparedRunDir) -> None:
@@ -299,7 +303,7 @@ def _set_aside(prepared: PreparedRunDir) -> None:
 
 def print_notes(prepared: PreparedRunDir) -> None:
     for note in prepared.notes:
-        print(f"pfl_dist: note: {note}", file=sys.stderr, flush=True)
+        print(f"pfl_dist: note: {note}", flush=True)
 
 
 def is_disk_error(err: OSError) -> bool:

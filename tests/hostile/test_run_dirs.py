@@ -1,0 +1,258 @@
+"""Hostile cases for run dirs (issue 15 families 3 and 4, issue 10's results that are never lost):
+an out_dir that is a file, read-only, immutable or on a full disk; a second writer; a rerun with
+another config. Each asserts the exit code, one line, no traceback, and that results which
+existed before are byte-identical afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pfl_dist import train
+from pfl_dist.rundir import DirLock
+from pfl_dist.sweep import cli as sweep_cli
+from tests.helpers import write_sweep
+from tests.hostile.hostile import (
+    ERROR,
+    SWEEP_ERROR,
+    TINY_RUN,
+    assert_no_traceback,
+    assert_one_line,
+    assert_unchanged,
+    run_main,
+    snapshot,
+)
+
+
+def train_args(out: Path, *extra: str) -> list[str]:
+    return [f"run.out_dir={out}", "run.name=run", *TINY_RUN, *extra]
+
+
+def complete_run(out: Path, *extra: str) -> Path:
+    outcome = run_main(train.main, train_args(out, *extra))
+    assert outcome.code == 0, outcome.describe()
+    return out / "run"
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, *, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` at `where` (root only; the test skips otherwise), unmounted after."""
+    where.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_disk(where: Path) -> None:
+    """Write a filler file until the filesystem of `where` is full."""
+    with contextlib.suppress(OSError), open(where / "filler", "wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[Path]:
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("chattr +i needs root and e2fsprogs")
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip(f"chattr +i is not supported on the filesystem of {path}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+# --- the same name, another config (issue 10) ---------------------------------------------------
+
+
+def test_a_completed_run_of_another_config_is_refused_and_left_alone(tmp_path: Path) -> None:
+    run_dir = complete_run(tmp_path)
+    before = snapshot(run_dir)
+    outcome = run_main(train.main, train_args(tmp_path, "algorithm.lam=0.3"))
+    assert_one_line(outcome, code=2, contains=["another config", "algorithm.lam was 0.5, now 0.3", "--overwrite",
+                                               "run.name="])
+    assert_unchanged(before, run_dir)
+
+
+def test_the_same_config_again_is_already_complete_and_trains_nothing(tmp_path: Path) -> None:
+    run_dir = complete_run(tmp_path)
+    before = snapshot(run_dir)
+    outcome = run_main(train.main, train_args(tmp_path))
+    assert outcome.code == 0 and outcome.stderr == "", outcome.describe()
+    assert "already complete" in outcome.stdout and "round " not in outcome.stdout
+    assert_unchanged(before, run_dir)
+
+
+# --- the filesystem (family 3) ------------------------------------------------------------------
+
+
+def test_out_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("not a folder\n")
+    before = snapshot(tmp_path)
+    outcome = run_main(train.main, train_args(tmp_path / "out"))
+    assert_one_line(outcome, code=2, contains=["run.out_dir", "not a directory"])
+    assert_unchanged(before, tmp_path)
+
+
+def test_out_dir_below_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x\n")
+    before = snapshot(tmp_path)
+    outcome = run_main(train.main, train_args(tmp_path / "file" / "out"))
+    assert_one_line(outcome, code=2, contains="is not a directory")
+    assert_unchanged(before, tmp_path)
+
+
+def test_read_only_out_dir(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "ro", size="1m", read_only=True) as out:
+        before = snapshot(out)
+        outcome = run_main(train.main, train_args(out))
+        assert_one_line(outcome, code=2, contains=["Read-only file system", str(out)])
+        assert_unchanged(before, out)
+
+
+def test_immutable_out_dir(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with immutable(out):
+        before = snapshot(tmp_path)
+        outcome = run_main(train.main, train_args(out))
+        assert_one_line(outcome, code=2, contains=["cannot create run dir", "Operation not permitted"])
+        assert_unchanged(before, tmp_path)
+
+
+def test_immutable_run_dir_with_results_and_overwrite(tmp_path: Path) -> None:
+    run_dir = complete_run(tmp_path)
+    with immutable(run_dir):
+        before = snapshot(run_dir)
+        outcome = run_main(train.main, [*train_args(tmp_path, "algorithm.lam=0.3"), "--overwrite"])
+        assert_one_line(outcome, code=2, contains="Operation not permitted")
+        assert_unchanged(before, run_dir)
+
+
+def test_full_disk_fresh_run_is_one_line(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "small", size="64k") as out:
+        outcome = run_main(train.main, [f"run.out_dir={out}", "run.name=run", "data.num_clients=2",
+                                        "train.num_rounds=200", "train.eval_every=1", "algorithm.num_local_steps=2"])
+        assert_one_line(outcome, code=2, contains="No space left on device")
+        assert not (out / "run" / "summary.json").exists()
+
+
+def test_full_disk_overwrite_keeps_the_old_results(tmp_path: Path) -> None:
+    """The reported failure: a rerun on a full disk deleted the old summary and model first."""
+    with mounted_tmpfs(tmp_path / "small", size="1m") as out:
+        run_dir = complete_run(out)
+        fill_disk(out)
+        before = snapshot(run_dir)
+        outcome = run_main(train.main, [*train_args(out, "algorithm.lam=0.3"), "--overwrite"])
+        assert_one_line(outcome, code=2, contains="No space left on device")
+        assert_unchanged(before, run_dir)
+
+
+def test_full_disk_after_a_checkpoint_exits_75_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "small", size="2m") as out:
+        ckpt = out / "run" / "ckpt"
+
+        def fill_after_first_checkpoint() -> None:
+            deadline = time.monotonic() + 60
+            while not list(ckpt.glob("round_*/shard_*.json")) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            fill_disk(out)
+
+        filler = threading.Thread(target=fill_after_first_checkpoint)
+        filler.start()
+        outcome = run_main(train.main, [f"run.out_dir={out}", "run.name=run", "data.num_clients=2",
+                                        "train.num_rounds=3000", "train.eval_every=1", "checkpoint.every=1",
+                                        "algorithm.num_local_steps=2"])
+        filler.join()
+        line = assert_one_line(outcome, code=75, contains="No space left on device")
+        assert "rerun the same command to resume" in line
+        assert list(ckpt.glob("round_*/shard_*.json"))
+
+
+def test_sweep_into_a_read_only_out_dir(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1]})
+    with mounted_tmpfs(tmp_path / "ro", size="1m", read_only=True) as out:
+        outcome = run_main(sweep_cli.main, [str(path), "--out-dir", str(out / "sweep")])
+        assert_one_line(outcome, code=2, prefix=SWEEP_ERROR, contains="Read-only file system")
+
+
+def test_sweep_out_dir_that_is_a_file(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1]})
+    (tmp_path / "out").write_text("x\n")
+    before = snapshot(tmp_path / "out")
+    outcome = run_main(sweep_cli.main, [str(path)])
+    assert_one_line(outcome, code=2, prefix=SWEEP_ERROR, contains="is not a directory")
+    assert_unchanged(before, tmp_path / "out")
+
+
+# --- concurrent writers (family 4) --------------------------------------------------------------
+
+
+def test_a_second_run_into_a_locked_run_dir_is_refused(tmp_path: Path) -> None:
+    run_dir = complete_run(tmp_path)
+    before = snapshot(run_dir)
+    lock = DirLock(run_dir, "run dir").acquire()  # another open file: flock conflicts as across processes
+    try:
+        outcome = run_main(train.main, [*train_args(tmp_path, "algorithm.lam=0.3"), "--overwrite"])
+    finally:
+        lock.release()
+    assert_one_line(outcome, code=2, contains=["in use by another pfl_dist process", f"(pid {os.getpid()})"])
+    assert_unchanged(before, run_dir)
+
+
+def test_two_runs_at_once_into_one_run_dir(tmp_path: Path) -> None:
+    """Two real processes: the second is refused while the first trains; the first's metrics have
+    each round once (today both exited 0 with interleaved, duplicated metrics.jsonl)."""
+    import sys
+
+    from tests.hostile.hostile import REPO
+
+    args = [f"run.out_dir={tmp_path}", "run.name=run", "data.num_clients=2", "train.num_rounds=4000",
+            "train.eval_every=500", "algorithm.num_local_steps=2"]
+    first = subprocess.Popen([sys.executable, "-m", "pfl_dist.train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "metrics.jsonl").exists():
+            assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        second = run_main(train.main, args)
+        assert first.poll() is None, "the first run ended before the second was tried"
+    finally:
+        stdout, stderr = first.communicate(timeout=300)
+    assert_one_line(second, code=2, contains=["in use by another pfl_dist process", f"(pid {first.pid})"])
+    assert first.returncode == 0, stderr
+    rounds = [line.split('"round": ')[1].split(",")[0] for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert rounds == [str(r) for r in range(0, 4001, 500)]
+
+
+def test_a_second_sweep_into_a_locked_sweep_dir_is_refused(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1]})
+    (tmp_path / "out").mkdir()
+    lock = DirLock(tmp_path / "out", "sweep out_dir").acquire()
+    try:
+        before = snapshot(tmp_path / "out")
+        outcome = run_main(sweep_cli.main, [str(path)])
+    finally:
+        lock.release()
+    assert_one_line(outcome, code=2, prefix=SWEEP_ERROR, contains="in use by another pfl_dist process")
+    assert_unchanged(before, tmp_path / "out")
+    assert_no_traceback(outcome)
+    assert ERROR not in outcome.stdout
