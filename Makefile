@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPROC   ?= 4
-# Elastic restarts of a gloo group fail to reconnect without this (shared/ENVIRONMENT.md).
+# Elastic restarts of a gloo group fail to reconnect without this (docs/RELIABILITY.md).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE := 1
 
 .PHONY: install data run run-default test test-fast check lint typecheck clean

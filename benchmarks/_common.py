@@ -23,7 +23,7 @@ from pfl_dist.launch import TORCHRUN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
-# PAPER.md §4, total error vs rounds (the settings of configs/sweeps/total_error_1000.yaml).
+# docs/METHOD.md §4, total error vs rounds (the settings of configs/sweeps/total_error_1000.yaml).
 TOTAL_ERROR = ("data.kind=synthetic", "data.num_clients=1000", "data.samples_per_client=200", "data.dim=10",
                "data.num_classes=2", "data.R=2.0", "algorithm.name=fedclup", "algorithm.num_local_steps=150",
                "algorithm.sample_fraction=0.1", "algorithm.local_lr=auto", "algorithm.global_lr=auto",

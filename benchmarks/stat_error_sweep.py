@@ -1,4 +1,4 @@
-"""PAPER.md §4 statistical-error-vs-R figure (50 runs) as one pfl_dist sweep: whole wall time.
+"""docs/METHOD.md §4 statistical-error-vs-R figure (50 runs) as one pfl_dist sweep: whole wall time.
 
     python benchmarks/stat_error_sweep.py [--repeats 3] [--mode in_job|per_point] [--nproc 2]
                                           [--dtype float32]

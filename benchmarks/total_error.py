@@ -1,4 +1,4 @@
-"""PAPER.md §4 total-error experiment as one real torchrun job: whole-job wall time and in-loop ms/round.
+"""docs/METHOD.md §4 total-error experiment as one real torchrun job: whole-job wall time and in-loop ms/round.
 
     python benchmarks/total_error.py [--repeats 3] [--nproc 2] [--lam 0.25] [--dtype float32]
                                      [--eval-every 1] [--launcher torchrun|launch|process] [--repo PATH]

@@ -34,7 +34,7 @@ class Algorithm:
         self.local_lr = self.default_local_lr() if self.cfg.local_lr == "auto" else float(self.cfg.local_lr)
 
     def default_local_lr(self) -> float:
-        """eta = 1/(L + lam): stable for the proximal objective (PAPER.md §2)."""
+        """eta = 1/(L + lam): stable for the proximal objective (docs/METHOD.md §2)."""
         return 1.0 / (self.smoothness + self.prox_weight)
 
     @property
@@ -109,7 +109,7 @@ class LocalTrain(Algorithm):
 
 
 def theory_lambda(r_hat: float, *, num_samples: float, c: float) -> float:
-    """The paper's rule (PAPER.md §3): lam = c / (n R^2) if R >= 1/sqrt(n), else c / (sqrt(n) R).
+    """The paper's rule (docs/METHOD.md §3): lam = c / (n R^2) if R >= 1/sqrt(n), else c / (sqrt(n) R).
 
     The branches meet at lam = c when R = 1/sqrt(n). R_hat is floored at 1e-12, so identical
     clients give a very large (FedAvg-like) lambda instead of a division by zero.

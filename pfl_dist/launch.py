@@ -3,7 +3,7 @@
 
 Checking first means bad input costs one clear line and exit code 2 instead of W worker
 failures and torchrun's error report. The launcher also sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1,
-without which an elastic restart of a gloo group fails to reconnect (shared/ENVIRONMENT.md).
+without which an elastic restart of a gloo group fails to reconnect (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pfl_dist.config import SECTIONS, Config, load_config
 from pfl_dist.errors import ConfigError, PflError
 
 _RDZV_OPTIONS = ("--standalone", "--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr")
-# torch 2.13: an elastic restart of a gloo group cannot reconnect without it (shared/ENVIRONMENT.md).
+# torch 2.13: an elastic restart of a gloo group cannot reconnect without it (docs/RELIABILITY.md).
 TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 

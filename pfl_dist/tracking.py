@@ -1,7 +1,7 @@
 """Run-directory outputs: TensorBoard events, metrics.jsonl, config.yaml, summary.json.
 
 Only rank 0 writes (`RunLogger`); every other rank gets a `NullLogger` with the same methods.
-TensorBoard layout (shared/DESIGN.md):
+TensorBoard layout (docs/ARCHITECTURE.md):
 - step = round:  train/loss_*, eval/acc_*, eval/ATR, eval/ITR, comm/*_bytes, comm/*_bytes_cum,
   time/round_s;
 - step = cumulative training wire bytes (int64, exact): tradeoff/<metric>_vs_bytes;

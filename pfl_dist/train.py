@@ -1,7 +1,7 @@
 """Entry point: `torchrun --nproc-per-node=W -m pfl_dist.train --config X.yaml key=value ...`.
 
 Also runs as a plain single process (`python -m pfl_dist.train ...`), hosting every client.
-One round on every rank (shared/DESIGN.md):
+One round on every rank (docs/ARCHITECTURE.md):
     S_t <- sample(seed, t)                        no communication
     w_i <- local_update(...) for my i in S_t      one batched computation
     avg <- exchange.run_round(...)                the codec's collectives (pfl_dist/exchange/);

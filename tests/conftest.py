@@ -1,4 +1,4 @@
 import os
 
-# Every torchrun the tests start must survive an elastic restart (shared/ENVIRONMENT.md).
+# Every torchrun the tests start must survive an elastic restart (docs/RELIABILITY.md).
 os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")

@@ -1,4 +1,4 @@
-"""The paper's synthetic softmax-regression clients (shared/PAPER.md §4).
+"""The paper's synthetic softmax-regression clients (docs/METHOD.md §4).
 
 Client k, with seed (k + seed * m):
     W_k ~ N(0, R^2) of shape (C, d),  v_k ~ N(0, I_d),

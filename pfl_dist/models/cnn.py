@@ -2,7 +2,7 @@
 
     conv3x3 1->32, ReLU, maxpool2, conv3x3 32->64, ReLU, maxpool2, fc 3136->128, ReLU, fc 128->10
 
-(PAPER.md §4; padding 1 keeps 28x28 -> 14x14 -> 7x7, so the flattened size is 64*7*7 = 3136.)
+(docs/METHOD.md §4; padding 1 keeps 28x28 -> 14x14 -> 7x7, so the flattened size is 64*7*7 = 3136.)
 
 Every client's model is one row of a (k, P) tensor, like the linear models, so the engine's
 aggregation, checkpointing and byte accounting are model-agnostic. The `nn.Module` is only a

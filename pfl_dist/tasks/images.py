@@ -1,4 +1,4 @@
-"""The paper's image experiments (PAPER.md §4) as a Task: MNIST / Fashion-MNIST / mnist5k clients.
+"""The paper's image experiments (docs/METHOD.md §4) as a Task: MNIST / Fashion-MNIST / mnist5k clients.
 
 Data. Every rank loads the dataset (numpy, read-only), partitions the whole training split into
 `data.num_partitions` clients with the configured partitioner, picks the experiment's
@@ -24,7 +24,7 @@ Metrics (all additive float64 sums, reduced by the engine's one evaluation all-r
 Log-probabilities are floored at log(1e-12) in both losses, so a test image of a class its
 client never trained on (possible only with the dirichlet/iid partitioners) costs a finite 27.6.
 
-Smoothness (for algorithm.smoothness = auto): logreg/linear use PAPER.md §2's bound
+Smoothness (for algorithm.smoothness = auto): logreg/linear use docs/METHOD.md §2's bound
 max_i lambda_max(X_i^T X_i) / (4 n_i) on the [0, 1] pixels (with a column of ones for the bias).
 The CNN has no such constant: a config that would need it (local_lr or FedCLUP's global_lr
 left at auto) is rejected with a ConfigError, and otherwise L is reported as 0 (unused).
@@ -107,7 +107,7 @@ class ClientSplit:
     test: np.ndarray
 
 
-PAPER_CLIENT_SIZE = 200  # 60000 training images over 300 clients (PAPER.md §4)
+PAPER_CLIENT_SIZE = 200  # 60000 training images over 300 clients (docs/METHOD.md §4)
 
 
 def num_partitions(cfg: Config, num_train: int) -> int:
@@ -242,7 +242,7 @@ class ImageTask:
         return self.model.state_dict(model)
 
     def local_smoothness(self) -> float:
-        """PAPER.md §2's bound for the linear models; 0 (unused, see module doc) for the CNN."""
+        """docs/METHOD.md §2's bound for the linear models; 0 (unused, see module doc) for the CNN."""
         if isinstance(self.model, CNNModel):
             return 0.0
         bounds = []

@@ -64,7 +64,7 @@ class SyntheticTask:
         return self.model.state_dict(model)
 
     def local_smoothness(self) -> float:
-        """max_i lambda_max(X_i^T X_i / (4 n_i)) on the scaled features (PAPER.md §2)."""
+        """max_i lambda_max(X_i^T X_i / (4 n_i)) on the scaled features (docs/METHOD.md §2)."""
         largest = -math.inf
         for start in range(0, len(self.features), _GENERATION_BLOCK):  # a float64 copy per block, not of all
             x = self.features[start: start + _GENERATION_BLOCK].double()

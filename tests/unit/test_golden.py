@@ -2,7 +2,7 @@
 
 The literals were produced by the engine before any performance work (commit 78da990) and must
 never be regenerated to make a change pass: a float64 run that differs in the last bit is a
-behaviour change, not an optimization (shared/STYLE.md habit 13). float32 runs are not pinned,
+behaviour change, not an optimization. float32 runs are not pinned,
 because float32 may trade rounding for speed.
 """
 
