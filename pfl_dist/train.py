@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import io
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -43,6 +44,7 @@ from pfl_dist.config import Config, load_config
 from pfl_dist.errors import DivergenceError, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
+from pfl_dist.interpreter import tool_command
 from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.rundir import PreparedRunDir, is_disk_error, os_error_text, prepare_run_dir, print_notes
 from pfl_dist.runtime import (
@@ -504,7 +506,8 @@ def print_final(cfg: Config, summary: dict[str, Any]) -> None:
           f"{format_bytes(comm['payload_bytes'])}, uplink {format_bytes(comm['uplink_bytes'])}, downlink "
           f"{format_bytes(comm['downlink_bytes'])} in {comm['num_collectives']} collectives")
     print(f"run dir: {cfg.run_dir}  (summary.json, metrics.jsonl)")
-    print(f"TensorBoard: tensorboard --logdir {Path(cfg.run.out_dir)}")
+    print(f"TensorBoard: {tool_command('tensorboard', module='tensorboard.main')} --logdir "
+          f"{shlex.quote(str(Path(cfg.run.out_dir)))}")
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 from pfl_dist.errors import PflError
+from pfl_dist.interpreter import interpreter_problem, python_command, tool_command
 from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.rundir import (
     DirLock,
@@ -139,6 +140,7 @@ def report(sweep: Sweep) -> None:
     print(f"table: {rendered.table_paths[0]} (and .csv)")
     for kind, path in rendered.figures.items():
         print(f"{'trade-off figure' if kind == 'tradeoff' else 'figure'}: {path}")
+    print(f"redraw: {python_command()} -m pfl_dist.plot {shlex.quote(str(sweep.out_dir))}")
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -177,12 +179,17 @@ def finish(sweep: Sweep, runner: JobRunner, status: str, *, wall_s: float, plot:
         print(f"rerun the same command to run the {missing} missing point(s); complete ones are skipped")
     if plot and rows and status != "interrupted":
         report(sweep)
-    print(f"TensorBoard: tensorboard --logdir {sweep.out_dir}")
+    print(f"TensorBoard: {tool_command('tensorboard', module='tensorboard.main')} --logdir "
+          f"{shlex.quote(str(sweep.out_dir))}")
     return {"ok": 0, "failed": 1, "interrupted": 130}[status]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    problem = interpreter_problem("pfl_dist.sweep")
+    if problem:  # the jobs run under this interpreter: without torch every point would fail
+        print(problem, file=sys.stderr)
+        return 2
     try:
         sweep = load_sweep(args.sweep, out_dir=args.out_dir, launch_overrides=launch_overrides(args))
     except PflError as err:
