@@ -1,4 +1,5 @@
-"""Figures from finished runs: `python -m pfl_dist.plot RESULTS_DIR [--out DIR] [--prefix P] [--target X]`.
+"""Figures from finished runs: `python -m pfl_dist.plot RESULTS_DIR [--out DIR] [--prefix P] [--target X]
+[--format png|pdf|svg]`.
 
 What is drawn follows from what the runs vary (config values in each summary.json):
 - data.R varies                      -> stat_error_vs_R.png: final ITR and ATR vs R (the paper's figure)
@@ -9,6 +10,8 @@ What is drawn follows from what the runs vary (config values in each summary.jso
   training bytes, one curve per method/lambda, Pareto front marked (faceted by the varied key),
   plus tradeoff_table.md/.csv: final values, total bytes and bytes to reach target values.
 Curves and points are means over seeds; error bars show the standard deviation when seeds > 1.
+Every method has one colour family and marker in every figure (pfl_dist.sweep.style), each
+figure has one legend, and PNGs are written at 200 dpi (PDF and SVG on request).
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API needs no pyplot state and no display backend
 
 from pfl_dist.sweep.results import Run, find_runs
+from pfl_dist.sweep.style import Style, math_label, method_styles
 from pfl_dist.sweep.tradeoff import (
     Curve,
     build_curves,
@@ -44,16 +47,19 @@ AXIS_KEYS = ("data.R", "algorithm.num_local_steps", "data.classes_per_client")
 FACET_KEYS = ("data.R", "data.classes_per_client")  # problem settings: one panel per value
 LABEL_KEYS = ("algorithm.num_local_steps",)  # algorithm settings: one curve per value
 METRIC_LABELS = {
-    "ITR": "ITR = mean_i ||w_i/s_i - W_i^T||_F (lower is better)",
-    "ATR": "ATR = ||w_g - mean_k W_k^T||_F (lower is better)",
-    "acc_personal": "personal accuracy (fraction correct)",
-    "acc_global": "global accuracy (fraction correct)",
+    "ITR": r"ITR $= \frac{1}{m}\sum_i \|w_i/s_i - W_i^\top\|_F$ (lower is better)",
+    "ATR": r"ATR $= \|w_g - \frac{1}{m}\sum_k W_k^\top\|_F$ (lower is better)",
+    "acc_personal": r"personal accuracy of the $w_i$ (fraction correct)",
+    "acc_global": r"global accuracy of $w_g$ (fraction correct)",
 }
 SETTING_LABELS = {
-    "data.R": "heterogeneity R (std of the clients' true models)",
-    "algorithm.num_local_steps": "local steps K per round",
-    "data.classes_per_client": "classes per client",
+    "data.R": r"heterogeneity $R$ (std of the clients' true models)",
+    "algorithm.num_local_steps": r"local steps $K$ per round",
+    "data.classes_per_client": r"classes per client $c$",
 }
+FACET_NAMES = {"data.R": "$R$", "data.classes_per_client": "$c$"}
+FORMATS = ("png", "pdf", "svg")
+DPI = 200
 _METHOD_ORDER = {"local": 0, "fedclup": 1, "fedprox": 3, "fedavg": 4}
 
 
@@ -73,14 +79,15 @@ def series_key(run: Run) -> tuple[float, float]:
     return float(rank), float(lam) if isinstance(lam, (int, float)) else 0.0
 
 
-def colors(runs: Sequence[Run], label_keys: Sequence[str] = ()) -> dict[str, Any]:
-    """One fixed colour per curve label, in legend order, shared by every figure."""
+def styles(runs: Sequence[Run], label_keys: Sequence[str] = ()) -> dict[str, Style]:
+    """The style of every curve label, in legend order (most to least personalized): the
+    method's colour family and marker, one shade per curve of the method."""
     def order(run: Run) -> tuple[Any, ...]:
         return (*series_key(run), *(run.setting(k) for k in label_keys))
 
-    labels = list(dict.fromkeys(run_label(r, label_keys) for r in sorted(runs, key=order)))
-    cmap = colormaps["tab10"]
-    return {label: cmap(i % 10) for i, label in enumerate(labels)}
+    ordered = sorted(runs, key=order)
+    return method_styles([(run_label(r, label_keys), r.method, r.config["algorithm"]["lam"] == "auto")
+                          for r in ordered])
 
 
 def varies(runs: Sequence[Run], key: str) -> bool:
@@ -92,25 +99,32 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _figure(num_rows: int, num_cols: int) -> tuple[Figure, Any]:
-    fig = Figure(figsize=(max(7.0, 5.8 * num_cols), 4.4 * num_rows))
+    fig = Figure(figsize=(max(7.0, 5.2 * num_cols), 4.0 * num_rows + 0.8), layout="constrained")
     return fig, fig.subplots(num_rows, num_cols, squeeze=False)
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """One legend for the whole figure, below the panels (every panel's labelled artists, each
+    label once, in drawing order), then the file; PNG at DPI."""
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False, fontsize=8,
+                   ncol=min(len(handles), 4))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
-def _legend(ax: Axes) -> None:
-    ax.legend(fontsize=8, frameon=False)
+def _axes_look(ax: Axes) -> None:
     ax.grid(alpha=0.3)
     ax.xaxis.label.set_fontsize(9)
     ax.yaxis.label.set_fontsize(9)
 
 
-def in_legend_order(curves: list[Curve], palette: dict[str, Any]) -> list[Curve]:
+def in_legend_order(curves: list[Curve], palette: dict[str, Style]) -> list[Curve]:
     """Keep the facets' numeric order; within a facet, most to least personalized."""
     facets, order = list(dict.fromkeys(c.facet for c in curves)), list(palette)
     return sorted(curves, key=lambda c: (facets.index(c.facet), order.index(c.label)))
@@ -118,7 +132,7 @@ def in_legend_order(curves: list[Curve], palette: dict[str, Any]) -> list[Curve]
 
 def plot_vs_setting(runs: Sequence[Run], key: str, metrics: Sequence[str], path: Path, title: str) -> Path:
     """Final metrics against a setting, one line per method label, mean +- std over seeds."""
-    palette = colors(runs)
+    palette = styles(runs)
     fig, axes = _figure(1, len(metrics))
     for ax, metric in zip(axes[0], metrics, strict=True):
         by_label: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -128,33 +142,30 @@ def plot_vs_setting(runs: Sequence[Run], key: str, metrics: Sequence[str], path:
             points = by_label[label]
             xs = sorted(points)
             stats = [_mean_std(points[x]) for x in xs]
-            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", ms=4, capsize=2,
-                        label=label, color=palette[label])
+            style = palette[label]
+            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker=style.marker, ms=4, capsize=2,
+                        label=math_label(label), color=style.color, linestyle=style.linestyle)
         ax.set_xlabel(SETTING_LABELS.get(key, key))
         ax.set_ylabel(f"final {METRIC_LABELS.get(metric, metric)}")
-        _legend(ax)
+        _axes_look(ax)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 
 def plot_vs_rounds(runs: Sequence[Run], metrics: Sequence[str], path: Path, title: str,
-                   facet_key: str | None = None) -> Path:
-    """Metric per evaluated round; one curve per method label (and per facet value, e.g. K)."""
-    palette = colors(runs)
+                   label_keys: Sequence[str] = ()) -> Path:
+    """Metric per evaluated round; one curve per method label (and per value of label_keys, e.g. K)."""
+    palette = styles(runs, label_keys)
     fig, axes = _figure(1, len(metrics))
-    many_labels = len({r.label for r in runs}) > 1
     for ax, metric in zip(axes[0], metrics, strict=True):
-        curves = in_legend_order(build_curves(runs, metric=metric, kind="wire", facet_key=facet_key), palette)
-        cmap = colormaps["viridis"]
-        for i, curve in enumerate(curves):
-            facet = curve.facet.replace("num_local_steps", "K")
-            name = f"{facet} {curve.label}" if facet and many_labels else (facet or curve.label)
-            color = cmap(i / max(1, len(curves) - 1)) if facet_key else palette[curve.label]
-            ax.plot(curve.rounds, curve.values, marker="." if len(curve.rounds) < 60 else None, label=name,
-                    color=color)
-        ax.set_xlabel("communication round")
+        curves = in_legend_order(build_curves(runs, metric=metric, kind="wire", label_keys=label_keys), palette)
+        for curve in curves:
+            style = palette[curve.label]
+            ax.plot(curve.rounds, curve.values, marker=style.marker if len(curve.rounds) < 60 else None, ms=3,
+                    label=math_label(curve.label), color=style.color, linestyle=style.linestyle)
+        ax.set_xlabel("communication round $t$")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        _legend(ax)
+        _axes_look(ax)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
@@ -181,18 +192,20 @@ def facet_values(runs: Sequence[Run], key: str | None) -> list[Any]:
     return [values[i] for i in sorted(picks)]
 
 
-def _draw_tradeoff(ax: Axes, runs: Sequence[Run], *, metric: str, kind: str, palette: dict[str, Any],
+def _draw_tradeoff(ax: Axes, runs: Sequence[Run], *, metric: str, kind: str, palette: dict[str, Style],
                    label_keys: Sequence[str]) -> str:
     """One panel: a curve per label, LocalTrain as its 0-byte point and final-value line, the front."""
     curves = in_legend_order(build_curves(runs, metric=metric, kind=kind, label_keys=label_keys), palette)
     scale, unit = byte_scale(max((max(c.num_bytes) for c in curves if c.num_bytes), default=0.0))
     for curve in curves:
         xs = [b / scale for b in curve.num_bytes]
+        style, label = palette[curve.label], math_label(curve.label)
         if curve.communicates:
-            ax.plot(xs, curve.values, marker=".", ms=4, label=curve.label, color=palette[curve.label])
+            ax.plot(xs, curve.values, marker=style.marker, ms=3, label=label, color=style.color,
+                    linestyle=style.linestyle)
         else:
-            ax.axhline(curve.values[-1], ls=":", color=palette[curve.label], label=f"{curve.label} (0 bytes, final)")
-            ax.plot([0.0], [curve.values[-1]], marker="s", color=palette[curve.label])
+            ax.axhline(curve.values[-1], ls=":", color=style.color, label=f"{label} (0 bytes, final)")
+            ax.plot([0.0], [curve.values[-1]], marker=style.marker, color=style.color)
     front = pareto_front(curves, metric=metric)
     ax.step([b / scale for b, _ in front], [v for _, v in front], where="post", color="black", lw=2.5, alpha=0.35,
             label="Pareto front")
@@ -210,7 +223,7 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, *, facet_key: str | None) -> 
     metrics = [personal_metric(runs), global_metric(runs)]
     facets = facet_values(runs, facet_key)
     label_keys = label_keys_of(runs)
-    palette = colors(runs, label_keys)
+    palette = styles(runs, label_keys)
     fig, axes = _figure(2, len(facets))
     for col, value in enumerate(facets):
         members = [r for r in runs if facet_key is None or r.setting(facet_key) == value]
@@ -219,8 +232,8 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, *, facet_key: str | None) -> 
             unit = _draw_tradeoff(ax, members, metric=metric, kind=kind, palette=palette, label_keys=label_keys)
             ax.set_xlabel(f"{axis_label} [{unit}]")
             if facet_key is not None:
-                ax.set_title(f"{facet_key.split('.')[-1]} = {value}")
-            _legend(ax)
+                ax.set_title(f"{FACET_NAMES.get(facet_key, facet_key.split('.')[-1])} = {value}", fontsize=10)
+            _axes_look(ax)
     fig.suptitle("trade-off: error/accuracy vs training bytes (a point per evaluated round)", fontsize=11)
     return _save(fig, path), axis_label
 
@@ -234,7 +247,7 @@ def tradeoff_table(runs: Sequence[Run], *, facet_key: str | None, targets: Seque
     members = [r for r in runs if facet_key is None or r.setting(facet_key) in facets]
     keys = label_keys_of(runs)
     curves = in_legend_order(build_curves(members, metric=metric, kind=kind, facet_key=facet_key, label_keys=keys),
-                             colors(runs, keys))
+                             styles(runs, keys))
     extra: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for other in dict.fromkeys([global_metric(runs), "acc_personal", "acc_global"]):
         if other != metric and all(other in r.summary["final"] for r in members):
@@ -244,36 +257,37 @@ def tradeoff_table(runs: Sequence[Run], *, facet_key: str | None, targets: Seque
     return metric, markdown_table(rows), write_table(rows, stem=stem)
 
 
-def choose_figures(runs: Sequence[Run], out: Path, prefix: str) -> dict[str, Path]:
+def choose_figures(runs: Sequence[Run], out: Path, prefix: str, fmt: str = "png") -> dict[str, Path]:
     """Draw what the runs' varied settings call for (see the module docstring)."""
     synthetic = personal_metric(runs) == "ITR"
     accuracy = ["acc_personal", "acc_global"]
     figures: dict[str, Path] = {}
     if synthetic and varies(runs, "data.R"):
         figures["stat_error_vs_R"] = plot_vs_setting(runs, "data.R", ["ITR", "ATR"],
-                                                     out / f"{prefix}stat_error_vs_R.png",
+                                                     out / f"{prefix}stat_error_vs_R.{fmt}",
                                                      "statistical error vs heterogeneity (final round)")
     if varies(runs, "algorithm.num_local_steps"):
         metrics = ["ITR", "ATR"] if synthetic else accuracy
-        figures["local_steps"] = plot_vs_rounds(runs, metrics, out / f"{prefix}local_steps.png",
-                                                "local-steps ablation", facet_key="algorithm.num_local_steps")
+        figures["local_steps"] = plot_vs_rounds(runs, metrics, out / f"{prefix}local_steps.{fmt}",
+                                                "local-steps ablation", label_keys=["algorithm.num_local_steps"])
     if varies(runs, "data.classes_per_client"):
         figures["images"] = plot_vs_setting(runs, "data.classes_per_client", accuracy,
-                                            out / f"{prefix}images_vs_classes.png", "accuracy vs classes per client")
+                                            out / f"{prefix}images_vs_classes.{fmt}", "accuracy vs classes per client")
     if not any(varies(runs, key) for key in AXIS_KEYS):
         name = "total_error_vs_rounds" if synthetic else "accuracy_vs_rounds"
-        figures[name] = plot_vs_rounds(runs, ["ITR", "ATR"] if synthetic else accuracy, out / f"{prefix}{name}.png",
+        figures[name] = plot_vs_rounds(runs, ["ITR", "ATR"] if synthetic else accuracy, out / f"{prefix}{name}.{fmt}",
                                        "error per round" if synthetic else "accuracy per round")
     return figures
 
 
-def render(results_dir: Path, out: Path, *, prefix: str = "", targets: Sequence[float] | None = None) -> Rendered:
+def render(results_dir: Path, out: Path, *, prefix: str = "", targets: Sequence[float] | None = None,
+           fmt: str = "png") -> Rendered:
     runs = find_runs(results_dir)
     if not runs:
         raise SystemExit(f"pfl_dist.plot: error: no finished runs (summary.json) below {results_dir}")
-    figures = choose_figures(runs, out, prefix)
+    figures = choose_figures(runs, out, prefix, fmt)
     facet_key = next((key for key in FACET_KEYS if varies(runs, key)), None)
-    figures["tradeoff"], axis_label = plot_tradeoff(runs, out / f"{prefix}tradeoff.png", facet_key=facet_key)
+    figures["tradeoff"], axis_label = plot_tradeoff(runs, out / f"{prefix}tradeoff.{fmt}", facet_key=facet_key)
     metric, table, paths = tradeoff_table(runs, facet_key=facet_key, targets=targets,
                                           stem=out / f"{prefix}tradeoff_table")
     return Rendered(figures=figures, metric=metric, axis_label=axis_label, table_markdown=table, table_paths=paths)
@@ -285,9 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where figures go (default: RESULTS_DIR/figures)")
     parser.add_argument("--prefix", default="", help="file name prefix, e.g. 'quick_'")
     parser.add_argument("--target", type=float, action="append", help="target of the personal metric (repeatable)")
+    parser.add_argument("--format", choices=FORMATS, default="png",
+                        help=f"figure file format (default png, at {DPI} dpi)")
     args = parser.parse_args(argv)
     rendered = render(args.results_dir, args.out or args.results_dir / "figures", prefix=args.prefix,
-                      targets=args.target)
+                      targets=args.target, fmt=args.format)
     print(rendered.table_markdown, end="")
     print(f"table: {rendered.table_paths[0]} and {rendered.table_paths[1]}")
     for path in rendered.figures.values():

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from pfl_dist.runtime import Runtime
 from pfl_dist.sweep.plot import main as plot_main
-from pfl_dist.sweep.plot import render
+from pfl_dist.sweep.plot import render, styles
 from pfl_dist.sweep.results import find_runs, write_results_csv
 from pfl_dist.sweep.spec import load_sweep
+from pfl_dist.sweep.style import method_styles
 from pfl_dist.sweep.tradeoff import Curve, byte_axis, bytes_to_reach, default_targets, pareto_front
 from pfl_dist.sweep.worker import run_point
 from tests.helpers import TINY, write_sweep
@@ -87,6 +89,48 @@ def test_cli_writes_figures_and_prints_the_table(sweeps: dict[str, Path], tmp_pa
     out = capsys.readouterr().out
     assert "bytes to ITR <= 100" in out and "figure: " + str(tmp_path / "tradeoff.png") in out
     assert "not reached" not in out  # every curve starts below ITR 100
+
+
+def test_one_figure_legend_and_200_dpi(sweeps: dict[str, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    saved: list[tuple[Figure, Any]] = []
+    real_savefig = Figure.savefig
+
+    def savefig(fig: Figure, path: Any, **kwargs: Any) -> None:
+        saved.append((fig, kwargs.get("dpi")))
+        real_savefig(fig, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    render(sweeps["R"], tmp_path)
+    assert len(saved) == 2  # stat_error_vs_R and the faceted trade-off figure
+    for fig, dpi in saved:
+        assert dpi == 200
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+        labels = [text.get_text() for text in fig.legends[0].get_texts()]
+        assert len(labels) == len(set(labels)) and "FedAvg" in labels and r"FedCLUP $\lambda$=0.1" in labels
+        assert all("$" in ax.get_ylabel() for ax in fig.axes)  # mathtext axis labels
+
+
+def test_a_method_looks_the_same_in_every_figure(sweeps: dict[str, Path]) -> None:
+    everything = styles(find_runs(sweeps["R"]))  # LocalTrain, FedCLUP 0.1 and 1, FedAvg
+    fewer = styles(find_runs(sweeps["classes"]))  # FedAvg and LocalTrain only
+    assert fewer["FedAvg"] == everything["FedAvg"] and fewer["LocalTrain"] == everything["LocalTrain"]
+    markers = {label: style.marker for label, style in everything.items()}
+    assert markers["FedCLUP λ=0.1"] == markers["FedCLUP λ=1"]
+    assert len({markers["FedAvg"], markers["LocalTrain"], markers["FedCLUP λ=1"]}) == 3
+    assert everything["FedCLUP λ=0.1"].color != everything["FedCLUP λ=1"].color  # shades of one family
+    assert method_styles([("FedAvg", "fedavg", False)])["FedAvg"] == fewer["FedAvg"]
+
+
+@pytest.mark.parametrize("fmt", ["pdf", "svg"])
+def test_format_option_writes_vector_figures(sweeps: dict[str, Path], tmp_path: Path, fmt: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert plot_main([str(sweeps["none"]), "--out", str(tmp_path), "--format", fmt]) == 0
+    written = sorted(p.name for p in tmp_path.glob(f"*.{fmt}"))
+    assert written == sorted([f"total_error_vs_rounds.{fmt}", f"tradeoff.{fmt}"])
+    head = (tmp_path / f"tradeoff.{fmt}").read_bytes()[:400]
+    assert head.startswith(b"%PDF") if fmt == "pdf" else b"<svg" in head
+    assert not list(tmp_path.glob("*.png"))
 
 
 # --- the trade-off math ----------------------------------------------------------------------
