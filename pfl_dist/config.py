@@ -85,6 +85,13 @@ class ModelConfig:
     kind: Literal["auto", "linear", "logreg", "cnn"] = "auto"
 
 
+def method_uses_lam(name: str) -> bool:
+    """Whether algorithm.lam enters the method's updates: FedCLUP's and FedProx's proximal term.
+    FedAvg and LocalTrain ignore it. The one place that decides where lambda is shown (HParams,
+    results.csv, labels); a method class attribute can replace it once algorithms register."""
+    return name in ("fedclup", "fedprox")
+
+
 @dataclass(frozen=True)
 class AlgorithmConfig:
     name: Literal["fedclup", "fedavg", "fedprox", "local"] = "fedclup"

@@ -40,7 +40,7 @@ from pfl_dist.checkpoint import (
     set_rng_state,
 )
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
-from pfl_dist.config import Config, load_config
+from pfl_dist.config import Config, load_config, method_uses_lam
 from pfl_dist.errors import DivergenceError, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
@@ -416,7 +416,8 @@ class Trainer:
     def _hparams(self) -> dict[str, Any]:
         cfg = self.cfg
         algo = cfg.algorithm
-        return {"method": algo.name, "lam": self.algorithm.lam, "lam_auto": algo.lam == "auto",
+        lam = {"lam": self.algorithm.lam, "lam_auto": algo.lam == "auto"} if method_uses_lam(algo.name) else {}
+        return {"method": algo.name, **lam,
                 "num_local_steps": algo.num_local_steps, "sample_fraction": algo.sample_fraction,
                 "num_clients": cfg.data.num_clients, "R": cfg.data.R, "data": cfg.data.kind,
                 "world_size": self.runtime.world_size, "seed": cfg.run.seed}

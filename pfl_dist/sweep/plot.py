@@ -28,6 +28,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API needs no pyplot state and no display backend
 
+from pfl_dist.config import method_uses_lam
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import Style, math_label, method_styles
 from pfl_dist.sweep.tradeoff import (
@@ -86,8 +87,8 @@ def styles(runs: Sequence[Run], label_keys: Sequence[str] = ()) -> dict[str, Sty
         return (*series_key(run), *(run.setting(k) for k in label_keys))
 
     ordered = sorted(runs, key=order)
-    return method_styles([(run_label(r, label_keys), r.method, r.config["algorithm"]["lam"] == "auto")
-                          for r in ordered])
+    return method_styles([(run_label(r, label_keys), r.method,
+                           method_uses_lam(r.method) and r.config["algorithm"]["lam"] == "auto") for r in ordered])
 
 
 def varies(runs: Sequence[Run], key: str) -> bool:

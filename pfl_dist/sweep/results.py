@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pfl_dist.config import method_uses_lam
 from pfl_dist.outputs import write_bytes_atomic
 
 POINT_FILE = "sweep_point.json"  # what the sweep knows about a run: variant, varied values, wall time
@@ -36,11 +37,9 @@ def method_label(config: dict[str, Any]) -> str:
     name = _METHOD_NAMES.get(algo["name"], algo["name"])
     lam = algo["lam"]
     lam_text = lam if isinstance(lam, str) else f"{lam:g}"
-    if algo["name"] == "fedclup":
-        return f"{name} λ={lam_text}"
-    if algo["name"] == "fedprox":
-        return f"{name} μ={lam_text}"
-    return name
+    if not method_uses_lam(algo["name"]):
+        return name
+    return f"{name} μ={lam_text}" if algo["name"] == "fedprox" else f"{name} λ={lam_text}"
 
 
 @dataclass(frozen=True)
@@ -116,10 +115,11 @@ def result_row(run: Run, *, varied: Sequence[str] = ()) -> dict[str, Any]:
     """One results.csv row: identity, the settings the figures need, final metrics, bytes, time."""
     s, cfg = run.summary, run.config
     choice = s.get("lambda_auto") or {}
+    uses_lam = method_uses_lam(run.method)  # FedAvg and LocalTrain show no lambda they never used
     row: dict[str, Any] = {
         "name": run.name, "variant": run.point.get("variant"), "seed": cfg["run"]["seed"], "method": run.method,
-        "label": run.label, "lam": cfg["algorithm"]["lam"], "lam_used": s.get("algorithm", {}).get("lam"),
-        "R_hat": choice.get("R_hat"), "data_kind": cfg["data"]["kind"], "R": cfg["data"]["R"],
+        "label": run.label, "lam": cfg["algorithm"]["lam"] if uses_lam else None,
+        "lam_used": s.get("algorithm", {}).get("lam") if uses_lam else None, "R_hat": choice.get("R_hat"), "data_kind": cfg["data"]["kind"], "R": cfg["data"]["R"],
         "num_clients": cfg["data"]["num_clients"], "sample_fraction": cfg["algorithm"]["sample_fraction"],
         "num_local_steps": cfg["algorithm"]["num_local_steps"],
         "classes_per_client": cfg["data"]["classes_per_client"], "num_rounds": cfg["train"]["num_rounds"],

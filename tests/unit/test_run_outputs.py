@@ -1,0 +1,58 @@
+"""What a run shows in TensorBoard, metrics.jsonl and results.csv: lambda only for the methods
+that use it, and every metric named by where it is measured."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from pfl_dist.sweep.results import find_runs, write_results_csv
+from tests.helpers import run_inprocess
+
+SMALL = ("data.num_clients=4", "data.samples_per_client=40", "algorithm.num_local_steps=5", "train.num_rounds=2",
+         "train.eval_every=1")
+METHODS = {"fedavg": ("algorithm.name=fedavg",), "local": ("algorithm.name=local",),
+           "fedclup": ("algorithm.name=fedclup", "algorithm.lam=0.2"),
+           "fedprox": ("algorithm.name=fedprox", "algorithm.lam=0.3")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    for name, overrides in METHODS.items():
+        run_inprocess(root, *SMALL, *overrides, name=name)  # lam stays at its default 0.5 for fedavg/local
+    return root
+
+
+def logged_hparams(run_dir: Path) -> dict[str, Any]:
+    for path in run_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    hparams = data.session_start_info.hparams  # name -> google.protobuf.Value
+                    return {key: getattr(value, str(value.WhichOneof("kind"))) for key, value in hparams.items()}
+    raise AssertionError(f"no hparams in {run_dir}")
+
+
+def test_hparams_show_lambda_only_where_it_is_used(runs: Path) -> None:
+    shown = {name: logged_hparams(runs / name) for name in METHODS}
+    assert shown["fedclup"]["lam"] == pytest.approx(0.2) and shown["fedprox"]["lam"] == pytest.approx(0.3)
+    for name in ("fedavg", "local"):
+        assert "lam" not in shown[name] and "lam_auto" not in shown[name], shown[name]
+        assert shown[name]["method"] == name
+
+
+def test_results_csv_shows_lambda_only_where_it_is_used(runs: Path) -> None:
+    write_results_csv(runs / "results.csv", find_runs(runs, list(METHODS)))
+    with open(runs / "results.csv", newline="") as f:
+        rows = {row["name"]: row for row in csv.DictReader(f)}
+    assert (rows["fedclup"]["lam"], rows["fedclup"]["label"]) == ("0.2", "FedCLUP λ=0.2")
+    assert (rows["fedprox"]["lam"], rows["fedprox"]["label"]) == ("0.3", "FedProx μ=0.3")
+    for name, label in (("fedavg", "FedAvg"), ("local", "LocalTrain")):
+        assert (rows[name]["lam"], rows[name]["lam_used"], rows[name]["label"]) == ("", "", label)
