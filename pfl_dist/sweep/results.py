@@ -119,7 +119,8 @@ def result_row(run: Run, *, varied: Sequence[str] = ()) -> dict[str, Any]:
     row: dict[str, Any] = {
         "name": run.name, "variant": run.point.get("variant"), "seed": cfg["run"]["seed"], "method": run.method,
         "label": run.label, "lam": cfg["algorithm"]["lam"] if uses_lam else None,
-        "lam_used": s.get("algorithm", {}).get("lam") if uses_lam else None, "R_hat": choice.get("R_hat"), "data_kind": cfg["data"]["kind"], "R": cfg["data"]["R"],
+        "lam_used": s.get("algorithm", {}).get("lam") if uses_lam else None, "R_hat": choice.get("R_hat"),
+        "data_kind": cfg["data"]["kind"], "R": cfg["data"]["R"],
         "num_clients": cfg["data"]["num_clients"], "sample_fraction": cfg["algorithm"]["sample_fraction"],
         "num_local_steps": cfg["algorithm"]["num_local_steps"],
         "classes_per_client": cfg["data"]["classes_per_client"], "num_rounds": cfg["train"]["num_rounds"],
