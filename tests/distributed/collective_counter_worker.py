@@ -1,8 +1,12 @@
 """Runs one training job under a TorchDispatchMode that sees every c10d op a rank issues.
 
-Launched by tests/distributed/test_engine_distributed.py through torchrun. Each rank writes what
-the dispatcher saw (op names and tensor bytes) so the test can compare it with the Communicator's
-ledger: if anything bypassed the Communicator, the two would differ.
+Launched by tests/distributed/test_engine_distributed.py and test_codecs_distributed.py through
+torchrun. Each rank writes what the dispatcher saw (op names and tensor bytes, in total and per
+op) so the test can compare it with the Communicator's ledger: if anything bypassed the
+Communicator, or the ledger counted other bytes than c10d was handed, the two would differ.
+
+Bytes counted: an all-reduce's tensors; an all-gather's input (what this rank contributes; the
+output, W times as large, is recorded separately as `gathered_bytes`).
 """
 
 from __future__ import annotations
@@ -20,17 +24,33 @@ from pfl_dist.runtime import env_rank
 from pfl_dist.train import run
 
 
+def _nbytes(tensors: Any) -> int:
+    if isinstance(tensors, torch.Tensor):
+        return tensors.numel() * tensors.element_size()
+    if isinstance(tensors, (list, tuple)):
+        return sum(_nbytes(t) for t in tensors)
+    return 0
+
+
 class CollectiveCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: list[str] = []
         self.payload_bytes = 0
+        self.bytes_by_op: dict[str, int] = {}
+        self.gathered_bytes = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func.namespace == "c10d":
-            self.ops.append(func._schema.name.split("::")[-1])
-            tensors = args[0] if args and isinstance(args[0], (list, tuple)) else []
-            self.payload_bytes += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+            op = func._schema.name.split("::")[-1]
+            self.ops.append(op)
+            if op in ("_allgather_base_", "allgather_", "allgather_into_tensor_coalesced_"):
+                size = _nbytes(args[1])  # (output, input, ...): this rank's contribution
+                self.gathered_bytes += _nbytes(args[0])
+            else:
+                size = _nbytes(args[0]) if args and isinstance(args[0], (list, tuple)) else 0
+            self.payload_bytes += size
+            self.bytes_by_op[op] = self.bytes_by_op.get(op, 0) + size
         return func(*args, **(kwargs or {}))
 
 
@@ -39,7 +59,8 @@ def main() -> None:
     cfg = load_config(None, [f"run.out_dir={out_dir}", *overrides])
     with CollectiveCounter() as counter:
         run(cfg)
-    record = {"ops": counter.ops, "payload_bytes": counter.payload_bytes}
+    record = {"ops": counter.ops, "payload_bytes": counter.payload_bytes, "bytes_by_op": counter.bytes_by_op,
+              "gathered_bytes": counter.gathered_bytes}
     (Path(out_dir) / f"dispatch_rank{env_rank()}.json").write_text(json.dumps(record))
 
 

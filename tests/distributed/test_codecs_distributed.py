@@ -1,0 +1,97 @@
+"""Every codec on real gloo ranks: the ledger's bytes are the bytes c10d was handed, the uplink
+is the clients' encoded messages, and 1 rank and 4 ranks agree."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pfl_dist.launch import TORCHRUN_ENV
+from pfl_dist.sampling import sample_clients
+from tests.distributed.conftest import BASE, ROUNDS
+from tests.helpers import REPO, global_weights, read_summary, run_inprocess, run_torchrun
+
+pytestmark = pytest.mark.distributed
+
+NUM_PARAMS = 10 * 2  # BASE: d = 10, C = 2, float32 weight matrix (10, 2)
+CODECS = ("none", "fp16", "bf16", "qsgd:4", "qsgd:1", "topk:0.2", "randk:0.5", "powersgd:1")
+
+
+def message_bytes(codec: str) -> int:
+    """One client's message, from each codec's definition (float32 model of 20 numbers)."""
+    name, _, param = codec.partition(":")
+    if name == "none":
+        return NUM_PARAMS * 4
+    if name in ("fp16", "bf16"):
+        return NUM_PARAMS * 2
+    if name == "qsgd":
+        levels = int(param)
+        bits = 2 if levels == 1 else 4 if levels <= 7 else 8  # 2s + 1 symbols
+        return 4 + math.ceil(NUM_PARAMS * bits / 8)  # scale + packed signed levels
+    k = max(1, round(float(param) * NUM_PARAMS)) if name in ("topk", "randk") else 0
+    if name == "topk":
+        return k * (4 + 4)  # float32 values + int32 indices
+    if name == "randk":
+        return k * 4  # values only: the coordinates come from the shared seed
+    assert name == "powersgd" and param == "1"
+    return (10 + 2) * 1 * 4  # P (10 x 1) and Q (2 x 1) of the one weight matrix
+
+
+def expected_uplink(codec: str) -> int:
+    sampled = sum(len(sample_clients(t, seed=0, num_clients=8, sample_fraction=0.5)) for t in range(ROUNDS))
+    return sampled * message_bytes(codec)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_ledger_bytes_are_the_bytes_handed_to_c10d(tmp_path: Path, codec: str) -> None:
+    # Prepare / Execute: 2 ranks under the dispatch-mode counter
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               str(REPO / "tests/distributed/collective_counter_worker.py"), str(tmp_path), *BASE,
+               f"comm.codec={codec}"]
+    env = {**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = read_summary(tmp_path / "default")
+    train, telemetry = summary["comm"], summary["comm_telemetry"]
+    # Assert: per collective type, count and bytes per rank (ledger totals are over 2 ranks)
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"dispatch_rank{rank}.json").read_text())
+        ops = [op for op in seen["ops"] if op != "barrier"]
+        assert set(ops) <= {"allreduce_", "_allgather_base_"}
+        assert ops.count("allreduce_") == train["all_reduce_num_collectives"] + telemetry["all_reduce_num_collectives"]
+        assert ops.count("_allgather_base_") == train["all_gather_num_collectives"]
+        all_reduce_bytes = (train["all_reduce_payload_bytes"] + telemetry["all_reduce_payload_bytes"]) // 2
+        assert seen["bytes_by_op"].get("allreduce_", 0) == all_reduce_bytes
+        assert seen["bytes_by_op"].get("_allgather_base_", 0) == train["all_gather_payload_bytes"] // 2
+        assert seen["gathered_bytes"] == train["all_gather_payload_bytes"]  # W x each rank's share
+        assert seen["payload_bytes"] == (train["payload_bytes"] + telemetry["payload_bytes"]) // 2
+    assert train["uplink_bytes"] == expected_uplink(codec)
+    assert train["uplink_bytes_dense"] == expected_uplink("none")
+    gathers = codec.split(":")[0] in ("qsgd", "topk")
+    assert (train["all_gather_num_collectives"] > 0) == gathers
+    # Ring formulas at W = 2: all-reduce 2(W-1)/W = 1 x payload, all_gather (W-1)/W of the gathered total
+    assert train["all_reduce_wire_bytes_model"] == train["all_reduce_payload_bytes"]
+    assert train["all_gather_wire_bytes_model"] == train["all_gather_payload_bytes"] // 2
+
+
+@pytest.mark.parametrize("codec", CODECS[1:])
+def test_one_rank_and_four_ranks_agree_per_codec(tmp_path: Path, codec: str) -> None:
+    # Execute
+    one = run_inprocess(tmp_path, *BASE, f"comm.codec={codec}", name="one")
+    four = run_torchrun(tmp_path, 4, *BASE, f"comm.codec={codec}", name="four")
+    # Assert
+    difference = float((global_weights(tmp_path / "one") - global_weights(tmp_path / "four")).abs().max())
+    print(f"{codec}: max |w_g(1 rank) - w_g(4 ranks)| = {difference:.3g}")
+    # fp16/bf16 all-reduce partial sums in half precision, whose rounding depends on how the
+    # clients are split over ranks: bound by the dtype's unit roundoff times the update size.
+    tolerance = {"fp16": 2e-3, "bf16": 2e-2}.get(codec, 1e-5)
+    assert difference <= tolerance
+    for key in ("uplink_bytes", "uplink_bytes_dense", "downlink_bytes", "num_collectives",
+                "all_reduce_num_collectives", "all_gather_num_collectives"):
+        assert one["comm"][key] == four["comm"][key], key

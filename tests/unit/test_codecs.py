@@ -1,0 +1,320 @@
+"""Each codec against an independent reference written from its paper (plain torch, float64,
+one client at a time). Several ranks are simulated by threads sharing an in-memory wire."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+
+from pfl_dist.exchange.base import Codec, GatherLayout, RoundInput
+from pfl_dist.exchange.codecs import QSGD, BFloat16, HalfPrecision, RandK, TopK, qsgd_quantize, top_k
+from pfl_dist.exchange.powersgd import PowerSGD
+from pfl_dist.exchange.spec import CodecSpec, parse_codec
+
+
+class ThreadGroup:
+    """W simulated ranks (threads); collectives meet at a barrier and sum in rank order in the
+    tensor's own dtype, as a reduction on the wire would."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.barrier = threading.Barrier(world_size)
+        self.slots: list[torch.Tensor] = [torch.zeros(0)] * world_size
+
+    def wire(self, rank: int) -> SimulatedWire:
+        return SimulatedWire(self, rank)
+
+
+class SimulatedWire:
+    def __init__(self, group: ThreadGroup, rank: int) -> None:
+        self.group, self.rank, self.world_size = group, rank, group.world_size
+
+    def _exchange(self, tensor: torch.Tensor, combine: Callable[[list[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+        self.group.slots[self.rank] = tensor.clone()
+        self.group.barrier.wait()
+        result = combine(self.group.slots)
+        self.group.barrier.wait()
+        return result
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        def total(slots: list[torch.Tensor]) -> torch.Tensor:
+            out = slots[0].clone()
+            for other in slots[1:]:
+                out += other
+            return out
+        tensor.copy_(self._exchange(tensor, total))
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._exchange(tensor, torch.cat)
+
+
+def make(cls: type[Codec], text: str, shapes: Sequence[tuple[int, ...]], *, num_local_clients: int,
+         dtype: torch.dtype = torch.float64, seed: int = 0) -> Codec:
+    return cls(parse_codec(text), shapes=[torch.Size(s) for s in shapes], num_local_clients=num_local_clients,
+               dtype=dtype, device=torch.device("cpu"), seed=seed)
+
+
+def run_ranks(codecs: list[Codec], updates: torch.Tensor, counts: torch.Tensor, *, round_idx: int = 0,
+              ) -> list[torch.Tensor]:
+    """Split the clients (rows of `updates`) into contiguous blocks, one per codec/rank, and run
+    one aggregation on all of them at once; -> each rank's result."""
+    world_size = len(codecs)
+    blocks = torch.arange(len(updates)).tensor_split(world_size)
+    total = float(counts.double().sum())
+    control = sum(c.control_words(updates[b], counts[b]) for c, b in zip(codecs, blocks, strict=True))
+    layout = GatherLayout(tuple(len(b) for b in blocks))
+    group, results = ThreadGroup(world_size), [torch.zeros(0)] * world_size
+
+    def work(rank: int) -> None:
+        ids = blocks[rank]
+        round_input = RoundInput(round_idx=round_idx, updates=updates[ids], weights=counts[ids].double() / total,
+                                 rows=ids - ids[0] if len(ids) else ids, client_ids=ids, control=control,
+                                 weight_total=total, layout=layout)
+        results[rank] = codecs[rank].aggregate(round_input, group.wire(rank))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def weighted_mean(updates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """sum_i n_i Delta_i / sum_i n_i, one client at a time in float64."""
+    total = torch.zeros(updates.shape[1], dtype=torch.float64)
+    for update, count in zip(updates, counts, strict=True):
+        total += float(count) * update.double()
+    return total / float(counts.double().sum())
+
+
+# --- spec ------------------------------------------------------------------------------------
+
+
+def test_codec_strings_parse_with_defaults_and_reject_bad_parameters() -> None:
+    assert parse_codec("topk:0.05") == CodecSpec("topk", 0.05)
+    assert parse_codec("powersgd") == CodecSpec("powersgd", 1)
+    assert str(parse_codec("qsgd:8")) == "qsgd:8"
+    for bad in ("gzip", "topk:0", "topk:2", "qsgd:0", "qsgd:200", "qsgd:x", "fp16:3", "powersgd:0"):
+        with pytest.raises(ValueError, match="comm.codec"):
+            parse_codec(bad)
+
+
+# --- fp16 / bf16 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cls", "half"), [(HalfPrecision, torch.float16), (BFloat16, torch.bfloat16)])
+def test_half_precision_mean_of_10000_clients_is_within_epsilon_and_never_overflows(cls: type[Codec],
+                                                                                     half: torch.dtype) -> None:
+    # Prepare: updates of size ~100 with weights up to 6000: unscaled, sum n_i Delta_i is ~1e9
+    generator = torch.Generator().manual_seed(0)
+    num_clients, num_params = 10_000, 64
+    common = torch.randn(num_params, generator=generator, dtype=torch.float64) * 100
+    updates = common + torch.randn(num_clients, num_params, generator=generator, dtype=torch.float64) * 30
+    counts = torch.randint(100, 6000, (num_clients,), generator=generator).double()
+    naive = torch.zeros(num_params, dtype=half)
+    for update, count in zip(updates[:200], counts[:200], strict=True):
+        naive += (count * update).to(half)
+    if half == torch.float16:
+        assert not torch.isfinite(naive).all()  # what the scaling prevents
+    reference = weighted_mean(updates, counts)
+    # Execute: 4 simulated ranks, the all-reduce summing in half precision
+    codecs = [make(cls, cls.name, [(num_params,)], num_local_clients=2500) for _ in range(4)]
+    results = run_ranks(codecs, updates, counts)
+    # Assert
+    eps = torch.finfo(half).eps
+    for got in results:
+        assert torch.isfinite(got).all()
+        assert torch.equal(got, results[0])
+        relative = float(torch.linalg.vector_norm(got - reference) / torch.linalg.vector_norm(reference))
+        assert relative <= eps, (relative, eps)
+
+
+def test_half_precision_scale_is_a_power_of_two_bounding_every_partial_sum() -> None:
+    codec = make(HalfPrecision, "fp16", [(4,)], num_local_clients=1)
+    scale = codec.scale(3.0)  # type: ignore[attr-defined]
+    assert math.log2(scale).is_integer() and scale * 3.0 <= 65504 / 2 < 2 * scale * 3.0
+    assert codec.scale(0.0) == 1.0  # type: ignore[attr-defined]
+
+
+# --- QSGD --------------------------------------------------------------------------------------
+
+
+def test_qsgd_is_unbiased_mean_of_10000_draws_within_3_sigma() -> None:
+    # Prepare: the paper's quantizer, from its definition: with r = s|v_j|/||v||, level
+    # floor(r) + 1 with probability r - floor(r); so the std of one draw is ||v||/s sqrt(p(1-p)).
+    levels, num_draws = 4, 10_000
+    v = torch.tensor([0.9, -0.05, 0.31, 0.0, -1.7, 0.02, 0.5, -0.44], dtype=torch.float64)
+    norm = float(torch.linalg.vector_norm(v))
+    ratio = v.abs() * levels / norm
+    p = ratio - ratio.floor()
+    sigma = norm / levels * torch.sqrt(p * (1 - p)) / math.sqrt(num_draws)
+    # Execute
+    total = torch.zeros_like(v)
+    for draw in range(num_draws):
+        scale, signed = qsgd_quantize(v, levels=levels, generator=torch.Generator().manual_seed(draw))
+        total += scale * signed.double() / levels
+    mean = total / num_draws
+    # Assert
+    assert torch.all((mean - v).abs() <= 3 * sigma + 1e-12), ((mean - v) / sigma)
+    assert mean[3] == 0.0  # a zero coordinate is never sent
+
+
+def test_qsgd_message_round_trips_and_aggregates_weighted_in_client_order() -> None:
+    # Prepare
+    generator = torch.Generator().manual_seed(1)
+    updates = torch.randn(6, 37, generator=generator, dtype=torch.float64)
+    counts = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0, 9.0])
+    for levels, bits in ((1, 2), (7, 4), (127, 8)):
+        one = make(QSGD, f"qsgd:{levels}", [(37,)], num_local_clients=6)
+        assert one.message_bytes() == 8 + math.ceil(37 * bits / 8)
+        # Reference: each client's draw from its (seed, round, client) generator, decoded directly
+        reference = torch.zeros(37, dtype=torch.float64)
+        for client in range(6):
+            message = one.encode(updates[client], weight=1.0, round_idx=2, client=client)  # type: ignore[attr-defined]
+            decoded = one.decode(message)  # type: ignore[attr-defined]
+            assert len(message) == one.message_bytes()
+            assert set(torch.unique(decoded * levels / torch.linalg.vector_norm(updates[client])).round().tolist()) <= \
+                set(range(-levels, levels + 1))
+            reference += float(counts[client]) / float(counts.sum()) * decoded
+        # Execute: the same clients on 1 rank and on 3 ranks
+        single = run_ranks([one], updates, counts, round_idx=2)[0]
+        several = run_ranks([make(QSGD, f"qsgd:{levels}", [(37,)], num_local_clients=2) for _ in range(3)], updates,
+                            counts, round_idx=2)
+        # Assert: world-size free, bit for bit
+        assert torch.allclose(single, reference, rtol=1e-12, atol=1e-12)
+        assert all(torch.equal(r, single) for r in several)
+
+
+def test_qsgd_variance_is_within_the_papers_bound() -> None:
+    v = torch.randn(100, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    levels, draws = 2, 2000
+    errors = []
+    for draw in range(draws):
+        scale, signed = qsgd_quantize(v, levels=levels, generator=torch.Generator().manual_seed(draw))
+        errors.append(float(((scale * signed.double() / levels - v) ** 2).sum()))
+    bound = min(100 / levels**2, math.sqrt(100) / levels) * float((v**2).sum())  # Alistarh et al., Lemma 3.1
+    assert sum(errors) / draws <= bound
+
+
+# --- top-k -------------------------------------------------------------------------------------
+
+
+def test_top_k_keeps_exactly_the_k_largest_and_residual_plus_sent_is_the_input() -> None:
+    u = torch.randn(1000, generator=torch.Generator().manual_seed(3), dtype=torch.float32)
+    for k in (1, 10, 999, 1000):
+        indices, values, residual = top_k(u, k)
+        by_size = sorted(range(1000), key=lambda j: -abs(float(u[j])))
+        assert set(indices.tolist()) == set(by_size[:k])
+        rebuilt = residual.clone()
+        rebuilt[indices] += values
+        assert torch.equal(rebuilt, u)
+        assert torch.count_nonzero(residual[indices]) == 0
+
+
+def test_top_k_with_error_feedback_matches_the_reference_over_rounds() -> None:
+    # Prepare
+    generator = torch.Generator().manual_seed(4)
+    num_clients, num_params, k = 5, 40, 6
+    counts = torch.tensor([2.0, 7.0, 1.0, 3.0, 5.0])
+    codec = make(TopK, "topk:0.15", [(num_params,)], num_local_clients=num_clients)
+    memory = [torch.zeros(num_params, dtype=torch.float64) for _ in range(num_clients)]
+    for round_idx in range(3):
+        updates = torch.randn(num_clients, num_params, generator=generator, dtype=torch.float64)
+        # Reference (Stich et al. 2018): u = Delta + e; send top_k(u); e <- u - sent
+        reference = torch.zeros(num_params, dtype=torch.float64)
+        for i in range(num_clients):
+            u = updates[i] + memory[i]
+            keep = sorted(range(num_params), key=lambda j, u=u: -abs(float(u[j])))[:k]
+            sent = torch.zeros(num_params, dtype=torch.float64)
+            sent[keep] = u[keep]
+            memory[i] = u - sent
+            reference += float(counts[i]) / float(counts.sum()) * sent
+        # Execute
+        got = run_ranks([codec], updates, counts, round_idx=round_idx)[0]
+        # Assert
+        assert torch.allclose(got, reference, rtol=1e-13, atol=1e-15)
+        assert torch.equal(codec.client_state()["codec_residual"], torch.stack(memory))
+    assert codec.message_bytes() == k * (8 + 4)
+
+
+# --- rand-k ------------------------------------------------------------------------------------
+
+
+def test_rand_k_sends_the_same_shared_coordinates_for_every_client_with_error_feedback() -> None:
+    generator = torch.Generator().manual_seed(5)
+    updates = torch.randn(4, 30, generator=generator, dtype=torch.float64)
+    counts = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    codecs = [make(RandK, "randk:0.2", [(30,)], num_local_clients=2) for _ in range(2)]
+    chosen = codecs[0].coordinates(7)  # type: ignore[attr-defined]
+    assert len(chosen) == 6 and torch.equal(chosen, codecs[1].coordinates(7))  # type: ignore[attr-defined]
+    assert not torch.equal(chosen, codecs[0].coordinates(8))  # type: ignore[attr-defined]
+    got = run_ranks(codecs, updates, counts, round_idx=7)
+    reference = torch.zeros(30, dtype=torch.float64)
+    reference[chosen] = weighted_mean(updates, counts)[chosen]
+    assert torch.allclose(got[0], reference, rtol=1e-13, atol=1e-15) and torch.equal(got[0], got[1])
+    residual = torch.cat([c.client_state()["codec_residual"] for c in codecs])
+    assert torch.equal(residual[:, chosen], torch.zeros(4, 6, dtype=torch.float64))
+    mask = torch.ones(30, dtype=torch.bool)
+    mask[chosen] = False
+    assert torch.equal(residual[:, mask], updates[:, mask])
+    assert codecs[0].message_bytes() == 6 * 8
+
+
+# --- PowerSGD ----------------------------------------------------------------------------------
+
+
+def test_powersgd_is_exact_on_rank_r_matrices_and_sends_vectors_dense() -> None:
+    # Prepare: each client's matrix lies in the same rank-2 space, so their mean has rank 2
+    generator = torch.Generator().manual_seed(6)
+    left, right = (torch.randn(n, 2, generator=generator, dtype=torch.float64) for n in (30, 20))
+    shapes = [(30, 20), (20,), (4, 1, 1, 2)]  # a matrix, a bias, a conv kernel too small to compress at rank 2
+    num_clients = 6
+    updates = torch.randn(num_clients, 600 + 20 + 8, generator=generator, dtype=torch.float64)
+    for i in range(num_clients):
+        updates[i, :600] = (left @ torch.randn(2, 2, generator=generator, dtype=torch.float64) @ right.T).reshape(-1)
+    counts = torch.tensor([5.0, 1.0, 2.0, 8.0, 3.0, 1.0])
+    # Execute: 1 rank and 3 ranks
+    single = make(PowerSGD, "powersgd:2", shapes, num_local_clients=num_clients)
+    got = run_ranks([single], updates, counts)[0]
+    several = run_ranks([make(PowerSGD, "powersgd:2", shapes, num_local_clients=2) for _ in range(3)], updates, counts)
+    # Assert
+    reference = weighted_mean(updates, counts)
+    assert torch.allclose(got, reference, rtol=0, atol=1e-12)
+    assert all(torch.allclose(r, reference, rtol=0, atol=1e-12) for r in several)
+    assert float(single.client_state()["codec_residual"].abs().max()) < 1e-12  # nothing left to feed back
+    assert single.message_bytes() == ((30 + 20) * 2 + 20 + 8) * 8
+
+
+def test_powersgd_matches_the_papers_algorithm_on_full_rank_matrices_with_error_feedback() -> None:
+    # Prepare
+    generator = torch.Generator().manual_seed(7)
+    num_clients, rows, cols, rank = 4, 12, 9, 2
+    counts = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    weights = counts / counts.sum()
+    codec = make(PowerSGD, f"powersgd:{rank}", [(rows, cols)], num_local_clients=num_clients)
+    q = make(PowerSGD, f"powersgd:{rank}", [(rows, cols)], num_local_clients=1)._qs()[0].clone()  # type: ignore[attr-defined]
+    errors = [torch.zeros(rows, cols, dtype=torch.float64) for _ in range(num_clients)]
+    for round_idx in range(3):
+        updates = torch.randn(num_clients, rows * cols, generator=generator, dtype=torch.float64)
+        # Reference (Vogels et al. 2019, Algorithms 1 and 2), one client at a time
+        matrices = [updates[i].view(rows, cols) + errors[i] for i in range(num_clients)]
+        p = sum(float(weights[i]) * matrices[i] @ q for i in range(num_clients))
+        basis = torch.linalg.qr(p).Q
+        q = sum(float(weights[i]) * matrices[i].T @ basis for i in range(num_clients))
+        reference = basis @ q.T
+        errors = [m - basis @ (m.T @ basis).T for m in matrices]
+        # Execute
+        got = codec.aggregate(RoundInput(round_idx=round_idx, updates=updates, weights=weights.double(),
+                                         rows=torch.arange(num_clients), client_ids=torch.arange(num_clients),
+                                         control=torch.zeros(0), weight_total=float(counts.sum()),
+                                         layout=GatherLayout((num_clients,))), ThreadGroup(1).wire(0))
+        # Assert
+        assert torch.allclose(got.view(rows, cols), reference, rtol=0, atol=1e-12)
+        assert torch.allclose(codec.client_state()["codec_residual"],
+                              torch.stack([e.reshape(-1) for e in errors]), rtol=0, atol=1e-12)
