@@ -1,0 +1,82 @@
+"""Codec state is per-client (error-feedback residuals) and replicated (PowerSGD's Q) state of
+the checkpoint: a run killed mid-way and resumed ends bitwise equal to an uninterrupted one, and
+residuals re-shard by client id onto another world size."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.kill_trials import (
+    checkpoint_complete,
+    compare_runs,
+    run_reference,
+    start_torchrun,
+    wait_for,
+    worker_pids,
+)
+from tests.helpers import global_weights, read_summary
+
+pytestmark = pytest.mark.distributed
+
+NPROC = 2
+NUM_ROUNDS = 12
+BASE = ("data.num_clients=8", "data.samples_per_client=100", f"train.num_rounds={NUM_ROUNDS}",
+        "train.eval_every=3", "algorithm.num_local_steps=50", "algorithm.sample_fraction=0.5",
+        "algorithm.lam=0.5", "checkpoint.every=2")
+
+
+def crash_and_resume(out: Path, overrides: tuple[str, ...], *, kill_after: int) -> tuple[Path, int]:
+    """Rank 1 SIGKILLed once round `kill_after` is checkpointed, then the same command again;
+    -> (the run dir, the round resumed from)."""
+    job = start_torchrun(out, "crashed", nproc=NPROC, max_restarts=0, overrides=overrides)
+    assert wait_for(lambda: checkpoint_complete(out / "crashed", kill_after, NPROC), timeout=300), job.output()
+    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
+    assert job.wait(120) != 0
+    resumed = start_torchrun(out, "crashed", nproc=NPROC, max_restarts=0, overrides=overrides)
+    assert resumed.wait(300) == 0, resumed.output()
+    resumed_from = read_summary(out / "crashed")["resumed_from"]
+    assert len(resumed_from) == 1 and kill_after <= resumed_from[0] < NUM_ROUNDS
+    return out / "crashed", resumed_from[0]
+
+
+@pytest.mark.parametrize("codec", ["topk:0.2", "powersgd:1"])
+def test_kill_and_resume_is_bitwise_with_codec_state(tmp_path: Path, codec: str) -> None:
+    # Prepare
+    overrides = (*BASE, f"comm.codec={codec}")
+    reference = run_reference(tmp_path / "reference_out", nproc=NPROC, overrides=overrides)
+    # Execute
+    run_dir, resumed_from = crash_and_resume(tmp_path, overrides, kill_after=6)
+    # Assert: the checkpoint holds the codec's state, and the resumed run is the uninterrupted one
+    shard = torch.load(run_dir / "ckpt" / f"round_{resumed_from:06d}" / "shard_00001_of_00002.pt", weights_only=True)
+    assert shard["clients"]["codec_residual"].shape == (4, 20)  # rank 1's 4 clients x P
+    assert float(shard["clients"]["codec_residual"].abs().sum()) > 0
+    if codec.startswith("powersgd"):
+        assert shard["replicated"]["exchange"]["q"].shape == (2,) and bool(shard["replicated"]["exchange"]["warm"])
+    assert compare_runs(run_dir, reference) == []
+
+
+def test_error_feedback_residuals_reshard_by_client_id(tmp_path: Path) -> None:
+    # Prepare: top-k aggregates every client's message in client-id order, so its w_g does not
+    # depend on the world size; resuming 2-rank checkpoints on 4 ranks must keep each client's
+    # residual with that client.
+    overrides = (*BASE, "comm.codec=topk:0.2")
+    reference = run_reference(tmp_path / "reference_out", nproc=NPROC, overrides=overrides)
+    job = start_torchrun(tmp_path, "reshard", nproc=NPROC, max_restarts=0, overrides=overrides)
+    assert wait_for(lambda: checkpoint_complete(tmp_path / "reshard", 6, NPROC), timeout=300), job.output()
+    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
+    assert job.wait(120) != 0
+    # Execute
+    resumed = start_torchrun(tmp_path, "reshard", nproc=4, max_restarts=0, overrides=overrides)
+    assert resumed.wait(300) == 0, resumed.output()
+    # Assert
+    assert "re-sharded from 2 ranks" in resumed.output()
+    difference = float((global_weights(tmp_path / "reshard") - global_weights(reference)).abs().max())
+    assert difference < 1e-5
+    got, want = read_summary(tmp_path / "reshard"), read_summary(reference)
+    for key in ("uplink_bytes", "downlink_bytes", "num_collectives", "all_gather_num_collectives"):
+        assert got["comm"][key] == want["comm"][key]
