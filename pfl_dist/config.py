@@ -45,7 +45,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: Literal["synthetic", "fashion_mnist", "mnist", "mnist5k"] = "synthetic"
+    kind: str = "synthetic"  # the task (pfl_dist/tasks registry): synthetic, fashion_mnist, mnist, mnist5k
     num_clients: int = 4  # m, the number of clients taking part
     samples_per_client: int = 200  # n (synthetic)
     dim: int = 10  # d (synthetic)
@@ -323,4 +323,8 @@ def apply_overrides(file_config: dict[str, Any], overrides: Sequence[str] = ()) 
         if not isinstance(section_values, dict):
             raise ConfigError(f"config section '{section}' must be a mapping, got {section_values!r}")
         section_values[key] = value
-    return config_from_dict(raw)
+    cfg = config_from_dict(raw)
+    from pfl_dist.tasks import check_task_config  # the registry reads Config: imported late
+
+    check_task_config(cfg)
+    return cfg

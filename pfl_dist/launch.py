@@ -1,5 +1,6 @@
-"""Validate a config, then start it under torchrun: `python -m pfl_dist.launch [torchrun options]
---config X.yaml [section.key=value ...]`.
+"""pfl_dist's launcher: validate a config, then start it under torchrun.
+
+    python -m pfl_dist.launch [torchrun options] [--config X.yaml] [section.key=value ...]
 
 Checking first means bad input costs one clear line and exit code 2 instead of W worker
 failures and torchrun's error report. The launcher also sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1,
@@ -9,16 +10,48 @@ without which an elastic restart of a gloo group fails to reconnect (docs/RELIAB
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
 
-from pfl_dist.config import SECTIONS, Config, load_config
+from pfl_dist.config import SECTIONS, Config, did_you_mean, load_config
 from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.tasks import preflight as task_preflight
 
 _RDZV_OPTIONS = ("--standalone", "--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr")
 # torch 2.13: an elastic restart of a gloo group cannot reconnect without it (docs/RELIABILITY.md).
 TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# torchrun options that take no value (tests/unit/test_launch.py checks this against torchrun's
+# own parser); every other `--option` takes one, as `--option=V` or `--option V`.
+TORCHRUN_FLAGS = frozenset({"--standalone", "--no-python", "--no_python", "--run-path", "--run_path", "-m",
+                            "--module", "--virtual-local-rank", "--virtual_local_rank"})
+# The training program is always pfl_dist.train: options that would choose another one are refused.
+_PROGRAM_OPTIONS = frozenset({"--no-python", "--no_python", "--run-path", "--run_path", "-m", "--module"})
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*\.[^=]*=")
+
+USAGE = """usage: python -m pfl_dist.launch [torchrun options] [--config FILE] [section.key=value ...]
+       (or pfl-launch ...)
+
+Validates the config (every key, the data files, the world size) and only then starts
+`torchrun ... -m pfl_dist.train` with the same config. Bad input is one line and exit 2.
+
+pfl_dist options:
+  --config FILE          YAML experiment config (configs/*.yaml); defaults are used without one
+  section.key=value      config overrides, e.g. algorithm.lam=0.1 run.name=lam01 (sections: {sections})
+  -h, --help             this message
+
+torchrun options, passed through (the common ones; `--help-torchrun` lists them all):
+  --nproc-per-node=N     processes on this node (each hosts data.num_clients/W clients)
+  --nnodes=N|MIN:MAX     number of nodes
+  --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT [--rdzv-conf=is_host=true,join_timeout=S]
+                         multi-node rendezvous; without one, --standalone is added
+  --node-rank=R --master-addr=HOST --master-port=PORT
+                         static rendezvous
+  --max-restarts=N       elastic restarts after a worker dies (the run resumes from its checkpoint)
+
+Exit codes: 0 done, 2 bad input, 3 divergence, 75 stopped by SIGTERM/SIGINT (rerun to resume).
+"""
 
 
 def torchrun_command(torchrun_args: Sequence[str]) -> list[str]:
@@ -31,13 +64,20 @@ def torchrun_command(torchrun_args: Sequence[str]) -> list[str]:
 
 
 def is_override(arg: str) -> bool:
-    """`section.key=value` with a known section; anything else belongs to torchrun."""
-    key = arg.split("=", 1)[0]
-    return "=" in arg and key.split(".")[0] in SECTIONS and key.count(".") == 1
+    """`section.key=value`: anything shaped like a dotted assignment is meant for the config, so a
+    misspelled section is reported as such instead of reaching torchrun as a script name."""
+    return bool(_OVERRIDE.match(arg))
+
+
+def _check_override(arg: str) -> None:
+    section = arg.split(".", 1)[0]
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section '{section}' in '{arg}'{did_you_mean(section, list(SECTIONS))}")
 
 
 def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
-    """-> (torchrun options, config path, overrides)."""
+    """-> (torchrun options, config path, overrides). Raises ConfigError for anything that is
+    neither: a stray word would otherwise become torchrun's training script."""
     torchrun_args: list[str] = []
     config: str | None = None
     overrides: list[str] = []
@@ -49,9 +89,18 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
             if config is None:
                 raise ConfigError("--config needs a file path")
         elif is_override(arg):
+            _check_override(arg)
             overrides.append(arg)
-        else:
+        elif arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            if name in _PROGRAM_OPTIONS:
+                raise ConfigError(f"{name} is not supported: pfl_dist.launch always runs pfl_dist.train")
             torchrun_args.append(arg)
+            if "=" not in arg and name not in TORCHRUN_FLAGS and args and not args[0].startswith("-"):
+                torchrun_args.append(args.pop(0))  # the option's value
+        else:
+            raise ConfigError(f"unexpected argument '{arg}': expected torchrun options, --config FILE or "
+                              "section.key=value overrides (see --help)")
     return torchrun_args, config, overrides
 
 
@@ -76,19 +125,44 @@ def planned_world_size(torchrun_args: Sequence[str]) -> int:
     return int(nproc) * int(max_nodes)
 
 
+def check_device(cfg: Config) -> None:
+    """CUDA settings on a machine without CUDA fail here, not in every rank (torch is imported only
+    when the config asks for CUDA)."""
+    wants_cuda = cfg.comm.backend == "nccl" or cfg.run.device == "cuda"
+    if not wants_cuda:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        key = "comm.backend=nccl" if cfg.comm.backend == "nccl" else "run.device=cuda"
+        raise ConfigError(f"{key} needs CUDA, which this machine does not have: use comm.backend=gloo "
+                          "and run.device=cpu (or auto)")
+
+
 def preflight(cfg: Config, *, world_size: int) -> None:
     """Everything that can be checked before any process starts."""
     cfg.check_world_size(world_size)
-    if cfg.data.kind != "synthetic":
-        # Loads the data once (~1 s) so corrupt files and impossible partitions also fail here.
-        from pfl_dist.tasks.images import preflight as images_preflight
+    check_device(cfg)
+    # May load the data once (~1 s for images), so corrupt files and impossible partitions fail here.
+    task_preflight(cfg)
 
-        images_preflight(cfg)
+
+def print_help(*, torchrun: bool) -> None:
+    print(USAGE.format(sections=", ".join(SECTIONS)), end="")
+    if torchrun:
+        from torch.distributed.run import get_args_parser
+
+        print("\nAll torchrun options:\n")
+        print(get_args_parser().format_help().split("\n", 1)[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help", "--help-torchrun"} & set(args):
+        print_help(torchrun="--help-torchrun" in args)
+        return 0
     try:
-        torchrun_args, config, overrides = split_args(sys.argv[1:] if argv is None else argv)
+        torchrun_args, config, overrides = split_args(args)
         cfg = load_config(config, overrides)
         preflight(cfg, world_size=planned_world_size(torchrun_args))
     except PflError as err:

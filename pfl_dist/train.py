@@ -46,7 +46,7 @@ from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
 from pfl_dist.outputs import format_bytes, write_bytes_atomic
-from pfl_dist.rundir import PreparedRunDir, is_disk_error, os_error_text, prepare_run_dir, print_notes
+from pfl_dist.rundir import is_disk_error, os_error_text, prepare_run_dir, print_notes
 from pfl_dist.runtime import (
     Runtime,
     collective_failure,
@@ -59,7 +59,8 @@ from pfl_dist.runtime import (
     shutdown_runtime,
 )
 from pfl_dist.sampling import client_block, sample_clients
-from pfl_dist.tasks import Task, build_task
+from pfl_dist.tasks import build_task
+from pfl_dist.tasks.base import Task
 from pfl_dist.tracking import NullLogger, RunLogger
 
 
@@ -102,6 +103,7 @@ class Trainer:
         self.stop = stop if stop is not None else StopRequest()
         self.stop_agreed = False  # set when the evaluation reduction carried a stop (LocalTrain)
         self.resumed_from: list[int] = []
+        self.summary: dict[str, Any] = {}  # set when train() ends
         config = cfg.to_dict()
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
                                          num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep, config=config)
@@ -265,7 +267,8 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         if self.already_complete:  # rank 0 holds the summary of this very config
-            return read_saved_summary(self.cfg.run_dir) if self.runtime.is_logging_rank else {}
+            self.summary = read_saved_summary(self.cfg.run_dir) if self.runtime.is_logging_rank else {}
+            return self.summary
         metrics = self._initial_evaluation()
         for round_idx in range(self.start_round, self.cfg.train.num_rounds):
             round_num = round_idx + 1
@@ -411,6 +414,7 @@ class Trainer:
             torch.save(self.task.model_state_dict(final_model.cpu()), buffer)
             write_bytes_atomic(final_dir / "global.pt", buffer.getvalue())  # before summary.json, the marker
         self.logger.finish(summary, hparams=self._hparams())
+        self.summary = summary
         return summary
 
     def _hparams(self) -> dict[str, Any]:
@@ -456,13 +460,26 @@ def read_saved_summary(run_dir: Path) -> dict[str, Any]:
     return dict(json.loads((run_dir / "summary.json").read_text()))
 
 
-def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
-    """Prepare and lock the run dir (rank 0: pfl_dist/rundir.py), then train."""
-    prepared = prepare_run_dir(cfg, overwrite=overwrite) if env_rank() == 0 else None
+def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: bool = False) -> Trainer:
+    """Prepare and lock the run dir (rank 0: pfl_dist/rundir.py), then build, train and close one
+    run on an initialised runtime: the one run path, used by `pfl_dist.train`, the in-job sweep
+    worker (many sessions on one runtime) and the tests. Returns the finished Trainer (its
+    `summary`, and its state for tests).
+
+    `stop` is the process's signal flag; a SIGTERM/SIGINT ends the run at the next round that
+    every rank agrees on, with a checkpoint, by raising RunStopped.
+    """
+    prepared = prepare_run_dir(cfg, overwrite=overwrite) if runtime.is_logging_rank else None
     try:
         if prepared is not None:
             print_notes(prepared)
-        summary = _run(cfg, prepared)
+        trainer = Trainer(cfg, runtime, stop=stop)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+        if prepared is not None:
+            prepared.commit()
     except (PflError, OSError):
         if prepared is not None:
             prepared.rollback()  # an --overwrite that failed gives the old results back
@@ -470,27 +487,23 @@ def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
     finally:
         if prepared is not None:
             prepared.release()
-    return summary
+    return trainer
 
 
-def _run(cfg: Config, prepared: PreparedRunDir | None) -> dict[str, Any]:
+def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
+    """One run as its own process group: init, run_session, shutdown."""
     runtime = init_runtime(cfg)
     stop = StopRequest()
     stop.install()
-    trainer = None
     try:
-        trainer = Trainer(cfg, runtime, stop=stop)
-        summary = trainer.train()
+        trainer = run_session(cfg, runtime, stop, overwrite=overwrite)
     except RunStopped:
         shutdown_runtime(runtime)  # every rank stopped at the same round, so the group ends cleanly
         raise
     finally:
         stop.uninstall()
-        if trainer is not None:
-            trainer.close()
     shutdown_runtime(runtime)
-    if prepared is not None:
-        prepared.commit()
+    summary = trainer.summary
     if runtime.is_logging_rank:
         if trainer.already_complete:
             print(f"already complete: {cfg.run_dir} holds this config's results; nothing was retrained "

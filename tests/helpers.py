@@ -45,6 +45,19 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def write_learnable_mnist(directory: Path, *, num_train: int = 3000, num_test: int = 500) -> Path:
+    """MNIST-layout IDX files whose classes are 10 fixed random templates plus noise."""
+    rng = np.random.default_rng(0)
+    templates = rng.integers(0, 256, size=(10, 28, 28))
+    for split, n in (("train", num_train), ("t10k", num_test)):
+        labels = np.arange(n) % 10
+        noise = rng.integers(-60, 61, size=(n, 28, 28))
+        images = np.clip(templates[labels] + noise, 0, 255)
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return directory
+
+
 def write_sweep(path: Path, **fields: Any) -> Path:
     """A sweep file at `path` on configs/default.yaml; `fields` add to or replace its defaults
     (out_dir next to the file, 2 ranks per job)."""

@@ -1,53 +1,113 @@
-"""A task is this rank's share of the federated problem: its clients' data, the model, the
-local solver and the evaluation metrics. The train loop only talks to this interface."""
+"""Tasks by `data.kind`: which Task class serves a kind, and which config keys it reads.
+
+This module imports no torch: the launcher and the sweep driver check a config against its task
+before any process starts. A task's class is imported only to build it (`build_task`) or to run
+its data checks (`preflight`).
+
+Each entry names the keys its task does NOT read. Setting one of them to anything but its
+default is an error (one line, exit 2) instead of a silently ignored setting: `model.kind=cnn` or
+`algorithm.batch_size=32` on synthetic data would otherwise run the linear model with full-batch
+GD and look like a result. A new data kind adds one entry here and a class with the Task
+interface (pfl_dist/tasks/base.py).
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+from pfl_dist.errors import ConfigError
 
-from pfl_dist.config import Config
+if TYPE_CHECKING:  # the registry itself stays torch-free
+    import torch
+
+    from pfl_dist.config import Config
+    from pfl_dist.tasks.base import Task
 
 
-class Task(Protocol):
-    num_params: int
-    client_ids: range  # the global ids of this rank's clients, contiguous
-    sample_counts: torch.Tensor  # (k,) n_i of this rank's clients, the aggregation weights
-    max_threads: int | None  # intra-op thread cap for this task; None = the runtime's thread rule
+@dataclass(frozen=True)
+class TaskEntry:
+    target: str  # "module:Class" of the Task
+    model_kinds: tuple[str, ...]  # model.kind values the task can build ("auto" always included)
+    unused_keys: tuple[str, ...]  # dotted keys the task never reads
+    description: str
 
-    def init_model(self) -> torch.Tensor:
-        """The shared initial model (P,), identical on every rank."""
-        ...
 
-    def model_state_dict(self, model: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The flat model (P,) as named tensors, for final/global.pt."""
-        ...
+_IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_partitions",
+               "data.classes_per_client", "data.alpha", "data.test_fraction")
+_SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "data.R", "data.center_scale")
+_IMAGES = TaskEntry(
+    target="pfl_dist.tasks.images:ImageTask",
+    model_kinds=("logreg", "linear", "cnn"),
+    unused_keys=_SYNTHETIC_ONLY,
+    description="28x28 grey images from IDX files, partitioned into non-IID clients",
+)
 
-    def local_smoothness(self) -> float:
-        """The largest smoothness constant among this rank's clients (for L = 'auto')."""
-        ...
+TASKS: dict[str, TaskEntry] = {
+    "synthetic": TaskEntry(
+        target="pfl_dist.tasks.synthetic:SyntheticTask",
+        model_kinds=("linear",),
+        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs"),
+        description="the paper's generator: per-client softmax-regression data around true models",
+    ),
+    "fashion_mnist": _IMAGES,
+    "mnist": _IMAGES,
+    "mnist5k": _IMAGES,
+}
 
-    def local_update(
-        self, models: torch.Tensor, rows: torch.Tensor, *, anchor: torch.Tensor, lam: float, lr: float, round_idx: int
-    ) -> torch.Tensor:
-        """Train `models` (one row per client in `rows`, local row indices) in place."""
-        ...
 
-    def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Additive per-rank sums (float64) that one all-reduce turns into job totals."""
-        ...
+def task_entry(kind: str) -> TaskEntry:
+    if kind not in TASKS:
+        raise ConfigError(f"data.kind must be one of {', '.join(sorted(TASKS))}, got {kind!r}")
+    return TASKS[kind]
 
-    def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:
-        ...
+
+def _default(dotted: str) -> Any:
+    from pfl_dist.config import SECTIONS
+
+    section, key = dotted.split(".")
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    return fields[key].default
+
+
+def set_unused_keys(cfg: Config, unused: Sequence[str]) -> list[str]:
+    """The keys of `unused` that the config sets to something other than their default."""
+    return [key for key in unused
+            if getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) != _default(key)]
+
+
+def check_task_config(cfg: Config) -> None:
+    """The config's combination of data kind, model and keys is one its task can run."""
+    kind = cfg.data.kind
+    entry = task_entry(kind)
+    if cfg.model.kind not in ("auto", *entry.model_kinds):
+        raise ConfigError(f"model.kind {cfg.model.kind!r} does not apply to data.kind {kind!r} "
+                          f"(it takes {' or '.join(repr(k) for k in ('auto', *entry.model_kinds))})")
+    ignored = set_unused_keys(cfg, entry.unused_keys)
+    if ignored:
+        settings = ", ".join(f"{key}={getattr(getattr(cfg, key.split('.')[0]), key.split('.')[1])!r}"
+                             for key in ignored)
+        raise ConfigError(f"data.kind {kind!r} does not use {settings}: remove "
+                          f"{'it' if len(ignored) == 1 else 'them'} from the config")
+
+
+def task_class(kind: str) -> type[Task]:
+    module, name = task_entry(kind).target.split(":")
+    cls: type[Task] = getattr(importlib.import_module(module), name)
+    return cls
 
 
 def build_task(cfg: Config, *, client_ids: range, device: torch.device) -> Task:
-    dtype = getattr(torch, cfg.train.dtype)
-    if cfg.data.kind == "synthetic":
-        from pfl_dist.tasks.synthetic import SyntheticTask
+    import torch
 
-        return SyntheticTask(cfg, client_ids=client_ids, device=device, dtype=dtype)
-    from pfl_dist.tasks.images import ImageTask
+    return task_class(cfg.data.kind)(cfg, client_ids=client_ids, device=device, dtype=getattr(torch, cfg.train.dtype))
 
-    return ImageTask(cfg, client_ids=client_ids, device=device, dtype=dtype)
+
+def preflight(cfg: Config) -> None:
+    """Everything a launcher can check before starting ranks: the config's combination, then the
+    task's own data checks (files, partition), which may load the data once."""
+    check_task_config(cfg)
+    task_class(cfg.data.kind).preflight(cfg)

@@ -211,6 +211,10 @@ class ImageTask:
         self.global_y = torch.from_numpy(np.array(dataset.test.labels[shard])).to(device)
         self.naive_sums = self._naive_sums()
 
+    @classmethod
+    def preflight(cls, cfg: Config) -> None:
+        preflight(cfg)
+
     # --- data -----------------------------------------------------------------------------
 
     def _features(self, images: np.ndarray) -> torch.Tensor:

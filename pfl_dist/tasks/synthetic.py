@@ -56,6 +56,10 @@ class SyntheticTask:
         self.scale, self.true_models = self.scale.to(device), self.true_models.to(device)
         self.sample_counts = torch.full((num_clients,), n, dtype=dtype, device=device)
 
+    @classmethod
+    def preflight(cls, cfg: Config) -> None:
+        """Nothing beyond the config: the data is generated from (seed, client id) on each rank."""
+
     def init_model(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.cfg.run.seed)
         return self.model.init_params(generator, dtype=self.dtype).to(self.features.device)

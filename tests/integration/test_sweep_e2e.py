@@ -152,3 +152,45 @@ def test_a_changed_point_is_rerun_and_the_table_shows_its_new_numbers(tmp_path: 
     assert kept == ["a__seed=0", "b__seed=0"]
     for old in (out / "replaced").iterdir():
         assert read_summary(old)["config"]["train"]["num_rounds"] == 4
+
+
+def test_sigterm_to_an_in_job_sweep_checkpoints_the_running_point_and_the_rerun_is_bitwise(tmp_path: Path) -> None:
+    # Prepare: two points in one job; the second is long enough to be running when SIGTERM comes.
+    path = write_sweep(tmp_path / "sweep.yaml", overrides=TINY, grid={"train.num_rounds": [4, 3000]},
+                       launch={"nproc_per_node": 2, "mode": "in_job"})
+    out = tmp_path / "out"
+    long_point = out / "num_rounds=3000__seed=0"
+    sweep = subprocess.Popen(sweep_command(path, "--no-plot"), cwd=REPO, stdout=subprocess.PIPE, text=True)
+    # Execute: SIGTERM the sweep once the long point has logged a few evaluations
+    try:
+        wait_for(long_point / "metrics.jsonl", timeout=240)
+        deadline = time.monotonic() + 120
+        while len((long_point / "metrics.jsonl").read_text().splitlines()) < 3:
+            assert time.monotonic() < deadline, "the long point made no progress"
+            time.sleep(0.05)
+        sweep.send_signal(signal.SIGTERM)
+        interrupted_out = sweep.communicate(timeout=90)[0]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    # Assert: the point stopped at a round boundary with a checkpoint, nothing left running
+    assert sweep.returncode == 130, interrupted_out
+    assert not (long_point / "summary.json").exists()
+    checkpoints = sorted((long_point / "ckpt").glob("round_*"))
+    assert checkpoints, f"no checkpoint in {long_point / 'ckpt'}"
+    stopped_round = int(checkpoints[-1].name.split("_")[1])
+    assert 0 < stopped_round < 3000
+    assert "stopped by SIGTERM" in (out / "logs" / "job-0.err").read_text()
+    assert processes_mentioning(str(out)) == []
+    # Execute: rerun the sweep; run the same point uninterrupted for comparison
+    rerun = run_sweep(path, "--no-plot")
+    alone = run_sweep(path, "--no-plot", "--mode", "per_point", "--only", "num_rounds=3000",
+                      "--out-dir", str(tmp_path / "alone"))
+    # Assert: the resumed point ends bitwise equal to the uninterrupted run
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    resumed, reference = read_summary(long_point), read_summary(tmp_path / "alone" / long_point.name)
+    assert resumed["resumed_from"] == [stopped_round]
+    assert resumed["global_model_sha256"] == reference["global_model_sha256"]
+    assert resumed["final"] == reference["final"]
+    assert resumed["comm"] == reference["comm"]

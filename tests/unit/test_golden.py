@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
 from pfl_dist.data.synthetic import generate_client, generate_clients
 from pfl_dist.runtime import init_runtime
-from pfl_dist.train import Trainer
+from pfl_dist.train import run_session
 
 # 8 clients, half of them sampled per round, so sampling, warm starts of clients that sat out,
 # the envelope step and evaluation every 3 rounds are all exercised.
@@ -86,11 +87,8 @@ GOLDEN_DATA_SHA256 = "547ad3883d153ff24a9fb840aeddeb484cfc7b16b37e845f666e66c53c
 def train_golden(tmp_path: Path, overrides: tuple[str, ...]) -> tuple[dict[str, Any], str]:
     """One in-process run; -> (summary, sha256 of the (m, P) local models)."""
     cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=golden", *overrides])
-    trainer = Trainer(cfg, init_runtime(cfg))
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
+    trainer = run_session(cfg, init_runtime(cfg), StopRequest())
+    summary = trainer.summary
     local_sha = hashlib.sha256(trainer.local_models.contiguous().numpy().tobytes()).hexdigest()
     return summary, local_sha
 

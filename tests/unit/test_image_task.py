@@ -19,22 +19,9 @@ from pfl_dist.models.cnn import CNNModel, PaperCNN
 from pfl_dist.sampling import client_block
 from pfl_dist.solvers.padded import epoch_permutation, plan_epoch, prox_sgd_padded
 from pfl_dist.tasks.images import ImageTask, LogRegModel, check_image_config, client_index_sets, global_test_slice
-from tests.helpers import HAS_FASHION, HAS_MLXTEND, run_cli, run_inprocess, write_idx
+from tests.helpers import HAS_FASHION, HAS_MLXTEND, run_cli, run_inprocess, write_learnable_mnist
 
 CPU = torch.device("cpu")
-
-
-def write_learnable_mnist(directory: Path, *, num_train: int = 3000, num_test: int = 500) -> Path:
-    """MNIST-layout IDX files whose classes are 10 fixed random templates plus noise."""
-    rng = np.random.default_rng(0)
-    templates = rng.integers(0, 256, size=(10, 28, 28))
-    for split, n in (("train", num_train), ("t10k", num_test)):
-        labels = np.arange(n) % 10
-        noise = rng.integers(-60, 61, size=(n, 28, 28))
-        images = np.clip(templates[labels] + noise, 0, 255)
-        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
-        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from pfl_dist.checkpoint import StopRequest
 from pfl_dist.runtime import Runtime
 from pfl_dist.sweep.plot import main as plot_main
 from pfl_dist.sweep.plot import render, styles
@@ -19,22 +20,22 @@ from pfl_dist.sweep.spec import load_sweep
 from pfl_dist.sweep.style import method_styles
 from pfl_dist.sweep.tradeoff import Curve, byte_axis, bytes_to_reach, default_targets, pareto_front
 from pfl_dist.sweep.worker import run_point
-from tests.helpers import TINY, write_sweep
+from tests.helpers import TINY, write_learnable_mnist, write_sweep
 
 METHODS = {"fedavg": {"algorithm.name": "fedavg"}, "local": {"algorithm.name": "local", "algorithm.lam": 0.0},
            "clup": {"algorithm.name": "fedclup", "algorithm.lam": [0.1, 1.0]}}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def tiny_sweep(out: Path, **fields: Any) -> Path:
+def tiny_sweep(out: Path, overrides: dict[str, Any] = TINY, **fields: Any) -> Path:
     """Train every point of a sweep in this process on one Runtime, as the in-job worker does
-    (one Trainer per point), minus the ranks."""
-    path = write_sweep(out.with_suffix(".yaml"), out_dir=str(out), overrides=TINY,
+    (one session per point), minus the ranks."""
+    path = write_sweep(out.with_suffix(".yaml"), out_dir=str(out), overrides=overrides,
                        launch={"nproc_per_node": 1}, **fields)
     sweep = load_sweep(path)
     runtime = Runtime(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend=None)
     for point in sweep.points:
-        run_point(point.cfg, runtime, {"name": point.name, "variant": point.variant})
+        run_point(point.cfg, runtime, {"name": point.name, "variant": point.variant}, stop=StopRequest())
     write_results_csv(out / "results.csv", find_runs(out, [p.name for p in sweep.points]))
     return out
 
@@ -42,13 +43,18 @@ def tiny_sweep(out: Path, **fields: Any) -> Path:
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("sweeps")
+    (root / "mnist").mkdir()
+    mnist = write_learnable_mnist(root / "mnist", num_train=600, num_test=100)
+    images = {"data.kind": "mnist", "data.data_dir": str(mnist), "data.num_clients": 4, "data.num_partitions": 6,
+              "algorithm.local_lr": 0.05, "algorithm.global_lr": "1/lam", "algorithm.batch_size": 16,
+              "algorithm.local_epochs": 1, "train.num_rounds": 2, "train.eval_every": 1}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread avoids sync costs on a busy box
     yield {
         "R": tiny_sweep(root / "r", variants=METHODS, grid={"data.R": [0.5, 2.0]}),
         "K": tiny_sweep(root / "k", grid={"algorithm.num_local_steps": [2, 5]}),
         "classes": tiny_sweep(root / "c", variants={k: METHODS[k] for k in ("fedavg", "local")},
-                              grid={"data.classes_per_client": [2, 3]}),
+                              grid={"data.classes_per_client": [2, 3]}, overrides=images),
         "none": tiny_sweep(root / "n", variants=METHODS),
     }
     torch.set_num_threads(threads)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
 from pfl_dist.runtime import init_runtime
-from pfl_dist.train import Trainer
+from pfl_dist.train import Trainer, run_session
 from pfl_dist.train import main as train_main
 from tests.helpers import REPO, read_metrics, read_summary, run_cli, run_inprocess
 
@@ -19,10 +20,7 @@ SMALL = ("data.num_clients=6", "data.samples_per_client=80", "algorithm.num_loca
 
 def train_models(tmp_path: Path, *overrides: str) -> Trainer:
     cfg = load_config(None, [f"run.out_dir={tmp_path}", *SMALL, *overrides])
-    trainer = Trainer(cfg, init_runtime(cfg))
-    trainer.train()
-    trainer.close()
-    return trainer
+    return run_session(cfg, init_runtime(cfg), StopRequest())
 
 
 def test_lambda_zero_leaves_local_models_equal_to_pure_local_training(tmp_path: Path) -> None:

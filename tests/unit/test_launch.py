@@ -1,0 +1,75 @@
+"""pfl_dist.launch in-process: its own usage, and every config error caught before torchrun starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pfl_dist import launch
+from tests.helpers import REPO
+
+DEFAULT = str(REPO / "configs" / "default.yaml")
+
+
+@pytest.fixture
+def no_torchrun(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Records torchrun commands instead of running them."""
+    started: list[list[str]] = []
+    monkeypatch.setattr(launch, "run_torchrun", lambda command, env: started.append(command) or 0)
+    return started
+
+
+def test_help_shows_pfl_dist_usage_then_torchrun_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert launch.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m pfl_dist.launch")
+    assert out.index("pfl_dist options:") < out.index("torchrun options, passed through")
+    assert "--nproc-per-node" in out and "algorithm.lam=0.1" in out
+
+
+def test_help_torchrun_lists_every_torchrun_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert launch.main(["--help-torchrun"]) == 0
+    out = capsys.readouterr().out
+    assert "All torchrun options:" in out and "--rdzv-backend" in out and "--max-restarts" in out
+
+
+def test_flag_list_matches_torchruns_parser() -> None:
+    from torch.distributed.run import get_args_parser
+
+    flags = {opt for action in get_args_parser()._actions if action.nargs == 0
+             for opt in action.option_strings if opt not in ("-h", "--help")}
+    assert flags == launch.TORCHRUN_FLAGS
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["algoritm.lam=0.1"], "unknown config section 'algoritm' in 'algoritm.lam=0.1' (did you mean 'algorithm'?)"),
+    (["algorithm.lamda=0.1"], "unknown config key 'algorithm.lamda' (did you mean 'algorithm.lam'?)"),
+    (["comm.backend=nccl"], "comm.backend=nccl needs CUDA"),
+    (["run.device=cuda"], "run.device=cuda needs CUDA"),
+    (["model.kind=cnn"], "model.kind 'cnn' does not apply to data.kind 'synthetic'"),
+    (["algorithm.batch_size=32"], "data.kind 'synthetic' does not use algorithm.batch_size=32"),
+    (["stray"], "unexpected argument 'stray'"),
+    (["-m", "other.module"], "-m is not supported: pfl_dist.launch always runs pfl_dist.train"),
+    (["data.num_clients=2", "--nnodes", "3"], "data.num_clients (2) must be >= the world size (6)"),
+])
+def test_config_errors_are_one_line_exit_2_and_start_no_torchrun(
+    args: list[str], message: str, no_torchrun: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = launch.main(["--nproc-per-node=2", "--config", DEFAULT, *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("pfl_dist: error: "), err
+    assert message in err
+    assert no_torchrun == []
+
+
+def test_a_valid_command_reaches_torchrun_with_its_options_and_overrides(no_torchrun: list[list[str]],
+                                                                         tmp_path: Path) -> None:
+    code = launch.main(["--nproc-per-node", "2", "--max-restarts=1", "--config", DEFAULT, "algorithm.lam=0.1",
+                        f"run.out_dir={tmp_path}"])
+    assert code == 0
+    [command] = no_torchrun
+    assert command[-7:] == ["--max-restarts=1", "-m", "pfl_dist.train", "--config", DEFAULT, "algorithm.lam=0.1",
+                            f"run.out_dir={tmp_path}"]
+    assert command[3:6] == ["--standalone", "--nproc-per-node", "2"]
