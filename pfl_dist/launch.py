@@ -9,11 +9,15 @@ without which an elastic restart of a gloo group fails to reconnect (docs/RELIAB
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from types import FrameType
+from typing import Any
 
 from pfl_dist.config import SECTIONS, Config, did_you_mean, load_config
 from pfl_dist.errors import ConfigError, PflError
@@ -182,19 +186,82 @@ _TORCHRUN_FAILURES = {
 }
 
 
+# The rank-0 worker's last line when a job stopped on request (pfl_dist.train; exit 75).
+_STOP_MESSAGE = "pfl_dist: stopped by "
+# torchrun's agent re-raises the forwarded signal as this exception once its workers are down.
+_AGENT_SIGNALLED = "SignalException"
+
+
+class _StopForwarder:
+    """Forwards SIGTERM/SIGINT to torchrun's process group and remembers the first one.
+
+    torchrun runs in its own session, so a Ctrl-C in a terminal (which signals the foreground
+    process group) or `docker stop` (which signals the container's init, which signals us) reaches
+    the agent exactly once, from here. The agent then sends SIGTERM to its workers (each in a
+    session of its own), which stop at a round boundary with a checkpoint and exit 75."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        self.forward(signum)
+
+    def forward(self, signum: int) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+
 def run_torchrun(command: list[str], *, env: dict[str, str]) -> int:
-    """Run torchrun, passing its stderr through, and end a known failure with one clear line."""
+    """Run torchrun, passing its stderr through, and end a known failure with one clear line.
+
+    Stops: a SIGTERM/SIGINT to the launcher goes to torchrun's process group (`_StopForwarder`).
+    When this node's rank 0 reports a stop (it may have come from another node's signal, carried
+    in the round's all-reduce), the launcher ends its own agent too, so that the agent does not
+    restart the stopped workers (--max-restarts) into a rendezvous that nobody else joins. Either
+    way the launcher exits 75, like the workers: rerun the same command to resume."""
     seen: set[str] = set()
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    worker_stopped = False
+    agent_signalled = False
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
+                               start_new_session=True)
     assert process.stderr is not None
+    forwarder = _StopForwarder(process)
+    forwarder.install()
     try:
         for line in process.stderr:
             sys.stderr.write(line)
             seen.update(marker for marker in _TORCHRUN_FAILURES if marker in line)
+            agent_signalled = agent_signalled or _AGENT_SIGNALLED in line
+            if line.startswith(_STOP_MESSAGE) and not worker_stopped:
+                worker_stopped = True
+                if forwarder.signal_name is None:  # one signal only: a second one interrupts the workers
+                    forwarder.forward(signal.SIGTERM)
         code = process.wait()
-    except KeyboardInterrupt:
-        process.wait()
-        return 130
+    finally:
+        forwarder.uninstall()
+    # The agent ends non-zero (1, its SignalException) when it stops its workers on a signal.
+    if code != 0 and (worker_stopped or (forwarder.signal_name is not None and agent_signalled)):
+        from pfl_dist.checkpoint import STOPPED_EXIT_CODE  # here: torch is slow to import
+
+        if not worker_stopped:
+            print(f"pfl_dist: stopped by {forwarder.signal_name} (forwarded to torchrun, whose workers checkpoint "
+                  "the last completed round); rerun the same command to resume", file=sys.stderr, flush=True)
+        return STOPPED_EXIT_CODE
     for marker in seen if code else ():
         print(f"pfl_dist: error: {_TORCHRUN_FAILURES[marker]}", file=sys.stderr)
     return code

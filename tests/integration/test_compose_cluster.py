@@ -7,7 +7,6 @@ Needs root (network namespaces); skips with the reason otherwise. About 30 s on 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,18 +33,11 @@ CLUSTER_OVERRIDES = (
 TOLERANCE = 0.10
 
 
-def _torchrun() -> str:
-    beside_python = Path(sys.executable).with_name("torchrun")
-    found = str(beside_python) if beside_python.exists() else shutil.which("torchrun")
-    if found is None:
-        pytest.skip("torchrun is neither next to this python nor on PATH")
-    return found
-
-
 def _node_services(compose_file: Path) -> list[str]:
-    """The torchrun services, `master` first: it hosts the c10d rendezvous."""
+    """The training services (`python -m pfl_dist.launch`), `master` first: it hosts the c10d
+    rendezvous."""
     services = load_compose_services(compose_file)
-    nodes = [n for n, s in services.items() if Path(s.command[0]).name == "torchrun"]
+    nodes = [n for n, s in services.items() if s.command[:3] == ("python", "-m", "pfl_dist.launch")]
     return sorted(nodes, key=lambda n: n != "master")
 
 
@@ -64,7 +56,6 @@ def test_compose_cluster_measured_wire_bytes_match_model(tmp_path: Path) -> None
     available, reason = netns_available()
     if not available:
         pytest.skip(f"cannot emulate the compose cluster: {reason}")
-    torchrun = _torchrun()
     if not (REPO / "pfl_dist" / "train.py").exists():
         pytest.skip("pfl_dist/train.py is not there yet")
 
@@ -81,7 +72,7 @@ def test_compose_cluster_measured_wire_bytes_match_model(tmp_path: Path) -> None
             cluster.start(
                 name,
                 path_map={"/app": REPO, "/runs": runs},
-                executables={"torchrun": torchrun},
+                executables={"python": sys.executable},
                 overrides=CLUSTER_OVERRIDES,
                 log_dir=logs,
             )
