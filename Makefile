@@ -54,3 +54,21 @@ check: lint typecheck
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Docker (docker/; README "Docker cluster"). Offline: no registry pull, no index inside the build.
+.PHONY: docker-base docker-image docker-test
+DOCKER_IMAGE ?= pfl_dist:cpu
+
+# A Debian bookworm base image from the host's Debian mirror (debootstrap + docker import).
+docker-base:
+	bash docker/make_base.sh
+
+# Wheelhouse from `pip download` (host pip configuration, plus setuptools and wheel), then a
+# multi-stage build with --no-index --find-links on the debootstrap base (made when missing).
+docker-image: $(STAMP)
+	PYTHON=$(PY) bash docker/build_image.sh $(DOCKER_IMAGE)
+
+# Build, then master + 2 workers with docker-compose, stop/resume, TensorBoard, cleanup.
+# Starts dockerd when none runs (and stops it again); skips with the reason where it cannot.
+docker-test: $(STAMP)
+	$(PY) -m pytest -q -s -rs --durations=5 tests/integration/test_docker_compose.py

@@ -186,7 +186,10 @@ _TORCHRUN_FAILURES = {
 }
 
 
-# The rank-0 worker's last line when a job stopped on request (pfl_dist.train; exit 75).
+# The rank-0 worker's last line when a job stopped on request (pfl_dist.train), and the exit code
+# of a stopped worker: pfl_dist.checkpoint.STOPPED_EXIT_CODE, not imported because that imports torch
+# (20 s on a loaded machine, between the job's end and the launcher's).
+_STOPPED_EXIT_CODE = 75
 _STOP_MESSAGE = "pfl_dist: stopped by "
 # torchrun's agent re-raises the forwarded signal as this exception once its workers are down.
 _AGENT_SIGNALLED = "SignalException"
@@ -256,12 +259,10 @@ def run_torchrun(command: list[str], *, env: dict[str, str]) -> int:
         forwarder.uninstall()
     # The agent ends non-zero (1, its SignalException) when it stops its workers on a signal.
     if code != 0 and (worker_stopped or (forwarder.signal_name is not None and agent_signalled)):
-        from pfl_dist.checkpoint import STOPPED_EXIT_CODE  # here: torch is slow to import
-
         if not worker_stopped:
             print(f"pfl_dist: stopped by {forwarder.signal_name} (forwarded to torchrun, whose workers checkpoint "
                   "the last completed round); rerun the same command to resume", file=sys.stderr, flush=True)
-        return STOPPED_EXIT_CODE
+        return _STOPPED_EXIT_CODE
     for marker in seen if code else ():
         print(f"pfl_dist: error: {_TORCHRUN_FAILURES[marker]}", file=sys.stderr)
     return code
