@@ -9,8 +9,9 @@ Layout (one shard per rank, so no rank ever waits for another to write):
                                    .pt, the client ids it holds, and the result-relevant config
 
 Both files are written atomically (temp file + fsync + os.replace). A shard counts only when its
-marker exists and the .pt matches the marker's checksum, so a truncated or corrupt newest shard
-is skipped with a warning and an older round is used.
+marker exists, the .pt matches the marker's checksum and it loads (torch.load with
+weights_only, the expected round and client rows), so a truncated, corrupt or undecodable newest
+shard is skipped with a warning and an older round is used.
 
 Resume: each rank votes, for every round, whether it can load that round (all the shards
 holding its clients verify). One all_reduce(MIN) of the votes, through the Communicator as
@@ -161,7 +162,7 @@ class Checkpointer:
         self.keep = keep
         self.config = resume_config(config)
         self.conflict: str | None = None  # set by `votes` when a checkpoint has another config
-        self._verified: dict[Path, bytes] = {}  # shard bytes checked by `votes`, read once for `load`
+        self._verified: dict[Path, dict[str, Any]] = {}  # shard states checked by `votes`, read once for `load`
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -259,9 +260,26 @@ class Checkpointer:
             if shard.clients != block:
                 raise ValueError(f"{shard.path} holds clients {shard.clients}, expected {block}")
             if verify:
-                self._verified[shard.path] = shard.read_verified()
+                self._verified[shard.path] = self._read_state(shard, round_num)
             shards.append(shard)
         return shards
+
+    @staticmethod
+    def _read_state(shard: Shard, round_num: int) -> dict[str, Any]:
+        """The shard's state, checksum verified and decoded; ValueError when it does not load (a
+        matching checksum only proves the bytes are the ones written, not that they decode)."""
+        data = shard.read_verified()
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            ok = (isinstance(state, dict) and state.get("format") == FORMAT_VERSION and state.get("round") == round_num
+                  and all(isinstance(state.get(part), dict) for part in ("clients", "replicated", "rank"))
+                  and all(isinstance(rows, torch.Tensor) and rows.shape[:1] == (len(shard.clients),)
+                          for rows in state["clients"].values()))
+        except Exception as err:  # noqa: BLE001 (unpickling raises anything from the bytes it reads)
+            raise ValueError(f"{shard.path} does not load ({type(err).__name__})") from None
+        if not ok:
+            raise ValueError(f"{shard.path} does not hold a round {round_num} shard of {len(shard.clients)} clients")
+        return dict(state)
 
     def votes(self, num_rounds: int, *, complete: bool) -> torch.Tensor:
         """[not complete, no config conflict, can load round 0, 1, ..., num_rounds - 1] as 0/1.
@@ -289,12 +307,10 @@ class Checkpointer:
         """This rank's state at `round_num`, assembled by client id from the shards holding it."""
         parts = []
         for shard in self.needed_shards(round_num, verify=False):
-            data = self._verified.pop(shard.path, None) or shard.read_verified()
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            state = self._verified.pop(shard.path, None) or self._read_state(shard, round_num)
             parts.append((shard, state))
         self._verified.clear()
         first = parts[0][1]
-        assert first["format"] == FORMAT_VERSION and first["round"] == round_num
         clients = {}
         for name in first["clients"]:
             rows = [state["clients"][name][self._overlap(shard.clients)] for shard, state in parts]

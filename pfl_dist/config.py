@@ -3,6 +3,12 @@
 Precedence is CLI override > YAML file > dataclass default. Every key is checked when the
 config is built: unknown keys, wrong types and out-of-range values raise `ConfigError` with
 the dotted key in the message ("algorithm.lam must be >= 0, got -1.0").
+
+Hostile input is bounded here (docs/RELIABILITY.md, "Hostile input"): YAML files and override
+values are read by `StrictLoader`, which refuses aliases (an alias bomb expands exponentially)
+and duplicate keys (a silent winner), files are at most MAX_YAML_BYTES, `run.name` is one safe
+path component, and every count, size, seed and timeout has an upper bound (the MAX_* constants), so a
+typo such as `train.num_rounds=1e20` fails here in one line instead of overflowing downstream.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -30,6 +37,35 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key} {message}")
 
 
+# Upper bounds for values that overflow or exhaust something downstream (inclusive).
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+MAX_ROUNDS = 10**6  # the resume vote is one byte per round
+MAX_COUNT = 10**9  # clients, samples, partitions, steps, epochs, batch size, dim: memory decides first
+MAX_CLASSES = 10**6
+MAX_MAGNITUDE = 1e6  # data.R and data.center_scale: 1e300 turns the synthetic data into inf
+TIMEOUT_RANGE_S = (1.0, 7 * 24 * 3600.0)  # below 1 s every collective times out; timedelta overflows
+MAX_NAME_BYTES = 255  # a file name on Linux file systems
+
+
+def _require_range(value: float, key: str, low: float, high: float) -> None:
+    _require(low <= value <= high, key, f"must be in [{low:g}, {high:g}], got {value:g}")
+
+
+def check_path_component(name: str, key: str) -> None:
+    """`name` is one folder name: not '', '.' or '..'; no '/', NUL or control characters; at most
+    255 bytes. Anything else would escape the parent folder or fail in the file system."""
+    shown = repr(name if len(name) <= 60 else name[:60] + "...")
+    ok = name not in ("", ".", "..") and "/" not in name and name.isprintable()
+    _require(ok, key, f"must be a single folder name (not '.' or '..', no '/', NUL or control characters), "
+             f"got {shown}")
+    size = len(os.fsencode(name))
+    _require(size <= MAX_NAME_BYTES, key, f"must be at most {MAX_NAME_BYTES} bytes, got {size} bytes ({shown})")
+
+
+def check_path_text(path: str, key: str) -> None:
+    _require("\0" not in path, key, "must not contain a NUL character")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # run directory name below out_dir; auto = <method>-<hash of the result-relevant config>
@@ -39,8 +75,9 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty folder name")
-        _require(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
+        check_path_component(self.name, "run.name")
+        check_path_text(self.out_dir, "run.out_dir")
+        _require(0 <= self.seed <= MAX_SEED, "run.seed", f"must be in [0, 2**63 - 1], got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -66,12 +103,20 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(self.num_partitions == "auto" or self.num_partitions >= 1, "data.num_partitions",
                  f"must be >= 1 or 'auto', got {self.num_partitions}")
+        _require(self.num_partitions == "auto" or self.num_partitions <= MAX_COUNT, "data.num_partitions",
+                 f"must be at most {MAX_COUNT}, got {self.num_partitions}")
         for key in ("num_clients", "samples_per_client", "dim"):
             value = getattr(self, key)
             _require(value >= 1, f"data.{key}", f"must be >= 1, got {value}")
-        _require(self.num_classes >= 2, "data.num_classes", f"must be >= 2, got {self.num_classes}")
+            _require(value <= MAX_COUNT, f"data.{key}", f"must be at most {MAX_COUNT}, got {value}")
+        _require(2 <= self.num_classes <= MAX_CLASSES, "data.num_classes",
+                 f"must be in [2, {MAX_CLASSES}], got {self.num_classes}")
         _require(self.R >= 0, "data.R", f"must be >= 0, got {self.R}")
         _require(self.center_scale >= 0, "data.center_scale", f"must be >= 0, got {self.center_scale}")
+        _require_range(self.R, "data.R", 0, MAX_MAGNITUDE)
+        _require_range(self.center_scale, "data.center_scale", 0, MAX_MAGNITUDE)
+        if self.data_dir is not None:
+            check_path_text(self.data_dir, "data.data_dir")
         _require(1 <= self.classes_per_client <= 10, "data.classes_per_client",
                  f"must be in 1..10, got {self.classes_per_client}")
         _require(self.alpha > 0, "data.alpha", f"must be > 0, got {self.alpha}")
@@ -122,6 +167,10 @@ class AlgorithmConfig:
         for key in ("local_lr", "global_lr", "smoothness"):
             value = getattr(self, key)
             _require(isinstance(value, str) or value > 0, f"algorithm.{key}", f"must be > 0 or 'auto', got {value}")
+        for key in ("num_local_steps", "local_epochs", "batch_size"):
+            value = getattr(self, key)
+            _require(value is None or value <= MAX_COUNT, f"algorithm.{key}",
+                     f"must be at most {MAX_COUNT}, got {value}")
         _require(self.num_local_steps >= 1, "algorithm.num_local_steps",
                  f"must be >= 1, got {self.num_local_steps}")
         _require(self.local_epochs >= 1, "algorithm.local_epochs", f"must be >= 1, got {self.local_epochs}")
@@ -141,7 +190,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_rounds >= 1, "train.num_rounds", f"must be >= 1, got {self.num_rounds}")
+        _require(self.num_rounds <= MAX_ROUNDS, "train.num_rounds",
+                 f"must be at most {MAX_ROUNDS}, got {self.num_rounds}")
         _require(self.eval_every >= 1, "train.eval_every", f"must be >= 1, got {self.eval_every}")
+        _require(self.eval_every <= MAX_ROUNDS, "train.eval_every",
+                 f"must be at most {MAX_ROUNDS}, got {self.eval_every}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +214,7 @@ class CommConfig:
             parse_codec(self.codec)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        _require_range(self.timeout_s, "comm.timeout_s", *TIMEOUT_RANGE_S)
 
 
 @dataclass(frozen=True)
@@ -171,6 +225,8 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         _require(self.every >= 0, "checkpoint.every", f"must be >= 0, got {self.every}")
         _require(self.keep >= 1, "checkpoint.keep", f"must be >= 1, got {self.keep}")
+        _require(self.every <= MAX_ROUNDS, "checkpoint.every", f"must be at most {MAX_ROUNDS}, got {self.every}")
+        _require(self.keep <= MAX_ROUNDS, "checkpoint.keep", f"must be at most {MAX_ROUNDS}, got {self.keep}")
 
 
 @dataclass(frozen=True)
@@ -285,26 +341,83 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or key.count(".") != 1 or not all(key.split(".")):
         raise ConfigError(f"override '{text}' must look like section.key=value")
     try:
-        parsed = yaml.safe_load(value) if value else None
-    except yaml.YAMLError:
+        parsed = load_yaml_text(value) if value else None
+    except (yaml.YAMLError, RecursionError):
         parsed = value  # an unparsable value stays a string and the type check decides
     return key.split("."), parsed
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+# --- YAML: bounded and unambiguous -----------------------------------------------------------
+
+MAX_YAML_BYTES = 1_000_000  # the shipped configs and sweeps are under 2 KB
+
+
+class YamlRefused(yaml.YAMLError):
+    """Valid YAML that pfl_dist refuses: an alias or a duplicate key (with where it is)."""
+
+    def __init__(self, message: str, mark: yaml.Mark | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problem_mark = mark
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases (`*name`, also in `<<: *name` merges) and with duplicate
+    mapping keys as an error. Aliases are what make a few hundred bytes expand to gigabytes (an
+    "alias bomb"); configs never need them. A duplicate key silently keeps the last value."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YamlRefused(f"uses the YAML alias *{event.anchor}; aliases are not supported, write the value out",
+                              event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader reports it
+            if duplicate:
+                raise YamlRefused(f"has the key {key!r} twice", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """yaml.safe_load with StrictLoader."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+
+
+def read_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping; ConfigError naming the file (and line) otherwise."""
     path = Path(path)
+    check_path_text(str(path), what)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {path} is {size} bytes; at most {MAX_YAML_BYTES} are read")
+        raw = load_yaml_text(path.read_text())
+    except YamlRefused as err:
+        line = f" (line {err.problem_mark.line + 1})" if err.problem_mark is not None else ""
+        raise ConfigError(f"{what} {path} {err.message}{line}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is nested too deeply") from None
+    except OSError as err:
+        raise ConfigError(f"{what} {path} cannot be read: {err.strerror or err}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{what} {path} must hold a mapping of sections, got {type(raw).__name__}")
     return raw
 
 

@@ -25,3 +25,11 @@ class DivergenceError(PflError):
     """A local or global model became NaN/inf. Names the round and the client."""
 
     exit_code = 3
+    rank_specific = True  # each rank names its own client, so every rank prints its line
+
+
+class NonFiniteMetricError(DivergenceError):
+    """An evaluation metric is NaN/inf (the same on every rank: only rank 0 prints it). Results
+    are JSON without NaN/Infinity, so such a round is never written."""
+
+    rank_specific = False

@@ -129,6 +129,11 @@ def planned_world_size(torchrun_args: Sequence[str]) -> int:
     return int(nproc) * int(max_nodes)
 
 
+def ranks_per_node(torchrun_args: Sequence[str]) -> int:
+    nproc = option_value(torchrun_args, "--nproc-per-node", "--nproc_per_node") or "1"
+    return int(nproc) if nproc.isdigit() else 1
+
+
 def check_device(cfg: Config) -> None:
     """CUDA settings on a machine without CUDA fail here, not in every rank (torch is imported only
     when the config asks for CUDA)."""
@@ -143,10 +148,16 @@ def check_device(cfg: Config) -> None:
                           "and run.device=cpu (or auto)")
 
 
-def preflight(cfg: Config, *, world_size: int) -> None:
-    """Everything that can be checked before any process starts."""
+def preflight(cfg: Config, *, world_size: int, ranks_here: int = 1) -> None:
+    """Everything that can be checked before any process starts (`ranks_here`: the ranks this
+    machine will run, whose memory must fit here)."""
+    from pfl_dist.outputs import check_run_dir
+    from pfl_dist.resources import check_memory
+
     cfg.check_world_size(world_size)
     check_device(cfg)
+    check_run_dir(cfg.run_dir)
+    check_memory(cfg, world_size=world_size, ranks_here=ranks_here)
     # May load the data once (~1 s for images), so corrupt files and impossible partitions fail here.
     task_preflight(cfg)
 
@@ -168,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         torchrun_args, config, overrides = split_args(args)
         cfg = load_config(config, overrides)
-        preflight(cfg, world_size=planned_world_size(torchrun_args))
+        preflight(cfg, world_size=planned_world_size(torchrun_args), ranks_here=ranks_per_node(torchrun_args))
     except PflError as err:
         print(f"pfl_dist: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -9,6 +9,46 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pfl_dist.errors import ConfigError
+
+# What a run writes below its run dir, by kind: checked by `check_run_dir` before any write.
+RUN_DIR_FOLDERS = ("final", "ckpt")
+RUN_DIR_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "sweep_point.json", "final/global.pt")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """ConfigError when the run dir, a folder or a file a run writes in it, or a checkpoint round
+    folder is a symlink or the wrong kind of file. A run never writes or deletes through a link
+    (`run_dir/final -> /elsewhere` would otherwise have /elsewhere/global.pt replaced)."""
+    def refuse(path: Path, problem: str) -> ConfigError:
+        return ConfigError(f"{path} is {problem}; a run writes only real folders and files below its run dir "
+                           "(move it away or use another run.name)")
+
+    entries = [(run_dir, True), *[(run_dir / n, True) for n in RUN_DIR_FOLDERS],
+               *[(run_dir / n, False) for n in RUN_DIR_FILES]]
+    ckpt = run_dir / "ckpt"
+    if ckpt.is_dir() and not ckpt.is_symlink() and not run_dir.is_symlink():
+        entries += [(path, True) for path in sorted(ckpt.glob("round_*"))]
+    for path, folder in entries:
+        if path.is_symlink():
+            raise refuse(path, "a symlink")
+        if folder and path.exists() and not path.is_dir():
+            raise refuse(path, "a file, not a folder")
+        if not folder and path.exists() and not path.is_file():
+            raise refuse(path, "not a regular file")
+
+
+def parse_record(line: bytes | str) -> dict[str, Any] | None:
+    """A metrics.jsonl line as its record; None when the line is not one (`5`, torn or damaged
+    JSON, a record without an integer round or a metrics mapping)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or type(record.get("round")) is not int:
+        return None
+    return record if isinstance(record.get("metrics"), dict) else None
+
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """temp file + fsync + os.replace: readers see the old file or the whole new one."""
@@ -26,7 +66,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
 
 
 def format_bytes(num: float) -> str:

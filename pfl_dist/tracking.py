@@ -19,33 +19,103 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pfl_dist.comm import Counters, Traffic
-from pfl_dist.outputs import write_bytes_atomic, write_json_atomic
+from pfl_dist.outputs import parse_record, write_bytes_atomic, write_json_atomic
 
 TRADEOFF_METRICS = ("acc_personal", "acc_global", "ITR", "ATR")
 _RESULT_FILES = ("metrics.jsonl", "summary.json", "final")
-
-
 def metric_tag(name: str) -> str:
     return f"train/{name}" if name.startswith("loss") else f"eval/{name}"
 
 
+def read_records(path: Path) -> tuple[list[bytes | None], int]:
+    """The records of a TFRecord (TensorBoard event) file in order, and how many were damaged.
+
+    A record is `length (u64) | masked crc32c of length | payload | masked crc32c of payload`.
+    A payload whose checksum fails is one damaged record (None in the list; its length is still
+    trusted, since the length's own checksum passed). A length whose checksum fails is one damaged
+    record too: the reader then searches forward for the next offset where a length and its
+    payload both verify, so one flipped bit costs one record, not the rest of the file. A record
+    cut short at the end of the file (a crash while writing it) is dropped without counting.
+    """
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    data = path.read_bytes()
+
+    def record_at(pos: int) -> tuple[bool, int] | None:
+        """-> (payload verifies, end) for a verified length at `pos`; None when there is none."""
+        header = data[pos: pos + 8]
+        if len(data) - pos < 12 or masked_crc32c(header) != struct.unpack("<I", data[pos + 8: pos + 12])[0]:
+            return None
+        end = pos + 12 + struct.unpack("<Q", header)[0] + 4
+        if end > len(data):
+            return None
+        payload = data[pos + 12: end - 4]
+        return masked_crc32c(payload) == struct.unpack("<I", data[end - 4: end])[0], end
+
+    records: list[bytes | None] = []
+    damaged, pos = 0, 0
+    while pos < len(data):
+        found = record_at(pos)
+        if found is None:
+            resync = next((p for p in range(pos + 1, len(data) - 12) if (r := record_at(p)) is not None and r[0]), None)
+            if resync is None:  # nothing intact follows: a record cut short at the end, or damage
+                damaged += int(len(data) - pos >= 12 and not _length_verifies(data, pos))
+                break
+            records.append(None)
+            damaged += 1
+            pos = resync
+            continue
+        intact, end = found
+        records.append(data[pos + 12: end - 4] if intact else None)
+        damaged += int(not intact)
+        pos = end
+    return records, damaged
+
+
+def _length_verifies(data: bytes, pos: int) -> bool:
+    """The length at `pos` matches its checksum (then a failing record there was cut short)."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    return bool(masked_crc32c(data[pos: pos + 8]) == struct.unpack("<I", data[pos + 8: pos + 12])[0])
+
+
 def first_events(paths: list[Path], num_events: int) -> list[Any]:
     """The first `num_events` summary events of the event files, in the order they were written
-    (files ordered by their first event's time; a torn last record ends a file)."""
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    (files ordered by their first event's time; a torn last record ends a file).
+
+    A damaged record is counted where it was (as one event) and dropped, so the events after it
+    are kept and still line up with `num_events`; one warning line says how many were lost.
+    """
+    from google.protobuf.message import DecodeError
     from tensorboard.compat.proto.event_pb2 import Event
 
-    # Raw records parsed as they are (EventFileLoader would migrate scalars to tensor summaries).
-    loaded = [[Event.FromString(record) for record in RawEventFileLoader(str(path)).Load()] for path in paths]
-    loaded.sort(key=lambda events: events[0].wall_time if events else 0.0)
-    summaries = [event for events in loaded for event in events if event.HasField("summary")]
-    return summaries[:num_events]
+    loaded: list[list[Any]] = []
+    lost = 0
+    for path in paths:
+        records, damaged = read_records(path)
+        events: list[Any] = []
+        for record in records:
+            try:
+                events.append(Event.FromString(record) if record is not None else None)
+            except DecodeError:
+                events.append(None)
+                damaged += 1
+        if damaged:
+            lost += damaged
+            print(f"pfl_dist: warning: {path}: {damaged} damaged TensorBoard record(s) dropped, "
+                  f"{sum(e is not None for e in events)} intact ones kept", file=sys.stderr, flush=True)
+        loaded.append(events)
+    loaded.sort(key=lambda events: next((e.wall_time for e in events if e is not None), 0.0))
+    summaries = [e for events in loaded for e in events if e is None or e.HasField("summary")]
+    return [e for e in summaries[:num_events] if e is not None]
 
 
 class NullLogger:
@@ -123,17 +193,20 @@ class RunLogger(NullLogger):
             events.unlink()
 
     def _truncate_metrics(self, last_round: int) -> None:
-        """Keep the records of rounds <= last_round; a torn last line is dropped."""
-        records = []
-        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+        """Keep the records of rounds <= last_round, as the bytes they were. A line that is not a
+        record (a torn last line, `5`, damaged JSON) is dropped with one warning line."""
+        kept, bad = [], 0
+        lines = self.metrics_path.read_bytes().splitlines() if self.metrics_path.exists() else []
         for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record["round"] <= last_round:
-                records.append(record)
-        write_bytes_atomic(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records).encode())
+            record = parse_record(line)
+            if record is None:
+                bad += line.strip() != b""
+            elif record["round"] <= last_round:
+                kept.append(line + b"\n")
+        if bad:
+            print(f"pfl_dist: warning: {self.metrics_path}: {bad} malformed line(s) dropped", file=sys.stderr,
+                  flush=True)
+        write_bytes_atomic(self.metrics_path, b"".join(kept))
 
     def _add_layout(self) -> None:
         layout = {
@@ -164,7 +237,7 @@ class RunLogger(NullLogger):
                 self._scalar(f"comm/{key}_cum", value, round_num)
         self._log_tradeoff(record)
         with open(self.metrics_path, "a") as f:  # reopened per record: a crash loses no line
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def _log_tradeoff(self, record: dict[str, Any]) -> None:
         wire = int(record["comm"]["wire_bytes_model"])

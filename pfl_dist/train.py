@@ -41,11 +41,12 @@ from pfl_dist.checkpoint import (
 )
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config, method_uses_lam
-from pfl_dist.errors import DivergenceError, PflError
+from pfl_dist.errors import DivergenceError, NonFiniteMetricError, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
-from pfl_dist.outputs import format_bytes, write_bytes_atomic
+from pfl_dist.outputs import check_run_dir, format_bytes, write_bytes_atomic
+from pfl_dist.resources import check_memory
 from pfl_dist.rundir import is_disk_error, os_error_text, prepare_run_dir, print_notes
 from pfl_dist.runtime import (
     Runtime,
@@ -384,6 +385,10 @@ class Trainer:
         set_rng_state(own["rng"])
 
     def _log_eval(self, record: dict[str, Any]) -> None:
+        bad = [name for name, value in record["metrics"].items() if not math.isfinite(value)]
+        if bad:  # before anything is written: results are JSON without NaN/Infinity
+            raise NonFiniteMetricError(f"round {record['round']}: metric {bad[0]} is {record['metrics'][bad[0]]} "
+                                       "(non-finite); check data.R, data.center_scale and algorithm.local_lr")
         self.logger.log_eval(record)
         if self.runtime.is_logging_rank:
             print(progress_line(record, num_rounds=self.cfg.train.num_rounds, round_times=self.round_times), flush=True)
@@ -451,7 +456,7 @@ def progress_line(record: dict[str, Any], *, num_rounds: int, round_times: list[
 
 def report_error(err: PflError, *, rank: int) -> int:
     """One line on stderr, no traceback. Rank-independent errors are printed by rank 0 only."""
-    if rank == 0 or isinstance(err, DivergenceError):
+    if rank == 0 or getattr(err, "rank_specific", False):
         print(f"pfl_dist: error: {err}", file=sys.stderr, flush=True)
     return err.exit_code
 
@@ -469,6 +474,8 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
     `stop` is the process's signal flag; a SIGTERM/SIGINT ends the run at the next round that
     every rank agrees on, with a checkpoint, by raising RunStopped.
     """
+    check_run_dir(cfg.run_dir)  # every rank, before anything is created, read or allocated
+    check_memory(cfg, world_size=runtime.world_size)
     prepared = prepare_run_dir(cfg, overwrite=overwrite) if runtime.is_logging_rank else None
     try:
         if prepared is not None:

@@ -3,6 +3,10 @@
 Everything here reads run directories (summary.json, metrics.jsonl, config inside the summary),
 never a sweep's stdout, so results.csv can be rebuilt at any time from what is on disk and a
 resumed sweep cannot produce duplicate rows: one row per run dir, one run dir per point name.
+
+Damaged files never stop a sweep or a plot: a summary.json that does not parse as a summary
+makes its run incomplete (the sweep reruns the point), a malformed metrics.jsonl line is dropped,
+a damaged sweep_point.json reads as empty; each says so in one warning line.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import csv
 import io
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pfl_dist.config import method_uses_lam
-from pfl_dist.outputs import write_bytes_atomic
+from pfl_dist.outputs import parse_record, write_bytes_atomic
 
 POINT_FILE = "sweep_point.json"  # what the sweep knows about a run: variant, varied values, wall time
 RESULTS_FILE = "results.csv"
@@ -54,7 +59,10 @@ class Run:
 
     @cached_property
     def summary(self) -> dict[str, Any]:
-        return dict(json.loads((self.path / "summary.json").read_text()))
+        summary = read_summary(self.path)
+        if summary is None:
+            raise ValueError(f"{self.path / 'summary.json'} is not a complete summary")  # is_complete said so
+        return summary
 
     @property
     def config(self) -> dict[str, Any]:
@@ -63,13 +71,26 @@ class Run:
     @cached_property
     def point(self) -> dict[str, Any]:
         path = self.path / POINT_FILE
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            point = json.loads(path.read_text())
+        except (OSError, ValueError):
+            point = None
+        if not isinstance(point, dict):
+            _warn(path, "is damaged; its wall time and variant are left out")
+            return {}
+        return point
 
     @cached_property
     def records(self) -> list[dict[str, Any]]:
         """metrics.jsonl: one record per evaluated round, round 0 first."""
-        lines = (self.path / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        path = self.path / "metrics.jsonl"
+        lines = path.read_bytes().splitlines() if path.is_file() else []
+        records = [parse_record(line) for line in lines if line.strip()]
+        if None in records:
+            _warn(path, f"has {records.count(None)} malformed line(s); they are left out")
+        return [r for r in records if r is not None]
 
     @property
     def method(self) -> str:
@@ -89,8 +110,34 @@ class Run:
         return self.summary["config"][section][name]
 
 
+_SUMMARY_KEYS = ("config", "final", "comm", "time")
+_warned: set[tuple[Path, str]] = set()
+
+
+def _warn(path: Path, problem: str) -> None:
+    """One warning line per file and problem, however often the file is read."""
+    if (path, problem) not in _warned:
+        _warned.add((path, problem))
+        print(f"pfl_dist: warning: {path} {problem}", file=sys.stderr, flush=True)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """summary.json as a dict; None (with one warning) when it exists but is not a summary."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict) or not all(isinstance(summary.get(k), dict) for k in _SUMMARY_KEYS):
+        _warn(path, "is damaged; the run counts as incomplete (a sweep reruns it)")
+        return None
+    return summary
+
+
 def is_complete(run_dir: Path) -> bool:
-    return (run_dir / "summary.json").is_file()
+    return read_summary(run_dir) is not None
 
 
 def find_runs(results_dir: Path, names: Iterable[str] | None = None) -> list[Run]:
@@ -100,8 +147,12 @@ def find_runs(results_dir: Path, names: Iterable[str] | None = None) -> list[Run
     from an older sweep definition in the same folder are not plotted.
     """
     if names is None and (results_dir / RESULTS_FILE).is_file():
-        with open(results_dir / RESULTS_FILE, newline="") as f:
-            names = [row["name"] for row in csv.DictReader(f)]
+        with open(results_dir / RESULTS_FILE, newline="", errors="replace") as f:
+            listed = [row.get("name") for row in csv.DictReader(f)]
+        if listed and all(isinstance(n, str) and n for n in listed):
+            names = [str(n) for n in listed]
+        else:
+            _warn(results_dir / RESULTS_FILE, "is damaged; every run dir below it is read instead")
     if names is None:
         dirs = sorted(p.parent for p in results_dir.glob("*/summary.json"))
         if is_complete(results_dir):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -240,19 +241,38 @@ def point_specs(sweep: Sweep) -> list[tuple[str, str | None, dict[str, Any], int
 
 
 def build_point(sweep: Sweep, spec: tuple[str, str | None, dict[str, Any], int, tuple[str, ...]]) -> Point:
+    from pfl_dist.resources import check_memory
+
     name, variant, values, seed, overrides = spec
     full = (*overrides, f"run.out_dir={yaml_value(str(sweep.out_dir))}", f"run.name={yaml_value(name)}")
     try:
         cfg = apply_overrides(sweep.base_config, full)
         cfg.check_world_size(sweep.launch.world_size)
+        check_memory(cfg, world_size=sweep.launch.world_size, ranks_here=sweep.launch.nproc_per_node)
     except PflError as err:
-        raise ConfigError(f"sweep point {name}: {err}") from None
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise ConfigError(f"sweep point {shown}: {err}") from None
     return Point(name=name, variant=variant, values=values, seed=seed, overrides=full, cfg=cfg)
+
+
+def _without_equal_configs(points: tuple[Point, ...]) -> tuple[Point, ...]:
+    """Points of one variant whose configs are equal once validated (a grid of [1.0, 1], or of
+    '1e-1' and 0.1) run once, as the first of them; one warning line per dropped point."""
+    kept: dict[str, Point] = {}
+    for point in points:
+        identity = {**point.cfg.to_dict(), "run": {**point.cfg.to_dict()["run"], "name": None}}
+        key = repr((point.variant, identity))
+        if key in kept:
+            print(f"pfl_dist.sweep: warning: point {point.name} has the same config as {kept[key].name}; "
+                  "it runs once, as the latter", file=sys.stderr, flush=True)
+            continue
+        kept[key] = point
+    return tuple(kept.values())
 
 
 def expand_points(sweep: Sweep) -> tuple[Point, ...]:
     """Every point, validated; names are unique and derived only from the varied values."""
-    points = tuple(build_point(sweep, spec) for spec in point_specs(sweep))
+    points = _without_equal_configs(tuple(build_point(sweep, spec) for spec in point_specs(sweep)))
     names = [p.name for p in points]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     _require(duplicate is None, f"sweep: two points share the name {duplicate}; make variant names distinct")
@@ -270,7 +290,8 @@ def load_sweep(path: str | Path, *, out_dir: str | None = None,
     from pfl_dist.launch import preflight
 
     path = Path(path)
-    sweep = parse_sweep(read_yaml(path), path=path, out_dir=out_dir, launch_overrides=launch_overrides)
+    sweep = parse_sweep(read_yaml(path, what="sweep file"), path=path, out_dir=out_dir,
+                        launch_overrides=launch_overrides)
     points = expand_points(sweep)
     for cfg in {(p.cfg.data.kind, p.cfg.data.data_dir): p.cfg for p in points}.values():
         preflight(cfg, world_size=sweep.launch.world_size)
