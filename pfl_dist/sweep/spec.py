@@ -136,7 +136,6 @@ def _parse_axes(raw: Any, where: str, *, lists_only: bool) -> dict[str, Any]:
         if isinstance(value, list):
             _require(len(value) > 0, f"{where}.{key} must not be empty")
             _require(all(not isinstance(v, (list, dict)) for v in value), f"{where}.{key} must hold scalars")
-            _require(len({yaml_value(v) for v in value}) == len(value), f"{where}.{key} has a repeated value")
         else:
             _require(not isinstance(value, dict), f"{where}.{key} must be a scalar or a list, got a mapping")
         axes[key] = value
@@ -256,17 +255,21 @@ def build_point(sweep: Sweep, spec: tuple[str, str | None, dict[str, Any], int, 
 
 
 def _without_equal_configs(points: tuple[Point, ...]) -> tuple[Point, ...]:
-    """Points of one variant whose configs are equal once validated (a grid of [1.0, 1], or of
-    '1e-1' and 0.1) run once, as the first of them; one warning line per dropped point."""
+    """Points of one variant whose configs are equal once validated (a grid of [1.0, 1], [1, 1],
+    or '1e-1' and 0.1) run once, as the first of them; one warning line lists what was merged."""
     kept: dict[str, Point] = {}
+    merged: list[str] = []
     for point in points:
-        identity = {**point.cfg.to_dict(), "run": {**point.cfg.to_dict()["run"], "name": None}}
-        key = repr((point.variant, identity))
+        config = point.cfg.to_dict()
+        key = repr((point.variant, {**config, "run": {**config["run"], "name": None}}))
         if key in kept:
-            print(f"pfl_dist.sweep: warning: point {point.name} has the same config as {kept[key].name}; "
-                  "it runs once, as the latter", file=sys.stderr, flush=True)
-            continue
-        kept[key] = point
+            merged.append(f"{point.name} = {kept[key].name}")
+        else:
+            kept[key] = point
+    if merged:
+        shown = "; ".join(merged[:3]) + (f"; and {len(merged) - 3} more" if len(merged) > 3 else "")
+        print(f"pfl_dist.sweep: warning: {len(merged)} point(s) have the same config as another and run once: "
+              f"{shown}", file=sys.stderr, flush=True)
     return tuple(kept.values())
 
 

@@ -131,3 +131,27 @@ def assert_unchanged(before: dict[str, str], root: Path) -> None:
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         detail = "\n".join(f"  {k}: {before.get(k, 'absent')} -> {after.get(k, 'absent')}" for k in changed[:20])
         raise AssertionError(f"{root} changed:\n{detail}")
+
+
+# --- pre-existing results ----------------------------------------------------------------------
+
+
+def finished_run(out_dir: Path, name: str, *overrides: str) -> Path:
+    """A finished tiny run at out_dir/name (in-process, ~0.1 s once torch is warm)."""
+    from pfl_dist import train
+
+    outcome = run_main(train.main, [*TINY_RUN, f"run.out_dir={out_dir}", f"run.name={name}", *overrides])
+    assert outcome.code == 0, outcome.describe()
+    return out_dir / name
+
+
+def existing_results(root: Path) -> Path:
+    """root/out/prev: a finished run with a checkpoint folder; root/ also holds files named like a
+    run's results (what `run.name=..` with out_dir=root/out would have cleared). -> root/out."""
+    out = root / "out"
+    finished_run(out, "prev", "checkpoint.every=1")
+    for name in ("summary.json", "metrics.jsonl", "config.yaml"):
+        (root / name).write_text(f"not pfl_dist's {name}\n")
+    (root / "final").mkdir()
+    (root / "final" / "global.pt").write_bytes(b"someone else's model")
+    return out
