@@ -46,7 +46,7 @@ def estimate_rank_bytes(cfg: Config, *, world_size: int) -> tuple[int, int]:
         n, d = data.samples_per_client, data.dim
         data_bytes = k * n * (d * value + _LABEL_BYTES)
         num_params = d * data.num_classes
-    else:
+    elif data.kind in IMAGE_TRAIN_SIZES:
         train = IMAGE_TRAIN_SIZES[data.kind]
         # as tasks/images.py's num_partitions: 'auto' keeps 200 images per client
         partitions = max(data.num_clients, train // 200) if data.num_partitions == "auto" else data.num_partitions
@@ -54,6 +54,8 @@ def estimate_rank_bytes(cfg: Config, *, world_size: int) -> tuple[int, int]:
         data_bytes = k * per_client * (NUM_PIXELS * value + _LABEL_BYTES)
         kind = "logreg" if cfg.model.kind == "auto" else cfg.model.kind
         num_params = IMAGE_NUM_PARAMS[kind]
+    else:  # a task without an estimate here is never refused
+        return 0, 0
     return data_bytes, _MODEL_COPIES * k * num_params * value
 
 

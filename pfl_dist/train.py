@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import shlex
 import statistics
 import sys
