@@ -21,6 +21,7 @@ from typing import Any
 
 from pfl_dist.config import SECTIONS, Config, did_you_mean, load_config
 from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.rundir import check_run_dir
 from pfl_dist.tasks import preflight as task_preflight
 
 _RDZV_OPTIONS = ("--standalone", "--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr")
@@ -43,6 +44,8 @@ Validates the config (every key, the data files, the world size) and only then s
 pfl_dist options:
   --config FILE          YAML experiment config (configs/*.yaml); defaults are used without one
   section.key=value      config overrides, e.g. algorithm.lam=0.1 run.name=lam01 (sections: {sections})
+  --overwrite            replace a completed run of another config in the same run dir (its old
+                         results are kept until the new run completes)
   -h, --help             this message
 
 torchrun options, passed through (the common ones; `--help-torchrun` lists them all):
@@ -80,15 +83,17 @@ def _check_override(arg: str) -> None:
 
 
 def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
-    """-> (torchrun options, config path, overrides). Raises ConfigError for anything that is
-    neither: a stray word would otherwise become torchrun's training script."""
+    """-> (torchrun options, config path, overrides incl. --overwrite). Raises ConfigError for
+    anything that is neither: a stray word would otherwise become torchrun's training script."""
     torchrun_args: list[str] = []
     config: str | None = None
     overrides: list[str] = []
     args = list(argv)
     while args:
         arg = args.pop(0)
-        if arg == "--config" or arg.startswith("--config="):
+        if arg == "--overwrite":
+            overrides.append(arg)
+        elif arg == "--config" or arg.startswith("--config="):
             config = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else None)
             if config is None:
                 raise ConfigError("--config needs a file path")
@@ -178,8 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         torchrun_args, config, overrides = split_args(args)
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, [o for o in overrides if o != "--overwrite"])
         preflight(cfg, world_size=planned_world_size(torchrun_args), ranks_here=ranks_per_node(torchrun_args))
+        check_run_dir(cfg, overwrite="--overwrite" in overrides)
     except PflError as err:
         print(f"pfl_dist: error: {err}", file=sys.stderr)
         return err.exit_code

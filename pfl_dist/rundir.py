@@ -234,13 +234,19 @@ class PreparedRunDir:
         self.lock.release()
 
 
+def check_run_dir(cfg: Config, *, overwrite: bool = False) -> None:
+    """The checks of `prepare_run_dir` that touch nothing: the launcher runs them before torchrun
+    starts, so a conflict is one line instead of a failed job."""
+    check_directory(Path(cfg.run.out_dir), "run.out_dir")
+    check_directory(cfg.run_dir, "run dir")
+    if cfg.run_dir.is_dir() and not overwrite:  # refuse a conflict before touching anything
+        _refuse_another_config(cfg, cfg.run_dir)
+
+
 def prepare_run_dir(cfg: Config, *, overwrite: bool = False) -> PreparedRunDir:
     """Check, create and lock `cfg.run_dir` (rank 0, before any training); see the module doc."""
-    out_dir, run_dir = Path(cfg.run.out_dir), cfg.run_dir
-    check_directory(out_dir, "run.out_dir")
-    check_directory(run_dir, "run dir")
-    if run_dir.is_dir() and not overwrite:  # refuse a conflict before touching anything
-        _refuse_another_config(cfg, run_dir)
+    run_dir = cfg.run_dir
+    check_run_dir(cfg, overwrite=overwrite)
     make_directory(run_dir, "run dir")
     lock = DirLock(run_dir, "run dir").acquire()
     try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from pfl_dist import launch
+from pfl_dist.config import load_config
 from tests.helpers import REPO
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
@@ -73,3 +75,22 @@ def test_a_valid_command_reaches_torchrun_with_its_options_and_overrides(no_torc
     assert command[-7:] == ["--max-restarts=1", "-m", "pfl_dist.train", "--config", DEFAULT, "algorithm.lam=0.1",
                             f"run.out_dir={tmp_path}"]
     assert command[3:6] == ["--standalone", "--nproc-per-node", "2"]
+
+
+def test_another_configs_run_dir_is_refused_before_torchrun_and_overwrite_is_passed_on(
+    tmp_path: Path, no_torchrun: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a completed run of lambda 0.5 under run.name=fixed (only its config matters here)
+    run_dir = tmp_path / "fixed"
+    run_dir.mkdir()
+    saved = load_config(DEFAULT, [f"run.out_dir={tmp_path}", "run.name=fixed"]).to_dict()
+    (run_dir / "summary.json").write_text(json.dumps({"config": saved}))
+    args = ["--nproc-per-node=2", "--config", DEFAULT, f"run.out_dir={tmp_path}", "run.name=fixed", "algorithm.lam=0.1"]
+    # Execute / Assert: refused with one line, nothing started
+    assert launch.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a completed run of another config" in err and "--overwrite" in err
+    assert no_torchrun == []
+    # Execute / Assert: --overwrite reaches pfl_dist.train
+    assert launch.main([*args, "--overwrite"]) == 0
+    assert no_torchrun[0][-1] == "--overwrite"
