@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -167,10 +168,21 @@ class Communicator:
         # One reader per node: the interface is shared by the node's ranks.
         self.interface = InterfaceCounter(ifname if runtime.local_rank == 0 else None)
         ledger.measuring = ifname is not None
+        # This round's training collectives: when this rank entered the first, and the time inside
+        # all of them (pfl_dist/timing.py turns these into comm and wait time).
+        self.round_arrival: float | None = None
+        self.round_collective_s = 0.0
+        self._started = 0.0
+
+    def take_round_timing(self) -> tuple[float | None, float]:
+        """(arrival wall-clock time, seconds inside training collectives) since the last call."""
+        timing = (self.round_arrival, self.round_collective_s)
+        self.round_arrival, self.round_collective_s = None, 0.0
+        return timing
 
     def all_reduce(self, tensor: torch.Tensor, *, traffic: Traffic, op: str = "sum") -> torch.Tensor:
         """In-place all-reduce of one flat buffer; a no-op (but still counted) on one process."""
-        before = self.interface.read()
+        before = self._begin(traffic)
         if self.runtime.distributed:
             dist.all_reduce(tensor, op=_REDUCE_OPS[op])
         self._count("all_reduce", tensor, traffic=traffic, before=before)
@@ -179,7 +191,7 @@ class Communicator:
     def all_gather(self, tensor: torch.Tensor, *, traffic: Traffic) -> torch.Tensor:
         """(W * n,) holding every rank's flat (n,) `tensor` in rank order (every rank passes the
         same n); on one process, a copy of `tensor` (still counted)."""
-        before = self.interface.read()
+        before = self._begin(traffic)
         if self.runtime.distributed:
             gathered = torch.empty(self.runtime.world_size * tensor.numel(), dtype=tensor.dtype, device=tensor.device)
             dist.all_gather_into_tensor(gathered, tensor)
@@ -188,8 +200,17 @@ class Communicator:
         self._count("all_gather", tensor, traffic=traffic, before=before)
         return gathered
 
+    def _begin(self, traffic: Traffic) -> int | None:
+        """Before a collective: the training round's arrival time and start, the interface counter."""
+        if traffic is Traffic.TRAIN and self.round_arrival is None:
+            self.round_arrival = time.time()  # wall clock: compared across ranks (same machine, or NTP)
+        self._started = time.perf_counter()
+        return self.interface.read()
+
     def _count(self, kind: str, tensor: torch.Tensor, *, traffic: Traffic, before: int | None) -> None:
         after = self.interface.read()
+        if traffic is Traffic.TRAIN:
+            self.round_collective_s += time.perf_counter() - self._started
         if before is not None and after is not None:
             self.ledger.measured_local[traffic] += after - before
         world_size = self.runtime.world_size

@@ -3,9 +3,12 @@
 Only rank 0 writes (`RunLogger`); every other rank gets a `NullLogger` with the same methods.
 TensorBoard layout (docs/ARCHITECTURE.md):
 - step = round:  train/loss_*, eval/acc_*, eval/ATR, eval/ITR, comm/*_bytes, comm/*_bytes_cum,
-  time/round_s;
+  time/round_s; time/compute_s, time/comm_s, time/wait_s (means over ranks) and time/wait_s_max,
+  written at each evaluation for the rounds since the previous one (pfl_dist/timing.py);
 - step = cumulative training wire bytes (int64, exact): tradeoff/<metric>_vs_bytes;
 - step = cumulative FL-equivalent bytes (uplink + downlink): tradeoff_fl/<metric>_vs_fl_bytes;
+- step = cumulative training wall-clock milliseconds (the rounds' time on rank 0, evaluation
+  excluded): tradeoff/<metric>_vs_seconds;
 - a custom-scalars page with the trade-off curves, and hparams written at the end.
 
 Resuming from round t (pfl_dist/checkpoint.py) keeps exactly what was logged up to round t:
@@ -28,6 +31,7 @@ import yaml
 
 from pfl_dist.comm import Counters, Traffic
 from pfl_dist.outputs import parse_record, write_bytes_atomic, write_json_atomic
+from pfl_dist.timing import RoundTimes
 
 TRADEOFF_METRICS = ("acc_personal", "acc_global", "ITR", "ATR")
 _RESULT_FILES = ("metrics.jsonl", "summary.json", "final")
@@ -132,6 +136,9 @@ class NullLogger:
     def log_eval(self, record: dict[str, Any]) -> None:
         pass
 
+    def log_round_times(self, times: list[RoundTimes]) -> None:
+        pass
+
     def log_lambda(self, choice: dict[str, float]) -> None:
         pass
 
@@ -216,6 +223,12 @@ class RunLogger(NullLogger):
             "trade-off (FL-equivalent bytes)": {
                 name: ["Multiline", [f"tradeoff_fl/{name}_vs_fl_bytes"]] for name in TRADEOFF_METRICS
             },
+            "trade-off (training wall-clock, step = ms)": {
+                name: ["Multiline", [f"tradeoff/{name}_vs_seconds"]] for name in TRADEOFF_METRICS
+            },
+            "round time": {
+                "compute / comm / wait (s)": ["Multiline", [f"time/{k}_s" for k in ("compute", "comm", "wait")]],
+            },
         }
         self.writer.add_custom_scalars(layout)
         self.num_events += 1
@@ -242,10 +255,19 @@ class RunLogger(NullLogger):
     def _log_tradeoff(self, record: dict[str, Any]) -> None:
         wire = int(record["comm"]["wire_bytes_model"])
         fl_bytes = int(record["comm"]["uplink_bytes"] + record["comm"]["downlink_bytes"])
+        train_ms = round(1000 * record["time"]["train_s"]) if "time" in record else None
         for name in TRADEOFF_METRICS:
             if name in record["metrics"]:
                 self._scalar(f"tradeoff/{name}_vs_bytes", record["metrics"][name], wire)
                 self._scalar(f"tradeoff_fl/{name}_vs_fl_bytes", record["metrics"][name], fl_bytes)
+                if train_ms is not None:
+                    self._scalar(f"tradeoff/{name}_vs_seconds", record["metrics"][name], train_ms)
+
+    def log_round_times(self, times: list[RoundTimes]) -> None:
+        for t in times:
+            for name in ("compute_s", "comm_s", "wait_s"):
+                self._scalar(f"time/{name}", t.mean(name), t.round)
+            self._scalar("time/wait_s_max", max(t.wait_s), t.round)
 
     def log_lambda(self, choice: dict[str, float]) -> None:
         """lam=auto: the estimated heterogeneity and the lambda the rule chose."""

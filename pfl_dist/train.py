@@ -63,6 +63,7 @@ from pfl_dist.runtime import (
 from pfl_dist.sampling import client_block, sample_clients
 from pfl_dist.tasks import build_task
 from pfl_dist.tasks.base import Task
+from pfl_dist.timing import TIMING_KEY, RoundTimer, RoundTimes
 from pfl_dist.tracking import NullLogger, RunLogger
 
 
@@ -100,6 +101,8 @@ class Trainer:
         self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
+        self.timer = RoundTimer(rank=runtime.rank, world_size=runtime.world_size)  # compute / comm / wait
+        self.last_round_times: list[RoundTimes] = []
         self.lambda_choices: list[dict[str, float]] = []  # lam=auto: every (round, R_hat, lam) chosen
         self.started = time.perf_counter()
         self.stop = stop if stop is not None else StopRequest()
@@ -155,6 +158,7 @@ class Trainer:
         """One round; False when a stop was agreed in its all-reduce (the round is then discarded
         on every rank, leaving the state of the previous round)."""
         started = time.perf_counter()
+        self.comm.take_round_timing()  # set-up or evaluation collectives are not this round's
         cfg = self.cfg
         sampled = torch.from_numpy(sample_clients(round_idx, seed=cfg.run.seed, num_clients=cfg.data.num_clients,
                                                   sample_fraction=cfg.algorithm.sample_fraction))
@@ -172,6 +176,8 @@ class Trainer:
         self.update_counts[rows] += 1
         self._check_finite(round_idx, rows, models)
         self.round_times.append(time.perf_counter() - started)
+        arrival, in_collective_s = self.comm.take_round_timing()
+        self.timer.record(round_idx + 1, round_s=self.round_times[-1], arrival=arrival, in_collective_s=in_collective_s)
         return True
 
     # --- evaluation --------------------------------------------------------------------
@@ -184,11 +190,12 @@ class Trainer:
         self.comm.all_reduce(buffer, traffic=Traffic.TELEMETRY)
         return weighted_average(buffer)
 
-    def evaluate(self, *, final: bool = False) -> dict[str, float]:
+    def evaluate(self, *, round_num: int = 0, final: bool = False) -> dict[str, float]:
         """Metric sums of every rank in one all-reduce (telemetry, not training traffic).
 
         The final evaluation also sums how often each client was trained (m numbers, once), so
-        the summary shows which clients took part, independent of the world size.
+        the summary shows which clients took part, independent of the world size. Every rank's
+        round timings since the last evaluation ride along (pfl_dist/timing.py).
         """
         global_model = self.evaluation_model()
         sums = self.task.metric_sums(self.local_models, global_model)
@@ -202,6 +209,8 @@ class Trainer:
             sums["measured_train"] = torch.tensor(float(self.ledger.measured_local[Traffic.TRAIN]), dtype=torch.float64)
             sums["measured_telemetry"] = torch.tensor(float(self.ledger.measured_local[Traffic.TELEMETRY]),
                                                       dtype=torch.float64)
+        if self.runtime.distributed:
+            sums[TIMING_KEY] = self.timer.eval_block(round_num, self.runtime.device)
         names = sorted(sums)
         flat = torch.cat([sums[k].reshape(-1).double().to(self.runtime.device) for k in names])
         self.comm.all_reduce(flat, traffic=Traffic.TELEMETRY)
@@ -214,6 +223,7 @@ class Trainer:
             self.ledger.set_measured_totals(int(reduced.pop("measured_train")), int(reduced.pop("measured_telemetry")))
         if final:
             self.final_update_counts = reduced.pop("update_counts").long()
+        self.last_round_times = self.timer.absorb(round_num, reduced.pop(TIMING_KEY, None))
         self.stop_agreed = self.stop_agreed or float(reduced.pop("stop_requests", torch.zeros(()))) > 0
         return self.task.finalize_metrics(reduced, global_model.cpu())
 
@@ -227,6 +237,7 @@ class Trainer:
             "metrics": metrics,
             "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
             "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
+            "time": {**self.timer.record_fields(), "rounds": [vars(t) for t in self.last_round_times]},
         }
 
     # --- theory-guided lambda (algorithm.lam = auto) ---------------------------------
@@ -280,7 +291,8 @@ class Trainer:
             if self.is_lambda_auto_round(round_num):
                 self.choose_lambda(round_num)
             if self._is_eval_round(round_num):
-                metrics = self.evaluate(final=round_num == self.cfg.train.num_rounds)
+                metrics = self.evaluate(round_num=round_num, final=round_num == self.cfg.train.num_rounds)
+                self.logger.log_round_times(self.last_round_times)
             closed = self.ledger.close_round()
             self.logger.log_round(round_num, comm=closed, round_s=self.round_times[-1])
             if self._is_eval_round(round_num):
@@ -360,6 +372,7 @@ class Trainer:
                            "lam": self.algorithm.lam, "lambda_choices": self.lambda_choices,
                            "resumed_from": list(self.resumed_from)},
             "rank": {"round_times": list(self.round_times), "measured_local": ledger["measured_local"],
+                     "timing": self.timer.state_dict(),
                      "wall_s": time.perf_counter() - self.started, "rng": rng_state(),
                      "tensorboard_events": self.logger.num_events},
         }
@@ -382,6 +395,7 @@ class Trainer:
         self.lambda_choices = list(replicated["lambda_choices"])
         self.resumed_from = [*replicated["resumed_from"], round_num]
         self.round_times = list(own["round_times"])
+        self.timer.load_state_dict(own.get("timing"), round_num=round_num, eval_every=self.cfg.train.eval_every)
         self.started = time.perf_counter() - own["wall_s"]
         set_rng_state(own["rng"])
 
@@ -409,7 +423,8 @@ class Trainer:
             "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
             "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
             "time": {"wall_s": time.perf_counter() - self.started,
-                     "round_s_median": statistics.median(self.round_times) if self.round_times else 0.0},
+                     "round_s_median": statistics.median(self.round_times) if self.round_times else 0.0,
+                     **self.timer.summary()},
             "global_model_sha256": model_sha256(final_model),
             "participation": participation_summary(self.final_update_counts),
         }

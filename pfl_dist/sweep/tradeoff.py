@@ -1,5 +1,6 @@
 """The accuracy-communication trade-off: curves of a metric against cumulative training bytes,
-their Pareto front, and "bytes to reach target X" per method.
+their Pareto front, and "bytes to reach target X" per method; where the runs recorded their
+training time (metrics.jsonl `time.train_s`, the rounds' wall clock), also "time to reach target X".
 
 Bytes are the engine's cumulative training counters from metrics.jsonl. The modelled wire bytes
 (ring all-reduce) are the default axis; a 1-rank job puts nothing on a wire, so when every
@@ -35,6 +36,7 @@ class Curve:
     num_bytes: list[float]
     values: list[float]
     communicates: bool
+    seconds: list[float] | None = None  # cumulative training wall-clock seconds, when recorded
 
 
 def format_value(value: Any) -> str:
@@ -86,10 +88,12 @@ def build_curves(runs: Sequence[Run], *, metric: str, kind: str, facet_key: str 
     for (facet, label), members in groups.items():
         per_run = [{r["round"]: r for r in run.records if metric in r["metrics"]} for run in members]
         common = sorted(set.intersection(*(set(p) for p in per_run)))
+        timed = all("time" in p[t] for p in per_run for t in common)
         curves.append(Curve(
             label=label, facet=facet, rounds=common, communicates=members[0].communicates,
             num_bytes=[statistics.fmean(record_bytes(p[t], kind) for p in per_run) for t in common],
-            values=[statistics.fmean(p[t]["metrics"][metric] for p in per_run) for t in common]))
+            values=[statistics.fmean(p[t]["metrics"][metric] for p in per_run) for t in common],
+            seconds=[statistics.fmean(p[t]["time"]["train_s"] for p in per_run) for t in common] if timed else None))
     return sorted(curves, key=lambda c: facet_order[c.facet])  # numeric facet order; callers order labels
 
 
@@ -113,9 +117,19 @@ def pareto_front(curves: Sequence[Curve], *, metric: str) -> list[tuple[float, f
 
 def bytes_to_reach(curve: Curve, target: float, *, metric: str) -> tuple[float, int] | None:
     """(bytes, round) of the first evaluation at or beyond target, None if never reached."""
-    for num_bytes, value, round_num in zip(curve.num_bytes, curve.values, curve.rounds, strict=True):
+    return _first_reaching(curve.num_bytes, curve, target, metric=metric)
+
+
+def seconds_to_reach(curve: Curve, target: float, *, metric: str) -> tuple[float, int] | None:
+    """(training seconds, round) of the first evaluation at or beyond target; None if never
+    reached or the runs recorded no training time."""
+    return None if curve.seconds is None else _first_reaching(curve.seconds, curve, target, metric=metric)
+
+
+def _first_reaching(xs: Sequence[float], curve: Curve, target: float, *, metric: str) -> tuple[float, int] | None:
+    for x, value, round_num in zip(xs, curve.values, curve.rounds, strict=True):
         if value == target or better(value, target, metric=metric):
-            return num_bytes, round_num
+            return x, round_num
     return None
 
 
@@ -145,17 +159,25 @@ def tradeoff_rows(curves: Sequence[Curve], *, metric: str, targets: Sequence[flo
                                    f"final {metric}": curve.values[-1] if curve.values else None}
             row.update((extra or {}).get((facet, curve.label), {}))
             row["total bytes"] = curve.num_bytes[-1] if curve.num_bytes else None
+            if curve.seconds is not None:
+                row["train time"] = f"{curve.seconds[-1]:.1f} s" if curve.seconds else None
             row["rounds"] = curve.rounds[-1] if curve.rounds else None
             for i, target in enumerate(facet_targets):
                 reached = bytes_to_reach(curve, target, metric=metric)
                 text = f"{format_bytes(reached[0])} (round {reached[1]})" if reached else "not reached"
                 goal = f"{metric} {'<=' if metric in LOWER_IS_BETTER else '>='} {target:.4g}"
+                timed = seconds_to_reach(curve, target, metric=metric) if curve.seconds is not None else None
+                time_text = f"{timed[0]:.1f} s (round {timed[1]})" if timed else "not reached"
                 if targets:  # the same targets everywhere: name them in the header
                     row[f"bytes to {goal}"] = text
+                    if curve.seconds is not None:
+                        row[f"time to {goal}"] = time_text
                 else:  # per-facet targets: a value column and a bytes column per target
                     tag = "AB"[i]
                     row[f"target {tag} ({('worst', 'median')[i]} final)"] = goal
                     row[f"bytes to {tag}"] = text
+                    if curve.seconds is not None:
+                        row[f"time to {tag}"] = time_text
             rows.append(row)
     return rows
 

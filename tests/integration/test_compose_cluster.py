@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netns_cluster import NetnsCluster, load_compose_services, netns_available, netns_cluster
+from pfl_dist.netem.compose import load_compose_services, start_service
+from pfl_dist.netem.namespaces import NetnsCluster, netns_available, netns_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker" / "docker-compose.yml"
@@ -67,10 +68,11 @@ def test_compose_cluster_measured_wire_bytes_match_model(tmp_path: Path) -> None
     logs.mkdir()
 
     # Execute
-    with netns_cluster(services, names=nodes) as cluster:
+    with netns_cluster(nodes) as cluster:
         for name in nodes:
-            cluster.start(
-                name,
+            start_service(
+                cluster,
+                services[name],
                 path_map={"/app": REPO, "/runs": runs},
                 executables={"python": sys.executable},
                 overrides=CLUSTER_OVERRIDES,

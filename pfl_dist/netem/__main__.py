@@ -1,0 +1,4 @@
+from pfl_dist.netem.cli import main
+from pfl_dist.runtime import exit_process
+
+exit_process(main())

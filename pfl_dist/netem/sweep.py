@@ -1,0 +1,161 @@
+"""Time to accuracy over link rates: `python -m pfl_dist.netem.sweep --out DIR --nodes 4
+--rates 1mbit 10mbit 100mbit --methods fedavg local fedclup:0.2 fedclup:0.5 fedclup:2.5
+[--target 0.9] [--global-target 0.5] [netem options] --config X.yaml [section.key=value ...]`.
+
+Runs every (rate, method) with `python -m pfl_dist.netem`, one after the other (each is a whole
+emulated cluster), into DIR/<rate>/<method>; a point with a summary.json is skipped, so an
+interrupted sweep resumes. Then writes DIR/time_to_accuracy.md/.csv (per rate and method: final
+accuracies, training time, per-round compute/comm/wait, bytes, and the time to reach each target)
+and DIR/time_to_accuracy.png (accuracy vs training wall-clock seconds, one panel per rate), and
+prints, per rate, the method that reaches each target first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from pfl_dist.netem.shaping import format_rate, parse_rate
+from pfl_dist.sweep.results import find_runs
+from pfl_dist.sweep.tradeoff import Curve, build_curves, markdown_table, seconds_to_reach, tradeoff_rows, write_table
+
+METRICS = ("acc_personal", "acc_global")
+
+
+def method_overrides(method: str) -> list[str]:
+    """'fedavg' | 'local' | 'fedclup:0.5' -> config overrides."""
+    name, _, lam = method.partition(":")
+    if name == "fedclup" and lam:
+        return ["algorithm.name=fedclup", f"algorithm.lam={lam}"]
+    if name == "local" and not lam:
+        return ["algorithm.name=local", "algorithm.lam=0.0"]
+    if name == "fedavg" and not lam:
+        return ["algorithm.name=fedavg"]
+    raise SystemExit(f"pfl_dist: error: --methods takes fedavg, local or fedclup:<lambda>, got '{method}'")
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m pfl_dist.netem.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="sweep folder")
+    parser.add_argument("--nodes", type=int, required=True)
+    parser.add_argument("--rates", nargs="+", required=True, help="link rates, e.g. 1mbit 10mbit 100mbit")
+    parser.add_argument("--methods", nargs="+", required=True, help="fedavg, local, fedclup:<lambda>")
+    parser.add_argument("--target", type=float, help="personal accuracy target (default: per rate)")
+    parser.add_argument("--global-target", type=float, help="global accuracy target")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the table and figure")
+    return parser.parse_known_args(argv)
+
+
+def run_points(args: argparse.Namespace, netem_args: list[str]) -> None:
+    for rate in args.rates:
+        for method in args.methods:
+            run_dir = args.out / rate / method.replace(":", "_")
+            if (run_dir / "summary.json").exists():
+                continue
+            print(f"sweep: {rate} {method}", flush=True)
+            command = [sys.executable, "-m", "pfl_dist.netem", "--nodes", str(args.nodes), "--rate", rate,
+                       *netem_args, *method_overrides(method), f"run.out_dir={run_dir.parent}",
+                       f"run.name={run_dir.name}"]
+            done = subprocess.run(command, stdout=subprocess.DEVNULL)
+            if done.returncode != 0:
+                raise SystemExit(f"pfl_dist: error: sweep point {rate} {method} failed ({done.returncode}); "
+                                 f"logs in {run_dir / 'netem'}")
+
+
+def rate_curves(args: argparse.Namespace, metric: str) -> list[Curve]:
+    curves = []
+    for rate in args.rates:
+        runs = find_runs(args.out / rate, [m.replace(":", "_") for m in args.methods])
+        facet = f"rate={format_rate(parse_rate(rate))}"
+        curves += [replace(c, facet=facet) for c in build_curves(runs, metric=metric, kind="wire")]
+    return curves
+
+
+def time_columns(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, Any]]:
+    extra: dict[tuple[str, str], dict[str, Any]] = {}
+    for rate in args.rates:
+        facet = f"rate={format_rate(parse_rate(rate))}"
+        for run in find_runs(args.out / rate, [m.replace(":", "_") for m in args.methods]):
+            timing = run.summary["time"]
+            extra[(facet, run.label)] = {"final acc_global": run.summary["final"]["acc_global"],
+                                         "compute s/round": timing["compute_s_per_round"],
+                                         "comm s/round": timing["comm_s_per_round"],
+                                         "wait s/round": timing["wait_s_per_round"]}
+    return extra
+
+
+def fastest(curves: Sequence[Curve], target: float, metric: str) -> dict[str, tuple[str, float] | None]:
+    """Per rate: the method that reaches the target in the least training time."""
+    best: dict[str, tuple[str, float] | None] = {}
+    for curve in curves:
+        reached = seconds_to_reach(curve, target, metric=metric)
+        current = best.get(curve.facet)
+        if reached is not None and (current is None or reached[0] < current[1]):
+            best[curve.facet] = (curve.label, reached[0])
+        else:
+            best.setdefault(curve.facet, None)
+    return best
+
+
+def plot(curves_by_metric: dict[str, list[Curve]], path: Path) -> Path:
+    facets = list(dict.fromkeys(c.facet for c in curves_by_metric[METRICS[0]]))
+    fig = Figure(figsize=(4.2 * len(facets), 6.4), layout="constrained")
+    axes = fig.subplots(len(METRICS), len(facets), squeeze=False)
+    labels = list(dict.fromkeys(c.label for c in curves_by_metric[METRICS[0]]))
+    palette = {label: f"C{i}" for i, label in enumerate(labels)}
+    for row, metric in enumerate(METRICS):
+        for col, facet in enumerate(facets):
+            ax = axes[row][col]
+            for curve in (c for c in curves_by_metric[metric] if c.facet == facet and c.seconds is not None):
+                ax.plot(curve.seconds, curve.values, marker="o", markersize=3, label=curve.label,
+                        color=palette[curve.label])
+            ax.set_title(f"{facet.split('=')[1]}: {metric}", fontsize=10)
+            ax.set_xlabel("training wall-clock [s]")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("accuracy vs training time on emulated links (4 nodes, tc tbf)", fontsize=11)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def report(args: argparse.Namespace) -> None:
+    curves = {metric: rate_curves(args, metric) for metric in METRICS}
+    targets = [args.target] if args.target is not None else None
+    rows = tradeoff_rows(curves["acc_personal"], metric="acc_personal", targets=targets, extra=time_columns(args))
+    if args.global_target is not None:
+        by_key = {(c.facet, c.label): c for c in curves["acc_global"]}
+        for row in rows:
+            reached = seconds_to_reach(by_key[(row["facet"], row["method"])], args.global_target, metric="acc_global")
+            row[f"time to acc_global >= {args.global_target:g}"] = (
+                f"{reached[0]:.1f} s (round {reached[1]})" if reached else "not reached")
+    md, csv_path = write_table(rows, stem=args.out / "time_to_accuracy")
+    figure = plot(curves, args.out / "time_to_accuracy.png")
+    print(markdown_table(rows), end="")
+    for metric, target in (("acc_personal", args.target), ("acc_global", args.global_target)):
+        if target is None:
+            continue
+        for facet, best in fastest(curves[metric], target, metric).items():
+            text = f"{best[0]} ({best[1]:.1f} s)" if best else "no method"
+            print(f"{facet}: first to {metric} >= {target:g}: {text}")
+    print(f"table: {md} and {csv_path}\nfigure: {figure}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, netem_args = parse_args(argv)
+    for method in args.methods:
+        method_overrides(method)
+    if not args.report_only:
+        run_points(args, netem_args)
+    report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""pfl_dist.netem without namespaces: parsing of rates/delays/overrides, the communication-time
+model against hand-computed numbers, the round-time decomposition, and the one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pfl_dist.errors import ConfigError
+from pfl_dist.netem import model
+from pfl_dist.netem.shaping import LinkSpec, node_links, parse_loss, parse_rate, parse_time
+from pfl_dist.timing import RoundTimer
+from tests.helpers import REPO
+
+
+def test_rates_delays_and_losses_parse_in_tc_units() -> None:
+    assert parse_rate("10mbit") == 10_000_000
+    assert parse_rate("1.5Mbit") == 1_500_000
+    assert parse_rate("100kbit") == 100_000
+    assert parse_rate("1mbps") == 8_000_000  # tc: bps is bytes per second
+    assert parse_time("20ms", what="--delay") == pytest.approx(0.02)
+    assert parse_time("250us", what="--delay") == pytest.approx(0.00025)
+    assert parse_loss("0.1%") == pytest.approx(0.001)
+    for bad in ("10", "fast", "10mbitz", "-1mbit", "1bit"):
+        with pytest.raises(ConfigError, match="--rate"):
+            parse_rate(bad)
+    with pytest.raises(ConfigError, match="--loss"):
+        parse_loss("0.1")
+
+
+def test_per_node_overrides_replace_the_base_link() -> None:
+    base = LinkSpec(rate_bps=10_000_000)
+    links = node_links(base, num_nodes=4, rates=["3=1mbit"], delays=["1=5ms"])
+    assert [link.rate_bps for link in links] == [10_000_000, 10_000_000, 10_000_000, 1_000_000]
+    assert links[1].delay_s == pytest.approx(0.005) and links[1].needs_netem and not links[0].needs_netem
+    with pytest.raises(ConfigError, match="node 4"):
+        node_links(base, num_nodes=4, rates=["4=1mbit"], delays=[])
+    with pytest.raises(ConfigError, match="NODE=VALUE"):
+        node_links(base, num_nodes=4, rates=["slow=1mbit"], delays=[])
+
+
+def test_comm_time_model_is_latency_times_ring_steps_plus_wire_bytes_over_rate() -> None:
+    payload, w = 1_686_572, 4
+    wire = 2 * 3 * payload // 4  # ring all-reduce bytes per rank
+    assert model.ring_steps(w) == 6
+    assert model.collective_seconds(payload, w, rates_bps=[10_000_000] * 4) == pytest.approx(8 * wire / 1e7)
+    assert model.collective_seconds(payload, w, rates_bps=[10**7] * 4, latency_s=0.02) == pytest.approx(
+        6 * 0.02 + 8 * wire / 1e7)
+    # The slowest link sets the pace of the whole ring.
+    assert model.collective_seconds(payload, w, rates_bps=[10**7, 10**7, 10**7, 10**6]) == pytest.approx(8 * wire / 1e6)
+    assert model.collective_seconds(payload, 1, rates_bps=[10**7]) == 0.0
+
+
+def test_straggler_wait_model_grows_with_the_hops_downstream_of_the_slow_node() -> None:
+    payload = 4_000_000
+    waits = model.straggler_wait_seconds(payload, [10**7, 10**7, 10**7, 10**6])
+    chunk_time = 8 * payload / 4 * (1 / 10**6 - 1 / 10**7)  # one chunk over the slow link, minus the fast one
+    # gloo's ring sends from rank r to r - 1: rank 2 is one hop after the straggler (rank 3).
+    assert waits == pytest.approx([2 * chunk_time, chunk_time, 0.0, 0.0])
+    assert model.straggler_wait_seconds(payload, [10**7] * 4) == [0.0] * 4
+
+
+def test_round_time_decomposition_from_the_reduced_block() -> None:
+    """Two ranks' rows summed as the evaluation all-reduce would; wait = latest arrival - own."""
+    timers = [RoundTimer(rank=r, world_size=2) for r in range(2)]
+    arrivals = [[100.0, 100.5], [200.0, 200.0]]  # rank 0 early in round 1, both together in round 2
+    for round_num in (1, 2):
+        for rank, timer in enumerate(timers):
+            in_collective = 1.0 if rank == 0 and round_num == 1 else 0.5
+            timer.record(round_num, round_s=2.0, arrival=arrivals[round_num - 1][rank], in_collective_s=in_collective)
+    block = sum((t.eval_block(2, torch.device("cpu")) for t in timers), torch.zeros(2, 2, 3, dtype=torch.float64))
+    rounds = timers[0].absorb(2, block)
+    assert [r.round for r in rounds] == [1, 2]
+    assert rounds[0].wait_s == pytest.approx([0.5, 0.0])
+    assert rounds[0].comm_s == pytest.approx([0.5, 0.5])
+    assert rounds[0].compute_s == pytest.approx([1.0, 1.5])
+    assert rounds[1].wait_s == pytest.approx([0.0, 0.0])
+    summary = timers[0].summary()
+    assert summary["measured_rounds"] == 2
+    assert summary["per_rank_per_round"]["wait_s"] == pytest.approx([0.25, 0.0])
+    assert summary["train_s"] == pytest.approx(4.0)
+    # The next block starts after the evaluated round, whatever the ranks still hold.
+    assert timers[0].eval_block(3, torch.device("cpu")).shape == (2, 1, 3)
+
+
+def test_rounds_a_rank_did_not_measure_are_skipped() -> None:
+    """After a resume, rounds before it have no rows: the block carries zeros, not a fake wait."""
+    timer = RoundTimer(rank=0, world_size=1)
+    timer.load_state_dict(None, round_num=3, eval_every=2)
+    assert timer.last_eval_round == 2
+    timer.record(4, round_s=1.0, arrival=5.0, in_collective_s=0.25)
+    rounds = timer.absorb(4, None)
+    assert [r.round for r in rounds] == [4]  # round 3 ran before the resume
+    assert rounds[0].compute_s == [0.75]
+
+
+def run_netem(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pfl_dist.netem", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["--rate", "10mbit"], "--nodes"),
+    (["--nodes", "4", "--rate", "ten"], "--rate"),
+    (["--nodes", "4", "--rate", "1mbit", "--node-rate", "9=1mbit"], "node 9"),
+    (["--nodes", "4", "--bogus"], "unrecognized"),
+    (["--nodes", "2", "--rate", "1mbit", "algorithm.lam=-1"], "algorithm.lam"),
+])
+def test_bad_input_is_one_line_and_exit_2(args: list[str], names: str) -> None:
+    done = run_netem(*args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: ") and names in lines[0], done.stderr
