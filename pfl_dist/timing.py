@@ -111,12 +111,13 @@ class RoundTimer:
                 "per_rank_per_round": {name: [v / n for v in values] for name, values in self.per_rank.items()}}
 
     def state_dict(self) -> dict[str, Any]:
+        """Totals, and this rank's rows not yet evaluated (a resume then measures the same rounds)."""
         return {"totals": dict(self.totals), "per_rank": {k: list(v) for k, v in self.per_rank.items()},
-                "measured_rounds": self.measured_rounds}
+                "measured_rounds": self.measured_rounds, "rows": {str(r): list(v) for r, v in self.rows.items()}}
 
     def load_state_dict(self, state: dict[str, Any] | None, *, round_num: int, eval_every: int) -> None:
-        """Resume after round_num (state None: a checkpoint from before timings were kept). Rows
-        of the rounds after the last evaluation before round_num were not saved: unmeasured."""
+        """Resume after round_num (state None: a checkpoint from before timings were kept; the rounds
+        since the last evaluation before round_num are then unmeasured)."""
         self.last_eval_round = round_num - round_num % eval_every
         if state is None:
             return
@@ -124,6 +125,8 @@ class RoundTimer:
         if all(len(v) == self.world_size for v in state["per_rank"].values()):  # else re-sharded
             self.per_rank = {k: list(v) for k, v in state["per_rank"].items()}
         self.measured_rounds = int(state["measured_rounds"])
+        rows = {int(r): (float(v[0]), float(v[1]), float(v[2])) for r, v in state.get("rows", {}).items()}
+        self.rows = {r: v for r, v in rows.items() if self.last_eval_round < r <= round_num}
 
 
 def _decompose(round_num: int, rows: list[list[float]]) -> RoundTimes:

@@ -151,7 +151,15 @@ def run_cluster(cfg: Config, args: argparse.Namespace, links: list[LinkSpec]) ->
     return codes, cluster
 
 
-def compare(summary: dict[str, Any], links: list[LinkSpec]) -> dict[str, Any]:
+def steady_rounds(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The measured rounds that follow a training round: the round after an evaluation (or the
+    first) starts with every rank leaving the same collective together, so it has no stagger."""
+    every = summary["config"]["train"]["eval_every"]
+    rounds = [r for record in records for r in record.get("time", {}).get("rounds", [])]
+    return [r for r in rounds if r["round"] > 1 and (r["round"] - 1) % every != 0]
+
+
+def compare(summary: dict[str, Any], links: list[LinkSpec], records: list[dict[str, Any]]) -> dict[str, Any]:
     """Measured communication time, wait and wire bytes per round vs the model."""
     world_size = summary["world_size"]
     comm, timing = summary["comm"], summary["time"]
@@ -171,7 +179,14 @@ def compare(summary: dict[str, Any], links: list[LinkSpec]) -> dict[str, Any]:
         result["comm_s_model"] = model.collective_seconds(payload, world_size, rates_bps=shaped, latency_s=latency)
         result["comm_s_measured"] = timing["comm_s_per_round"]
         result["comm_ratio"] = timing["comm_s_per_round"] / result["comm_s_model"]
-        result["wait_s_model"] = model.straggler_wait_seconds(payload, shaped)
+        steady_model = model.straggler_wait_seconds(payload, shaped)
+        steady = steady_rounds(summary, records)
+        measured_rounds = max(1, timing["measured_rounds"])
+        result["wait_s_model"] = [w * len(steady) / measured_rounds for w in steady_model]
+        result["wait_s_model_steady"] = steady_model
+        result["steady_rounds"] = [r["round"] for r in steady]
+        result["wait_s_measured_steady"] = [statistics.fmean(r["wait_s"][rank] for r in steady)
+                                            for rank in range(world_size)] if steady else None
     result["wait_s_measured"] = timing["per_rank_per_round"]["wait_s"]
     result["comm_s_measured_per_rank"] = timing["per_rank_per_round"]["comm_s"]
     result["compute_s_measured_per_rank"] = timing["per_rank_per_round"]["compute_s"]
@@ -191,6 +206,10 @@ def print_comparison(result: dict[str, Any]) -> None:
         waits = ", ".join(f"{m:.3f}/{p:.3f}" for m, p in zip(result["wait_s_measured"], result["wait_s_model"],
                                                               strict=True))
         print(f"netem: wait per round by rank, measured/model (s): {waits}")
+        if result["wait_s_measured_steady"] is not None:
+            steady = ", ".join(f"{m:.3f}/{p:.3f}" for m, p in zip(result["wait_s_measured_steady"],
+                                                                  result["wait_s_model_steady"], strict=True))
+            print(f"netem: ... in the {len(result['steady_rounds'])} rounds after a training round: {steady}")
     comp = statistics.fmean(result["compute_s_measured_per_rank"]) if result["compute_s_measured_per_rank"] else 0
     print(f"netem: compute per round (mean over ranks) {comp:.3f} s")
 
@@ -231,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pfl_dist: error: netem: nodes failed {failed}; logs in {logs}", file=sys.stderr)
         return max(failed.values())
     summary = json.loads((cfg.run_dir / "summary.json").read_text())
-    result = compare(summary, links)
+    records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    result = compare(summary, links, records)
     write_json_atomic(cfg.run_dir / "netem.json", result)
     print_comparison(result)
     return 0

@@ -114,3 +114,22 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], names: str) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: ") and names in lines[0], done.stderr
+
+
+def test_time_to_target_and_the_fastest_method_per_rate() -> None:
+    from pfl_dist.netem.sweep import fastest
+    from pfl_dist.sweep.tradeoff import Curve, seconds_to_reach, tradeoff_rows
+
+    def curve(label: str, facet: str, seconds: list[float], values: list[float]) -> Curve:
+        return Curve(label=label, facet=facet, rounds=list(range(len(values))), num_bytes=[0.0] * len(values),
+                     values=values, communicates=True, seconds=seconds)
+
+    slow_link = [curve("FedAvg", "1", [0, 20, 40], [0.4, 0.8, 0.95]), curve("Local", "1", [0, 1, 2], [0.4, 0.9, 0.9])]
+    fast_link = [curve("FedAvg", "100", [0, 1, 2], [0.4, 0.8, 0.95]), curve("Local", "100", [0, 1, 2], [0.4, 0.7, 0.9])]
+    assert seconds_to_reach(slow_link[0], 0.9, metric="acc_personal") == (40, 2)
+    assert seconds_to_reach(slow_link[1], 0.95, metric="acc_personal") is None
+    assert fastest([*slow_link, *fast_link], 0.8, "acc_personal") == {"1": ("Local", 1), "100": ("FedAvg", 1)}
+    rows = tradeoff_rows(slow_link, metric="acc_personal", targets=[0.9])
+    assert rows[0]["time to acc_personal >= 0.9"] == "40.0 s (round 2)" and rows[0]["train time"] == "40.0 s"
+    untimed = Curve(label="x", facet="", rounds=[0], num_bytes=[0.0], values=[0.5], communicates=True)
+    assert "train time" not in tradeoff_rows([untimed], metric="acc_personal", targets=[0.9])[0]
