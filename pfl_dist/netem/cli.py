@@ -163,8 +163,10 @@ def compare(summary: dict[str, Any], links: list[LinkSpec], records: list[dict[s
     """Measured communication time, wait and wire bytes per round vs the model."""
     world_size = summary["world_size"]
     comm, timing = summary["comm"], summary["time"]
-    rounds = max(1, comm["num_collectives"])
-    payload = comm["payload_bytes"] // world_size // rounds
+    rounds = max(1, summary["num_rounds_completed"])
+    payload = comm.get("all_reduce_payload_bytes", comm["payload_bytes"]) // world_size // rounds
+    steps = (comm.get("all_reduce_num_collectives", comm["num_collectives"]) * model.ring_steps(world_size)
+             + comm.get("all_gather_num_collectives", 0) * (world_size - 1)) // rounds
     rates = [link.rate_bps for link in links]
     result: dict[str, Any] = {"links": [link.describe() for link in links], "payload_bytes_per_round": payload,
                               "training_collectives": comm["num_collectives"]}
@@ -176,7 +178,9 @@ def compare(summary: dict[str, Any], links: list[LinkSpec], records: list[dict[s
     if comm["num_collectives"] and all(rates):
         shaped = [int(r) for r in rates if r]
         latency = max(link.delay_s for link in links)
-        result["comm_s_model"] = model.collective_seconds(payload, world_size, rates_bps=shaped, latency_s=latency)
+        wire_per_rank_round = comm["wire_bytes_model"] / world_size / rounds
+        result["comm_s_model"] = model.round_seconds(wire_per_rank_round, steps=steps, rates_bps=shaped,
+                                                     latency_s=latency)
         result["comm_s_measured"] = timing["comm_s_per_round"]
         result["comm_ratio"] = timing["comm_s_per_round"] / result["comm_s_model"]
         steady_model = model.straggler_wait_seconds(payload, shaped)

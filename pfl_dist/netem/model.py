@@ -9,6 +9,8 @@ over the slowest link, so
 
 (d is about 0 on veth links without netem). B is pfl_dist.comm's modelled wire bytes; on
 1500-byte frames TCP/IP and Ethernet headers add about 4.5%, which the measured wire bytes show.
+With a codec (comm.codec) a round may hold other collectives (a ring all-gather is W-1 steps);
+`round_seconds` takes the round's wire bytes and steps from the byte ledger.
 
 A straggler: one node s with rate r_s < r. Every rank's collective then ends at T_comm(r_s),
 but not at the same moment: the ring's all-gather delivers the chunks that crossed s's slow link
@@ -38,7 +40,13 @@ def collective_seconds(payload_bytes: int, world_size: int, *, rates_bps: list[i
     if world_size < 2:
         return 0.0
     wire = ring_all_reduce_wire_bytes(payload_bytes, world_size)
-    return ring_steps(world_size) * latency_s + 8 * wire / min(rates_bps)
+    return round_seconds(wire, steps=ring_steps(world_size), rates_bps=rates_bps, latency_s=latency_s)
+
+
+def round_seconds(wire_bytes_per_rank: float, *, steps: int, rates_bps: list[int], latency_s: float = 0.0) -> float:
+    """Modelled communication time of a round: `steps` ring steps of latency, and the wire bytes
+    each rank sends, over the slowest link."""
+    return steps * latency_s + 8 * wire_bytes_per_rank / min(rates_bps)
 
 
 def straggler_wait_seconds(payload_bytes: int, rates_bps: list[int]) -> list[float]:
