@@ -1,13 +1,14 @@
 """Time to accuracy over link rates: `python -m pfl_dist.netem.sweep --out DIR --nodes 4
 --rates 1mbit 10mbit 100mbit --methods fedavg local fedclup:0.2 fedclup:0.5 fedclup:2.5
-[--target 0.9] [--global-target 0.5] [netem options] --config X.yaml [section.key=value ...]`.
+[--target 0.9] [--global-target 0.2] [--budget 20] [netem options] --config X.yaml [section.key=value ...]`.
 
 Runs every (rate, method) with `python -m pfl_dist.netem`, one after the other (each is a whole
 emulated cluster), into DIR/<rate>/<method>; a point with a summary.json is skipped, so an
 interrupted sweep resumes. Then writes DIR/time_to_accuracy.md/.csv (per rate and method: final
 accuracies, training time, per-round compute/comm/wait, bytes, and the time to reach each target)
 and DIR/time_to_accuracy.png (accuracy vs training wall-clock seconds, one panel per rate), and
-prints, per rate, the method that reaches each target first.
+prints, per rate, the method that reaches each target first and, with --budget, the accuracies
+each method holds after that many seconds of training (its last evaluation within the budget).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--methods", nargs="+", required=True, help="fedavg, local, fedclup:<lambda>")
     parser.add_argument("--target", type=float, help="personal accuracy target (default: per rate)")
     parser.add_argument("--global-target", type=float, help="global accuracy target")
+    parser.add_argument("--budget", type=float, help="training-time budget in seconds: accuracies held at it")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table and figure")
     return parser.parse_known_args(argv)
 
@@ -104,6 +106,13 @@ def fastest(curves: Sequence[Curve], target: float, metric: str) -> dict[str, tu
     return best
 
 
+def value_at(curve: Curve, seconds: float) -> float | None:
+    """The metric at the last evaluation within `seconds` of training (round 0 counts as 0 s)."""
+    assert curve.seconds is not None
+    held = [v for s, v in zip(curve.seconds, curve.values, strict=True) if s <= seconds]
+    return held[-1] if held else None
+
+
 def plot(curves_by_metric: dict[str, list[Curve]], path: Path) -> Path:
     facets = list(dict.fromkeys(c.facet for c in curves_by_metric[METRICS[0]]))
     fig = Figure(figsize=(4.2 * len(facets), 6.4), layout="constrained")
@@ -135,6 +144,11 @@ def report(args: argparse.Namespace) -> None:
             reached = seconds_to_reach(by_key[(row["facet"], row["method"])], args.global_target, metric="acc_global")
             row[f"time to acc_global >= {args.global_target:g}"] = (
                 f"{reached[0]:.1f} s (round {reached[1]})" if reached else "not reached")
+    if args.budget is not None:
+        for metric in METRICS:
+            by_key = {(c.facet, c.label): c for c in curves[metric]}
+            for row in rows:
+                row[f"{metric} at {args.budget:g} s"] = value_at(by_key[(row["facet"], row["method"])], args.budget)
     md, csv_path = write_table(rows, stem=args.out / "time_to_accuracy")
     figure = plot(curves, args.out / "time_to_accuracy.png")
     print(markdown_table(rows), end="")
@@ -144,6 +158,14 @@ def report(args: argparse.Namespace) -> None:
         for facet, best in fastest(curves[metric], target, metric).items():
             text = f"{best[0]} ({best[1]:.1f} s)" if best else "no method"
             print(f"{facet}: first to {metric} >= {target:g}: {text}")
+    if args.budget is not None:
+        for facet in dict.fromkeys(row["facet"] for row in rows):
+            members = [row for row in rows if row["facet"] == facet]
+            for metric in METRICS:
+                key = f"{metric} at {args.budget:g} s"
+                top = max(row[key] for row in members)
+                leaders = ", ".join(row["method"] for row in members if row[key] == top)
+                print(f"{facet}: best {metric} after {args.budget:g} s of training: {top:.4g} ({leaders})")
     print(f"table: {md} and {csv_path}\nfigure: {figure}")
 
 
