@@ -231,3 +231,19 @@ def test_down_leaves_nothing_behind_when_the_test_fails(image: str, tmp_path: Pa
     assert codes == {n: 2 for n in NODES}, logs
     assert "pfl_dist: error:" in logs and "Traceback" not in logs, logs
     assert compose.leftovers() == {}
+
+
+def test_the_image_runs_the_fashion_mnist_experiment(image: str) -> None:
+    """Debian's Fashion-MNIST is in the image: the paper's image experiment runs, scaled down."""
+    name = _project("fmnist")
+    argv = ["docker", "run", "--rm", "--name", name, image, "python", "-m", "pfl_dist.launch", "--nproc-per-node=2",
+            "--config", "configs/fmnist_logreg.yaml", "data.num_clients=2", "train.num_rounds=1",
+            "algorithm.local_epochs=1", "run.out_dir=/tmp/runs"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = [line for line in done.stdout.splitlines() if line.startswith("final: ")]
+    assert final and "acc_personal" in final[0], done.stdout[-2000:]
+    _say(f"Fashion-MNIST in the image: {final[0]}")
