@@ -71,8 +71,8 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 def format_bytes(num: float) -> str:
     """Decimal units, as network counters are usually read (1 KB = 1000 B)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(num) < 1000 or unit == "GB":
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(num) < 1000 or unit == "PB":
             return f"{num:.0f} {unit}" if unit == "B" else f"{num:.3g} {unit}"
         num /= 1000
     raise AssertionError("unreachable")

@@ -48,7 +48,7 @@ from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_outp
 from pfl_dist.interpreter import tool_command
 from pfl_dist.outputs import check_run_dir, format_bytes, write_bytes_atomic
 from pfl_dist.resources import check_memory
-from pfl_dist.rundir import is_disk_error, os_error_text, prepare_run_dir, print_notes
+from pfl_dist.rundir import is_disk_error, os_error_text, prepare_run_dir, print_notes, saved_config
 from pfl_dist.runtime import (
     Runtime,
     collective_failure,
@@ -341,7 +341,8 @@ class Trainer:
         start fresh; RUN_COMPLETE when rank 0's run dir holds this config's summary.json (run dirs
         of another config are refused or set aside before: pfl_dist/rundir.py).
         -> (round, TensorBoard events logged up to it)."""
-        complete = self.runtime.is_logging_rank and (self.cfg.run_dir / "summary.json").exists()
+        # A summary.json that does not parse does not make a run complete (rundir.saved_config).
+        complete = self.runtime.is_logging_rank and saved_config(self.cfg.run_dir) is not None
         round_num = agree_on_resume_round(self.checkpointer, self.comm, num_rounds=self.cfg.train.num_rounds,
                                           complete=complete)
         if round_num == RUN_COMPLETE:

@@ -35,6 +35,7 @@ from tests.hostile.hostile import (
     TINY_RUN,
     WARNING,
     Outcome,
+    assert_no_traceback,
     assert_one_line,
     assert_unchanged,
     finished_run,
@@ -288,3 +289,16 @@ def test_a_damaged_sweep_point_file_leaves_its_columns_empty(sweep_dir: tuple[Pa
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[2].startswith(POINTS[1])
     assert_unchanged(before, out / POINTS[1])
+
+
+def test_rerunning_a_point_with_a_damaged_summary_trains_it_again(results: Path, reference: Path) -> None:
+    """What the sweep does with a pending point: the run in it completes, its summary is whole."""
+    run_dir = finished_run(results / "out", "run", *RESUMABLE)
+    _truncate(run_dir / "summary.json")
+    before = snapshot(results / "out" / "prev")
+    outcome = resume(run_dir)
+    assert outcome.code == 0 and not outcome.stderr_lines, outcome.describe()
+    assert_no_traceback(outcome)
+    assert "summary.json is unreadable; the run counts as incomplete" in outcome.stdout  # pfl_dist/rundir.py
+    assert_same_result(run_dir, reference)
+    assert_unchanged(before, results / "out" / "prev")

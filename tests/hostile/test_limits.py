@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,7 @@ def test_sizes_that_cannot_fit_are_refused_before_allocation(results: Path, over
     main, torchrun = (train.main, []) if entry == "train" else (launch.main, ["--nproc-per-node=2"])
     outcome = run_main(main, [*torchrun, *TINY_RUN, f"run.out_dir={results / 'out'}", "run.name=new", *overrides])
     line = assert_one_line(outcome, code=2, contains=["of memory per rank", "is available"])
-    assert "GB" in line
+    assert re.search(r"needs at least [\d.]+ [GTP]B of memory per rank \(data [\d.]+ [KMGTP]?B", line), line
     assert_unchanged(before, results)
 
 
