@@ -156,12 +156,12 @@ def check_device(cfg: Config) -> None:
 def preflight(cfg: Config, *, world_size: int, ranks_here: int = 1) -> None:
     """Everything that can be checked before any process starts (`ranks_here`: the ranks this
     machine will run, whose memory must fit here)."""
-    from pfl_dist.outputs import check_run_dir
+    from pfl_dist.outputs import check_result_paths
     from pfl_dist.resources import check_memory
 
     cfg.check_world_size(world_size)
     check_device(cfg)
-    check_run_dir(cfg.run_dir)
+    check_result_paths(cfg.run_dir)
     check_memory(cfg, world_size=world_size, ranks_here=ranks_here)
     # May load the data once (~1 s for images), so corrupt files and impossible partitions fail here.
     task_preflight(cfg)

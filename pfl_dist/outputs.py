@@ -11,12 +11,12 @@ from typing import Any
 
 from pfl_dist.errors import ConfigError
 
-# What a run writes below its run dir, by kind: checked by `check_run_dir` before any write.
+# What a run writes below its run dir, by kind: checked by `check_result_paths` before any write.
 RUN_DIR_FOLDERS = ("final", "ckpt")
 RUN_DIR_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "sweep_point.json", "final/global.pt")
 
 
-def check_run_dir(run_dir: Path) -> None:
+def check_result_paths(run_dir: Path) -> None:
     """ConfigError when the run dir, a folder or a file a run writes in it, or a checkpoint round
     folder is a symlink or the wrong kind of file. A run never writes or deletes through a link
     (`run_dir/final -> /elsewhere` would otherwise have /elsewhere/global.pt replaced)."""

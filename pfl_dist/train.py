@@ -46,7 +46,7 @@ from pfl_dist.errors import DivergenceError, NonFiniteMetricError, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
-from pfl_dist.outputs import check_run_dir, format_bytes, write_bytes_atomic
+from pfl_dist.outputs import check_result_paths, format_bytes, write_bytes_atomic
 from pfl_dist.resources import check_memory
 from pfl_dist.rundir import is_disk_error, os_error_text, prepare_run_dir, print_notes, saved_config
 from pfl_dist.runtime import (
@@ -491,7 +491,7 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
     `stop` is the process's signal flag; a SIGTERM/SIGINT ends the run at the next round that
     every rank agrees on, with a checkpoint, by raising RunStopped.
     """
-    check_run_dir(cfg.run_dir)  # every rank, before anything is created, read or allocated
+    check_result_paths(cfg.run_dir)  # every rank, before anything is created, read or allocated
     check_memory(cfg, world_size=runtime.world_size)
     prepared = prepare_run_dir(cfg, overwrite=overwrite) if runtime.is_logging_rank else None
     try:
