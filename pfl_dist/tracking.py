@@ -2,9 +2,11 @@
 
 Only rank 0 writes (`RunLogger`); every other rank gets a `NullLogger` with the same methods.
 TensorBoard layout (docs/ARCHITECTURE.md):
-- step = round:  train/loss_*, eval/acc_*, eval/ATR, eval/ITR, comm/*_bytes, comm/*_bytes_cum,
-  time/round_s; time/compute_s, time/comm_s, time/wait_s (means over ranks) and time/wait_s_max,
-  written at each evaluation for the rounds since the previous one (pfl_dist/timing.py);
+- step = round: the metrics, named by where they are measured (`metric_tag`): train/<metric> on
+  the clients' training samples, eval/<metric> on test splits and for ITR/ATR (distances to the
+  true models); comm/*_bytes, comm/*_bytes_cum, time/round_s; time/compute_s, time/comm_s,
+  time/wait_s (means over ranks) and time/wait_s_max, written at each evaluation for the rounds
+  since the previous one (pfl_dist/timing.py);
 - step = cumulative training wire bytes (int64, exact): tradeoff/<metric>_vs_bytes;
 - step = cumulative FL-equivalent bytes (uplink + downlink): tradeoff_fl/<metric>_vs_fl_bytes;
 - step = cumulative training wall-clock milliseconds (the rounds' time on rank 0, evaluation
@@ -12,10 +14,11 @@ TensorBoard layout (docs/ARCHITECTURE.md):
 - a custom-scalars page with the trade-off curves, and hparams written at the end.
 
 Resuming from round t (pfl_dist/checkpoint.py) keeps exactly what was logged up to round t:
-metrics.jsonl is cut back to rounds <= t, and the TensorBoard events to the first N the logger had
-written when round t was checkpointed (N is saved in the checkpoint). A purge_step of t + 1 would
-not do: TensorBoard purges by step across all tags, and the trade-off tags' steps are bytes, so
-it would also drop their points of rounds <= t, and keep stale ones when the bytes are 0.
+metrics.jsonl (its metrics keyed by the same tags) is cut back to rounds <= t, and the TensorBoard
+events to the first N the logger had written when round t was checkpointed (N is saved in the
+checkpoint). A purge_step of t + 1 would not do: TensorBoard purges by step across all tags, and
+the trade-off tags' steps are bytes, so it would also drop their points of rounds <= t, and keep
+stale ones when the bytes are 0.
 """
 
 from __future__ import annotations
@@ -35,8 +38,15 @@ from pfl_dist.timing import RoundTimes
 
 TRADEOFF_METRICS = ("acc_personal", "acc_global", "ITR", "ATR")
 _RESULT_FILES = ("metrics.jsonl", "summary.json", "final")
-def metric_tag(name: str) -> str:
-    return f"train/{name}" if name.startswith("loss") else f"eval/{name}"
+
+
+PARAMETER_ERRORS = ("ITR", "ATR", "IOR", "AOR")  # distances of the models to the truth: no data split
+
+
+def metric_tag(name: str, measured_on: str) -> str:
+    """'train/loss_personal' for a metric measured on training samples, 'eval/acc_global' for one
+    measured on a test split; the parameter errors are always eval/."""
+    return f"eval/{name}" if name in PARAMETER_ERRORS else f"{measured_on}/{name}"
 
 
 def read_records(path: Path) -> tuple[list[bytes | None], int]:
@@ -150,10 +160,12 @@ class NullLogger:
 
 
 class RunLogger(NullLogger):
-    def __init__(self, run_dir: Path, config: dict[str, Any], *, start_round: int = 0, num_events: int = 0) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, start_round: int = 0, num_events: int = 0,
+                 metrics_measured_on: str) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only: it is slow
 
         self.run_dir = run_dir
+        self.measured_on = metrics_measured_on
         self.metrics_path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
         if start_round == 0:
@@ -243,14 +255,15 @@ class RunLogger(NullLogger):
 
     def log_eval(self, record: dict[str, Any]) -> None:
         round_num = record["round"]
-        for name, value in record["metrics"].items():
-            self._scalar(metric_tag(name), value, round_num)
+        tagged = {metric_tag(name, self.measured_on): value for name, value in record["metrics"].items()}
+        for tag, value in tagged.items():
+            self._scalar(tag, value, round_num)
         for key, value in record["comm"].items():
             if value is not None:
                 self._scalar(f"comm/{key}_cum", value, round_num)
         self._log_tradeoff(record)
         with open(self.metrics_path, "a") as f:  # reopened per record: a crash loses no line
-            f.write(json.dumps(record, allow_nan=False) + "\n")
+            f.write(json.dumps({**record, "metrics": tagged}, allow_nan=False) + "\n")
 
     def _log_tradeoff(self, record: dict[str, Any]) -> None:
         wire = int(record["comm"]["wire_bytes_model"])

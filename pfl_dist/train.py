@@ -114,7 +114,8 @@ class Trainer:
                                          num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep, config=config)
         self.start_round, num_events = self._resume()
         self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
-        self.logger = (RunLogger(cfg.run_dir, config, start_round=self.start_round, num_events=num_events)
+        self.logger = (RunLogger(cfg.run_dir, config, start_round=self.start_round, num_events=num_events,
+                                 metrics_measured_on=self.task.metrics_measured_on)
                        if runtime.is_logging_rank and not self.already_complete else NullLogger())
 
     def parameter_shapes(self) -> list[torch.Size]:

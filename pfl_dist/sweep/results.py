@@ -36,6 +36,11 @@ _COMM_COLUMNS = ("wire_bytes_model", "payload_bytes", "uplink_bytes", "downlink_
 _TIME_COLUMNS = ("wall_s", "round_s_median", "point_wall_s")
 
 
+def metric_name(tag: str) -> str:
+    """A metric's name from its metrics.jsonl key / TensorBoard tag: 'train/loss_global' -> 'loss_global'."""
+    return tag.rsplit("/", 1)[-1]
+
+
 def method_label(config: dict[str, Any]) -> str:
     """'FedAvg', 'LocalTrain', 'FedCLUP λ=0.5', 'FedCLUP λ=auto', 'FedProx μ=0.1' (the legend)."""
     algo = config["algorithm"]
@@ -84,13 +89,15 @@ class Run:
 
     @cached_property
     def records(self) -> list[dict[str, Any]]:
-        """metrics.jsonl: one record per evaluated round, round 0 first."""
+        """metrics.jsonl: one record per evaluated round, round 0 first, with the metrics by name
+        as in summary.json ('eval/ITR' -> 'ITR'; the file keys them by TensorBoard tag)."""
         path = self.path / "metrics.jsonl"
         lines = path.read_bytes().splitlines() if path.is_file() else []
         records = [parse_record(line) for line in lines if line.strip()]
         if None in records:
             _warn(path, f"has {records.count(None)} malformed line(s); they are left out")
-        return [r for r in records if r is not None]
+        return [{**r, "metrics": {metric_name(k): v for k, v in r["metrics"].items()}}
+                for r in records if r is not None]
 
     @property
     def method(self) -> str:

@@ -15,6 +15,9 @@ class Task(Protocol):
     client_ids: range  # the global ids of this rank's clients, contiguous
     sample_counts: torch.Tensor  # (k,) n_i of this rank's clients, the aggregation weights
     max_threads: int | None  # intra-op thread cap for this task; None = the runtime's thread rule
+    # Where the data metrics (loss_*, acc_*, ...) are measured: "train" = the clients' training
+    # samples, "eval" = test splits. It prefixes their TensorBoard tags and metrics.jsonl keys.
+    metrics_measured_on: str
 
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         ...

@@ -194,6 +194,7 @@ class ImageTask:
     """This rank's image clients: padded train/test tensors, the model, local SGD and metrics."""
 
     max_threads: int | None = None  # the runtime's thread rule: CNN and 784-wide batches do split
+    metrics_measured_on = "eval"  # accuracies and losses: the clients' test splits and the official test set
 
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         check_image_config(cfg)

@@ -27,6 +27,7 @@ class SyntheticTask:
     # slower, not faster (k=100: 112 us/step with 1 thread, 1.2-1.7 ms with 2 on a shared
     # 2-core box). More cores are used by more ranks (docs/PERFORMANCE.md, thread rule).
     max_threads: int | None = 1
+    metrics_measured_on = "train"  # accuracies and losses: the clients' own training samples
 
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         data = cfg.data

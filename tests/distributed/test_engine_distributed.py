@@ -59,7 +59,7 @@ def test_tradeoff_curve_steps_are_cumulative_training_wire_bytes(four_rank_run: 
     events.Reload()
     points = events.Scalars("tradeoff/ITR_vs_bytes")
     assert [p.step for p in points] == [r["comm"]["wire_bytes_model"] for r in records]
-    assert [p.value for p in points] == pytest.approx([r["metrics"]["ITR"] for r in records], rel=1e-6)
+    assert [p.value for p in points] == pytest.approx([r["metrics"]["eval/ITR"] for r in records], rel=1e-6)
     assert points[-1].step == read_summary(four_rank_run)["comm"]["wire_bytes_model"] > 0
     assert len(events.Scalars("comm/uplink_bytes")) == ROUNDS
 

