@@ -19,7 +19,8 @@ export TORCH_DISABLE_SHARE_RDZV_TCP_STORE := 1
 install: $(STAMP) data
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# A venv whose creation was interrupted has a python but no pip: make it again.
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(if $(TORCH_INDEX_URL),$(PIP) --index-url $(TORCH_INDEX_URL) '$(TORCH_PIN)',@:)
 	$(PIP) -r requirements.txt -r requirements-dev.txt
 	$(PIP) --no-deps --no-build-isolation -e .
