@@ -1,6 +1,14 @@
 """Kill trials: SIGKILL one worker of a checkpointing torchrun job and check the resumed run.
 
-    .venv/bin/python benchmarks/kill_trials.py --trials 10 [--out runs/kill_trials]
+    .venv/bin/python benchmarks/kill_trials.py --trials 10 [--out runs/kill_trials] [--kind KIND]
+
+Kinds (--kind):
+- worker (default): SIGKILL one worker under `torchrun --max-restarts=3`; torchrun restarts the group.
+- launch-worker: the same under `python -m pfl_dist.launch --max-restarts=3` (its loopback c10d
+  rendezvous, which replaces --standalone, must carry the restart).
+- torchrun: SIGKILL the torchrun agent itself (not its process group), then rerun the same
+  command at once: the workers must die with their agent (PR_SET_PDEATHSIG), and the rerun must
+  neither collide with them nor lose a record.
 
 Each trial starts `torchrun --nproc-per-node=4 --max-restarts=3`, waits until the checkpoint
 of a random round is complete plus a random fraction of a round, then SIGKILLs a random worker
@@ -69,10 +77,15 @@ class Job:
         return "".join(line for _, line in self.lines)
 
 
-def start_torchrun(out_dir: Path, name: str, *, nproc: int, max_restarts: int, overrides: tuple[str, ...]) -> Job:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               f"--max-restarts={max_restarts}", "--monitor-interval=0.1", "-m", "pfl_dist.train",
-               f"run.out_dir={out_dir}", f"run.name={name}", *overrides]
+def start_torchrun(out_dir: Path, name: str, *, nproc: int, max_restarts: int, overrides: tuple[str, ...],
+                   launcher: str = "torchrun") -> Job:
+    options = [f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}", "--monitor-interval=0.1"]
+    args = [f"run.out_dir={out_dir}", f"run.name={name}", *overrides]
+    if launcher == "launch":
+        command = [sys.executable, "-m", "pfl_dist.launch", *options, *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", *options, "-m", "pfl_dist.train",
+                   *args]
     env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return Job.spawn(command, env=env, new_session=True)
 
@@ -172,17 +185,70 @@ def run_reference(out_dir: Path, *, nproc: int = 4, overrides: tuple[str, ...] =
     return out_dir / "reference"
 
 
-def kill_trial(out_dir: Path, reference: Path, *, trial: int, killed_rank: int, kill_after_round: int,
-               delay_s: float, nproc: int = 4, overrides: tuple[str, ...] = OVERRIDES,
-               timeout: float = 600) -> TrialResult:
+def agent_pid(job: Job, launcher: str) -> int:
+    """The torchrun agent of a job: the process itself, or the launcher's child."""
+    if launcher != "launch":
+        return job.process.pid
+    children = Path(f"/proc/{job.process.pid}/task/{job.process.pid}/children")
+    assert wait_for(lambda: children.read_text().split(), timeout=60), "the launcher started no torchrun"
+    return int(children.read_text().split()[0])
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def torchrun_kill_trial(out_dir: Path, reference: Path, *, trial: int, kill_after_round: int, delay_s: float,
+                        nproc: int = 4, overrides: tuple[str, ...] = OVERRIDES, timeout: float = 600) -> TrialResult:
+    """SIGKILL the agent (its workers are orphaned unless they die with it), rerun at once."""
     name = f"trial_{trial:02d}"
     run_dir = out_dir / name
     shutil.rmtree(run_dir, ignore_errors=True)
     started = time.time()
-    job = start_torchrun(out_dir, name, nproc=nproc, max_restarts=3, overrides=overrides)
+    job = start_torchrun(out_dir, name, nproc=nproc, max_restarts=0, overrides=overrides)
+    problems: list[str] = []
     try:
         ready = wait_for(lambda: checkpoint_complete(run_dir, kill_after_round, nproc), timeout=timeout)
-        pids = worker_pids(job.process.pid)
+        workers = worker_pids(job.process.pid)
+        if not ready or len(workers) != nproc:
+            raise RuntimeError(f"trial {trial}: job not ready (ready={ready}, workers={workers})")
+        time.sleep(delay_s)
+        killed = time.time()
+        os.kill(job.process.pid, signal.SIGKILL)  # the agent only, as `kill -9 <torchrun>` would
+        job.wait(timeout)
+        killed_at = max((r for r in range(EVERY, NUM_ROUNDS, EVERY) if checkpoint_complete(run_dir, r, nproc)),
+                        default=None)
+        rerun = start_torchrun(out_dir, name, nproc=nproc, max_restarts=0, overrides=overrides)  # at once
+        if not wait_for(lambda: not any(alive(pid) for pid in workers.values()), timeout=5):
+            problems.append(f"workers outlived the SIGKILLed agent: {[p for p in workers.values() if alive(p)]}")
+        code = rerun.wait(timeout)
+    finally:
+        for pid in worker_pids(job.process.pid).values():
+            os.kill(pid, signal.SIGKILL)
+    resumed = rerun.first_line_time("resume:", after=killed)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    problems += compare_runs(run_dir, reference) if code == 0 else [f"rerun failed:\n{rerun.output()[-3000:]}"]
+    return TrialResult(trial=trial, killed_rank=-1, kill_after_round=kill_after_round, killed_at_round=killed_at,
+                       resumed_from=summary.get("resumed_from", []), exit_code=code,
+                       resume_s=None if resumed is None else resumed - killed, total_s=time.time() - started,
+                       problems=problems)
+
+
+def kill_trial(out_dir: Path, reference: Path, *, trial: int, killed_rank: int, kill_after_round: int,
+               delay_s: float, nproc: int = 4, overrides: tuple[str, ...] = OVERRIDES,
+               timeout: float = 600, launcher: str = "torchrun") -> TrialResult:
+    name = f"trial_{trial:02d}"
+    run_dir = out_dir / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    started = time.time()
+    job = start_torchrun(out_dir, name, nproc=nproc, max_restarts=3, overrides=overrides, launcher=launcher)
+    try:
+        ready = wait_for(lambda: checkpoint_complete(run_dir, kill_after_round, nproc), timeout=timeout)
+        pids = worker_pids(agent_pid(job, launcher))
         if not ready or killed_rank not in pids:
             raise RuntimeError(f"trial {trial}: no worker rank {killed_rank} to kill (ready={ready}, pids={pids})")
         time.sleep(delay_s)
@@ -209,22 +275,32 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "kill_trials")
     parser.add_argument("--seed", type=int, default=0, help="chooses the killed rank, round and delay")
+    parser.add_argument("--kind", choices=("worker", "launch-worker", "torchrun"), default="worker",
+                        help="what is killed (see the module doc)")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     reference = run_reference(args.out)
     rng = random.Random(args.seed)
     results = []
     for trial in range(args.trials):
-        result = kill_trial(args.out, reference, trial=trial, killed_rank=rng.randrange(4),
-                            kill_after_round=rng.randrange(EVERY, NUM_ROUNDS - 2 * EVERY, EVERY),
-                            delay_s=rng.uniform(0.0, 0.3))
+        killed_rank = rng.randrange(4)
+        kill_after_round = rng.randrange(EVERY, NUM_ROUNDS - 2 * EVERY, EVERY)
+        delay_s = rng.uniform(0.0, 0.3)
+        if args.kind == "torchrun":
+            result = torchrun_kill_trial(args.out, reference, trial=trial, kill_after_round=kill_after_round,
+                                         delay_s=delay_s)
+        else:
+            result = kill_trial(args.out, reference, trial=trial, killed_rank=killed_rank,
+                                kill_after_round=kill_after_round, delay_s=delay_s,
+                                launcher="launch" if args.kind == "launch-worker" else "torchrun")
         results.append(result)
         print(json.dumps({**asdict(result), "passed": result.passed}), flush=True)
     passed = sum(r.passed for r in results)
     resume = sorted(r.resume_s for r in results if r.resume_s is not None)
     median = resume[len(resume) // 2] if resume else None
-    print(f"kill trials: {passed}/{len(results)} passed; resume after SIGKILL: median {median:.1f} s, "
-          f"range {resume[0]:.1f}-{resume[-1]:.1f} s" if resume else f"kill trials: {passed}/{len(results)} passed")
+    print(f"kill trials ({args.kind}): {passed}/{len(results)} passed; resume after SIGKILL: median {median:.1f} s, "
+          f"range {resume[0]:.1f}-{resume[-1]:.1f} s" if resume
+          else f"kill trials ({args.kind}): {passed}/{len(results)} passed")
     return 0 if passed == len(results) else 1
 
 

@@ -20,9 +20,12 @@ from types import FrameType
 from typing import Any
 
 from pfl_dist.config import SECTIONS, Config, did_you_mean, load_config
+from pfl_dist.endpoints import check_ports, replace_standalone
 from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.guard import guard_output
 from pfl_dist.rundir import check_run_dir
 from pfl_dist.tasks import preflight as task_preflight
+from pfl_dist.torchrun_output import TorchrunOutput
 
 _RDZV_OPTIONS = ("--standalone", "--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr")
 # torch 2.13: an elastic restart of a gloo group cannot reconnect without it (docs/RELIABILITY.md).
@@ -52,7 +55,8 @@ torchrun options, passed through (the common ones; `--help-torchrun` lists them 
   --nproc-per-node=N     processes on this node (each hosts data.num_clients/W clients)
   --nnodes=N|MIN:MAX     number of nodes
   --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT [--rdzv-conf=is_host=true,join_timeout=S]
-                         multi-node rendezvous; without one, --standalone is added
+                         multi-node rendezvous; without one, the launcher hosts a c10d rendezvous
+                         on 127.0.0.1 (instead of --standalone, whose store listens on every interface)
   --node-rank=R --master-addr=HOST --master-port=PORT
                          static rendezvous
   --max-restarts=N       elastic restarts after a worker dies (the run resumes from its checkpoint)
@@ -177,6 +181,7 @@ def print_help(*, torchrun: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    guard_output()
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help", "--help-torchrun"} & set(args):
         print_help(torchrun="--help-torchrun" in args)
@@ -186,12 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(config, [o for o in overrides if o != "--overwrite"])
         preflight(cfg, world_size=planned_world_size(torchrun_args), ranks_here=ranks_per_node(torchrun_args))
         check_run_dir(cfg, overwrite="--overwrite" in overrides)
+        check_ports(torchrun_args)
+        # --standalone -> a c10d rendezvous this process hosts on 127.0.0.1 (pfl_dist/endpoints.py)
+        launch_args, rendezvous = replace_standalone(torchrun_command(torchrun_args)[3:])
     except PflError as err:
         print(f"pfl_dist: error: {err}", file=sys.stderr)
         return err.exit_code
-    command = [*torchrun_command(torchrun_args), "-m", "pfl_dist.train"]
-    command += (["--config", config] if config else []) + overrides
-    return run_torchrun(command, env={**os.environ, **TORCHRUN_ENV})
+    command = [sys.executable, "-m", "torch.distributed.run", *launch_args, "-m", "pfl_dist.train"]
+    command += (["--config", config] if config else []) + overrides  # overrides carry --overwrite
+    try:
+        return run_torchrun(command, env={**os.environ, **TORCHRUN_ENV})
+    finally:
+        if rendezvous is not None:
+            rendezvous.close()
 
 
 # torchrun failures that end in its own multi-page report; the launcher adds one line that says
@@ -262,9 +274,10 @@ def run_torchrun(command: list[str], *, env: dict[str, str]) -> int:
     assert process.stderr is not None
     forwarder = _StopForwarder(process)
     forwarder.install()
+    output = TorchrunOutput(sys.stderr.write)
     try:
         for line in process.stderr:
-            sys.stderr.write(line)
+            output.feed(line)
             seen.update(marker for marker in _TORCHRUN_FAILURES if marker in line)
             agent_signalled = agent_signalled or _AGENT_SIGNALLED in line
             if line.startswith(_STOP_MESSAGE) and not worker_stopped:
@@ -280,6 +293,7 @@ def run_torchrun(command: list[str], *, env: dict[str, str]) -> int:
             print(f"pfl_dist: stopped by {forwarder.signal_name} (forwarded to torchrun, whose workers checkpoint "
                   "the last completed round); rerun the same command to resume", file=sys.stderr, flush=True)
         return _STOPPED_EXIT_CODE
+    code = output.finish(code)  # a worker's own error line and exit code instead of torchrun's report
     for marker in seen if code else ():
         print(f"pfl_dist: error: {_TORCHRUN_FAILURES[marker]}", file=sys.stderr)
     return code

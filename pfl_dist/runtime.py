@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from pfl_dist.config import Config
+from pfl_dist.endpoints import loopback_store
 from pfl_dist.errors import ConfigError
 
 
@@ -107,7 +108,13 @@ def init_runtime(cfg: Config) -> Runtime:
     if backend is not None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.comm.timeout_s))
+        timeout = timedelta(seconds=cfg.comm.timeout_s)
+        # rank 0's store on 127.0.0.1 only when every rank is on this machine (pfl_dist/endpoints.py)
+        store = loopback_store(rank=rank, world_size=world_size, timeout=timeout, environ=dict(os.environ))
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=rank, world_size=world_size)
     return Runtime(rank=rank, world_size=world_size, local_rank=local_rank,
                    local_world_size=local_world_size, device=device, backend=backend)
 

@@ -1,0 +1,178 @@
+"""Hostile cases for processes and ports (issue 15 families 5 and 6): a SIGKILLed torchrun, a
+reader that closes the pipe, divergence through the launcher, busy ports, and what a job listens
+on. Real torchrun jobs: marked distributed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pfl_dist.launch import TORCHRUN_ENV
+from tests.hostile.hostile import (
+    REPO,
+    TINY_RUN,
+    assert_no_traceback,
+    assert_one_line,
+    assert_unchanged,
+    run_module,
+    snapshot,
+)
+
+pytestmark = pytest.mark.distributed
+
+SLOW_RUN = ("data.num_clients=2", "data.samples_per_client=20", "data.dim=4", "train.num_rounds=100000",
+            "train.eval_every=20000", "algorithm.num_local_steps=2", "checkpoint.every=5000")
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(c) for c in path.read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate, *, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def torchrun(out: Path, *args: str, nproc: int = 2) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "pfl_dist.train", f"run.out_dir={out}", "run.name=run", *args]
+    return subprocess.Popen(command, cwd=REPO, env={**os.environ, **TORCHRUN_ENV}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_workers_die_with_a_sigkilled_torchrun_and_a_rerun_does_not_collide(tmp_path: Path) -> None:
+    """Today the workers ran on orphaned; a rerun collided with them (5 records lost, exit 1)."""
+    job = torchrun(tmp_path, *SLOW_RUN)
+    try:
+        assert wait_until(lambda: len(descendants(job.pid)) >= 2 and (tmp_path / "run" / "metrics.jsonl").exists(),
+                          timeout=120), job.stderr
+        workers = descendants(job.pid)
+        os.kill(job.pid, signal.SIGKILL)  # torchrun only, not its process group
+        job.wait(30)
+        assert wait_until(lambda: not any(alive(pid) for pid in workers), timeout=5), "orphaned workers"
+    finally:
+        for pid in descendants(job.pid):
+            os.kill(pid, signal.SIGKILL)
+    rerun = run_module("pfl_dist.train", f"run.out_dir={tmp_path}", "run.name=run", *SLOW_RUN[:3],
+                       "train.num_rounds=3", *SLOW_RUN[4:])
+    # another config (num_rounds) and no summary: a fresh run in the same dir, not refused, not colliding
+    assert rerun.code == 0, rerun.describe()
+    assert_no_traceback(rerun)
+
+
+def test_a_closed_stdout_pipe_does_not_kill_the_run(tmp_path: Path) -> None:
+    """`pfl_dist.train ... | head -1`: the run goes on and writes its results."""
+    command = [sys.executable, "-m", "pfl_dist.train", f"run.out_dir={tmp_path}", "run.name=run", *TINY_RUN[:3],
+               "train.num_rounds=40", "train.eval_every=1", "algorithm.num_local_steps=2"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.readline()
+    process.stdout.close()  # as `head -1` does after its line
+    stderr = process.stderr.read().decode()
+    assert process.wait(120) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_closed_stdout_pipe_under_torchrun(tmp_path: Path) -> None:
+    shell = (f"{sys.executable} -m pfl_dist.launch --nproc-per-node=2 run.out_dir={tmp_path} run.name=run "
+             "data.num_clients=2 train.num_rounds=30 train.eval_every=1 algorithm.num_local_steps=2 | head -1")
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, **TORCHRUN_ENV})
+    assert result.stdout.startswith("round    0/30"), result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_divergence_through_the_launcher_exits_3_with_its_own_line(tmp_path: Path) -> None:
+    outcome = run_module("pfl_dist.launch", "--nproc-per-node=2", f"run.out_dir={tmp_path}", "data.num_clients=2",
+                         "algorithm.local_lr=1e30", "train.num_rounds=3", timeout=300)
+    assert outcome.code == 3, outcome.describe()
+    assert_no_traceback(outcome)
+    lines = [line for line in outcome.stderr_lines if not line.startswith(("*", "Setting OMP_NUM_THREADS"))]
+    assert lines and all(line.startswith("pfl_dist: error: round 1: client") for line in lines), outcome.describe()
+
+
+def test_a_completed_run_of_another_config_through_the_launcher_is_one_line(tmp_path: Path) -> None:
+    first = run_module("pfl_dist.launch", "--nproc-per-node=2", f"run.out_dir={tmp_path}", "run.name=run",
+                       *TINY_RUN, timeout=300)
+    assert first.code == 0, first.describe()
+    before = snapshot(tmp_path)
+    second = run_module("pfl_dist.launch", "--nproc-per-node=2", f"run.out_dir={tmp_path}", "run.name=run",
+                        *TINY_RUN, "algorithm.lam=0.3", timeout=300)
+    assert second.code == 2, second.describe()
+    ours = [line for line in second.stderr_lines if line.startswith("pfl_dist:")]
+    assert len(ours) == 1 and "another config (algorithm.lam was 0.5, now 0.3)" in ours[0], second.describe()
+    assert_no_traceback(second)
+    assert_unchanged(before, tmp_path)
+    third = run_module("pfl_dist.launch", "--nproc-per-node=2", f"run.out_dir={tmp_path}", "run.name=run",
+                       *TINY_RUN, "algorithm.lam=0.3", "--overwrite", timeout=300)
+    assert third.code == 0, third.describe()
+
+
+@pytest.mark.parametrize("option", ["--master-port", "--rdzv-endpoint"])
+def test_a_busy_port_is_one_line_before_torchrun_starts(tmp_path: Path, option: str) -> None:
+    """Today: a traceback (--master-port) or a silent hang past the join timeout (rendezvous)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        if option == "--master-port":
+            args = ["--nnodes=1", "--master-addr=127.0.0.1", f"--master-port={port}"]
+        else:
+            args = ["--nnodes=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                    "--rdzv-conf=join_timeout=20"]
+        started = time.monotonic()
+        outcome = run_module("pfl_dist.launch", *args, "--nproc-per-node=2", f"run.out_dir={tmp_path}",
+                             *TINY_RUN, timeout=60)
+    assert_one_line(outcome, code=2, contains=[str(port), "in use by another process"])
+    assert time.monotonic() - started < 20
+    assert not (tmp_path).exists() or not any(tmp_path.iterdir())
+
+
+def test_the_job_listens_on_loopback_only(tmp_path: Path) -> None:
+    """`ss -ltnp`: the launcher's rendezvous store, rank 0's store and gloo listen on 127.0.0.1 only
+    (torchrun --standalone's agent and rank 0 stores listened on every interface)."""
+    if subprocess.run(["which", "ss"], capture_output=True).returncode != 0:
+        pytest.skip("ss (iproute2) is not installed")
+    command = [sys.executable, "-m", "pfl_dist.launch", "--nproc-per-node=2", f"run.out_dir={tmp_path}",
+               "run.name=run", *SLOW_RUN]
+    job = subprocess.Popen(command, cwd=REPO, env={**os.environ, **TORCHRUN_ENV}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_until(lambda: (tmp_path / "run" / "metrics.jsonl").exists(), timeout=120)
+        pids = {job.pid, *descendants(job.pid)}
+        listening = [line for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+                     .splitlines() if any(f"pid={pid}," in line for pid in pids)]
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(30)
+    assert len(listening) >= 3, listening  # the rendezvous store, rank 0's store, gloo
+    local = [line.split()[3] for line in listening]
+    assert all(address.startswith(("127.", "[::1]")) for address in local), listening
