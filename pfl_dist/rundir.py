@@ -235,12 +235,29 @@ class PreparedRunDir:
 
 
 def check_run_dir(cfg: Config, *, overwrite: bool = False) -> None:
-    """The checks of `prepare_run_dir` that touch nothing: the launcher runs them before torchrun
-    starts, so a conflict is one line instead of a failed job."""
+    """What `prepare_run_dir` would refuse, checked without writing anything: by the launcher
+    before torchrun starts, and by rank 0 before the process group forms (so a refusal is one
+    line from one process, not a failed collective on every rank)."""
     check_directory(Path(cfg.run.out_dir), "run.out_dir")
-    check_directory(cfg.run_dir, "run dir")
-    if cfg.run_dir.is_dir() and not overwrite:  # refuse a conflict before touching anything
-        _refuse_another_config(cfg, cfg.run_dir)
+    run_dir = cfg.run_dir
+    check_directory(run_dir, "run dir")
+    if not run_dir.is_dir():
+        return
+    if not overwrite:
+        _refuse_another_config(cfg, run_dir)
+    lock_path = run_dir / LOCK_FILE
+    if lock_path.is_file():
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # prepare_run_dir reports it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"run dir {run_dir} is in use by another pfl_dist process{_lock_holder(fd)}; "
+                              "wait for it to finish, or write elsewhere") from None
+        finally:
+            os.close(fd)
 
 
 def prepare_run_dir(cfg: Config, *, overwrite: bool = False) -> PreparedRunDir:

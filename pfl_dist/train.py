@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from pfl_dist import rundir
 from pfl_dist.aggregate import pack_weighted_sum, weighted_average
 from pfl_dist.algorithms import Algorithm, build_algorithm, theory_lambda
 from pfl_dist.checkpoint import (
@@ -517,6 +518,8 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
 
 def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
     """One run as its own process group: init, run_session, shutdown."""
+    if env_rank() == 0:
+        rundir.check_run_dir(cfg, overwrite=overwrite)  # a refusal before the group forms: one line, one process
     runtime = init_runtime(cfg)
     stop = StopRequest()
     stop.install()

@@ -74,7 +74,11 @@ def test_a_valid_command_reaches_torchrun_with_its_options_and_overrides(no_torc
     [command] = no_torchrun
     assert command[-7:] == ["--max-restarts=1", "-m", "pfl_dist.train", "--config", DEFAULT, "algorithm.lam=0.1",
                             f"run.out_dir={tmp_path}"]
-    assert command[3:6] == ["--standalone", "--nproc-per-node", "2"]
+    # no --standalone: a c10d rendezvous the launcher hosts on 127.0.0.1 (pfl_dist/endpoints.py)
+    assert "--standalone" not in command and command[3] == "--rdzv-backend=c10d"
+    assert command[4].startswith("--rdzv-endpoint=127.0.0.1:")
+    assert command[6:11] == ["--rdzv-conf=is_host=false", "--local-addr=127.0.0.1", "--nnodes=1",
+                             "--nproc-per-node", "2"]
 
 
 def test_another_configs_run_dir_is_refused_before_torchrun_and_overwrite_is_passed_on(
