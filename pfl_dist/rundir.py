@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pfl_dist.errors import PflError
+from pfl_dist.outputs import check_run_dir as check_entries
 
 if TYPE_CHECKING:
     from pfl_dist.config import Config
@@ -123,7 +124,7 @@ def check_directory(path: Path, what: str) -> None:
     if path.is_symlink():
         raise RunDirError(f"{what} {path} is a symlink; pfl_dist does not follow it (use a real directory)")
     if path.exists() and not path.is_dir():
-        raise RunDirError(f"{what} {path} is not a directory")
+        raise RunDirError(f"{what} {path} is a file, not a folder")
 
 
 def make_directory(path: Path, what: str) -> None:
@@ -240,7 +241,7 @@ def check_run_dir(cfg: Config, *, overwrite: bool = False) -> None:
     line from one process, not a failed collective on every rank)."""
     check_directory(Path(cfg.run.out_dir), "run.out_dir")
     run_dir = cfg.run_dir
-    check_directory(run_dir, "run dir")
+    check_entries(run_dir)  # symlinks and wrong kinds of file in the run dir (pfl_dist/outputs.py)
     if not run_dir.is_dir():
         return
     if not overwrite:

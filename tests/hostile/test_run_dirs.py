@@ -106,7 +106,7 @@ def test_out_dir_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("not a folder\n")
     before = snapshot(tmp_path)
     outcome = run_main(train.main, train_args(tmp_path / "out"))
-    assert_one_line(outcome, code=2, contains=["run.out_dir", "not a directory"])
+    assert_one_line(outcome, code=2, contains=["run.out_dir", "is a file, not a folder"])
     assert_unchanged(before, tmp_path)
 
 
@@ -197,7 +197,7 @@ def test_sweep_out_dir_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("x\n")
     before = snapshot(tmp_path / "out")
     outcome = run_main(sweep_cli.main, [str(path)])
-    assert_one_line(outcome, code=2, prefix=SWEEP_ERROR, contains="is not a directory")
+    assert_one_line(outcome, code=2, prefix=SWEEP_ERROR, contains="is a file, not a folder")
     assert_unchanged(before, tmp_path / "out")
 
 
