@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pfl_dist.errors import PflError
-from pfl_dist.outputs import check_run_dir as check_entries
+from pfl_dist.outputs import check_result_paths
 
 if TYPE_CHECKING:
     from pfl_dist.config import Config
@@ -241,7 +241,7 @@ def check_run_dir(cfg: Config, *, overwrite: bool = False) -> None:
     line from one process, not a failed collective on every rank)."""
     check_directory(Path(cfg.run.out_dir), "run.out_dir")
     run_dir = cfg.run_dir
-    check_entries(run_dir)  # symlinks and wrong kinds of file in the run dir (pfl_dist/outputs.py)
+    check_result_paths(run_dir)  # symlinks and wrong kinds of file in the run dir (pfl_dist/outputs.py)
     if not run_dir.is_dir():
         return
     if not overwrite:
