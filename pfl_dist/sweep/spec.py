@@ -15,14 +15,16 @@ A sweep YAML (configs/sweeps/*.yaml):
 Variants exist because a pure cartesian product cannot say "FedAvg once, FedCLUP at three
 lambdas": lambda means nothing to FedAvg, and crossing it would repeat identical FedAvg runs.
 Precedence is base < overrides < variant < grid < seed; a key set by both a variant and the grid
-is an error rather than a silent winner. Every point's config is built and validated here, so a
-bad value costs one line before any process starts.
+is an error rather than a silent winner, and so is a key written twice in the file. Every point's
+config is built and validated here, so a bad value costs one line before any process starts.
+Points of one variant whose configs are equal once validated (a grid of [1.0, 1]) run once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -31,13 +33,14 @@ from typing import Any, Literal
 
 import yaml
 
-from pfl_dist.config import SECTIONS, Config, apply_overrides, did_you_mean, read_yaml
+from pfl_dist.config import MAX_SEED, SECTIONS, Config, apply_overrides, did_you_mean, read_yaml
 from pfl_dist.errors import ConfigError, PflError
 
 Mode = Literal["per_point", "in_job"]
 _TOP_KEYS = ("description", "base", "out_dir", "overrides", "variants", "grid", "seeds", "repetitions", "launch")
 _LAUNCH_KEYS = ("nproc_per_node", "torchrun_args", "mode", "jobs")
 _SWEEP_OWNED = ("run.name", "run.out_dir", "run.seed")  # set per point by the sweep itself
+MAX_POINTS = 100_000  # a sweep file's points; at ~1 s each that is already more than a day
 _NPROC_FLAGS = ("--nproc-per-node", "--nproc_per_node")
 _FIXED_RDZV_FLAGS = ("--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr", "--master-port",
                      "--master_port")
@@ -147,10 +150,12 @@ def _parse_seeds(raw: dict[str, Any]) -> tuple[int, ...]:
     if "repetitions" in raw:
         reps = raw["repetitions"]
         _require(type(reps) is int and reps >= 1, f"repetitions must be an integer >= 1, got {reps!r}")
+        _require(reps <= MAX_POINTS, f"repetitions must be at most {MAX_POINTS}, got {reps}")
         return tuple(range(reps))
     seeds = raw.get("seeds", [0])
-    _require(isinstance(seeds, list) and len(seeds) > 0 and all(type(s) is int and s >= 0 for s in seeds),
-             f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    _require(isinstance(seeds, list) and len(seeds) > 0
+             and all(type(s) is int and 0 <= s <= MAX_SEED for s in seeds),
+             f"seeds must be a non-empty list of integers in [0, 2**63 - 1], got {seeds!r}")
     _require(len(set(seeds)) == len(seeds), "seeds has a repeated value")
     return tuple(seeds)
 
@@ -220,8 +225,19 @@ def _combos(axes: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(varied, combo, strict=True)) for combo in itertools.product(*varied.values())]
 
 
+def num_points(sweep: Sweep) -> int:
+    """Variants x their grids x the grid x seeds, counted before anything is expanded."""
+    def product(axes: dict[str, Any]) -> int:
+        return math.prod(len(v) for v in axes.values() if isinstance(v, list))
+
+    return sum(product(axes) for _, axes in _variant_items(sweep)) * product(sweep.grid) * len(sweep.seeds)
+
+
 def point_specs(sweep: Sweep) -> list[tuple[str, str | None, dict[str, Any], int, tuple[str, ...]]]:
     """(name, variant, varied values, seed, overrides without run.*) in a deterministic order."""
+    count = num_points(sweep)
+    _require(count <= MAX_POINTS, f"sweep: {count} points (variants x grid x seeds); at most {MAX_POINTS} "
+             "per sweep file: split it")
     varied_keys = list(sweep.grid) + [k for _, a in _variant_items(sweep) for k, v in a.items() if isinstance(v, list)]
     short = _short_names(sorted(set(varied_keys)))
     specs = []

@@ -163,3 +163,21 @@ def test_results_are_json_without_nan_or_infinity(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         write_json_atomic(tmp_path / "summary.json", {"final": {"ITR": math.inf}})
     assert not (tmp_path / "summary.json").exists()
+
+
+SWEEP_SIZES = {
+    "repetitions_1e8": ({"repetitions": 100_000_000}, "repetitions must be at most 100000"),
+    "grid_product": ({"grid": {f"data.{k}": list(range(1, 101)) for k in ("num_clients", "dim", "samples_per_client")}},
+                     "sweep: 1000000 points (variants x grid x seeds); at most 100000"),
+    "seed_2_63": ({"seeds": [2**63]}, "seeds must be a non-empty list of integers in [0, 2**63 - 1]"),
+}
+
+
+@pytest.mark.parametrize(("fields", "message"), SWEEP_SIZES.values(), ids=SWEEP_SIZES.keys())
+def test_sweeps_that_expand_beyond_bounds_are_refused_before_expansion(results: Path, tmp_path: Path,
+                                                                       fields: dict, message: str) -> None:
+    sweep = write_sweep(tmp_path / "s.yaml", out_dir=str(results / "out"), **fields)
+    before = snapshot(results)
+    outcome = run_main(sweep_cli.main, [str(sweep), "--dry-run"])
+    assert_one_line(outcome, code=2, prefix=SWEEP_ERROR, contains=message)
+    assert_unchanged(before, results)

@@ -91,7 +91,7 @@ def test_override_text_round_trips_through_yaml(value: Any) -> None:
     ({"variants": {"a": {"data.R": 1}}, "grid": {"data.R": [1, 2]}}, "variants.a sets data.R, which the grid"),
     ({"variants": {"a b": {}}}, "must be a short word"),
     ({"seeds": [0], "repetitions": 2}, "either seeds or repetitions"),
-    ({"seeds": [-1]}, "seeds must be a non-empty list of integers >= 0"),
+    ({"seeds": [-1]}, "seeds must be a non-empty list of integers in [0, 2**63 - 1]"),
     ({"launch": {"nproc_per_node": 0}}, "launch.nproc_per_node must be >= 1"),
     ({"launch": {"mode": "threads"}}, "launch.mode must be 'per_point' or 'in_job'"),
     ({"launch": {"jobs": "2"}}, "launch.jobs must be int"),
