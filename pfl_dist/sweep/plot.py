@@ -5,6 +5,7 @@ What is drawn follows from what the runs vary (config values in each summary.jso
 - data.R varies                      -> stat_error_vs_R.png: final ITR and ATR vs R (the paper's figure)
 - algorithm.num_local_steps varies   -> local_steps.png: ITR and ATR per round, one curve per K
 - data.classes_per_client varies     -> images_vs_classes.png: personal/global accuracy vs classes
+- comm.codec varies                  -> codecs.png and codecs_table.md/.csv (pfl_dist/sweep/codecs.py)
 - none of these                      -> total_error_vs_rounds.png (synthetic) or accuracy_vs_rounds.png
 - always                             -> tradeoff.png: the personal and global metric vs cumulative
   training bytes, one curve per method/lambda, Pareto front marked (faceted by the varied key),
@@ -29,6 +30,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API needs no pyplot state and no display backend
 
 from pfl_dist.config import method_uses_lam
+from pfl_dist.sweep.codecs import plot_codecs, write_codec_table
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import Style, math_label, method_styles
 from pfl_dist.sweep.tradeoff import (
@@ -44,9 +46,9 @@ from pfl_dist.sweep.tradeoff import (
     write_table,
 )
 
-AXIS_KEYS = ("data.R", "algorithm.num_local_steps", "data.classes_per_client")
-FACET_KEYS = ("data.R", "data.classes_per_client")  # problem settings: one panel per value
-LABEL_KEYS = ("algorithm.num_local_steps",)  # algorithm settings: one curve per value
+AXIS_KEYS = ("data.R", "algorithm.num_local_steps", "data.classes_per_client", "comm.codec")
+FACET_KEYS = ("data.R", "data.classes_per_client", "data.kind")  # problem settings: one panel per value
+LABEL_KEYS = ("algorithm.num_local_steps", "comm.codec")  # algorithm settings: one curve per value
 METRIC_LABELS = {
     "ITR": r"ITR $= \frac{1}{m}\sum_i \|w_i/s_i - W_i^\top\|_F$ (lower is better)",
     "ATR": r"ATR $= \|w_g - \frac{1}{m}\sum_k W_k^\top\|_F$ (lower is better)",
@@ -274,6 +276,9 @@ def choose_figures(runs: Sequence[Run], out: Path, prefix: str, fmt: str = "png"
     if varies(runs, "data.classes_per_client"):
         figures["images"] = plot_vs_setting(runs, "data.classes_per_client", accuracy,
                                             out / f"{prefix}images_vs_classes.{fmt}", "accuracy vs classes per client")
+    if varies(runs, "comm.codec"):
+        figures["codecs"] = plot_codecs(runs, out / f"{prefix}codecs.{fmt}", dpi=DPI)
+        figures["codecs_table"] = write_codec_table(runs, stem=out / f"{prefix}codecs_table")[1][0]
     if not any(varies(runs, key) for key in AXIS_KEYS):
         name = "total_error_vs_rounds" if synthetic else "accuracy_vs_rounds"
         figures[name] = plot_vs_rounds(runs, ["ITR", "ATR"] if synthetic else accuracy, out / f"{prefix}{name}.{fmt}",

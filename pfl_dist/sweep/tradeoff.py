@@ -22,7 +22,7 @@ from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.results import Run
 
 LOWER_IS_BETTER = {"ITR", "ATR", "IOR", "AOR", "loss_personal", "loss_global"}
-WIRE_AXIS = ("wire", "cumulative training bytes on the wire (modelled ring all-reduce)")
+WIRE_AXIS = ("wire", "cumulative training bytes on the wire (modelled ring collectives)")
 FL_AXIS = ("fl", "cumulative FL-equivalent training bytes (uplink + downlink)")
 
 
