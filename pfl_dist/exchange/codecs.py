@@ -84,64 +84,86 @@ class QSGD(Codec):
         return self.element_size + self.packed_bytes
 
     def aggregate(self, round_input: RoundInput, wire: Wire) -> torch.Tensor:
-        messages = [self.encode(update, weight=float(weight), round_idx=round_input.round_idx, client=int(client))
-                    for update, weight, client in zip(round_input.updates, round_input.weights,
-                                                      round_input.client_ids, strict=True)]
-        gathered = gather_messages(messages, wire, slots=round_input.layout.slots, size=self.message_bytes())
-        total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
-        for position in round_input.layout.positions():
-            total += self.decode(gathered[position])
-        return total.to(self.dtype)
+        messages = self.encode(round_input.updates, weights=round_input.weights, round_idx=round_input.round_idx,
+                               clients=round_input.client_ids)
+        gathered = gather_messages(messages, wire, slots=round_input.layout.slots)
+        return sum_in_order(self.decode(gathered[round_input.layout.positions()])).to(self.dtype)
 
-    def encode(self, update: torch.Tensor, *, weight: float, round_idx: int, client: int) -> torch.Tensor:
-        scale, signed = qsgd_quantize(update, levels=self.levels,
-                                      generator=generator(self.seed, _QSGD_STREAM, round_idx, client))
-        scale_word = torch.tensor([scale * weight], dtype=self.dtype)
-        packed = pack_bits((signed + self.levels).to(torch.uint8), bits=self.bits)
-        return torch.cat([scale_word.view(torch.uint8), packed]).to(self.device)
+    def encode(self, updates: torch.Tensor, *, weights: torch.Tensor, round_idx: int,
+               clients: torch.Tensor) -> torch.Tensor:
+        """(k, P) updates -> (k, message_bytes) uint8: the scale w_i ||Delta_i|| (model dtype) and the
+        packed levels, each client's draws from its (seed, round, client) generator."""
+        uniforms = torch.stack([torch.rand(self.num_params, dtype=torch.float64,
+                                           generator=generator(self.seed, _QSGD_STREAM, round_idx, int(client)))
+                                for client in clients]) if len(clients) else torch.zeros(0, self.num_params)
+        norms, signed = quantize_rows(updates, levels=self.levels, uniforms=uniforms)
+        scales = (norms * weights.double().cpu()).to(self.dtype)
+        packed = pack_bits(signed + self.levels, bits=self.bits)
+        return torch.cat([scales.view(torch.uint8).view(-1, self.element_size), packed], dim=1).to(self.device)
 
-    def decode(self, message: torch.Tensor) -> torch.Tensor:
-        scale = float(message[: self.element_size].cpu().clone().view(self.dtype)[0])
-        symbols = unpack_bits(message[self.element_size:].cpu(), bits=self.bits, count=self.num_params)
-        return ((symbols.double() - self.levels) * (scale / self.levels)).to(self.device)
+    def decode(self, messages: torch.Tensor) -> torch.Tensor:
+        """(n, message_bytes) -> (n, P) float64: scale * level / s."""
+        messages = messages.cpu()
+        scales = bytes_as(messages[:, : self.element_size], self.dtype).double()
+        symbols = unpack_bits(messages[:, self.element_size:], bits=self.bits, count=self.num_params)
+        return ((symbols.double() - self.levels) * (scales / self.levels)).to(self.device)
+
+
+def quantize_rows(v: torch.Tensor, *, levels: int, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows v_i -> (||v_i||_2, signed levels in -s..s as uint8-ready int16) with level
+    floor(r) + 1 when u < r - floor(r), r = s |v_ij| / ||v_i||: E[norm * level / s] = v."""
+    v = v.detach().double().cpu()
+    norms = torch.linalg.vector_norm(v, dim=1)
+    ratio = v.abs() / torch.where(norms > 0, norms, 1.0)[:, None] * levels
+    lower = ratio.floor()
+    level = (lower + (uniforms < ratio - lower).double()).clamp(max=levels)
+    return norms, (torch.sign(v) * level).to(torch.int16)
 
 
 def qsgd_quantize(v: torch.Tensor, *, levels: int, generator: torch.Generator) -> tuple[float, torch.Tensor]:
-    """(||v||_2, signed levels in -s..s) with E[scale * levels / s] = v."""
-    v = v.detach().double().cpu()
-    norm = float(torch.linalg.vector_norm(v))
-    if norm == 0:
-        return 0.0, torch.zeros(v.shape, dtype=torch.int16)
-    ratio = v.abs() / norm * levels
-    lower = ratio.floor()
-    up = torch.rand(v.shape, generator=generator, dtype=torch.float64) < ratio - lower
-    level = (lower + up.double()).clamp(max=levels)
-    return norm, (torch.sign(v) * level).to(torch.int16)
+    """One vector: (||v||_2, signed levels) with E[||v|| * levels / s] = v."""
+    uniforms = torch.rand(v.shape, generator=generator, dtype=torch.float64)
+    norms, signed = quantize_rows(v.reshape(1, -1), levels=levels, uniforms=uniforms.reshape(1, -1))
+    return float(norms[0]), signed[0]
 
 
 def pack_bits(symbols: torch.Tensor, *, bits: int) -> torch.Tensor:
-    """uint8 symbols < 2^bits -> bytes holding 8/bits symbols each (the last one zero-padded)."""
+    """(k, P) symbols in 0..2^bits-1 -> (k, ceil(P bits / 8)) bytes, 8/bits symbols per byte
+    (the last byte zero-padded)."""
     per_byte = 8 // bits
-    padded = torch.zeros(math.ceil(len(symbols) / per_byte) * per_byte, dtype=torch.uint8)
-    padded[: len(symbols)] = symbols.cpu()
-    groups = padded.view(-1, per_byte).to(torch.int32)
+    k, count = symbols.shape
+    padded = torch.zeros(k, math.ceil(count / per_byte) * per_byte, dtype=torch.int32)
+    padded[:, :count] = symbols.cpu()
     shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    return (groups << shifts).sum(dim=1).to(torch.uint8)
+    return (padded.view(k, -1, per_byte) << shifts).sum(dim=2).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, *, bits: int, count: int) -> torch.Tensor:
     per_byte = 8 // bits
     shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    symbols = (packed.to(torch.int32)[:, None] >> shifts) & (2**bits - 1)
-    return symbols.reshape(-1)[:count].to(torch.uint8)
+    symbols = (packed.to(torch.int32)[:, :, None] >> shifts) & (2**bits - 1)
+    return symbols.reshape(len(packed), -1)[:, :count]
 
 
-def gather_messages(messages: list[torch.Tensor], wire: Wire, *, slots: int, size: int) -> torch.Tensor:
-    """One all_gather of this rank's messages, padded to `slots` -> (W * slots, size) uint8."""
-    chunk = torch.zeros(slots, size, dtype=torch.uint8, device=messages[0].device if messages else "cpu")
-    for j, message in enumerate(messages):
-        chunk[j] = message
-    return wire.all_gather(chunk.reshape(-1)).view(-1, size)
+def bytes_as(columns: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(n, b) uint8 columns of messages -> (n, b / element size) values of `dtype`."""
+    return columns.reshape(-1).view(dtype).reshape(len(columns), -1)
+
+
+def sum_in_order(rows: torch.Tensor) -> torch.Tensor:
+    """Rows added one after another (client-id order), so the float64 result is the same bits for
+    every world size and thread count."""
+    total = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
+    for row in rows:
+        total += row
+    return total
+
+
+def gather_messages(messages: torch.Tensor, wire: Wire, *, slots: int) -> torch.Tensor:
+    """One all_gather of this rank's (k, size) messages, padded to `slots` rows -> (W * slots, size)."""
+    chunk = torch.zeros(slots, messages.shape[1], dtype=torch.uint8, device=messages.device)
+    chunk[: len(messages)] = messages
+    return wire.all_gather(chunk.reshape(-1)).view(-1, messages.shape[1])
 
 
 def num_kept(fraction: float, num_params: int) -> int:
@@ -165,22 +187,20 @@ class TopK(Codec):
 
     def aggregate(self, round_input: RoundInput, wire: Wire) -> torch.Tensor:
         corrected = self.memory.corrected(round_input.updates, round_input.rows)
-        messages, residuals = [], []
-        for u, weight in zip(corrected, round_input.weights, strict=True):
-            indices, values, residual = top_k(u, self.k)
-            weighted = (values.double() * float(weight)).to(self.dtype)
-            messages.append(torch.cat([weighted.view(torch.uint8), indices.to(torch.int32).view(torch.uint8)]))
-            residuals.append(residual)
-        gathered = gather_messages(messages, wire, slots=round_input.layout.slots, size=self.message_bytes())
-        total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
+        indices, values, residual = top_k_rows(corrected, self.k)
+        weighted = (values.double() * round_input.weights[:, None]).to(self.dtype)
+        messages = torch.cat([weighted.view(torch.uint8).view(len(corrected), -1),
+                              indices.to(torch.int32).view(torch.uint8).view(len(corrected), -1)], dim=1)
+        gathered = gather_messages(messages.reshape(len(corrected), self.message_bytes()), wire,
+                                   slots=round_input.layout.slots)[round_input.layout.positions()]
         split = self.k * self.element_size
-        for position in round_input.layout.positions():
-            message = gathered[position]
-            values = message[:split].clone().view(self.dtype).double()
-            indices = message[split:].clone().view(torch.int32).long()
-            total.index_add_(0, indices, values)
-        if residuals:
-            self.memory.keep(round_input.rows, torch.stack(residuals))
+        all_values = bytes_as(gathered[:, :split], self.dtype).double()
+        all_indices = bytes_as(gathered[:, split:], torch.int32).long()
+        total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
+        for row_indices, row_values in zip(all_indices, all_values, strict=True):  # client-id order
+            total.index_add_(0, row_indices, row_values)
+        if len(corrected):
+            self.memory.keep(round_input.rows, residual)
         return total.to(self.dtype)
 
     def client_state(self) -> dict[str, torch.Tensor]:
@@ -190,13 +210,19 @@ class TopK(Codec):
         self.memory.load(state)
 
 
-def top_k(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(indices of the k largest |u_j| ascending, u at them, u with them zeroed): residual + sent
-    is u exactly (each coordinate is in exactly one of the two, unchanged)."""
-    indices = torch.topk(u.abs(), k, sorted=False).indices.sort().values
+def top_k_rows(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: (indices of the k largest |u_j|, ascending; u at them; u with them zeroed).
+    residual + sent is u exactly: each coordinate is in exactly one of the two, unchanged."""
+    indices = torch.topk(u.abs(), k, dim=1, sorted=False).indices.sort(dim=1).values
     residual = u.clone()
-    residual[indices] = 0
-    return indices, u[indices], residual
+    residual.scatter_(1, indices, 0)
+    return indices, u.gather(1, indices), residual
+
+
+def top_k(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One vector's (indices, values, residual), as `top_k_rows`."""
+    indices, values, residual = top_k_rows(u.reshape(1, -1), k)
+    return indices[0], values[0], residual[0]
 
 
 class RandK(Codec):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pfl_dist.exchange.base import Codec, GatherLayout, RoundInput
-from pfl_dist.exchange.codecs import QSGD, BFloat16, HalfPrecision, RandK, TopK, qsgd_quantize, top_k
+from pfl_dist.exchange.base import generator as client_generator
+from pfl_dist.exchange.codecs import _QSGD_STREAM, QSGD, BFloat16, HalfPrecision, RandK, TopK, qsgd_quantize, top_k
 from pfl_dist.exchange.powersgd import PowerSGD
 from pfl_dist.exchange.spec import CodecSpec, parse_codec
 
@@ -176,11 +177,15 @@ def test_qsgd_message_round_trips_and_aggregates_weighted_in_client_order() -> N
         # Reference: each client's draw from its (seed, round, client) generator, decoded directly
         reference = torch.zeros(37, dtype=torch.float64)
         for client in range(6):
-            message = one.encode(updates[client], weight=1.0, round_idx=2, client=client)  # type: ignore[attr-defined]
-            decoded = one.decode(message)  # type: ignore[attr-defined]
-            assert len(message) == one.message_bytes()
-            assert set(torch.unique(decoded * levels / torch.linalg.vector_norm(updates[client])).round().tolist()) <= \
-                set(range(-levels, levels + 1))
+            message = one.encode(updates[client: client + 1], weights=torch.ones(1), round_idx=2,  # type: ignore[attr-defined]
+                                 clients=torch.tensor([client]))
+            decoded = one.decode(message)[0]  # type: ignore[attr-defined]
+            assert message.shape == (1, one.message_bytes())
+            scale, signed = qsgd_quantize(updates[client], levels=levels,
+                                          generator=client_generator(0, _QSGD_STREAM, 2, client))
+            # the packed message carries exactly the levels of the paper's quantizer, and its scale
+            assert torch.equal((decoded * levels / scale).round().to(torch.int16), signed)
+            assert torch.allclose(decoded, scale * signed.double() / levels, rtol=1e-15, atol=0)
             reference += float(counts[client]) / float(counts.sum()) * decoded
         # Execute: the same clients on 1 rank and on 3 ranks
         single = run_ranks([one], updates, counts, round_idx=2)[0]
