@@ -99,7 +99,7 @@ class QSGD(Codec):
         norms, signed = quantize_rows(updates, levels=self.levels, uniforms=uniforms)
         scales = (norms * weights.double().cpu()).to(self.dtype)
         packed = pack_bits(signed + self.levels, bits=self.bits)
-        return torch.cat([scales.view(torch.uint8).view(-1, self.element_size), packed], dim=1).to(self.device)
+        return torch.cat([scales.view(torch.uint8).view(len(scales), self.element_size), packed], dim=1).to(self.device)
 
     def decode(self, messages: torch.Tensor) -> torch.Tensor:
         """(n, message_bytes) -> (n, P) float64: scale * level / s."""
@@ -135,19 +135,20 @@ def pack_bits(symbols: torch.Tensor, *, bits: int) -> torch.Tensor:
     padded = torch.zeros(k, math.ceil(count / per_byte) * per_byte, dtype=torch.int32)
     padded[:, :count] = symbols.cpu()
     shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    return (padded.view(k, -1, per_byte) << shifts).sum(dim=2).to(torch.uint8)
+    return (padded.view(k, padded.shape[1] // per_byte, per_byte) << shifts).sum(dim=2).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, *, bits: int, count: int) -> torch.Tensor:
     per_byte = 8 // bits
     shifts = torch.arange(per_byte, dtype=torch.int32) * bits
     symbols = (packed.to(torch.int32)[:, :, None] >> shifts) & (2**bits - 1)
-    return symbols.reshape(len(packed), -1)[:, :count]
+    return symbols.reshape(len(packed), packed.shape[1] * per_byte)[:, :count]
 
 
 def bytes_as(columns: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(n, b) uint8 columns of messages -> (n, b / element size) values of `dtype`."""
-    return columns.reshape(-1).view(dtype).reshape(len(columns), -1)
+    width = columns.shape[1] // torch.empty((), dtype=dtype).element_size()
+    return columns.reshape(-1).view(dtype).reshape(len(columns), width)
 
 
 def sum_in_order(rows: torch.Tensor) -> torch.Tensor:
@@ -189,11 +190,10 @@ class TopK(Codec):
         corrected = self.memory.corrected(round_input.updates, round_input.rows)
         indices, values, residual = top_k_rows(corrected, self.k)
         weighted = (values.double() * round_input.weights[:, None]).to(self.dtype)
-        messages = torch.cat([weighted.view(torch.uint8).view(len(corrected), -1),
-                              indices.to(torch.int32).view(torch.uint8).view(len(corrected), -1)], dim=1)
-        gathered = gather_messages(messages.reshape(len(corrected), self.message_bytes()), wire,
-                                   slots=round_input.layout.slots)[round_input.layout.positions()]
-        split = self.k * self.element_size
+        num_clients, split = len(corrected), self.k * self.element_size
+        messages = torch.cat([weighted.view(torch.uint8).view(num_clients, split),
+                              indices.to(torch.int32).view(torch.uint8).view(num_clients, self.k * 4)], dim=1)
+        gathered = gather_messages(messages, wire, slots=round_input.layout.slots)[round_input.layout.positions()]
         all_values = bytes_as(gathered[:, :split], self.dtype).double()
         all_indices = bytes_as(gathered[:, split:], torch.int32).long()
         total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)

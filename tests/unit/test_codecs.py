@@ -323,3 +323,21 @@ def test_powersgd_matches_the_papers_algorithm_on_full_rank_matrices_with_error_
         assert torch.allclose(got.view(rows, cols), reference, rtol=0, atol=1e-12)
         assert torch.allclose(codec.client_state()["codec_residual"],
                               torch.stack([e.reshape(-1) for e in errors]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("cls", "text"), [(HalfPrecision, "fp16"), (BFloat16, "bf16"), (QSGD, "qsgd:3"),
+                                           (TopK, "topk:0.3"), (RandK, "randk:0.3"), (PowerSGD, "powersgd:1")])
+def test_a_rank_without_sampled_clients_still_joins_and_the_result_is_the_one_rank_result(cls: type[Codec],
+                                                                                          text: str) -> None:
+    # Prepare: 3 clients on 4 ranks, so the last rank sends an empty share
+    updates = torch.randn(3, 24, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    counts = torch.tensor([2.0, 1.0, 3.0])
+    shapes = [(6, 4)]
+    # Execute
+    one = run_ranks([make(cls, text, shapes, num_local_clients=3)], updates, counts)[0]
+    four = run_ranks([make(cls, text, shapes, num_local_clients=1) for _ in range(4)], updates, counts)
+    # Assert: equal up to the rounding of the wire's dtype (half precision sums partial sums)
+    half = getattr(cls, "half", None) if issubclass(cls, HalfPrecision) else None
+    tolerance = 1e-12 if half is None else torch.finfo(half).eps * float(one.abs().max())
+    for got in four:
+        assert float((got - one).abs().max()) <= tolerance
