@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.sampling import sample_clients
@@ -58,7 +59,8 @@ def test_ledger_bytes_are_the_bytes_handed_to_c10d(tmp_path: Path, codec: str) -
     env = {**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    summary = read_summary(tmp_path / "default")
+    (run_dir,) = [p.parent for p in tmp_path.glob("*/summary.json")]  # run.name=auto
+    summary = read_summary(run_dir)
     train, telemetry = summary["comm"], summary["comm_telemetry"]
     # Assert: per collective type, count and bytes per rank (ledger totals are over 2 ranks)
     for rank in range(2):
@@ -99,3 +101,8 @@ def test_one_rank_and_four_ranks_agree_per_codec(tmp_path: Path, codec: str) -> 
     for key in ("uplink_bytes", "uplink_bytes_dense", "downlink_bytes", "num_collectives",
                 "all_reduce_num_collectives", "all_gather_num_collectives"):
         assert one["comm"][key] == four["comm"][key], key
+    events = EventAccumulator(str(tmp_path / "four"), size_guidance={"scalars": 0})
+    events.Reload()
+    ratios = [p.value for p in events.Scalars("comm/compression_ratio")]
+    assert len(ratios) == ROUNDS
+    assert ratios == pytest.approx([message_bytes("none") / message_bytes(codec)] * ROUNDS, rel=1e-6)
