@@ -2,8 +2,9 @@
 collectives that carry it, and the decoded aggregate handed back to the algorithm.
 
 What is sent is an update Delta_i = sent_i - w_g with weight n_i. The control words, the round's
-weight total N = sum_i n_i and the number of ranks asking to stop, travel in a float64 control
-lane that no codec rounds, clips or sparsifies; a codec may add words of its own (a scale bound).
+weight total N = sum_i n_i, the number of ranks asking to stop and (with a codec) the number of
+clients whose update is not finite, travel in a float64 control lane that no codec rounds, clips
+or sparsifies; a codec may add words of its own (a scale bound).
 
 - `none`: one all-reduce of [sum_i n_i sent_i, N, stops] in the model dtype, as before codecs
   existed. It keeps that arithmetic (the weighted sum of what was sent, divided by N) rather
@@ -16,13 +17,16 @@ lane that no codec rounds, clips or sparsifies; a codec may add words of its own
   number of clients.
 
 `run_round` returns the weighted mean of what was sent, w_g + sum_i w_i decode(Delta_i), or
-None when some rank asked to stop (the round is then discarded everywhere). The ledger records
+None when some rank asked to stop (the round is then discarded everywhere); NaN everywhere when
+a client diverged, so every rank stops on a non-finite w_g, whatever the codec would have made of
+the NaN. The ledger records
 each collective through the Communicator and, per round, the FL-equivalent uplink: each
 participating client's encoded message, exactly.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -105,15 +109,20 @@ class Exchange:
                      rows: torch.Tensor, counts: torch.Tensor, sampled: np.ndarray, *,
                      stop: bool) -> torch.Tensor | None:
         updates = sent - global_model
-        lane = torch.cat([torch.tensor([float(counts.double().sum()), float(stop)], dtype=torch.float64),
+        diverged = float((~torch.isfinite(updates).all(dim=1)).sum())
+        lane = torch.cat([torch.tensor([float(counts.double().sum()), float(stop), diverged], dtype=torch.float64),
                           codec.control_words(updates, counts).cpu()]).to(self.device)
         self.comm.all_reduce(lane, traffic=Traffic.TRAIN)
         if float(lane[1]) > 0:
             return None
+        if float(lane[2]) > 0:
+            # A client diverged somewhere: every rank gets a non-finite w_g and stops in this round,
+            # as with `none`, whatever the codec would have made of the NaN (a sparsifier may drop it).
+            return torch.full_like(global_model, math.nan)
         weight_total = float(lane[0])
         round_input = RoundInput(
             round_idx=round_idx, updates=updates, weights=counts.double() / weight_total, rows=rows,
-            client_ids=rows.cpu() + self.client_ids.start, control=lane[2:], weight_total=weight_total,
+            client_ids=rows.cpu() + self.client_ids.start, control=lane[3:], weight_total=weight_total,
             layout=self.layout(sampled))
         return global_model + codec.aggregate(round_input, self.wire)
 

@@ -33,7 +33,7 @@ CLUSTER_OVERRIDES = (
 )
 TOLERANCE = 0.10
 # Codecs whose measured bytes must match the model too, with their collectives per round (a
-# codec adds a 24-byte control all-reduce; PowerSGD all-reduces P and then Q). Their payloads
+# codec adds a 24-32 byte control all-reduce; PowerSGD all-reduces P and then Q). Their payloads
 # stay far above a frame: fp16 400 KB, top-k 10% of 200,000 weights with indices 160 KB per
 # client, PowerSGD rank 4 of the 20000 x 10 weight matrix 320 KB (P) + 160 B (Q).
 CODECS = {"none": 1, "fp16": 2, "topk:0.1": 2, "powersgd:4": 3}
