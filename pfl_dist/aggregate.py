@@ -6,7 +6,7 @@ import torch
 
 
 def pack_weighted_sum(models: torch.Tensor, weights: torch.Tensor, *, num_params: int) -> torch.Tensor:
-    """One flat buffer [sum_i n_i w_i, sum_i n_i] for the round's single all-reduce.
+    """One flat buffer [sum_i n_i w_i, sum_i n_i] (LocalTrain's evaluation model: one all-reduce).
 
     `models` is (k, P) for this rank's sampled clients (k may be 0), `weights` their n_i.
     """
