@@ -83,19 +83,22 @@ def write_codec_table(runs: Sequence[Run], *, stem: Path) -> tuple[str, tuple[Pa
 def plot_codecs(runs: Sequence[Run], path: Path, *, dpi: int) -> Path:
     grouped = groups(runs)
     datasets = list(dict.fromkeys(data for data, _ in grouped))
-    methods = list(dict.fromkeys(method for _, method in grouped))
+    # a column per method name (FedCLUP's lambda may differ between data sets)
+    methods = list(dict.fromkeys(members[0].method for members in grouped.values()))
     fig = Figure(figsize=(5.5 * len(methods), 3.8 * len(datasets) + 0.9), layout="constrained")
     axes = fig.subplots(len(datasets), len(methods), squeeze=False)
     codecs = sorted({codec_of(r) for r in runs}, key=_order)
     colors = {codec: colormaps["tab10"](i % 10) for i, codec in enumerate(codecs)}
+    markers = {codec: "os^vDP*Xh"[i % 9] for i, codec in enumerate(codecs)}  # fp16 and bf16 often overlap
     kind, axis_label = byte_axis(runs)  # wire bytes; FL-equivalent bytes when no wire was crossed
     for (data, method), members in grouped.items():
-        ax = axes[datasets.index(data)][methods.index(method)]
+        ax = axes[datasets.index(data)][methods.index(members[0].method)]
         for run in members:
             points = [(record_bytes(r, kind), r["metrics"][METRIC]) for r in run.records
                       if METRIC in r["metrics"] and record_bytes(r, kind) > 0]
-            ax.plot([b for b, _ in points], [a for _, a in points], marker=".", label=codec_of(run),
-                    color=colors[codec_of(run)], linestyle="--" if codec_of(run) == "none" else "-")
+            codec = codec_of(run)
+            ax.plot([b for b, _ in points], [a for _, a in points], marker=markers[codec], ms=4, label=codec,
+                    color=colors[codec], linestyle="--" if codec == "none" else "-")
         ax.set_xscale("log")
         ax.set_title(f"{data}: {method}", fontsize=10)
         ax.set_xlabel(f"{axis_label} (log scale)", fontsize=9)

@@ -47,7 +47,7 @@ from pfl_dist.sweep.tradeoff import (
 )
 
 AXIS_KEYS = ("data.R", "algorithm.num_local_steps", "data.classes_per_client", "comm.codec")
-FACET_KEYS = ("data.R", "data.classes_per_client", "data.kind")  # problem settings: one panel per value
+FACET_KEYS = ("data.kind", "data.R", "data.classes_per_client")  # problem settings: one panel per value
 LABEL_KEYS = ("algorithm.num_local_steps", "comm.codec")  # algorithm settings: one curve per value
 METRIC_LABELS = {
     "ITR": r"ITR $= \frac{1}{m}\sum_i \|w_i/s_i - W_i^\top\|_F$ (lower is better)",
