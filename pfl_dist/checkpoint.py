@@ -177,7 +177,8 @@ class Checkpointer:
         marker = {"round": round_num, "rank": self.rank, "world_size": self.world_size,
                   "clients": [self.clients.start, self.clients.stop], "num_bytes": len(data),
                   "sha256": hashlib.sha256(data).hexdigest(), "config": self.config}
-        write_bytes_atomic(folder / f"{stem}.json", json.dumps(marker).encode())  # the marker goes last
+        # the marker goes last
+        write_bytes_atomic(folder / f"{stem}.json", json.dumps(marker, allow_nan=False).encode())
         fsync_dir(folder)
         self.prune()
         return folder

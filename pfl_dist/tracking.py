@@ -106,13 +106,13 @@ def first_events(paths: list[Path], num_events: int) -> list[Any]:
     (files ordered by their first event's time; a torn last record ends a file).
 
     A damaged record is counted where it was (as one event) and dropped, so the events after it
-    are kept and still line up with `num_events`; one warning line says how many were lost.
+    are kept and still line up with `num_events`; one warning line says how many were lost, and
+    one says how many are missing when the files hold fewer than `num_events`.
     """
     from google.protobuf.message import DecodeError
     from tensorboard.compat.proto.event_pb2 import Event
 
     loaded: list[list[Any]] = []
-    lost = 0
     for path in paths:
         records, damaged = read_records(path)
         events: list[Any] = []
@@ -123,12 +123,15 @@ def first_events(paths: list[Path], num_events: int) -> list[Any]:
                 events.append(None)
                 damaged += 1
         if damaged:
-            lost += damaged
             print(f"pfl_dist: warning: {path}: {damaged} damaged TensorBoard record(s) dropped, "
                   f"{sum(e is not None for e in events)} intact ones kept", file=sys.stderr, flush=True)
         loaded.append(events)
     loaded.sort(key=lambda events: next((e.wall_time for e in events if e is not None), 0.0))
     summaries = [e for events in loaded for e in events if e is None or e.HasField("summary")]
+    if len(summaries) < num_events:  # files deleted or cut short: say so, never drop events silently
+        where = paths[0].parent if paths else "the run dir"
+        print(f"pfl_dist: warning: {where}: {num_events - len(summaries)} of the {num_events} TensorBoard events "
+              "logged up to the checkpoint are missing (event files deleted or cut short)", file=sys.stderr, flush=True)
     return [e for e in summaries[:num_events] if e is not None]
 
 

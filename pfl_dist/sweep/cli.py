@@ -127,7 +127,7 @@ def collect(sweep: Sweep) -> list[dict[str, Any]]:
 def log_invocation(sweep: Sweep, entry: dict[str, Any]) -> None:
     """One line per invocation in sweep_log.jsonl: the sweep-level wall time of each attempt."""
     with open(sweep.out_dir / "sweep_log.jsonl", "a") as f:
-        f.write(json.dumps(entry) + "\n")
+        f.write(json.dumps(entry, allow_nan=False) + "\n")
 
 
 def report(sweep: Sweep) -> None:

@@ -123,7 +123,13 @@ def _not_a_state(run_dir: Path) -> None:
     _rewrite_shard(run_dir, 3, buffer.getvalue())
 
 
+def _marker(run_dir: Path, text: str) -> None:
+    (run_dir / "ckpt" / "round_000003" / "shard_00000_of_00001.json").write_text(text)
+
+
 SHARDS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "marker_a_number": (lambda run_dir: _marker(run_dir, "5"), "is unreadable"),
+    "marker_truncated": (lambda run_dir: _marker(run_dir, '{"round": 3, "ra'), "is unreadable"),
     "garbage": (_garbage, "does not load"),
     "truncated_zip": (_truncated_zip, "does not load"),
     "round_2_bytes_as_round_3": (_wrong_round, "does not hold a round 3 shard"),
@@ -198,6 +204,18 @@ def test_a_flipped_bit_in_an_event_file_costs_one_event(results: Path, reference
     assert_same_result(run_dir, reference)
     got, want = scalars(run_dir), scalars(reference)
     assert not got - want and sum((want - got).values()) == 1  # exactly the damaged event is missing
+    assert_unchanged(before, results / "out" / "prev")
+
+
+def test_missing_event_files_are_named_not_dropped_silently(results: Path) -> None:
+    run_dir = stopped_run(results / "out")
+    for events in run_dir.glob("events.out.tfevents.*"):
+        events.write_bytes(b"")  # emptied, as by a crash of the file system
+    before = snapshot(results / "out" / "prev")
+    outcome = resume(run_dir)
+    assert_one_line(outcome, code=0, prefix=WARNING, contains=["TensorBoard events logged up to the checkpoint",
+                                                                "are missing"])
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == [3]
     assert_unchanged(before, results / "out" / "prev")
 
 

@@ -65,6 +65,16 @@ def test_the_launcher_refuses_before_starting_torchrun(results: Path) -> None:
     assert_unchanged(before, results)
 
 
+@pytest.mark.parametrize("where", ["out_dir", "config", "data_dir"])
+def test_nul_in_other_paths_is_one_line(results: Path, where: str) -> None:
+    args = {"out_dir": [f"run.out_dir={results}/o\0ut"], "config": ["--config", "c\0.yaml"],
+            "data_dir": ["data.data_dir=/tmp/\0", f"run.out_dir={results / 'out'}"]}[where]
+    before = snapshot(results)
+    outcome = run_main(train.main, [*TINY_RUN, *args])
+    assert_one_line(outcome, code=2, contains="must not contain a NUL character")
+    assert_unchanged(before, results)
+
+
 def test_a_name_of_255_bytes_is_accepted(tmp_path: Path) -> None:
     name = "é" * 127 + "x"  # 255 bytes
     outcome = run_main(train.main, [*TINY_RUN, f"run.out_dir={tmp_path}", f"run.name={name}"])
