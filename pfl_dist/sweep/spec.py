@@ -255,7 +255,9 @@ def point_specs(sweep: Sweep) -> list[tuple[str, str | None, dict[str, Any], int
     return specs
 
 
-def build_point(sweep: Sweep, spec: tuple[str, str | None, dict[str, Any], int, tuple[str, ...]]) -> Point:
+def build_point(sweep: Sweep, spec: tuple[str, str | None, dict[str, Any], int, tuple[str, ...]], *,
+                available: int | None = None) -> Point:
+    """One validated point; `available`: the memory its ranks may use (None: read it now)."""
     from pfl_dist.resources import check_memory
 
     name, variant, values, seed, overrides = spec
@@ -263,7 +265,8 @@ def build_point(sweep: Sweep, spec: tuple[str, str | None, dict[str, Any], int, 
     try:
         cfg = apply_overrides(sweep.base_config, full)
         cfg.check_world_size(sweep.launch.world_size)
-        check_memory(cfg, world_size=sweep.launch.world_size, ranks_here=sweep.launch.nproc_per_node)
+        check_memory(cfg, world_size=sweep.launch.world_size, ranks_here=sweep.launch.nproc_per_node,
+                     available=available)
     except PflError as err:
         shown = name if len(name) <= 80 else name[:80] + "..."
         raise ConfigError(f"sweep point {shown}: {err}") from None
@@ -291,7 +294,11 @@ def _without_equal_configs(points: tuple[Point, ...]) -> tuple[Point, ...]:
 
 def expand_points(sweep: Sweep) -> tuple[Point, ...]:
     """Every point, validated; names are unique and derived only from the varied values."""
-    points = _without_equal_configs(tuple(build_point(sweep, spec) for spec in point_specs(sweep)))
+    from pfl_dist.resources import available_bytes
+
+    available = available_bytes()  # read once for all points
+    points = _without_equal_configs(tuple(build_point(sweep, spec, available=available)
+                                          for spec in point_specs(sweep)))
     names = [p.name for p in points]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     _require(duplicate is None, f"sweep: two points share the name {duplicate}; make variant names distinct")
