@@ -48,6 +48,7 @@ OVERRIDES = ("data.num_clients=8", "data.samples_per_client=100", f"train.num_ro
              "train.eval_every=3", "algorithm.num_local_steps=200", "algorithm.sample_fraction=0.5",
              "algorithm.lam=auto", f"checkpoint.every={EVERY}")
 _VOLATILE_TAGS = ("time/",)  # wall-clock values differ between any two runs
+_WALL_STEP_TAGS = ("_vs_seconds",)  # trade-off curves over elapsed time: wall-clock steps
 
 
 @dataclass
@@ -152,6 +153,9 @@ def compare_runs(run_dir: Path, reference: Path) -> list[str]:
         if tag.startswith(_VOLATILE_TAGS):
             tag_points = [(step, 0.0) for step in steps]
             reference_points[tag] = [(step, 0.0) for step, _ in reference_points.get(tag, [])]
+        elif tag.endswith(_WALL_STEP_TAGS):  # the step is elapsed seconds; the values must match
+            tag_points = [(0, value) for _, value in tag_points]
+            reference_points[tag] = [(0, value) for _, value in reference_points.get(tag, [])]
         if tag_points != reference_points.get(tag):
             problems.append(f"TensorBoard tag {tag} differs from the reference")
     if set(points) != set(reference_points):
