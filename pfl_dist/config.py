@@ -4,8 +4,8 @@ Precedence is CLI override > YAML file > dataclass default. Every key is checked
 config is built: unknown keys, wrong types and out-of-range values raise `ConfigError` with
 the dotted key in the message ("algorithm.lam must be >= 0, got -1.0").
 
-Hostile input is bounded here (docs/RELIABILITY.md, "Hostile input"): YAML files and override
-values are read by `StrictLoader`, which refuses aliases (an alias bomb expands exponentially)
+Hostile input is bounded here (docs/RELIABILITY.md, "Hostile input and damaged files"): YAML files and
+override values are read by `StrictLoader`, which refuses aliases (an alias bomb expands exponentially)
 and duplicate keys (a silent winner), files are at most MAX_YAML_BYTES, `run.name` is one safe
 path component, and every count, size, seed and timeout has an upper bound (the MAX_* constants), so a
 typo such as `train.num_rounds=1e20` fails here in one line instead of overflowing downstream.
