@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.kill_trials import (
+from pfl_dist.checkpoint import STOPPED_EXIT_CODE
+from tests.faults import (
     OVERRIDES,
     Job,
     checkpoint_complete,
@@ -21,7 +22,6 @@ from benchmarks.kill_trials import (
     start_torchrun,
     wait_for,
 )
-from pfl_dist.checkpoint import STOPPED_EXIT_CODE
 from tests.helpers import read_summary
 
 pytestmark = pytest.mark.distributed

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.kill_trials import Job, checkpoint_complete, wait_for, worker_pids
 from pfl_dist.launch import TORCHRUN_ENV
 from tests.distributed.conftest import BASE
+from tests.faults import Job, checkpoint_complete, wait_for, worker_pids
 from tests.helpers import free_port, read_summary
 
 pytestmark = pytest.mark.distributed

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.kill_trials import (
+from tests.faults import (
     OVERRIDES,
     checkpoint_complete,
     compare_runs,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.kill_trials import (
+from tests.faults import (
     checkpoint_complete,
     compare_runs,
     run_reference,
