@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import importlib
 import importlib.util
+import io
 import json
 import os
 import socket
@@ -106,7 +109,24 @@ def global_weights(run_dir: Path) -> torch.Tensor:
     return torch.load(run_dir / "final" / "global.pt", weights_only=True)["weight"]
 
 
+def run_main(*args: str, module: str = "pfl_dist.train") -> subprocess.CompletedProcess[str]:
+    """`python -m module ARGS` run in this process through the module's main(argv), from the repo
+    root, with stdout and stderr captured: for CLI behaviour that does not need a new process."""
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess([module, *args], int(code or 0), out.getvalue(), err.getvalue())
+
+
 def run_cli(*args: str, module: str = "pfl_dist.train", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m module ARGS` as a new process: for what only a process shows (exit paths,
+    signals, torchrun)."""
     env = {**os.environ, **TORCHRUN_ENV}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)

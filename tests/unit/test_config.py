@@ -8,7 +8,7 @@ import pytest
 
 from pfl_dist.config import load_config, parse_override
 from pfl_dist.errors import ConfigError
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, run_main
 
 
 def test_precedence_cli_over_yaml_over_defaults(tmp_path: Path) -> None:
@@ -75,26 +75,26 @@ def _assert_one_clear_line(result, fragment: str) -> None:
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args: list[str], fragment: str) -> None:
-    _assert_one_clear_line(run_cli(*args), fragment)
+    _assert_one_clear_line(run_main(*args), fragment)
 
 
 def test_cli_rejects_non_yaml_and_non_mapping_files(tmp_path: Path) -> None:
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("run:\n  name: [unclosed\n")
-    _assert_one_clear_line(run_cli("--config", str(bad_yaml)), "is not valid YAML")
+    _assert_one_clear_line(run_main("--config", str(bad_yaml)), "is not valid YAML")
     binary = tmp_path / "model.pt"
     binary.write_bytes(bytes(range(256)))
-    _assert_one_clear_line(run_cli("--config", str(binary)), "is not valid YAML")
+    _assert_one_clear_line(run_main("--config", str(binary)), "is not valid YAML")
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
-    _assert_one_clear_line(run_cli("--config", str(listing)), "must hold a mapping of sections")
+    _assert_one_clear_line(run_main("--config", str(listing)), "must hold a mapping of sections")
     section = tmp_path / "section.yaml"
     section.write_text("algorithm: 3\n")
-    _assert_one_clear_line(run_cli("--config", str(section)), "config section 'algorithm' must be a mapping")
+    _assert_one_clear_line(run_main("--config", str(section)), "config section 'algorithm' must be a mapping")
 
 
 def test_launcher_rejects_more_processes_than_clients() -> None:
-    result = run_cli("--nproc-per-node=4", "--config", "configs/default.yaml", "data.num_clients=3",
+    result = run_main("--nproc-per-node=4", "--config", "configs/default.yaml", "data.num_clients=3",
                      module="pfl_dist.launch")
     _assert_one_clear_line(result, "data.num_clients (3) must be >= the world size (4)")
 

