@@ -20,6 +20,9 @@ workers resume from the newest checkpoint, and the trial passes when the run end
   (time/ tags excepted: wall-clock values).
 It also reports the time from the kill to the resumed run's "resume:" line. tests/distributed/
 test_elastic.py runs one trial; this script runs many and prints one JSON line per trial.
+- launcher-sigterm: SIGTERM to `python -m pfl_dist.launch` (as `docker stop` sends it); the
+  launcher forwards it, the job stops at a round boundary with a checkpoint and exit 75, and the
+  same command, rerun at once, resumes.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the trial machinery lives in tests/faults.py, shared with the tests
 
-from tests.faults import EVERY, NUM_ROUNDS, kill_trial, run_reference, torchrun_kill_trial  # noqa: E402
+from tests.faults import (  # noqa: E402
+    EVERY,
+    NUM_ROUNDS,
+    kill_trial,
+    launcher_sigterm_trial,
+    run_reference,
+    torchrun_kill_trial,
+)
 
 
 def main() -> int:
@@ -43,7 +53,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "kill_trials")
     parser.add_argument("--seed", type=int, default=0, help="chooses the killed rank, round and delay")
-    parser.add_argument("--kind", choices=("worker", "launch-worker", "torchrun"), default="worker",
+    parser.add_argument("--kind", choices=("worker", "launch-worker", "torchrun", "launcher-sigterm"), default="worker",
                         help="what is killed (see the module doc)")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
@@ -54,7 +64,10 @@ def main() -> int:
         killed_rank = rng.randrange(4)
         kill_after_round = rng.randrange(EVERY, NUM_ROUNDS - 2 * EVERY, EVERY)
         delay_s = rng.uniform(0.0, 0.3)
-        if args.kind == "torchrun":
+        if args.kind == "launcher-sigterm":
+            result = launcher_sigterm_trial(args.out, reference, trial=trial, kill_after_round=kill_after_round,
+                                            delay_s=delay_s)
+        elif args.kind == "torchrun":
             result = torchrun_kill_trial(args.out, reference, trial=trial, kill_after_round=kill_after_round,
                                          delay_s=delay_s)
         else:
@@ -66,7 +79,7 @@ def main() -> int:
     passed = sum(r.passed for r in results)
     resume = sorted(r.resume_s for r in results if r.resume_s is not None)
     median = resume[len(resume) // 2] if resume else None
-    print(f"kill trials ({args.kind}): {passed}/{len(results)} passed; resume after SIGKILL: median {median:.1f} s, "
+    print(f"kill trials ({args.kind}): {passed}/{len(results)} passed; kill or stop -> resume: median {median:.1f} s, "
           f"range {resume[0]:.1f}-{resume[-1]:.1f} s" if resume
           else f"kill trials ({args.kind}): {passed}/{len(results)} passed")
     return 0 if passed == len(results) else 1

@@ -229,6 +229,41 @@ def torchrun_kill_trial(out_dir: Path, reference: Path, *, trial: int, kill_afte
                        problems=problems)
 
 
+def launcher_sigterm_trial(out_dir: Path, reference: Path, *, trial: int, kill_after_round: int, delay_s: float,
+                           nproc: int = 4, overrides: tuple[str, ...] = OVERRIDES,
+                           timeout: float = 600) -> TrialResult:
+    """SIGTERM the launcher; it must exit 75 after a checkpoint; rerun the same command at once."""
+    name = f"trial_{trial:02d}"
+    run_dir = out_dir / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    started = time.time()
+    job = start_torchrun(out_dir, name, nproc=nproc, max_restarts=3, overrides=overrides, launcher="launch")
+    problems: list[str] = []
+    try:
+        if not wait_for(lambda: checkpoint_complete(run_dir, kill_after_round, nproc), timeout=timeout):
+            raise RuntimeError(f"trial {trial}: checkpoint {kill_after_round} never completed:\n{job.output()}")
+        time.sleep(delay_s)
+        killed = time.time()
+        job.process.send_signal(signal.SIGTERM)
+        stopped_code = job.wait(timeout)
+        if stopped_code != 75:
+            problems.append(f"the stopped launcher exited {stopped_code}, not 75:\n{job.output()[-2000:]}")
+        killed_at = max((r for r in range(EVERY, NUM_ROUNDS, EVERY) if checkpoint_complete(run_dir, r, nproc)),
+                        default=None)
+        rerun = start_torchrun(out_dir, name, nproc=nproc, max_restarts=3, overrides=overrides, launcher="launch")
+        code = rerun.wait(timeout)
+    finally:
+        if job.process.poll() is None:
+            job.process.kill()
+    resumed = rerun.first_line_time("resume:", after=killed)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    problems += compare_runs(run_dir, reference) if code == 0 else [f"rerun failed:\n{rerun.output()[-3000:]}"]
+    return TrialResult(trial=trial, killed_rank=-1, kill_after_round=kill_after_round, killed_at_round=killed_at,
+                       resumed_from=summary.get("resumed_from", []), exit_code=code,
+                       resume_s=None if resumed is None else resumed - killed, total_s=time.time() - started,
+                       problems=problems)
+
+
 def kill_trial(out_dir: Path, reference: Path, *, trial: int, killed_rank: int, kill_after_round: int,
                delay_s: float, nproc: int = 4, overrides: tuple[str, ...] = OVERRIDES,
                timeout: float = 600, launcher: str = "torchrun") -> TrialResult:
