@@ -60,7 +60,9 @@ def batches(points: list[Point], *, jobs: int, mode: str) -> list[list[Point]]:
 
 def torchrun_prefix(sweep: Sweep) -> list[str]:
     launch = sweep.launch
-    return torchrun_command([*launch.torchrun_args, f"--nproc-per-node={launch.nproc_per_node}"])
+    command = torchrun_command([*launch.torchrun_args, f"--nproc-per-node={launch.nproc_per_node}"])
+    # torchrun whose --standalone rendezvous store listens on 127.0.0.1 only (pfl_dist/torchrun_loopback.py)
+    return [command[0], "-m", "pfl_dist.torchrun_loopback", *command[3:]]
 
 
 def point_command(sweep: Sweep, point: Point) -> list[str]:

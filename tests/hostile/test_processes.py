@@ -4,6 +4,7 @@ on. Real torchrun jobs: marked distributed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pfl_dist.launch import TORCHRUN_ENV
+from tests.helpers import write_sweep
 from tests.hostile.hostile import (
     REPO,
     TINY_RUN,
@@ -156,22 +159,34 @@ def test_a_busy_port_is_one_line_before_torchrun_starts(tmp_path: Path, option: 
     assert not (tmp_path).exists() or not any(tmp_path.iterdir())
 
 
-def test_the_job_listens_on_loopback_only(tmp_path: Path) -> None:
-    """`ss -ltnp`: the launcher's rendezvous store, rank 0's store and gloo listen on 127.0.0.1 only
-    (torchrun --standalone's agent and rank 0 stores listened on every interface)."""
+@pytest.mark.parametrize("entry", ["launch", "sweep"])
+def test_the_job_listens_on_loopback_only(tmp_path: Path, entry: str) -> None:
+    """`ss -ltnp`: the rendezvous store, rank 0's store and gloo listen on 127.0.0.1 only (torchrun
+    --standalone's agent and rank 0 stores listened on every interface), for a launcher job and for
+    a sweep's in-job torchrun."""
     if subprocess.run(["which", "ss"], capture_output=True).returncode != 0:
         pytest.skip("ss (iproute2) is not installed")
-    command = [sys.executable, "-m", "pfl_dist.launch", "--nproc-per-node=2", f"run.out_dir={tmp_path}",
-               "run.name=run", *SLOW_RUN]
+    if entry == "launch":
+        command = [sys.executable, "-m", "pfl_dist.launch", "--nproc-per-node=2", f"run.out_dir={tmp_path}",
+                   "run.name=run", *SLOW_RUN]
+        metrics = tmp_path / "run" / "metrics.jsonl"
+    else:
+        overrides = {key: yaml.safe_load(value) for key, value in (arg.split("=", 1) for arg in SLOW_RUN)}
+        path = write_sweep(tmp_path / "sweep.yaml", overrides=overrides, grid={"algorithm.lam": [0.1]},
+                           launch={"nproc_per_node": 2, "mode": "in_job"})
+        command = [sys.executable, "-m", "pfl_dist.sweep", str(path), "--no-plot"]
+        metrics = tmp_path / "out" / "lam=0.1__seed=0" / "metrics.jsonl"
     job = subprocess.Popen(command, cwd=REPO, env={**os.environ, **TORCHRUN_ENV}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        assert wait_until(lambda: (tmp_path / "run" / "metrics.jsonl").exists(), timeout=120)
+        assert wait_until(metrics.exists, timeout=180)
         pids = {job.pid, *descendants(job.pid)}
         listening = [line for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
                      .splitlines() if any(f"pid={pid}," in line for pid in pids)]
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
+        for pid in [*descendants(job.pid), job.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         job.wait(30)
     assert len(listening) >= 3, listening  # the rendezvous store, rank 0's store, gloo
     local = [line.split()[3] for line in listening]
