@@ -28,6 +28,7 @@ import yaml
 
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.spec import parse_codec
+from pfl_dist.methods import method_info
 
 Auto = Literal["auto"]
 
@@ -131,15 +132,15 @@ class ModelConfig:
 
 
 def method_uses_lam(name: str) -> bool:
-    """Whether algorithm.lam enters the method's updates: FedCLUP's and FedProx's proximal term.
-    FedAvg and LocalTrain ignore it. The one place that decides where lambda is shown (HParams,
-    results.csv, labels); a method class attribute can replace it once algorithms register."""
-    return name in ("fedclup", "fedprox")
+    """Whether algorithm.lam enters the method's updates (pfl_dist/methods.py: FedCLUP's,
+    FedProx's, pFedMe's and Ditto's proximal terms). FedAvg, LocalTrain and the others ignore it."""
+    return method_info(name).uses_lam
 
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    name: Literal["fedclup", "fedavg", "fedprox", "local"] = "fedclup"
+    name: Literal["fedclup", "fedavg", "fedprox", "local", "pfedme", "ditto", "apfl", "perfedavg", "fedrep",
+                  "fedper", "fedavg_ft", "scaffold"] = "fedclup"  # pfl_dist/methods.py
     lam: float | Auto = 0.5  # degree of personalization lambda; auto = the paper's rule (fedclup)
     lam_auto_c: float = 5.0  # lam=auto: the rule's constant c
     lam_auto_warmup: float = 0.2  # lam=auto: fraction of rounds run before R_hat is estimated
@@ -155,6 +156,14 @@ class AlgorithmConfig:
     local_epochs: int = 5  # E epochs of minibatch SGD (when batch_size is set)
     batch_size: int | None = None  # null = full-batch gradient descent
     sample_fraction: float = 1.0  # C, fraction of clients sampled per round
+    # The personalized-FL family (pfl_dist/algorithms/; each class's docstring has its rule):
+    # personal_lr: pFedMe's inner-solve step, Ditto's and APFL's personal-model step, Per-FedAvg's
+    # alpha, FedRep's/FedPer's head step, FedAvg-FT's fine-tuning step; auto = local_lr
+    personal_lr: float | Auto = "auto"
+    personal_epochs: int = 1  # Ditto's personal, FedRep's head, FedAvg-FT's fine-tuning passes
+    inner_steps: int = 5  # pFedMe: K steps of the inner Moreau-envelope solve per batch
+    beta: float = 1.0  # pFedMe's server mixing beta; SCAFFOLD's global step size eta_g
+    alpha: float = 0.5  # APFL: the initial mixing weight alpha_i (adapted with local_lr)
 
     def __post_init__(self) -> None:
         _require(self.lam == "auto" or self.lam >= 0, "algorithm.lam", f"must be >= 0 or 'auto', got {self.lam}")
@@ -164,7 +173,7 @@ class AlgorithmConfig:
         _require(0 < self.lam_auto_warmup < 1, "algorithm.lam_auto_warmup",
                  f"must be in (0, 1), got {self.lam_auto_warmup}")
         _require(self.lam_auto_init > 0, "algorithm.lam_auto_init", f"must be > 0, got {self.lam_auto_init}")
-        for key in ("local_lr", "global_lr", "smoothness"):
+        for key in ("local_lr", "global_lr", "smoothness", "personal_lr"):
             value = getattr(self, key)
             _require(isinstance(value, str) or value > 0, f"algorithm.{key}", f"must be > 0 or 'auto', got {value}")
         for key in ("num_local_steps", "local_epochs", "batch_size"):
@@ -176,6 +185,10 @@ class AlgorithmConfig:
         _require(self.local_epochs >= 1, "algorithm.local_epochs", f"must be >= 1, got {self.local_epochs}")
         _require(self.batch_size is None or self.batch_size >= 1, "algorithm.batch_size",
                  f"must be >= 1 or null, got {self.batch_size}")
+        _require(self.personal_epochs >= 1, "algorithm.personal_epochs", f"must be >= 1, got {self.personal_epochs}")
+        _require(self.inner_steps >= 1, "algorithm.inner_steps", f"must be >= 1, got {self.inner_steps}")
+        _require(self.beta > 0, "algorithm.beta", f"must be > 0, got {self.beta}")
+        _require(0 <= self.alpha <= 1, "algorithm.alpha", f"must be in [0, 1], got {self.alpha}")
         _require(0 < self.sample_fraction <= 1, "algorithm.sample_fraction",
                  f"must be in (0, 1], got {self.sample_fraction}")
         _require(not (self.name == "fedclup" and self.lam == 0 and not isinstance(self.global_lr, str)),

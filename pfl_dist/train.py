@@ -3,11 +3,13 @@
 Also runs as a plain single process (`python -m pfl_dist.train ...`), hosting every client.
 One round on every rank (docs/ARCHITECTURE.md):
     S_t <- sample(seed, t)                        no communication
-    w_i <- local_update(...) for my i in S_t      one batched computation
-    avg <- exchange.run_round(...)                the codec's collectives (pfl_dist/exchange/);
+    out <- algorithm.client_update(...)           my sampled clients, one batched computation:
+                                                  what they send and the state rows they keep
+    avg <- exchange.run_round(out.sent, ...)      the codec's collectives (pfl_dist/exchange/);
                                                   with comm.codec=none one all-reduce of
-                                                  [sum n_i w_i, sum n_i, stops]
-    w_g <- algorithm.global_step(w_g, avg)        identical on all ranks
+                                                  [sum n_i sent_i, sum n_i, stops]
+    w_g <- algorithm.server_update(w_g, avg)      identical on all ranks
+    state[my rows] <- out.keep; algorithm.end_of_round(...)   (FedCLUP's lam = auto)
     every checkpoint.every rounds: checkpoint     see pfl_dist/checkpoint.py (also resume and stop)
 """
 
@@ -30,7 +32,7 @@ import torch
 
 from pfl_dist import rundir
 from pfl_dist.aggregate import pack_weighted_sum, weighted_average
-from pfl_dist.algorithms import Algorithm, build_algorithm, theory_lambda
+from pfl_dist.algorithms import Algorithm, ClientRound, ClientState, RoundEnd, build_algorithm
 from pfl_dist.checkpoint import (
     RUN_COMPLETE,
     STOPPED_EXIT_CODE,
@@ -42,7 +44,7 @@ from pfl_dist.checkpoint import (
     set_rng_state,
 )
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
-from pfl_dist.config import Config, load_config, method_uses_lam
+from pfl_dist.config import Config, load_config
 from pfl_dist.errors import DivergenceError, NonFiniteMetricError, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
@@ -93,10 +95,16 @@ class Trainer:
         block = client_block(runtime.rank, world_size=runtime.world_size, num_clients=cfg.data.num_clients)
         self.task: Task = build_task(cfg, client_ids=block, device=runtime.device)
         set_num_threads(runtime.local_world_size, cap=self.task.max_threads)
-        self.algorithm: Algorithm = build_algorithm(cfg.algorithm, smoothness=self._smoothness())
+        num_sampled = len(sample_clients(0, seed=cfg.run.seed, num_clients=cfg.data.num_clients,
+                                         sample_fraction=cfg.algorithm.sample_fraction))
+        self.algorithm: Algorithm = build_algorithm(cfg.algorithm, smoothness=self._smoothness(),
+                                                    groups=self.task.parameter_groups(),
+                                                    participation=num_sampled / cfg.data.num_clients)
         self.global_model = self.task.init_model()
-        self.local_models = self.global_model.repeat(len(block), 1)
-        self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.parameter_shapes(), client_ids=block,
+        # The algorithm's per-client state: named (k, ...) tensors, one row per client of this rank.
+        self.client_state: ClientState = self.algorithm.init_client_state(self.global_model, len(block))
+        self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.algorithm.wire_shapes(
+                                 self.parameter_shapes()), client_ids=block,
                                  num_clients=cfg.data.num_clients, dtype=self.global_model.dtype,
                                  device=runtime.device, seed=cfg.run.seed)
         self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
@@ -104,7 +112,7 @@ class Trainer:
         self.round_times: list[float] = []
         self.timer = RoundTimer(rank=runtime.rank, world_size=runtime.world_size)  # compute / comm / wait
         self.last_round_times: list[RoundTimes] = []
-        self.lambda_choices: list[dict[str, float]] = []  # lam=auto: every (round, R_hat, lam) chosen
+        self.personal_distribution: dict[str, float] = {}  # of the last evaluation
         self.started = time.perf_counter()
         self.stop = stop if stop is not None else StopRequest()
         self.stop_agreed = False  # set when the evaluation reduction carried a stop (LocalTrain)
@@ -118,6 +126,16 @@ class Trainer:
         self.logger = (RunLogger(cfg.run_dir, config, start_round=self.start_round, num_events=num_events,
                                  metrics_measured_on=self.task.metrics_measured_on)
                        if runtime.is_logging_rank and not self.already_complete else NullLogger())
+
+    @property
+    def communicates(self) -> bool:
+        return self.algorithm.info.communicates
+
+    @property
+    def local_models(self) -> torch.Tensor:
+        """(k, P) the models this rank's clients are evaluated with."""
+        return self.algorithm.personal_models(self.task, self.client_state, self.global_model,
+                                              self.cfg.train.num_rounds)
 
     def parameter_shapes(self) -> list[torch.Size]:
         """The flat model's parameter tensors, in order (a codec may compress the matrices)."""
@@ -139,15 +157,11 @@ class Trainer:
         mine = sampled[(sampled >= block.start) & (sampled < block.stop)]
         return (mine - block.start).to(self.runtime.device)
 
-    def _local_phase(self, round_idx: int, rows: torch.Tensor) -> torch.Tensor:
-        """The new local models of my sampled clients; committed only once the round completes."""
-        algo = self.algorithm
-        models = algo.start_models(self.local_models[rows], self.global_model)
-        return self.task.local_update(models, rows, anchor=self.global_model, lam=algo.prox_weight,
-                                      lr=algo.local_lr, round_idx=round_idx)
-
-    def _check_finite(self, round_idx: int, rows: torch.Tensor, models: torch.Tensor) -> None:
-        finite_rows = torch.isfinite(models).all(dim=1)
+    def _check_finite(self, round_idx: int, rows: torch.Tensor, outputs: list[torch.Tensor]) -> None:
+        finite_rows = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+        for tensor in outputs:
+            if tensor.is_floating_point() and tensor.numel():
+                finite_rows &= torch.isfinite(tensor.reshape(len(rows), -1)).all(dim=1)
         if not bool(finite_rows.all()):
             client = self.task.client_ids.start + int(rows[~finite_rows][0])
             raise DivergenceError(f"round {round_idx + 1}: client {client} diverged (non-finite local model); "
@@ -165,18 +179,23 @@ class Trainer:
         sampled = torch.from_numpy(sample_clients(round_idx, seed=cfg.run.seed, num_clients=cfg.data.num_clients,
                                                   sample_fraction=cfg.algorithm.sample_fraction))
         rows = self._my_rows(sampled)
-        models = self._local_phase(round_idx, rows)
-        if self.algorithm.communicates:
+        algo = self.algorithm
+        # The sampled rows of the state (copies): committed only once the round completes.
+        out = algo.client_update(ClientRound(task=self.task, rows=rows, round_idx=round_idx,
+                                             global_model=self.global_model),
+                                 {name: state[rows] for name, state in self.client_state.items()})
+        if self.communicates:
             # A diverged client still joins the exchange, so every rank sees the NaN and stops.
-            average = self.exchange.run_round(round_idx, global_model=self.global_model, sent=models, rows=rows,
-                                              counts=self.task.sample_counts[rows], sampled=sampled.numpy(),
-                                              stop=self.stop.requested)
+            average = self.exchange.run_round(round_idx, global_model=algo.wire_reference(self.global_model),
+                                              sent=out.sent, rows=rows, counts=self.task.sample_counts[rows],
+                                              sampled=sampled.numpy(), stop=self.stop.requested)
             if average is None:
                 return False
-            self.global_model = self.algorithm.global_step(self.global_model, average)
-        self.local_models[rows] = models
+            self.global_model = algo.server_update(self.global_model, average)
+        for name, rows_state in out.keep.items():
+            self.client_state[name][rows] = rows_state
         self.update_counts[rows] += 1
-        self._check_finite(round_idx, rows, models)
+        self._check_finite(round_idx, rows, [out.sent, *out.keep.values()])
         self.round_times.append(time.perf_counter() - started)
         arrival, in_collective_s = self.comm.take_round_timing()
         self.timer.record(round_idx + 1, round_s=self.round_times[-1], arrival=arrival, in_collective_s=in_collective_s)
@@ -186,26 +205,37 @@ class Trainer:
 
     def evaluation_model(self) -> torch.Tensor:
         """w_g, or for LocalTrain the sample-weighted mean of local models (evaluation only)."""
-        if self.algorithm.communicates:
+        if self.communicates:
             return self.global_model
-        buffer = pack_weighted_sum(self.local_models, self.task.sample_counts, num_params=self.task.num_params)
+        buffer = pack_weighted_sum(self.client_state["local_models"], self.task.sample_counts,
+                                   num_params=self.task.num_params)
         self.comm.all_reduce(buffer, traffic=Traffic.TELEMETRY)
         return weighted_average(buffer)
+
+    def _job_vector(self, mine: torch.Tensor) -> torch.Tensor:
+        """(m,) float64 with this rank's clients' values in their place, zeros elsewhere (summed
+        over ranks by the evaluation all-reduce)."""
+        vector = torch.zeros(self.cfg.data.num_clients, dtype=torch.float64, device=self.runtime.device)
+        vector[self.task.client_ids.start: self.task.client_ids.stop] = mine.to(vector)
+        return vector
 
     def evaluate(self, *, round_num: int = 0, final: bool = False) -> dict[str, float]:
         """Metric sums of every rank in one all-reduce (telemetry, not training traffic).
 
-        The final evaluation also sums how often each client was trained (m numbers, once), so
-        the summary shows which clients took part, independent of the world size. Every rank's
-        round timings since the last evaluation ride along (pfl_dist/timing.py).
+        Each client's personal accuracy travels as one of m numbers, for the distribution over
+        clients (mean, 10th percentile, std). The final evaluation also sums how often each
+        client was trained (m numbers, once), so the summary shows which clients took part,
+        independent of the world size. Every rank's round timings since the last evaluation
+        ride along (pfl_dist/timing.py).
         """
         global_model = self.evaluation_model()
-        sums = self.task.metric_sums(self.local_models, global_model)
+        personal = self.algorithm.personal_models(self.task, self.client_state, global_model, round_num)
+        sums = self.task.metric_sums(personal, global_model)
+        sums["client_correct"] = self._job_vector(sums["client_correct"])
+        sums["client_count"] = self._job_vector(sums["client_count"])
         if final:
-            counts = torch.zeros(self.cfg.data.num_clients, dtype=torch.float64, device=self.runtime.device)
-            counts[self.task.client_ids.start: self.task.client_ids.stop] = self.update_counts
-            sums["update_counts"] = counts
-        if not self.algorithm.communicates:  # no training all-reduce carries the stop flag
+            sums["update_counts"] = self._job_vector(self.update_counts)
+        if not self.communicates:  # no training all-reduce carries the stop flag
             sums["stop_requests"] = torch.tensor(float(self.stop.requested), dtype=torch.float64)
         if self.ledger.measuring:
             sums["measured_train"] = torch.tensor(float(self.ledger.measured_local[Traffic.TRAIN]), dtype=torch.float64)
@@ -227,7 +257,12 @@ class Trainer:
             self.final_update_counts = reduced.pop("update_counts").long()
         self.last_round_times = self.timer.absorb(round_num, reduced.pop(TIMING_KEY, None))
         self.stop_agreed = self.stop_agreed or float(reduced.pop("stop_requests", torch.zeros(()))) > 0
-        return self.task.finalize_metrics(reduced, global_model.cpu())
+        self.personal_distribution = accuracy_distribution(reduced.pop("client_correct"),
+                                                           reduced.pop("client_count"))
+        metrics = self.task.finalize_metrics(reduced, global_model.cpu())
+        if not self.algorithm.info.global_model:  # FedRep/FedPer: w_g is a body without a trained head
+            metrics = {k: v for k, v in metrics.items() if not k.endswith("_global")}
+        return metrics
 
     def _is_eval_round(self, round_num: int) -> bool:
         return round_num % self.cfg.train.eval_every == 0 or round_num == self.cfg.train.num_rounds
@@ -237,46 +272,11 @@ class Trainer:
             "round": round_num,
             "wall_s": time.perf_counter() - self.started,
             "metrics": metrics,
+            "personal": dict(self.personal_distribution),
             "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
             "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
             "time": {**self.timer.record_fields(), "rounds": [vars(t) for t in self.last_round_times]},
         }
-
-    # --- theory-guided lambda (algorithm.lam = auto) ---------------------------------
-
-    def is_lambda_auto_round(self, round_num: int) -> bool:
-        """lam=auto: R_hat is estimated and lambda chosen after round w = warm-up x rounds and,
-        with lam_auto_refresh, again after rounds 2w, 3w, ... before the last round.
-
-        Re-estimating matters because R_hat is measured under the lambda in force: a proximal
-        term of weight lam_auto_init holds every w_i near w_g and shrinks R_hat, so one estimate
-        mostly reflects the warm-up's lambda. Choosing again under the chosen lambda lets the rule
-        move towards a lambda consistent with its own estimate (docs/RESULTS.md §1b).
-        """
-        algo = self.cfg.algorithm
-        if algo.lam != "auto":
-            return False
-        warmup = max(1, round(algo.lam_auto_warmup * self.cfg.train.num_rounds))
-        refresh = algo.lam_auto_refresh and round_num % warmup == 0 and round_num < self.cfg.train.num_rounds
-        return round_num == warmup or refresh
-
-    def choose_lambda(self, round_num: int) -> None:
-        """R_hat = mean ||w_i - w_g|| over clients trained so far (one telemetry all-reduce),
-        then lambda by the paper's rule with n = the mean client sample count."""
-        trained = self.update_counts > 0
-        distances = torch.linalg.vector_norm(self.local_models[trained] - self.global_model, dim=1)
-        sums = torch.stack([distances.double().sum(), trained.double().sum(),
-                            self.task.sample_counts.double().sum(), torch.tensor(float(len(trained)))])
-        self.comm.all_reduce(sums.to(self.runtime.device), traffic=Traffic.TELEMETRY)
-        r_hat, mean_samples = float(sums[0] / sums[1]), float(sums[2] / sums[3])
-        lam = theory_lambda(r_hat, num_samples=mean_samples, c=self.cfg.algorithm.lam_auto_c)
-        self.algorithm.set_lam(lam)
-        choice = {"round": round_num, "R_hat": r_hat, "lam": lam, "num_samples": mean_samples}
-        self.lambda_choices.append(choice)
-        self.logger.log_lambda(choice)
-        if self.runtime.is_logging_rank:
-            print(f"lam=auto: after round {round_num}, R_hat {r_hat:.4g} with n {mean_samples:.0f} -> lam {lam:.4g}",
-                  flush=True)
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -290,8 +290,10 @@ class Trainer:
             check_parent()  # an orphaned worker stops before it writes anything more
             if not self.run_round(round_idx):
                 self._stop(completed=round_idx)
-            if self.is_lambda_auto_round(round_num):
-                self.choose_lambda(round_num)
+            self.algorithm.end_of_round(RoundEnd(
+                round_num=round_num, num_rounds=self.cfg.train.num_rounds, task=self.task, state=self.client_state,
+                update_counts=self.update_counts, global_model=self.global_model, comm=self.comm,
+                logger=self.logger, is_logging_rank=self.runtime.is_logging_rank))
             if self._is_eval_round(round_num):
                 metrics = self.evaluate(round_num=round_num, final=round_num == self.cfg.train.num_rounds)
                 self.logger.log_round_times(self.last_round_times)
@@ -306,7 +308,7 @@ class Trainer:
         """Round 0 of a fresh run; a resumed run logged it before."""
         if self.start_round:
             return {}
-        metrics = self.evaluate()
+        metrics = self.evaluate(round_num=0)
         self.ledger.close_round()
         self._log_eval(self._record(0, metrics))
         return metrics
@@ -368,12 +370,11 @@ class Trainer:
         logger's event count lets a resume cut the event files back to it."""
         ledger = self.ledger.state_dict()
         return {
-            "clients": {"local_models": self.local_models.cpu(), "update_counts": self.update_counts.cpu(),
-                        **self.exchange.client_state()},
+            "clients": {**{name: state.cpu() for name, state in self.client_state.items()},
+                        "update_counts": self.update_counts.cpu(), **self.exchange.client_state()},
             "replicated": {"global_model": self.global_model.cpu(), "ledger_total": ledger["total"],
                            "exchange": self.exchange.replicated_state(),
-                           "lam": self.algorithm.lam, "lambda_choices": self.lambda_choices,
-                           "resumed_from": list(self.resumed_from)},
+                           "algorithm": self.algorithm.state_dict(), "resumed_from": list(self.resumed_from)},
             "rank": {"round_times": list(self.round_times), "measured_local": ledger["measured_local"],
                      "timing": self.timer.state_dict(),
                      "wall_s": time.perf_counter() - self.started, "rng": rng_state(),
@@ -382,11 +383,13 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any], *, round_num: int) -> None:
         device = self.runtime.device
-        assert state["clients"]["local_models"].shape == self.local_models.shape
-        self.local_models = state["clients"]["local_models"].to(device)
+        own_names = set(self.client_state)
+        for name in own_names:
+            assert state["clients"][name].shape == self.client_state[name].shape, name
+            self.client_state[name] = state["clients"][name].to(device)
         self.update_counts = state["clients"]["update_counts"].to(device)
         self.exchange.load_client_state({k: v for k, v in state["clients"].items()
-                                         if k not in ("local_models", "update_counts")})
+                                         if k not in own_names and k != "update_counts"})
         replicated, own = state["replicated"], state["rank"]
         self.exchange.load_replicated_state(replicated["exchange"])
         self.global_model = replicated["global_model"].to(device)
@@ -394,8 +397,7 @@ class Trainer:
         # This attempt's set-up collectives (smoothness, the vote) are not part of the run: the
         # ledger counts the run as if uninterrupted, so totals equal an uninterrupted run's.
         self.ledger.round = {t: Counters() for t in Traffic}
-        self.algorithm.set_lam(replicated["lam"])
-        self.lambda_choices = list(replicated["lambda_choices"])
+        self.algorithm.load_state_dict(replicated["algorithm"])
         self.resumed_from = [*replicated["resumed_from"], round_num]
         self.round_times = list(own["round_times"])
         self.timer.load_state_dict(own.get("timing"), round_num=round_num, eval_every=self.cfg.train.eval_every)
@@ -412,17 +414,18 @@ class Trainer:
             print(progress_line(record, num_rounds=self.cfg.train.num_rounds, round_times=self.round_times), flush=True)
 
     def _finish(self, metrics: dict[str, float]) -> dict[str, Any]:
-        final_model = self.evaluation_model() if not self.algorithm.communicates else self.global_model
+        final_model = self.evaluation_model() if not self.communicates else self.global_model
         summary = {
             "config": self.cfg.to_dict(),
             "world_size": self.runtime.world_size,
             "backend": self.runtime.backend,
             "num_rounds_completed": self.cfg.train.num_rounds,
+            "method": self.algorithm.info.to_dict(),
             "algorithm": self.algorithm.describe(),
-            "lambda_auto": self.lambda_choices[-1] if self.lambda_choices else None,  # the lambda that ended
-            "lambda_auto_history": self.lambda_choices,
+            **self.algorithm.summary_fields(),  # lambda_auto, lambda_auto_history
             "resumed_from": self.resumed_from,
             "final": metrics,
+            "personal": dict(self.personal_distribution),
             "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
             "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
             "time": {"wall_s": time.perf_counter() - self.started,
@@ -444,7 +447,7 @@ class Trainer:
     def _hparams(self) -> dict[str, Any]:
         cfg = self.cfg
         algo = cfg.algorithm
-        lam = {"lam": self.algorithm.lam, "lam_auto": algo.lam == "auto"} if method_uses_lam(algo.name) else {}
+        lam = {"lam": self.algorithm.lam, "lam_auto": algo.lam == "auto"} if self.algorithm.info.uses_lam else {}
         return {"method": algo.name, **lam,
                 "num_local_steps": algo.num_local_steps, "sample_fraction": algo.sample_fraction,
                 "num_clients": cfg.data.num_clients, "R": cfg.data.R, "data": cfg.data.kind,
@@ -464,6 +467,17 @@ def participation_summary(update_counts: torch.Tensor) -> dict[str, Any]:
         summary["update_counts"] = update_counts.tolist()
     return summary
 
+
+
+def accuracy_distribution(correct: torch.Tensor, count: torch.Tensor) -> dict[str, float]:
+    """Per-client personal accuracy over the clients with test samples: mean (unweighted), 10th
+    percentile (linear interpolation), population standard deviation (the fairness view)."""
+    has_test = count > 0
+    acc = (correct[has_test] / count[has_test]).double()
+    if not len(acc):
+        return {}
+    return {"acc_personal_mean": float(acc.mean()), "acc_personal_p10": float(torch.quantile(acc, 0.1)),
+            "acc_personal_std": float(acc.std(correction=0))}
 
 
 def progress_line(record: dict[str, Any], *, num_rounds: int, round_times: list[float]) -> str:

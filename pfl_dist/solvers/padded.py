@@ -54,9 +54,12 @@ class EpochPlan:
     ragged: bool  # some client sits out some step (sample counts differ)
 
 
-def epoch_permutation(num_samples: int, *, seed: int, round_idx: int, client_id: int, epoch: int) -> np.ndarray:
-    """Client `client_id`'s sample order in `epoch` of round `round_idx`."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _SHUFFLE, round_idx, client_id, epoch]))
+def epoch_permutation(num_samples: int, *, seed: int, round_idx: int, client_id: int, epoch: int,
+                      stream: int = 0) -> np.ndarray:
+    """Client `client_id`'s sample order in `epoch` of round `round_idx`; `stream` > 0 names another
+    independent sequence of orders (a method's second solve in the same round)."""
+    entropy = [seed, _SHUFFLE, round_idx, client_id, epoch] + ([stream] if stream else [])
+    rng = np.random.default_rng(np.random.SeedSequence(entropy))
     return rng.permutation(num_samples)
 
 
@@ -69,6 +72,7 @@ def plan_epoch(
     round_idx: int,
     epoch: int,
     dtype: torch.dtype,
+    stream: int = 0,
 ) -> EpochPlan:
     """The padded, masked batch schedule of one epoch for clients with `counts` samples."""
     steps_per_client = [math.ceil(n / batch_size) for n in counts]
@@ -77,7 +81,8 @@ def plan_epoch(
     weights = np.zeros((num_steps, k, batch_size))
     for i, (n, client_id, steps) in enumerate(zip(counts, client_ids, steps_per_client, strict=True)):
         order = np.zeros(steps * batch_size, dtype=np.int64)
-        order[:n] = epoch_permutation(n, seed=seed, round_idx=round_idx, client_id=client_id, epoch=epoch)
+        order[:n] = epoch_permutation(n, seed=seed, round_idx=round_idx, client_id=client_id, epoch=epoch,
+                                      stream=stream)
         positions[:steps, i] = order.reshape(steps, batch_size)
         sizes = np.minimum(batch_size, n - batch_size * np.arange(steps))[:, None]
         weights[:steps, i] = (np.arange(batch_size) < sizes) / sizes

@@ -29,7 +29,6 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API needs no pyplot state and no display backend
 
-from pfl_dist.config import method_uses_lam
 from pfl_dist.sweep.codecs import plot_codecs, write_codec_table
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import Style, math_label, method_styles
@@ -63,7 +62,6 @@ SETTING_LABELS = {
 FACET_NAMES = {"data.R": "$R$", "data.classes_per_client": "$c$"}
 FORMATS = ("png", "pdf", "svg")
 DPI = 200
-_METHOD_ORDER = {"local": 0, "fedclup": 1, "fedprox": 3, "fedavg": 4}
 
 
 @dataclass(frozen=True)
@@ -75,11 +73,15 @@ class Rendered:
     table_paths: tuple[Path, Path]
 
 
-def series_key(run: Run) -> tuple[float, float]:
-    """Legend order: from most to least personalized (LocalTrain, small ... large lambda, FedAvg)."""
+def series_key(run: Run) -> tuple[Any, ...]:
+    """Legend order, from the method facts each run recorded: methods that never communicate
+    (LocalTrain), then those with a lambda (small ... large, auto last), then the rest; by name
+    within a group."""
     lam = run.config["algorithm"]["lam"]
-    rank = _METHOD_ORDER.get(run.method, 5) + (1 if lam == "auto" and run.method == "fedclup" else 0)
-    return float(rank), float(lam) if isinstance(lam, (int, float)) else 0.0
+    info = run.info
+    group = 0 if not info.communicates else 1 if info.uses_lam else 2
+    auto = info.uses_lam and lam == "auto"
+    return group, run.method, auto, float(lam) if isinstance(lam, (int, float)) and info.uses_lam else 0.0
 
 
 def styles(runs: Sequence[Run], label_keys: Sequence[str] = ()) -> dict[str, Style]:
@@ -89,8 +91,9 @@ def styles(runs: Sequence[Run], label_keys: Sequence[str] = ()) -> dict[str, Sty
         return (*series_key(run), *(run.setting(k) for k in label_keys))
 
     ordered = sorted(runs, key=order)
-    return method_styles([(run_label(r, label_keys), r.method,
-                           method_uses_lam(r.method) and r.config["algorithm"]["lam"] == "auto") for r in ordered])
+    curves = [(run_label(r, label_keys), r.method, r.info.uses_lam and r.config["algorithm"]["lam"] == "auto")
+              for r in ordered]
+    return method_styles(curves, families={r.method: (r.info.colors, r.info.marker) for r in ordered})
 
 
 def varies(runs: Sequence[Run], key: str) -> bool:

@@ -22,15 +22,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pfl_dist.config import method_uses_lam
+from pfl_dist.methods import MethodInfo, info_from_summary, method_info
 from pfl_dist.outputs import parse_record, write_bytes_atomic
 
 POINT_FILE = "sweep_point.json"  # what the sweep knows about a run: variant, varied values, wall time
 RESULTS_FILE = "results.csv"
-_METHOD_NAMES = {"fedclup": "FedCLUP", "fedavg": "FedAvg", "fedprox": "FedProx", "local": "LocalTrain"}
 _FIXED_COLUMNS = ("name", "variant", "seed", "method", "label", "lam", "lam_used", "R_hat", "data_kind", "R",
                   "num_clients", "sample_fraction", "num_local_steps", "classes_per_client", "num_rounds",
                   "world_size")
+_PERSONAL_COLUMNS = ("acc_personal_mean", "acc_personal_p10", "acc_personal_std")
 _COMM_COLUMNS = ("wire_bytes_model", "payload_bytes", "uplink_bytes", "downlink_bytes", "fl_bytes",
                  "num_collectives", "wire_bytes_measured", "telemetry_wire_bytes")
 _TIME_COLUMNS = ("wall_s", "round_s_median", "point_wall_s")
@@ -41,15 +41,16 @@ def metric_name(tag: str) -> str:
     return tag.rsplit("/", 1)[-1]
 
 
-def method_label(config: dict[str, Any]) -> str:
-    """'FedAvg', 'LocalTrain', 'FedCLUP λ=0.5', 'FedCLUP λ=auto', 'FedProx μ=0.1' (the legend)."""
+def method_label(config: dict[str, Any], info: MethodInfo | None = None) -> str:
+    """'FedAvg', 'LocalTrain', 'FedCLUP λ=0.5', 'FedCLUP λ=auto', 'FedProx μ=0.1' (the legend).
+    `info`: the method's facts as the run recorded them (summary.json "method")."""
     algo = config["algorithm"]
-    name = _METHOD_NAMES.get(algo["name"], algo["name"])
+    info = info or method_info(algo["name"])
     lam = algo["lam"]
     lam_text = lam if isinstance(lam, str) else f"{lam:g}"
-    if not method_uses_lam(algo["name"]):
-        return name
-    return f"{name} μ={lam_text}" if algo["name"] == "fedprox" else f"{name} λ={lam_text}"
+    if not info.uses_lam:
+        return info.label
+    return f"{info.label} {info.lam_symbol}={lam_text}"
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,18 @@ class Run:
     def method(self) -> str:
         return str(self.config["algorithm"]["name"])
 
+    @cached_property
+    def info(self) -> MethodInfo:
+        """The method's label, communicates, uses_lam, ... as summary.json recorded them."""
+        return info_from_summary(self.summary)
+
     @property
     def communicates(self) -> bool:
-        return self.method != "local"
+        return self.info.communicates
 
     @property
     def label(self) -> str:
-        return method_label(self.config)
+        return method_label(self.config, self.info)
 
     def setting(self, key: str) -> Any:
         """A config value by dotted key, e.g. setting('data.R')."""
@@ -173,7 +179,7 @@ def result_row(run: Run, *, varied: Sequence[str] = ()) -> dict[str, Any]:
     """One results.csv row: identity, the settings the figures need, final metrics, bytes, time."""
     s, cfg = run.summary, run.config
     choice = s.get("lambda_auto") or {}
-    uses_lam = method_uses_lam(run.method)  # FedAvg and LocalTrain show no lambda they never used
+    uses_lam = run.info.uses_lam  # FedAvg and LocalTrain show no lambda they never used
     row: dict[str, Any] = {
         "name": run.name, "variant": run.point.get("variant"), "seed": cfg["run"]["seed"], "method": run.method,
         "label": run.label, "lam": cfg["algorithm"]["lam"] if uses_lam else None,
@@ -186,6 +192,7 @@ def result_row(run: Run, *, varied: Sequence[str] = ()) -> dict[str, Any]:
     }
     row.update({key: run.setting(key) for key in varied})
     row.update(s["final"])
+    row.update({k: s.get("personal", {}).get(k) for k in _PERSONAL_COLUMNS})
     comm = s["comm"]
     row.update({k: comm.get(k) for k in _COMM_COLUMNS if k in comm})
     row["fl_bytes"] = comm["uplink_bytes"] + comm["downlink_bytes"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pfl_dist.errors import ConfigError
+from pfl_dist.methods import method_info
 
 if TYPE_CHECKING:  # the registry itself stays torch-free
     import torch
@@ -34,6 +35,7 @@ class TaskEntry:
     model_kinds: tuple[str, ...]  # model.kind values the task can build ("auto" always included)
     unused_keys: tuple[str, ...]  # dotted keys the task never reads
     description: str
+    grouped_model_kinds: tuple[str, ...] = ()  # model.kind values with a body/head split (FedRep, FedPer)
 
 
 _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_partitions",
@@ -44,6 +46,7 @@ _IMAGES = TaskEntry(
     model_kinds=("logreg", "linear", "cnn"),
     unused_keys=_SYNTHETIC_ONLY,
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
+    grouped_model_kinds=("cnn",),
 )
 
 TASKS: dict[str, TaskEntry] = {
@@ -86,6 +89,12 @@ def check_task_config(cfg: Config) -> None:
     if cfg.model.kind not in ("auto", *entry.model_kinds):
         raise ConfigError(f"model.kind {cfg.model.kind!r} does not apply to data.kind {kind!r} "
                           f"(it takes {' or '.join(repr(k) for k in ('auto', *entry.model_kinds))})")
+    method = method_info(cfg.algorithm.name)
+    if method.parameter_groups and cfg.model.kind not in entry.grouped_model_kinds:
+        takes = (f"data.kind {kind!r} has one with model.kind {' or '.join(map(repr, entry.grouped_model_kinds))}"
+                 if entry.grouped_model_kinds else f"data.kind {kind!r} has no such model")
+        raise ConfigError(f"algorithm.name {cfg.algorithm.name!r} needs a model with a body/head split; "
+                          f"model.kind {cfg.model.kind!r} has none ({takes})")
     ignored = set_unused_keys(cfg, entry.unused_keys)
     if ignored:
         settings = ", ".join(f"{key}={getattr(getattr(cfg, key.split('.')[0]), key.split('.')[1])!r}"

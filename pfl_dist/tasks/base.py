@@ -3,11 +3,25 @@ the local solver and the evaluation metrics). The train loop only talks to this 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from pfl_dist.config import Config
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One local step's data for k clients: x (k, b, ...), y (k, b), weights (k, b) (1/b on the b
+    real samples, 0 on padding, so the weighted loss sum is each client's mean loss), and
+    `active` (k,), 0 for a client whose epoch is already over (None: every client steps)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    weights: torch.Tensor
+    active: torch.Tensor | None = None
 
 
 class Task(Protocol):
@@ -46,8 +60,34 @@ class Task(Protocol):
         """Train `models` (one row per client in `rows`, local row indices) in place."""
         ...
 
+    # --- solver primitives an algorithm composes (pfl_dist/algorithms/) ----------------------
+
+    def parameter_groups(self) -> dict[str, slice] | None:
+        """{"body": slice, "head": slice} of the flat model, or None for a model without a split."""
+        ...
+
+    def parameter_shapes(self) -> list[torch.Size]:
+        """The flat model's parameter tensors in order (a codec may compress the matrices)."""
+        ...
+
+    def batches(self, rows: torch.Tensor, *, round_idx: int, epochs: int | None = None,
+                stream: int = 0) -> Iterator[Batch]:
+        """The local schedule of the clients in `rows`: None = the local phase (local_epochs epochs
+        of minibatches, or num_local_steps full-batch steps); e = e epochs (full-batch: e x
+        num_local_steps steps). `stream` > 0 draws other shuffles than the local phase's."""
+        ...
+
+    def full_batch(self, rows: torch.Tensor) -> Batch:
+        """All training samples of the clients in `rows`, as one batch."""
+        ...
+
+    def gradient(self, models: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """(k, P): each client's gradient of its weighted loss on its rows of `batch`."""
+        ...
+
     def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Additive per-rank sums (float64) that one all-reduce turns into job totals."""
+        """Additive per-rank sums (float64) that one all-reduce turns into job totals; the per-client
+        "client_correct" and "client_count" (k,) give the personal accuracy distribution."""
         ...
 
     def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +52,8 @@ from pfl_dist.data.partition import (
 from pfl_dist.errors import ConfigError
 from pfl_dist.models.cnn import CNNModel
 from pfl_dist.models.linear import LinearSoftmax
-from pfl_dist.solvers.padded import prox_gd_padded, prox_sgd_padded
+from pfl_dist.solvers.padded import full_batch_weights, plan_epoch, prox_gd_padded, prox_sgd_padded
+from pfl_dist.tasks.base import Batch
 
 NUM_CLASSES = 10
 NUM_PIXELS = 28 * 28
@@ -274,6 +275,50 @@ class ImageTask:
                             lr=lr, num_epochs=algo.local_epochs, batch_size=algo.batch_size,
                             seed=self.cfg.run.seed, round_idx=round_idx)
 
+    # --- solver primitives (pfl_dist/algorithms/ composes them) ---------------------------
+
+    def parameter_groups(self) -> dict[str, slice] | None:
+        """The CNN's body (convolutions and fc1) and head (the last linear layer, fc2); the linear
+        models have no split."""
+        if not isinstance(self.model, CNNModel):
+            return None
+        head = sum(size for name, size in zip(self.model.names, self.model.sizes, strict=True)
+                   if name.startswith("fc2."))
+        return {"body": slice(0, self.num_params - head), "head": slice(self.num_params - head, self.num_params)}
+
+    def parameter_shapes(self) -> list[torch.Size]:
+        return [t.shape for t in self.model_state_dict(self.init_model()).values()]
+
+    def full_batch(self, rows: torch.Tensor) -> Batch:
+        rows = rows.to(self.device)
+        counts = [self.train_counts[int(r)] for r in rows]
+        weights = full_batch_weights(counts, num_positions=self.train_x.shape[1], dtype=self.dtype)
+        return Batch(self.train_x[rows], self.train_y[rows], weights.to(self.device))
+
+    def batches(self, rows: torch.Tensor, *, round_idx: int, epochs: int | None = None,
+                stream: int = 0) -> Iterator[Batch]:
+        algo = self.cfg.algorithm
+        if not len(rows):
+            return
+        if algo.batch_size is None:
+            batch = self.full_batch(rows)
+            for _ in range(algo.num_local_steps * (1 if epochs is None else epochs)):
+                yield batch
+            return
+        counts = [self.train_counts[int(r)] for r in rows]
+        client_ids = [self.client_ids.start + int(r) for r in rows]
+        row_index = rows.to(self.device).unsqueeze(1)
+        for epoch in range(algo.local_epochs if epochs is None else epochs):
+            plan = plan_epoch(counts, client_ids=client_ids, batch_size=algo.batch_size, seed=self.cfg.run.seed,
+                              round_idx=round_idx, epoch=epoch, dtype=self.dtype, stream=stream)
+            positions, weights, active = (t.to(self.device) for t in (plan.positions, plan.weights, plan.active))
+            for step in range(positions.shape[0]):
+                yield Batch(self.train_x[row_index, positions[step]], self.train_y[row_index, positions[step]],
+                            weights[step], active[step] if plan.ragged else None)
+
+    def gradient(self, models: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.model.weighted_grad(models, batch.x, batch.y, batch.weights)
+
     # --- metrics -------------------------------------------------------------------------
 
     def _naive_sums(self) -> dict[str, torch.Tensor]:
@@ -296,6 +341,8 @@ class ImageTask:
         return {
             "num_test_personal": self.test_counts.double().sum(),
             "correct_personal": correct.double().sum(),
+            "client_correct": correct.double().sum(dim=1),
+            "client_count": self.test_counts.double(),
             "loss_personal_sum": -(log_probs.clamp(min=LOG_PROB_FLOOR) * valid).sum(),
         }
 

@@ -10,6 +10,7 @@ Accuracies and losses of synthetic runs are measured on the clients' own trainin
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -17,6 +18,7 @@ from pfl_dist.config import Config
 from pfl_dist.data.synthetic import generate_clients
 from pfl_dist.models.linear import LinearSoftmax
 from pfl_dist.solvers.linear import prox_gd_linear_softmax
+from pfl_dist.tasks.base import Batch
 
 _GENERATION_BLOCK = 256  # clients generated per numpy block
 
@@ -85,6 +87,30 @@ class SyntheticTask:
             anchor=anchor, lam=lam, lr=lr, num_steps=self.cfg.algorithm.num_local_steps,
         )
 
+    # --- solver primitives (full-batch GD only: the paper's synthetic solver) -------------------
+
+    def parameter_groups(self) -> dict[str, slice] | None:
+        return None  # one linear layer: no body/head split
+
+    def parameter_shapes(self) -> list[torch.Size]:
+        return [t.shape for t in self.model_state_dict(self.init_model()).values()]
+
+    def full_batch(self, rows: torch.Tensor) -> Batch:
+        n = self.features.shape[1]
+        weights = torch.full((len(rows), n), 1.0 / n, dtype=self.dtype, device=self.features.device)
+        return Batch(self.features[rows], self.labels[rows], weights)
+
+    def batches(self, rows: torch.Tensor, *, round_idx: int, epochs: int | None = None,
+                stream: int = 0) -> Iterator[Batch]:
+        if not len(rows):
+            return
+        batch = self.full_batch(rows)
+        for _ in range(self.cfg.algorithm.num_local_steps * (1 if epochs is None else epochs)):
+            yield batch
+
+    def gradient(self, models: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.model.weighted_grad(models, batch.x, batch.y, batch.weights)
+
     def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
         n = self.features.shape[1]
         loss_p, correct_p = self.model.loss_and_correct(local_models, self.features, self.labels)
@@ -97,6 +123,8 @@ class SyntheticTask:
             "ITR_sum": itr.sum(),
             "loss_personal_sum": (loss_p.double() * n).sum(),
             "correct_personal": correct_p.double().sum(),
+            "client_correct": correct_p.double(),
+            "client_count": torch.full((len(self.client_ids),), float(n), dtype=torch.float64),
             "loss_global_sum": (loss_g.double() * n).sum(),
             "correct_global": correct_g.double().sum(),
             "true_model_sum": self.true_models.sum(dim=0).flatten(),

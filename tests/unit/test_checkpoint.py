@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pfl_dist.algorithms import ClientOutput, ClientRound, ClientState, FedCLUP
 from pfl_dist.checkpoint import (
     RUN_COMPLETE,
     Checkpointer,
@@ -318,15 +319,15 @@ def test_local_training_stops_at_the_next_evaluation(tmp_path: Path, monkeypatch
 
 
 def test_a_diverged_round_is_never_checkpointed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Trainer._local_phase
+    original = FedCLUP.client_update
 
-    def local_phase(self: Trainer, idx: int, rows: torch.Tensor) -> torch.Tensor:
-        models = original(self, idx, rows)
-        if idx == 3:
-            models[0] = float("nan")
-        return models
+    def client_update(self: FedCLUP, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        out = original(self, ctx, state)
+        if ctx.round_idx == 3:
+            out.sent[0] = float("nan")
+        return out
 
-    monkeypatch.setattr(Trainer, "_local_phase", local_phase)
+    monkeypatch.setattr(FedCLUP, "client_update", client_update)
     with pytest.raises(DivergenceError, match=r"round 4: client \d+ diverged"):
         run_one(tmp_path, "run", "checkpoint.every=1")
     assert checkpointer(tmp_path / "run" / "ckpt").rounds() == [1, 2, 3]

@@ -166,8 +166,12 @@ def test_global_test_slices_cover_the_test_set_once() -> None:
         assert covered == list(range(10000))
 
 
+PER_CLIENT = ("client_correct", "client_count")  # (k,) per client: the Trainer places them by client id
+
+
 def _reduce(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: sum((p[k] for p in parts), torch.zeros((), dtype=torch.float64)) for k in parts[0]}
+    return {k: sum((p[k] for p in parts), torch.zeros((), dtype=torch.float64)) for k in parts[0]
+            if k not in PER_CLIENT}
 
 
 def test_metric_sums_add_up_across_ranks_and_match_numpy(mnist_dir: Path) -> None:
@@ -178,10 +182,14 @@ def test_metric_sums_add_up_across_ranks_and_match_numpy(mnist_dir: Path) -> Non
                         dtype=torch.float32) for r in range(3)]
     zero = torch.zeros(whole.num_params)
     # Execute
-    metrics = whole.finalize_metrics(whole.metric_sums(zero.repeat(10, 1), zero), zero)
+    whole_sums = whole.metric_sums(zero.repeat(10, 1), zero)
+    metrics = whole.finalize_metrics({k: v for k, v in whole_sums.items() if k not in PER_CLIENT}, zero)
     sharded = [s.metric_sums(zero.repeat(len(s.client_ids), 1), zero) for s in shards]
     # Assert: the 3-rank sums reduce to the 1-rank metrics; the numbers match a numpy recount.
     assert whole.finalize_metrics(_reduce(sharded), zero) == pytest.approx(metrics, rel=1e-9)
+    for key in PER_CLIENT:  # each client's own numbers, in client order, on any sharding
+        assert torch.equal(torch.cat([p[key] for p in sharded]), whole_sums[key])
+    assert float(whole_sums["client_correct"].sum()) == float(whole_sums["correct_personal"])
     labels = load_images("mnist", data_dir=mnist_dir).train.labels
     test = [labels[c.test] for c in whole.clients]
     lowest = [labels[c.train].min() for c in whole.clients]

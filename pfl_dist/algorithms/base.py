@@ -1,0 +1,191 @@
+"""The algorithm interface: the framework supplies primitives, the algorithm composes them.
+
+A round on every rank (pfl_dist/train.py):
+
+    out = algorithm.client_update(ClientRound(task, rows, round_idx, w_g), state rows)
+    avg = exchange.run_round(sent=out.sent, global_model=algorithm.wire_reference(w_g), ...)
+    w_g = algorithm.server_update(w_g, avg)
+    state[rows] = out.keep                       only once the round completed on every rank
+
+- Per-client state is a set of named (k, ...) tensors, one row per client of this rank
+  (`init_client_state`): FedCLUP's local model, Ditto's personal model, SCAFFOLD's c_i, APFL's
+  alpha_i. The Trainer keeps them, hands the sampled rows to `client_update` and writes back
+  what it returns; checkpoints save every one of them in their "clients" section and re-shard
+  them by client id (pfl_dist/checkpoint.py), so nothing lists them by hand.
+- What is sent is the algorithm's choice (`wire_shapes`, `wire_reference`): the whole model,
+  only the body of a body/head model (FedRep, FedPer), or the model and a control variate
+  (SCAFFOLD). The Exchange packs, codes and counts exactly that, so the byte ledger shows it.
+- Server-side state that is not w_g (SCAFFOLD's c, FedCLUP's lambda history) is the algorithm's
+  own `state_dict`, saved in the checkpoint's replicated section.
+- The task's solver primitives (pfl_dist/tasks/base.py): `local_update` (the fused proximal
+  solver of FedCLUP/FedAvg/FedProx), `batches` (the local schedule), `gradient`, `full_batch`,
+  `parameter_groups`. `local_sgd` below composes the last ones into the steps most methods take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from pfl_dist.config import AlgorithmConfig
+from pfl_dist.methods import MethodInfo
+from pfl_dist.tasks.base import Batch, Task
+
+if TYPE_CHECKING:
+    from pfl_dist.comm import Communicator
+    from pfl_dist.tracking import NullLogger, RunLogger
+
+ClientState = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    """What a client update may use: the task's primitives, which clients, which round, and w_g."""
+
+    task: Task
+    rows: torch.Tensor  # local row indices of this rank's sampled clients, sorted by client id
+    round_idx: int
+    global_model: torch.Tensor  # w_g at the start of the round (P,)
+
+
+@dataclass(frozen=True)
+class ClientOutput:
+    sent: torch.Tensor  # (k, wire size): what each sampled client sends (empty if nothing is sent)
+    keep: ClientState  # new rows of (some of) the per-client state
+
+
+@dataclass(frozen=True)
+class RoundEnd:
+    """What an end-of-round callback may use (FedCLUP's lam = auto)."""
+
+    round_num: int
+    num_rounds: int
+    task: Task
+    state: ClientState  # all rows of this rank's per-client state
+    update_counts: torch.Tensor  # (k,) local updates each client of this rank received
+    global_model: torch.Tensor
+    comm: Communicator
+    logger: RunLogger | NullLogger
+    is_logging_rank: bool
+
+
+def local_sgd(task: Task, models: torch.Tensor, batches: Iterable[Batch], *, lr: float,
+              anchor: torch.Tensor | None = None, lam: float = 0.0, correction: torch.Tensor | None = None,
+              trained: slice | None = None) -> torch.Tensor:
+    """In place, for every batch: w <- w - lr * (grad f(w; batch) + lam (w - anchor) + correction),
+    only on the parameters `trained` (all when None), only for the batch's active clients."""
+    for batch in batches:
+        grad = task.gradient(models, batch)
+        if lam:
+            assert anchor is not None
+            grad.add_(models - anchor, alpha=lam)
+        if correction is not None:
+            grad.add_(correction)
+        if batch.active is not None:
+            grad.mul_(batch.active.unsqueeze(1))
+        if trained is None:
+            models.sub_(grad, alpha=lr)
+        else:
+            models[:, trained].sub_(grad[:, trained], alpha=lr)
+    return models
+
+
+def count_steps(batches: Iterable[Batch], num_clients: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(k,) how many of `batches` each client takes (SCAFFOLD's K per client)."""
+    steps = torch.zeros(num_clients, dtype=dtype, device=device)
+    for batch in batches:
+        steps += 1 if batch.active is None else batch.active
+    return steps
+
+
+class Algorithm:
+    """Base class: the FedAvg-shaped defaults every method overrides where it differs."""
+
+    name: ClassVar[str]
+    info: ClassVar[MethodInfo]
+    state_names: ClassVar[tuple[str, ...]] = ("local_models",)  # the per-client state it keeps
+
+    def __init__(self, cfg: AlgorithmConfig, *, smoothness: float, groups: dict[str, slice] | None = None,
+                 participation: float = 1.0) -> None:
+        self.cfg = cfg
+        self.smoothness = smoothness
+        self.groups = groups
+        self.participation = participation  # |S| / N, the sampled share of clients per round
+        self.set_lam(cfg.lam_auto_init if cfg.lam == "auto" else cfg.lam)
+
+    # --- step sizes --------------------------------------------------------------------------
+
+    def set_lam(self, lam: float) -> None:
+        """Set lambda and every step size derived from it (lam=auto changes it mid-run)."""
+        self.lam = lam
+        self.local_lr = self.default_local_lr() if self.cfg.local_lr == "auto" else float(self.cfg.local_lr)
+
+    def default_local_lr(self) -> float:
+        """eta = 1/(L + lam): stable for the proximal objective (docs/METHOD.md §2)."""
+        return 1.0 / (self.smoothness + self.prox_weight)
+
+    @property
+    def prox_weight(self) -> float:
+        return self.lam
+
+    @property
+    def personal_lr(self) -> float:
+        return self.local_lr if self.cfg.personal_lr == "auto" else float(self.cfg.personal_lr)
+
+    # --- per-client state ----------------------------------------------------------------------
+
+    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+        """Every client starts with w_g as its local model."""
+        return {"local_models": global_model.repeat(num_clients, 1)}
+
+    # --- one round -----------------------------------------------------------------------------
+
+    def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        raise NotImplementedError
+
+    def wire_shapes(self, shapes: list[torch.Size]) -> list[torch.Size]:
+        """The parameter tensors of one client's message (default: the whole model)."""
+        return list(shapes)
+
+    def wire_reference(self, global_model: torch.Tensor) -> torch.Tensor:
+        """What the server holds of what clients send (a codec codes sent - this)."""
+        return global_model
+
+    def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
+        """w_g from the weighted mean of what was sent (default: the mean itself)."""
+        return aggregate
+
+    def end_of_round(self, end: RoundEnd) -> None:
+        """A callback after every completed round (default: nothing)."""
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
+                        round_idx: int) -> torch.Tensor:
+        """(k, P) the model each client of this rank is evaluated with (default: its local model)."""
+        return state["local_models"]
+
+    # --- checkpointed server-side state and the summary ------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lam": self.lam}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.set_lam(state["lam"])
+
+    def describe(self) -> dict[str, float]:
+        return {"lam": self.lam, "local_lr": self.local_lr, "smoothness": self.smoothness}
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Extra summary.json keys (FedCLUP: the lambdas lam=auto chose)."""
+        return {"lambda_auto": None, "lambda_auto_history": []}
+
+
+def with_head(global_model: torch.Tensor, local_models: torch.Tensor, groups: dict[str, slice]) -> torch.Tensor:
+    """(k, P): w_g's body with each client's own head."""
+    models = global_model.repeat(len(local_models), 1)
+    models[:, groups["head"]] = local_models[:, groups["head"]]
+    return models

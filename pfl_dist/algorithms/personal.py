@@ -1,0 +1,238 @@
+"""Personalized FL with a full global model: Ditto, pFedMe, APFL, Per-FedAvg (first order), FedAvg-FT.
+
+Each class's docstring states the update rule as implemented, with its paper. Notation: w_g the
+global model, n_i client i's sample count, eta = algorithm.local_lr, eta_p = algorithm.personal_lr
+(auto = eta), "a step on batch b" = one step of the task's local schedule (`Task.batches`: E
+epochs of minibatches, or K full-batch steps). The server's mean is always the n_i-weighted mean
+over the round's sampled clients, computed by the Exchange.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, local_sgd
+from pfl_dist.methods import METHODS
+from pfl_dist.tasks.base import Task
+
+PERSONAL_STREAM = 1  # shuffles of a second solve in the same round (Ditto's personal model, ...)
+SECOND_BATCH_STREAM = 2  # Per-FedAvg's second batch D'
+FINETUNE_STREAM = 3  # FedAvg-FT's fine-tuning at evaluation
+
+
+def _reset(ctx: ClientRound) -> torch.Tensor:
+    return ctx.global_model.expand(len(ctx.rows), -1).clone()
+
+
+class Ditto(Algorithm):
+    """Ditto (Li, Hu, Beirami, Smith, ICML 2021), Algorithm 1 with the FedAvg global solver:
+
+        global copy:    w_i <- local SGD from w_g on f_i                       (sent)
+        personal model: v_i <- v_i - eta_p (grad f_i(v_i; b) + lam (v_i - w_g))
+                        for algorithm.personal_epochs epochs                   (kept)
+        server:         w_g <- sum_i n_i w_i / sum_i n_i
+
+    The personal solve is anchored at the w_g the round started from. Per-client state: v_i."""
+
+    name = "ditto"
+    info = METHODS["ditto"]
+    state_names = ("personal_models",)
+
+    @property
+    def prox_weight(self) -> float:
+        return 0.0  # the sent global copy is plain FedAvg; lam enters the personal solve
+
+    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+        return {"personal_models": global_model.repeat(num_clients, 1)}
+
+    def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        task = ctx.task
+        sent = local_sgd(task, _reset(ctx), task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr)
+        personal = local_sgd(task, state["personal_models"].clone(),
+                             task.batches(ctx.rows, round_idx=ctx.round_idx, epochs=self.cfg.personal_epochs,
+                                          stream=PERSONAL_STREAM),
+                             lr=self.personal_lr, anchor=ctx.global_model, lam=self.lam)
+        return ClientOutput(sent=sent, keep={"personal_models": personal})
+
+    def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
+                        round_idx: int) -> torch.Tensor:
+        return state["personal_models"]
+
+
+class PFedMe(Algorithm):
+    """pFedMe (Dinh, Tran, Nguyen, NeurIPS 2020), Algorithm 1: personalization by Moreau envelopes.
+
+    A sampled client sets its local model w_i <- w_g, then for every step on batch b:
+
+        theta_i <- argmin_theta f_i(theta; b) + (lam/2) ||theta - w_i||^2,
+                   approximately: algorithm.inner_steps steps of
+                   theta_i <- theta_i - eta_p (grad f_i(theta_i; b) + lam (theta_i - w_i))
+        w_i     <- w_i - eta lam (w_i - theta_i)
+
+    and sends w_i. Server: w_g <- (1 - beta) w_g + beta sum_i n_i w_i / sum_i n_i.
+    The inner solve starts from the client's previous theta_i (its personalized model, kept as
+    per-client state and evaluated), as in the authors' implementation."""
+
+    name = "pfedme"
+    info = METHODS["pfedme"]
+    state_names = ("personal_models",)
+
+    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+        return {"personal_models": global_model.repeat(num_clients, 1)}
+
+    def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        task = ctx.task
+        local = _reset(ctx)
+        theta = state["personal_models"].clone()
+        for batch in task.batches(ctx.rows, round_idx=ctx.round_idx):
+            for _ in range(self.cfg.inner_steps):
+                grad = task.gradient(theta, batch).add_(theta - local, alpha=self.lam)
+                if batch.active is not None:
+                    grad.mul_(batch.active.unsqueeze(1))
+                theta.sub_(grad, alpha=self.personal_lr)
+            step = (local - theta).mul_(self.local_lr * self.lam)
+            if batch.active is not None:
+                step.mul_(batch.active.unsqueeze(1))
+            local.sub_(step)
+        return ClientOutput(sent=local, keep={"personal_models": theta})
+
+    def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
+        beta = self.cfg.beta
+        return aggregate if beta == 1.0 else (1 - beta) * global_model + beta * aggregate
+
+    def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
+                        round_idx: int) -> torch.Tensor:
+        return state["personal_models"]
+
+    def describe(self) -> dict[str, float]:
+        return {**super().describe(), "personal_lr": self.personal_lr, "beta": self.cfg.beta}
+
+
+class APFL(Algorithm):
+    """APFL (Deng, Kamani, Mahdavi, 2020), Algorithm 1: adaptive personalized FL.
+
+    A sampled client sets w_i <- w_g and, for every step on batch b, with g = grad f_i(vbar_i; b)
+    at the mixture vbar_i = alpha_i v_i + (1 - alpha_i) w_i (all taken at the step's start):
+
+        w_i     <- w_i - eta grad f_i(w_i; b)
+        v_i     <- v_i - eta_p alpha_i g
+        alpha_i <- clip_[0,1]( alpha_i - eta_p <v_i - w_i, g> )
+
+    It sends w_i and keeps v_i and alpha_i (alpha_i starts at algorithm.alpha). Server: the
+    weighted mean. The personalized model evaluated is alpha_i v_i + (1 - alpha_i) w_g."""
+
+    name = "apfl"
+    info = METHODS["apfl"]
+    state_names = ("personal_models", "alpha")
+
+    @property
+    def prox_weight(self) -> float:
+        return 0.0
+
+    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+        return {"personal_models": global_model.repeat(num_clients, 1),
+                "alpha": torch.full((num_clients, 1), self.cfg.alpha, dtype=global_model.dtype,
+                                    device=global_model.device)}
+
+    def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        task = ctx.task
+        local, personal, alpha = _reset(ctx), state["personal_models"].clone(), state["alpha"].clone()
+        for batch in task.batches(ctx.rows, round_idx=ctx.round_idx):
+            mixed = alpha * personal + (1 - alpha) * local
+            grad_w = task.gradient(local, batch)
+            grad_mixed = task.gradient(mixed, batch)
+            grad_alpha = ((personal - local) * grad_mixed).sum(dim=1, keepdim=True)
+            active = 1.0 if batch.active is None else batch.active.unsqueeze(1)
+            local.sub_(grad_w * active, alpha=self.local_lr)
+            personal.sub_(alpha * grad_mixed * active, alpha=self.personal_lr)
+            alpha = (alpha - self.personal_lr * grad_alpha * active).clamp_(0.0, 1.0)
+        return ClientOutput(sent=local, keep={"personal_models": personal, "alpha": alpha})
+
+    def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
+                        round_idx: int) -> torch.Tensor:
+        alpha = state["alpha"]
+        return alpha * state["personal_models"] + (1 - alpha) * global_model
+
+    def describe(self) -> dict[str, float]:
+        return {**super().describe(), "personal_lr": self.personal_lr, "alpha_init": self.cfg.alpha}
+
+
+class PerFedAvg(Algorithm):
+    """Per-FedAvg, first-order (Fallah, Mokhtari, Ozdaglar, NeurIPS 2020), Algorithm 1 with the FO
+    approximation of the meta-gradient. A sampled client sets w_i <- w_g and, for every step with
+    batch b of the local schedule and b' of an independent second schedule:
+
+        temp <- w_i - alpha grad f_i(w_i; b)           alpha = algorithm.personal_lr
+        w_i  <- w_i - beta grad f_i(temp; b')          beta  = algorithm.local_lr
+
+    then sends w_i; server: the weighted mean. Personalization happens at evaluation: one
+    gradient step from w_g on the client's whole training set, w_g - alpha grad f_i(w_g).
+    No per-client state."""
+
+    name = "perfedavg"
+    info = METHODS["perfedavg"]
+    state_names = ()
+
+    @property
+    def prox_weight(self) -> float:
+        return 0.0
+
+    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+        return {}
+
+    def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        task = ctx.task
+        local = _reset(ctx)
+        first = task.batches(ctx.rows, round_idx=ctx.round_idx)
+        second = task.batches(ctx.rows, round_idx=ctx.round_idx, stream=SECOND_BATCH_STREAM)
+        for batch, batch2 in zip(first, second, strict=True):
+            temp = local - self.personal_lr * task.gradient(local, batch)
+            grad = task.gradient(temp, batch2)
+            if batch.active is not None:
+                grad.mul_(batch.active.unsqueeze(1))
+            local.sub_(grad, alpha=self.local_lr)
+        return ClientOutput(sent=local, keep={})
+
+    def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
+                        round_idx: int) -> torch.Tensor:
+        rows = torch.arange(len(task.client_ids), device=global_model.device)
+        models = global_model.expand(len(rows), -1).clone()
+        return models - self.personal_lr * task.gradient(models, task.full_batch(rows))
+
+    def describe(self) -> dict[str, float]:
+        return {**super().describe(), "personal_lr": self.personal_lr}
+
+
+class FedAvgFT(Algorithm):
+    """FedAvg with fine-tuning: training is FedAvg (clients reset to w_g, local SGD, the server
+    averages); at every evaluation each client fine-tunes w_g with algorithm.personal_epochs
+    epochs of SGD (step eta_p) on its own data and is evaluated with the result. The fine-tuning
+    cost is paid at evaluation, and sends nothing. No per-client state."""
+
+    name = "fedavg_ft"
+    info = METHODS["fedavg_ft"]
+    state_names = ()
+
+    @property
+    def prox_weight(self) -> float:
+        return 0.0
+
+    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+        return {}
+
+    def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        task = ctx.task
+        sent = local_sgd(task, _reset(ctx), task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr)
+        return ClientOutput(sent=sent, keep={})
+
+    def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
+                        round_idx: int) -> torch.Tensor:
+        rows = torch.arange(len(task.client_ids), device=global_model.device)
+        models = global_model.expand(len(rows), -1).clone()
+        batches = task.batches(rows, round_idx=round_idx, epochs=self.cfg.personal_epochs, stream=FINETUNE_STREAM)
+        return local_sgd(task, models, batches, lr=self.personal_lr)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "personal_lr": self.personal_lr}

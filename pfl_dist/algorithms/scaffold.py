@@ -1,0 +1,83 @@
+"""SCAFFOLD (Karimireddy, Kale, Mohri, Reddi, Stich, Suresh, ICML 2020): control variates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, count_steps, local_sgd
+from pfl_dist.methods import METHODS
+
+
+class Scaffold(Algorithm):
+    """SCAFFOLD, Algorithm 1 with option II for the client control variate. Server state: the
+    global model x = w_g and the control variate c; client state: c_i (both start at 0).
+
+        client:  y_i <- x;  K_i steps of  y_i <- y_i - eta (grad f_i(y_i; b) - c_i + c)
+                 c_i+ <- c_i - c + (x - y_i) / (K_i eta)                 (K_i: steps it took)
+                 sends (y_i, c_i+ - c_i), keeps c_i+ and y_i (its local model)
+        server:  x <- x + eta_g (mean_i y_i - x)                          (eta_g = algorithm.beta)
+                 c <- c + |S|/N mean_i (c_i+ - c_i)
+
+    Means are the Exchange's n_i-weighted means over the sampled clients S. The message is the
+    model and a control-variate update: the ledger counts 2 x the model bytes on the uplink
+    (and the downlink carries x and c). On the wire the second half is c + (c_i+ - c_i) against
+    the server's [x, c], so a codec codes the updates y_i - x and c_i+ - c_i."""
+
+    name = "scaffold"
+    info = METHODS["scaffold"]
+    state_names = ("local_models", "control_variates")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.control: torch.Tensor | None = None  # c, set by init_client_state
+
+    @property
+    def prox_weight(self) -> float:
+        return 0.0
+
+    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+        self.control = torch.zeros_like(global_model)
+        return {"local_models": global_model.repeat(num_clients, 1),
+                "control_variates": torch.zeros(num_clients, len(global_model), dtype=global_model.dtype,
+                                                device=global_model.device)}
+
+    def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        assert self.control is not None
+        task, x = ctx.task, ctx.global_model
+        c_i = state["control_variates"]
+        models = x.expand(len(ctx.rows), -1).clone()
+        local_sgd(task, models, task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr,
+                  correction=self.control - c_i)
+        steps = count_steps(task.batches(ctx.rows, round_idx=ctx.round_idx), len(ctx.rows), x.dtype, x.device)
+        c_new = c_i - self.control + (x - models) / (steps.clamp(min=1) * self.local_lr).unsqueeze(1)
+        sent = torch.cat([models, self.control + (c_new - c_i)], dim=1)
+        return ClientOutput(sent=sent, keep={"local_models": models, "control_variates": c_new})
+
+    def wire_shapes(self, shapes: list[torch.Size]) -> list[torch.Size]:
+        return [*shapes, *shapes]
+
+    def wire_reference(self, global_model: torch.Tensor) -> torch.Tensor:
+        assert self.control is not None
+        return torch.cat([global_model, self.control])
+
+    def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
+        assert self.control is not None
+        num_params = len(global_model)
+        mean_y, mean_c = aggregate[:num_params], aggregate[num_params:]
+        self.control = self.control + self.participation * (mean_c - self.control)
+        beta = self.cfg.beta
+        return mean_y if beta == 1.0 else global_model + beta * (mean_y - global_model)
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.control is not None
+        return {**super().state_dict(), "control": self.control.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        assert self.control is not None
+        self.control = state["control"].to(self.control.device)
+
+    def describe(self) -> dict[str, float]:
+        return {**super().describe(), "global_lr": self.cfg.beta}

@@ -1,0 +1,66 @@
+"""What each federated method is, without torch: its label, whether it communicates, whether
+algorithm.lam enters its updates, whether it needs a model with a body/head split, whether it
+defines a global model that is evaluated on its own.
+
+The algorithm classes (pfl_dist/algorithms/) take these facts from here (`Algorithm.info`), the
+Trainer writes them into summary.json ("method"), and the sweep tables and figures read them
+from there. This module is the only list of method names; it imports nothing heavy, so the
+launcher, the config checks and the torch-free sweep driver can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str  # algorithm.name
+    label: str  # how tables and legends name it
+    communicates: bool = True  # False: no training traffic at all (LocalTrain)
+    uses_lam: bool = False  # algorithm.lam enters the updates (shown in labels, HParams, results.csv)
+    lam_symbol: str = "λ"  # how the label writes lam (FedProx's paper calls it mu)
+    parameter_groups: bool = False  # needs a model with a body/head split (only the body is sent)
+    global_model: bool = True  # w_g is a complete model whose accuracy is meaningful
+    paper: str = ""
+    colors: str = "Greys"  # figures: the matplotlib sequential colormap of its colour family
+    marker: str = "o"  # figures: its marker
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (
+    MethodInfo("fedclup", "FedCLUP", uses_lam=True, paper="Yu et al., ICML 2025", colors="Reds", marker="^"),
+    MethodInfo("fedavg", "FedAvg", paper="McMahan et al., AISTATS 2017", colors="Blues", marker="o"),
+    MethodInfo("fedprox", "FedProx", uses_lam=True, lam_symbol="μ", paper="Li et al., MLSys 2020",
+               colors="Greens", marker="D"),
+    MethodInfo("local", "LocalTrain", communicates=False, colors="Greys", marker="s"),
+    MethodInfo("pfedme", "pFedMe", uses_lam=True, paper="Dinh et al., NeurIPS 2020", colors="Purples", marker="v"),
+    MethodInfo("ditto", "Ditto", uses_lam=True, paper="Li et al., ICML 2021", colors="Oranges", marker="P"),
+    MethodInfo("apfl", "APFL", paper="Deng et al., 2020", colors="PuRd", marker="X"),
+    MethodInfo("perfedavg", "Per-FedAvg (FO)", paper="Fallah et al., NeurIPS 2020", colors="YlOrBr", marker="*"),
+    MethodInfo("fedrep", "FedRep", parameter_groups=True, global_model=False, paper="Collins et al., ICML 2021",
+               colors="BuGn", marker="p"),
+    MethodInfo("fedper", "FedPer", parameter_groups=True, global_model=False, paper="Arivazhagan et al., 2019",
+               colors="GnBu", marker="h"),
+    MethodInfo("fedavg_ft", "FedAvg-FT", colors="PuBu", marker="d"),
+    MethodInfo("scaffold", "SCAFFOLD", paper="Karimireddy et al., ICML 2020", colors="YlGn", marker="<"),
+)}
+
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+
+
+def method_info(name: str) -> MethodInfo:
+    return METHODS[name]
+
+
+def info_from_summary(summary: dict[str, Any]) -> MethodInfo:
+    """The method facts a finished run recorded (summary.json "method"); runs from before that
+    key existed fall back to this table by name."""
+    recorded = summary.get("method")
+    if isinstance(recorded, dict):
+        return MethodInfo(**{k: v for k, v in recorded.items() if k in MethodInfo.__dataclass_fields__})
+    name = summary["config"]["algorithm"]["name"]
+    return METHODS.get(name, MethodInfo(name, name))
