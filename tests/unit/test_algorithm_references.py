@@ -260,9 +260,11 @@ REFERENCES: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
     "fedrep": (lambda cfg, cs, w0: ref_fedrep(cfg, cs, w0, joint=False), ("model.kind=cnn",)),
     "fedper": (lambda cfg, cs, w0: ref_fedrep(cfg, cs, w0, joint=True), ("model.kind=cnn",)),
 }
+CNN_METHODS = ("fedrep", "fedper")  # the float64 CNN: ~1-3 min each on a loaded 2-core box
 
 
-@pytest.mark.parametrize("method", sorted(REFERENCES))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in CNN_METHODS else m
+                                    for m in sorted(REFERENCES)])
 def test_two_rounds_on_three_clients_equal_the_papers_reference(tmp_path: Path, mnist_dir: Path,
                                                                 method: str) -> None:
     # Prepare
