@@ -30,7 +30,7 @@ from pfl_dist.sweep import cli as sweep_cli
 from pfl_dist.sweep.results import _warned
 from pfl_dist.tracking import read_records
 from pfl_dist.train import Trainer
-from tests.helpers import write_sweep
+from tests.helpers import TINY, write_sweep
 from tests.hostile.hostile import (
     STOPPED,
     TINY_RUN,
@@ -41,6 +41,7 @@ from tests.hostile.hostile import (
     assert_unchanged,
     finished_run,
     run_main,
+    run_module,
     snapshot,
 )
 
@@ -324,3 +325,24 @@ def test_rerunning_a_point_with_a_damaged_summary_trains_it_again(results: Path,
     assert "summary.json is unreadable; the run counts as incomplete" in outcome.stdout  # pfl_dist/rundir.py
     assert_same_result(run_dir, reference)
     assert_unchanged(before, results / "out" / "prev")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_sweep_reruns_a_point_whose_summary_is_damaged_end_to_end(tmp_path: Path) -> None:
+    """Real torchrun jobs: the damaged point is trained again, the intact one is left alone."""
+    sweep = write_sweep(tmp_path / "s.yaml", overrides=TINY, grid={"data.R": [0.1, 1.0]},
+                        launch={"nproc_per_node": 2, "mode": "in_job"})
+    out = tmp_path / "out"
+    first = run_module("pfl_dist.sweep", str(sweep), "--no-plot", timeout=600)
+    assert first.code == 0, first.describe()
+    intact, damaged = out / POINTS[0], out / POINTS[1]
+    want = json.loads((damaged / "summary.json").read_text())["global_model_sha256"]
+    _truncate(damaged / "summary.json")
+    before = snapshot(intact)
+    outcome = run_module("pfl_dist.sweep", str(sweep), "--no-plot", timeout=600)
+    assert_one_line(outcome, code=0, prefix=WARNING, contains=[POINTS[1], "summary.json is damaged"])
+    assert "1 already complete, 1 to run" in outcome.stdout
+    assert json.loads((damaged / "summary.json").read_text())["global_model_sha256"] == want
+    assert len((out / "results.csv").read_text().splitlines()) == 3
+    assert_unchanged(before, intact)
