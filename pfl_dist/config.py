@@ -83,7 +83,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str = "synthetic"  # the task (pfl_dist/tasks registry): synthetic, fashion_mnist, mnist, mnist5k
+    kind: str = "synthetic"  # the task (pfl_dist/tasks registry): synthetic, fashion_mnist, mnist, mnist5k,
+    # cifar10, leaf, client_files
     num_clients: int = 4  # m, the number of clients taking part
     samples_per_client: int = 200  # n (synthetic)
     dim: int = 10  # d (synthetic)
@@ -92,7 +93,9 @@ class DataConfig:
     # synthetic: std of a centre W_0 shared by all true models (W_k = W_0 + R Z_k); 0 = the paper's
     # generator, whose data does not depend on R (docs/RESULTS.md §1b)
     center_scale: float = 0.0
-    data_dir: str | None = None  # IDX folder (images); None = the kind's default
+    # the data folder: IDX files (images), CIFAR-10 batches, LEAF train/ and test/, or client files;
+    # None = the kind's default (cifar10, leaf and client_files have none: they need it)
+    data_dir: str | None = None
     download: bool = False  # images: download missing files (needs a network)
     partition: Literal["classes", "dirichlet", "iid"] = "classes"  # images
     # images: clients partitioned before num_clients are drawn; auto = 200 images per client
@@ -100,8 +103,14 @@ class DataConfig:
     classes_per_client: int = 2  # images, partition=classes
     alpha: float = 0.5  # images, partition=dirichlet
     test_fraction: float = 0.1  # images: per-client test split
+    # client_files: divide each client's features by their standard deviation (no centring);
+    # auto = on for CSV files (the reference code's StandardScaler(with_mean=False)), off for NPZ
+    scale_features: bool | Auto = "auto"
+    min_samples_per_client: int = 1  # leaf: writers with fewer training samples are left out
 
     def __post_init__(self) -> None:
+        _require(self.min_samples_per_client >= 1, "data.min_samples_per_client",
+                 f"must be >= 1, got {self.min_samples_per_client}")
         _require(self.num_partitions == "auto" or self.num_partitions >= 1, "data.num_partitions",
                  f"must be >= 1 or 'auto', got {self.num_partitions}")
         _require(self.num_partitions == "auto" or self.num_partitions <= MAX_COUNT, "data.num_partitions",
@@ -129,6 +138,13 @@ class DataConfig:
 class ModelConfig:
     # auto: linear softmax without bias for synthetic data (the paper's), logreg for images
     kind: Literal["auto", "linear", "logreg", "cnn"] = "auto"
+    # the initial global model: .npy ((d, C) or flat, linear models) or .pt (named tensors, e.g. a
+    # run's final/global.pt); null = the task's seeded initialisation
+    init_file: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.init_file is None or Path(self.init_file).suffix in (".npy", ".pt"), "model.init_file",
+                 f"must name a .npy or .pt file, got {self.init_file!r}")
 
 
 def method_uses_lam(name: str) -> bool:

@@ -49,6 +49,7 @@ from pfl_dist.errors import DivergenceError, NonFiniteMetricError, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
+from pfl_dist.models.init_file import initial_model
 from pfl_dist.outputs import check_result_paths, format_bytes, write_bytes_atomic
 from pfl_dist.resources import check_memory
 from pfl_dist.rundir import is_disk_error, os_error_text, prepare_run_dir, print_notes, saved_config
@@ -100,7 +101,7 @@ class Trainer:
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, smoothness=self._smoothness(),
                                                     groups=self.task.parameter_groups(),
                                                     participation=num_sampled / cfg.data.num_clients)
-        self.global_model = self.task.init_model()
+        self.global_model = initial_model(cfg.model.init_file, self.task)
         # The algorithm's per-client state: named (k, ...) tensors, one row per client of this rank.
         self.client_state: ClientState = self.algorithm.init_client_state(self.global_model, len(block))
         self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.algorithm.wire_shapes(

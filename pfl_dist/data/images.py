@@ -23,6 +23,8 @@ import numpy as np
 from pfl_dist.errors import DataError
 
 IMAGE_SHAPE = (28, 28)
+MNIST_INPUT_SHAPE = (1, *IMAGE_SHAPE)  # one sample as a model sees it: (channels, height, width)
+MNIST_CLASSES = 10
 KINDS = ("fashion_mnist", "mnist", "mnist5k")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -69,7 +71,9 @@ _TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
 @dataclass(frozen=True)
 class ImageSplit:
-    """One split: uint8 images of shape (N, 28, 28) and int64 labels of shape (N,).
+    """One split: images (N, ...) and int64 labels (N,). uint8 images are pixels in 0..255
+    ((N, 28, 28) for the MNIST layout, (N, 3, 32, 32) for CIFAR-10); float images (LEAF) are
+    already features in [0, 1].
 
     Both arrays are made read-only: a dataset is loaded once and shared by all the virtual
     clients of a rank, so an accidental in-place edit would silently corrupt every client.
@@ -94,7 +98,11 @@ class ImageDataset:
     name: str
     train: ImageSplit
     test: ImageSplit
-    num_classes: int = 10
+    num_classes: int = MNIST_CLASSES
+    input_shape: tuple[int, int, int] = MNIST_INPUT_SHAPE  # one sample as a model sees it
+    # A natural partition (LEAF writers): per client, indices into `train` of its training and
+    # of its test samples. None = partition `train` with data.partition.
+    clients: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------

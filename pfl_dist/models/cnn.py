@@ -29,15 +29,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-INPUT_SHAPE = (1, 28, 28)
+from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 
 
 class PaperCNN(nn.Module):
-    def __init__(self, num_classes: int = 10) -> None:
+    """The paper's CNN, sized for its input: conv3x3(32) - pool2 - conv3x3(64) - pool2 - fc(128) - fc(C).
+    The default is the paper's (Fashion-)MNIST shape; CIFAR-10's (3, 32, 32) gives fc1 an input of
+    64 * 8 * 8. Layers are created in the same order for every shape (the seeded init depends on it)."""
+
+    def __init__(self, num_classes: int = MNIST_CLASSES, input_shape: tuple[int, int, int] = MNIST_INPUT_SHAPE) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)
+        channels, height, width = input_shape
+        self.conv1 = nn.Conv2d(channels, 32, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
-        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc1 = nn.Linear(64 * (height // 4) * (width // 4), 128)
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,11 +54,11 @@ class PaperCNN(nn.Module):
 class CNNModel:
     """Flat-parameter view of `PaperCNN`: logits and weighted minibatch gradients for (k, P)."""
 
-    input_shape = INPUT_SHAPE
-
-    def __init__(self, num_classes: int = 10, *, vectorize: bool = True) -> None:
+    def __init__(self, num_classes: int = MNIST_CLASSES, *, input_shape: tuple[int, int, int] = MNIST_INPUT_SHAPE,
+                 vectorize: bool = True) -> None:
         self.num_classes = num_classes
-        self.template = PaperCNN(num_classes).requires_grad_(False)
+        self.input_shape = input_shape  # (channels, height, width) of one sample
+        self.template = PaperCNN(num_classes, input_shape).requires_grad_(False)
         named = list(self.template.named_parameters())
         self.names = [name for name, _ in named]
         self.shapes = [p.shape for _, p in named]
@@ -65,7 +70,7 @@ class CNNModel:
         """PyTorch's default layer init from a fixed seed: the same flat model on every rank."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            fresh = PaperCNN(self.num_classes)
+            fresh = PaperCNN(self.num_classes, self.input_shape)
         return torch.cat([p.detach().flatten() for p in fresh.parameters()]).to(dtype)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -91,7 +96,7 @@ class CNNModel:
 
     @torch.no_grad()
     def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """params (k, P), x (k, n, 1, 28, 28) -> (k, n, C); each client's own model on its own x."""
+        """params (k, P), x (k, n, *input_shape) -> (k, n, C); each client's own model on its own x."""
         if self._batched(params):
             return vmap(self._forward)(params, x)
         return torch.stack([self._forward(p, xi) for p, xi in zip(params, x, strict=True)])
@@ -114,7 +119,7 @@ class CNNModel:
 def _vmap_works(model: CNNModel) -> bool:
     """Run one tiny batched gradient; False (and a warning) if this backend cannot vmap it."""
     params = torch.zeros(2, model.num_params)
-    x = torch.zeros(2, 1, *INPUT_SHAPE)
+    x = torch.zeros(2, 1, *model.input_shape)
     y = torch.zeros(2, 1, dtype=torch.long)
     try:
         vmap(grad(model._weighted_loss))(params, x, y, torch.ones(2, 1))

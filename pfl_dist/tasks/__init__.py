@@ -41,10 +41,11 @@ class TaskEntry:
 _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_partitions",
                "data.classes_per_client", "data.alpha", "data.test_fraction")
 _SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "data.R", "data.center_scale")
+_SCALE, _MIN_SAMPLES = "data.scale_features", "data.min_samples_per_client"
 _IMAGES = TaskEntry(
     target="pfl_dist.tasks.images:ImageTask",
     model_kinds=("logreg", "linear", "cnn"),
-    unused_keys=_SYNTHETIC_ONLY,
+    unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES),
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
     grouped_model_kinds=("cnn",),
 )
@@ -53,12 +54,33 @@ TASKS: dict[str, TaskEntry] = {
     "synthetic": TaskEntry(
         target="pfl_dist.tasks.synthetic:SyntheticTask",
         model_kinds=("linear",),
-        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs"),
+        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES),
         description="the paper's generator: per-client softmax-regression data around true models",
     ),
     "fashion_mnist": _IMAGES,
     "mnist": _IMAGES,
     "mnist5k": _IMAGES,
+    "cifar10": TaskEntry(
+        target="pfl_dist.tasks.images:ImageTask",
+        model_kinds=("logreg", "linear", "cnn"),
+        unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES),
+        description="CIFAR-10 (3x32x32 colour, 10 classes) from its python pickle batches, partitioned into clients",
+        grouped_model_kinds=("cnn",),
+    ),
+    "leaf": TaskEntry(
+        target="pfl_dist.tasks.images:ImageTask",
+        model_kinds=("logreg", "linear", "cnn"),
+        unused_keys=(*_SYNTHETIC_ONLY, "data.download", "data.partition", "data.num_partitions",
+                     "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE),
+        description="LEAF FEMNIST JSON (28x28, 62 classes): each writer is one client, with its own test samples",
+        grouped_model_kinds=("cnn",),
+    ),
+    "client_files": TaskEntry(
+        target="pfl_dist.tasks.client_files:ClientFilesTask",
+        model_kinds=("linear", "logreg"),
+        unused_keys=("data.samples_per_client", "data.R", "data.center_scale", *_IMAGE_ONLY[1:], _MIN_SAMPLES),
+        description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
+    ),
 }
 
 

@@ -41,7 +41,9 @@ import numpy as np
 import torch
 
 from pfl_dist.config import Config
-from pfl_dist.data.images import ImageDataset, load_images
+from pfl_dist.data.cifar import load_cifar10
+from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE, ImageDataset, load_images
+from pfl_dist.data.leaf import load_leaf
 from pfl_dist.data.partition import (
     partition_classes,
     partition_dirichlet,
@@ -51,29 +53,30 @@ from pfl_dist.data.partition import (
 )
 from pfl_dist.errors import ConfigError
 from pfl_dist.models.cnn import CNNModel
+from pfl_dist.models.init_file import check_init_file
 from pfl_dist.models.linear import LinearSoftmax
 from pfl_dist.solvers.padded import full_batch_weights, plan_epoch, prox_gd_padded, prox_sgd_padded
 from pfl_dist.tasks.base import Batch
 
-NUM_CLASSES = 10
-NUM_PIXELS = 28 * 28
 LOG_PROB_FLOOR = math.log(1e-12)
 EVAL_CHUNK = 1000  # global-test images per forward pass (bounds CNN activation memory)
 
 
 class LogRegModel:
-    """LinearSoftmax on flat pixels, with the weighted minibatch gradient local SGD needs."""
+    """LinearSoftmax on flat pixels, with the weighted minibatch gradient local SGD needs.
+    The default size is the paper's (Fashion-)MNIST: 784 pixels, 10 classes."""
 
-    input_shape = (NUM_PIXELS,)
-
-    def __init__(self, *, bias: bool) -> None:
-        self.linear = LinearSoftmax(NUM_PIXELS, NUM_CLASSES, bias=bias)
+    def __init__(self, *, bias: bool, num_features: int = math.prod(MNIST_INPUT_SHAPE),
+                 num_classes: int = MNIST_CLASSES) -> None:
+        self.input_shape = (num_features,)
+        self.num_classes = num_classes
+        self.linear = LinearSoftmax(num_features, num_classes, bias=bias)
         self.num_params = self.linear.num_params
 
     def init_params(self, seed: int, *, dtype: torch.dtype) -> torch.Tensor:
-        """nn.Linear's default U(-1/sqrt(784), 1/sqrt(784)) from a fixed seed (not the synthetic
-        N(0, 1): on 784 pixels that starts every client with logits of size ~10)."""
-        bound = 1.0 / math.sqrt(NUM_PIXELS)
+        """nn.Linear's default U(-1/sqrt(D), 1/sqrt(D)) for D inputs from a fixed seed (not the
+        synthetic N(0, 1): on 784 pixels that starts every client with logits of size ~10)."""
+        bound = 1.0 / math.sqrt(self.input_shape[0])
         generator = torch.Generator().manual_seed(seed)
         params = torch.rand(self.num_params, generator=generator, dtype=torch.float64) * 2 * bound - bound
         return params.to(dtype)
@@ -93,11 +96,12 @@ class LogRegModel:
 ImageModel = LogRegModel | CNNModel
 
 
-def build_image_model(kind: str) -> ImageModel:
-    """model.kind: auto and logreg = multinomial logistic regression with bias; linear = without."""
+def build_image_model(kind: str, *, input_shape: tuple[int, int, int], num_classes: int) -> ImageModel:
+    """model.kind: auto and logreg = multinomial logistic regression with bias; linear = without;
+    cnn = the paper's CNN. Sized for the dataset's samples (channels, height, width) and classes."""
     if kind == "cnn":
-        return CNNModel(NUM_CLASSES)
-    return LogRegModel(bias=kind != "linear")
+        return CNNModel(num_classes, input_shape=input_shape)
+    return LogRegModel(bias=kind != "linear", num_features=math.prod(input_shape), num_classes=num_classes)
 
 
 @dataclass(frozen=True)
@@ -164,13 +168,41 @@ def check_image_config(cfg: Config) -> None:
 def _dataset(kind: str, data_dir: str | None, download: bool) -> ImageDataset:
     """The dataset, read once per process: an in-job sweep builds one ImageTask per point on the
     same files (~0.3 s each), and the loaded arrays are read-only, so sharing them is safe."""
+    if kind == "cifar10":
+        return load_cifar10(data_dir)
     return load_images(kind, data_dir=data_dir, download=download)
 
 
+@functools.lru_cache(maxsize=1)
+def _leaf_dataset(data_dir: str | None, min_samples: int, num_clients: int, seed: int) -> ImageDataset:
+    return load_leaf(data_dir, min_samples=min_samples, num_clients=num_clients, seed=seed)
+
+
+def dataset_for(cfg: Config) -> ImageDataset:
+    """The config's dataset; for LEAF only the writers the run uses (chosen by seed)."""
+    data = cfg.data
+    if data.kind == "leaf":
+        return _leaf_dataset(data.data_dir, data.min_samples_per_client, data.num_clients, cfg.run.seed)
+    return _dataset(data.kind, data.data_dir, data.download)
+
+
+def dataset_clients(cfg: Config, dataset: ImageDataset, *, client_ids: Sequence[int]) -> list[ClientSplit]:
+    """Train/test sample indices of the experiment clients `client_ids`: the dataset's natural
+    partition (LEAF writers; both index sets into `dataset.train`), else `client_index_sets`."""
+    if dataset.clients is None:
+        return client_index_sets(cfg, dataset.train.labels, client_ids=client_ids)
+    check_image_config(cfg)
+    return [ClientSplit(client_id=c, partition_id=c, train=dataset.clients[c][0], test=dataset.clients[c][1])
+            for c in client_ids]
+
+
 def preflight(cfg: Config) -> None:
-    """Everything a launcher can check before starting ranks: config, files, the partition."""
-    dataset = _dataset(cfg.data.kind, cfg.data.data_dir, cfg.data.download)
-    client_index_sets(cfg, dataset.train.labels, client_ids=range(cfg.data.num_clients))
+    """Everything a launcher can check before starting ranks: config, files, the partition, the
+    initial model's file."""
+    dataset = dataset_for(cfg)
+    dataset_clients(cfg, dataset, client_ids=range(cfg.data.num_clients))
+    model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    check_init_file(cfg.model.init_file, model)
 
 
 def global_test_slice(num_test: int, *, client_ids: range, num_clients: int) -> slice:
@@ -199,14 +231,16 @@ class ImageTask:
 
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         check_image_config(cfg)
-        dataset = _dataset(cfg.data.kind, cfg.data.data_dir, cfg.data.download)
+        dataset = dataset_for(cfg)
         self.cfg = cfg
         self.client_ids = client_ids
         self.device = device
         self.dtype = dtype
-        self.model = build_image_model(cfg.model.kind)
+        self.num_classes = dataset.num_classes
+        self.model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=self.num_classes)
         self.num_params = self.model.num_params
-        self.clients = client_index_sets(cfg, dataset.train.labels, client_ids=client_ids)
+        self.clients = dataset_clients(cfg, dataset, client_ids=client_ids)
+        self.sample_ndim = dataset.train.images.ndim - 1  # dims of one stored sample
         self._materialize_clients(dataset)
         shard = global_test_slice(len(dataset.test), client_ids=client_ids, num_clients=cfg.data.num_clients)
         self.global_x = self._features(dataset.test.images[shard])
@@ -220,9 +254,12 @@ class ImageTask:
     # --- data -----------------------------------------------------------------------------
 
     def _features(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 (..., 28, 28) -> float pixels / 255 in the model's input shape."""
-        pixels = torch.from_numpy(np.array(images)).to(self.device, self.dtype).div_(255.0)
-        return pixels.reshape(*images.shape[:-2], *self.model.input_shape)
+        """Stored samples (..., *sample shape) -> features in the model's input shape: uint8 pixels
+        / 255, float samples (LEAF) as they are."""
+        features = torch.from_numpy(np.array(images)).to(self.device, self.dtype)
+        if images.dtype == np.uint8:
+            features.div_(255.0)
+        return features.reshape(*images.shape[: images.ndim - self.sample_ndim], *self.model.input_shape)
 
     def _materialize_clients(self, dataset: ImageDataset) -> None:
         """Padded (k, max n_i, ...) tensors of this rank's clients' train and test samples."""
@@ -234,7 +271,7 @@ class ImageTask:
         self.test_y = torch.from_numpy(_padded([source.labels[c.test] for c in self.clients])).to(self.device)
         self.test_counts = torch.tensor([len(c.test) for c in self.clients], device=self.device)
         self.sample_counts = torch.tensor(self.train_counts, dtype=self.dtype, device=self.device)
-        class_counts = np.stack([np.bincount(source.labels[c.train], minlength=NUM_CLASSES) for c in self.clients])
+        class_counts = np.stack([np.bincount(source.labels[c.train], minlength=self.num_classes) for c in self.clients])
         frequencies = class_counts / class_counts.sum(axis=1, keepdims=True)
         self.class_frequencies = torch.from_numpy(frequencies).to(self.device)
         self.class_mask = self.class_frequencies > 0  # (k, C): the classes each client trained on

@@ -1,0 +1,163 @@
+"""Already-federated data: a directory with one file per client (`data.kind: client_files`).
+
+Layout (client k = 1..m, m = data.num_clients; experiment client c is file k = c + 1):
+- `<k>_client_data.csv`: the layout the FedCLUP authors' simulation code writes. No header,
+  comma-separated; the first `data.dim` columns are the features, the last one the integer
+  label, which may be written as a float (`1.0`);
+- or `<k>_client_data.npz`: arrays `X` (n, d) and `y` (n,) (numpy, no pickles);
+- optionally `local_true_model.npy`: the true models W_k, shape (M, C, d) with M >= m.
+
+Plain numpy, no torch. Each function reads only what it is asked for: a rank reads its own
+clients' files and its rows of the true models (memory-mapped). Anything wrong with a file
+raises `DataError`: one line naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pfl_dist.errors import DataError
+
+FORMATS = ("csv", "npz")
+TRUE_MODELS = "local_true_model.npy"
+
+
+def client_file(directory: Path, client: int, fmt: str) -> Path:
+    """The file of experiment client `client` (0-based): `<client + 1>_client_data.<fmt>`."""
+    return directory / f"{client + 1}_client_data.{fmt}"
+
+
+@dataclass(frozen=True)
+class ClientArrays:
+    features: np.ndarray  # (n, d) float64, as stored (unscaled)
+    labels: np.ndarray  # (n,) int64
+
+
+def data_directory(data_dir: str | None) -> Path:
+    if data_dir is None:
+        raise DataError("data.kind client_files needs data.data_dir: the directory of <k>_client_data.csv "
+                        "(or .npz) files, k = 1..m")
+    directory = Path(data_dir)
+    if not directory.is_dir():
+        raise DataError(f"data.data_dir {directory}: no such directory")
+    return directory
+
+
+def detect_format(directory: Path, client: int = 0) -> str:
+    """csv or npz, from the file of `client` (a rank looks at its own first client's file)."""
+    found = [fmt for fmt in FORMATS if client_file(directory, client, fmt).is_file()]
+    if not found:
+        raise DataError(f"{client_file(directory, client, 'csv')}: file not found (data.kind client_files reads "
+                        "<k>_client_data.csv or <k>_client_data.npz, k = 1..m)")
+    if len(found) > 1:
+        raise DataError(f"{directory}: holds both {client + 1}_client_data.csv and .npz; keep one format")
+    return found[0]
+
+
+def _csv_problem(path: Path, text: str, dim: int) -> str:
+    """The first line that cannot be parsed, described for the user."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            return f"line {number} is empty"
+        fields = line.split(",")
+        if len(fields) != dim + 1:
+            return (f"line {number} has {len(fields)} columns, expected {dim + 1} "
+                    f"(data.dim={dim} features, then the label)")
+        for column, field in enumerate(fields, start=1):
+            try:
+                float(field)
+            except ValueError:
+                return f"line {number}, column {column}: {field.strip()[:20]!r} is not a number"
+    return "not a CSV table of numbers"
+
+
+def _read_csv(path: Path, dim: int) -> np.ndarray:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot be read as text ({type(err).__name__})") from None
+    if not text.strip():
+        raise DataError(f"{path}: the client has no samples (empty file)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError:
+        raise DataError(f"{path}: {_csv_problem(path, text, dim)}") from None
+    if table.shape[1] != dim + 1:
+        raise DataError(f"{path}: line 1 has {table.shape[1]} columns, expected {dim + 1} "
+                        f"(data.dim={dim} features, then the label)")
+    return table
+
+
+def _read_npz(path: Path, dim: int) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("X", "y") if key not in archive.files]
+            if missing:
+                raise DataError(f"{path}: no array {' or '.join(missing)} (expected X (n, d) and y (n,))")
+            x, y = archive["X"], archive["y"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({str(err).splitlines()[0] if str(err) else 'corrupt'})") \
+            from None
+    if x.ndim != 2 or x.shape[1] != dim or y.shape != (x.shape[0],):
+        raise DataError(f"{path}: X has shape {x.shape} and y {y.shape}, expected ({'n'}, {dim}) and (n,) "
+                        f"(data.dim={dim})")
+    if x.dtype.kind not in "fiu" or y.dtype.kind not in "fiu":
+        raise DataError(f"{path}: X and y must be numeric, got {x.dtype} and {y.dtype}")
+    return np.concatenate([x.astype(np.float64), y.astype(np.float64)[:, None]], axis=1)
+
+
+def read_client(directory: Path, client: int, *, fmt: str, dim: int, num_classes: int) -> ClientArrays:
+    """Experiment client `client`'s samples, checked: n >= 1, finite, labels in 0..C-1."""
+    path = client_file(directory, client, fmt)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (client {client + 1} of data.num_clients)")
+    table = _read_csv(path, dim) if fmt == "csv" else _read_npz(path, dim)
+    where = "line" if fmt == "csv" else "sample"
+    if table.shape[0] == 0:
+        raise DataError(f"{path}: the client has no samples")
+    finite = np.isfinite(table).all(axis=1)
+    if not finite.all():
+        raise DataError(f"{path}: {where} {int(np.argmin(finite)) + 1} holds a NaN or infinite value")
+    labels = table[:, -1]
+    bad = (labels != np.round(labels)) | (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(f"{path}: {where} {first + 1}: label {labels[first]:g} is not a class in 0..{num_classes - 1} "
+                        f"(data.num_classes={num_classes})")
+    return ClientArrays(features=np.ascontiguousarray(table[:, :-1]), labels=labels.astype(np.int64))
+
+
+def read_true_models(directory: Path, clients: range, *, num_clients: int, dim: int,
+                     num_classes: int) -> np.ndarray | None:
+    """W_k of `clients`, (k, C, d) float64, from local_true_model.npy; None if there is no such file."""
+    path = directory / TRUE_MODELS
+    if not path.is_file():
+        return None
+    try:
+        stored = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy file ({str(err).splitlines()[0]})") from None
+    if stored.ndim != 3 or stored.shape[1:] != (num_classes, dim) or stored.dtype.kind not in "fiu":
+        raise DataError(f"{path}: shape {stored.shape} ({stored.dtype}) does not match the model: expected "
+                        f"(m, {num_classes}, {dim}) numbers (m clients, data.num_classes, data.dim)")
+    if stored.shape[0] < num_clients:
+        raise DataError(f"{path}: holds {stored.shape[0]} true models, data.num_clients is {num_clients}")
+    rows = np.array(stored[clients.start: clients.stop], dtype=np.float64)
+    if not np.isfinite(rows).all():
+        raise DataError(f"{path}: contains NaN or infinite values")
+    return rows
+
+
+def feature_scale(features: np.ndarray) -> np.ndarray:
+    """Per-feature population standard deviation (d,), 1 where a feature is constant: the
+    reference code's StandardScaler(with_mean=False); features / scale is the scaled data."""
+    scale = features.std(axis=0)
+    scale[scale == 0] = 1.0
+    return scale
