@@ -1,4 +1,5 @@
-"""The paper's image experiments (docs/METHOD.md §4) as a Task: MNIST / Fashion-MNIST / mnist5k clients.
+"""The paper's image experiments (docs/METHOD.md §4) as a Task: MNIST / Fashion-MNIST / mnist5k,
+CIFAR-10 and LEAF (FEMNIST) clients.
 
 Data. Every rank loads the dataset (numpy, read-only), partitions the whole training split into
 `data.num_partitions` clients with the configured partitioner, picks the experiment's
@@ -7,9 +8,13 @@ train/test (`train_test_split_client`, keyed by the partition id). All of that i
 arithmetic on every rank; only the rank's own clients are turned into tensors. Experiment client
 c is partition `selected[c]`; `client_index_sets` is the one function that maps clients to
 sample index sets, so a 1-rank and an N-rank run use the same partition by construction.
+LEAF data comes partitioned (one client per writer, with its own test samples): the dataset's
+`clients` replaces the partitioner (`dataset_clients`).
 
 Features are pixels / 255 in [0, 1], neither centred nor standardised (the paper's
-ToTensor-only pipeline): flat 784-vectors for the linear models, (1, 28, 28) for the CNN.
+ToTensor-only pipeline); LEAF's float samples are used as stored. The input shape and class
+count are the dataset's (`ImageDataset.input_shape`, `num_classes`): flat vectors for the linear
+models (784 for 28x28, 3072 for CIFAR-10), (channels, height, width) for the CNN.
 
 Metrics (all additive float64 sums, reduced by the engine's one evaluation all-reduce):
 - acc_personal / loss_personal: each client's own model on its own test split, with the

@@ -188,7 +188,7 @@ def test_cnn_init_file_for_another_dataset(tmp_path: Path) -> None:
     mnist = CNNModel(10)
     torch.save(mnist.state_dict(mnist.init_params(0, dtype=torch.float32)), tmp_path / "mnist.pt")
     outcome = run_main(launch.main, ["data.kind=cifar10", "data.num_clients=2", "data.num_partitions=4",
-                                     f"data.data_dir={tmp_path / 'cifar'}", "model.kind=cnn",
+                                     "data.partition=iid", f"data.data_dir={tmp_path / 'cifar'}", "model.kind=cnn",
                                      "algorithm.local_lr=0.05", "algorithm.global_lr=1/lam",
                                      f"model.init_file={tmp_path / 'mnist.pt'}"])
     assert_one_line(outcome, code=2, contains=["mnist.pt", "conv1.weight has shape (32, 1, 3, 3), "
