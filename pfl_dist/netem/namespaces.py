@@ -47,6 +47,8 @@ NETNS_ETC = Path("/etc/netns")
 BRIDGE_NAME = "br0"
 INTERFACE_NAME = "eth0"
 MAX_NODES = 250  # addresses .2 .. .251 of the /24
+NETNS_RUN = Path("/run/netns")  # where `ip netns add` keeps its namespaces
+PROBE_MAX_AGE_S = 60.0  # a privilege probe lives milliseconds; an older one was killed mid-probe
 
 
 class NetnsError(RuntimeError):
@@ -142,6 +144,14 @@ def delete_namespaces(namespaces: Sequence[str]) -> None:
         shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
 
 
+def _age_s(namespace: str) -> float:
+    """Seconds since `ip netns add` made the namespace's file under /run/netns."""
+    try:
+        return time.time() - (NETNS_RUN / namespace).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def list_namespaces() -> list[str]:
     done = run_command(["ip", "netns", "list"], check=False)
     return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
@@ -155,7 +165,7 @@ def remove_leftovers() -> list[str]:
     live = state.live_namespaces()
     stale = [n for n in list_namespaces() if n.startswith(state.NAMESPACE_PREFIX) and n not in live]
     stale += [n for n in state.dead_namespaces() if n not in stale]
-    stale += [n for n in list_namespaces() if n.startswith(state.PROBE_PREFIX)]
+    stale += [n for n in list_namespaces() if n.startswith(state.PROBE_PREFIX) and _age_s(n) > PROBE_MAX_AGE_S]
     if stale:
         kill_namespace_processes([n for n in stale if n in list_namespaces()], grace=3.0)
         delete_namespaces(stale)
