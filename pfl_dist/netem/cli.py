@@ -60,8 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--node-delay", action="append", default=[], metavar="I=DELAY",
                         help="node I's delay instead of --delay; repeatable")
     parser.add_argument("--shaper", choices=SHAPERS, default="tbf", help="qdisc for the rate (default tbf)")
-    parser.add_argument("--congestion-control", metavar="NAME",
-                        help="TCP congestion control in the nodes, e.g. cubic (default: the kernel's default)")
+    parser.add_argument("--congestion-control", metavar="NAME", default="reno",
+                        help="TCP congestion control in the nodes (default reno: built into every kernel and always "
+                             "allowed in a namespace; 'kernel' keeps the kernel's default, e.g. bbr)")
     parser.add_argument("--timeout", type=float, default=None, help="end the job after this many seconds")
     parser.add_argument("--cleanup", action="store_true",
                         help="only remove leftovers of killed earlier runs, then exit")
@@ -133,7 +134,7 @@ def run_cluster(cfg: Config, args: argparse.Namespace, links: list[LinkSpec]) ->
         for name, link in zip(names, links, strict=True):
             if link.rate_bps or link.needs_netem:
                 shape_node(cluster, cluster.nodes[name], link, shaper=args.shaper)
-        for name in names if args.congestion_control else ():
+        for name in names if args.congestion_control != "kernel" else ():
             cluster.exec(name, ["sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={args.congestion_control}"])
         master = cluster.nodes[names[0]].address
         for i, name in enumerate(names):
@@ -192,6 +193,15 @@ def compare(summary: dict[str, Any], links: list[LinkSpec], records: list[dict[s
         result["wait_s_measured_steady"] = [statistics.fmean(r["wait_s"][rank] for r in steady)
                                             for rank in range(world_size)] if steady else None
     result["wait_s_measured"] = timing["per_rank_per_round"]["wait_s"]
+    slowest = min(range(world_size), key=lambda r: rates[r] or 0) if all(rates) else None
+    if slowest is not None and len(set(rates)) > 1:  # a straggler: the others' mean wait, measured vs model
+        others = [r for r in range(world_size) if r != slowest]
+        result["straggler_rank"] = slowest
+        for suffix in ("", "_steady"):
+            measured, modelled = result[f"wait_s_measured{suffix}"], result[f"wait_s_model{suffix}"]
+            if measured is not None:
+                result[f"others_wait_s_measured{suffix}"] = statistics.fmean(measured[r] for r in others)
+                result[f"others_wait_s_model{suffix}"] = statistics.fmean(modelled[r] for r in others)
     result["comm_s_measured_per_rank"] = timing["per_rank_per_round"]["comm_s"]
     result["compute_s_measured_per_rank"] = timing["per_rank_per_round"]["compute_s"]
     result["measured_rounds"] = timing["measured_rounds"]
@@ -214,6 +224,11 @@ def print_comparison(result: dict[str, Any]) -> None:
             steady = ", ".join(f"{m:.3f}/{p:.3f}" for m, p in zip(result["wait_s_measured_steady"],
                                                                   result["wait_s_model_steady"], strict=True))
             print(f"netem: ... in the {len(result['steady_rounds'])} rounds after a training round: {steady}")
+    for suffix, which in (("", "all rounds"), ("_steady", "rounds after a training round")):
+        if f"others_wait_s_measured{suffix}" in result:
+            measured, modelled = result[f"others_wait_s_measured{suffix}"], result[f"others_wait_s_model{suffix}"]
+            print(f"netem: mean wait of the ranks other than the slowest link's (rank {result['straggler_rank']}), "
+                  f"{which}: measured {measured:.3f} s vs model {modelled:.3f} s (ratio {measured / modelled:.3f})")
     comp = statistics.fmean(result["compute_s_measured_per_rank"]) if result["compute_s_measured_per_rank"] else 0
     print(f"netem: compute per round (mean over ranks) {comp:.3f} s")
 

@@ -133,3 +133,29 @@ def test_time_to_target_and_the_fastest_method_per_rate() -> None:
     assert rows[0]["time to acc_personal >= 0.9"] == "40.0 s (round 2)" and rows[0]["train time"] == "40.0 s"
     untimed = Curve(label="x", facet="", rounds=[0], num_bytes=[0.0], values=[0.5], communicates=True)
     assert "train time" not in tradeoff_rows([untimed], metric="acc_personal", targets=[0.9])[0]
+
+
+def test_the_tool_compares_the_other_ranks_mean_wait_with_the_straggler_model() -> None:
+    from pfl_dist.netem.cli import compare
+
+    payload, rounds = 1_000_000, 4
+    links = [LinkSpec(rate_bps=10**7)] * 3 + [LinkSpec(rate_bps=10**6)]
+    wire = 4 * 2 * 3 * payload // 4 * rounds
+    summary = {"world_size": 4, "num_rounds_completed": rounds, "config": {"train": {"eval_every": 2}},
+               "comm": {"payload_bytes": 4 * payload * rounds, "wire_bytes_model": wire, "num_collectives": rounds,
+                        "wire_bytes_measured": int(wire * 1.05)},
+               "time": {"comm_s_per_round": 6.0, "measured_rounds": rounds,
+                        "per_rank_per_round": {"wait_s": [1.0, 0.5, 0.0, 0.0], "comm_s": [6.0] * 4,
+                                               "compute_s": [0.1] * 4}}}
+    waits = [[2.0, 1.0, 0.0, 0.2]]  # round 2 follows a training round; round 1 and 3 follow evaluations
+    records = [{"time": {"rounds": [{"round": 1, "wait_s": [0.0] * 4}, {"round": 2, "wait_s": waits[0]}]}},
+               {"time": {"rounds": [{"round": 3, "wait_s": [0.0] * 4}, {"round": 4, "wait_s": waits[0]}]}}]
+    result = compare(summary, links, records)
+    chunk = 8 * payload / 4 * (1 / 10**6 - 1 / 10**7)
+    assert result["comm_s_model"] == pytest.approx(8 * 2 * 3 * payload / 4 / 10**6)
+    assert result["wire_ratio"] == pytest.approx(1.05, abs=1e-6)
+    assert result["steady_rounds"] == [2, 4]
+    assert result["wait_s_model_steady"] == pytest.approx([2 * chunk, chunk, 0.0, 0.0])
+    assert result["others_wait_s_model_steady"] == pytest.approx(chunk)  # mean over ranks 0, 1, 2
+    assert result["others_wait_s_measured_steady"] == pytest.approx(1.0)
+    assert result["others_wait_s_model"] == pytest.approx(chunk / 2)  # half the rounds follow an evaluation
