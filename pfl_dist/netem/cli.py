@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import statistics
 import sys
@@ -93,6 +94,11 @@ def check_host(links: list[LinkSpec], args: argparse.Namespace) -> None:
                                               ("--loss", args.loss)) if value]
             raise ConfigError(f"{'/'.join(asked)} need the netem qdisc: {reason}; only rates (--rate, tbf/htb) "
                               "can be emulated here")
+    allowed_file = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+    allowed = allowed_file.read_text().split() if allowed_file.exists() else []
+    if args.congestion_control != "kernel" and allowed and args.congestion_control not in allowed:
+        raise ConfigError(f"--congestion-control {args.congestion_control} is not allowed in a namespace here "
+                          f"(allowed: {' '.join(allowed)}; or 'kernel' for the kernel's default)")
     if any(link.rate_bps for link in links):
         ok, reason = qdisc_available(args.shaper)
         if not ok:
@@ -135,7 +141,9 @@ def run_cluster(cfg: Config, args: argparse.Namespace, links: list[LinkSpec]) ->
             if link.rate_bps or link.needs_netem:
                 shape_node(cluster, cluster.nodes[name], link, shaper=args.shaper)
         for name in names if args.congestion_control != "kernel" else ():
-            cluster.exec(name, ["sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={args.congestion_control}"])
+            # /proc/sys/net is the namespace's own (no dependency on procps' sysctl).
+            cluster.exec(name, ["sh", "-c", f"echo {shlex.quote(args.congestion_control)} "
+                                "> /proc/sys/net/ipv4/tcp_congestion_control"])
         master = cluster.nodes[names[0]].address
         for i, name in enumerate(names):
             command = node_command(args.config, overrides, node=i, num_nodes=args.nodes, master=master)
