@@ -115,7 +115,19 @@ def test_a_failed_node_ends_the_run_and_everything_is_removed(tool: subprocess.P
 
 
 @needs_netns
-def test_after_a_sigkill_the_next_start_removes_the_leftovers(tool: subprocess.Popen[str]) -> None:
+def test_cleanup_alone_removes_leftovers(tool: subprocess.Popen[str]) -> None:
+    record = wait_running(tool)
+    tool.kill()
+    tool.communicate(timeout=30)
+    done = subprocess.run([sys.executable, "-m", "pfl_dist.netem", "--cleanup"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert all(n in done.stdout for n in record["namespaces"])
+    assert_removed(record)
+
+
+@needs_netns
+def test_after_a_sigkill_the_next_start_removes_the_leftovers(tool: subprocess.Popen[str], tmp_path: Path) -> None:
     record = wait_running(tool)
     node = record["namespaces"][1]
     assert "tbf" in subprocess.run(["tc", "-n", node, "qdisc", "show", "dev", "eth0"], capture_output=True,
@@ -124,10 +136,10 @@ def test_after_a_sigkill_the_next_start_removes_the_leftovers(tool: subprocess.P
     tool.communicate(timeout=30)
     # SIGKILL ran no clean-up: the namespaces (and the qdiscs on their links) are still there.
     assert set(record["namespaces"]) <= set(list_namespaces())
-    done = subprocess.run([sys.executable, "-m", "pfl_dist.netem", "--cleanup"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert all(n in done.stdout for n in record["namespaces"])
+    # The next start (an unshaped one-round job) removes them before it builds its own cluster.
+    done = subprocess.run(netem_command(tmp_path / "next", "--nodes", "2", rounds=1), cwd=REPO, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert_removed(record)
     shown = subprocess.run(["tc", "-n", node, "qdisc", "show"], capture_output=True, text=True)
     assert shown.returncode != 0  # the namespace, and with it every qdisc of the node, is gone
