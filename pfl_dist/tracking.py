@@ -261,6 +261,8 @@ class RunLogger(NullLogger):
         tagged = {metric_tag(name, self.measured_on): value for name, value in record["metrics"].items()}
         for tag, value in tagged.items():
             self._scalar(tag, value, round_num)
+        for key, value in record.get("personal", {}).items():  # the distribution over clients
+            self._scalar(f"{self.measured_on}/clients/{key}", value, round_num)
         for key, value in record["comm"].items():
             if value is not None:
                 self._scalar(f"comm/{key}_cum", value, round_num)
