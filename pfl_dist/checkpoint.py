@@ -36,7 +36,6 @@ import random
 import re
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -50,6 +49,7 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.rundir import config_difference, result_config
 from pfl_dist.sampling import client_block
+from pfl_dist.signals import StopSignals
 
 FORMAT_VERSION = 1
 STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to resume
@@ -355,30 +355,13 @@ class RunStopped(Exception):
     exit_code = STOPPED_EXIT_CODE
 
 
-class StopRequest:
+class StopRequest(StopSignals):
     """Records SIGTERM/SIGINT. The first signal only sets a flag (the round loop then stops at an
     agreed round); a second one gets the previous handler, so it interrupts at once."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signal_name = signal.Signals(signum).name

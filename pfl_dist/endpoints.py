@@ -29,7 +29,8 @@ _DEFAULT_RDZV_PORT = 29400
 _LISTEN_SOCKETS: list[socket.socket] = []
 
 
-def _option(args: Sequence[str], *names: str) -> str | None:
+def option_value(args: Sequence[str], *names: str) -> str | None:
+    """The value of a torchrun option given as `--name=V` or `--name V`; None when absent."""
     for i, arg in enumerate(args):
         for name in names:
             if arg.startswith(name + "="):
@@ -74,18 +75,18 @@ def port_in_use(port: int) -> bool:
 
 def check_ports(torchrun_args: Sequence[str]) -> None:
     """One line (ConfigError, exit 2) for a busy port this node would have to listen on."""
-    master_port = _option(torchrun_args, "--master-port", "--master_port")
-    master_addr = _option(torchrun_args, "--master-addr", "--master_addr") or "127.0.0.1"
-    node_rank = _option(torchrun_args, "--node-rank", "--node_rank") or "0"
+    master_port = option_value(torchrun_args, "--master-port", "--master_port")
+    master_addr = option_value(torchrun_args, "--master-addr", "--master_addr") or "127.0.0.1"
+    node_rank = option_value(torchrun_args, "--node-rank", "--node_rank") or "0"
     if master_port is not None and node_rank == "0" and is_local(master_addr):
         if not master_port.isdigit() or not 0 < int(master_port) < 65536:
             raise ConfigError(f"--master-port must be a port number, got '{master_port}'")
         if port_in_use(int(master_port)):
             raise ConfigError(f"--master-port {master_port} is in use by another process; choose a free port "
                               "(or drop --master-port)")
-    endpoint = _option(torchrun_args, "--rdzv-endpoint", "--rdzv_endpoint")
-    conf = _option(torchrun_args, "--rdzv-conf", "--rdzv_conf") or ""
-    backend = _option(torchrun_args, "--rdzv-backend", "--rdzv_backend") or "static"
+    endpoint = option_value(torchrun_args, "--rdzv-endpoint", "--rdzv_endpoint")
+    conf = option_value(torchrun_args, "--rdzv-conf", "--rdzv_conf") or ""
+    backend = option_value(torchrun_args, "--rdzv-backend", "--rdzv_backend") or "static"
     if endpoint is None or backend != "c10d" or "is_host=false" in conf.replace(" ", "").lower():
         return
     host, _, port_text = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", str(_DEFAULT_RDZV_PORT))
@@ -131,7 +132,7 @@ def replace_standalone(torchrun_args: Sequence[str]) -> tuple[list[str], Loopbac
         return args, None
     rendezvous = LoopbackRendezvous()
     args.remove("--standalone")
-    if _option(args, "--nnodes") is None:
+    if option_value(args, "--nnodes") is None:
         args.insert(0, "--nnodes=1")
     return [*rendezvous.torchrun_args(), *args], rendezvous
 

@@ -17,13 +17,13 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
 from pfl_dist.config import SECTIONS, Config, did_you_mean, load_config
-from pfl_dist.endpoints import check_ports, replace_standalone
+from pfl_dist.endpoints import check_ports, option_value, replace_standalone
 from pfl_dist.errors import ConfigError, PflError
 from pfl_dist.guard import guard_output
 from pfl_dist.rundir import check_run_dir
+from pfl_dist.signals import StopSignals
 from pfl_dist.tasks import preflight as task_preflight
 from pfl_dist.torchrun_output import TorchrunOutput
 
@@ -115,16 +115,6 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
             raise ConfigError(f"unexpected argument '{arg}': expected torchrun options, --config FILE or "
                               "section.key=value overrides (see --help)")
     return torchrun_args, config, overrides
-
-
-def option_value(args: Sequence[str], *names: str) -> str | None:
-    for i, arg in enumerate(args):
-        for name in names:
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-            if arg == name and i + 1 < len(args):
-                return args[i + 1]
-    return None
 
 
 def planned_world_size(torchrun_args: Sequence[str]) -> int:
@@ -224,7 +214,7 @@ _STOP_MESSAGE = "pfl_dist: stopped by "
 _AGENT_SIGNALLED = "SignalException"
 
 
-class _StopForwarder:
+class _StopForwarder(StopSignals):
     """Forwards SIGTERM/SIGINT to torchrun's process group and remembers the first one.
 
     torchrun runs in its own session, so a Ctrl-C in a terminal (which signals the foreground
@@ -232,21 +222,9 @@ class _StopForwarder:
     the agent exactly once, from here. The agent then sends SIGTERM to its workers (each in a
     session of its own), which stop at a round boundary with a checkpoint and exit 75."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __init__(self, process: subprocess.Popen[str]) -> None:
+        super().__init__()
         self.process = process
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signal_name = self.signal_name or signal.Signals(signum).name
