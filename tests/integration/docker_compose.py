@@ -101,6 +101,42 @@ def node_command(service: str, overrides: Sequence[str]) -> list[str]:
     return command + list(overrides)
 
 
+PROJECT_PREFIX = "pfltest"
+
+
+def project_name(suffix: str) -> str:
+    """Unique to this test process: `pfltest<pid><suffix>`."""
+    return f"{PROJECT_PREFIX}{os.getpid()}{suffix}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_projects() -> list[str]:
+    """Remove what a test process killed before its clean-up (SIGKILL, a CI timeout) left behind:
+    only projects named `pfltest<pid>...` whose pid no longer runs. -> the projects removed."""
+    stale: set[str] = set()
+    for argv in (["ps", "-a"], ["network", "ls"], ["volume", "ls"]):
+        listed = _run(["docker", *argv, "--filter", f"label={PROJECT_LABEL}",
+                       "--format", f'{{{{.Label "{PROJECT_LABEL}"}}}}'], timeout=60).stdout.split()
+        for project in listed:
+            digits = project.removeprefix(PROJECT_PREFIX)
+            digits = digits[:len(digits) - len(digits.lstrip("0123456789"))]
+            if project.startswith(PROJECT_PREFIX) and digits and not _pid_alive(int(digits)):
+                stale.add(project)
+    for project in sorted(stale):
+        compose = Compose(project, COMPOSE_FILE, dict(os.environ))
+        compose.remove_by_label(compose.leftovers())
+    return sorted(stale)
+
+
 @dataclass
 class Compose:
     """One compose project: the repository's compose file plus an override file."""

@@ -8,8 +8,12 @@ and the next `up` ends bitwise equal to an uninterrupted run; `docker-compose do
 container, network or volume, also when the test fails.
 
 Starts dockerd when none runs (and stops it by its PID afterwards); skips with the reason when
-it cannot. On these machines: about 3-5 min with a cold cache (debootstrap, wheelhouse, image
-build), mostly the build; `make docker-test` runs only this file.
+it cannot. Compose projects are named `pfltest<pid><test>`; what a killed test process (SIGKILL,
+a CI timeout) left behind is removed at the next start, and only when that pid no longer runs.
+
+Measured on a machine shared by 8 jobs (load 20-30 on 2 cores): 25 min with nothing cached
+(18 min of it the base image, the wheelhouse and the build), 6-11 min with the image cached.
+`make docker-test` runs only this file.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from tests.integration.docker_compose import (
     compose_project,
     image_size_bytes,
     node_command,
+    project_name,
+    remove_stale_projects,
     start_engine,
 )
 
@@ -68,16 +74,15 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if engine is None:
         pytest.skip(f"cannot run docker: {reason}")
     try:
+        stale = remove_stale_projects()
+        if stale:
+            _say(f"removed what killed test runs left behind: {', '.join(stale)}")
         seconds = build_image(IMAGE)
         _say(f"image {IMAGE} built in {seconds:.0f} s (base image, wheelhouse and build), "
              f"{image_size_bytes(IMAGE) / 1e6:.0f} MB")
         yield IMAGE
     finally:
         engine.stop()
-
-
-def _project(suffix: str) -> str:
-    return f"pfltest{os.getpid()}{suffix}"
 
 
 def _local_run(out_dir: Path, *overrides: str) -> dict:
@@ -139,7 +144,7 @@ def _nodes_with(overrides: tuple[str, ...]) -> dict[str, dict[str, list[str]]]:
 def test_compose_run_matches_the_local_run_and_the_byte_model(image: str, tmp_path: Path) -> None:
     local = _local_run(tmp_path / "local", *WIRE_JOB)
     port = _free_port(6006)
-    with compose_project(tmp_path, _project("wire"), image=image, services=_nodes_with(WIRE_JOB),
+    with compose_project(tmp_path, project_name("wire"), image=image, services=_nodes_with(WIRE_JOB),
                          env={"PFL_TENSORBOARD_PORT": str(port)}) as compose:
         started = time.monotonic()
         compose.up(*NODES, "tensorboard")
@@ -183,7 +188,7 @@ def test_compose_stop_exits_75_and_the_next_up_resumes_bitwise(image: str, tmp_p
     runs = tmp_path / "runs"  # a bind mount this time (PFL_RUNS), writable by the image's user
     runs.mkdir()
     runs.chmod(0o777)
-    with compose_project(tmp_path, _project("stop"), image=image, services=_nodes_with(STOP_JOB),
+    with compose_project(tmp_path, project_name("stop"), image=image, services=_nodes_with(STOP_JOB),
                          env={"PFL_RUNS": str(runs)}) as compose:
         compose.up(*NODES)
         _wait_for_round(runs / "compose", compose, at_least=2, timeout=RUN_TIMEOUT_S)
@@ -223,7 +228,7 @@ class DeliberateFailure(Exception):
 
 def test_down_leaves_nothing_behind_when_the_test_fails(image: str, tmp_path: Path) -> None:
     bad = ("train.num_roundz=3",)  # every node exits 2 with one error line
-    project = compose_project(tmp_path, _project("fail"), image=image, services=_nodes_with(bad))
+    project = compose_project(tmp_path, project_name("fail"), image=image, services=_nodes_with(bad))
     with pytest.raises(DeliberateFailure), project as compose:
         compose.up(*NODES)
         codes = compose.wait(NODES, timeout=RUN_TIMEOUT_S)
@@ -236,7 +241,7 @@ def test_down_leaves_nothing_behind_when_the_test_fails(image: str, tmp_path: Pa
 
 def test_the_image_runs_the_fashion_mnist_experiment(image: str) -> None:
     """Debian's Fashion-MNIST is in the image: the paper's image experiment runs, scaled down."""
-    name = _project("fmnist")
+    name = project_name("fmnist")
     argv = ["docker", "run", "--rm", "--name", name, image, "python", "-m", "pfl_dist.launch", "--nproc-per-node=2",
             "--config", "configs/fmnist_logreg.yaml", "data.num_clients=2", "train.num_rounds=1",
             "algorithm.local_epochs=1", "run.out_dir=/tmp/runs"]
