@@ -22,6 +22,7 @@ from pfl_dist.config import SECTIONS, Config, did_you_mean, load_config
 from pfl_dist.endpoints import check_ports, option_value, replace_standalone
 from pfl_dist.errors import ConfigError, PflError
 from pfl_dist.guard import guard_output
+from pfl_dist.interpreter import interpreter_problem
 from pfl_dist.rundir import check_run_dir
 from pfl_dist.signals import StopSignals
 from pfl_dist.tasks import preflight as task_preflight
@@ -176,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if {"-h", "--help", "--help-torchrun"} & set(args):
         print_help(torchrun="--help-torchrun" in args)
         return 0
+    problem = interpreter_problem("pfl_dist.launch")
+    if problem:  # torchrun and every worker run under this interpreter
+        print(problem, file=sys.stderr)
+        return 2
     try:
         torchrun_args, config, overrides = split_args(args)
         cfg = load_config(config, [o for o in overrides if o != "--overwrite"])

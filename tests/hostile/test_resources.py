@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pfl_dist.config import load_config
+from pfl_dist.data.images import IMAGE_SHAPE
 from pfl_dist.errors import ConfigError
-from pfl_dist.resources import IMAGE_NUM_PARAMS, available_bytes, check_memory, estimate_rank_bytes
+from pfl_dist.resources import IMAGE_NUM_PARAMS, NUM_IMAGE_CLASSES, available_bytes, check_memory, estimate_rank_bytes
 from pfl_dist.sampling import client_block
 from pfl_dist.tasks.images import build_image_model
 from pfl_dist.tasks.synthetic import SyntheticTask
@@ -32,7 +33,9 @@ def test_the_estimate_is_what_the_synthetic_task_allocates(dtype: str, num_clien
 
 @pytest.mark.parametrize("kind", ["cnn", "logreg", "linear"])
 def test_image_model_sizes_are_the_models_own(kind: str) -> None:
-    assert IMAGE_NUM_PARAMS[kind] == build_image_model(kind).num_params
+    # The estimate covers the MNIST-layout kinds (IMAGE_TRAIN_SIZES): 1 x 28 x 28 pixels, 10 classes.
+    model = build_image_model(kind, input_shape=(1, *IMAGE_SHAPE), num_classes=NUM_IMAGE_CLASSES)
+    assert IMAGE_NUM_PARAMS[kind] == model.num_params
 
 
 def test_the_check_refuses_exactly_beyond_the_available_memory() -> None:

@@ -62,3 +62,16 @@ def test_printed_tensorboard_command_runs_in_a_fresh_shell() -> None:
     program = shlex.split(interpreter.tool_command("tensorboard", module="tensorboard.main"))[0]
     assert Path(program).is_file() and os.access(program, os.X_OK)
     assert Path(os.path.abspath(program)).parent == Path(os.path.abspath(sys.executable)).parent
+
+
+def test_the_launcher_checks_its_interpreter_before_torchrun(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from pfl_dist import launch
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(interpreter.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.setattr(launch, "run_torchrun", lambda command, env: pytest.fail("torchrun started"))
+    assert launch.main(["--nproc-per-node=2"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "(no module torch)" in err and "pfl_dist.launch" in err
