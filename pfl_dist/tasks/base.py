@@ -3,13 +3,14 @@ the local solver and the evaluation metrics). The train loop only talks to this 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from pfl_dist.config import Config
+from pfl_dist.solvers.padded import plan_epoch
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,41 @@ class Task(Protocol):
 
     def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:
         ...
+
+
+def padded_batches(
+    full_batch: Callable[[torch.Tensor], Batch],
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    counts: Sequence[int],
+    first_client_id: int,
+    cfg: Config,
+    round_idx: int,
+    epochs: int | None,
+    stream: int,
+    dtype: torch.dtype,
+) -> Iterator[Batch]:
+    """The local steps' batches of the clients in `rows` on padded (k, n, ...) data: the full batch
+    K times (algorithm.batch_size null), else each client's own shuffled epochs (solvers/padded.py);
+    `epochs` overrides the configured count."""
+    algo = cfg.algorithm
+    if not len(rows):
+        return
+    if algo.batch_size is None:
+        batch = full_batch(rows)
+        for _ in range(algo.num_local_steps * (1 if epochs is None else epochs)):
+            yield batch
+        return
+    chosen = [counts[int(r)] for r in rows]
+    client_ids = [first_client_id + int(r) for r in rows]
+    device = features.device
+    row_index = rows.to(device).unsqueeze(1)
+    for epoch in range(algo.local_epochs if epochs is None else epochs):
+        plan = plan_epoch(chosen, client_ids=client_ids, batch_size=algo.batch_size, seed=cfg.run.seed,
+                          round_idx=round_idx, epoch=epoch, dtype=dtype, stream=stream)
+        positions, weights, active = (t.to(device) for t in (plan.positions, plan.weights, plan.active))
+        for step in range(positions.shape[0]):
+            yield Batch(features[row_index, positions[step]], labels[row_index, positions[step]],
+                        weights[step], active[step] if plan.ragged else None)

@@ -28,8 +28,8 @@ import torch
 from pfl_dist.config import Config
 from pfl_dist.models.linear import LinearSoftmax
 from pfl_dist.solvers.linear import prox_gd_linear_softmax
-from pfl_dist.solvers.padded import full_batch_weights, plan_epoch, prox_gd_padded, prox_sgd_padded
-from pfl_dist.tasks.base import Batch
+from pfl_dist.solvers.padded import full_batch_weights, prox_gd_padded, prox_sgd_padded
+from pfl_dist.tasks.base import Batch, padded_batches
 
 BLOCK = 256  # clients per float64 block in the smoothness bound
 
@@ -118,25 +118,9 @@ class LinearClientsTask:
 
     def batches(self, rows: torch.Tensor, *, round_idx: int, epochs: int | None = None,
                 stream: int = 0) -> Iterator[Batch]:
-        algo = self.cfg.algorithm
-        if not len(rows):
-            return
-        if algo.batch_size is None:
-            batch = self.full_batch(rows)
-            for _ in range(algo.num_local_steps * (1 if epochs is None else epochs)):
-                yield batch
-            return
-        counts = [self.counts[int(r)] for r in rows]
-        client_ids = [self.client_ids.start + int(r) for r in rows]
-        device = self.features.device
-        row_index = rows.to(device).unsqueeze(1)
-        for epoch in range(algo.local_epochs if epochs is None else epochs):
-            plan = plan_epoch(counts, client_ids=client_ids, batch_size=algo.batch_size, seed=self.cfg.run.seed,
-                              round_idx=round_idx, epoch=epoch, dtype=self.dtype, stream=stream)
-            positions, weights, active = (t.to(device) for t in (plan.positions, plan.weights, plan.active))
-            for step in range(positions.shape[0]):
-                yield Batch(self.features[row_index, positions[step]], self.labels[row_index, positions[step]],
-                            weights[step], active[step] if plan.ragged else None)
+        return padded_batches(self.full_batch, self.features, self.labels, rows, counts=self.counts,
+                              first_client_id=self.client_ids.start, cfg=self.cfg, round_idx=round_idx,
+                              epochs=epochs, stream=stream, dtype=self.dtype)
 
     def gradient(self, models: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.model.weighted_grad(models, batch.x, batch.y, batch.weights)
