@@ -159,7 +159,21 @@ class APFL(Algorithm):
         return {**super().describe(), "personal_lr": self.personal_lr, "alpha_init": self.cfg.alpha}
 
 
-class PerFedAvg(Algorithm):
+class StartsFromGlobal(Algorithm):
+    """Clients start every round from w_g with no proximal term and keep no per-client state
+    (Per-FedAvg, FedAvg-FT: their personalization happens at evaluation)."""
+
+    state_names = ()
+
+    @property
+    def prox_weight(self) -> float:
+        return 0.0
+
+    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+        return {}
+
+
+class PerFedAvg(StartsFromGlobal):
     """Per-FedAvg, first-order (Fallah, Mokhtari, Ozdaglar, NeurIPS 2020), Algorithm 1 with the FO
     approximation of the meta-gradient. A sampled client sets w_i <- w_g and, for every step with
     batch b of the local schedule and b' of an independent second schedule:
@@ -173,14 +187,6 @@ class PerFedAvg(Algorithm):
 
     name = "perfedavg"
     info = METHODS["perfedavg"]
-    state_names = ()
-
-    @property
-    def prox_weight(self) -> float:
-        return 0.0
-
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
-        return {}
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
@@ -205,7 +211,7 @@ class PerFedAvg(Algorithm):
         return {**super().describe(), "personal_lr": self.personal_lr}
 
 
-class FedAvgFT(Algorithm):
+class FedAvgFT(StartsFromGlobal):
     """FedAvg with fine-tuning: training is FedAvg (clients reset to w_g, local SGD, the server
     averages); at every evaluation each client fine-tunes w_g with algorithm.personal_epochs
     epochs of SGD (step eta_p) on its own data and is evaluated with the result. The fine-tuning
@@ -213,14 +219,6 @@ class FedAvgFT(Algorithm):
 
     name = "fedavg_ft"
     info = METHODS["fedavg_ft"]
-    state_names = ()
-
-    @property
-    def prox_weight(self) -> float:
-        return 0.0
-
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
-        return {}
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
