@@ -263,8 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         codes, _ = run_cluster(cfg, args, links)
     except KeyboardInterrupt as interrupt:
-        print(f"pfl_dist: netem: stopped by {interrupt or 'SIGINT'}; namespaces and qdiscs removed", file=sys.stderr)
-        return 143 if str(interrupt) == f"signal {signal.SIGTERM.value}" else 130
+        name = str(interrupt) or "SIGINT"  # a bare KeyboardInterrupt: Ctrl-C outside netns_cluster
+        print(f"pfl_dist: netem: stopped by {name}; namespaces and qdiscs removed", file=sys.stderr)
+        return 128 + signal.Signals[name].value if name in ("SIGINT", "SIGTERM") else 130
     except NetnsError as err:
         print(f"pfl_dist: error: netem: {err}; namespaces and qdiscs removed", file=sys.stderr)
         return 1

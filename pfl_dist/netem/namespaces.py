@@ -341,7 +341,7 @@ class NetnsCluster:
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 @contextlib.contextmanager
@@ -349,24 +349,25 @@ def netns_cluster(names: Sequence[str], *, disable_offloads: bool = True,
                   disable_ipv6: bool = True) -> Iterator[NetnsCluster]:
     """Build one namespace per name and always tear them down.
 
-    On the main thread SIGTERM is turned into KeyboardInterrupt meanwhile (SIGINT already is one),
-    so a terminated run also cleans up. Leftovers of SIGKILLed earlier runs are removed first.
+    On the main thread SIGTERM and SIGINT are turned into KeyboardInterrupt("SIGTERM" | "SIGINT")
+    meanwhile, so a stopped run also cleans up. SIGINT explicitly too: a tool started in the
+    background of a script inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    Leftovers of SIGKILLed earlier runs are removed first.
     """
     cluster = NetnsCluster(list(names), disable_offloads=disable_offloads, disable_ipv6=disable_ipv6)
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if on_main_thread else None
+    previous = ({sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if on_main_thread else {})
     try:
         remove_leftovers()
         cluster.setup()
         yield cluster
     finally:
         # A second Ctrl-C or SIGTERM must not cut the clean-up short.
-        held = ({sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-                if on_main_thread else {})
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         try:
             cluster.close()
         finally:
-            for sig, handler in held.items():
+            for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if on_main_thread and previous is not None:
-                signal.signal(signal.SIGTERM, previous)

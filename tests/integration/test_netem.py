@@ -38,10 +38,18 @@ def netem_command(tmp_path: Path, *args: str, rounds: int = 3) -> list[str]:
             *BIG_MODEL]
 
 
-def start_tool(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    """A long job on slow links, so it is still running when a test stops it."""
+def start_tool(tmp_path: Path, *args: str, sigint_ignored: bool = False) -> subprocess.Popen[str]:
+    """A long job on slow links, so it is still running when a test stops it. `sigint_ignored`:
+    started as from a script's `&` (the shell hands background jobs SIGINT ignored)."""
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def default_sigint() -> None:  # whatever the suite itself inherited (it may run in the background)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     return subprocess.Popen(netem_command(tmp_path, "--nodes", "3", "--rate", "1mbit", *args, rounds=1000),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore_sigint if sigint_ignored else default_sigint)
 
 
 def wait_running(process: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
@@ -67,8 +75,8 @@ def assert_removed(record: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def tool(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    process = start_tool(tmp_path)
+def tool(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[str]]:
+    process = start_tool(tmp_path, sigint_ignored=getattr(request, "param", False))
     yield process
     if process.poll() is None:
         process.kill()
@@ -94,12 +102,15 @@ def test_shaped_run_measures_the_modelled_wire_bytes_and_takes_at_least_the_link
 
 
 @needs_netns
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(("sig", "code", "tool"),
+                         [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, False), (signal.SIGINT, 130, True)],
+                         ids=["SIGTERM", "SIGINT", "SIGINT-inherited-ignored"], indirect=["tool"])
 def test_a_signal_removes_namespaces_qdiscs_and_processes(tool: subprocess.Popen[str], sig: int, code: int) -> None:
     record = wait_running(tool)
     tool.send_signal(sig)
     _, stderr = tool.communicate(timeout=180)  # a round on the 1 Mbit link is seconds; slower on a loaded box
     assert tool.returncode == code, stderr
+    assert f"stopped by {signal.Signals(sig).name}" in stderr
     assert_removed(record)
 
 
