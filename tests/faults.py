@@ -101,6 +101,10 @@ def checkpoint_complete(run_dir: Path, round_num: int, nproc: int) -> bool:
     return len(list(folder.glob("shard_*.json"))) == nproc
 
 
+def newest_complete_checkpoint(run_dir: Path, nproc: int) -> int | None:
+    return max((r for r in range(EVERY, NUM_ROUNDS, EVERY) if checkpoint_complete(run_dir, r, nproc)), default=None)
+
+
 def wait_for(predicate: Any, *, timeout: float, interval: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -167,6 +171,18 @@ class TrialResult:
         return self.exit_code == 0 and bool(self.resumed_from) and not self.problems
 
 
+def trial_result(run_dir: Path, reference: Path, finisher: Job, *, code: int, killed: float, started: float,
+                 problems: list[str], **fields: Any) -> TrialResult:
+    """The trial's outcome once `finisher` (the job that restarted, or the rerun) has ended with `code`."""
+    resumed = finisher.first_line_time("resume:", after=killed)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    problems = problems + (compare_runs(run_dir, reference) if code == 0
+                           else [f"the resumed run failed:\n{finisher.output()[-3000:]}"])
+    return TrialResult(**fields, resumed_from=summary.get("resumed_from", []), exit_code=code,
+                       resume_s=None if resumed is None else resumed - killed, total_s=time.time() - started,
+                       problems=problems)
+
+
 def run_reference(out_dir: Path, *, nproc: int = 4, overrides: tuple[str, ...] = OVERRIDES,
                   timeout: float = 600) -> Path:
     job = start_torchrun(out_dir, "reference", nproc=nproc, max_restarts=0, overrides=overrides)
@@ -211,8 +227,7 @@ def torchrun_kill_trial(out_dir: Path, reference: Path, *, trial: int, kill_afte
         killed = time.time()
         os.kill(job.process.pid, signal.SIGKILL)  # the agent only, as `kill -9 <torchrun>` would
         job.wait(timeout)
-        killed_at = max((r for r in range(EVERY, NUM_ROUNDS, EVERY) if checkpoint_complete(run_dir, r, nproc)),
-                        default=None)
+        killed_at = newest_complete_checkpoint(run_dir, nproc)
         rerun = start_torchrun(out_dir, name, nproc=nproc, max_restarts=0, overrides=overrides)  # at once
         if not wait_for(lambda: not any(alive(pid) for pid in workers.values()), timeout=5):
             problems.append(f"workers outlived the SIGKILLed agent: {[p for p in workers.values() if alive(p)]}")
@@ -220,13 +235,8 @@ def torchrun_kill_trial(out_dir: Path, reference: Path, *, trial: int, kill_afte
     finally:
         for pid in worker_pids(job.process.pid).values():
             os.kill(pid, signal.SIGKILL)
-    resumed = rerun.first_line_time("resume:", after=killed)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    problems += compare_runs(run_dir, reference) if code == 0 else [f"rerun failed:\n{rerun.output()[-3000:]}"]
-    return TrialResult(trial=trial, killed_rank=-1, kill_after_round=kill_after_round, killed_at_round=killed_at,
-                       resumed_from=summary.get("resumed_from", []), exit_code=code,
-                       resume_s=None if resumed is None else resumed - killed, total_s=time.time() - started,
-                       problems=problems)
+    return trial_result(run_dir, reference, rerun, code=code, killed=killed, started=started, problems=problems,
+                        trial=trial, killed_rank=-1, kill_after_round=kill_after_round, killed_at_round=killed_at)
 
 
 def launcher_sigterm_trial(out_dir: Path, reference: Path, *, trial: int, kill_after_round: int, delay_s: float,
@@ -248,20 +258,14 @@ def launcher_sigterm_trial(out_dir: Path, reference: Path, *, trial: int, kill_a
         stopped_code = job.wait(timeout)
         if stopped_code != 75:
             problems.append(f"the stopped launcher exited {stopped_code}, not 75:\n{job.output()[-2000:]}")
-        killed_at = max((r for r in range(EVERY, NUM_ROUNDS, EVERY) if checkpoint_complete(run_dir, r, nproc)),
-                        default=None)
+        killed_at = newest_complete_checkpoint(run_dir, nproc)
         rerun = start_torchrun(out_dir, name, nproc=nproc, max_restarts=3, overrides=overrides, launcher="launch")
         code = rerun.wait(timeout)
     finally:
         if job.process.poll() is None:
             job.process.kill()
-    resumed = rerun.first_line_time("resume:", after=killed)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    problems += compare_runs(run_dir, reference) if code == 0 else [f"rerun failed:\n{rerun.output()[-3000:]}"]
-    return TrialResult(trial=trial, killed_rank=-1, kill_after_round=kill_after_round, killed_at_round=killed_at,
-                       resumed_from=summary.get("resumed_from", []), exit_code=code,
-                       resume_s=None if resumed is None else resumed - killed, total_s=time.time() - started,
-                       problems=problems)
+    return trial_result(run_dir, reference, rerun, code=code, killed=killed, started=started, problems=problems,
+                        trial=trial, killed_rank=-1, kill_after_round=kill_after_round, killed_at_round=killed_at)
 
 
 def kill_trial(out_dir: Path, reference: Path, *, trial: int, killed_rank: int, kill_after_round: int,
@@ -281,16 +285,11 @@ def kill_trial(out_dir: Path, reference: Path, *, trial: int, killed_rank: int, 
         killed = time.time()
         os.kill(pids[killed_rank], signal.SIGKILL)
         # Complete now means complete before the kill: the killed rank can write no more shards.
-        killed_at = max((r for r in range(EVERY, NUM_ROUNDS, EVERY) if checkpoint_complete(run_dir, r, nproc)),
-                        default=None)
+        killed_at = newest_complete_checkpoint(run_dir, nproc)
         code = job.wait(timeout)
     finally:
         if job.process.poll() is None:
             os.killpg(job.process.pid, signal.SIGKILL)
-    resumed = job.first_line_time("resume:", after=killed)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    problems = compare_runs(run_dir, reference) if code == 0 else [f"job failed:\n{job.output()[-3000:]}"]
-    return TrialResult(trial=trial, killed_rank=killed_rank, kill_after_round=kill_after_round,
-                       killed_at_round=killed_at, resumed_from=summary.get("resumed_from", []), exit_code=code,
-                       resume_s=None if resumed is None else resumed - killed, total_s=time.time() - started,
-                       problems=problems)
+    return trial_result(run_dir, reference, job, code=code, killed=killed, started=started, problems=[],
+                        trial=trial, killed_rank=killed_rank, kill_after_round=kill_after_round,
+                        killed_at_round=killed_at)
