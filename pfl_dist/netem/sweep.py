@@ -1,10 +1,15 @@
 """Time to accuracy over link rates: `python -m pfl_dist.netem.sweep --out DIR --nodes 4
---rates 1mbit 10mbit 100mbit --methods fedavg local fedclup:0.2 fedclup:0.5 fedclup:2.5
+--rates 1mbit 10mbit 100mbit --methods fedavg local fedclup:0.2 fedclup:0.5 ditto:0.5 scaffold
 [--target 0.9] [--global-target 0.2] [--budget 20] [netem options] --config X.yaml [section.key=value ...]`.
 
+--methods takes any method of pfl_dist/methods.py as NAME, or NAME:LAMBDA for the methods whose
+updates use algorithm.lam (fedclup, fedprox, pfedme, ditto; NAME alone keeps the config's
+lambda). A method that does not use lambda runs with algorithm.lam=0.0: its numbers do not depend
+on it, and the config's lam may be `auto`, which only FedCLUP defines.
+
 Runs every (rate, method) with `python -m pfl_dist.netem`, one after the other (each is a whole
-emulated cluster), into DIR/<rate>/<method>; a point with a summary.json is skipped, so an
-interrupted sweep resumes. Then writes DIR/time_to_accuracy.md/.csv (per rate and method: final
+emulated cluster), into DIR/<rate>/<method> (':' written as '_'); a point with a summary.json is
+skipped, so an interrupted sweep resumes. Then writes DIR/time_to_accuracy.md/.csv (per rate and method: final
 accuracies, training time, per-round compute/comm/wait, bytes, and the time to reach each target)
 and DIR/time_to_accuracy.png (accuracy vs training wall-clock seconds, one panel per rate), and
 prints, per rate, the method that reaches each target first and, with --budget, the accuracies
@@ -23,31 +28,62 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from pfl_dist.config import did_you_mean, load_config
+from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.methods import METHOD_NAMES, METHODS
+from pfl_dist.netem import cli as netem_cli
+from pfl_dist.netem.cli import _Parser
 from pfl_dist.netem.shaping import format_rate, parse_rate
+from pfl_dist.sweep.plot import styles
 from pfl_dist.sweep.results import find_runs
+from pfl_dist.sweep.style import Style, math_label
 from pfl_dist.sweep.tradeoff import Curve, build_curves, markdown_table, seconds_to_reach, tradeoff_rows, write_table
 
 METRICS = ("acc_personal", "acc_global")
 
 
 def method_overrides(method: str) -> list[str]:
-    """'fedavg' | 'local' | 'fedclup:0.5' -> config overrides."""
-    name, _, lam = method.partition(":")
-    if name == "fedclup" and lam:
-        return ["algorithm.name=fedclup", f"algorithm.lam={lam}"]
-    if name == "local" and not lam:
-        return ["algorithm.name=local", "algorithm.lam=0.0"]
-    if name == "fedavg" and not lam:
-        return ["algorithm.name=fedavg"]
-    raise SystemExit(f"pfl_dist: error: --methods takes fedavg, local or fedclup:<lambda>, got '{method}'")
+    """'fedavg' | 'ditto' | 'fedclup:0.5' -> config overrides; ConfigError naming the method when
+    it is unknown or takes no lambda."""
+    name, colon, lam = method.partition(":")
+    if name not in METHODS:
+        raise ConfigError(f"--methods: unknown method '{name}'{did_you_mean(name, METHOD_NAMES)}; "
+                          f"valid: {', '.join(METHOD_NAMES)} (NAME, or NAME:LAMBDA for "
+                          f"{', '.join(n for n in METHOD_NAMES if METHODS[n].uses_lam)})")
+    if not METHODS[name].uses_lam:
+        if colon:
+            raise ConfigError(f"--methods: '{method}': {name} does not use algorithm.lam; write '{name}'")
+        return [f"algorithm.name={name}", "algorithm.lam=0.0"]
+    if colon and not lam:
+        raise ConfigError(f"--methods: '{method}': the lambda after ':' is missing (e.g. {name}:0.5)")
+    return [f"algorithm.name={name}", *([f"algorithm.lam={lam}"] if colon else [])]
+
+
+def check_methods(methods: Sequence[str], *, config: str | None = None, overrides: Sequence[str] = (),
+                  runs: bool = True) -> None:
+    """Every --methods entry parses; with `runs`, each point's whole config (`config` and
+    `overrides` as the netem options give them, then the method's) validates, so a bad lambda or
+    a method the task cannot run stops the sweep before its first point."""
+    repeated = [m for m in dict.fromkeys(methods) if methods.count(m) > 1]
+    if repeated:
+        raise ConfigError(f"--methods: '{repeated[0]}' is given twice")
+    for method in methods:
+        point = method_overrides(method)
+        if not runs:
+            continue
+        try:
+            load_config(config, [*overrides, *point])
+        except ConfigError as err:
+            raise ConfigError(f"--methods: '{method}': {err}") from None
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m pfl_dist.netem.sweep", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m pfl_dist.netem.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="sweep folder")
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--rates", nargs="+", required=True, help="link rates, e.g. 1mbit 10mbit 100mbit")
-    parser.add_argument("--methods", nargs="+", required=True, help="fedavg, local, fedclup:<lambda>")
+    parser.add_argument("--methods", nargs="+", required=True,
+                        help=f"NAME or NAME:LAMBDA; NAME one of {', '.join(METHOD_NAMES)}")
     parser.add_argument("--target", type=float, help="personal accuracy target (default: per rate)")
     parser.add_argument("--global-target", type=float, help="global accuracy target")
     parser.add_argument("--budget", type=float, help="training-time budget in seconds: accuracies held at it")
@@ -55,10 +91,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     return parser.parse_known_args(argv)
 
 
+def run_dir_name(method: str) -> str:
+    return method.replace(":", "_")
+
+
+def run_dirs(args: argparse.Namespace) -> list[str]:
+    return [run_dir_name(m) for m in args.methods]
+
+
 def run_points(args: argparse.Namespace, netem_args: list[str]) -> None:
     for rate in args.rates:
         for method in args.methods:
-            run_dir = args.out / rate / method.replace(":", "_")
+            run_dir = args.out / rate / run_dir_name(method)
             if (run_dir / "summary.json").exists():
                 continue
             print(f"sweep: {rate} {method}", flush=True)
@@ -74,7 +118,7 @@ def run_points(args: argparse.Namespace, netem_args: list[str]) -> None:
 def rate_curves(args: argparse.Namespace, metric: str) -> list[Curve]:
     curves = []
     for rate in args.rates:
-        runs = find_runs(args.out / rate, [m.replace(":", "_") for m in args.methods])
+        runs = find_runs(args.out / rate, run_dirs(args))
         facet = f"rate={format_rate(parse_rate(rate))}"
         curves += [replace(c, facet=facet) for c in build_curves(runs, metric=metric, kind="wire")]
     return curves
@@ -84,7 +128,7 @@ def time_columns(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, An
     extra: dict[tuple[str, str], dict[str, Any]] = {}
     for rate in args.rates:
         facet = f"rate={format_rate(parse_rate(rate))}"
-        for run in find_runs(args.out / rate, [m.replace(":", "_") for m in args.methods]):
+        for run in find_runs(args.out / rate, run_dirs(args)):
             timing = run.summary["time"]
             extra[(facet, run.label)] = {"final acc_global": run.summary["final"]["acc_global"],
                                          "compute s/round": timing["compute_s_per_round"],
@@ -113,23 +157,24 @@ def value_at(curve: Curve, seconds: float) -> float | None:
     return held[-1] if held else None
 
 
-def plot(curves_by_metric: dict[str, list[Curve]], path: Path) -> Path:
+def plot(curves_by_metric: dict[str, list[Curve]], path: Path, *, palette: dict[str, Style], num_nodes: int) -> Path:
+    """`palette`: label -> the method's colour and marker (pfl_dist/sweep/style.py), as in every figure."""
     facets = list(dict.fromkeys(c.facet for c in curves_by_metric[METRICS[0]]))
     fig = Figure(figsize=(4.2 * len(facets), 6.4), layout="constrained")
     axes = fig.subplots(len(METRICS), len(facets), squeeze=False)
-    labels = list(dict.fromkeys(c.label for c in curves_by_metric[METRICS[0]]))
-    palette = {label: f"C{i}" for i, label in enumerate(labels)}
     for row, metric in enumerate(METRICS):
         for col, facet in enumerate(facets):
             ax = axes[row][col]
-            for curve in (c for c in curves_by_metric[metric] if c.facet == facet and c.seconds is not None):
-                ax.plot(curve.seconds, curve.values, marker="o", markersize=3, label=curve.label,
-                        color=palette[curve.label])
+            curves = [c for c in curves_by_metric[metric] if c.facet == facet and c.seconds is not None]
+            for curve in sorted(curves, key=lambda c: list(palette).index(c.label)):  # legend order
+                style = palette[curve.label]
+                ax.plot(curve.seconds, curve.values, marker=style.marker, markersize=4, label=math_label(curve.label),
+                        color=style.color, linestyle=style.linestyle)
             ax.set_title(f"{facet.split('=')[1]}: {metric}", fontsize=10)
             ax.set_xlabel("training wall-clock [s]")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("accuracy vs training time on emulated links (4 nodes, tc tbf)", fontsize=11)
+    fig.suptitle(f"accuracy vs training time on emulated links ({num_nodes} nodes, tc)", fontsize=11)
     fig.savefig(path, dpi=110)
     return path
 
@@ -150,7 +195,8 @@ def report(args: argparse.Namespace) -> None:
             for row in rows:
                 row[f"{metric} at {args.budget:g} s"] = value_at(by_key[(row["facet"], row["method"])], args.budget)
     md, csv_path = write_table(rows, stem=args.out / "time_to_accuracy")
-    figure = plot(curves, args.out / "time_to_accuracy.png")
+    runs = [run for rate in args.rates for run in find_runs(args.out / rate, run_dirs(args))]
+    figure = plot(curves, args.out / "time_to_accuracy.png", palette=styles(runs), num_nodes=args.nodes)
     print(markdown_table(rows), end="")
     for metric, target in (("acc_personal", args.target), ("acc_global", args.global_target)):
         if target is None:
@@ -171,8 +217,12 @@ def report(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, netem_args = parse_args(argv)
-    for method in args.methods:
-        method_overrides(method)
+    netem = netem_cli.parse_args(netem_args)  # the options every point passes on (one line, exit 2 if bad)
+    try:
+        check_methods(args.methods, config=netem.config, overrides=netem.overrides, runs=not args.report_only)
+    except PflError as err:
+        print(f"pfl_dist: error: {err}", file=sys.stderr)
+        return err.exit_code
     if not args.report_only:
         run_points(args, netem_args)
     report(args)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
+from pfl_dist.methods import METHOD_NAMES, METHODS
 from pfl_dist.netem import model
 from pfl_dist.netem.shaping import LinkSpec, node_links, parse_loss, parse_rate, parse_time
 from pfl_dist.timing import RoundTimer
@@ -114,6 +117,49 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], names: str) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: ") and names in lines[0], done.stderr
+
+
+ANY_METHOD = ("data.kind=fashion_mnist", "model.kind=cnn")  # a task every method can run on (body/head split)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_the_sweep_takes_every_method_and_a_lambda_where_the_method_uses_it(name: str) -> None:
+    from pfl_dist.netem.sweep import check_methods, method_overrides
+
+    plain = load_config(None, [*ANY_METHOD, *method_overrides(name)]).algorithm
+    assert plain.name == name
+    if METHODS[name].uses_lam:
+        assert plain.lam == 0.5  # the config's lambda (here the default) is kept
+        tuned = load_config(None, [*ANY_METHOD, *method_overrides(f"{name}:2.5")]).algorithm
+        assert (tuned.name, tuned.lam) == (name, 2.5)
+    else:  # lambda cannot matter, and the config's lam may be 'auto' (fedclup only)
+        assert plain.lam == 0.0
+        with_auto = load_config(None, [*ANY_METHOD, "algorithm.lam=auto", *method_overrides(name)]).algorithm
+        assert (with_auto.name, with_auto.lam) == (name, 0.0)
+    check_methods([name], overrides=ANY_METHOD)
+
+
+@pytest.mark.parametrize(("methods", "names"), [
+    (["fedavg:0.5"], ["'fedavg:0.5'", "fedavg does not use algorithm.lam"]),
+    (["scaffold:1"], ["scaffold does not use algorithm.lam"]),
+    (["dito"], ["unknown method 'dito'", "did you mean 'ditto'?", ", ".join(METHOD_NAMES)]),
+    (["fedclup", "FedAvg"], ["unknown method 'FedAvg'", "did you mean 'fedavg'?"]),
+    (["ditto:"], ["'ditto:'", "lambda after ':' is missing"]),
+    (["ditto:-1"], ["'ditto:-1'", "algorithm.lam must be >= 0"]),
+    (["pfedme:auto"], ["'pfedme:auto'", "only defined for fedclup"]),
+    (["ditto:0.5", "ditto:0.5"], ["'ditto:0.5' is given twice"]),
+    (["fedavg", "fedrep"], ["'fedrep'", "needs a model with a body/head split"]),  # not on the synthetic default
+])
+def test_bad_sweep_methods_are_one_line_and_exit_2_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], methods: list[str], names: list[str]) -> None:
+    from pfl_dist.netem import sweep
+
+    code = sweep.main(["--out", str(tmp_path / "out"), "--nodes", "2", "--rates", "1mbit", "--methods", *methods])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: --methods: "), lines
+    assert all(name in lines[0] for name in names), lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_time_to_target_and_the_fastest_method_per_rate() -> None:
