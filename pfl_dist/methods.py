@@ -24,7 +24,10 @@ class MethodInfo:
     parameter_groups: bool = False  # needs a model with a body/head split (only the body is sent)
     global_model: bool = True  # w_g is a complete model whose accuracy is meaningful
     paper: str = ""
-    colors: str = "Greys"  # figures: the matplotlib sequential colormap of its colour family
+    # figures: its colour family, a matplotlib sequential colormap name or a '#rrggbb' base colour
+    # (a light-to-dark map through it, pfl_dist/sweep/style.py); the 12 are told apart by
+    # tests/unit/test_plot.py (CIELAB distance >= 30 between their single-curve colours)
+    colors: str = "Greys"
     marker: str = "o"  # figures: its marker
 
     def to_dict(self) -> dict[str, Any]:
@@ -35,18 +38,20 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("fedclup", "FedCLUP", uses_lam=True, paper="Yu et al., ICML 2025", colors="Reds", marker="^"),
     MethodInfo("fedavg", "FedAvg", paper="McMahan et al., AISTATS 2017", colors="Blues", marker="o"),
     MethodInfo("fedprox", "FedProx", uses_lam=True, lam_symbol="μ", paper="Li et al., MLSys 2020",
-               colors="Greens", marker="D"),
+               colors="#2ca02c", marker="D"),  # green
     MethodInfo("local", "LocalTrain", communicates=False, colors="Greys", marker="s"),
-    MethodInfo("pfedme", "pFedMe", uses_lam=True, paper="Dinh et al., NeurIPS 2020", colors="Purples", marker="v"),
-    MethodInfo("ditto", "Ditto", uses_lam=True, paper="Li et al., ICML 2021", colors="Oranges", marker="P"),
-    MethodInfo("apfl", "APFL", paper="Deng et al., 2020", colors="PuRd", marker="X"),
-    MethodInfo("perfedavg", "Per-FedAvg (FO)", paper="Fallah et al., NeurIPS 2020", colors="YlOrBr", marker="*"),
+    MethodInfo("pfedme", "pFedMe", uses_lam=True, paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a",  # purple
+               marker="v"),
+    MethodInfo("ditto", "Ditto", uses_lam=True, paper="Li et al., ICML 2021", colors="#ff7f00", marker="P"),  # orange
+    MethodInfo("apfl", "APFL", paper="Deng et al., 2020", colors="#ad017e", marker="X"),  # magenta
+    MethodInfo("perfedavg", "Per-FedAvg (FO)", paper="Fallah et al., NeurIPS 2020", colors="#a6761d",  # ochre
+               marker="*"),
     MethodInfo("fedrep", "FedRep", parameter_groups=True, global_model=False, paper="Collins et al., ICML 2021",
-               colors="BuGn", marker="p"),
+               colors="#17becf", marker="p"),  # cyan
     MethodInfo("fedper", "FedPer", parameter_groups=True, global_model=False, paper="Arivazhagan et al., 2019",
-               colors="GnBu", marker="h"),
-    MethodInfo("fedavg_ft", "FedAvg-FT", colors="PuBu", marker="d"),
-    MethodInfo("scaffold", "SCAFFOLD", paper="Karimireddy et al., ICML 2020", colors="YlGn", marker="<"),
+               colors="#1b9e77", marker="h"),  # teal
+    MethodInfo("fedavg_ft", "FedAvg-FT", colors="#e78ac3", marker="d"),  # pink
+    MethodInfo("scaffold", "SCAFFOLD", paper="Karimireddy et al., ICML 2020", colors="#bcbd22", marker="<"),  # olive
 )}
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)

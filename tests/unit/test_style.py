@@ -1,0 +1,89 @@
+"""The colour families of pfl_dist/sweep/style.py: the 12 methods of pfl_dist/methods.py are
+told apart in one figure, and several curves of one method are shades of its own family.
+
+Colours are compared in CIELAB (CIE 15, sRGB with the D65 white, IEC 61966-2-1), converted here
+with the standard formulas, not with the code under test."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import pytest
+
+from pfl_dist.methods import METHODS
+from pfl_dist.sweep.style import family_colormap, method_styles, representative_color
+
+# CIE76 colour difference Delta E*ab that every two methods' single-curve colours must reach.
+# 2.3 is a just noticeable difference between two patches side by side; curves are thin lines
+# and small markers, spread over a figure and matched against its legend, so the bar is ten
+# times that and more. The families before this test failed it by far: FedProx's Greens and
+# FedRep's BuGn gave the same colour (0.0), FedAvg's Blues and FedAvg-FT's PuBu 3.8.
+MIN_DELTA_E = 30.0
+_D65 = (0.95047, 1.0, 1.08883)
+
+
+def cielab(rgb: Sequence[float]) -> tuple[float, float, float]:
+    """sRGB in [0, 1] -> (L*, a*, b*)."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    r, g, b = linear
+    xyz = (0.4124564 * r + 0.3575761 * g + 0.1804375 * b, 0.2126729 * r + 0.7151522 * g + 0.0721750 * b,
+           0.0193339 * r + 0.1191920 * g + 0.9503041 * b)
+    fx, fy, fz = (t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29
+                  for t in (v / w for v, w in zip(xyz, _D65, strict=True)))
+    return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
+def delta_e(a: Sequence[float], b: Sequence[float]) -> float:
+    return math.dist(cielab(a), cielab(b))
+
+
+def hue_and_chroma(rgb: Sequence[float]) -> tuple[float, float]:
+    _, a, b = cielab(rgb)
+    return math.degrees(math.atan2(b, a)) % 360, math.hypot(a, b)
+
+
+def test_the_twelve_methods_are_told_apart_by_colour_and_marker() -> None:
+    colours = {name: representative_color(info.colors) for name, info in METHODS.items()}
+    assert len(colours) == 12
+    distances = {(a, b): delta_e(colours[a], colours[b]) for a, b in itertools.combinations(colours, 2)}
+    close = {pair: round(d, 1) for pair, d in distances.items() if d < MIN_DELTA_E}
+    assert not close, f"methods drawn in colours closer than Delta E {MIN_DELTA_E}: {close}"
+    assert len({info.marker for info in METHODS.values()}) == 12
+
+
+def test_fedavg_stays_blue_localtrain_grey_and_fedclup_red() -> None:
+    fedavg, _ = hue_and_chroma(representative_color(METHODS["fedavg"].colors))
+    _, local_chroma = hue_and_chroma(representative_color(METHODS["local"].colors))
+    fedclup, fedclup_chroma = hue_and_chroma(representative_color(METHODS["fedclup"].colors))
+    assert 250 <= fedavg <= 290  # CIELAB hue angle of blue (#1f77b4: 265; pure #0000ff: 306)
+    assert local_chroma < 2  # grey: no hue
+    assert 20 <= fedclup <= 50 and fedclup_chroma > 50  # red (#ff0000: 40)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_several_curves_of_a_method_are_shades_of_its_family(name: str) -> None:
+    info = METHODS[name]
+    curves = [(f"{info.label} {i}", name, False) for i in range(4)]
+    shades = [style.color for style in method_styles(curves).values()]
+    lightness = [cielab(colour)[0] for colour in shades]
+    assert lightness == sorted(lightness, reverse=True) and len(set(lightness)) == 4  # light to dark
+    own = representative_color(info.colors)
+    if info.colors.startswith("#"):  # a base colour's shades keep its hue (matplotlib's maps drift a little)
+        assert all(abs(hue_and_chroma(colour)[0] - hue_and_chroma(own)[0]) < 10 for colour in shades)
+    assert method_styles([(info.label, name, False)])[info.label].color == own
+
+
+def test_a_hex_family_runs_from_a_light_tint_through_its_colour_to_a_dark_shade() -> None:
+    cmap = family_colormap("#ff7f00")
+    assert representative_color("#ff7f00") == pytest.approx((1.0, 127 / 255, 0.0, 1.0))
+    assert cielab(cmap(0.0))[0] > 90 and cielab(cmap(1.0))[0] < cielab(cmap(0.75))[0] - 15
+    assert delta_e(cmap(0.75), (1.0, 127 / 255, 0.0)) < 1  # the colour itself at the single-curve shade
+
+
+def test_a_known_method_uses_todays_family_and_an_unknown_one_what_its_runs_recorded() -> None:
+    recorded = {"fedprox": ("Greens", "D"), "mymethod": ("Oranges", "P")}  # fedprox: an old run's family
+    styles = method_styles([("FedProx", "fedprox", False), ("Mine", "mymethod", False)], families=recorded)
+    assert styles["FedProx"].color == representative_color(METHODS["fedprox"].colors)
+    assert styles["Mine"].color == representative_color("Oranges") and styles["Mine"].marker == "P"
