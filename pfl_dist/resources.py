@@ -7,8 +7,21 @@ estimate of the rank's largest allocations with the memory available to it, and 
 line holding both numbers.
 
 The estimate counts only what certainly gets allocated, so it errs low and never refuses a
-config that fits: the rank's data (features and labels of its clients) and its per-client models
-(the local models, the copies a round trains and the new ones it returns: 3 x k x P values).
+config that fits: the rank's client data (features and labels, padded to its largest client as
+the tasks store them) and its per-client models (the local models, the copies a round trains
+and the new ones it returns: 3 x k x P values, P the model's size for the dataset's input shape
+and classes). Per data.kind, from what is known without loading the data:
+- synthetic: exact, k x n x (d values + a label);
+- fashion_mnist, mnist, mnist5k: the dataset's standard training size, cut as the partitioner
+  cuts it (classes: N // (partitions x c) images of each of c classes; iid: N // partitions;
+  dirichlet: ragged, so one image);
+- cifar10: the same, with N read from the training batches' pickle openings (their array shape;
+  pfl_dist/data/cifar.py) and 3 x 32 x 32 samples;
+- leaf: every chosen writer has at least data.min_samples_per_client training samples of 784
+  values (its real count would need the JSON parsed); 62 classes;
+- client_files: each client's sample count from its .npz header, or its CSV lines that start a
+  number (pfl_dist/data/client_files.py); the padded tensors, plus the arrays as read (float64)
+  and the feature scales, which the task keeps.
 Available memory is /proc/meminfo's MemAvailable, or the cgroup (v2) limit minus current usage
 when that is lower (a container's limit, not the host's free memory).
 """
@@ -19,17 +32,17 @@ import math
 from pathlib import Path
 
 from pfl_dist.config import Config
+from pfl_dist.data import cifar, leaf
+from pfl_dist.data.client_files import FORMATS, client_file, samples_at_least
+from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 from pfl_dist.errors import ConfigError
 from pfl_dist.outputs import format_bytes
+from pfl_dist.sampling import client_block
 
 _DTYPE_BYTES = {"float32": 4, "float64": 8}
 _LABEL_BYTES = 8  # int64 labels
 _MODEL_COPIES = 3  # local models, the copies trained in a round, the models the round returns
-NUM_PIXELS = 28 * 28
-NUM_IMAGE_CLASSES = 10
-# Model sizes of the image models (checked against the models in tests/hostile/test_resources.py).
-IMAGE_NUM_PARAMS = {"cnn": 421_642, "logreg": NUM_PIXELS * NUM_IMAGE_CLASSES + NUM_IMAGE_CLASSES,
-                    "linear": NUM_PIXELS * NUM_IMAGE_CLASSES}
+PAPER_CLIENT_SIZE = 200  # tasks/images.py: num_partitions 'auto' keeps 200 images per client
 IMAGE_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "mnist5k": 4_000}
 
 
@@ -37,23 +50,79 @@ def clients_per_rank(num_clients: int, world_size: int) -> int:
     return math.ceil(num_clients / world_size)  # client_block gives the first ranks one extra
 
 
-def estimate_rank_bytes(cfg: Config, *, world_size: int) -> tuple[int, int]:
-    """-> (data bytes, per-client model bytes) of the rank hosting the most clients."""
+def image_num_params(kind: str, *, input_shape: tuple[int, int, int], num_classes: int) -> int:
+    """Parameters of model.kind (auto = logreg) for samples of `input_shape`, as
+    tasks/images.py builds it (checked against the built models in tests/hostile/test_resources.py)."""
+    channels, height, width = input_shape
+    if kind == "cnn":  # conv3x3(32), conv3x3(64), two 2x2 pools, fc(128), fc(C); with biases
+        return (channels * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (64 * (height // 4) * (width // 4) * 128 + 128) \
+            + (128 * num_classes + num_classes)
+    return channels * height * width * num_classes + (0 if kind == "linear" else num_classes)
+
+
+def _image_samples_per_client(cfg: Config, num_train: int) -> int:
+    """The fewest samples the largest client of a rank can hold (tasks/images.py's partition)."""
+    data = cfg.data
+    if data.kind == "leaf":
+        return data.min_samples_per_client
+    partitions = max(data.num_clients, num_train // PAPER_CLIENT_SIZE) if data.num_partitions == "auto" \
+        else data.num_partitions
+    if data.partition == "classes":
+        return max(1, num_train // (partitions * data.classes_per_client) * data.classes_per_client)
+    return max(1, num_train // partitions) if data.partition == "iid" else 1
+
+
+def _image_kind(cfg: Config) -> tuple[int, tuple[int, int, int], int] | None:
+    """(training images, input shape, classes) of an image kind; None for the others."""
+    kind, data_dir = cfg.data.kind, cfg.data.data_dir
+    if kind in IMAGE_TRAIN_SIZES:
+        return IMAGE_TRAIN_SIZES[kind], MNIST_INPUT_SHAPE, MNIST_CLASSES
+    if kind == "cifar10":
+        num_train = sum(cifar.batch_images_at_least(Path(data_dir) / name) for name in cifar.TRAIN_BATCHES) \
+            if data_dir is not None else 0
+        return num_train, cifar.INPUT_SHAPE, cifar.NUM_CLASSES
+    if kind == "leaf":
+        return 0, leaf.INPUT_SHAPE, leaf.NUM_CLASSES
+    return None
+
+
+def _client_files_data_bytes(cfg: Config, block: range, value: int) -> int:
+    data = cfg.data
+    if data.data_dir is None:
+        return 0
+    counts = []
+    for client in block:
+        paths = [client_file(Path(data.data_dir), client, fmt) for fmt in FORMATS]
+        counts.append(max((samples_at_least(path) for path in paths if path.is_file()), default=0))
+    padded = len(block) * max(counts, default=0) * (data.dim * value + _LABEL_BYTES)
+    as_read = sum(counts) * (data.dim * 8 + _LABEL_BYTES)  # ClientArrays: float64 features, int64 labels
+    return padded + as_read + len(block) * data.dim * 8  # + the per-client feature scales (float64)
+
+
+def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None) -> tuple[int, int]:
+    """-> (data bytes, per-client model bytes) of `rank`, or of the rank that needs the most."""
     data = cfg.data
     value = _DTYPE_BYTES[cfg.train.dtype]
-    k = clients_per_rank(data.num_clients, world_size)
+    k = clients_per_rank(data.num_clients, world_size) if rank is None \
+        else len(client_block(rank, world_size=world_size, num_clients=data.num_clients))
+    image = _image_kind(cfg)
     if data.kind == "synthetic":
         n, d = data.samples_per_client, data.dim
         data_bytes = k * n * (d * value + _LABEL_BYTES)
         num_params = d * data.num_classes
-    elif data.kind in IMAGE_TRAIN_SIZES:
-        train = IMAGE_TRAIN_SIZES[data.kind]
-        # as tasks/images.py's num_partitions: 'auto' keeps 200 images per client
-        partitions = max(data.num_clients, train // 200) if data.num_partitions == "auto" else data.num_partitions
-        per_client = max(1, train // max(1, partitions))
-        data_bytes = k * per_client * (NUM_PIXELS * value + _LABEL_BYTES)
+    elif image is not None:
+        num_train, input_shape, num_classes = image
+        sample_values = math.prod(input_shape)
+        data_bytes = k * _image_samples_per_client(cfg, num_train) * (sample_values * value + _LABEL_BYTES)
         kind = "logreg" if cfg.model.kind == "auto" else cfg.model.kind
-        num_params = IMAGE_NUM_PARAMS[kind]
+        num_params = image_num_params(kind, input_shape=input_shape, num_classes=num_classes)
+    elif data.kind == "client_files":
+        num_params = data.dim * data.num_classes + (data.num_classes if cfg.model.kind == "logreg" else 0)
+        blocks = [client_block(r, world_size=world_size, num_clients=data.num_clients)
+                  for r in (range(world_size) if rank is None else [rank])]  # ranks hold files of different sizes
+        per_rank = [(_client_files_data_bytes(cfg, block, value), _MODEL_COPIES * len(block) * num_params * value)
+                    for block in blocks]
+        return max(per_rank, key=sum)
     else:  # a task without an estimate here is never refused
         return 0, 0
     return data_bytes, _MODEL_COPIES * k * num_params * value
@@ -84,15 +153,19 @@ def available_bytes() -> int | None:
     return min(candidates) if candidates else None
 
 
-def check_memory(cfg: Config, *, world_size: int, ranks_here: int = 1, available: int | None = None) -> None:
-    """ConfigError when `ranks_here` ranks of this config cannot fit in the available memory."""
-    data_bytes, model_bytes = estimate_rank_bytes(cfg, world_size=world_size)
+def check_memory(cfg: Config, *, world_size: int, ranks_here: int = 1, rank: int | None = None,
+                 available: int | None = None) -> None:
+    """ConfigError when `ranks_here` ranks of this config cannot fit in the available memory
+    (`rank`: a rank checking itself; None: the rank that needs the most)."""
+    data_bytes, model_bytes = estimate_rank_bytes(cfg, world_size=world_size, rank=rank)
     per_rank = data_bytes + model_bytes
     available = available_bytes() if available is None else available
     if available is None or per_rank * ranks_here <= available:
         return
     ranks = f"; {ranks_here} ranks here: {format_bytes(per_rank * ranks_here)}" if ranks_here > 1 else ""
+    lower = {"synthetic": "data.num_clients, data.samples_per_client or data.dim",
+             "client_files": "data.num_clients"}.get(cfg.data.kind, "data.num_clients or the model (model.kind)")
     raise ConfigError(
         f"the config needs at least {format_bytes(per_rank)} of memory per rank (data {format_bytes(data_bytes)}"
         f" + client models {format_bytes(model_bytes)}{ranks}), but only {format_bytes(available)} is available; "
-        "lower data.num_clients, data.samples_per_client or data.dim, or use more ranks or nodes")
+        f"lower {lower}, or use more ranks or nodes")

@@ -509,7 +509,7 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
     every rank agrees on, with a checkpoint, by raising RunStopped.
     """
     check_result_paths(cfg.run_dir)  # every rank, before anything is created, read or allocated
-    check_memory(cfg, world_size=runtime.world_size)
+    check_memory(cfg, world_size=runtime.world_size, rank=runtime.rank)
     prepared = prepare_run_dir(cfg, overwrite=overwrite) if runtime.is_logging_rank else None
     try:
         if prepared is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,30 @@ def read_batch(path: Path) -> ImageSplit:
         bad = int(np.argmax((label_array < 0) | (label_array >= NUM_CLASSES)))
         raise DataError(f"{path}: label {label_array[bad]} of image {bad} is not a class in 0..9")
     return ImageSplit(images=data.reshape(-1, *INPUT_SHAPE), labels=label_array)
+
+
+_INT_OPS = ("BININT1", "BININT2", "BININT", "INT", "LONG1")
+
+
+def batch_images_at_least(path: Path) -> int:
+    """A batch's image count N from its pickle's opening, without loading it (0 when not found):
+    the (N, 3072) shape numpy pickles just before the array's bytes, capped at what the file
+    can hold. Reads the opcodes up to the shape (the labels list comes first, ~2 ops per image)."""
+    try:
+        with open(path, "rb") as handle:
+            recent: list[int] = []
+            for opcode, arg, _ in pickletools.genops(handle):
+                if opcode.name == "TUPLE2" and len(recent) == 2 and recent[1] == 3072:
+                    return min(recent[0], path.stat().st_size // 3072)
+                if opcode.name in _INT_OPS and isinstance(arg, int):
+                    recent = [*recent[-1:], arg]
+                elif isinstance(arg, (bytes, str)) and len(arg) >= 3072:
+                    return 0  # a large byte string (the array's bytes) before any shape
+                else:
+                    recent = []
+    except (OSError, ValueError, EOFError):
+        return 0
+    return 0
 
 
 def load_cifar10(data_dir: str | None) -> ImageDataset:
