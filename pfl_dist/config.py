@@ -28,6 +28,7 @@ import yaml
 
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.spec import parse_codec
+from pfl_dist.inputs import Inputs, fingerprint, identity
 from pfl_dist.methods import method_info
 
 Auto = Literal["auto"]
@@ -270,15 +271,35 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        """out_dir/name; run.name=auto names it after the config (pfl_dist/rundir.py)."""
+        """out_dir/name; run.name=auto names it after the identity (pfl_dist/rundir.py)."""
         if self.run.name == "auto":
             from pfl_dist.rundir import auto_run_name
 
-            return Path(self.run.out_dir) / auto_run_name(self.to_dict())
+            return Path(self.run.out_dir) / auto_run_name(self.identity())
         return Path(self.run.out_dir) / self.run.name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def inputs(self) -> Inputs:
+        """The fingerprints of the user files this config reads (pfl_dist/inputs.py), {} for none.
+        Computed once per Config (the files are hashed at the first use), or set by `pin_inputs`."""
+        pinned: Inputs | None = self.__dict__.get("_inputs")
+        if pinned is None:
+            pinned = fingerprint(self.to_dict())
+            self.pin_inputs(pinned)
+        return pinned
+
+    def pin_inputs(self, records: Inputs) -> None:
+        """Use `records` as this config's fingerprints (the ranks other than 0 take rank 0's). Not a
+        field: it is no part of `to_dict()`, equality or config.yaml."""
+        object.__setattr__(self, "_inputs", dict(records))
+
+    def identity(self) -> dict[str, Any]:
+        """What a run's results depend on: `to_dict()` plus the `inputs` digests when this config
+        reads user files (pfl_dist/rundir.py hashes and compares it)."""
+        return identity(self.to_dict(), self.inputs)
 
     def check_world_size(self, world_size: int) -> None:
         """Errors the config causes only for a given number of processes."""

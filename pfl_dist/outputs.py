@@ -13,7 +13,7 @@ from pfl_dist.errors import ConfigError
 
 # What a run writes below its run dir, by kind: checked by `check_result_paths` before any write.
 RUN_DIR_FOLDERS = ("final", "ckpt")
-RUN_DIR_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "sweep_point.json", "final/global.pt")
+RUN_DIR_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "inputs.json", "sweep_point.json", "final/global.pt")
 
 
 def check_result_paths(run_dir: Path) -> None:

@@ -4,9 +4,16 @@ No torch here: the sweep driver uses the same identity without paying torch's im
 
 Identity. A run's numbers depend on its config minus the keys that provably do not change them
 (`IGNORED_KEYS`, `IGNORED_SECTIONS`: where it is written, the device choice, whether data may be
-downloaded, the collective timeout and backend, checkpoint cadence; `comm.codec` counts). `config_hash` is the sha256
-of the rest; the checkpoint's resume check and the sweep's completeness check use the same keys.
-`train.eval_every` counts: it changes metrics.jsonl and the telemetry byte totals.
+downloaded, the collective timeout and backend, checkpoint cadence; `comm.codec` counts), and on
+the contents of the user's files it reads (`model.init_file`; `data.data_dir` of client_files, leaf
+and cifar10): `Config.identity()` is the config plus the pseudo-section `inputs` of their sha256
+digests (pfl_dist/inputs.py), present only when the config reads such files, so every other
+config keeps the hash it had before. `config_hash` is the sha256 of the identity without the
+ignored keys; the checkpoint's resume check and the sweep's completeness check use the same keys.
+`train.eval_every` counts: it changes metrics.jsonl and the telemetry byte totals. An edited
+input file therefore behaves exactly like a changed key: `run.name=auto` gets a new run dir
+(the old one is left as it was), a named run dir is refused with one line ("model.init_file
+contents changed (sha256 ab12.. -> cd34..)"), a sweep reruns the point, a checkpoint is not resumed.
 
 Default name. `run.name=auto` (the default) names the run dir `<method>-<hash8>` from that hash,
 so two runs that differ in any number-changing key never share a directory, and rerunning the
@@ -38,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pfl_dist import inputs
 from pfl_dist.errors import PflError
 from pfl_dist.outputs import check_result_paths
 
@@ -50,7 +58,7 @@ IGNORED_SECTIONS = ("checkpoint",)
 LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
 # What a run writes into its run dir (ckpt/ included: it belongs to the run it resumes).
-RESULT_NAMES = ("config.yaml", "metrics.jsonl", "summary.json", "final", "ckpt", "sweep_point.json")
+RESULT_NAMES = ("config.yaml", "inputs.json", "metrics.jsonl", "summary.json", "final", "ckpt", "sweep_point.json")
 RESULT_GLOBS = ("events.out.tfevents.*",)
 
 
@@ -69,9 +77,12 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'algorithm.lam was 0.5, now 0.3' for every differing key of two `result_config`s."""
-    return [f"{key} was {saved.get(key)!r}, now {current.get(key)!r}"
-            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    """'algorithm.lam was 0.5, now 0.3' for every differing key of two `result_config`s; changed
+    input files after the config keys ('model.init_file contents changed (sha256 ab.. -> cd..)')."""
+    keys = sorted(set(saved) | set(current), key=lambda key: (inputs.is_input_key(key), key))
+    return [inputs.describe_change(key, saved.get(key), current.get(key)) if inputs.is_input_key(key)
+            else f"{key} was {saved.get(key)!r}, now {current.get(key)!r}"
+            for key in keys if saved.get(key) != current.get(key)]
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -91,14 +102,20 @@ def auto_run_name(config: dict[str, Any]) -> str:
     return f"{config['algorithm']['name']}-{config_hash(config)[:8]}"
 
 
-def saved_config(run_dir: Path) -> dict[str, Any] | None:
-    """The config of the completed run in `run_dir` (its summary.json), None when there is none
-    or it cannot be read (a torn summary does not make a run complete)."""
-    try:
-        config = json.loads((run_dir / "summary.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+def summary_identity(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The identity a summary records: its `config`, plus its `inputs` digests when it has them."""
+    config, digests = summary.get("config"), summary.get(inputs.SECTION)
+    if not isinstance(config, dict):
         return None
-    return config if isinstance(config, dict) else None
+    return inputs.identity(config, digests) if isinstance(digests, dict) else config
+
+
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The identity (config, and input digests) of the completed run in `run_dir` (its
+    summary.json), None when there is none or it cannot be read (a torn summary does not make a
+    run complete)."""
+    summary = read_summary(run_dir)
+    return None if summary is None else summary_identity(summary)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -301,10 +318,24 @@ def _classify(cfg: Config, prepared: PreparedRunDir, *, overwrite: bool) -> Prep
     return prepared
 
 
+def saved_input_files(run_dir: Path) -> dict[str, Any]:
+    """The run dir's inputs.json (key -> path, sha256, files), {} when absent or unreadable."""
+    try:
+        saved = json.loads((run_dir / inputs.RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def _refuse_another_config(cfg: Config, run_dir: Path) -> None:
     saved = saved_config(run_dir)
-    difference = None if saved is None else config_difference(result_config(saved), result_config(cfg.to_dict()))
+    difference = None if saved is None else config_difference(result_config(saved), result_config(cfg.identity()))
     if difference is not None:
+        changed = [key for key in cfg.inputs if difference.startswith(f"{key} contents changed")]
+        if changed:  # name the file, from the run's inputs.json
+            files = saved_input_files(run_dir).get(changed[0])
+            where = inputs.changed_files(files, cfg.inputs[changed[0]]) if isinstance(files, dict) else ""
+            difference = difference.replace(" contents changed", f" contents changed{where}", 1)
         raise RunDirError(f"{run_dir} holds a completed run of another config ({difference}); keep it with "
                           "run.name=<another name> (or the default run.name=auto), or replace it with --overwrite")
 
@@ -348,7 +379,12 @@ def run_config(run_dir: Path) -> dict[str, Any] | None:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    return config if isinstance(config, dict) and all(isinstance(v, dict) for v in config.values()) else None
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        return None
+    # The input digests of that run, from the inputs.json it wrote when it started.
+    recorded = {key: value["sha256"] for key, value in saved_input_files(run_dir).items()
+                if isinstance(value, dict) and isinstance(value.get("sha256"), str)}
+    return inputs.identity(config, recorded)
 
 
 def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:

@@ -1,4 +1,4 @@
-"""Run-directory outputs: TensorBoard events, metrics.jsonl, config.yaml, summary.json.
+"""Run-directory outputs: TensorBoard events, metrics.jsonl, config.yaml, inputs.json, summary.json.
 
 Only rank 0 writes (`RunLogger`); every other rank gets a `NullLogger` with the same methods.
 TensorBoard layout (docs/ARCHITECTURE.md):
@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from pfl_dist.comm import Counters, Traffic
+from pfl_dist.inputs import RECORD_FILE, Inputs
 from pfl_dist.outputs import parse_record, write_bytes_atomic, write_json_atomic
 from pfl_dist.timing import RoundTimes
 
@@ -164,7 +165,7 @@ class NullLogger:
 
 class RunLogger(NullLogger):
     def __init__(self, run_dir: Path, config: dict[str, Any], *, start_round: int = 0, num_events: int = 0,
-                 metrics_measured_on: str) -> None:
+                 metrics_measured_on: str, inputs: Inputs | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only: it is slow
 
         self.run_dir = run_dir
@@ -174,6 +175,10 @@ class RunLogger(NullLogger):
         if start_round == 0:
             self._clear_previous_results()
         write_bytes_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        if inputs:  # the contents of the user files it reads (pfl_dist/inputs.py), for an unfinished run too
+            write_json_atomic(run_dir / RECORD_FILE, {key: record.to_dict() for key, record in inputs.items()})
+        else:
+            (run_dir / RECORD_FILE).unlink(missing_ok=True)
         old_files = sorted(run_dir.glob("events.out.tfevents.*"))
         kept = first_events(old_files, num_events) if start_round else []
         self.writer = SummaryWriter(str(run_dir))

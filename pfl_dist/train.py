@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from pfl_dist import rundir
+from pfl_dist import inputs, rundir
 from pfl_dist.aggregate import pack_weighted_sum, weighted_average
 from pfl_dist.algorithms import Algorithm, ClientRound, ClientState, RoundEnd, build_algorithm
 from pfl_dist.checkpoint import (
@@ -119,13 +119,14 @@ class Trainer:
         self.stop_agreed = False  # set when the evaluation reduction carried a stop (LocalTrain)
         self.resumed_from: list[int] = []
         self.summary: dict[str, Any] = {}  # set when train() ends
-        config = cfg.to_dict()
+        # A checkpoint resumes only a run of the same identity: config and input file contents.
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
-                                         num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep, config=config)
+                                         num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep,
+                                         config=cfg.identity())
         self.start_round, num_events = self._resume()
         self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
-        self.logger = (RunLogger(cfg.run_dir, config, start_round=self.start_round, num_events=num_events,
-                                 metrics_measured_on=self.task.metrics_measured_on)
+        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), start_round=self.start_round, num_events=num_events,
+                                 metrics_measured_on=self.task.metrics_measured_on, inputs=cfg.inputs)
                        if runtime.is_logging_rank and not self.already_complete else NullLogger())
 
     @property
@@ -418,6 +419,7 @@ class Trainer:
         final_model = self.evaluation_model() if not self.communicates else self.global_model
         summary = {
             "config": self.cfg.to_dict(),
+            **({inputs.SECTION: inputs.digests(self.cfg.inputs)} if self.cfg.inputs else {}),
             "world_size": self.runtime.world_size,
             "backend": self.runtime.backend,
             "num_rounds_completed": self.cfg.train.num_rounds,
@@ -499,6 +501,21 @@ def read_saved_summary(run_dir: Path) -> dict[str, Any]:
     return dict(json.loads((run_dir / "summary.json").read_text()))
 
 
+def share_inputs(cfg: Config, runtime: Runtime) -> None:
+    """Rank 0 hashes the user files the config reads (pfl_dist/inputs.py); the other ranks take its
+    record in one broadcast instead of reading them again, so every rank has the same identity
+    (the run dir of run.name=auto, the checkpoints' config). Nothing for a config without such files."""
+    if not runtime.distributed or not inputs.reads_user_files(cfg.to_dict()):
+        return
+    import torch.distributed as dist
+
+    # Not through the Communicator: like forming the group, this is no part of the run's traffic.
+    record: list[inputs.Inputs | None] = [cfg.inputs if runtime.is_logging_rank else None]
+    dist.broadcast_object_list(record, src=0)
+    if record[0] is not None:
+        cfg.pin_inputs(record[0])
+
+
 def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: bool = False) -> Trainer:
     """Prepare and lock the run dir (rank 0: pfl_dist/rundir.py), then build, train and close one
     run on an initialised runtime: the one run path, used by `pfl_dist.train`, the in-job sweep
@@ -508,6 +525,7 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
     `stop` is the process's signal flag; a SIGTERM/SIGINT ends the run at the next round that
     every rank agrees on, with a checkpoint, by raising RunStopped.
     """
+    share_inputs(cfg, runtime)
     check_result_paths(cfg.run_dir)  # every rank, before anything is created, read or allocated
     check_memory(cfg, world_size=runtime.world_size, rank=runtime.rank)
     prepared = prepare_run_dir(cfg, overwrite=overwrite) if runtime.is_logging_rank else None

@@ -3,9 +3,10 @@
 Every point runs under a real torchrun job, with its own run dir below the sweep's out dir
 (name = the point's varied values), TensorBoard run, byte ledger and summary.json. The sweep is
 resumable: a point whose summary.json holds the point's config (the hash of everything that
-changes its numbers, pfl_dist/rundir.py) is skipped, so after Ctrl-C, SIGTERM or a failed point,
-rerunning the same command runs only what is missing. A point whose config changed since its run
-(say train.num_rounds was edited in the sweep file) is rerun: its old run dir is moved to
+changes its numbers, the contents of the user files it reads included: pfl_dist/rundir.py) is
+skipped, so after Ctrl-C, SIGTERM or a failed point, rerunning the same command runs only what is
+missing. A point whose config changed since its run (say train.num_rounds was edited in the sweep
+file, or one of its data files) is rerun: its old run dir is moved to
 `<out_dir>/replaced/<name>.<old hash8>` and named in the output. `--force` reruns every selected
 point the same way. results.csv is rebuilt from the run dirs after every invocation, one row per
 point and only from a run of the point's current config. A lock (`<out_dir>/.lock`) refuses a
@@ -84,7 +85,7 @@ def point_changes(point: Point) -> list[str] | None:
     saved = run_config(point.cfg.run_dir)
     if saved is None:
         return None
-    return changed_keys(result_config(saved), result_config(point.cfg.to_dict()))
+    return changed_keys(result_config(saved), result_config(point.cfg.identity()))
 
 
 def describe_changes(changes: list[str]) -> str:
@@ -119,8 +120,8 @@ def print_plan(sweep: Sweep, pending: list[Point], complete: set[str], changed: 
 def collect(sweep: Sweep) -> list[dict[str, Any]]:
     """Rebuild results.csv from the run dirs of this sweep's points, each only from a run of the
     point's current config (a point left out by --only keeps no stale row)."""
-    expected = {p.name: config_hash(p.cfg.to_dict()) for p in sweep.points}
-    runs = [run for run in find_runs(sweep.out_dir, list(expected)) if config_hash(run.config) == expected[run.name]]
+    expected = {p.name: config_hash(p.cfg.identity()) for p in sweep.points}
+    runs = [run for run in find_runs(sweep.out_dir, list(expected)) if config_hash(run.identity) == expected[run.name]]
     return write_results_csv(sweep.out_dir / RESULTS_FILE, runs, varied=varied_keys(sweep.points))
 
 

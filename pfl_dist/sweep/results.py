@@ -24,6 +24,7 @@ from typing import Any
 
 from pfl_dist.methods import MethodInfo, info_from_summary, method_info
 from pfl_dist.outputs import parse_record, write_bytes_atomic
+from pfl_dist.rundir import summary_identity
 
 POINT_FILE = "sweep_point.json"  # what the sweep knows about a run: variant, varied values, wall time
 RESULTS_FILE = "results.csv"
@@ -73,6 +74,11 @@ class Run:
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.summary["config"])
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The config plus the input files' digests the run recorded (pfl_dist/rundir.py)."""
+        return summary_identity(self.summary) or self.config
 
     @cached_property
     def point(self) -> dict[str, Any]:

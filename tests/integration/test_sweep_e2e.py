@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,11 @@ def run_sweep(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def result_names(out: Path) -> list[str]:
     with open(out / "results.csv", newline="") as f:
         return [row["name"] for row in csv.DictReader(f)]
+
+
+def results_rows(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "results.csv", newline="") as f:
+        return {row["name"]: row for row in csv.DictReader(f)}
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -152,6 +158,43 @@ def test_a_changed_point_is_rerun_and_the_table_shows_its_new_numbers(tmp_path: 
     assert kept == ["a__seed=0", "b__seed=0"]
     for old in (out / "replaced").iterdir():
         assert read_summary(old)["config"]["train"]["num_rounds"] == 4
+
+
+def test_a_point_whose_data_file_changed_is_rerun_and_the_table_shows_its_new_numbers(tmp_path: Path) -> None:
+    """Edit one client's CSV between two runs of the same sweep file: the points reading it rerun
+    into fresh run dirs (the old ones kept under replaced/), results.csv holds the new numbers."""
+    # Prepare: two in-job points (2 ranks) on a copy of the authors' 3-client CSV sample
+    data = shutil.copytree(REPO / "tests" / "data" / "fedclup_csv_sample", tmp_path / "data")
+    overrides = {"data.kind": "client_files", "data.data_dir": str(data), "data.num_clients": 3, "data.dim": 10,
+                 "data.num_classes": 2, "train.num_rounds": 3, "train.eval_every": 1,
+                 "algorithm.num_local_steps": 3}
+    path = write_sweep(tmp_path / "sweep.yaml", overrides=overrides, grid={"algorithm.lam": [0.1, 1.0]},
+                       launch={"nproc_per_node": 2, "mode": "in_job"})
+    first = run_sweep(path, "--no-plot")
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "out"
+    unchanged = run_sweep(path, "--no-plot")
+    assert "2 already complete, 0 to run" in unchanged.stdout, unchanged.stdout
+    old = results_rows(out)
+    # Execute: one feature value of client 2 changes
+    lines = (data / "2_client_data.csv").read_text().splitlines()
+    fields = lines[0].split(",")
+    fields[0] = repr(float(fields[0]) + 1.5)
+    (data / "2_client_data.csv").write_text("\n".join([",".join(fields), *lines[1:]]) + "\n")
+    second = run_sweep(path, "--no-plot")
+    # Assert
+    assert second.returncode == 0, second.stderr
+    assert "0 already complete, 2 to run" in second.stdout
+    assert "lam=0.1__seed=0: config changed (data.data_dir contents changed (sha256 " in second.stdout
+    new = results_rows(out)
+    assert set(new) == set(old) == {"lam=0.1__seed=0", "lam=1.0__seed=0"}
+    for name, row in new.items():
+        summary = read_summary(out / name)
+        assert float(row["ITR"]) == summary["final"]["ITR"] != float(old[name]["ITR"])
+    kept = sorted(p.name.split(".")[0] for p in (out / "replaced").iterdir())
+    assert kept == ["lam=0.1__seed=0", "lam=1.0__seed=0"]
+    for replaced in (out / "replaced").iterdir():
+        assert read_summary(replaced)["inputs"] != read_summary(out / replaced.name.split(".")[0])["inputs"]
 
 
 def test_sigterm_to_an_in_job_sweep_checkpoints_the_running_point_and_the_rerun_is_bitwise(tmp_path: Path) -> None:
