@@ -331,8 +331,9 @@ def _refuse_another_config(cfg: Config, run_dir: Path) -> None:
     saved = saved_config(run_dir)
     difference = None if saved is None else config_difference(result_config(saved), result_config(cfg.identity()))
     if difference is not None:
-        changed = [key for key in cfg.inputs if difference.startswith(f"{key} contents changed")]
-        if changed:  # name the file, from the run's inputs.json
+        changed = [key for key in cfg.inputs if key != "model.init_file"
+                   and difference.startswith(f"{key} contents changed")]
+        if changed:  # name the data file, from the run's inputs.json
             files = saved_input_files(run_dir).get(changed[0])
             where = inputs.changed_files(files, cfg.inputs[changed[0]]) if isinstance(files, dict) else ""
             difference = difference.replace(" contents changed", f" contents changed{where}", 1)

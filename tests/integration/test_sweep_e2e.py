@@ -191,10 +191,10 @@ def test_a_point_whose_data_file_changed_is_rerun_and_the_table_shows_its_new_nu
     for name, row in new.items():
         summary = read_summary(out / name)
         assert float(row["ITR"]) == summary["final"]["ITR"] != float(old[name]["ITR"])
-    kept = sorted(p.name.split(".")[0] for p in (out / "replaced").iterdir())
+    kept = sorted(p.name.rsplit(".", 1)[0] for p in (out / "replaced").iterdir())  # <name>.<old hash8>
     assert kept == ["lam=0.1__seed=0", "lam=1.0__seed=0"]
     for replaced in (out / "replaced").iterdir():
-        assert read_summary(replaced)["inputs"] != read_summary(out / replaced.name.split(".")[0])["inputs"]
+        assert read_summary(replaced)["inputs"] != read_summary(out / replaced.name.rsplit(".", 1)[0])["inputs"]
 
 
 def test_sigterm_to_an_in_job_sweep_checkpoints_the_running_point_and_the_rerun_is_bitwise(tmp_path: Path) -> None:

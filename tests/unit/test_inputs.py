@@ -108,7 +108,7 @@ def test_leaf_and_cifar10_hash_their_json_and_batches_only(tmp_path: Path) -> No
 def test_the_file_names_are_the_readers_own() -> None:
     from pfl_dist.data import cifar, client_files
 
-    assert inputs.CIFAR10_FILES == (*cifar.TRAIN_BATCHES, cifar.TEST_BATCH)
+    assert (*cifar.TRAIN_BATCHES, cifar.TEST_BATCH) == inputs.CIFAR10_FILES
     assert inputs.TRUE_MODELS == client_files.TRUE_MODELS and inputs.CLIENT_FORMATS == client_files.FORMATS
 
 
