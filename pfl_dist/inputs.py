@@ -27,9 +27,9 @@ it too) and every checkpoint marker (the `inputs.*` keys of its config).
 
 Cost: one pass over the files: the 186 MB of CIFAR-10's batches took 0.23 s here (826 MB/s,
 docs/PERFORMANCE.md, benchmarks/input_hashing.py). Rank 0 hashes, the other ranks take its record
-(pfl_dist/train.py `share_inputs`). Digests are cached per process by (path, device, inode, size, mtime, ctime), for files
-last changed more than 2 s before they were hashed, so a sweep driver whose points share a data
-folder reads it once. No torch here.
+(pfl_dist/train.py `share_inputs`). Digests are cached per process by (path, device, inode,
+size, mtime, ctime), for files last changed more than 2 s before they were hashed, so a sweep
+driver whose points share a data folder reads it once. No torch here.
 """
 
 from __future__ import annotations
