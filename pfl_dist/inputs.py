@@ -26,10 +26,11 @@ digests and every file's size and sha256, written when the run starts, so an unf
 it too) and every checkpoint marker (the `inputs.*` keys of its config).
 
 Cost: one pass over the files: the 186 MB of CIFAR-10's batches took 0.23 s here (826 MB/s,
-docs/PERFORMANCE.md, benchmarks/input_hashing.py). Rank 0 hashes, the other ranks take its record
-(pfl_dist/train.py `share_inputs`). Digests are cached per process by (path, device, inode,
-size, mtime, ctime), for files last changed more than 2 s before they were hashed, so a sweep
-driver whose points share a data folder reads it once. No torch here.
+docs/PERFORMANCE.md, benchmarks/input_hashing.py). Rank 0 hashes, the other ranks take its
+digests from one telemetry all-reduce through the Communicator (pfl_dist/train.py
+`share_inputs`). Digests are cached per process by (path, device, inode, size, mtime, ctime),
+for files last changed more than 2 s before they were hashed, so a sweep driver whose points
+share a data folder reads it once. No torch here.
 """
 
 from __future__ import annotations
@@ -72,11 +73,12 @@ Inputs = dict[str, InputRecord]
 # --- which files ----------------------------------------------------------------------------------
 
 
-def reads_user_files(config: dict[str, Any]) -> bool:
-    """Whether the config (`Config.to_dict()`) reads files that need a fingerprint."""
+def input_keys(config: dict[str, Any]) -> list[str]:
+    """The config keys (`Config.to_dict()`) naming user files that need a fingerprint."""
     data = config.get("data", {})
-    return bool(config.get("model", {}).get("init_file")) or (
-        data.get("kind") in FOLDER_KINDS and data.get("data_dir") is not None)
+    return [key for key, reads in (("model.init_file", bool(config.get("model", {}).get("init_file"))),
+                                   ("data.data_dir", data.get("kind") in FOLDER_KINDS
+                                    and data.get("data_dir") is not None)) if reads]
 
 
 def folder_files(kind: str, root: Path, num_clients: int) -> list[str]:
@@ -145,15 +147,39 @@ def _folder_record(key: str, root: Path, names: list[str]) -> InputRecord:
 def fingerprint(config: dict[str, Any]) -> Inputs:
     """The records of the user files `config` (`Config.to_dict()`) reads; {} when it reads none."""
     records: Inputs = {}
-    init_file = config.get("model", {}).get("init_file")
-    if init_file:
-        records["model.init_file"] = _file_record("model.init_file", Path(init_file))
-    data = config.get("data", {})
-    if data.get("kind") in FOLDER_KINDS and data.get("data_dir") is not None:
+    keys = input_keys(config)
+    if "model.init_file" in keys:
+        records["model.init_file"] = _file_record("model.init_file", Path(config["model"]["init_file"]))
+    if "data.data_dir" in keys:
+        data = config["data"]
         root = Path(data["data_dir"])
         names = folder_files(data["kind"], root, int(data.get("num_clients", 0)))
         records["data.data_dir"] = _folder_record("data.data_dir", root, names)
     return records
+
+
+# --- from rank 0 to the other ranks (pfl_dist/train.py `share_inputs`) ------------------------------
+
+SLOT_BYTES = 128  # per key: a 64-character hex digest, or 'missing' / 'unreadable (<reason>)'
+
+
+def encode_digests(records: Inputs, keys: list[str]) -> bytes:
+    """The digests of `keys`, each UTF-8 in a zero-padded slot of SLOT_BYTES."""
+    return b"".join(records[key].digest.encode()[:SLOT_BYTES].ljust(SLOT_BYTES, b"\0") for key in keys)
+
+
+def decode_digests(data: bytes, keys: list[str], paths: dict[str, str]) -> Inputs:
+    """`encode_digests` back into records (digests only: the file lists stay with rank 0)."""
+    slots = [data[i * SLOT_BYTES:(i + 1) * SLOT_BYTES].rstrip(b"\0").decode(errors="replace")
+             for i in range(len(keys))]
+    return {key: InputRecord(key=key, path=paths[key], digest=digest)
+            for key, digest in zip(keys, slots, strict=True)}
+
+
+def config_paths(config: dict[str, Any]) -> dict[str, str]:
+    """key -> the path the config gives for it."""
+    return {"model.init_file": str(config["model"].get("init_file")),
+            "data.data_dir": str(config["data"].get("data_dir"))}
 
 
 # --- the identity ---------------------------------------------------------------------------------

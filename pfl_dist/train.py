@@ -93,6 +93,8 @@ class Trainer:
         self.runtime = runtime
         self.ledger = ByteLedger()
         self.comm = Communicator(runtime, self.ledger)
+        share_inputs(cfg, self.comm)  # the identity of the user files' contents, from rank 0
+        check_result_paths(cfg.run_dir)
         block = client_block(runtime.rank, world_size=runtime.world_size, num_clients=cfg.data.num_clients)
         self.task: Task = build_task(cfg, client_ids=block, device=runtime.device)
         set_num_threads(runtime.local_world_size, cap=self.task.max_threads)
@@ -501,19 +503,25 @@ def read_saved_summary(run_dir: Path) -> dict[str, Any]:
     return dict(json.loads((run_dir / "summary.json").read_text()))
 
 
-def share_inputs(cfg: Config, runtime: Runtime) -> None:
+def share_inputs(cfg: Config, comm: Communicator) -> None:
     """Rank 0 hashes the user files the config reads (pfl_dist/inputs.py); the other ranks take its
-    record in one broadcast instead of reading them again, so every rank has the same identity
-    (the run dir of run.name=auto, the checkpoints' config). Nothing for a config without such files."""
-    if not runtime.distributed or not inputs.reads_user_files(cfg.to_dict()):
+    digests from one telemetry all-reduce (rank 0's bytes, zeros elsewhere) instead of reading the
+    files again, so every rank has the same identity (the run dir of run.name=auto, the
+    checkpoints' config). Nothing for a config without such files; counted also on one process,
+    so the byte totals do not depend on the world size."""
+    config = cfg.to_dict()
+    keys = inputs.input_keys(config)
+    if not keys:
         return
-    import torch.distributed as dist
-
-    # Not through the Communicator: like forming the group, this is no part of the run's traffic.
-    record: list[inputs.Inputs | None] = [cfg.inputs if runtime.is_logging_rank else None]
-    dist.broadcast_object_list(record, src=0)
-    if record[0] is not None:
-        cfg.pin_inputs(record[0])
+    size = inputs.SLOT_BYTES * len(keys)
+    if comm.runtime.is_logging_rank:
+        encoded = bytearray(inputs.encode_digests(cfg.inputs, keys))
+        buffer = torch.frombuffer(encoded, dtype=torch.uint8).to(torch.int32)
+    else:
+        buffer = torch.zeros(size, dtype=torch.int32)
+    shared = comm.all_reduce(buffer.to(comm.runtime.device), traffic=Traffic.TELEMETRY).cpu()
+    if not comm.runtime.is_logging_rank:
+        cfg.pin_inputs(inputs.decode_digests(bytes(shared.to(torch.uint8).tolist()), keys, inputs.config_paths(config)))
 
 
 def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: bool = False) -> Trainer:
@@ -525,8 +533,10 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
     `stop` is the process's signal flag; a SIGTERM/SIGINT ends the run at the next round that
     every rank agrees on, with a checkpoint, by raising RunStopped.
     """
-    share_inputs(cfg, runtime)
-    check_result_paths(cfg.run_dir)  # every rank, before anything is created, read or allocated
+    if runtime.is_logging_rank or not inputs.input_keys(cfg.to_dict()):
+        # before anything is created, read or allocated; the other ranks of a run that reads user
+        # files check once they have rank 0's digests (Trainer), which name an auto run dir
+        check_result_paths(cfg.run_dir)
     check_memory(cfg, world_size=runtime.world_size, rank=runtime.rank)
     prepared = prepare_run_dir(cfg, overwrite=overwrite) if runtime.is_logging_rank else None
     try:

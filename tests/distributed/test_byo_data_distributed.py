@@ -3,14 +3,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from pfl_dist import inputs
+from pfl_dist.config import load_config
+from pfl_dist.launch import TORCHRUN_ENV
 from tests.data_fixtures import write_cifar10, write_leaf, write_reference_csv_clients
-from tests.helpers import global_weights, run_inprocess, run_torchrun
+from tests.helpers import REPO, global_weights, read_summary, run_inprocess, run_torchrun
 
 pytestmark = pytest.mark.distributed
 
@@ -35,6 +43,40 @@ def test_client_files_on_one_and_two_ranks(tmp_path: Path) -> None:
     for key in ("ITR", "ATR", "loss_personal", "acc_personal", "loss_global"):
         assert double["final"][key] == pytest.approx(single["final"][key], abs=1e-5), key
     assert double["world_size"] == 2 and single["world_size"] == 1
+
+
+def test_only_rank_0_hashes_the_input_files_and_shares_the_digests_through_the_communicator(
+        tmp_path: Path) -> None:
+    # Prepare: the authors' 3-client CSV sample and an initial model; run.name=auto
+    data = shutil.copytree(REPO / "tests" / "data" / "fedclup_csv_sample", tmp_path / "data")
+    np.save(tmp_path / "init.npy", np.full((10, 2), 0.1))
+    args = ["data.kind=client_files", f"data.data_dir={data}", "data.num_clients=3", "data.dim=10",
+            "data.num_classes=2", f"model.init_file={tmp_path / 'init.npy'}", "train.num_rounds=2",
+            "algorithm.num_local_steps=3"]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               str(REPO / "tests/distributed/input_hash_worker.py"), str(out), *args]
+    env = {**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # Execute
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # Assert: rank 0 read the four data files and the init file once, rank 1 none; both ranks
+    # agree on the auto run dir, whose summary holds the digests of the files as they are.
+    assert result.returncode == 0, result.stderr
+    seen = [json.loads((out / f"inputs_rank{rank}.json").read_text()) for rank in range(2)]
+    assert sorted(Path(p).name for p in seen[0]["hashed"]) == [
+        "1_client_data.csv", "2_client_data.csv", "3_client_data.csv", "init.npy", "local_true_model.npy"]
+    assert seen[1]["hashed"] == []
+    assert seen[0]["run_dir"] == seen[1]["run_dir"]
+    expected = load_config(None, [f"run.out_dir={out}", *args])
+    summary = read_summary(Path(seen[0]["run_dir"]))
+    assert summary["inputs"] == inputs.digests(expected.inputs) and Path(seen[0]["run_dir"]) == expected.run_dir
+    # The digests travel in one counted telemetry all-reduce: c10d saw exactly the ledger's ops.
+    ledger = summary["comm"]["num_collectives"] + summary["comm_telemetry"]["num_collectives"]
+    for rank in range(2):
+        collectives = [op for op in seen[rank]["ops"] if op != "barrier"]
+        assert len(collectives) == ledger and set(collectives) == {"allreduce_"}
+        assert seen[rank]["payload_bytes"] == (summary["comm"]["payload_bytes"]
+                                               + summary["comm_telemetry"]["payload_bytes"]) // 2
 
 
 def test_leaf_on_one_and_three_ranks(tmp_path: Path) -> None:
