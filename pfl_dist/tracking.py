@@ -36,6 +36,7 @@ from pfl_dist.comm import Counters, Traffic
 from pfl_dist.inputs import RECORD_FILE, Inputs
 from pfl_dist.outputs import parse_record, write_bytes_atomic, write_json_atomic
 from pfl_dist.timing import RoundTimes
+from pfl_dist.writer_thread import WriterThreadErrors
 
 TRADEOFF_METRICS = ("acc_personal", "acc_global", "ITR", "ATR")
 _RESULT_FILES = ("metrics.jsonl", "summary.json", "final")
@@ -181,13 +182,20 @@ class RunLogger(NullLogger):
             (run_dir / RECORD_FILE).unlink(missing_ok=True)
         old_files = sorted(run_dir.glob("events.out.tfevents.*"))
         kept = first_events(old_files, num_events) if start_round else []
-        self.writer = SummaryWriter(str(run_dir))
-        self.num_events = 0
-        if start_round == 0:
-            self._add_layout()
-        else:
-            self._truncate_metrics(start_round)
-            self._copy_events(kept, old_files)
+        # A disk error in the writer's thread is raised here in the main thread, not printed there.
+        self.thread_errors = WriterThreadErrors()
+        self.thread_errors.install()
+        try:
+            self.writer = SummaryWriter(str(run_dir))
+            self.num_events = 0
+            if start_round == 0:
+                self._add_layout()
+            else:
+                self._truncate_metrics(start_round)
+                self._copy_events(kept, old_files)
+        except BaseException:
+            self.thread_errors.uninstall()
+            raise
 
     def _copy_events(self, events: list[Any], old_files: list[Path]) -> None:
         """Into this writer's new file, then the old files go. Dying in between leaves duplicates
@@ -197,7 +205,7 @@ class RunLogger(NullLogger):
         for event in events:
             file_writer.add_event(event, walltime=event.wall_time)
         self.num_events = len(events)
-        self.writer.flush()
+        self.flush()  # the copies are on disk before the originals go
         for path in old_files:
             path.unlink()
 
@@ -208,6 +216,7 @@ class RunLogger(NullLogger):
     def flush(self) -> None:
         """Before a checkpoint: every event it counts must be on disk."""
         self.writer.flush()
+        self.thread_errors.raise_first()
 
     def _clear_previous_results(self) -> None:
         for name in _RESULT_FILES:
@@ -302,7 +311,12 @@ class RunLogger(NullLogger):
         metrics["hparam/train_wire_bytes"] = summary["comm"]["wire_bytes_model"]
         metrics["hparam/train_fl_bytes"] = summary["comm"]["uplink_bytes"] + summary["comm"]["downlink_bytes"]
         self.writer.add_hparams(hparams, metrics, run_name=".")
+        self.flush()  # summary.json marks the run complete: every event is on disk before it
         write_json_atomic(self.run_dir / "summary.json", summary)
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+            self.thread_errors.raise_first()  # e.g. the last events failed in close's own flush
+        finally:
+            self.thread_errors.uninstall()

@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +18,16 @@ from pathlib import Path
 import pytest
 
 from pfl_dist import train
+from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.rundir import DirLock
 from pfl_dist.sweep import cli as sweep_cli
 from tests.helpers import write_sweep
 from tests.hostile.hostile import (
     ERROR,
+    REPO,
     SWEEP_ERROR,
     TINY_RUN,
+    Outcome,
     assert_no_traceback,
     assert_one_line,
     assert_unchanged,
@@ -164,7 +168,12 @@ def test_full_disk_overwrite_keeps_the_old_results(tmp_path: Path) -> None:
         assert_unchanged(before, run_dir)
 
 
+# A TensorBoard writer thread that dies of the full disk is reported by the main thread in one
+# line; its own traceback (threading.excepthook) must not appear, here as pytest's warning.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_full_disk_after_a_checkpoint_exits_75_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """Every round writes TensorBoard events (the writer's thread), metrics.jsonl and a checkpoint:
+    whichever meets the full disk first, the run ends with one line."""
     with mounted_tmpfs(tmp_path / "small", size="2m") as out:
         ckpt = out / "run" / "ckpt"
 
@@ -181,6 +190,42 @@ def test_full_disk_after_a_checkpoint_exits_75_and_keeps_the_checkpoint(tmp_path
                                         "algorithm.num_local_steps=2"])
         filler.join()
         line = assert_one_line(outcome, code=75, contains="No space left on device")
+        assert "rerun the same command to resume" in line
+        assert list(ckpt.glob("round_*/shard_*.json"))
+
+
+def test_full_disk_after_a_checkpoint_in_a_real_process_is_one_line_on_stderr(tmp_path: Path) -> None:
+    """As `python -m pfl_dist.train`, where a TensorBoard writer thread that died of the full disk
+    printed its traceback (OSError: No space left on device) on stderr before the run's one line.
+
+    The writer's thread meets the full disk first, every time: the disk fills after the checkpoint
+    of round 50, and until the next one (round 100) the run writes nothing but TensorBoard events
+    (about 5 per round: comm/*, time/round_s; no metrics.jsonl line, eval_every=1000), so the
+    event file outgrows the free space of its last page before anything else is written."""
+    with mounted_tmpfs(tmp_path / "small", size="2m") as out:
+        ckpt = out / "run" / "ckpt"
+        env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1"}
+        # Output to files outside the small disk: an unread pipe would pause the run.
+        with open(tmp_path / "stdout", "w+") as stdout, open(tmp_path / "stderr", "w+") as stderr:
+            args = [f"run.out_dir={out}", "run.name=run", "data.num_clients=2", "train.num_rounds=3000",
+                    "train.eval_every=1000", "checkpoint.every=50", "algorithm.num_local_steps=2"]
+            process = subprocess.Popen([sys.executable, "-m", "pfl_dist.train", *args], cwd=REPO, env=env,
+                                       stdout=stdout, stderr=stderr, text=True)
+            try:
+                deadline = time.monotonic() + 120
+                while not list(ckpt.glob("round_*/shard_*.json")):
+                    assert time.monotonic() < deadline and process.poll() is None, "no checkpoint was written"
+                    time.sleep(0.002)
+                fill_disk(out)
+                process.wait(timeout=300)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            stdout.seek(0)
+            stderr.seek(0)
+            outcome = Outcome(code=process.returncode, stdout=stdout.read(), stderr=stderr.read())
+        line = assert_one_line(outcome, code=75, contains=["rank 0: cannot write the run's files",
+                                                           "No space left on device"])
         assert "rerun the same command to resume" in line
         assert list(ckpt.glob("round_*/shard_*.json"))
 
