@@ -16,14 +16,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from pfl_dist.config import SECTIONS, Config, did_you_mean, load_config
 from pfl_dist.endpoints import check_ports, option_value, replace_standalone
 from pfl_dist.errors import ConfigError, PflError
 from pfl_dist.guard import guard_output
 from pfl_dist.interpreter import interpreter_problem
-from pfl_dist.rundir import check_run_dir
+from pfl_dist.rundir import check_run_dir, holds_completed_run
 from pfl_dist.signals import StopSignals
 from pfl_dist.tasks import preflight as task_preflight
 from pfl_dist.torchrun_output import TorchrunOutput
@@ -62,7 +65,8 @@ torchrun options, passed through (the common ones; `--help-torchrun` lists them 
                          static rendezvous
   --max-restarts=N       elastic restarts after a worker dies (the run resumes from its checkpoint)
 
-Exit codes: 0 done, 2 bad input, 3 divergence, 75 stopped by SIGTERM/SIGINT (rerun to resume).
+Exit codes: 0 done (also when SIGTERM/SIGINT came after the run had completed), 2 bad input,
+3 divergence, 75 stopped by SIGTERM/SIGINT (rerun to resume).
 """
 
 
@@ -194,8 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     command = [sys.executable, "-m", "torch.distributed.run", *launch_args, "-m", "pfl_dist.train"]
     command += (["--config", config] if config else []) + overrides  # overrides carry --overwrite
+    completion = RunCompletion.before_launch(cfg, overwrite="--overwrite" in overrides)
     try:
-        return run_torchrun(command, env={**os.environ, **TORCHRUN_ENV})
+        return run_torchrun(command, env={**os.environ, **TORCHRUN_ENV}, completion=completion)
     finally:
         if rendezvous is not None:
             rendezvous.close()
@@ -241,14 +246,48 @@ class _StopForwarder(StopSignals):
                 os.killpg(self.process.pid, signum)
 
 
-def run_torchrun(command: list[str], *, env: dict[str, str]) -> int:
+def _summary_stamp(run_dir: Path) -> tuple[int, int, int] | None:
+    try:
+        info = (run_dir / "summary.json").stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+@dataclass(frozen=True)
+class RunCompletion:
+    """Whether this node's run dir holds the completed run of the launched config, after torchrun
+    ended (torch-free: pfl_dist/rundir.py's identity). `found`: the summary.json that was there
+    before an --overwrite launch, which asked to train again, so it does not count."""
+
+    run_dir: Path
+    config: dict[str, Any] = field(repr=False)
+    found: tuple[int, int, int] | None = None
+
+    @classmethod
+    def before_launch(cls, cfg: Config, *, overwrite: bool) -> RunCompletion:
+        return cls(cfg.run_dir, cfg.to_dict(), _summary_stamp(cfg.run_dir) if overwrite else None)
+
+    def complete(self) -> bool:
+        return (holds_completed_run(self.run_dir, self.config)
+                and (self.found is None or _summary_stamp(self.run_dir) != self.found))
+
+
+def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunCompletion | None = None) -> int:
     """Run torchrun, passing its stderr through, and end a known failure with one clear line.
 
     Stops: a SIGTERM/SIGINT to the launcher goes to torchrun's process group (`_StopForwarder`).
     When this node's rank 0 reports a stop (it may have come from another node's signal, carried
     in the round's all-reduce), the launcher ends its own agent too, so that the agent does not
     restart the stopped workers (--max-restarts) into a rendezvous that nobody else joins. Either
-    way the launcher exits 75, like the workers: rerun the same command to resume."""
+    way the launcher exits 75, like the workers: rerun the same command to resume.
+
+    A late stop: the signal came after the workers had finished the run, while the agent was
+    still shutting down, which then ends non-zero with its SignalException all the same. When
+    `completion` finds the run complete in this node's run dir (summary.json of this config), the
+    launcher says so in one line and exits 0. A node that does not see rank 0's run dir (the other
+    nodes of a multi-node job, without a shared out_dir) cannot tell and still exits 75; a rerun
+    there finds the run complete and trains nothing."""
     seen: set[str] = set()
     worker_stopped = False
     agent_signalled = False
@@ -272,6 +311,10 @@ def run_torchrun(command: list[str], *, env: dict[str, str]) -> int:
         forwarder.uninstall()
     # The agent ends non-zero (1, its SignalException) when it stops its workers on a signal.
     if code != 0 and (worker_stopped or (forwarder.signal_name is not None and agent_signalled)):
+        if not worker_stopped and completion is not None and completion.complete():
+            print(f"pfl_dist: the run had completed before {forwarder.signal_name} arrived (torchrun was shutting "
+                  f"down); its results are in {completion.run_dir}, nothing to resume", file=sys.stderr, flush=True)
+            return 0
         if not worker_stopped:
             print(f"pfl_dist: stopped by {forwarder.signal_name} (forwarded to torchrun, whose workers checkpoint "
                   "the last completed round); rerun the same command to resume", file=sys.stderr, flush=True)

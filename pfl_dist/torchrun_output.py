@@ -5,7 +5,9 @@ torchrun ends a failed job with a log line per failed worker (`failed (exitcode:
 ChildFailedError traceback with a summary table. When a worker has already said what went wrong
 in pfl_dist's one line (`pfl_dist: error: ...`, exit 2 or 3; `pfl_dist: stopped ...`, exit 75),
 that report is noise: it is held back and dropped, and the launcher exits with the worker's code,
-as a direct run would (divergence exits 3). Any other failure passes through unchanged.
+as a direct run would (divergence exits 3). Any other failure passes through unchanged. The agent's
+"Received 15 death signal" line after a forwarded SIGTERM is held the same way: it shows when
+workers' lines follow it, and goes with the report when the launcher's own stop line ends the job.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from collections.abc import Callable
 
 PFL_EXIT_CODES = (2, 3, 75)  # config/data/run dir, divergence, stopped (resumable)
-_AGENT_LOG = re.compile(r"^[EW]\d{4} .*torch/distributed/elastic/.*(failed \(exitcode|closing signal)")
+_AGENT_LOG = re.compile(r"^[EW]\d{4} .*torch/distributed/elastic/.*(failed \(exitcode|closing signal|death signal)")
 _FAILED_CODE = re.compile(r"failed \(exitcode: (-?\d+)\)")
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,101 @@ def test_sigterm_to_the_launcher_stops_with_75_and_the_rerun_resumes_bitwise(tmp
     assert summary["resumed_from"] == [stopped_after]
     assert summary["num_rounds_completed"] == ROUNDS
     assert summary["global_model_sha256"] == read_summary(tmp_path / "reference")["global_model_sha256"]
+
+
+# --- a stop that comes after the run has completed ----------------------------------------------
+
+LATE_ROUNDS = 4
+LATE_JOB = ("--nproc-per-node=2", "--config", "configs/default.yaml", "data.num_clients=2",
+            "algorithm.num_local_steps=200", f"train.num_rounds={LATE_ROUNDS}", "train.eval_every=1")
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        children += [int(child) for child in task.read_text().split()]
+    return children
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    """'R', 'S', 'T' (stopped), 'Z' (exited, not yet reaped); 'gone' once reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def _signal_pending(pid: int, signum: int) -> bool:
+    """`signum` was sent to the process and waits for it to run (ShdPnd in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def _wait(condition: Callable[[], bool], what: str, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_sigterm_after_the_run_completed_exits_0_with_one_line(tmp_path: Path) -> None:
+    """The signal reaches torchrun's agent after its workers finished the run (summary.json
+    written, workers exited 0) but before the agent itself has ended; the agent then exits 1 with
+    its SignalException all the same. The launcher must not call that a stop to resume.
+
+    The window is made deterministic, not raced: the agent is SIGSTOPped while the workers train
+    (they do not need it), the test waits until summary.json is written and every worker has
+    exited, SIGTERMs the launcher, waits until the forwarded SIGTERM is pending at the agent
+    (/proc/PID/status ShdPnd), and only then lets the agent continue (SIGCONT)."""
+    run_dir = tmp_path / "late"
+    env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pfl_dist.launch", *LATE_JOB, f"run.out_dir={tmp_path}", "run.name=late"]
+    launcher = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    agent = 0
+    try:
+        def agent_started() -> bool:
+            nonlocal agent
+            agent = next((c for c in _children(launcher.pid) if "torch.distributed.run" in _cmdline(c)), 0)
+            return agent != 0 or launcher.poll() is not None
+
+        _wait(agent_started, "torchrun's agent", timeout=120)
+        assert agent, f"the launcher ended ({launcher.poll()}) before torchrun started"
+        workers: list[int] = []
+
+        def workers_started() -> bool:
+            workers[:] = [c for c in _children(agent) if "pfl_dist.train" in _cmdline(c)]
+            return len(workers) == 2 or launcher.poll() is not None
+
+        _wait(workers_started, "two workers", timeout=120)
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            assert not (run_dir / "summary.json").exists(), "the run completed before the agent was stopped"
+            _wait(lambda: (run_dir / "summary.json").exists() and all(_state(w) in ("Z", "gone") for w in workers),
+                  "the workers to finish the run", timeout=300)
+            assert _state(agent) == "T"  # still stopped: the agent has not seen its workers end
+            launcher.send_signal(signal.SIGTERM)
+            _wait(lambda: _signal_pending(agent, signal.SIGTERM), "the launcher to forward SIGTERM", timeout=60)
+        finally:
+            os.kill(agent, signal.SIGCONT)
+        stdout, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode == 0, stderr[-3000:]
+    # Exactly one line: torchrun's SignalException report and its death-signal log line are dropped.
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [f"pfl_dist: the run had completed before SIGTERM arrived (torchrun was shutting down); "
+                     f"its results are in {run_dir}, nothing to resume"], stderr[-3000:]
+    assert read_summary(run_dir)["num_rounds_completed"] == LATE_ROUNDS
+    assert "final:" in stdout

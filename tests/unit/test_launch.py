@@ -18,7 +18,7 @@ DEFAULT = str(REPO / "configs" / "default.yaml")
 def no_torchrun(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Records torchrun commands instead of running them."""
     started: list[list[str]] = []
-    monkeypatch.setattr(launch, "run_torchrun", lambda command, env: started.append(command) or 0)
+    monkeypatch.setattr(launch, "run_torchrun", lambda command, env, completion=None: started.append(command) or 0)
     return started
 
 
@@ -98,3 +98,30 @@ def test_another_configs_run_dir_is_refused_before_torchrun_and_overwrite_is_pas
     # Execute / Assert: --overwrite reaches pfl_dist.train
     assert launch.main([*args, "--overwrite"]) == 0
     assert no_torchrun[0][-1] == "--overwrite"
+
+
+def test_run_completion_counts_only_a_summary_of_this_config_and_not_one_an_overwrite_found(tmp_path: Path) -> None:
+    # Prepare: the launched config (lambda 0.5) and its run dir
+    cfg = load_config(DEFAULT, [f"run.out_dir={tmp_path}", "run.name=fixed"])
+    summary = cfg.run_dir / "summary.json"
+    plain = launch.RunCompletion.before_launch(cfg, overwrite=False)
+    assert not plain.complete()  # no run dir on this node (another node of a multi-node job)
+    cfg.run_dir.mkdir()
+    assert not plain.complete()
+    # A summary of another config (another lambda; checkpoint cadence does not count) is not this run
+    other = load_config(DEFAULT, [f"run.out_dir={tmp_path}", "run.name=fixed", "algorithm.lam=0.1"]).to_dict()
+    summary.write_text(json.dumps({"config": other}))
+    assert not plain.complete()
+    same = load_config(DEFAULT, [f"run.out_dir={tmp_path}", "run.name=fixed", "checkpoint.every=7"]).to_dict()
+    summary.write_text(json.dumps({"config": same}))
+    assert plain.complete()
+    summary.write_text(json.dumps({"config": same})[:-5])  # torn: not complete
+    assert not plain.complete()
+    # --overwrite: the summary found at launch asked to be replaced; only a new one counts
+    summary.write_text(json.dumps({"config": same}))
+    overwrite = launch.RunCompletion.before_launch(cfg, overwrite=True)
+    assert not overwrite.complete()
+    replacement = cfg.run_dir / "summary.json.tmp"
+    replacement.write_text(json.dumps({"config": same, "new": True}))
+    replacement.replace(summary)  # as write_json_atomic does
+    assert overwrite.complete()
