@@ -261,15 +261,15 @@ class RunCompletion:
     before an --overwrite launch, which asked to train again, so it does not count."""
 
     run_dir: Path
-    config: dict[str, Any] = field(repr=False)
+    identity: dict[str, Any] = field(repr=False)  # Config.identity(): the config and its input digests
     found: tuple[int, int, int] | None = None
 
     @classmethod
     def before_launch(cls, cfg: Config, *, overwrite: bool) -> RunCompletion:
-        return cls(cfg.run_dir, cfg.to_dict(), _summary_stamp(cfg.run_dir) if overwrite else None)
+        return cls(cfg.run_dir, cfg.identity(), _summary_stamp(cfg.run_dir) if overwrite else None)
 
     def complete(self) -> bool:
-        return (holds_completed_run(self.run_dir, self.config)
+        return (holds_completed_run(self.run_dir, self.identity)
                 and (self.found is None or _summary_stamp(self.run_dir) != self.found))
 
 

@@ -118,10 +118,11 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
     return None if summary is None else summary_identity(summary)
 
 
-def holds_completed_run(run_dir: Path, config: dict[str, Any]) -> bool:
-    """`run_dir` holds a completed run (a readable summary.json) of `config`'s identity."""
+def holds_completed_run(run_dir: Path, identity: dict[str, Any]) -> bool:
+    """`run_dir` holds a completed run (a readable summary.json) of this identity
+    (`Config.identity()`: the config and its input digests)."""
     saved = saved_config(run_dir)
-    return saved is not None and config_difference(result_config(saved), result_config(config)) is None
+    return saved is not None and config_difference(result_config(saved), result_config(identity)) is None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

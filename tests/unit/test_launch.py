@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from pfl_dist import launch
+from pfl_dist import inputs, launch
 from pfl_dist.config import load_config
 from tests.helpers import REPO
 
@@ -125,3 +126,17 @@ def test_run_completion_counts_only_a_summary_of_this_config_and_not_one_an_over
     replacement.write_text(json.dumps({"config": same, "new": True}))
     replacement.replace(summary)  # as write_json_atomic does
     assert overwrite.complete()
+
+
+def test_run_completion_counts_the_input_file_contents(tmp_path: Path) -> None:
+    """A summary of the same config whose model.init_file had other contents is not this run."""
+    init = tmp_path / "w.npy"
+    np.save(init, np.zeros(3))
+    overrides = [f"run.out_dir={tmp_path}", "run.name=fixed", f"model.init_file={init}"]
+    cfg = load_config(DEFAULT, overrides)
+    cfg.run_dir.mkdir()
+    (cfg.run_dir / "summary.json").write_text(json.dumps({"config": cfg.to_dict(),
+                                                          inputs.SECTION: inputs.digests(cfg.inputs)}))
+    assert launch.RunCompletion.before_launch(cfg, overwrite=False).complete()
+    np.save(init, np.ones(3))
+    assert not launch.RunCompletion.before_launch(load_config(DEFAULT, overrides), overwrite=False).complete()
