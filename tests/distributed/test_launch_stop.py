@@ -1,6 +1,7 @@
 """pfl_dist.launch forwards SIGTERM to torchrun: the job stops at a round boundary with a
 checkpoint, the launcher exits 75 (what `docker stop` sees), and rerunning the same command
-resumes and ends bitwise equal to a run that was never interrupted."""
+resumes and ends bitwise equal to a run that was never interrupted. A SIGTERM that reaches
+torchrun only after the run completed exits 0 with one line."""
 
 from __future__ import annotations
 
