@@ -43,14 +43,16 @@ from pfl_dist.outputs import format_bytes, write_json_atomic
 MASTER_PORT = 29500
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are pfl_dist's one line and exit 2 (the netem tool and its sweep)."""
+
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
         print(f"pfl_dist: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m pfl_dist.netem", description=__doc__.split("\n\n")[1])
+    parser = OneLineParser(prog="python -m pfl_dist.netem", description=__doc__.split("\n\n")[1])
     parser.add_argument("--nodes", type=int, help="number of nodes (namespaces), one rank each")
     parser.add_argument("--rate", help="every link's rate, e.g. 10mbit (default: unshaped)")
     parser.add_argument("--delay", help="one-way delay per hop, e.g. 20ms (needs the netem qdisc)")

@@ -32,7 +32,7 @@ from pfl_dist.config import did_you_mean, load_config
 from pfl_dist.errors import ConfigError, PflError
 from pfl_dist.methods import METHOD_NAMES, METHODS
 from pfl_dist.netem import cli as netem_cli
-from pfl_dist.netem.cli import _Parser
+from pfl_dist.netem.cli import OneLineParser
 from pfl_dist.netem.shaping import format_rate, parse_rate
 from pfl_dist.sweep.plot import styles
 from pfl_dist.sweep.results import find_runs
@@ -78,7 +78,7 @@ def check_methods(methods: Sequence[str], *, config: str | None = None, override
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = _Parser(prog="python -m pfl_dist.netem.sweep", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m pfl_dist.netem.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="sweep folder")
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--rates", nargs="+", required=True, help="link rates, e.g. 1mbit 10mbit 100mbit")
