@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pfl_dist.config import load_config
-from pfl_dist.runtime import env_rank
+from pfl_dist.runtime import env_rank, exit_process
 from pfl_dist.train import run
 
 
@@ -66,3 +66,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # As pfl_dist.train ends: without the interpreter's teardown, where gloo's threads can abort
+    # the process ("terminate called without an active exception", SIGABRT) after the run is done.
+    exit_process(0)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pfl_dist import inputs
 from pfl_dist.config import load_config
-from pfl_dist.runtime import env_rank
+from pfl_dist.runtime import env_rank, exit_process
 from pfl_dist.train import run
 from tests.distributed.collective_counter_worker import CollectiveCounter
 
@@ -38,3 +38,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # As pfl_dist.train ends: without the interpreter's teardown, where gloo's threads can abort
+    # the process ("terminate called without an active exception", SIGABRT) after the run is done.
+    exit_process(0)
