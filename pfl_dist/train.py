@@ -94,7 +94,6 @@ class Trainer:
         self.ledger = ByteLedger()
         self.comm = Communicator(runtime, self.ledger)
         share_inputs(cfg, self.comm)  # the identity of the user files' contents, from rank 0
-        check_result_paths(cfg.run_dir)
         block = client_block(runtime.rank, world_size=runtime.world_size, num_clients=cfg.data.num_clients)
         self.task: Task = build_task(cfg, client_ids=block, device=runtime.device)
         set_num_threads(runtime.local_world_size, cap=self.task.max_threads)
@@ -522,6 +521,7 @@ def share_inputs(cfg: Config, comm: Communicator) -> None:
     shared = comm.all_reduce(buffer.to(comm.runtime.device), traffic=Traffic.TELEMETRY).cpu()
     if not comm.runtime.is_logging_rank:
         cfg.pin_inputs(inputs.decode_digests(bytes(shared.to(torch.uint8).tolist()), keys, inputs.config_paths(config)))
+        check_result_paths(cfg.run_dir)  # run_session's check, deferred to here: the digests name an auto run dir
 
 
 def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: bool = False) -> Trainer:
