@@ -42,14 +42,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pfl_dist.data.layout import (
+    CIFAR10_TEST_BATCH,
+    CIFAR10_TRAIN_BATCHES,
+    CLIENT_FORMATS,
+    LEAF_SPLITS,
+    TRUE_MODELS,
+    client_file,
+    leaf_split_files,
+)
+
 SECTION = "inputs"  # the pseudo-section of the identity, and summary.json's field
 RECORD_FILE = "inputs.json"  # in the run dir
 CHUNK_BYTES = 1 << 20
 # data.kind -> the files it reads below data.data_dir (the task modules' layouts).
 FOLDER_KINDS = ("client_files", "leaf", "cifar10")
-CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")  # pfl_dist/data/cifar.py
-CLIENT_FORMATS = ("csv", "npz")  # pfl_dist/data/client_files.py
-TRUE_MODELS = "local_true_model.npy"
+CIFAR10_FILES = (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH)
 MISSING = "missing"
 RACY_NS = 2_000_000_000
 
@@ -86,16 +94,12 @@ def folder_files(kind: str, root: Path, num_clients: int) -> list[str]:
     if kind == "cifar10":
         return list(CIFAR10_FILES)
     if kind == "leaf":
-        names = []
-        for split in ("train", "test"):
-            folder = root / split
-            if folder.is_dir():
-                names += [f"{split}/{path.name}" for path in sorted(folder.glob("*.json"))]
-        return names
+        return [f"{split}/{path.name}" for split in LEAF_SPLITS if (root / split).is_dir()
+                for path in leaf_split_files(root / split)]
     names = []
-    for k in range(1, num_clients + 1):
-        present = [f"{k}_client_data.{fmt}" for fmt in CLIENT_FORMATS if (root / f"{k}_client_data.{fmt}").is_file()]
-        names += present or [f"{k}_client_data.csv"]
+    for client in range(num_clients):
+        files = [client_file(root, client, fmt) for fmt in CLIENT_FORMATS]
+        names += [path.name for path in files if path.is_file()] or [files[0].name]
     return [*names, TRUE_MODELS] if (root / TRUE_MODELS).is_file() else names
 
 

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from pfl_dist.data.images import ImageDataset, ImageSplit
+from pfl_dist.data.layout import CIFAR10_TEST_BATCH, CIFAR10_TRAIN_BATCHES
 from pfl_dist.errors import DataError
 
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_BATCH = "test_batch"
+TRAIN_BATCHES = CIFAR10_TRAIN_BATCHES
+TEST_BATCH = CIFAR10_TEST_BATCH
 INPUT_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 

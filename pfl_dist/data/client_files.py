@@ -22,15 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pfl_dist.data.layout import CLIENT_FORMATS, TRUE_MODELS, client_file
 from pfl_dist.errors import DataError
 
-FORMATS = ("csv", "npz")
-TRUE_MODELS = "local_true_model.npy"
-
-
-def client_file(directory: Path, client: int, fmt: str) -> Path:
-    """The file of experiment client `client` (0-based): `<client + 1>_client_data.<fmt>`."""
-    return directory / f"{client + 1}_client_data.{fmt}"
+FORMATS = CLIENT_FORMATS
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pfl_dist.data.images import ImageDataset, ImageSplit
+from pfl_dist.data.layout import leaf_split_files
 from pfl_dist.data.partition import select_clients
 from pfl_dist.errors import DataError
 
@@ -85,7 +86,7 @@ def read_split(directory: Path) -> Writers:
     """Every writer of one folder (train/ or test/), in sorted-file then file order."""
     if not directory.is_dir():
         raise DataError(f"{directory}: no such directory (a LEAF dataset has train/ and test/ folders of JSON files)")
-    files = sorted(directory.glob("*.json"))
+    files = leaf_split_files(directory)
     if not files:
         raise DataError(f"{directory}: holds no .json files")
     writers: Writers = {}
