@@ -1,6 +1,6 @@
 """What each federated method is, without torch: its label, whether it communicates, whether
-algorithm.lam enters its updates, whether it needs a model with a body/head split, whether it
-defines a global model that is evaluated on its own.
+algorithm.lam enters its updates, which other algorithm keys it reads, whether it needs a model
+with a body/head split, whether it defines a global model that is evaluated on its own.
 
 The algorithm classes (pfl_dist/algorithms/) take these facts from here (`Algorithm.info`), the
 Trainer writes them into summary.json ("method"), and the sweep tables and figures read them
@@ -10,8 +10,15 @@ launcher, the config checks and the torch-free sweep driver can use it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+# Read only with algorithm.lam: auto (FedCLUP's rule).
+LAM_AUTO_KEYS = ("algorithm.lam_auto_c", "algorithm.lam_auto_warmup", "algorithm.lam_auto_init",
+                 "algorithm.lam_auto_refresh")
+# The local schedule: full-batch GD (algorithm.batch_size null) or minibatch SGD.
+GD_SCHEDULE = ("algorithm.num_local_steps",)
+MINIBATCH_SCHEDULE = ("algorithm.local_epochs", "algorithm.batch_size")
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,9 @@ class MethodInfo:
     lam_symbol: str = "λ"  # how the label writes lam (FedProx's paper calls it mu)
     parameter_groups: bool = False  # needs a model with a body/head split (only the body is sent)
     global_model: bool = True  # w_g is a complete model whose accuracy is meaningful
+    # the algorithm.* keys its updates read besides lam (`uses_lam`) and what every method reads
+    # (the local schedule, local_lr, sample_fraction): `keys_read`, results.csv's settings columns
+    reads: tuple[str, ...] = ()
     paper: str = ""
     # figures: its colour family, a matplotlib sequential colormap name or a '#rrggbb' base colour
     # (a light-to-dark map through it, pfl_dist/sweep/style.py); the 12 are told apart by
@@ -35,23 +45,30 @@ class MethodInfo:
 
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
-    MethodInfo("fedclup", "FedCLUP", uses_lam=True, paper="Yu et al., ICML 2025", colors="Reds", marker="^"),
+    MethodInfo("fedclup", "FedCLUP", uses_lam=True, reads=("algorithm.global_lr", *LAM_AUTO_KEYS),
+               paper="Yu et al., ICML 2025", colors="Reds", marker="^"),
     MethodInfo("fedavg", "FedAvg", paper="McMahan et al., AISTATS 2017", colors="Blues", marker="o"),
     MethodInfo("fedprox", "FedProx", uses_lam=True, lam_symbol="μ", paper="Li et al., MLSys 2020",
                colors="#2ca02c", marker="D"),  # green
     MethodInfo("local", "LocalTrain", communicates=False, colors="Greys", marker="s"),
-    MethodInfo("pfedme", "pFedMe", uses_lam=True, paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a",  # purple
-               marker="v"),
-    MethodInfo("ditto", "Ditto", uses_lam=True, paper="Li et al., ICML 2021", colors="#ff7f00", marker="P"),  # orange
-    MethodInfo("apfl", "APFL", paper="Deng et al., 2020", colors="#ad017e", marker="X"),  # magenta
-    MethodInfo("perfedavg", "Per-FedAvg (FO)", paper="Fallah et al., NeurIPS 2020", colors="#a6761d",  # ochre
-               marker="*"),
-    MethodInfo("fedrep", "FedRep", parameter_groups=True, global_model=False, paper="Collins et al., ICML 2021",
+    MethodInfo("pfedme", "pFedMe", uses_lam=True, reads=("algorithm.personal_lr", "algorithm.inner_steps",
+                                                         "algorithm.beta"),
+               paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a", marker="v"),  # purple
+    MethodInfo("ditto", "Ditto", uses_lam=True, reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
+               paper="Li et al., ICML 2021", colors="#ff7f00", marker="P"),  # orange
+    MethodInfo("apfl", "APFL", reads=("algorithm.personal_lr", "algorithm.alpha"), paper="Deng et al., 2020",
+               colors="#ad017e", marker="X"),  # magenta
+    MethodInfo("perfedavg", "Per-FedAvg (FO)", reads=("algorithm.personal_lr",), paper="Fallah et al., NeurIPS 2020",
+               colors="#a6761d", marker="*"),  # ochre
+    MethodInfo("fedrep", "FedRep", parameter_groups=True, global_model=False,
+               reads=("algorithm.personal_lr", "algorithm.personal_epochs"), paper="Collins et al., ICML 2021",
                colors="#17becf", marker="p"),  # cyan
     MethodInfo("fedper", "FedPer", parameter_groups=True, global_model=False, paper="Arivazhagan et al., 2019",
                colors="#1b9e77", marker="h"),  # teal
-    MethodInfo("fedavg_ft", "FedAvg-FT", colors="#e78ac3", marker="d"),  # pink
-    MethodInfo("scaffold", "SCAFFOLD", paper="Karimireddy et al., ICML 2020", colors="#bcbd22", marker="<"),  # olive
+    MethodInfo("fedavg_ft", "FedAvg-FT", reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
+               colors="#e78ac3", marker="d"),  # pink
+    MethodInfo("scaffold", "SCAFFOLD", reads=("algorithm.beta",), paper="Karimireddy et al., ICML 2020",
+               colors="#bcbd22", marker="<"),  # olive
 )}
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
@@ -61,11 +78,28 @@ def method_info(name: str) -> MethodInfo:
     return METHODS[name]
 
 
+def keys_read(info: MethodInfo, config: dict[str, Any]) -> list[str]:
+    """The algorithm.* and comm.* keys a run of this method with this config (`Config.to_dict()`
+    or a summary's `config`) reads: its local schedule (num_local_steps for full-batch GD,
+    local_epochs and batch_size for minibatch SGD), local_lr, lam where it enters the updates, the
+    method's own keys (`reads`; the lam=auto ones only with lam: auto), and comm.codec when it
+    communicates. sample_fraction, read by every method, is left out."""
+    algorithm = config["algorithm"]
+    schedule = GD_SCHEDULE if algorithm.get("batch_size") is None else MINIBATCH_SCHEDULE
+    own = [key for key in info.reads if key not in LAM_AUTO_KEYS or algorithm.get("lam") == "auto"]
+    return [*schedule, "algorithm.local_lr", *(["algorithm.lam"] if info.uses_lam else []), *own,
+            *(["comm.codec"] if info.communicates else [])]
+
+
 def info_from_summary(summary: dict[str, Any]) -> MethodInfo:
-    """The method facts a finished run recorded (summary.json "method"); runs from before that
-    key existed fall back to this table by name."""
+    """The method facts a finished run recorded (summary.json "method"); a fact it did not record
+    (runs from before that key, or before the fact existed) comes from this table by name."""
     recorded = summary.get("method")
-    if isinstance(recorded, dict):
-        return MethodInfo(**{k: v for k, v in recorded.items() if k in MethodInfo.__dataclass_fields__})
-    name = summary["config"]["algorithm"]["name"]
-    return METHODS.get(name, MethodInfo(name, name))
+    name = recorded.get("name") if isinstance(recorded, dict) else None
+    name = name if isinstance(name, str) else summary["config"]["algorithm"]["name"]
+    known = METHODS.get(name, MethodInfo(name, name))
+    if not isinstance(recorded, dict):
+        return known
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()
+                              if k in MethodInfo.__dataclass_fields__}
+    return replace(known, **fields)

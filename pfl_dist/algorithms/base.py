@@ -177,7 +177,12 @@ class Algorithm:
         self.set_lam(state["lam"])
 
     def describe(self) -> dict[str, float]:
-        return {"lam": self.lam, "local_lr": self.local_lr, "smoothness": self.smoothness}
+        """The step sizes as resolved ('auto' replaced by its number): summary.json "algorithm",
+        results.csv's step-size columns."""
+        described = {"lam": self.lam, "local_lr": self.local_lr, "smoothness": self.smoothness}
+        if "algorithm.personal_lr" in self.info.reads:
+            described["personal_lr"] = self.personal_lr
+        return described
 
     def summary_fields(self) -> dict[str, Any]:
         """Extra summary.json keys (FedCLUP: the lambdas lam=auto chose)."""

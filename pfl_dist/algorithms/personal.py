@@ -9,8 +9,6 @@ over the round's sampled clients, computed by the Exchange.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, local_sgd
@@ -207,9 +205,6 @@ class PerFedAvg(StartsFromGlobal):
         models = global_model.expand(len(rows), -1).clone()
         return models - self.personal_lr * task.gradient(models, task.full_batch(rows))
 
-    def describe(self) -> dict[str, float]:
-        return {**super().describe(), "personal_lr": self.personal_lr}
-
 
 class FedAvgFT(StartsFromGlobal):
     """FedAvg with fine-tuning: training is FedAvg (clients reset to w_g, local SGD, the server
@@ -231,6 +226,3 @@ class FedAvgFT(StartsFromGlobal):
         models = global_model.expand(len(rows), -1).clone()
         batches = task.batches(rows, round_idx=round_idx, epochs=self.cfg.personal_epochs, stream=FINETUNE_STREAM)
         return local_sgd(task, models, batches, lr=self.personal_lr)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "personal_lr": self.personal_lr}

@@ -22,14 +22,31 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pfl_dist.methods import MethodInfo, info_from_summary, method_info
+from pfl_dist.exchange.spec import parse_codec
+from pfl_dist.methods import (
+    GD_SCHEDULE,
+    METHODS,
+    MINIBATCH_SCHEDULE,
+    MethodInfo,
+    info_from_summary,
+    keys_read,
+    method_info,
+)
 from pfl_dist.outputs import parse_record, write_bytes_atomic
 from pfl_dist.rundir import summary_identity
+from pfl_dist.tasks import TASKS
 
 POINT_FILE = "sweep_point.json"  # what the sweep knows about a run: variant, varied values, wall time
 RESULTS_FILE = "results.csv"
+# A setting's column: the name of its key, or of the resolved value summary.json "algorithm" holds
+# (Algorithm.describe(): a step size 'auto' became a number; FedCLUP's gamma as gamma * lam).
+_RESOLVED = {"algorithm.local_lr": "local_lr", "algorithm.personal_lr": "personal_lr",
+             "algorithm.global_lr": "global_step_factor"}
+_SETTING_KEYS = (*GD_SCHEDULE, *MINIBATCH_SCHEDULE, "algorithm.local_lr",
+                 *dict.fromkeys(key for info in METHODS.values() for key in info.reads), "comm.codec")
+_SETTING_COLUMNS = tuple(_RESOLVED.get(key, key.split(".")[1]) for key in _SETTING_KEYS)
 _FIXED_COLUMNS = ("name", "variant", "seed", "method", "label", "lam", "lam_used", "R_hat", "data_kind", "R",
-                  "num_clients", "sample_fraction", "num_local_steps", "classes_per_client", "num_rounds",
+                  "num_clients", "sample_fraction", *_SETTING_COLUMNS, "classes_per_client", "num_rounds",
                   "world_size")
 _PERSONAL_COLUMNS = ("acc_personal_mean", "acc_personal_p10", "acc_personal_std")
 _COMM_COLUMNS = ("wire_bytes_model", "payload_bytes", "uplink_bytes", "downlink_bytes", "fl_bytes",
@@ -190,10 +207,10 @@ def result_row(run: Run, *, varied: Sequence[str] = ()) -> dict[str, Any]:
         "name": run.name, "variant": run.point.get("variant"), "seed": cfg["run"]["seed"], "method": run.method,
         "label": run.label, "lam": cfg["algorithm"]["lam"] if uses_lam else None,
         "lam_used": s.get("algorithm", {}).get("lam") if uses_lam else None, "R_hat": choice.get("R_hat"),
-        "data_kind": cfg["data"]["kind"], "R": cfg["data"]["R"],
+        "data_kind": cfg["data"]["kind"], "R": _data_setting(cfg, "data.R"),
         "num_clients": cfg["data"]["num_clients"], "sample_fraction": cfg["algorithm"]["sample_fraction"],
-        "num_local_steps": cfg["algorithm"]["num_local_steps"],
-        "classes_per_client": cfg["data"]["classes_per_client"], "num_rounds": cfg["train"]["num_rounds"],
+        **settings_used(run),
+        "classes_per_client": _data_setting(cfg, "data.classes_per_client"), "num_rounds": cfg["train"]["num_rounds"],
         "world_size": s.get("world_size"),
     }
     row.update({key: run.setting(key) for key in varied})
@@ -206,6 +223,31 @@ def result_row(run: Run, *, varied: Sequence[str] = ()) -> dict[str, Any]:
     row.update({"wall_s": s["time"]["wall_s"], "round_s_median": s["time"]["round_s_median"],
                 "point_wall_s": run.point.get("point_wall_s")})
     return row
+
+
+def _data_setting(config: dict[str, Any], key: str) -> Any:
+    """A data key's value where the run's task reads it (pfl_dist/tasks: data.R on synthetic data,
+    data.classes_per_client on partitioned images), else None (an empty cell)."""
+    entry = TASKS.get(config["data"]["kind"])
+    return None if entry is not None and key in entry.unused_keys else config["data"].get(key.split(".")[1])
+
+
+def settings_used(run: Run) -> dict[str, Any]:
+    """The settings the run's method read (`methods.keys_read`: its schedule, step sizes, own keys
+    and codec) by column name, step sizes as the algorithm resolved them (summary.json
+    "algorithm", where a run recorded them), the codec with its parameter; lam has its own
+    columns. A setting the method does not read has no entry (an empty cell)."""
+    resolved = run.summary.get("algorithm") or {}
+    used: dict[str, Any] = {}
+    for key in keys_read(run.info, run.config):
+        section, name = key.split(".")
+        value = run.config.get(section, {}).get(name)
+        if key == "comm.codec":
+            used["codec"] = str(parse_codec(value if value is not None else "none"))
+        elif key != "algorithm.lam":
+            column = _RESOLVED.get(key, name)
+            used[column] = resolved.get(column, value)
+    return used
 
 
 def _columns(rows: list[dict[str, Any]], varied: Sequence[str]) -> list[str]:

@@ -93,3 +93,34 @@ def test_image_metrics_are_named_eval(tmp_path: Path) -> None:
     assert {"eval/loss_personal", "eval/loss_global", "eval/acc_personal", "eval/acc_global"} <= names
     assert all(name.startswith("eval/") for name in names)
     assert not any(tag.startswith("train/") for tag in scalar_tags(tmp_path / "run"))
+
+
+def test_results_csv_records_the_settings_each_method_read(runs: Path, tmp_path: Path) -> None:
+    """Full-batch runs record their steps K, minibatch runs their epochs and batch size; step sizes
+    are the numbers the algorithm used, not 'auto'; a family method's own keys and the codec (with
+    its parameter) appear where they are read, and nowhere else."""
+    # Prepare: Ditto with minibatch SGD and top-k on the CSV sample, beside the synthetic GD runs
+    data = ("data.kind=client_files", "data.data_dir=tests/data/fedclup_csv_sample", "data.num_clients=3",
+            "data.dim=10", "data.num_classes=2", "train.num_rounds=2", "algorithm.batch_size=8",
+            "algorithm.local_epochs=2", "algorithm.local_lr=0.05", "comm.codec=topk")
+    ditto = run_inprocess(runs, *data, "algorithm.name=ditto", "algorithm.lam=0.1", name="ditto")
+    names = [*METHODS, "ditto"]
+    # Execute
+    write_results_csv(runs / "results.csv", find_runs(runs, names))
+    with open(runs / "results.csv", newline="") as f:
+        rows = {row["name"]: row for row in csv.DictReader(f)}
+    # Assert: the schedule each run used
+    clup = read_summary(runs / "fedclup")
+    assert (rows["fedclup"]["num_local_steps"], rows["fedclup"]["local_epochs"], rows["fedclup"]["batch_size"]) == (
+        "5", "", "")
+    assert (rows["ditto"]["num_local_steps"], rows["ditto"]["local_epochs"], rows["ditto"]["batch_size"]) == (
+        "", "2", "8")
+    # the resolved step sizes (local_lr: auto = 1/(L + lam) for FedCLUP; Ditto's personal_lr: auto)
+    assert float(rows["fedclup"]["local_lr"]) == clup["algorithm"]["local_lr"] > 0
+    assert float(rows["fedclup"]["global_step_factor"]) == clup["algorithm"]["global_step_factor"]
+    assert float(rows["ditto"]["personal_lr"]) == ditto["algorithm"]["personal_lr"] == 0.05
+    # the family's own keys only where read; the codec with its parameter only where something is sent
+    assert (rows["ditto"]["personal_epochs"], rows["ditto"]["inner_steps"], rows["ditto"]["beta"]) == ("1", "", "")
+    assert (rows["fedclup"]["personal_lr"], rows["fedclup"]["personal_epochs"]) == ("", "")
+    assert (rows["ditto"]["codec"], rows["fedavg"]["codec"], rows["local"]["codec"]) == ("topk:0.01", "none", "")
+    assert rows["fedavg"]["global_step_factor"] == "" and rows["ditto"]["R"] == "" and rows["fedavg"]["R"] == "1.0"
