@@ -47,7 +47,7 @@ import torch
 from pfl_dist.comm import Communicator, Traffic
 from pfl_dist.errors import ConfigError
 from pfl_dist.outputs import write_bytes_atomic
-from pfl_dist.rundir import config_difference, result_config
+from pfl_dist.rundir import config_difference, resume_identity
 from pfl_dist.sampling import client_block
 from pfl_dist.signals import StopSignals
 
@@ -78,8 +78,9 @@ def shard_stem(rank: int, world_size: int) -> str:
 
 
 def resume_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as dotted keys, without the keys that cannot change a result (pfl_dist/rundir.py)."""
-    return result_config(config)
+    """The identity as dotted keys, without the keys that cannot change a result and without the
+    world size, which a resume may change (re-sharding; pfl_dist/rundir.py `resume_identity`)."""
+    return resume_identity(config)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import yaml
 
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.spec import parse_codec
-from pfl_dist.inputs import Inputs, fingerprint, identity
+from pfl_dist.inputs import Inputs, fingerprint
 from pfl_dist.methods import method_info
 
 Auto = Literal["auto"]
@@ -103,7 +103,9 @@ class DataConfig:
     num_partitions: int | Auto = "auto"
     classes_per_client: int = 2  # images, partition=classes
     alpha: float = 0.5  # images, partition=dirichlet
-    test_fraction: float = 0.1  # images: per-client test split
+    # per-client held-out test split, drawn from (seed, client); auto = 0.1 for the image data sets
+    # (the paper's 90/10), none for client_files (every row trains; its metrics are train/...)
+    test_fraction: float | Auto = "auto"
     # client_files: divide each client's features by their standard deviation (no centring);
     # auto = on for CSV files (the reference code's StandardScaler(with_mean=False)), off for NPZ
     scale_features: bool | Auto = "auto"
@@ -131,8 +133,15 @@ class DataConfig:
         _require(1 <= self.classes_per_client <= 10, "data.classes_per_client",
                  f"must be in 1..10, got {self.classes_per_client}")
         _require(self.alpha > 0, "data.alpha", f"must be > 0, got {self.alpha}")
-        _require(0 < self.test_fraction < 1, "data.test_fraction",
-                 f"must be in (0, 1), got {self.test_fraction}")
+        _require(self.test_fraction == "auto" or 0 < self.test_fraction < 1, "data.test_fraction",
+                 f"must be in (0, 1) or 'auto', got {self.test_fraction}")
+
+    @property
+    def held_out_fraction(self) -> float:
+        """test_fraction with auto resolved: 0.1 for images, 0.0 (no split) for client_files."""
+        if self.test_fraction != "auto":
+            return self.test_fraction
+        return 0.0 if self.kind == "client_files" else 0.1
 
 
 @dataclass(frozen=True)
@@ -271,7 +280,8 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        """out_dir/name; run.name=auto names it after the identity (pfl_dist/rundir.py)."""
+        """out_dir/name; run.name=auto names it after the identity (pfl_dist/rundir.py), which
+        includes the world size (`set_world_size`)."""
         if self.run.name == "auto":
             from pfl_dist.rundir import auto_run_name
 
@@ -297,15 +307,29 @@ class Config:
         object.__setattr__(self, "_inputs", dict(records))
 
     def identity(self) -> dict[str, Any]:
-        """What a run's results depend on: `to_dict()` plus the `inputs` digests when this config
-        reads user files (pfl_dist/rundir.py hashes and compares it)."""
-        return identity(self.to_dict(), self.inputs)
+        """What a run's results depend on: `to_dict()`, the `inputs` digests when this config
+        reads user files, and the world size (pfl_dist/rundir.py hashes and compares it)."""
+        from pfl_dist.rundir import run_identity
 
-    def check_world_size(self, world_size: int) -> None:
-        """Errors the config causes only for a given number of processes."""
+        return run_identity(self.to_dict(), self.inputs, self.world_size)
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes the run runs on (`set_world_size`); the wire bytes depend on it."""
+        world_size: int | None = self.__dict__.get("_world_size")
+        if world_size is None:  # a programming error, not bad input: every entry point sets it
+            raise RuntimeError("Config.set_world_size was not called: the run dir and identity depend on the "
+                               "number of processes")
+        return world_size
+
+    def set_world_size(self, world_size: int) -> None:
+        """The run is launched on `world_size` processes: checked against the config (every
+        process hosts a client) and part of its identity. Not a field: no part of `to_dict()`,
+        equality or config.yaml (summary.json records it as `world_size`)."""
         _require(self.data.num_clients >= world_size, "data.num_clients",
                  f"({self.data.num_clients}) must be >= the world size ({world_size}): "
                  "every process hosts at least one client")
+        object.__setattr__(self, "_world_size", int(world_size))
 
 
 SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}

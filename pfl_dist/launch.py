@@ -123,6 +123,8 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
 
 
 def planned_world_size(torchrun_args: Sequence[str]) -> int:
+    """nproc-per-node x nnodes; for an elastic range MIN:MAX the largest (the rendezvous decides
+    the real one: name the run, run.name, for a restart on fewer nodes to resume it)."""
     nproc = option_value(torchrun_args, "--nproc-per-node", "--nproc_per_node") or "1"
     nnodes = option_value(torchrun_args, "--nnodes") or "1"
     if not nproc.isdigit():
@@ -154,11 +156,12 @@ def check_device(cfg: Config) -> None:
 
 def preflight(cfg: Config, *, world_size: int, ranks_here: int = 1) -> None:
     """Everything that can be checked before any process starts (`ranks_here`: the ranks this
-    machine will run, whose memory must fit here)."""
+    machine will run, whose memory must fit here). `world_size`, the processes the job will have,
+    becomes part of the config's identity: the run dir of run.name=auto, the completeness check."""
     from pfl_dist.outputs import check_result_paths
     from pfl_dist.resources import check_memory
 
-    cfg.check_world_size(world_size)
+    cfg.set_world_size(world_size)
     check_device(cfg)
     check_result_paths(cfg.run_dir)
     check_memory(cfg, world_size=world_size, ranks_here=ranks_here)

@@ -4,16 +4,24 @@ No torch here: the sweep driver uses the same identity without paying torch's im
 
 Identity. A run's numbers depend on its config minus the keys that provably do not change them
 (`IGNORED_KEYS`, `IGNORED_SECTIONS`: where it is written, the device choice, whether data may be
-downloaded, the collective timeout and backend, checkpoint cadence; `comm.codec` counts), and on
+downloaded, the collective timeout and backend, checkpoint cadence; `comm.codec` counts), on
 the contents of the user's files it reads (`model.init_file`; `data.data_dir` of client_files, leaf
-and cifar10): `Config.identity()` is the config plus the pseudo-section `inputs` of their sha256
-digests (pfl_dist/inputs.py), present only when the config reads such files, so every other
-config keeps the hash it had before. `config_hash` is the sha256 of the identity without the
-ignored keys; the checkpoint's resume check and the sweep's completeness check use the same keys.
-`train.eval_every` counts: it changes metrics.jsonl and the telemetry byte totals. An edited
-input file therefore behaves exactly like a changed key: `run.name=auto` gets a new run dir
-(the old one is left as it was), a named run dir is refused with one line ("model.init_file
-contents changed (sha256 ab12.. -> cd34..)"), a sweep reruns the point, a checkpoint is not resumed.
+and cifar10), and on the number of processes W it runs on (the modelled wire bytes are 2(W-1)/W x
+payload per rank, the float summation order differs; FL uplink/downlink bytes do not depend on
+W). `Config.identity()` is the config plus the pseudo-section `inputs` of the files' sha256
+digests (pfl_dist/inputs.py, present only when the config reads such files) and the pseudo-key
+`launch.world_size` (`run_identity`). `config_hash` is the sha256 of the identity without the
+ignored keys; the sweep's completeness check uses the same keys. `train.eval_every` counts: it
+changes metrics.jsonl and the telemetry byte totals. An edited input file therefore behaves
+exactly like a changed key: `run.name=auto` gets a new run dir (the old one is left as it was),
+a named run dir is refused with one line ("model.init_file contents changed (sha256 ab12.. ->
+cd34..)"), a sweep reruns the point, a checkpoint is not resumed. So does another world size
+("world size was 1, now 2"), with one exception: a checkpoint is checked against the identity
+without the world size (`resume_identity`), so a run stopped on W processes resumes on W' by
+re-sharding its clients (pfl_dist/checkpoint.py) when its run dir is named (`run.name`); with
+run.name=auto the other world size names another run dir. Every process computing a run dir
+knows the W it runs on, or will launch: `Config.set_world_size` (the launcher's pre-flight:
+nproc-per-node x nnodes; the sweep: its launch settings; a worker: its WORLD_SIZE).
 
 Default name. `run.name=auto` (the default) names the run dir `<method>-<hash8>` from that hash,
 so two runs that differ in any number-changing key never share a directory, and rerunning the
@@ -40,6 +48,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,13 +85,42 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in flat.items() if key not in IGNORED_KEYS}
 
 
+WORLD_SECTION, WORLD_FIELD = "launch", "world_size"
+WORLD_SIZE_KEY = f"{WORLD_SECTION}.{WORLD_FIELD}"  # the identity's pseudo-key: processes the run runs on
+
+
+def run_identity(config: dict[str, Any], digests: inputs.Inputs | dict[str, str],
+                 world_size: int | None) -> dict[str, Any]:
+    """What a run's results depend on: `config` (`Config.to_dict()`), the `inputs` digests of the
+    user files it reads (none: no section) and the world size (None: not known, no key)."""
+    identity = inputs.identity(config, digests)
+    return identity if world_size is None else {**identity, WORLD_SECTION: {WORLD_FIELD: int(world_size)}}
+
+
+def resume_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """The dotted identity a checkpoint is checked against: the world size left out, so that a
+    checkpoint of W processes resumes on W' (re-sharded by client id)."""
+    return {key: value for key, value in result_config(identity).items() if key != WORLD_SIZE_KEY}
+
+
+def _describe_change(key: str, saved: Any, current: Any) -> str:
+    if inputs.is_input_key(key):
+        return inputs.describe_change(key, saved, current)
+    if key == WORLD_SIZE_KEY:
+        return f"world size was {saved}, now {current}"
+    return f"{key} was {saved!r}, now {current!r}"
+
+
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'algorithm.lam was 0.5, now 0.3' for every differing key of two `result_config`s; changed
-    input files after the config keys ('model.init_file contents changed (sha256 ab.. -> cd..)')."""
-    keys = sorted(set(saved) | set(current), key=lambda key: (inputs.is_input_key(key), key))
-    return [inputs.describe_change(key, saved.get(key), current.get(key)) if inputs.is_input_key(key)
-            else f"{key} was {saved.get(key)!r}, now {current.get(key)!r}"
-            for key in keys if saved.get(key) != current.get(key)]
+    """'algorithm.lam was 0.5, now 0.3' for every differing key of two `result_config`s; then
+    'world size was 2, now 4'; then changed input files ('model.init_file contents changed (sha256
+    ab.. -> cd..)'). A saved identity without a world size (an unfinished run with no checkpoint:
+    `run_config`, nothing of it is resumed) does not differ by it."""
+    order = {WORLD_SIZE_KEY: 1}  # config keys, then the world size, then the input files
+    keys = sorted(set(saved) | set(current), key=lambda key: (2 if inputs.is_input_key(key) else order.get(key, 0),
+                                                              key))
+    return [_describe_change(key, saved.get(key), current.get(key)) for key in keys
+            if saved.get(key) != current.get(key) and not (key == WORLD_SIZE_KEY and key not in saved)]
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -103,11 +141,13 @@ def auto_run_name(config: dict[str, Any]) -> str:
 
 
 def summary_identity(summary: dict[str, Any]) -> dict[str, Any] | None:
-    """The identity a summary records: its `config`, plus its `inputs` digests when it has them."""
-    config, digests = summary.get("config"), summary.get(inputs.SECTION)
+    """The identity a summary records: its `config`, plus its `inputs` digests when it has them,
+    plus the `world_size` it ran on."""
+    config, digests, world_size = summary.get("config"), summary.get(inputs.SECTION), summary.get("world_size")
     if not isinstance(config, dict):
         return None
-    return inputs.identity(config, digests) if isinstance(digests, dict) else config
+    return run_identity(config, digests if isinstance(digests, dict) else {},
+                        world_size if isinstance(world_size, int) and not isinstance(world_size, bool) else None)
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
@@ -389,10 +429,27 @@ def run_config(run_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
         return None
-    # The input digests of that run, from the inputs.json it wrote when it started.
+    # The input digests of that run, from the inputs.json it wrote when it started; its world
+    # size from the checkpoints it left (none: nothing of it can be resumed, and none is recorded).
     recorded = {key: value["sha256"] for key, value in saved_input_files(run_dir).items()
                 if isinstance(value, dict) and isinstance(value.get("sha256"), str)}
-    return inputs.identity(config, recorded)
+    return run_identity(config, recorded, checkpoint_world_size(run_dir))
+
+
+_SHARD_NAME = re.compile(r"shard_\d{5}_of_\d{5}\.json")
+
+
+def checkpoint_world_size(run_dir: Path) -> int | None:
+    """The world size of the newest checkpoint in `run_dir/ckpt`: of the newest round with a
+    completion marker, from the name of its newest marker (`shard_00001_of_00004.json`); None
+    when there is none."""
+    for folder in sorted(run_dir.glob("ckpt/round_*"), reverse=True):
+        markers = [path for path in folder.glob("shard_*.json") if _SHARD_NAME.fullmatch(path.name)]
+        with contextlib.suppress(OSError):
+            newest = max(markers, key=lambda path: path.stat().st_mtime_ns, default=None)
+            if newest is not None:
+                return int(newest.name[-10:-5])
+    return None
 
 
 def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:

@@ -89,6 +89,7 @@ class Trainer:
     """Holds the replicated global model, this rank's local models, and the byte ledger."""
 
     def __init__(self, cfg: Config, runtime: Runtime, *, stop: StopRequest | None = None) -> None:
+        cfg.set_world_size(runtime.world_size)  # the run dir and identity are those of this world size
         self.cfg = cfg
         self.runtime = runtime
         self.ledger = ByteLedger()
@@ -120,7 +121,8 @@ class Trainer:
         self.stop_agreed = False  # set when the evaluation reduction carried a stop (LocalTrain)
         self.resumed_from: list[int] = []
         self.summary: dict[str, Any] = {}  # set when train() ends
-        # A checkpoint resumes only a run of the same identity: config and input file contents.
+        # A checkpoint resumes only a run of the same identity (config and input file contents),
+        # of any world size: Checkpointer leaves it out and re-shards (pfl_dist/rundir.py).
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
                                          num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep,
                                          config=cfg.identity())
@@ -533,6 +535,7 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
     `stop` is the process's signal flag; a SIGTERM/SIGINT ends the run at the next round that
     every rank agrees on, with a checkpoint, by raising RunStopped.
     """
+    cfg.set_world_size(runtime.world_size)
     if runtime.is_logging_rank or not inputs.input_keys(cfg.to_dict()):
         # before anything is created, read or allocated; the other ranks of a run that reads user
         # files check once they have rank 0's digests (Trainer), which name an auto run dir
@@ -560,7 +563,8 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
 
 
 def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
-    """One run as its own process group: init, run_session, shutdown."""
+    """One run as its own process group (of WORLD_SIZE processes): init, run_session, shutdown."""
+    cfg.set_world_size(env_world_size())
     if env_rank() == 0:
         rundir.check_run_dir(cfg, overwrite=overwrite)  # a refusal before the group forms: one line, one process
     runtime = init_runtime(cfg)
@@ -606,7 +610,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = None
     try:
         cfg = load_config(args.config, args.overrides)
-        cfg.check_world_size(env_world_size())
         run(cfg, overwrite=args.overwrite)
     except PflError as err:
         return report_error(err, rank=env_rank())

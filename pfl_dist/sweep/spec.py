@@ -264,7 +264,7 @@ def build_point(sweep: Sweep, spec: tuple[str, str | None, dict[str, Any], int, 
     full = (*overrides, f"run.out_dir={yaml_value(str(sweep.out_dir))}", f"run.name={yaml_value(name)}")
     try:
         cfg = apply_overrides(sweep.base_config, full)
-        cfg.check_world_size(sweep.launch.world_size)
+        cfg.set_world_size(sweep.launch.world_size)
         check_memory(cfg, world_size=sweep.launch.world_size, ranks_here=sweep.launch.nproc_per_node,
                      available=available)
     except PflError as err:

@@ -41,7 +41,7 @@ def load_plan(path: Path) -> list[tuple[Config, dict[str, Any]]]:
     points = []
     for entry in plan["points"]:
         cfg = apply_overrides(base_files[entry["base"]], entry["overrides"])
-        cfg.check_world_size(env_world_size())
+        cfg.set_world_size(env_world_size())
         points.append((cfg, entry["info"]))
     return points
 

@@ -146,7 +146,7 @@ def client_index_sets(cfg: Config, train_labels: np.ndarray, *, client_ids: Sequ
     splits = []
     for client_id in client_ids:
         partition_id = int(selected[client_id])
-        train, test = train_test_split_client(partitions[partition_id], test_fraction=cfg.data.test_fraction,
+        train, test = train_test_split_client(partitions[partition_id], test_fraction=cfg.data.held_out_fraction,
                                               seed=cfg.run.seed, client_id=partition_id)
         splits.append(ClientSplit(client_id=client_id, partition_id=partition_id, train=train, test=test))
     return splits

@@ -68,6 +68,7 @@ def test_only_rank_0_hashes_the_input_files_and_shares_the_digests_through_the_c
     assert seen[1]["hashed"] == []
     assert seen[0]["run_dir"] == seen[1]["run_dir"]
     expected = load_config(None, [f"run.out_dir={out}", *args])
+    expected.set_world_size(2)
     summary = read_summary(Path(seen[0]["run_dir"]))
     assert summary["inputs"] == inputs.digests(expected.inputs) and Path(seen[0]["run_dir"]) == expected.run_dir
     # The digests travel in one counted telemetry all-reduce: c10d saw exactly the ledger's ops.

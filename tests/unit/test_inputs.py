@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pfl_dist import inputs
-from pfl_dist.config import load_config
+from pfl_dist.config import Config, load_config
 from pfl_dist.rundir import changed_keys, config_hash, result_config
 from pfl_dist.sweep import cli as sweep
 from pfl_dist.sweep.spec import load_sweep
@@ -29,6 +29,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def at_one_process(cfg: Config) -> Config:
+    cfg.set_world_size(1)
+    return cfg
+
+
 def edit_csv(path: Path) -> None:
     """Change one feature value of the first sample (same size, other contents)."""
     lines = path.read_text().splitlines()
@@ -38,30 +43,37 @@ def edit_csv(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-# --- configs without user files: the identity they had before (computed on main at 1a8fd2c) -----
+# --- configs without user files: config and world size only -----------------------------------
+# Literal hashes, so that an accidental change of the identity shows. They changed when the world
+# size entered the identity (a run on 2 processes is another run than on 1: its wire bytes differ)
+# and data.test_fraction became 'auto' (a held-out split for client_files too).
 
-BEFORE = {
-    (): "685f39cff53b9a7c2c7a337f693a5493d62ac5e035c8da9018e3530e6ec08075",
-    ("data.R=0.3", "train.num_rounds=7", "algorithm.lam=0.2"):
-        "422116db2ca060b3281bdbccb7ce4a01edb8537652612f0d3dd4a0bdcd333535",
-    ("data.kind=mnist5k", "model.kind=logreg", "algorithm.batch_size=20"):
-        "ed255693fa038572c2b2f69d26d48973dee0040633edd2dc230d75732e62c6f2",
+IDENTITY_HASHES = {
+    ((), 1): "9515255e4b1dadd5c728969b6f10ce6cc0f1c0b83313ee5147358274a312c2cf",
+    ((), 2): "497294f0f3c009ddff9527884e36b7af651c90322be39b5f3b7c5af13aaa8ce3",
+    (("data.R=0.3", "train.num_rounds=7", "algorithm.lam=0.2"), 1):
+        "1eaf66bf35f7d2cd83d75d97719d6fa13c62dbe16f3543d7c85b8f5aa307dbac",
+    (("data.kind=mnist5k", "model.kind=logreg", "algorithm.batch_size=20"), 2):
+        "6be681cc4bba5a0f8d25b995a1546245207d50ee77a2a3f18b825a646e66a3fb",
 }
 
 
-@pytest.mark.parametrize("overrides", list(BEFORE))
-def test_a_config_without_user_files_keeps_its_hash_and_run_name(overrides: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(("overrides", "world_size"), list(IDENTITY_HASHES))
+def test_a_config_without_user_files_is_identified_by_its_config_and_world_size(overrides: tuple[str, ...],
+                                                                                world_size: int) -> None:
     cfg = load_config(None, overrides)
+    cfg.set_world_size(world_size)
     assert cfg.inputs == {}
-    assert cfg.identity() == cfg.to_dict()  # no key added
-    assert config_hash(cfg.identity()) == BEFORE[overrides]
-    assert cfg.run_dir.name == f"fedclup-{BEFORE[overrides][:8]}"
+    assert cfg.identity() == {**cfg.to_dict(), "launch": {"world_size": world_size}}  # no inputs section
+    assert config_hash(cfg.identity()) == IDENTITY_HASHES[(overrides, world_size)]
+    assert cfg.run_dir.name == f"fedclup-{IDENTITY_HASHES[(overrides, world_size)][:8]}"
 
 
 def test_shipped_image_configs_keep_their_hash() -> None:
     cfg = load_config(REPO / "configs" / "fmnist_logreg.yaml")
+    cfg.set_world_size(10)
     assert cfg.inputs == {}
-    assert config_hash(cfg.identity()) == "7b0bafdb991bdd65fa7a56146e3924f914d84c676026d380a1d5cda431fbaac0"
+    assert config_hash(cfg.identity()) == "b8b03c415c933ac52e524a63b774dfd82c7cd78dabff6156fdc7693287f6d66d"
 
 
 # --- which files ------------------------------------------------------------------------------
@@ -69,7 +81,7 @@ def test_shipped_image_configs_keep_their_hash() -> None:
 
 def test_client_files_hash_exactly_the_files_the_task_reads(tmp_path: Path) -> None:
     data = shutil.copytree(SAMPLE, tmp_path / "data")
-    cfg = load_config(None, [*CLIENT_FILES, f"data.data_dir={data}", "data.num_clients=2"])
+    cfg = at_one_process(load_config(None, [*CLIENT_FILES, f"data.data_dir={data}", "data.num_clients=2"]))
     record = cfg.inputs["data.data_dir"]
     # clients 1 and 2 and the true models; not client 3, global_true_model.npy or README.md
     assert list(record.files) == ["1_client_data.csv", "2_client_data.csv", "local_true_model.npy"]
@@ -81,10 +93,10 @@ def test_client_files_hash_exactly_the_files_the_task_reads(tmp_path: Path) -> N
     # A file the run does not read changes nothing; one it reads changes the identity.
     for unread in ("3_client_data.csv", "global_true_model.npy", "README.md"):
         (data / unread).write_text("edited\n")
-    again = load_config(None, [*CLIENT_FILES, f"data.data_dir={data}", "data.num_clients=2"])
+    again = at_one_process(load_config(None, [*CLIENT_FILES, f"data.data_dir={data}", "data.num_clients=2"]))
     assert config_hash(again.identity()) == config_hash(cfg.identity())
     edit_csv(data / "2_client_data.csv")
-    edited = load_config(None, [*CLIENT_FILES, f"data.data_dir={data}", "data.num_clients=2"])
+    edited = at_one_process(load_config(None, [*CLIENT_FILES, f"data.data_dir={data}", "data.num_clients=2"]))
     assert edited.inputs["data.data_dir"].files["1_client_data.csv"] == record.files["1_client_data.csv"]
     assert config_hash(edited.identity()) != config_hash(cfg.identity())
     assert edited.run_dir != cfg.run_dir  # run.name=auto: another run dir
@@ -114,11 +126,11 @@ def test_the_file_names_are_the_readers_own() -> None:
 
 def test_init_file_record_is_the_files_sha256(tmp_path: Path) -> None:
     np.save(tmp_path / "w.npy", np.zeros((10, 2)))
-    cfg = load_config(None, [f"model.init_file={tmp_path / 'w.npy'}"])
+    cfg = at_one_process(load_config(None, [f"model.init_file={tmp_path / 'w.npy'}"]))
     assert inputs.digests(cfg.inputs) == {"model.init_file": sha256(tmp_path / "w.npy")}
     old = config_hash(cfg.identity())
     np.save(tmp_path / "w.npy", np.ones((10, 2)))
-    changed = load_config(None, [f"model.init_file={tmp_path / 'w.npy'}"])
+    changed = at_one_process(load_config(None, [f"model.init_file={tmp_path / 'w.npy'}"]))
     [line] = changed_keys(result_config(cfg.identity()), result_config(changed.identity()))
     assert line == (f"model.init_file contents changed (sha256 {cfg.inputs['model.init_file'].digest[:12]}.. -> "
                     f"{sha256(tmp_path / 'w.npy')[:12]}..)")

@@ -102,8 +102,9 @@ def test_another_configs_run_dir_is_refused_before_torchrun_and_overwrite_is_pas
 
 
 def test_run_completion_counts_only_a_summary_of_this_config_and_not_one_an_overwrite_found(tmp_path: Path) -> None:
-    # Prepare: the launched config (lambda 0.5) and its run dir
+    # Prepare: the launched config (lambda 0.5, 2 processes) and its run dir
     cfg = load_config(DEFAULT, [f"run.out_dir={tmp_path}", "run.name=fixed"])
+    cfg.set_world_size(2)
     summary = cfg.run_dir / "summary.json"
     plain = launch.RunCompletion.before_launch(cfg, overwrite=False)
     assert not plain.complete()  # no run dir on this node (another node of a multi-node job)
@@ -111,19 +112,21 @@ def test_run_completion_counts_only_a_summary_of_this_config_and_not_one_an_over
     assert not plain.complete()
     # A summary of another config (another lambda; checkpoint cadence does not count) is not this run
     other = load_config(DEFAULT, [f"run.out_dir={tmp_path}", "run.name=fixed", "algorithm.lam=0.1"]).to_dict()
-    summary.write_text(json.dumps({"config": other}))
+    summary.write_text(json.dumps({"config": other, "world_size": 2}))
     assert not plain.complete()
     same = load_config(DEFAULT, [f"run.out_dir={tmp_path}", "run.name=fixed", "checkpoint.every=7"]).to_dict()
-    summary.write_text(json.dumps({"config": same}))
+    summary.write_text(json.dumps({"config": same, "world_size": 1}))  # nor is one on another world size
+    assert not plain.complete()
+    summary.write_text(json.dumps({"config": same, "world_size": 2}))
     assert plain.complete()
-    summary.write_text(json.dumps({"config": same})[:-5])  # torn: not complete
+    summary.write_text(json.dumps({"config": same, "world_size": 2})[:-5])  # torn: not complete
     assert not plain.complete()
     # --overwrite: the summary found at launch asked to be replaced; only a new one counts
-    summary.write_text(json.dumps({"config": same}))
+    summary.write_text(json.dumps({"config": same, "world_size": 2}))
     overwrite = launch.RunCompletion.before_launch(cfg, overwrite=True)
     assert not overwrite.complete()
     replacement = cfg.run_dir / "summary.json.tmp"
-    replacement.write_text(json.dumps({"config": same, "new": True}))
+    replacement.write_text(json.dumps({"config": same, "world_size": 2, "new": True}))
     replacement.replace(summary)  # as write_json_atomic does
     assert overwrite.complete()
 
@@ -134,9 +137,12 @@ def test_run_completion_counts_the_input_file_contents(tmp_path: Path) -> None:
     np.save(init, np.zeros(3))
     overrides = [f"run.out_dir={tmp_path}", "run.name=fixed", f"model.init_file={init}"]
     cfg = load_config(DEFAULT, overrides)
+    cfg.set_world_size(1)
     cfg.run_dir.mkdir()
-    (cfg.run_dir / "summary.json").write_text(json.dumps({"config": cfg.to_dict(),
+    (cfg.run_dir / "summary.json").write_text(json.dumps({"config": cfg.to_dict(), "world_size": 1,
                                                           inputs.SECTION: inputs.digests(cfg.inputs)}))
     assert launch.RunCompletion.before_launch(cfg, overwrite=False).complete()
     np.save(init, np.ones(3))
-    assert not launch.RunCompletion.before_launch(load_config(DEFAULT, overrides), overwrite=False).complete()
+    edited = load_config(DEFAULT, overrides)
+    edited.set_world_size(1)
+    assert not launch.RunCompletion.before_launch(edited, overwrite=False).complete()
