@@ -61,7 +61,7 @@ def main() -> None:
         cpus.append(job.cpu_s)
         rounds_ms.append(1000 * time_info["round_s_median"])
         rows.append([f"run {i + 1}", job.wall_s, job.cpu_s, time_info["wall_s"], rounds_ms[-1],
-                     job.summary["final"]["ITR"], floors[-1] if floors else "-", job.load])
+                     job.summary["final"]["eval/ITR"], floors[-1] if floors else "-", job.load])
     rows.append(["median", median(walls), median(cpus), "", median(rounds_ms), "", median(floors) if floors else "-",
                  ""])
     print_table(["", "whole job s", "cpu s (all procs)", "trainer s", "round ms", "final ITR", "bare torchrun s",

@@ -38,6 +38,21 @@ def check_result_paths(run_dir: Path) -> None:
             raise refuse(path, "not a regular file")
 
 
+PARAMETER_ERRORS = ("ITR", "ATR", "IOR", "AOR")  # distances of the models to the truth: no data split
+
+
+def metric_tag(name: str, measured_on: str) -> str:
+    """'train/loss_personal' for a metric measured on training samples, 'eval/acc_global' for one
+    measured on a test split; the parameter errors are always eval/. The name of a metric in
+    TensorBoard, metrics.jsonl, summary.json `final`, results.csv and the printed lines."""
+    return f"eval/{name}" if name in PARAMETER_ERRORS else f"{measured_on}/{name}"
+
+
+def metric_name(tag: str) -> str:
+    """A metric's bare name from its tag: 'train/loss_global' -> 'loss_global'."""
+    return tag.rsplit("/", 1)[-1]
+
+
 def parse_record(line: bytes | str) -> dict[str, Any] | None:
     """A metrics.jsonl line as its record; None when the line is not one (`5`, torn or damaged
     JSON, a record without an integer round or a metrics mapping)."""

@@ -34,21 +34,12 @@ import yaml
 
 from pfl_dist.comm import Counters, Traffic
 from pfl_dist.inputs import RECORD_FILE, Inputs
-from pfl_dist.outputs import parse_record, write_bytes_atomic, write_json_atomic
+from pfl_dist.outputs import metric_tag, parse_record, write_bytes_atomic, write_json_atomic
 from pfl_dist.timing import RoundTimes
 from pfl_dist.writer_thread import WriterThreadErrors
 
 TRADEOFF_METRICS = ("acc_personal", "acc_global", "ITR", "ATR")
 _RESULT_FILES = ("metrics.jsonl", "summary.json", "final")
-
-
-PARAMETER_ERRORS = ("ITR", "ATR", "IOR", "AOR")  # distances of the models to the truth: no data split
-
-
-def metric_tag(name: str, measured_on: str) -> str:
-    """'train/loss_personal' for a metric measured on training samples, 'eval/acc_global' for one
-    measured on a test split; the parameter errors are always eval/."""
-    return f"eval/{name}" if name in PARAMETER_ERRORS else f"{measured_on}/{name}"
 
 
 def read_records(path: Path) -> tuple[list[bytes | None], int]:

@@ -50,7 +50,7 @@ from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
 from pfl_dist.models.init_file import initial_model
-from pfl_dist.outputs import check_result_paths, format_bytes, write_bytes_atomic
+from pfl_dist.outputs import check_result_paths, format_bytes, metric_tag, write_bytes_atomic
 from pfl_dist.resources import check_memory
 from pfl_dist.rundir import is_disk_error, os_error_text, prepare_run_dir, print_notes, saved_config
 from pfl_dist.runtime import (
@@ -416,7 +416,8 @@ class Trainer:
                                        "(non-finite); check data.R, data.center_scale and algorithm.local_lr")
         self.logger.log_eval(record)
         if self.runtime.is_logging_rank:
-            print(progress_line(record, num_rounds=self.cfg.train.num_rounds, round_times=self.round_times), flush=True)
+            print(progress_line(record, num_rounds=self.cfg.train.num_rounds, round_times=self.round_times,
+                                measured_on=self.task.metrics_measured_on), flush=True)
 
     def _finish(self, metrics: dict[str, float]) -> dict[str, Any]:
         final_model = self.evaluation_model() if not self.communicates else self.global_model
@@ -430,7 +431,7 @@ class Trainer:
             "algorithm": self.algorithm.describe(),
             **self.algorithm.summary_fields(),  # lambda_auto, lambda_auto_history
             "resumed_from": self.resumed_from,
-            "final": metrics,
+            "final": {metric_tag(name, self.task.metrics_measured_on): value for name, value in metrics.items()},
             "personal": dict(self.personal_distribution),
             "comm": self.ledger.total[Traffic.TRAIN].to_dict(),
             "comm_telemetry": self.ledger.total[Traffic.TELEMETRY].to_dict(),
@@ -486,8 +487,11 @@ def accuracy_distribution(correct: torch.Tensor, count: torch.Tensor) -> dict[st
             "acc_personal_std": float(acc.std(correction=0))}
 
 
-def progress_line(record: dict[str, Any], *, num_rounds: int, round_times: list[float]) -> str:
-    shown = " ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if not k.startswith("naive"))
+def progress_line(record: dict[str, Any], *, num_rounds: int, round_times: list[float], measured_on: str) -> str:
+    """'round 50/50 | eval/ITR 8.094 ... train/acc_personal 0.98 | ...': metrics named by where they
+    were measured, as in metrics.jsonl."""
+    shown = " ".join(f"{metric_tag(k, measured_on)} {v:.4g}" for k, v in record["metrics"].items()
+                     if not k.startswith("naive"))
     wire = format_bytes(record["comm"]["wire_bytes_model"])
     ms = 1000 * statistics.median(round_times) if round_times else 0.0
     return f"round {record['round']:>4}/{num_rounds} | {shown} | train wire {wire} | {ms:.1f} ms/round"
@@ -591,7 +595,8 @@ def print_final(cfg: Config, summary: dict[str, Any]) -> None:
     comm = summary["comm"]
     final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items())
     print(f"final: {final}")
-    print(f"training bytes: wire (model) {format_bytes(comm['wire_bytes_model'])}, payload "
+    wire_on = f", W={summary['world_size']}" if "world_size" in summary else ""  # wire bytes depend on W
+    print(f"training bytes: wire (model{wire_on}) {format_bytes(comm['wire_bytes_model'])}, payload "
           f"{format_bytes(comm['payload_bytes'])}, uplink {format_bytes(comm['uplink_bytes'])}, downlink "
           f"{format_bytes(comm['downlink_bytes'])} in {comm['num_collectives']} collectives")
     print(f"run dir: {cfg.run_dir}  (summary.json, metrics.jsonl)")

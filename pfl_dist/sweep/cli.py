@@ -132,11 +132,20 @@ def log_invocation(sweep: Sweep, entry: dict[str, Any]) -> None:
 
 
 def report(sweep: Sweep) -> None:
-    """The trade-off table, the figure paths and the TensorBoard command."""
+    """The trade-off table (its wire bytes named with the world size, a warning line when the runs'
+    world sizes differ), the figure paths and the TensorBoard command."""
     from pfl_dist.sweep.plot import render
+    from pfl_dist.sweep.results import find_runs
+    from pfl_dist.sweep.tradeoff import world_size_warning, world_sizes
 
     rendered = render(sweep.out_dir, sweep.out_dir / "figures")
-    print(f"\ntrade-off ({rendered.metric} vs {rendered.axis_label}):")
+    runs = find_runs(sweep.out_dir)
+    sizes = ", ".join(map(str, world_sizes(runs)))
+    print(f"\ntrade-off ({rendered.metric} vs {rendered.axis_label}; the wire bytes are those of W = {sizes} "
+          "processes per job):")
+    warning = world_size_warning(runs)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(rendered.table_markdown, end="")
     print(f"table: {rendered.table_paths[0]} (and .csv)")
     for kind, path in rendered.figures.items():

@@ -2,11 +2,13 @@
 codec, and the table of what each codec costs and buys.
 
 Drawn by `python -m pfl_dist.plot RESULTS_DIR` when the runs vary `comm.codec`:
-- codecs.png: a row per data set, a column per method; x = cumulative training wire bytes (log
-  scale: the codecs span two orders of magnitude; FL-equivalent bytes when every run was one
-  process), y = the personal accuracy; a point per evaluated round, one curve per codec.
+- codecs.png: a row per data set, a column per method; x = cumulative training wire bytes,
+  labelled with the world size W they were modelled for (log scale: the codecs span two orders
+  of magnitude; FL-equivalent bytes when every run was one process), y = the personal accuracy;
+  a point per evaluated round, one curve per codec.
 - codecs_table.md / .csv: per data set, method and codec, the final personal and global
-  accuracy, the total wire and uplink bytes, the compression ratio (dense uplink / encoded
+  accuracy, the total wire bytes (the header names W; a W column when the runs' W differ) and
+  uplink bytes, the compression ratio (dense uplink / encoded
   uplink), and the wire and uplink bytes at the first evaluated round whose personal accuracy
   reaches the target: the dense (`none`) run's final personal accuracy minus 1 point.
 """
@@ -22,7 +24,7 @@ from matplotlib.figure import Figure
 
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.results import Run
-from pfl_dist.sweep.tradeoff import byte_axis, markdown_table, record_bytes, write_table
+from pfl_dist.sweep.tradeoff import byte_axis, markdown_table, record_bytes, wire_name, world_sizes, write_table
 
 TARGET_DROP = 0.01  # the target: the dense run's final personal accuracy minus 1 point
 METRIC = "acc_personal"
@@ -52,6 +54,10 @@ def reached(run: Run, target: float) -> dict[str, Any] | None:
 
 
 def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Wire bytes are named with the world size they were modelled for ('wire bytes (W=2)'); runs
+    of different world sizes get a W column."""
+    sizes = world_sizes(runs)
+    wire = wire_name(sizes)
     rows = []
     for (data, method), members in groups(runs).items():
         dense = next((r for r in members if codec_of(r) == "none"), None)
@@ -62,14 +68,15 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
             ratio = comm["uplink_bytes_dense"] / comm["uplink_bytes"] if comm.get("uplink_bytes") else None
             rows.append({
                 "data": data, "method": method, "codec": codec_of(run),
-                "final acc_personal": final[METRIC], "final acc_global": final.get("acc_global"),
-                "wire bytes": format_bytes(comm["wire_bytes_model"]),
+                **({"W": run.summary.get("world_size")} if len(sizes) > 1 else {}),
+                f"final {run.tag(METRIC)}": final[METRIC], f"final {run.tag('acc_global')}": final.get("acc_global"),
+                wire: format_bytes(comm["wire_bytes_model"]),
                 "uplink bytes": format_bytes(comm["uplink_bytes"]),
                 "compression": f"{ratio:.1f}x" if ratio is not None else "",
                 "collectives/round": comm["num_collectives"] // max(1, run.summary["num_rounds_completed"]),
-                "target": f">= {target:.4g}" if target is not None else "no dense run",
-                "wire bytes to target": (f"{format_bytes(hit['comm']['wire_bytes_model'])} (round {hit['round']})"
-                                         if hit else "not reached"),
+                "target": f"{run.tag(METRIC)} >= {target:.4g}" if target is not None else "no dense run",
+                f"{wire} to target": (f"{format_bytes(hit['comm']['wire_bytes_model'])} (round {hit['round']})"
+                                      if hit else "not reached"),
                 "uplink to target": format_bytes(hit["comm"]["uplink_bytes"]) if hit else "",
             })
     return rows
@@ -90,7 +97,7 @@ def plot_codecs(runs: Sequence[Run], path: Path, *, dpi: int) -> Path:
     codecs = sorted({codec_of(r) for r in runs}, key=_order)
     colors = {codec: colormaps["tab10"](i % 10) for i, codec in enumerate(codecs)}
     markers = {codec: "os^vDP*Xh"[i % 9] for i, codec in enumerate(codecs)}  # fp16 and bf16 often overlap
-    kind, axis_label = byte_axis(runs)  # wire bytes; FL-equivalent bytes when no wire was crossed
+    kind, axis_label = byte_axis(runs, "wire")  # named with W; FL-equivalent bytes when no wire was crossed
     for (data, method), members in grouped.items():
         ax = axes[datasets.index(data)][methods.index(members[0].method)]
         for run in members:

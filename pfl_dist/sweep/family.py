@@ -3,8 +3,9 @@
     python -m pfl_dist.sweep.family RESULTS_DIR [--out DIR] [--fraction 0.95]
 
 Reads each run's summary.json and metrics.jsonl (no torch) and writes to DIR (default RESULTS_DIR):
-- family_table.md / .csv: per method (its label as the run recorded it), the final personal
-  accuracy (sample-weighted), the per-client personal accuracy distribution (mean over clients,
+- family_table.md / .csv: per method (its label as the run recorded it), where the accuracies
+  were measured (`measured_on`: eval = test splits), the final personal accuracy
+  (sample-weighted), the per-client personal accuracy distribution (mean over clients,
   10th percentile, std), the global accuracy where the method defines a global model, the total
   uplink and downlink bytes, and the uplink bytes at the first evaluation whose personal accuracy
   reaches `fraction` x the best final personal accuracy of all runs ("never" if it does not;
@@ -28,8 +29,8 @@ from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import math_label, method_styles
 
-COLUMNS = ("method", "acc_personal", "acc_personal_mean", "acc_personal_p10", "acc_personal_std", "acc_global",
-           "uplink_bytes", "downlink_bytes", "uplink_bytes_to_target")
+COLUMNS = ("method", "measured_on", "acc_personal", "acc_personal_mean", "acc_personal_p10", "acc_personal_std",
+           "acc_global", "uplink_bytes", "downlink_bytes", "uplink_bytes_to_target")
 
 
 def bytes_to_target(run: Run, target: float) -> int | None:
@@ -45,7 +46,8 @@ def table_rows(runs: Sequence[Run], *, fraction: float) -> tuple[list[dict[str, 
     for run in runs:
         final, personal, comm = run.summary["final"], run.summary.get("personal", {}), run.summary["comm"]
         rows.append({
-            "method": run.label, "acc_personal": final["acc_personal"],
+            "method": run.label, "measured_on": run.tag("acc_personal").rpartition("/")[0] or "eval",
+            "acc_personal": final["acc_personal"],
             **{k: personal.get(k) for k in ("acc_personal_mean", "acc_personal_p10", "acc_personal_std")},
             "acc_global": final.get("acc_global") if run.info.global_model else None,
             "uplink_bytes": comm["uplink_bytes"], "downlink_bytes": comm["downlink_bytes"],
@@ -63,10 +65,15 @@ def _cell(key: str, value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], *, target: float, fraction: float) -> str:
-    head = ["method", "personal acc", "mean over clients", "p10", "std", "global acc", "uplink", "downlink",
-            f"uplink to {fraction:g} x best ({target:.3f})"]
+    """The accuracies are named by the rows they were measured on ('eval': test splits, 'train':
+    the clients' training rows); a column says so only when the runs differ."""
+    splits = list(dict.fromkeys(row["measured_on"] for row in rows))
+    on = f" ({splits[0]})" if len(splits) == 1 else ""
+    columns = [k for k in COLUMNS if k != "measured_on" or len(splits) > 1]
+    head = ["method", *(["measured on"] if len(splits) > 1 else []), f"personal acc{on}", "mean over clients", "p10",
+            "std", f"global acc{on}", "uplink", "downlink", f"uplink to {fraction:g} x best ({target:.3f})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_cell(k, row[k]) for k in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(k, row[k]) for k in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

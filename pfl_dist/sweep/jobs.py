@@ -223,8 +223,9 @@ class JobRunner:
         self.completed.append(point.name)
         self.done_cost += point_cost(point) + self.overhead
         self.remaining_cost -= point_cost(point) + self.overhead
-        final = Run(self.sweep.out_dir / point.name).summary["final"]
-        shown = " ".join(f"{k} {final[k]:.4g}" for k in _SHOWN_METRICS if k in final)
+        run = Run(self.sweep.out_dir / point.name)
+        final = run.summary["final"]
+        shown = " ".join(f"{run.tag(k)} {final[k]:.4g}" for k in _SHOWN_METRICS if k in final)  # where measured
         print(f"{self._counter()} ok   {point.name}  {seconds:.1f} s | {shown} | {self._eta()}", flush=True)
 
     def _point_failed(self, job: Job, point: Point, code: int) -> None:

@@ -42,6 +42,7 @@ from pfl_dist.sweep.tradeoff import (
     personal_metric,
     run_label,
     tradeoff_rows,
+    world_size_warning,
     write_table,
 )
 
@@ -258,7 +259,7 @@ def tradeoff_table(runs: Sequence[Run], *, facet_key: str | None, targets: Seque
     for other in dict.fromkeys([global_metric(runs), "acc_personal", "acc_global"]):
         if other != metric and all(other in r.summary["final"] for r in members):
             for curve in build_curves(members, metric=other, kind=kind, facet_key=facet_key, label_keys=keys):
-                extra[(curve.facet, curve.label)][f"final {other}"] = curve.values[-1]
+                extra[(curve.facet, curve.label)][f"final {curve.tag or other}"] = curve.values[-1]
     rows = tradeoff_rows(curves, metric=metric, targets=targets, extra=extra)
     return metric, markdown_table(rows), write_table(rows, stem=stem)
 
@@ -313,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rendered = render(args.results_dir, args.out or args.results_dir / "figures", prefix=args.prefix,
                       targets=args.target, fmt=args.format)
+    warning = world_size_warning(find_runs(args.results_dir))  # wire bytes of different W side by side
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(rendered.table_markdown, end="")
     print(f"table: {rendered.table_paths[0]} and {rendered.table_paths[1]}")
     for path in rendered.figures.values():

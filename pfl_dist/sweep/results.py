@@ -32,7 +32,7 @@ from pfl_dist.methods import (
     keys_read,
     method_info,
 )
-from pfl_dist.outputs import parse_record, write_bytes_atomic
+from pfl_dist.outputs import metric_name, metric_tag, parse_record, write_bytes_atomic
 from pfl_dist.rundir import summary_identity
 from pfl_dist.tasks import TASKS
 
@@ -52,11 +52,6 @@ _PERSONAL_COLUMNS = ("acc_personal_mean", "acc_personal_p10", "acc_personal_std"
 _COMM_COLUMNS = ("wire_bytes_model", "payload_bytes", "uplink_bytes", "downlink_bytes", "fl_bytes",
                  "num_collectives", "wire_bytes_measured", "telemetry_wire_bytes")
 _TIME_COLUMNS = ("wall_s", "round_s_median", "point_wall_s")
-
-
-def metric_name(tag: str) -> str:
-    """A metric's name from its metrics.jsonl key / TensorBoard tag: 'train/loss_global' -> 'loss_global'."""
-    return tag.rsplit("/", 1)[-1]
 
 
 def method_label(config: dict[str, Any], info: MethodInfo | None = None) -> str:
@@ -83,10 +78,23 @@ class Run:
 
     @cached_property
     def summary(self) -> dict[str, Any]:
+        """summary.json, with its `final` metrics by name as in `records` ('eval/ITR' -> 'ITR';
+        the file keys them by tag: `metric_tags`)."""
         summary = read_summary(self.path)
         if summary is None:
             raise ValueError(f"{self.path / 'summary.json'} is not a complete summary")  # is_complete said so
-        return summary
+        return {**summary, "final": {metric_name(tag): value for tag, value in final_by_tag(summary).items()}}
+
+    @cached_property
+    def metric_tags(self) -> dict[str, str]:
+        """metric name -> its tag, which names where it was measured: {'ITR': 'eval/ITR',
+        'acc_personal': 'train/acc_personal', ...}."""
+        summary = read_summary(self.path) or {}
+        return {metric_name(tag): tag for tag in final_by_tag(summary)} if summary else {}
+
+    def tag(self, metric: str) -> str:
+        """The tag of one of its metrics ('acc_personal' -> 'eval/acc_personal')."""
+        return self.metric_tags.get(metric, metric)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -144,6 +152,20 @@ class Run:
         """A config value by dotted key, e.g. setting('data.R')."""
         section, name = key.split(".")
         return self.summary["config"][section][name]
+
+
+# Data kinds whose metrics were measured on the clients' training rows before summary.json keyed
+# `final` by tag (then no held-out split existed for them); the others measured on test splits.
+LEGACY_TRAIN_KINDS = ("synthetic", "client_files")
+
+
+def final_by_tag(summary: dict[str, Any]) -> dict[str, float]:
+    """summary.json `final` keyed by tag ('eval/ITR', 'train/acc_personal'), as runs write it; a
+    summary written before, with bare names, gets the split its data kind measured them on."""
+    final = summary.get("final") or {}
+    kind = summary.get("config", {}).get("data", {}).get("kind")
+    split = "train" if kind in LEGACY_TRAIN_KINDS else "eval"
+    return {name if "/" in name else metric_tag(name, split): value for name, value in final.items()}
 
 
 _SUMMARY_KEYS = ("config", "final", "comm", "time")
@@ -214,8 +236,9 @@ def result_row(run: Run, *, varied: Sequence[str] = ()) -> dict[str, Any]:
         "world_size": s.get("world_size"),
     }
     row.update({key: run.setting(key) for key in varied})
-    row.update(s["final"])
-    row.update({k: s.get("personal", {}).get(k) for k in _PERSONAL_COLUMNS})
+    row.update({run.tag(name): value for name, value in s["final"].items()})  # named by where measured
+    split = run.tag("acc_personal").rpartition("/")[0] or "eval"  # the per-client distribution: the same rows
+    row.update({f"{split}/{k}": s.get("personal", {}).get(k) for k in _PERSONAL_COLUMNS})
     comm = s["comm"]
     row.update({k: comm.get(k) for k in _COMM_COLUMNS if k in comm})
     row["fl_bytes"] = comm["uplink_bytes"] + comm["downlink_bytes"]

@@ -2,10 +2,14 @@
 their Pareto front, and "bytes to reach target X" per method; where the runs recorded their
 training time (metrics.jsonl `time.train_s`, the rounds' wall clock), also "time to reach target X".
 
-Bytes are the engine's cumulative training counters from metrics.jsonl. The modelled wire bytes
-(ring all-reduce) are the default axis; a 1-rank job puts nothing on a wire, so when every
-communicating run has zero wire bytes the axis switches to FL-equivalent bytes (uplink +
-downlink, what a client-server deployment would send) and the label says so.
+Bytes are the engine's cumulative training counters from metrics.jsonl, in two views:
+- "fl" (the default axis): FL-equivalent bytes, uplink + downlink, what a client-server
+  deployment would send; they do not depend on how the run was simulated (1 process or W);
+- "wire": the modelled wire bytes of the ring collectives, which depend on the world size W (the
+  number of processes: 2(W-1)/W x payload per rank; 0 on one process), so every label, table
+  header and figure of them names W (`wire_name`), and comparing runs of different W says so in
+  one warning line (`world_size_warning`).
+`byte_series` is a run's x-axis series of either kind, `byte_axis` the axis and its label.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +26,10 @@ from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.results import Run
 
 LOWER_IS_BETTER = {"ITR", "ATR", "IOR", "AOR", "loss_personal", "loss_global"}
-WIRE_AXIS = ("wire", "cumulative training bytes on the wire (modelled ring collectives)")
-FL_AXIS = ("fl", "cumulative FL-equivalent training bytes (uplink + downlink)")
+FL, WIRE = "fl", "wire"
+BYTE_KINDS = (FL, WIRE)
+FL_LABEL = "cumulative FL-equivalent training bytes (uplink + downlink)"
+FL_AXIS = (FL, FL_LABEL)  # the default axis
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ class Curve:
     values: list[float]
     communicates: bool
     seconds: list[float] | None = None  # cumulative training wall-clock seconds, when recorded
+    kind: str = WIRE  # what num_bytes counts: "fl" or "wire" bytes
+    totals: dict[str, float] = field(default_factory=dict)  # the final cumulative bytes of each kind
+    world_sizes: tuple[int, ...] = ()  # the processes its runs ran on (the wire bytes depend on it)
+    tag: str = ""  # the metric's tag, which names where it was measured ('eval/ITR'); '' = unknown
 
 
 def format_value(value: Any) -> str:
@@ -52,17 +62,47 @@ def global_metric(runs: Sequence[Run]) -> str:
     return "ATR" if all("ATR" in r.summary["final"] for r in runs) else "acc_global"
 
 
-def byte_axis(runs: Sequence[Run]) -> tuple[str, str]:
-    """(kind, axis label): wire bytes unless every communicating run put none on a wire."""
+def world_sizes(runs: Iterable[Run]) -> tuple[int, ...]:
+    """The distinct world sizes (summary.json `world_size`) the runs ran on, ascending."""
+    return tuple(sorted({int(w) for w in (r.summary.get("world_size") for r in runs) if isinstance(w, int)}))
+
+
+def wire_name(sizes: Sequence[int]) -> str:
+    """'wire bytes (W=2)': wire bytes named with the world size they were modelled for."""
+    if len(sizes) == 1:
+        return f"wire bytes (W={sizes[0]})"
+    return f"wire bytes (W={', '.join(map(str, sizes))}: differ by W)" if sizes else "wire bytes"
+
+
+def world_size_warning(runs: Sequence[Run]) -> str | None:
+    """One warning line when the runs ran on different numbers of processes, else None."""
+    sizes = world_sizes(runs)
+    if len(sizes) < 2:
+        return None
+    return (f"pfl_dist: warning: these runs ran on different numbers of processes (W = {', '.join(map(str, sizes))}): "
+            "their wire bytes are not comparable (the FL bytes, the default axis, are)")
+
+
+def byte_axis(runs: Sequence[Run], kind: str = FL) -> tuple[str, str]:
+    """(kind, axis label). FL bytes by default: the same for any number of processes. Wire bytes
+    name the world size; when no communicating run put anything on a wire (one process) they
+    would collapse to 0, and the FL bytes are returned instead."""
     talking = [r for r in runs if r.communicates]
-    if talking and all(r.summary["comm"]["wire_bytes_model"] == 0 for r in talking):
+    if kind == FL or (talking and all(r.summary["comm"]["wire_bytes_model"] == 0 for r in talking)):
         return FL_AXIS
-    return WIRE_AXIS
+    return WIRE, f"cumulative training {wire_name(world_sizes(runs))} (modelled ring collectives)"
 
 
 def record_bytes(record: dict[str, Any], kind: str) -> float:
+    """A metrics.jsonl record's cumulative training bytes of `kind` ("fl" or "wire")."""
     comm = record["comm"]
-    return float(comm["wire_bytes_model"] if kind == "wire" else comm["uplink_bytes"] + comm["downlink_bytes"])
+    return float(comm["wire_bytes_model"] if kind == WIRE else comm["uplink_bytes"] + comm["downlink_bytes"])
+
+
+def byte_series(run: Run, kind: str = FL) -> tuple[list[int], list[float]]:
+    """A run's x-axis series: its evaluated rounds and the cumulative training bytes of `kind`
+    ("fl": uplink + downlink; "wire": modelled wire bytes, which depend on its world size) at each."""
+    return [r["round"] for r in run.records], [record_bytes(r, kind) for r in run.records]
 
 
 SHORT_KEYS = {"algorithm.num_local_steps": "K", "algorithm.lam": "λ", "data.classes_per_client": "classes"}
@@ -89,11 +129,13 @@ def build_curves(runs: Sequence[Run], *, metric: str, kind: str, facet_key: str 
         per_run = [{r["round"]: r for r in run.records if metric in r["metrics"]} for run in members]
         common = sorted(set.intersection(*(set(p) for p in per_run)))
         timed = all("time" in p[t] for p in per_run for t in common)
+        by_kind = {k: [statistics.fmean(record_bytes(p[t], k) for p in per_run) for t in common] for k in BYTE_KINDS}
         curves.append(Curve(
-            label=label, facet=facet, rounds=common, communicates=members[0].communicates,
-            num_bytes=[statistics.fmean(record_bytes(p[t], kind) for p in per_run) for t in common],
+            label=label, facet=facet, rounds=common, communicates=members[0].communicates, num_bytes=by_kind[kind],
             values=[statistics.fmean(p[t]["metrics"][metric] for p in per_run) for t in common],
-            seconds=[statistics.fmean(p[t]["time"]["train_s"] for p in per_run) for t in common] if timed else None))
+            seconds=[statistics.fmean(p[t]["time"]["train_s"] for p in per_run) for t in common] if timed else None,
+            kind=kind, totals={k: series[-1] for k, series in by_kind.items() if series},
+            world_sizes=world_sizes(members), tag=members[0].tag(metric)))
     return sorted(curves, key=lambda c: facet_order[c.facet])  # numeric facet order; callers order labels
 
 
@@ -143,39 +185,56 @@ def default_targets(curves: Sequence[Curve], *, metric: str) -> list[float]:
     return [worst] if abs(median - worst) <= 1e-12 * max(1.0, abs(worst)) else [worst, median]
 
 
+def byte_names(curves: Sequence[Curve]) -> dict[str, str]:
+    """How the table names each kind of bytes: 'FL bytes', 'wire bytes (W=2)'."""
+    return {FL: "FL bytes", WIRE: wire_name(tuple(sorted({w for c in curves for w in c.world_sizes})))}
+
+
+def _totals(curve: Curve) -> dict[str, float]:
+    return curve.totals or ({curve.kind: curve.num_bytes[-1]} if curve.num_bytes else {})
+
+
 def tradeoff_rows(curves: Sequence[Curve], *, metric: str, targets: Sequence[float] | None = None,
                   extra: dict[tuple[str, str], dict[str, float]] | None = None) -> list[dict[str, Any]]:
-    """One row per curve: final value, total bytes, and bytes/rounds to reach each target.
+    """One row per curve: final value, total bytes (both views: FL bytes and the wire bytes with
+    their world size W, and a W column when the rows' W differ), and the bytes of the curves' kind
+    and rounds to reach each target.
 
     Targets are per facet: given ones apply everywhere, default ones come from that facet's curves.
     `extra` adds final values of other metrics keyed by (facet, label).
     """
+    names = byte_names(curves)
+    mixed = len({c.world_sizes for c in curves if c.world_sizes}) > 1
     rows = []
     for facet in dict.fromkeys(c.facet for c in curves):  # in the curves' (numeric) order
         members = [c for c in curves if c.facet == facet]
         facet_targets = list(targets) if targets else default_targets(members, metric=metric)
         for curve in members:
+            named = curve.tag or metric  # 'final eval/ITR': where it was measured
             row: dict[str, Any] = {"facet": facet, "method": curve.label,
-                                   f"final {metric}": curve.values[-1] if curve.values else None}
+                                   f"final {named}": curve.values[-1] if curve.values else None}
             row.update((extra or {}).get((facet, curve.label), {}))
-            row["total bytes"] = curve.num_bytes[-1] if curve.num_bytes else None
+            if mixed:
+                row["W"] = ", ".join(map(str, curve.world_sizes))
+            totals = _totals(curve)
+            row.update({f"total {names[kind]}": totals[kind] for kind in (curve.kind, *BYTE_KINDS) if kind in totals})
             if curve.seconds is not None:
                 row["train time"] = f"{curve.seconds[-1]:.1f} s" if curve.seconds else None
             row["rounds"] = curve.rounds[-1] if curve.rounds else None
             for i, target in enumerate(facet_targets):
                 reached = bytes_to_reach(curve, target, metric=metric)
                 text = f"{format_bytes(reached[0])} (round {reached[1]})" if reached else "not reached"
-                goal = f"{metric} {'<=' if metric in LOWER_IS_BETTER else '>='} {target:.4g}"
+                goal = f"{named} {'<=' if metric in LOWER_IS_BETTER else '>='} {target:.4g}"
                 timed = seconds_to_reach(curve, target, metric=metric) if curve.seconds is not None else None
                 time_text = f"{timed[0]:.1f} s (round {timed[1]})" if timed else "not reached"
                 if targets:  # the same targets everywhere: name them in the header
-                    row[f"bytes to {goal}"] = text
+                    row[f"{names[curve.kind]} to {goal}"] = text
                     if curve.seconds is not None:
                         row[f"time to {goal}"] = time_text
                 else:  # per-facet targets: a value column and a bytes column per target
                     tag = "AB"[i]
                     row[f"target {tag} ({('worst', 'median')[i]} final)"] = goal
-                    row[f"bytes to {tag}"] = text
+                    row[f"{names[curve.kind]} to {tag}"] = text
                     if curve.seconds is not None:
                         row[f"time to {tag}"] = time_text
             rows.append(row)
@@ -185,7 +244,7 @@ def tradeoff_rows(curves: Sequence[Curve], *, metric: str, targets: Sequence[flo
 def _text(value: Any, key: str) -> str:
     if value is None:
         return "-"
-    if key == "total bytes":
+    if key.startswith("total ") and "bytes" in key:
         return format_bytes(float(value))
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

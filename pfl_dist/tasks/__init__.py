@@ -78,7 +78,8 @@ TASKS: dict[str, TaskEntry] = {
     "client_files": TaskEntry(
         target="pfl_dist.tasks.client_files:ClientFilesTask",
         model_kinds=("linear", "logreg"),
-        unused_keys=("data.samples_per_client", "data.R", "data.center_scale", *_IMAGE_ONLY[1:], _MIN_SAMPLES),
+        unused_keys=("data.samples_per_client", "data.R", "data.center_scale",
+                     *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES),
         description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
     ),
 }

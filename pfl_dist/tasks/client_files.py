@@ -5,6 +5,14 @@ deviation (no centring) when `data.scale_features` is true, or auto on CSV files
 reference code does before training, so a rerun of its data with its initial model
 (`model.init_file`) and step sizes is the same computation. With `local_true_model.npy` present,
 ITR and ATR are reported exactly as on synthetic data (pfl_dist/tasks/linear_clients.py).
+
+Held-out rows: with `data.test_fraction` set (in (0, 1)), each client's rows are split into
+training and test rows by `train_test_split_client` (pfl_dist/data/partition.py, the images'
+split), drawn from (run.seed, client id) only, so the split is the same on any number of
+processes. The test rows are never trained on: the local solver, the smoothness bound L and
+the feature scale see only the training rows, and the losses and accuracies are measured on the
+test rows (named eval/...). `auto` (the default) keeps every row for training, as the reference
+code does, and the losses and accuracies are then measured on those training rows (train/...).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from pfl_dist.data.client_files import (
     read_client,
     read_true_models,
 )
+from pfl_dist.data.partition import train_test_split_client
+from pfl_dist.errors import DataError
 from pfl_dist.models.init_file import check_init_file
 from pfl_dist.models.linear import LinearSoftmax
 from pfl_dist.tasks.linear_clients import LinearClientsTask
@@ -32,6 +42,36 @@ def _build_model(cfg: Config) -> LinearSoftmax:
 
 def scales_features(cfg: Config, fmt: str) -> bool:
     return fmt == "csv" if cfg.data.scale_features == "auto" else bool(cfg.data.scale_features)
+
+
+def held_out_split(cfg: Config, client: int, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, test rows) of client `client`'s `num_rows` rows: from (run.seed, client
+    id) alone, so any rank computes the same split; no test rows with test_fraction auto."""
+    fraction = cfg.data.held_out_fraction
+    if fraction == 0:
+        return np.arange(num_rows), np.zeros(0, dtype=np.int64)
+    try:
+        return train_test_split_client(np.arange(num_rows), test_fraction=fraction, seed=cfg.run.seed,
+                                       client_id=client)
+    except DataError:  # too few rows to hold some out: name the key and the client
+        raise DataError(f"data.test_fraction={fraction:g}: client {client + 1} has {num_rows} row(s), too few to "
+                        "hold a test split out and still train") from None
+
+
+def _rows(arrays: ClientArrays, rows: np.ndarray) -> ClientArrays:
+    return ClientArrays(features=arrays.features[rows], labels=arrays.labels[rows])
+
+
+def _padded(clients: list[ClientArrays], scale: np.ndarray, *, device: torch.device,
+            dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Scaled features (k, n_max, d) and labels (k, n_max), zero-padded, and the row counts."""
+    counts = [len(c.labels) for c in clients]
+    features = np.zeros((len(clients), max(counts, default=0), scale.shape[1]))
+    labels = np.zeros((len(clients), features.shape[1]), dtype=np.int64)
+    for i, client in enumerate(clients):
+        features[i, : counts[i]] = client.features / scale[i]
+        labels[i, : counts[i]] = client.labels
+    return torch.from_numpy(features).to(device, dtype), torch.from_numpy(labels).to(device), counts
 
 
 class ClientFilesTask(LinearClientsTask):
@@ -46,32 +86,35 @@ class ClientFilesTask(LinearClientsTask):
         fmt = detect_format(directory, client_ids.start)
         clients = [read_client(directory, c, fmt=fmt, dim=data.dim, num_classes=data.num_classes) for c in client_ids]
         self.arrays: list[ClientArrays] = clients  # as read, for inspection
-        counts = [len(c.labels) for c in clients]
+        splits = [held_out_split(cfg, client, len(arrays.labels)) for client, arrays in zip(client_ids, clients,
+                                                                                          strict=True)]
+        train = [_rows(arrays, rows) for arrays, (rows, _) in zip(clients, splits, strict=True)]
         scale = np.ones((len(clients), data.dim))
-        features = np.zeros((len(clients), max(counts, default=0), data.dim))
-        labels = np.zeros((len(clients), features.shape[1]), dtype=np.int64)
-        for i, client in enumerate(clients):
+        for i, arrays in enumerate(train):
             if scales_features(cfg, fmt):
-                scale[i] = feature_scale(client.features)
-            features[i, : counts[i]] = client.features / scale[i]
-            labels[i, : counts[i]] = client.labels
-        self.features = torch.from_numpy(features).to(device, dtype)
-        self.labels = torch.from_numpy(labels).to(device)
+                scale[i] = feature_scale(arrays.features)  # of the training rows only
+        self.features, self.labels, counts = _padded(train, scale, device=device, dtype=dtype)
         self.scale = torch.from_numpy(scale).to(device)
         truth = read_true_models(directory, client_ids, num_clients=data.num_clients, dim=data.dim,
                                  num_classes=data.num_classes)
         # W_k^T, (k, d, C), the model's weight layout, as a view of the (k, C, d) file rows.
         self.true_models = None if truth is None else torch.from_numpy(truth).to(device).transpose(1, 2)
         self._set_counts(counts, device)
+        if data.held_out_fraction > 0:
+            test = [_rows(arrays, rows) for arrays, (_, rows) in zip(clients, splits, strict=True)]
+            self.test_rows = [rows for _, rows in splits]  # each client's held-out row numbers, for inspection
+            self._set_eval(*_padded(test, scale, device=device, dtype=dtype), measured_on="eval")
 
     @classmethod
     def preflight(cls, cfg: Config) -> None:
-        """Every client's file, the true models and the init file, read and checked once."""
+        """Every client's file (and its held-out split), the true models and the init file, read
+        and checked once."""
         data = cfg.data
         directory = data_directory(data.data_dir)
         fmt = detect_format(directory)
         for client in range(data.num_clients):
-            read_client(directory, client, fmt=fmt, dim=data.dim, num_classes=data.num_classes)
+            arrays = read_client(directory, client, fmt=fmt, dim=data.dim, num_classes=data.num_classes)
+            held_out_split(cfg, client, len(arrays.labels))
         read_true_models(directory, range(data.num_clients), num_clients=data.num_clients, dim=data.dim,
                          num_classes=data.num_classes)
         check_init_file(cfg.model.init_file, _build_model(cfg))

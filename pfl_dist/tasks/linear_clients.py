@@ -9,7 +9,9 @@ paper's metrics.
   scaled feature space, so w_k / s_k is the same model on raw features).
 - ATR = ||w_g - mean_k W_k^T||_F, comparing the scaled-space w_g with unscaled truths exactly as
   the reference code does (kept for comparability; see docs/ARCHITECTURE.md).
-- Accuracies and losses are measured on the clients' own training samples.
+- Accuracies and losses are measured on the clients' own training samples, or on held-out rows
+  when the subclass sets them (`_set_eval`: client_files with data.test_fraction); the metric
+  names say which (`metrics_measured_on`: train/... or eval/...).
 ITR and ATR are reported only when the true models are known.
 
 When every client has the same number of samples (always on synthetic data) the local solver
@@ -34,6 +36,11 @@ from pfl_dist.tasks.base import Batch, padded_batches
 BLOCK = 256  # clients per float64 block in the smoothness bound
 
 
+def _equal(counts: list[int], features: torch.Tensor) -> bool:
+    """Every client fills the padded length: the unpadded kernels apply."""
+    return len(set(counts)) <= 1 and (not counts or counts[0] == features.shape[1])
+
+
 class LinearClientsTask:
     # One intra-op thread, whatever the rank's share of the cores: the local solver works on
     # cache-sized chunks of clients (~10k-100k-element ops), which OpenMP synchronisation makes
@@ -53,11 +60,22 @@ class LinearClientsTask:
     true_models: torch.Tensor | None  # (k, d, C) float64 W_k^T, or None when unknown
     counts: list[int]  # n_k
     sample_counts: torch.Tensor  # (k,) n_k in the run's dtype: the aggregation weights
+    # The rows the metrics are measured on: the training rows (above), or held-out ones (`_set_eval`).
+    eval_features: torch.Tensor
+    eval_labels: torch.Tensor
+    eval_counts: list[int]
 
     def _set_counts(self, counts: list[int], device: torch.device) -> None:
         self.counts = counts
-        self.equal_counts = len(set(counts)) <= 1 and (not counts or counts[0] == self.features.shape[1])
+        self.equal_counts = _equal(counts, self.features)
         self.sample_counts = torch.tensor(counts, dtype=self.dtype, device=device)
+        self._set_eval(self.features, self.labels, counts, measured_on="train")
+
+    def _set_eval(self, features: torch.Tensor, labels: torch.Tensor, counts: list[int], *, measured_on: str) -> None:
+        """The rows the metrics are measured on, zero-padded like the training rows."""
+        self.eval_features, self.eval_labels, self.eval_counts = features, labels, counts
+        self.eval_equal_counts = _equal(counts, features)
+        self.metrics_measured_on = measured_on
 
     def model_state_dict(self, model: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model.state_dict(model)
@@ -128,21 +146,23 @@ class LinearClientsTask:
     # --- metrics -------------------------------------------------------------------------------
 
     def _loss_and_correct_sums(self, models: torch.Tensor, *, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-client sums (k,) of the cross-entropy and of correct predictions on the real samples,
-        of each client's own row of `models` (k, P), or of one shared model (P,)."""
-        if self.equal_counts:
-            n = self.features.shape[1]
+        """Per-client sums (k,) of the cross-entropy and of correct predictions on the real samples
+        of the evaluation rows, of each client's own row of `models` (k, P), or of one shared
+        model (P,)."""
+        features, labels = self.eval_features, self.eval_labels
+        if self.eval_equal_counts:
+            n = features.shape[1]
             if shared:
-                loss, correct = self.model.shared_loss_and_correct(models, self.features, self.labels)
+                loss, correct = self.model.shared_loss_and_correct(models, features, labels)
             else:
-                loss, correct = self.model.loss_and_correct(models, self.features, self.labels)
+                loss, correct = self.model.loss_and_correct(models, features, labels)
             return loss.double() * n, correct.double()
-        rows = models.expand(len(self.features), -1) if shared else models
-        logits = self.model.logits(rows, self.features).double()
-        valid = torch.arange(self.features.shape[1], device=logits.device) < torch.tensor(
-            self.counts, device=logits.device).unsqueeze(1)
-        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), self.labels, reduction="none")
-        correct = (logits.argmax(dim=-1) == self.labels) & valid
+        rows = models.expand(len(features), -1) if shared else models
+        logits = self.model.logits(rows, features).double()
+        valid = torch.arange(features.shape[1], device=logits.device) < torch.tensor(
+            self.eval_counts, device=logits.device).unsqueeze(1)
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        correct = (logits.argmax(dim=-1) == labels) & valid
         return (losses * valid).sum(dim=1), correct.double().sum(dim=1)
 
     def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -150,7 +170,7 @@ class LinearClientsTask:
         loss_g, correct_g = self._loss_and_correct_sums(global_model, shared=True)
         sums = {
             "num_clients": torch.tensor(float(len(self.client_ids)), dtype=torch.float64),
-            "num_samples": self.sample_counts.double().sum(),
+            "num_samples": torch.tensor(float(sum(self.eval_counts)), dtype=torch.float64),
         }
         if self.true_models is not None:
             raw_models = self.model.weight_matrix(local_models).double() / self.scale.unsqueeze(-1)
@@ -159,7 +179,7 @@ class LinearClientsTask:
             "loss_personal_sum": loss_p.sum(),
             "correct_personal": correct_p.sum(),
             "client_correct": correct_p,
-            "client_count": torch.tensor([float(n) for n in self.counts], dtype=torch.float64),
+            "client_count": torch.tensor([float(n) for n in self.eval_counts], dtype=torch.float64),
             "loss_global_sum": loss_g.sum(),
             "correct_global": correct_g.sum(),
         }

@@ -40,7 +40,7 @@ def test_client_files_on_one_and_two_ranks(tmp_path: Path) -> None:
     # Assert: the same final model and metrics (float32) to 1e-5, ITR and ATR reported.
     diff = float((global_weights(tmp_path / "w1") - global_weights(tmp_path / "w2")).abs().max())
     assert diff <= 1e-5, diff
-    for key in ("ITR", "ATR", "loss_personal", "acc_personal", "loss_global"):
+    for key in ("eval/ITR", "eval/ATR", "train/loss_personal", "train/acc_personal", "train/loss_global"):
         assert double["final"][key] == pytest.approx(single["final"][key], abs=1e-5), key
     assert double["world_size"] == 2 and single["world_size"] == 1
 
@@ -90,7 +90,7 @@ def test_leaf_on_one_and_three_ranks(tmp_path: Path) -> None:
     a, b = _final_global(tmp_path / "w1"), _final_global(tmp_path / "w3")
     assert a["weight"].shape == (784, 62)
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
-    for key in ("acc_personal", "naive_acc", "loss_global"):
+    for key in ("eval/acc_personal", "eval/naive_acc", "eval/loss_global"):
         assert triple["final"][key] == pytest.approx(single["final"][key], abs=1e-5), key
 
 
@@ -106,4 +106,4 @@ def test_one_cifar10_cnn_round_on_two_ranks(tmp_path: Path) -> None:
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
     params = 896 + 18496 + 524416 + 1290
     assert double["comm"]["uplink_bytes"] == single["comm"]["uplink_bytes"] == 4 * params * 4  # 4 clients, float32
-    assert double["final"]["acc_global"] == pytest.approx(single["final"]["acc_global"], abs=1e-6)
+    assert double["final"]["eval/acc_global"] == pytest.approx(single["final"]["eval/acc_global"], abs=1e-6)

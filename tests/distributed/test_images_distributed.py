@@ -45,9 +45,9 @@ def test_one_rank_and_five_ranks_agree(tmp_path: Path) -> None:
         assert np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test)
     assert multi["world_size"] == 5 and single["world_size"] == 1
     assert torch.allclose(global_weights(tmp_path / "w1"), global_weights(tmp_path / "w5"), atol=1e-4, rtol=0)
-    for key in ("acc_personal", "acc_global", "naive_acc"):
+    for key in ("eval/acc_personal", "eval/acc_global", "eval/naive_acc"):
         assert multi["final"][key] == pytest.approx(single["final"][key], abs=1e-3), key
-    assert single["final"]["acc_personal"] >= 0.9 and single["final"]["acc_global"] >= 0.15
+    assert single["final"]["eval/acc_personal"] >= 0.9 and single["final"]["eval/acc_global"] >= 0.15
     assert multi["comm"]["uplink_bytes"] == single["comm"]["uplink_bytes"]  # FL-equivalent: world-size free
 
 
@@ -57,7 +57,7 @@ def test_cnn_trains_across_processes(tmp_path: Path) -> None:
                            "train.num_rounds=2", "train.eval_every=2", "algorithm.local_epochs=3",
                            "algorithm.local_lr=0.05", config="configs/mnist_cnn.yaml", name="cnn")
     final = summary["final"]
-    assert final["acc_personal"] >= 0.85 and final["improvement_over_naive"] >= 0.3, final
-    assert final["acc_global"] > 0.2, final  # 2 clients see at most 4 of the 10 digits
+    assert final["eval/acc_personal"] >= 0.85 and final["eval/improvement_over_naive"] >= 0.3, final
+    assert final["eval/acc_global"] > 0.2, final  # 2 clients see at most 4 of the 10 digits
     model_bytes = 421642 * 4
     assert summary["comm"]["uplink_bytes"] == 2 * 2 * model_bytes  # 2 rounds x 2 clients x the CNN

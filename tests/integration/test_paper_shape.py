@@ -20,7 +20,7 @@ PAPER = ("data.num_clients=10", "data.samples_per_client=200", "data.dim=10", "d
 
 
 def _final_itr(tmp_path: Path, name: str, *overrides: str) -> float:
-    return float(run_inprocess(tmp_path, *PAPER, *overrides, name=name)["final"]["ITR"])
+    return float(run_inprocess(tmp_path, *PAPER, *overrides, name=name)["final"]["eval/ITR"])
 
 
 def test_paper_sanity_small_and_large_heterogeneity(tmp_path: Path) -> None:
@@ -49,10 +49,10 @@ def test_fashion_mnist_shows_the_papers_shape(tmp_path: Path) -> None:
                                 "algorithm.local_epochs=1", "train.eval_every=8",
                                 config="configs/fmnist_logreg.yaml", name=name)
         final[name] = summary["final"]
-    personal = {k: v["acc_personal"] for k, v in final.items()}
-    global_ = {k: v["acc_global"] for k, v in final.items()}
+    personal = {k: v["eval/acc_personal"] for k, v in final.items()}
+    global_ = {k: v["eval/acc_global"] for k, v in final.items()}
     assert personal["local"] > personal["fedavg"] and personal["fedclup"] > personal["fedavg"], personal
-    assert final["fedclup"]["loss_personal"] < final["fedavg"]["loss_personal"] - 0.05, final
+    assert final["fedclup"]["eval/loss_personal"] < final["fedavg"]["eval/loss_personal"] - 0.05, final
     assert global_["fedavg"] > global_["fedclup"] > global_["local"] + 0.005, global_
 
 
@@ -71,10 +71,10 @@ def test_fashion_mnist_cnn_shows_the_papers_shape(tmp_path: Path) -> None:
                                 "algorithm.local_lr=0.05", "train.eval_every=7", config="configs/fmnist_cnn.yaml",
                                 name=name)
         final[name] = summary["final"]
-    personal = {k: v["acc_personal"] for k, v in final.items()}
-    global_ = {k: v["acc_global"] for k, v in final.items()}
+    personal = {k: v["eval/acc_personal"] for k, v in final.items()}
+    global_ = {k: v["eval/acc_global"] for k, v in final.items()}
     assert min(personal["local"], personal["fedclup"]) > personal["fedavg"] + 0.02, personal
-    assert final["fedclup"]["loss_personal"] < final["fedavg"]["loss_personal"] - 0.1, final
+    assert final["fedclup"]["eval/loss_personal"] < final["fedavg"]["eval/loss_personal"] - 0.1, final
     assert global_["fedavg"] > global_["fedclup"] > global_["local"] + 0.005, global_
 
 
@@ -84,4 +84,4 @@ def test_mnist5k_local_train_reaches_90_percent(tmp_path: Path) -> None:
     # which gives mnist5k's 4,000 training images 20 partitions (100 images per class).
     summary = run_inprocess(tmp_path, "data.kind=mnist5k", "algorithm.name=local", "train.num_rounds=5",
                             config="configs/mnist_logreg.yaml")
-    assert summary["final"]["acc_personal"] >= 0.9, summary["final"]
+    assert summary["final"]["eval/acc_personal"] >= 0.9, summary["final"]

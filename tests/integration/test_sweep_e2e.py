@@ -190,7 +190,7 @@ def test_a_point_whose_data_file_changed_is_rerun_and_the_table_shows_its_new_nu
     assert set(new) == set(old) == {"lam=0.1__seed=0", "lam=1.0__seed=0"}
     for name, row in new.items():
         summary = read_summary(out / name)
-        assert float(row["ITR"]) == summary["final"]["ITR"] != float(old[name]["ITR"])
+        assert float(row["eval/ITR"]) == summary["final"]["eval/ITR"] != float(old[name]["eval/ITR"])
     kept = sorted(p.name.rsplit(".", 1)[0] for p in (out / "replaced").iterdir())  # <name>.<old hash8>
     assert kept == ["lam=0.1__seed=0", "lam=1.0__seed=0"]
     for replaced in (out / "replaced").iterdir():

@@ -112,7 +112,7 @@ def test_first_round_equals_a_numpy_round_from_the_files(tmp_path: Path) -> None
     itr = np.mean([np.linalg.norm(local[k] / scales[k][:, None] - truths[k].T) for k in range(10)])
     atr = np.linalg.norm(w_global - truths.mean(axis=0).T)
     final = trainer.summary["final"]
-    assert final["ITR"] == pytest.approx(itr, abs=1e-10) and final["ATR"] == pytest.approx(atr, abs=1e-10)
+    assert final["eval/ITR"] == pytest.approx(itr, abs=1e-10) and final["eval/ATR"] == pytest.approx(atr, abs=1e-10)
 
 
 def test_npz_clients_with_different_sample_counts(tmp_path: Path) -> None:
@@ -143,3 +143,63 @@ def test_npz_clients_with_different_sample_counts(tmp_path: Path) -> None:
     assert float(sums["loss_personal_sum"]) == pytest.approx(sum(losses), rel=1e-12)
     assert float(sums["loss_global_sum"]) == pytest.approx(sum(losses), rel=1e-12)
     assert "ITR_sum" not in sums  # no true models in the directory
+
+
+# --- data.test_fraction: held-out rows ---------------------------------------------------------
+
+
+def test_the_held_out_split_is_per_client_and_the_same_for_any_world_size(tmp_path: Path) -> None:
+    # Prepare: 5 clients of 30 rows, 20% held out
+    data = write_reference_csv_clients(tmp_path / "data", num_clients=5, num_samples=30)
+    args = ("data.num_clients=5", "data.test_fraction=0.2")
+    # Execute: one process hosting all five, and the blocks of 2 ranks (3 + 2 clients)
+    one = _task(data, *args, clients=range(5))
+    two = [_task(data, *args, clients=range(0, 3)), _task(data, *args, clients=range(3, 5))]
+    # Assert: 6 of 30 rows held out per client, the same rows whoever hosts the client, and they
+    # differ between clients (each client draws its own); the metrics are named eval/
+    held_out = [rows.tolist() for rows in one.test_rows]
+    assert held_out == [rows.tolist() for task in two for rows in task.test_rows]
+    assert all(len(rows) == 6 for rows in held_out) and len({tuple(rows) for rows in held_out}) == 5
+    assert one.counts == [24] * 5 and one.eval_counts == [6] * 5
+    assert one.metrics_measured_on == "eval"
+    assert _task(data, "data.num_clients=5", clients=range(5)).metrics_measured_on == "train"  # auto: no split
+
+
+def test_the_held_out_rows_are_not_trained_on_and_are_what_the_metrics_measure(tmp_path: Path) -> None:
+    # Prepare: the same clients twice; in the second copy every held-out row has its label flipped
+    data = write_reference_csv_clients(tmp_path / "data", num_clients=4, num_samples=25)
+    args = ("data.kind=client_files", "data.num_clients=4", "data.test_fraction=0.2", "train.num_rounds=3",
+            "train.eval_every=1", "algorithm.num_local_steps=10", "train.dtype=float64")
+    held_out = _task(data, "data.num_clients=4", "data.test_fraction=0.2", clients=range(4)).test_rows
+    flipped = tmp_path / "flipped"
+    flipped.mkdir()
+    for k, rows in enumerate(held_out):
+        lines = (data / f"{k + 1}_client_data.csv").read_text().splitlines()
+        for row in rows:
+            features, label = lines[row].rsplit(",", 1)
+            lines[row] = f"{features},{1.0 - float(label)!r}"
+        (flipped / f"{k + 1}_client_data.csv").write_text("\n".join(lines) + "\n")
+    # Execute
+    summaries = []
+    for name, folder in (("kept", data), ("flipped", flipped)):
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", f"run.name={name}", f"data.data_dir={folder}", *args])
+        summaries.append(run_session(cfg, init_runtime(cfg), StopRequest()).summary)
+    kept, changed = summaries
+    # Assert: training never saw those rows (the same models, bit for bit); the accuracies measured
+    # on them flip (a + a' = 1), and are named eval/ in summary.json and metrics.jsonl
+    assert kept["global_model_sha256"] == changed["global_model_sha256"]
+    assert kept["final"]["eval/acc_personal"] + changed["final"]["eval/acc_personal"] == pytest.approx(1.0)
+    assert not any(key.startswith("train/") for key in kept["final"])
+    records = [line for line in (tmp_path / "kept" / "metrics.jsonl").read_text().splitlines() if line]
+    assert all('"eval/acc_personal"' in line and '"train/' not in line for line in records)
+
+
+def test_too_few_rows_to_hold_some_out_is_one_line(tmp_path: Path) -> None:
+    from pfl_dist.errors import DataError
+    from pfl_dist.tasks import preflight
+
+    data = write_reference_csv_clients(tmp_path / "data", num_clients=2, num_samples=1)
+    cfg = load_config(None, ["data.kind=client_files", f"data.data_dir={data}", "data.num_clients=2",
+                             "data.test_fraction=0.2"])
+    with pytest.raises(DataError, match=r"^data.test_fraction=0.2: client 1 has 1 row\(s\), too few to hold a test "):
+        preflight(cfg)

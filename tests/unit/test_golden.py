@@ -39,40 +39,40 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "fedclup_paper_shape": (*PAPER, "algorithm.name=fedclup"),
 }
 
-# scenario -> final metrics, global_model_sha256, sha256 of the (m, P) local models,
-# participation.update_counts_sha256
+# scenario -> final metrics (keyed by tag: where each is measured), global_model_sha256, sha256 of
+# the (m, P) local models, participation.update_counts_sha256
 GOLDEN: dict[str, tuple[dict[str, float], str, str, str]] = {
     "fedclup": (
-        {"ITR": 10.402572358796334, "ATR": 3.6426244801850074, "loss_personal": 0.37883501048506785,
-         "loss_global": 2.569262910657382, "acc_personal": 0.8575, "acc_global": 0.48},
+        {"eval/ITR": 10.402572358796334, "eval/ATR": 3.6426244801850074, "train/loss_personal": 0.37883501048506785,
+         "train/loss_global": 2.569262910657382, "train/acc_personal": 0.8575, "train/acc_global": 0.48},
         "8ddfcb340da8b6298f2392077e05d3ff0d22ffb5a9e2d68e17bbc1e4c39fc0bc",
         "28088bbc092932b26fdbc413544dc5d6a5885fdb8fd0ed97eadb20bf35641b8c",
         "d6e6250ec66cb92bde4841478ba78ea0ae04d840c916273e5461fe143c540cc4",
     ),
     "fedavg": (
-        {"ITR": 9.39243064274432, "ATR": 3.2690432739394732, "loss_personal": 0.25359520303334554,
-         "loss_global": 1.0350436399391834, "acc_personal": 0.895, "acc_global": 0.55},
+        {"eval/ITR": 9.39243064274432, "eval/ATR": 3.2690432739394732, "train/loss_personal": 0.25359520303334554,
+         "train/loss_global": 1.0350436399391834, "train/acc_personal": 0.895, "train/acc_global": 0.55},
         "f28f01667a76e233fdeeb2953a9b1104a811f55dc08a10d82974f128287335f6",
         "2de6062672b96bc6a4d39633402def888c0ef5138b38c98affff59d6c06d6c33",
         "d6e6250ec66cb92bde4841478ba78ea0ae04d840c916273e5461fe143c540cc4",
     ),
     "fedprox": (
-        {"ITR": 10.079338041759897, "ATR": 3.5015823612926935, "loss_personal": 0.3929949172583669,
-         "loss_global": 1.7135084310784094, "acc_personal": 0.845, "acc_global": 0.5175},
+        {"eval/ITR": 10.079338041759897, "eval/ATR": 3.5015823612926935, "train/loss_personal": 0.3929949172583669,
+         "train/loss_global": 1.7135084310784094, "train/acc_personal": 0.845, "train/acc_global": 0.5175},
         "4d4f78e45b9fe8c8dc7e246d91495b0d2bdc8b1c0337c02cf76edf8eb5cca6bf",
         "49f0f8fe4e9c211b2afdda1b7a84ce23715f52a84c5be13fc8eeee73b74db245",
         "d6e6250ec66cb92bde4841478ba78ea0ae04d840c916273e5461fe143c540cc4",
     ),
     "local": (
-        {"ITR": 9.854689110528884, "ATR": 3.454121813735399, "loss_personal": 0.21089690927487176,
-         "loss_global": 1.8890091177370767, "acc_personal": 0.915, "acc_global": 0.4825},
+        {"eval/ITR": 9.854689110528884, "eval/ATR": 3.454121813735399, "train/loss_personal": 0.21089690927487176,
+         "train/loss_global": 1.8890091177370767, "train/acc_personal": 0.915, "train/acc_global": 0.4825},
         "0cf7e9ac0da55bbc65d72ae37d2a79b6214c6224acd7f874c54831561e133777",
         "379d8e5eb57abd7863cd4c300bf1f401685c3a70c44a610a5e3026faa854cd85",
         "d6e6250ec66cb92bde4841478ba78ea0ae04d840c916273e5461fe143c540cc4",
     ),
     "fedclup_paper_shape": (
-        {"ITR": 20.34216620146192, "ATR": 5.63999113598493, "loss_personal": 5.542010788534066,
-         "loss_global": 4.787357571027413, "acc_personal": 0.5985, "acc_global": 0.52965},
+        {"eval/ITR": 20.34216620146192, "eval/ATR": 5.63999113598493, "train/loss_personal": 5.542010788534066,
+         "train/loss_global": 4.787357571027413, "train/acc_personal": 0.5985, "train/acc_global": 0.52965},
         "44c69c7901c0d60ba5d830f2ea02852bee2f745d5b0f44dd63d4d6194aae0660",
         "42365ff134c4a4d6f987c2f3ae3b30dcd13d08beaa34652bad828a9cbda58459",
         "9dd89b01933676b549bf0e978f93e8077b4def6293084cba0a307cd412e98d63",

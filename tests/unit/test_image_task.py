@@ -232,9 +232,9 @@ def test_small_logreg_run_learns(mnist_dir: Path, tmp_path: Path) -> None:
                             "data.num_clients=2", "algorithm.local_lr=0.05", "algorithm.global_lr=1/lam",
                             "algorithm.batch_size=16", "algorithm.local_epochs=3", "train.num_rounds=2")
     final = summary["final"]
-    assert final["acc_personal"] >= 0.9 and final["improvement_over_naive"] >= 0.3, final
-    assert final["loss_personal"] < final["naive_loss"], final
-    assert final["acc_global"] >= 0.12, final  # 2 clients see at most 4 classes; chance is 0.1
+    assert final["eval/acc_personal"] >= 0.9 and final["eval/improvement_over_naive"] >= 0.3, final
+    assert final["eval/loss_personal"] < final["eval/naive_loss"], final
+    assert final["eval/acc_global"] >= 0.12, final  # 2 clients see at most 4 classes; chance is 0.1
     assert summary["algorithm"]["global_step_factor"] == 1.0
 
 

@@ -92,5 +92,5 @@ def test_the_cnn_trains_with_62_classes(tmp_path: Path) -> None:
                             "train.num_rounds=1", "train.eval_every=1")
     weights = torch.load(tmp_path / "runs" / "run" / "final" / "global.pt", weights_only=True)
     assert weights["fc2.weight"].shape == (62, 128) and weights["conv1.weight"].shape == (32, 1, 3, 3)
-    assert summary["final"]["acc_personal"] >= 0 and np.isfinite(summary["final"]["loss_global"])
+    assert summary["final"]["eval/acc_personal"] >= 0 and np.isfinite(summary["final"]["eval/loss_global"])
     assert summary["comm"]["uplink_bytes"] == 4 * (320 + 18496 + 401536 + 128 * 62 + 62) * 4

@@ -93,7 +93,7 @@ def test_cli_writes_figures_and_prints_the_table(sweeps: dict[str, Path], tmp_pa
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert plot_main([str(sweeps["none"]), "--out", str(tmp_path), "--target", "100"]) == 0
     out = capsys.readouterr().out
-    assert "bytes to ITR <= 100" in out and "figure: " + str(tmp_path / "tradeoff.png") in out
+    assert "FL bytes to eval/ITR <= 100" in out and "figure: " + str(tmp_path / "tradeoff.png") in out
     assert "not reached" not in out  # every curve starts below ITR 100
 
 

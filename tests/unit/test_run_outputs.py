@@ -77,8 +77,8 @@ def test_synthetic_metrics_are_named_train_except_the_distances_to_the_truth(run
     # the trade-off curves keep their names, and their values are the logged metrics
     assert {f"tradeoff/{m}_vs_bytes" for m in ("ITR", "ATR", "acc_personal", "acc_global")} <= tags
     summary = read_summary(runs / "fedclup")
-    assert records[-1]["metrics"]["eval/ITR"] == summary["final"]["ITR"]
-    assert records[-1]["metrics"]["train/loss_personal"] == summary["final"]["loss_personal"]
+    assert records[-1]["metrics"]["eval/ITR"] == summary["final"]["eval/ITR"]
+    assert records[-1]["metrics"]["train/loss_personal"] == summary["final"]["train/loss_personal"]
 
 
 def test_image_metrics_are_named_eval(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ def test_results_csv_has_one_row_per_finished_point(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == names[:2]
     assert [r["algorithm.lam"] for r in rows] == ["0.1", "0.5"]
-    assert rows[0]["label"] == "FedCLUP λ=0.1" and rows[0]["fl_bytes"] == "160" and rows[0]["ITR"] == "1.0"
+    assert rows[0]["label"] == "FedCLUP λ=0.1" and rows[0]["fl_bytes"] == "160" and rows[0]["eval/ITR"] == "1.0"
     assert [r.name for r in find_runs(out)] == names[:2]  # results.csv selects the sweep's runs
 
 

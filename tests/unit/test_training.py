@@ -71,8 +71,8 @@ def test_divergence_names_round_and_client(tmp_path: Path) -> None:
 def test_every_algorithm_learns(tmp_path: Path, name: str) -> None:
     summary = run_inprocess(tmp_path, *SMALL, f"algorithm.name={name}")
     first = read_metrics(tmp_path / "run")[0]["metrics"]
-    assert summary["final"]["loss_personal"] < 0.5 * first["train/loss_personal"]
-    assert summary["final"]["acc_personal"] > 0.85
+    assert summary["final"]["train/loss_personal"] < 0.5 * first["train/loss_personal"]
+    assert summary["final"]["train/acc_personal"] > 0.85
 
 
 def test_two_runs_with_different_lambda_and_no_run_name_keep_both_results(tmp_path: Path,
