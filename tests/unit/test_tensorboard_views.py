@@ -1,19 +1,23 @@
 """What TensorBoard shows of a run, read back from the event files as TensorBoard reads them:
 the trade-off first and in the right units, no structurally zero counters, custom-scalar charts
-only for metrics the run has, and HParams columns with proper types in trade-off order
-(pfl_dist/tensorboard_views.py)."""
+only for metrics the run has, HParams columns with proper types in trade-off order, and replaced
+runs out of sight (pfl_dist/tensorboard_views.py, pfl_dist/rundir.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
+from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from pfl_dist.comm import Counters, Traffic
+from pfl_dist.config import load_config
+from pfl_dist.rundir import prepare_run_dir, set_run_dir_aside
 from pfl_dist.tensorboard_views import HPARAMS
 from pfl_dist.timing import RoundTimes
 from pfl_dist.tracking import RunLogger
@@ -158,3 +162,39 @@ def test_an_image_run_has_no_charts_for_the_true_model_errors(tmp_path: Path) ->
     assert charts and not [chart.title for chart in charts if "ITR" in chart.title or "ATR" in chart.title]
     experiment, _ = hparams(events)
     assert experiment.metric_infos[0].name.tag == "eval/acc_personal"
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def tensorboard_runs(logdir: Path) -> set[str]:
+    """The runs TensorBoard finds below `logdir`, as its own loader discovers them."""
+    return {Path(run).relative_to(logdir).as_posix() for run in io_wrapper.GetLogdirSubdirectories(str(logdir))}
+
+
+def test_a_run_set_aside_by_a_sweep_is_kept_but_not_shown(tmp_path: Path) -> None:
+    run_inprocess(tmp_path, *SMALL, name="point")
+    before = digests(tmp_path / "point")
+    kept = set_run_dir_aside(tmp_path / "point", tmp_path / "replaced", label="abcd1234")
+    run_inprocess(tmp_path, *SMALL, "train.num_rounds=2", name="point")
+    assert tensorboard_runs(tmp_path) == {"point"}
+    after = digests(kept)  # every file kept byte for byte, the event files under another name
+    assert sorted(after.values()) == sorted(before.values())
+    assert [name for name in after if name.startswith("events.out.replaced.")]
+
+
+def test_an_overwrite_keeps_the_old_run_out_of_sight_and_rolls_back_intact(tmp_path: Path) -> None:
+    run_inprocess(tmp_path, *SMALL)
+    before = digests(tmp_path / "run")
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=run", *SMALL, "train.num_rounds=2"])
+    prepared = prepare_run_dir(cfg, overwrite=True)
+    try:
+        assert (tmp_path / "run" / ".replaced").is_dir()
+        assert tensorboard_runs(tmp_path) == set()  # the old events sit in .replaced/, unseen
+        prepared.rollback()
+    finally:
+        prepared.release()
+    assert digests(tmp_path / "run") == before  # every file back under its own name
+    assert tensorboard_runs(tmp_path) == {"run"}
