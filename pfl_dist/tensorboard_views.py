@@ -155,20 +155,21 @@ def _chart(title: str, pattern: str) -> Any:
 
     return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[pattern]))
 
+
 def hparams_summaries(hparams: dict[str, Any], metric_tags: list[str]) -> list[Any]:
     """The three HParams summaries of a finished run: the experiment config (every run writes the
-    same columns, `HPARAMS`, and its metric columns in the given order), this run's values, its end."""
+    same columns, `HPARAMS`, and its metric columns in the given order), this run's values, its end.
+    A value not declared in `HPARAMS` still gets a column, typed by its value, after the others;
+    a test keeps the Trainer's hparams declared, so that every run has the same columns."""
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-    unknown = set(hparams) - set(HPARAMS)
-    if unknown:  # a column TensorBoard would never show
-        raise ValueError(f"hparams not declared in tensorboard_views.HPARAMS: {sorted(unknown)}")
-    experiment = api_pb2.Experiment(hparam_infos=[_hparam_info(name) for name in HPARAMS],
+    kinds = {**HPARAMS, **{name: _value_type(value) for name, value in hparams.items() if name not in HPARAMS}}
+    experiment = api_pb2.Experiment(hparam_infos=[_hparam_info(name, kind) for name, kind in kinds.items()],
                                     metric_infos=[_metric_info(tag) for tag in metric_tags])
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())  # no group name: one run per row
     for name, value in hparams.items():
         if value is not None:
-            _set_value(start.hparams[name], HPARAMS[name], value)
+            _set_value(start.hparams[name], kinds[name], value)
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
     return [_hparams_summary(metadata.EXPERIMENT_TAG, experiment=experiment),
             _hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
@@ -182,17 +183,21 @@ def hparams_metric_tags(tags: list[str]) -> list[str]:
     return [*first, FL_BYTES_TAG, WIRE_BYTES_TAG, *(tag for tag in tags if tag not in first)]
 
 
-def _hparam_info(name: str) -> Any:
+def _hparam_info(name: str, kind: type) -> Any:
     from google.protobuf import struct_pb2
     from tensorboard.plugins.hparams import api_pb2
 
-    kind = HPARAMS[name]
     types = {str: api_pb2.DATA_TYPE_STRING, bool: api_pb2.DATA_TYPE_BOOL, float: api_pb2.DATA_TYPE_FLOAT64}
     info = api_pb2.HParamInfo(name=name, type=types[kind])
     if kind is bool:  # its two values as a discrete domain: the UI filters them with check boxes
         values = [struct_pb2.Value(bool_value=value) for value in (False, True)]
         info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=values))
     return info
+
+
+def _value_type(value: Any) -> type:
+    """The column type of an undeclared hparam value (bool before int: True is an int)."""
+    return bool if isinstance(value, bool) else float if isinstance(value, (int, float)) else str
 
 
 def _metric_info(tag: str) -> Any:

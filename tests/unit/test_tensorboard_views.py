@@ -145,6 +145,7 @@ def test_a_real_run_lays_out_only_what_it_logs(tmp_path: Path) -> None:
     assert not [tag for tag in tags if "wire" in tag]
     experiment, values = hparams(events)
     assert values["lam_auto"] is True
+    assert set(values) <= set(HPARAMS)  # every hparam the Trainer logs has its column in every run
     assert {info.name.tag for info in experiment.metric_infos} - set(tags) == {"comm/wire_bytes_model_cum"}
     for category in layout(events).category:
         for chart in category.chart:
