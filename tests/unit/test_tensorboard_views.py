@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from pfl_dist.comm import Counters, Traffic
 from pfl_dist.config import load_config
+from pfl_dist.outputs import metric_tag
 from pfl_dist.rundir import prepare_run_dir, set_run_dir_aside
 from pfl_dist.tensorboard_views import HPARAMS
 from pfl_dist.timing import RoundTimes
@@ -67,7 +68,7 @@ def log_synthetic_run(run_dir: Path, *, codec: str = "none", method: str = "fedc
             logger.log_round(round_num, comm={Traffic.TRAIN: traffic, Traffic.TELEMETRY: Counters()}, round_s=0.02)
         logger.log_eval({"round": round_num, "metrics": {name: 0.5 + round_num / 4 for name in metrics},
                          "comm": total.to_dict(), "time": {"train_s": 0.0205 * round_num}})
-    summary = {"final": {name: 0.75 for name in metrics}, "comm": total.to_dict()}
+    summary = {"final": {metric_tag(name, "train"): 0.75 for name in metrics}, "comm": total.to_dict()}  # as written
     logger.finish(summary, hparams={"method": method, "lam": 0.1, "lam_auto": False, "world_size": world_size})
     logger.close()
 
