@@ -7,7 +7,8 @@ Drawn by `python -m pfl_dist.plot RESULTS_DIR` when the runs vary `comm.codec`:
   of magnitude; FL-equivalent bytes when every run was one process), y = the personal accuracy;
   a point per evaluated round, one curve per codec.
 - codecs_table.md / .csv: per data set, method and codec, the final personal and global
-  accuracy, the total wire bytes (the header names W; a W column when the runs' W differ) and
+  accuracy and where they were measured (eval: test splits; train: the clients' training
+  rows), the total wire bytes (the header names W; a W column when the runs' W differ) and
   uplink bytes, the compression ratio (dense uplink / encoded
   uplink), and the wire and uplink bytes at the first evaluated round whose personal accuracy
   reaches the target: the dense (`none`) run's final personal accuracy minus 1 point.
@@ -69,7 +70,8 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
             rows.append({
                 "data": data, "method": method, "codec": codec_of(run),
                 **({"W": run.summary.get("world_size")} if len(sizes) > 1 else {}),
-                f"final {run.tag(METRIC)}": final[METRIC], f"final {run.tag('acc_global')}": final.get("acc_global"),
+                "measured on": run.tag(METRIC).rpartition("/")[0] or "eval",  # test splits, or training rows
+                "final acc_personal": final[METRIC], "final acc_global": final.get("acc_global"),
                 wire: format_bytes(comm["wire_bytes_model"]),
                 "uplink bytes": format_bytes(comm["uplink_bytes"]),
                 "compression": f"{ratio:.1f}x" if ratio is not None else "",
