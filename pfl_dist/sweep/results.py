@@ -77,20 +77,25 @@ class Run:
         return self.path.name
 
     @cached_property
-    def summary(self) -> dict[str, Any]:
-        """summary.json, with its `final` metrics by name as in `records` ('eval/ITR' -> 'ITR';
-        the file keys them by tag: `metric_tags`)."""
+    def _written(self) -> dict[str, Any]:
+        """summary.json as the run wrote it."""
         summary = read_summary(self.path)
         if summary is None:
             raise ValueError(f"{self.path / 'summary.json'} is not a complete summary")  # is_complete said so
-        return {**summary, "final": {metric_name(tag): value for tag, value in final_by_tag(summary).items()}}
+        return summary
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """summary.json, with its `final` metrics by name as in `records` ('eval/ITR' -> 'ITR';
+        the file keys them by tag: `metric_tags`)."""
+        final = final_by_tag(self._written)
+        return {**self._written, "final": {metric_name(tag): value for tag, value in final.items()}}
 
     @cached_property
     def metric_tags(self) -> dict[str, str]:
         """metric name -> its tag, which names where it was measured: {'ITR': 'eval/ITR',
         'acc_personal': 'train/acc_personal', ...}."""
-        summary = read_summary(self.path) or {}
-        return {metric_name(tag): tag for tag in final_by_tag(summary)} if summary else {}
+        return {metric_name(tag): tag for tag in final_by_tag(self._written)}
 
     def tag(self, metric: str) -> str:
         """The tag of one of its metrics ('acc_personal' -> 'eval/acc_personal')."""
