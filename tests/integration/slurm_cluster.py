@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.faults import alive
 from tests.helpers import free_port
 
 NODES = ("pfl1", "pfl2")
@@ -87,16 +88,6 @@ def unavailable() -> str:
     return ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def processes_with_conf(conf: Path) -> list[int]:
     """PIDs of the processes whose environment holds SLURM_CONF=`conf`: this cluster's daemons,
     slurmstepd and every process of its jobs."""
@@ -131,7 +122,7 @@ def remove_stale_clusters() -> list[Path]:
     removed = []
     for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
         match = re.match(rf"{PREFIX}(\d+)-", root.name)
-        if not root.is_dir() or match is None or _pid_alive(int(match.group(1))):
+        if not root.is_dir() or match is None or alive(int(match.group(1))):
             continue
         _kill_all(root / "slurm.conf")
         munged = root / "munge" / "pid"
