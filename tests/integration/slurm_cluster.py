@@ -41,6 +41,7 @@ PREFIX = "pfl-slurm-"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
                 "BOOT_FAIL", "DEADLINE"}
 START_TIMEOUT_S = 90.0
+_SLURM_VARIABLES = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
 
 _CONF = """\
 ClusterName=pfltest
@@ -147,8 +148,10 @@ class SlurmCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment for the Slurm commands (and so for every job: sbatch passes it on)."""
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        """The environment for the Slurm commands (and so for every job: sbatch passes it on);
+        without the variables of a Slurm job that the tests may themselves run in."""
+        own = {key: value for key, value in os.environ.items() if not key.startswith(_SLURM_VARIABLES)}
+        return {**own, "SLURM_CONF": str(self.conf)}
 
     def run(self, *argv: str, timeout: float = 60, check: bool = True, cwd: Path | None = None,
             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
