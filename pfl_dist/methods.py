@@ -41,7 +41,8 @@ class MethodInfo:
     marker: str = "o"  # figures: its marker
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As summary.json records it (JSON: `reads` as a list; `info_from_summary` reads it back)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (

@@ -98,6 +98,15 @@ def test_keys_read_follow_the_schedule_lam_auto_and_communication() -> None:
     assert set(LAM_AUTO_KEYS) <= set(keys_read(METHODS["fedclup"], minibatch))
 
 
+def test_a_method_reads_back_as_summary_json_records_it() -> None:
+    import json
+
+    for info in METHODS.values():
+        recorded = json.loads(json.dumps(info.to_dict()))
+        assert recorded == info.to_dict()  # what a summary holds is what to_dict says
+        assert info_from_summary({"method": recorded, "config": {"algorithm": {"name": info.name}}}) == info
+
+
 def test_a_recorded_method_without_the_newer_facts_takes_them_from_the_table() -> None:
     recorded = {k: v for k, v in METHODS["ditto"].to_dict().items() if k != "reads"}  # an older summary
     info = info_from_summary({"method": recorded, "config": {"algorithm": {"name": "ditto"}}})
