@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import pytest
 import torch
 
 from pfl_dist import launch, train
+from pfl_dist.data.client_files import read_client, samples_at_least
+from pfl_dist.errors import DataError
 from tests.data_fixtures import write_cifar10, write_leaf, write_reference_csv_clients
-from tests.hostile.hostile import assert_one_line, assert_unchanged, run_main, snapshot
+from tests.hostile.hostile import assert_one_line, assert_unchanged, run_main, run_module, snapshot
 
 CSV = ("data.kind=client_files", "data.num_clients=4", "train.num_rounds=1")
 
@@ -193,3 +196,68 @@ def test_cnn_init_file_for_another_dataset(tmp_path: Path) -> None:
                                      f"model.init_file={tmp_path / 'mnist.pt'}"])
     assert_one_line(outcome, code=2, contains=["mnist.pt", "conv1.weight has shape (32, 1, 3, 3), "
                                                "the model's is (32, 3, 3, 3)"])
+
+
+# --- client files of any size (issue 22) -------------------------------------------------------
+
+GIB = 1 << 30
+
+
+def _sparse(path: Path, size: int) -> None:
+    """`truncate -s SIZE PATH` on a new file: SIZE zero bytes that take no disk space."""
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+
+
+@pytest.mark.parametrize("entry", [["pfl_dist.train"], ["pfl_dist.launch", "--nproc-per-node=2"]],
+                         ids=["train", "launch"])
+def test_a_2_gib_client_csv_under_ulimit_v_is_one_line(tmp_path: Path, results: Path, entry: list[str]) -> None:
+    """Read whole, it was a MemoryError traceback after 50 s (trainer) and 20 s (the launcher's
+    check), and the memory estimate counted 0 rows in it. Its size refuses it before it is read
+    (RELIABILITY.md has the seconds); the process boundary is the point: `ulimit -v 6000000`."""
+    directory = _csv(tmp_path)
+    _sparse(directory / "2_client_data.csv", 2 * GIB)
+    before = snapshot(results)
+    outcome = run_module(*entry, *CSV, f"data.data_dir={directory}", f"run.out_dir={results / 'out'}",
+                         ulimit_v_kib=6_000_000, timeout=300)
+    assert_one_line(outcome, code=2, contains=["2_client_data.csv: 2.15 GB, more than the 1.07 GB a client CSV "
+                                               "may hold", "2_client_data.npz"])
+    assert_unchanged(before, results)
+
+
+def test_a_client_csv_of_one_endless_line_is_refused_at_its_first_block(tmp_path: Path) -> None:
+    """Below the size bound, 256 MiB of zero bytes are one line: refused once the line outgrows
+    data.dim + 1 numbers, holding one block of text (it was read whole, 256 MB and more)."""
+    directory = _csv(tmp_path)
+    _sparse(directory / "3_client_data.csv", 256 << 20)
+    before = snapshot(tmp_path)
+    outcome = run_main(launch.main, [*CSV, f"data.data_dir={directory}", f"run.out_dir={tmp_path / 'runs'}"])
+    assert_one_line(outcome, code=2, contains=["3_client_data.csv: line 1 is longer than 1408 characters",
+                                               "data.dim + 1 = 11 numbers"])
+    assert_unchanged(before, tmp_path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="line 1 is longer"):
+            read_client(directory, 2, fmt="csv", dim=10, num_classes=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
+
+
+# Rows the old estimate did not count (it counted lines that start with a digit, sign or point,
+# split at \\n only): space-led rows counted 0 samples, a file with CR line ends 1.
+LAYOUTS = {
+    "space-led rows": lambda rows: "# x\n\n" + "".join(f" {row}\n" for row in rows),
+    "CR line ends": lambda rows: "\r".join(rows),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_estimate_counts_the_samples_the_reader_reads(tmp_path: Path, layout: str) -> None:
+    rows = [",".join(f"{v:.3f}" for v in (*np.linspace(-1, 1, 10) * k, k % 2)) for k in range(1, 8)]
+    path = tmp_path / "1_client_data.csv"
+    path.write_text(LAYOUTS[layout](rows), newline="")
+    arrays = read_client(tmp_path, 0, fmt="csv", dim=10, num_classes=2)
+    assert len(arrays.labels) == samples_at_least(path, dim=10) == 7

@@ -18,6 +18,7 @@ import pytest
 
 from pfl_dist import launch, train
 from pfl_dist.outputs import write_json_atomic
+from pfl_dist.resources import available_bytes
 from pfl_dist.sweep import cli as sweep_cli
 from pfl_dist.tasks.synthetic import SyntheticTask
 from tests.helpers import write_sweep
@@ -28,6 +29,7 @@ from tests.hostile.hostile import (
     assert_one_line,
     assert_unchanged,
     run_main,
+    run_module,
     snapshot,
 )
 
@@ -129,6 +131,21 @@ def test_sizes_that_cannot_fit_are_refused_before_allocation(results: Path, over
     outcome = run_main(main, [*torchrun, *TINY_RUN, f"run.out_dir={results / 'out'}", "run.name=new", *overrides])
     line = assert_one_line(outcome, code=2, contains=["of memory per rank", "is available"])
     assert re.search(r"needs at least [\d.]+ [GTP]B of memory per rank \(data [\d.]+ [KMGTP]?B", line), line
+    assert_unchanged(before, results)
+
+
+def test_a_size_beyond_the_address_space_of_ulimit_v_is_one_line(results: Path) -> None:
+    """2.4 GB of synthetic data fits in the machine's free memory but not under `ulimit -v 2000000`
+    (torch alone maps about 0.65 GB): it was a traceback from torch.empty ("can't allocate
+    memory"), since only MemAvailable and the cgroup limit were compared."""
+    if (available_bytes() or 0) < 4 << 30:
+        pytest.skip("needs 4 GB of free memory, so that only the address space refuses it")
+    before = snapshot(results)
+    outcome = run_module("pfl_dist.train", *TINY_RUN, "data.num_clients=4", "data.samples_per_client=1000",
+                         "data.dim=150000", f"run.out_dir={results / 'out'}", "run.name=new", ulimit_v_kib=2_000_000,
+                         timeout=300)
+    assert_one_line(outcome, code=2, contains=["needs at least 2.41 GB of memory per rank (data 2.4 GB",
+                                               "of address space is left to this process (ulimit -v)"])
     assert_unchanged(before, results)
 
 
