@@ -134,6 +134,9 @@ LEAF_CASES: dict[str, tuple[Callable[[Path], object], list[str]]] = {
     "label out of range": (lambda d: _json_edit(d / TRAIN0, lambda doc: _first_user(doc)["y"].__setitem__(0, 62)),
                            [TRAIN0, "label 62 is not a class in 0..61"]),
     "not leaf": (lambda d: (d / TRAIN0).write_text("[1, 2]"), [TRAIN0, "not a LEAF file"]),
+    # valid JSON of 400 KB: an uncaught RecursionError from json.loads before
+    "nested 200,000 deep": (lambda d: (d / TRAIN0).write_text("[" * 200_000 + "]" * 200_000),
+                            [TRAIN0, "not a LEAF file: its JSON nests deeper than"]),
 }
 
 
@@ -146,6 +149,18 @@ def test_leaf(tmp_path: Path, case: str) -> None:
     outcome = run_main(launch.main, [*LEAF, f"data.data_dir={tmp_path / 'leaf'}", f"run.out_dir={tmp_path / 'runs'}"])
     assert_one_line(outcome, code=2, contains=expected)
     assert_unchanged(before, tmp_path)
+
+
+def test_a_rank_stops_on_leaf_json_nested_too_deep(tmp_path: Path, results: Path) -> None:
+    # pfl_dist.train itself (no launcher preflight): every rank parses the LEAF files; the
+    # finished run it would replace (--overwrite) stays as it was.
+    write_leaf(tmp_path / "leaf", num_writers=25, num_files=3)
+    (tmp_path / "leaf" / TRAIN0).write_text('{"users": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    before = snapshot(results)
+    outcome = run_main(train.main, [*LEAF, f"data.data_dir={tmp_path / 'leaf'}", f"run.out_dir={results / 'out'}",
+                                    "run.name=prev", "--overwrite"])
+    assert_one_line(outcome, code=2, contains=[TRAIN0, "nests deeper than"])
+    assert_unchanged(before, results)
 
 
 def test_leaf_with_too_few_writers(tmp_path: Path) -> None:
