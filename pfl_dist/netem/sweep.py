@@ -219,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, netem_args = parse_args(argv)
     netem = netem_cli.parse_args(netem_args)  # the options every point passes on (one line, exit 2 if bad)
     try:
+        netem_cli.check_node_count(args.nodes)
         check_methods(args.methods, config=netem.config, overrides=netem.overrides, runs=not args.report_only)
     except PflError as err:
         print(f"pfl_dist: error: {err}", file=sys.stderr)
