@@ -45,7 +45,7 @@ from pfl_dist.checkpoint import (
 )
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
-from pfl_dist.errors import DivergenceError, NonFiniteMetricError, PflError
+from pfl_dist.errors import DivergenceError, NonFiniteMetricError, OneLineParser, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
@@ -72,7 +72,7 @@ from pfl_dist.tracking import NullLogger, RunLogger
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pfl_dist.train", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="pfl_dist.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML experiment config (defaults are used without one)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a completed run of another config in the run dir (kept until the new one "

@@ -21,10 +21,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pfl_dist.config import Config, load_config
-from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.errors import ConfigError, OneLineParser, PflError
 from pfl_dist.launch import TORCHRUN_ENV, preflight, torchrun_command
 from pfl_dist.netem import model, state
 from pfl_dist.netem.namespaces import (
@@ -50,14 +50,6 @@ from pfl_dist.netem.shaping import (
 from pfl_dist.outputs import format_bytes, write_json_atomic
 
 MASTER_PORT = 29500
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are pfl_dist's one line and exit 2 (the netem tool and its sweep)."""
-
-    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        print(f"pfl_dist: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -29,10 +29,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from pfl_dist.config import did_you_mean, load_config
-from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.errors import ConfigError, OneLineParser, PflError
 from pfl_dist.methods import METHOD_NAMES, METHODS
 from pfl_dist.netem import cli as netem_cli
-from pfl_dist.netem.cli import OneLineParser
 from pfl_dist.netem.shaping import format_rate, parse_rate
 from pfl_dist.sweep.plot import styles
 from pfl_dist.sweep.results import find_runs
