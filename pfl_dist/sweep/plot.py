@@ -28,7 +28,8 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API needs no pyplot state and no display backend
 
-from pfl_dist.errors import OneLineParser
+from pfl_dist.config import check_path_text
+from pfl_dist.errors import ConfigError, OneLineParser
 from pfl_dist.sweep.codecs import plot_codecs, write_codec_table
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import Style, math_label, method_styles
@@ -311,8 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="png",
                         help=f"figure file format (default png, at {DPI} dpi)")
     args = parser.parse_args(argv)
-    rendered = render(args.results_dir, args.out or args.results_dir / "figures", prefix=args.prefix,
-                      targets=args.target, fmt=args.format)
+    out = args.out or args.results_dir / "figures"
+    try:
+        check_path_text(str(args.results_dir), "results_dir")
+        check_path_text(str(out), "--out")
+    except ConfigError as err:
+        print(f"pfl_dist.plot: error: {err}", file=sys.stderr)
+        return 2
+    rendered = render(args.results_dir, out, prefix=args.prefix, targets=args.target, fmt=args.format)
     print(rendered.table_markdown, end="")
     print(f"table: {rendered.table_paths[0]} and {rendered.table_paths[1]}")
     for path in rendered.figures.values():
