@@ -15,8 +15,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from pfl_dist import launch, train
+from pfl_dist.config import load_config
+from pfl_dist.data.synthetic import generate_clients
 from pfl_dist.outputs import write_json_atomic
 from pfl_dist.resources import available_bytes
 from pfl_dist.sweep import cli as sweep_cli
@@ -147,6 +150,25 @@ def test_a_size_beyond_the_address_space_of_ulimit_v_is_one_line(results: Path) 
     assert_one_line(outcome, code=2, contains=["needs at least 2.41 GB of memory per rank (data 2.4 GB",
                                                "of address space is left to this process (ulimit -v)"])
     assert_unchanged(before, results)
+
+
+def test_one_sample_per_client_trains_with_unscaled_features(results: Path) -> None:
+    """data.samples_per_client=1 was a LinAlgError traceback from eigvalsh: every feature of a
+    one-sample client has std 0, so scaling divided 0 by 0. A constant feature keeps scale 1 (what
+    StandardScaler does, and what client files get), so L = max ||x||^2 / 4 and the run is finite."""
+    before = snapshot(results)
+    outcome = run_main(train.main, [*TINY_RUN, "data.samples_per_client=1", f"run.out_dir={results / 'out'}",
+                                    "run.name=one"])
+    assert outcome.code == 0 and outcome.stderr == "", outcome.describe()
+    summary = json.loads((results / "out" / "one" / "summary.json").read_text())
+    assert all(math.isfinite(value) for value in summary["final"].values()), summary["final"]
+    block = generate_clients(range(2), seed=0, num_clients=2, num_samples=1, dim=4, num_classes=2, R=1.0)
+    assert (block.scale == 1).all()
+    task = SyntheticTask(load_config(None, [*TINY_RUN, "data.samples_per_client=1"]), client_ids=range(2),
+                         device=torch.device("cpu"), dtype=torch.float64)
+    assert task.local_smoothness() == pytest.approx(float((block.features ** 2).sum(axis=(1, 2)).max()) / 4)
+    after = snapshot(results)
+    assert {key: after[key] for key in before} == before  # the finished run next to it is untouched
 
 
 def test_a_sweep_with_one_point_too_big_is_refused_before_any_run(results: Path, tmp_path: Path) -> None:
