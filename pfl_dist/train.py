@@ -88,7 +88,8 @@ def model_sha256(model: torch.Tensor) -> str:
 class Trainer:
     """Holds the replicated global model, this rank's local models, and the byte ledger."""
 
-    def __init__(self, cfg: Config, runtime: Runtime, *, stop: StopRequest | None = None) -> None:
+    def __init__(self, cfg: Config, runtime: Runtime, *, stop: StopRequest | None = None,
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
         self.runtime = runtime
         self.ledger = ByteLedger()
@@ -123,7 +124,7 @@ class Trainer:
         # A checkpoint resumes only a run of the same identity: config and input file contents.
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
                                          num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep,
-                                         config=cfg.identity())
+                                         config=cfg.identity(), replace_other_configs=overwrite)
         self.start_round, num_events = self._resume()
         self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
         self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), start_round=self.start_round, num_events=num_events,
@@ -539,10 +540,11 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
         check_result_paths(cfg.run_dir)
     check_memory(cfg, world_size=runtime.world_size, rank=runtime.rank)
     prepared = prepare_run_dir(cfg, overwrite=overwrite) if runtime.is_logging_rank else None
+    trainer: Trainer | None = None
     try:
         if prepared is not None:
             print_notes(prepared)
-        trainer = Trainer(cfg, runtime, stop=stop)
+        trainer = Trainer(cfg, runtime, stop=stop, overwrite=overwrite)
         try:
             trainer.train()
         finally:
@@ -550,8 +552,8 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
         if prepared is not None:
             prepared.commit()
     except (PflError, OSError):
-        if prepared is not None:
-            prepared.rollback()  # an --overwrite that failed gives the old results back
+        if prepared is not None:  # an --overwrite that failed gives the old results back
+            prepared.rollback(started=trainer is not None)
         raise
     finally:
         if prepared is not None:
