@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,8 @@ def file_entry(path: Path, *, max_bytes: int | None = None) -> str:
         return MISSING
     except OSError as err:
         return f"unreadable ({err.strerror or type(err).__name__})"
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        return "unreadable (not a regular file)"
     if max_bytes is not None and info.st_size > max_bytes:
         return f"too large ({info.st_size} bytes)"
     key = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

@@ -15,6 +15,7 @@ raises `DataError`: one line naming the file and the problem.
 from __future__ import annotations
 
 import functools
+import stat
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -142,7 +143,8 @@ def read_client(directory: Path, client: int, *, fmt: str, dim: int, num_classes
     """Experiment client `client`'s samples, checked: n >= 1, finite, labels in 0..C-1."""
     path = client_file(directory, client, fmt)
     if not path.is_file():
-        raise DataError(f"{path}: file not found (client {client + 1} of data.num_clients)")
+        problem = "not a regular file" if path.exists() else "file not found"
+        raise DataError(f"{path}: {problem} (client {client + 1} of data.num_clients)")
     table = _read_csv(path, dim) if fmt == "csv" else _read_npz(path, dim)
     where = "line" if fmt == "csv" else "sample"
     if table.shape[0] == 0:
@@ -200,9 +202,12 @@ def _csv_blocks(path: Path, *, dim: int) -> Iterator[tuple[int, str]]:
     the file is larger than CLIENT_CSV_MAX_BYTES, and as soon as a line is longer than
     data.dim + 1 numbers can be (so a file of one endless line costs one block, not its size)."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        raise DataError(f"{path}: not a regular file")
+    size = info.st_size
     if size > CLIENT_CSV_MAX_BYTES:
         raise DataError(f"{path}: {format_bytes(size)}, more than the {format_bytes(CLIENT_CSV_MAX_BYTES)} a client "
                         f"CSV may hold; store this client as {path.stem}.npz (arrays X and y) instead")
@@ -244,10 +249,10 @@ def csv_rows(path: Path, *, dim: int) -> int:
     without parsing a number (0.2 s for a 94 MB file that takes 1.9 s to parse). DataError for a
     file the reader refuses before parsing (too large, a line too long, not UTF-8)."""
     try:
-        stat = path.stat()
+        info = path.stat()
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
-    return _csv_rows(path, dim, stat.st_size, stat.st_mtime_ns)
+    return _csv_rows(path, dim, info.st_size, info.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -264,8 +269,8 @@ def samples_at_least(path: Path, *, dim: int) -> int:
     DataError for a CSV the reader refuses before parsing it (too large, a line too long)."""
     try:
         if path.suffix == ".npz":
-            stat = path.stat()
-            return _npz_rows(path, stat.st_size, stat.st_mtime_ns)
+            info = path.stat()
+            return _npz_rows(path, info.st_size, info.st_mtime_ns)
         return csv_rows(path, dim=dim)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return 0

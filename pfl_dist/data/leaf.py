@@ -39,6 +39,8 @@ Writers = dict[str, tuple[np.ndarray, np.ndarray]]  # user -> (x (n, 784) float3
 
 
 def _read_file(path: Path) -> Writers:
+    if not path.is_file():  # a FIFO or a device named *.json would block or never end
+        raise DataError(f"{path}: not a regular file")
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as err:

@@ -275,3 +275,30 @@ def test_the_estimate_counts_the_samples_the_reader_reads(tmp_path: Path, layout
     path.write_text(LAYOUTS[layout](rows), newline="")
     arrays = read_client(tmp_path, 0, fmt="csv", dim=10, num_classes=2)
     assert len(arrays.labels) == samples_at_least(path, dim=10) == 7
+
+
+def _fifo(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
+FIFOS: dict[str, tuple[Callable[[Path], Path], list[str], str]] = {
+    "client csv": (lambda d: _csv(d) / "2_client_data.csv", list(CSV), "data.data_dir={}"),
+    "leaf json": (lambda d: (write_leaf(d / "leaf", num_writers=25, num_files=3), d / "leaf" / TRAIN0)[1], list(LEAF),
+                  "data.data_dir={}/leaf"),
+    "cifar batch": (lambda d: (write_cifar10(d / "cifar", per_batch=20, test=20), d / "cifar" / "data_batch_2")[1],
+                    ["data.kind=cifar10", "data.num_clients=2", "data.num_partitions=4"], "data.data_dir={}/cifar"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FIFOS))
+def test_a_fifo_in_place_of_a_data_file_is_one_line_not_a_hang(tmp_path: Path, kind: str) -> None:
+    """A named pipe where a data file goes blocked the launcher for ever (hashing it, counting
+    its samples, reading it): a subprocess, whose timeout is the hang guard."""
+    make, args, data_dir = FIFOS[kind]
+    path = make(tmp_path)
+    _fifo(path)
+    directory = data_dir.format(tmp_path if kind != "client csv" else path.parent)
+    outcome = run_module("pfl_dist.launch", *args, directory, f"run.out_dir={tmp_path / 'runs'}", timeout=120)
+    assert_one_line(outcome, code=2, contains=[path.name, "not a regular file"])
+    assert not (tmp_path / "runs").exists()
