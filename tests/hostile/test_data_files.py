@@ -4,11 +4,13 @@ process starts: exactly one line naming the file and the problem, exit 2, nothin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import signal
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -291,14 +293,34 @@ FIFOS: dict[str, tuple[Callable[[Path], Path], list[str], str]] = {
 }
 
 
+class Hung(BaseException):
+    """Raised by `hang_guard`; not an OSError (TimeoutError is one), so no `except OSError` takes it."""
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int) -> Iterator[None]:
+    """SIGALRM interrupts a call blocked in open() or read() (PEP 475: the handler's exception ends it)."""
+    def expired(signum: int, frame: object) -> None:
+        raise Hung(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("kind", list(FIFOS))
 def test_a_fifo_in_place_of_a_data_file_is_one_line_not_a_hang(tmp_path: Path, kind: str) -> None:
     """A named pipe where a data file goes blocked the launcher for ever (hashing it, counting
-    its samples, reading it): a subprocess, whose timeout is the hang guard."""
+    its samples, reading it)."""
     make, args, data_dir = FIFOS[kind]
     path = make(tmp_path)
     _fifo(path)
     directory = data_dir.format(tmp_path if kind != "client csv" else path.parent)
-    outcome = run_module("pfl_dist.launch", *args, directory, f"run.out_dir={tmp_path / 'runs'}", timeout=120)
+    with hang_guard(60):
+        outcome = run_main(launch.main, [*args, directory, f"run.out_dir={tmp_path / 'runs'}"])
     assert_one_line(outcome, code=2, contains=[path.name, "not a regular file"])
     assert not (tmp_path / "runs").exists()
