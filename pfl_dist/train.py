@@ -108,7 +108,7 @@ class Trainer:
         self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.algorithm.wire_shapes(
                                  self.parameter_shapes()), client_ids=block,
                                  num_clients=cfg.data.num_clients, dtype=self.global_model.dtype,
-                                 device=runtime.device, seed=cfg.run.seed)
+                                 device=runtime.device, seed=cfg.run.seed, message=self.algorithm.info.message)
         self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
