@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from pfl_dist.algorithms import ALGORITHMS
+from pfl_dist.algorithms.classic import ProxLocalUpdate
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.comm import ByteLedger, Communicator, Traffic
 from pfl_dist.config import load_config
@@ -139,6 +141,14 @@ def test_a_residual_is_kept_exactly_for_a_fresh_increment_through_an_error_feedb
                 assert set(state) == {"codec_residual"} and float(state["codec_residual"].abs().sum()) > 0, codec
             else:
                 assert state == {}, (codec, message)
+
+
+def test_a_method_whose_clients_keep_their_model_declares_its_message_kept_state() -> None:
+    # The paper's four methods send their local model; it is kept state exactly when a client does
+    # not restart from w_g (FedCLUP; LocalTrain sends nothing).
+    for cls in ALGORITHMS.values():
+        if issubclass(cls, ProxLocalUpdate) and cls.info.communicates:
+            assert (cls.info.message == STATE) == (not cls.resets_local_models), cls.name
 
 
 def test_resuming_a_checkpoint_with_residuals_for_kept_state_is_one_line_naming_them() -> None:
