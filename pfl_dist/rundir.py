@@ -40,6 +40,12 @@ Every refusal is decided by `check_run_dir`, which only reads, so a refused comm
 rank 0) touches nothing. A failure after the run dir is locked (pfl_dist.train reads its data
 there) undoes only what this command did: it never moves back results an earlier command set
 aside unless its own run had started.
+
+Replaced runs stay out of TensorBoard. TensorBoard shows every folder below its logdir that holds a
+file whose name contains "tfevents", hidden folders included, so a run dir's `.replaced/` and a
+sweep's `replaced/` would show up beside the current runs. Their event files are kept byte for
+byte under another name (`events.out.tfevents.*` -> `events.out.replaced.*`, `hide_events`), and
+get their name back when an overwrite is rolled back.
 """
 
 from __future__ import annotations
@@ -69,7 +75,9 @@ LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
 # What a run writes into its run dir (ckpt/ included: it belongs to the run it resumes).
 RESULT_NAMES = ("config.yaml", "inputs.json", "metrics.jsonl", "summary.json", "final", "ckpt", "sweep_point.json")
-RESULT_GLOBS = ("events.out.tfevents.*",)
+EVENTS_PREFIX = "events.out.tfevents."  # how torch's SummaryWriter names an event file
+HIDDEN_EVENTS_PREFIX = "events.out.replaced."  # a replaced run's event file: TensorBoard skips it
+RESULT_GLOBS = (f"{EVENTS_PREFIX}*",)
 
 
 class RunDirError(PflError):
@@ -254,7 +262,7 @@ class PreparedRunDir:
             shutil.rmtree(self.replaced, ignore_errors=True)
             self.replaced = None
 
-    def rollback(self, *, started: bool) -> None:
+    def rollback(self, *, started: bool = True) -> None:
         """The new run failed: its files go and the replaced results come back (renames only).
         Results an earlier, unfinished --overwrite set aside stay where they are when this run
         failed before it `started` (wrote or deleted anything: a refusal touches nothing)."""
@@ -264,7 +272,7 @@ class PreparedRunDir:
             for path in _result_paths(self.run_dir):
                 _remove(path)
             for path in self.replaced.iterdir():
-                os.replace(path, self.run_dir / path.name)
+                os.replace(path, self.run_dir / shown_events_name(path.name))
             self.replaced.rmdir()
             self.replaced = None
 
@@ -412,7 +420,7 @@ def _set_aside(prepared: PreparedRunDir) -> None:
             shutil.rmtree(replaced)
         replaced.mkdir()
         for path in _result_paths(prepared.run_dir):
-            os.replace(path, replaced / path.name)
+            os.replace(path, replaced / hidden_events_name(path.name))
     except OSError as err:
         raise RunDirError(f"cannot set the old results of {prepared.run_dir} aside: {os_error_text(err)}") from None
     prepared.replaced = replaced
@@ -452,7 +460,8 @@ def run_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:
-    """Move a whole run dir to `into/<name>.<label>` (a rename; `.2`, `.3`, ... if taken)."""
+    """Move a whole run dir to `into/<name>.<label>` (a rename; `.2`, `.3`, ... if taken), where
+    TensorBoard does not show it (`hide_events` on all of `into`: runs set aside before too)."""
     into.mkdir(parents=True, exist_ok=True)
     target = into / f"{run_dir.name}.{label}"
     suffix = 1
@@ -460,4 +469,22 @@ def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:
         suffix += 1
         target = into / f"{run_dir.name}.{label}.{suffix}"
     os.replace(run_dir, target)
+    hide_events(into)
     return target
+
+
+def hidden_events_name(name: str) -> str:
+    """The name an event file keeps among replaced results (other names are unchanged)."""
+    return HIDDEN_EVENTS_PREFIX + name.removeprefix(EVENTS_PREFIX) if name.startswith(EVENTS_PREFIX) else name
+
+
+def shown_events_name(name: str) -> str:
+    """The inverse of `hidden_events_name`."""
+    return EVENTS_PREFIX + name.removeprefix(HIDDEN_EVENTS_PREFIX) if name.startswith(HIDDEN_EVENTS_PREFIX) else name
+
+
+def hide_events(directory: Path) -> None:
+    """Rename every TensorBoard event file below `directory` (renames: the bytes stay)."""
+    for path in sorted(directory.rglob(f"{EVENTS_PREFIX}*")):
+        if path.is_file() and not path.is_symlink():
+            os.replace(path, path.with_name(hidden_events_name(path.name)))
