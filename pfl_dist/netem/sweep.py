@@ -167,7 +167,8 @@ def plot(curves_by_metric: dict[str, list[Curve]], path: Path, *, palette: dict[
             curves = [c for c in curves_by_metric[metric] if c.facet == facet and c.seconds is not None]
             curves.sort(key=lambda c: list(palette).index(c.label))  # legend order
             for curve in curves:
-                ax.plot(curve.seconds, curve.values, ms=4, label=math_label(curve.label), **palette[curve.label].line())
+                ax.plot(curve.seconds, curve.values, ms=4, label=math_label(curve.label),
+                        **palette[curve.label].line(len(curve.values)))
             ax.set_title(f"link {facet.split('=')[1]}", fontsize=10)
             ax.set_xlabel("training wall-clock time [s]")
             ax.set_ylabel(METRIC_LABELS[metric])

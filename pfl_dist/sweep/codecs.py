@@ -133,7 +133,7 @@ def plot_codecs(runs: Sequence[Run], path: Path, *, kind: str, axis_label: str, 
         used.add(cell)
         ax = axes[cell[0]][cell[1]]
         for codec, xs, ys in curves:
-            ax.plot(xs, ys, ms=4, label=f"codec={codec}", **styles[codec].line())
+            ax.plot(xs, ys, ms=4, label=f"codec={codec}", **styles[codec].line(len(xs)))
         for run in silent.get(data, []):
             ax.axhline(run.summary["final"][METRIC], color="0.35", linestyle=":",
                        label=f"{math_label(run.label)} (sends nothing)")

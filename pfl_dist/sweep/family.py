@@ -94,7 +94,7 @@ def figure(runs: Sequence[Run], path: Path) -> Path:
             records = [rec for rec in run.records if rec["round"] > 0]
             xs = [float(rec["comm"]["uplink_bytes"]) for rec in records]
             ys = [rec["metrics"]["acc_personal"] for rec in records]
-            ax.plot(xs, ys, markersize=5, label=math_label(run.label), **style.line())
+            ax.plot(xs, ys, markersize=5, label=math_label(run.label), **style.line(len(xs)))
             drawn.append((run.label, xs, ys))
         else:
             ax.axhline(run.summary["final"]["acc_personal"], color=style.color, linestyle=":",

@@ -257,8 +257,7 @@ def plot_vs_rounds(runs: Sequence[Run], metrics: Sequence[str], path: Path, titl
             curves = in_legend_order(build_curves(members, metric=metric, kind="fl", label_keys=label_keys), palette)
             for curve in curves:
                 style, text = palette[curve.label]
-                line = style.line() | ({"marker": None} if len(curve.rounds) >= 60 else {})  # markers hide lines
-                ax.plot(curve.rounds, curve.values, ms=3, label=math_label(text), **line)
+                ax.plot(curve.rounds, curve.values, ms=3, label=math_label(text), **style.line(len(curve.rounds)))
             ax.set_title(row_title, fontsize=10)
             ax.set_xlabel("communication round $t$")
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -292,7 +291,7 @@ def _draw_tradeoff(ax: Axes, runs: Sequence[Run], *, metric: str, kind: str, pal
     for curve in curves:
         style, text = palette[curve.label]
         if curve.communicates:
-            ax.plot(curve.num_bytes, curve.values, ms=3, label=math_label(text), **style.line())
+            ax.plot(curve.num_bytes, curve.values, ms=3, label=math_label(text), **style.line(len(curve.values)))
         else:
             ax.axhline(curve.values[-1], ls=":", color=style.color, label=f"{math_label(text)} (0 bytes, final)")
             ax.plot([0.0], [curve.values[-1]], **{**style.line(), "linestyle": "none"})

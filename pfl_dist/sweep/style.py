@@ -60,6 +60,7 @@ _MANY_SHADES = 3
 # solid, dotted, dash-dot, long dash, sparse dots, long dash-dot-dot; never "--": that is lam=auto
 _LINESTYLES = ("-", ":", "-.", (0, (9, 3)), (0, (1, 4)), (0, (9, 2, 1, 2, 1, 2)))
 _AUTO_LINESTYLE = "--"
+_MARKED = 25  # markers on a curve at most
 # The markers of a varied algorithm setting's values (codecs, K), in the setting's order.
 VALUE_MARKERS = ("o", "s", "^", "v", "D", "P", "*", "X", "h", "<", ">", "p", "d", "8")
 DPI = 200
@@ -72,9 +73,11 @@ class Style:
     linestyle: Any = "-"
     fillstyle: str = "full"
 
-    def line(self) -> dict[str, Any]:
-        """The keyword arguments of Axes.plot that draw a curve in this style."""
-        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle, "fillstyle": self.fillstyle}
+    def line(self, points: int = 0) -> dict[str, Any]:
+        """The keyword arguments of Axes.plot that draw a curve of `points` points in this style:
+        beyond _MARKED points a marker on every n-th only, so the line style stays visible."""
+        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle, "fillstyle": self.fillstyle,
+                "markevery": max(1, math.ceil(points / _MARKED))}
 
 
 def family(method: str) -> tuple[str, str]:
@@ -250,7 +253,7 @@ def byte_ticks(ax: Axes, which: str = "x", *, log: bool = False) -> None:
 def integer_ticks(axis: Axis, values: Sequence[float]) -> None:
     """Integer ticks only when every value on the axis is an integer (rounds, K, classes)."""
     if values and all(float(v).is_integer() for v in values):
-        axis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
 # --- curves that are exactly the same ---------------------------------------------------------
