@@ -186,7 +186,7 @@ def palette_of(runs: Sequence[Run], label_keys: Sequence[str]) -> Palette:
     values = value_styles([value for value, _ in by_value], numeric=numeric, dashed=dense)
     method = styles(runs, label_keys)
     return {run_label(r, label_keys): (values[setting_label(r, label_keys)], setting_label(r, label_keys))
-            if r.communicates else (method[run_label(r, label_keys)], r.label) for r in ordered}
+            if r.communicates else (method[run_label(r, label_keys)], run_label(r, label_keys)) for r in ordered}
 
 
 def panel_columns(runs: Sequence[Run], facets: Sequence[Any], facet_key: str | None,
@@ -201,9 +201,11 @@ def panel_columns(runs: Sequence[Run], facets: Sequence[Any], facet_key: str | N
             columns.append((title, members))
             continue
         silent = [r for r in members if not r.communicates]
-        for method in dict.fromkeys(r.label for r in _in_order(members, label_keys) if r.communicates):
-            columns.append((": ".join(filter(None, [title, math_label(method)])),
-                            [r for r in members if r.label == method] + silent))
+        methods = list(dict.fromkeys(r.label for r in _in_order(members, label_keys) if r.communicates))
+        columns += [(": ".join(filter(None, [title, math_label(method)])),
+                     [r for r in members if r.label == method] + silent) for method in methods]
+        if not methods:  # only methods that send nothing: one column of them
+            columns.append((title, members))
     return columns
 
 

@@ -275,3 +275,14 @@ def test_netem_figure_has_the_shared_look(tmp_path: Path, drawn: list[Saved]) ->
     assert saved.dpi == 200
     assert len(saved.figure.legends) == 1 and all(ax.get_legend() is None for ax in saved.figure.axes)
     assert {ax.get_ylabel() for ax in data_axes(saved.figure)} == {METRIC_LABELS[m] for m in METRICS_NETEM}
+
+
+def test_a_varied_setting_of_methods_that_send_nothing_is_drawn(tmp_path: Path, drawn: list[Saved]) -> None:
+    for k in (5, 10):  # LocalTrain alone at two K: no method to give a column of its own
+        write_fake_run(tmp_path / "runs" / f"local_{k}", method="local", k=k, kind="synthetic")
+    rendered = render(tmp_path / "runs", tmp_path / "figures")
+    assert set(rendered.figures) == {"local_steps", "tradeoff"}
+    for saved in drawn:
+        assert all(ax.get_lines() for ax in saved.figure.axes)
+        labels = [text.get_text() for text in saved.figure.legends[0].get_texts()]
+        assert any("K=5" in label for label in labels) and any("K=10" in label for label in labels), labels
