@@ -126,7 +126,8 @@ class Trainer:
                                          config=cfg.identity())
         self.start_round, num_events = self._resume()
         self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
-        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), start_round=self.start_round, num_events=num_events,
+        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), world_size=runtime.world_size,
+                                 start_round=self.start_round, num_events=num_events,
                                  metrics_measured_on=self.task.metrics_measured_on, inputs=cfg.inputs)
                        if runtime.is_logging_rank and not self.already_complete else NullLogger())
 

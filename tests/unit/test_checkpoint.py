@@ -29,6 +29,7 @@ from pfl_dist.errors import ConfigError, DivergenceError
 from pfl_dist.rundir import RunDirError
 from pfl_dist.runtime import Runtime
 from pfl_dist.sampling import client_block
+from pfl_dist.tensorboard_views import TIME_GROUP
 from pfl_dist.train import Trainer, run
 from tests.helpers import read_metrics, read_summary, run_inprocess
 
@@ -224,7 +225,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     # Times differ between runs: time/* values, and the steps of the curves over wall-clock time.
-    return {tag: [(-1 if tag.endswith("_vs_seconds") else p.step, 0.0 if tag.startswith("time/") else p.value)
+    return {tag: [(-1 if tag.startswith(TIME_GROUP) else p.step, 0.0 if tag.startswith("time/") else p.value)
                   for p in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import torch
 
-from pfl_dist.comm import ByteLedger, Communicator, Traffic
+from pfl_dist.comm import COLLECTIVES, ByteLedger, Communicator, Traffic
 from pfl_dist.exchange.exchange import Exchange
+from pfl_dist.exchange.spec import CODEC_NAMES
 from pfl_dist.runtime import Runtime
 
 SHAPES = [torch.Size((6, 4)), torch.Size((4,))]  # P = 28
@@ -83,3 +84,16 @@ def test_codec_round_records_the_encoded_messages_as_uplink() -> None:
     assert train.all_reduce_payload_bytes == 3 * 8  # the control lane: weight total, stops, diverged
     assert train.all_gather_payload_bytes == 3 * 7 * (8 + 4)
     assert train.compression_ratio == (28 * 8) / (7 * 12)
+
+
+def test_each_codec_uses_exactly_the_collectives_its_spec_declares() -> None:
+    """TensorBoard leaves out the counters of collective types a codec never uses
+    (`CodecSpec.collectives`): that declaration must match what a round really issues."""
+    for name in CODEC_NAMES:
+        exchange, ledger = make(name)  # the codec's default parameter
+        global_model, sent, counts = inputs()
+        exchange.run_round(0, global_model=global_model, sent=sent, rows=torch.arange(3), counts=counts,
+                           sampled=np.arange(3), stop=False)
+        train = ledger.round[Traffic.TRAIN]
+        used = tuple(kind for kind in COLLECTIVES if getattr(train, f"{kind}_num_collectives") > 0)
+        assert used == exchange.spec.collectives, name
