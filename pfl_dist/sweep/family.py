@@ -18,13 +18,13 @@ compare FAMILY_METHODS or more methods and vary none of the settings it draws on
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pfl_dist.errors import OneLineParser
 from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import (
@@ -124,7 +124,7 @@ def write_family(runs: Sequence[Run], out: Path, *, prefix: str = "", fmt: str =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pfl_dist.sweep.family", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="pfl_dist.sweep.family", description=__doc__.split("\n")[0])
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--fraction", type=float, default=0.95)

@@ -26,7 +26,6 @@ SVG on request).
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -38,6 +37,8 @@ from typing import Any
 
 from matplotlib.axes import Axes
 
+from pfl_dist.config import check_path_text
+from pfl_dist.errors import ConfigError, OneLineParser
 from pfl_dist.sweep.codecs import codec_order, plot_codecs, write_codec_table
 from pfl_dist.sweep.family import FAMILY_METHODS, write_family
 from pfl_dist.sweep.results import Run, find_runs
@@ -385,7 +386,7 @@ def render(results_dir: Path, out: Path, *, prefix: str = "", targets: Sequence[
            fmt: str = "png") -> Rendered:
     runs = find_runs(results_dir)
     if not runs:
-        raise SystemExit(f"pfl_dist: error: no finished runs (summary.json) below {results_dir}")
+        raise SystemExit(f"pfl_dist.plot: error: no finished runs (summary.json) below {results_dir}")
     figures = choose_figures(runs, out, prefix, fmt)
     facet_key = next((key for key in FACET_KEYS if varies(runs, key)), None)
     figures["tradeoff"] = plot_tradeoff(runs, out / f"{prefix}tradeoff.{fmt}", facet_key=facet_key)
@@ -399,7 +400,7 @@ def render(results_dir: Path, out: Path, *, prefix: str = "", targets: Sequence[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pfl_dist.plot", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="pfl_dist.plot", description=__doc__.split("\n")[0], tool="pfl_dist.plot")
     parser.add_argument("results_dir", type=Path, help="a sweep's out dir (or any folder of run dirs)")
     parser.add_argument("--out", type=Path, help="where figures go (default: RESULTS_DIR/figures)")
     parser.add_argument("--prefix", default="", help="file name prefix, e.g. 'quick_'")
@@ -407,8 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="png",
                         help=f"figure file format (default png, at {DPI} dpi)")
     args = parser.parse_args(argv)
-    rendered = render(args.results_dir, args.out or args.results_dir / "figures", prefix=args.prefix,
-                      targets=args.target, fmt=args.format)
+    out = args.out or args.results_dir / "figures"
+    try:
+        check_path_text(str(args.results_dir), "results_dir")
+        check_path_text(str(out), "--out")
+    except ConfigError as err:
+        print(f"pfl_dist.plot: error: {err}", file=sys.stderr)
+        return 2
+    rendered = render(args.results_dir, out, prefix=args.prefix, targets=args.target, fmt=args.format)
     print(rendered.table_markdown, end="")
     print(f"table: {rendered.table_paths[0]} and {rendered.table_paths[1]}")
     for path in rendered.figures.values():

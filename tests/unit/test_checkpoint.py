@@ -368,3 +368,31 @@ def test_stop_request_first_signal_sets_a_flag_second_restores_the_handler() -> 
         assert signal.getsignal(signal.SIGTERM) != stop._handle
     finally:
         stop.uninstall()
+
+
+def test_stop_request_takes_repeats_for_the_same_stop_where_every_process_is_signalled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Slurm step (PFL_SIGNAL_EVERY_PROCESS=1): the worker gets slurmstepd's SIGTERM and then its
+    agent's; the second must not interrupt the round and its checkpoint."""
+    import signal
+
+    monkeypatch.setenv("PFL_SIGNAL_EVERY_PROCESS", "1")
+    stop = StopRequest()
+    stop.install()
+    try:
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(signal.SIGINT, None)
+        assert stop.requested and stop.signal_name == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGTERM) != stop._handle
+
+
+def test_a_bad_pfl_signal_every_process_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PFL_SIGNAL_EVERY_PROCESS", "yes")
+    with pytest.raises(ConfigError, match="PFL_SIGNAL_EVERY_PROCESS must be 1 .* or 0, got 'yes'"):
+        StopRequest()
