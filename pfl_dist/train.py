@@ -190,7 +190,8 @@ class Trainer:
         if self.communicates:
             # A diverged client still joins the exchange, so every rank sees the NaN and stops.
             average = self.exchange.run_round(round_idx, global_model=algo.wire_reference(self.global_model),
-                                              sent=out.sent, rows=rows, counts=self.task.sample_counts[rows],
+                                              sent=out.sent, rows=rows,
+                                              counts=algo.aggregation_weights(self.task.sample_counts[rows]),
                                               sampled=sampled.numpy(), stop=self.stop.requested)
             if average is None:
                 return False

@@ -64,7 +64,7 @@ class FedCLUP(ProxLocalUpdate):
     def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         return envelope_step(global_model, aggregate, step_factor=self.step_factor)
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "global_step_factor": self.step_factor}
 
     # --- lam = auto ----------------------------------------------------------------------------

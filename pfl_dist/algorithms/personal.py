@@ -2,9 +2,10 @@
 
 Each class's docstring states the update rule as implemented, with its paper. Notation: w_g the
 global model, n_i client i's sample count, eta = algorithm.local_lr, eta_p = algorithm.personal_lr
-(auto = eta), "a step on batch b" = one step of the task's local schedule (`Task.batches`: E
-epochs of minibatches, or K full-batch steps). The server's mean is always the n_i-weighted mean
-over the round's sampled clients, computed by the Exchange.
+(auto = eta), "a step on batch b" = one step of the task's local schedule
+(`Task.batches`: E epochs of minibatches, or K full-batch steps). The server's mean is the
+n_i-weighted mean over the round's sampled clients, computed by the Exchange
+(`algorithm.client_weights: uniform` makes it the plain mean).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class Ditto(Algorithm):
 class PFedMe(Algorithm):
     """pFedMe (Dinh, Tran, Nguyen, NeurIPS 2020), Algorithm 1: personalization by Moreau envelopes.
 
-    A sampled client sets its local model w_i <- w_g, then for every step on batch b:
+    A sampled client sets its local model w_i <- w_g and its personalized model theta_i <- w_g,
+    then for every step on batch b:
 
         theta_i <- argmin_theta f_i(theta; b) + (lam/2) ||theta - w_i||^2,
                    approximately: algorithm.inner_steps steps of
@@ -72,8 +74,19 @@ class PFedMe(Algorithm):
         w_i     <- w_i - eta lam (w_i - theta_i)
 
     and sends w_i. Server: w_g <- (1 - beta) w_g + beta sum_i n_i w_i / sum_i n_i.
-    The inner solve starts from the client's previous theta_i (its personalized model, kept as
-    per-client state and evaluated), as in the authors' implementation."""
+
+    Where the inner solve starts: the authors' code (CharlieDinh/pFedMe, and PFLlib's port) sets
+    both the model the inner solve updates and the local model to w_g at the start of every round;
+    within a round each solve continues from the previous batch's theta_i. That is the default
+    here. `algorithm.inner_warm_start: true` starts each round from the client's previous theta_i
+    instead, as pfl_dist did before it followed the authors.
+
+    The personal model evaluated is theta_i from the client's last round (per-client state), the
+    paper's personalized model. (In both codes the personalized parameters alias the model's, which
+    are then overwritten: the authors' evaluate the local model w_i, PFLlib's w_g.)
+
+    The authors' optimizer also adds 0.001 theta to the inner gradient (a weight decay the paper
+    does not have); pfl_dist does not."""
 
     name = "pfedme"
     info = METHODS["pfedme"]
@@ -85,7 +98,7 @@ class PFedMe(Algorithm):
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
         local = _reset(ctx)
-        theta = state["personal_models"].clone()
+        theta = state["personal_models"].clone() if self.cfg.inner_warm_start else _reset(ctx)
         for batch in task.batches(ctx.rows, round_idx=ctx.round_idx):
             for _ in range(self.cfg.inner_steps):
                 grad = task.gradient(theta, batch).add_(theta - local, alpha=self.lam)
@@ -106,7 +119,7 @@ class PFedMe(Algorithm):
                         round_idx: int) -> torch.Tensor:
         return state["personal_models"]
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "personal_lr": self.personal_lr, "beta": self.cfg.beta}
 
 
@@ -155,7 +168,7 @@ class APFL(Algorithm):
         alpha = state["alpha"]
         return alpha * state["personal_models"] + (1 - alpha) * global_model
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "personal_lr": self.personal_lr, "alpha_init": self.cfg.alpha}
 
 
@@ -207,7 +220,7 @@ class PerFedAvg(StartsFromGlobal):
         models = global_model.expand(len(rows), -1).clone()
         return models - self.personal_lr * task.gradient(models, task.full_batch(rows))
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "personal_lr": self.personal_lr}
 
 

@@ -1,7 +1,8 @@
 """The Exchange owns a round's wire format: what each participating client sends, the
 collectives that carry it, and the decoded aggregate handed back to the algorithm.
 
-What is sent is an update Delta_i = sent_i - w_g with weight n_i. The control words, the round's
+What is sent is an update Delta_i = sent_i - w_g with weight n_i (the algorithm's
+`aggregation_weights`: n_i, or 1 for plain means). The control words, the round's
 weight total N = sum_i n_i, the number of ranks asking to stop and (with a codec) the number of
 clients whose update is not finite, travel in a float64 control lane that no codec rounds, clips
 or sparsifies; a codec may add words of its own (a scale bound).
