@@ -179,7 +179,11 @@ class AlgorithmConfig:
     client_weights: Literal["auto", "samples", "uniform"] = "auto"
     # The personalized-FL family (pfl_dist/algorithms/; each class's docstring has its rule):
     # personal_lr: pFedMe's inner-solve step, Ditto's and APFL's personal-model step, Per-FedAvg's
-    # alpha, FedRep's/FedPer's head step, FedAvg-FT's fine-tuning step; auto = local_lr
+    # alpha, FedRep's head step, FedAvg-FT's fine-tuning step. auto = a stable step for the
+    # method's own personal objective, with L = 1/local_lr (= algorithm.smoothness's L under
+    # local_lr auto): Ditto 1/(L + lam), its proximal personal objective; pFedMe 1/(L + lam) with
+    # L = algorithm.smoothness (its local_lr steps the envelope, not f_i); the others 1/L (=
+    # local_lr), their personal step being on f_i alone
     personal_lr: float | Auto = "auto"
     personal_epochs: int = 1  # Ditto's personal, FedRep's head, FedAvg-FT's fine-tuning passes
     inner_steps: int = 5  # pFedMe: K steps of the inner Moreau-envelope solve per batch

@@ -135,7 +135,12 @@ class Algorithm:
 
     @property
     def personal_lr(self) -> float:
-        return self.local_lr if self.cfg.personal_lr == "auto" else float(self.cfg.personal_lr)
+        return self.default_personal_lr() if self.cfg.personal_lr == "auto" else float(self.cfg.personal_lr)
+
+    def default_personal_lr(self) -> float:
+        """A personal step on f_i alone (APFL, Per-FedAvg, FedRep's head, FedAvg-FT): eta, the step
+        the local phase already takes on the same f_i (1/L with local_lr auto)."""
+        return self.local_lr
 
     # --- the server's means --------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Each class's docstring states the update rule as implemented, with its paper. Notation: w_g the
 global model, n_i client i's sample count, eta = algorithm.local_lr, eta_p = algorithm.personal_lr
-(auto = eta), "a step on batch b" = one step of the task's local schedule
+(auto: a stable step for the method's own personal objective, stated in its docstring; eta where
+that objective is f_i alone), "a step on batch b" = one step of the task's local schedule
 (`Task.batches`: E epochs of minibatches, or K full-batch steps). The server's mean is the
 n_i-weighted mean over the round's sampled clients, computed by the Exchange
 (`algorithm.client_weights: uniform` makes it the plain mean).
@@ -35,7 +36,10 @@ class Ditto(Algorithm):
                         for algorithm.personal_epochs epochs                   (kept)
         server:         w_g <- sum_i n_i w_i / sum_i n_i
 
-    The personal solve is anchored at the w_g the round started from. Per-client state: v_i."""
+    The personal solve is anchored at the w_g the round started from. Per-client state: v_i.
+    eta_p auto is 1/(L + lam) with L = 1/eta (the L of algorithm.smoothness under local_lr auto):
+    the personal objective f_i + (lam/2)||v - w_g||^2 is (L + lam)-smooth, so the step stays stable
+    at any lambda (1/L alone diverges once lam > L)."""
 
     name = "ditto"
     info = METHODS["ditto"]
@@ -44,6 +48,10 @@ class Ditto(Algorithm):
     @property
     def prox_weight(self) -> float:
         return 0.0  # the sent global copy is plain FedAvg; lam enters the personal solve
+
+    def default_personal_lr(self) -> float:
+        """1/(1/eta + lam): an explicit local_lr stands for 1/L (the CNN has no computed L)."""
+        return 1.0 / (1.0 / self.local_lr + self.lam)
 
     def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
         return {"personal_models": global_model.repeat(num_clients, 1)}
@@ -60,6 +68,9 @@ class Ditto(Algorithm):
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
                         round_idx: int) -> torch.Tensor:
         return state["personal_models"]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "personal_lr": self.personal_lr}
 
 
 class PFedMe(Algorithm):
@@ -85,12 +96,18 @@ class PFedMe(Algorithm):
     paper's personalized model. (In both codes the personalized parameters alias the model's, which
     are then overwritten: the authors' evaluate the local model w_i, PFLlib's w_g.)
 
-    The authors' optimizer also adds 0.001 theta to the inner gradient (a weight decay the paper
-    does not have); pfl_dist does not."""
+    eta_p auto is 1/(L + lam), for the inner objective's smoothness L + lam; eta auto is 1/(L + lam)
+    too, so w_i moves by the fraction eta lam < 1 towards theta_i. The authors' optimizer also adds
+    0.001 theta to the inner gradient (a weight decay the paper does not have); pfl_dist does not."""
 
     name = "pfedme"
     info = METHODS["pfedme"]
     state_names = ("personal_models",)
+
+    def default_personal_lr(self) -> float:
+        """1/(L + lam): the inner objective f_i(theta; b) + (lam/2)||theta - w_i||^2 is (L + lam)-smooth.
+        L is algorithm.smoothness: eta steps the envelope, not f_i, so 1/eta is no bound for f_i."""
+        return 1.0 / (self.smoothness + self.lam)
 
     def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
         return {"personal_models": global_model.repeat(num_clients, 1)}
@@ -134,7 +151,9 @@ class APFL(Algorithm):
         alpha_i <- clip_[0,1]( alpha_i - eta_p <v_i - w_i, g> )
 
     It sends w_i and keeps v_i and alpha_i (alpha_i starts at algorithm.alpha). Server: the
-    weighted mean. The personalized model evaluated is alpha_i v_i + (1 - alpha_i) w_g."""
+    weighted mean. The personalized model evaluated is alpha_i v_i + (1 - alpha_i) w_g.
+    eta_p auto is eta (1/L under local_lr auto): v_i's objective f_i(alpha_i v + (1 - alpha_i) w_i)
+    is alpha_i^2 L-smooth, at most L; alpha_i takes the same step, as in the paper."""
 
     name = "apfl"
     info = METHODS["apfl"]
@@ -196,7 +215,7 @@ class PerFedAvg(StartsFromGlobal):
 
     then sends w_i; server: the weighted mean. Personalization happens at evaluation: one
     gradient step from w_g on the client's whole training set, w_g - alpha grad f_i(w_g).
-    No per-client state."""
+    No per-client state. alpha auto is eta (1/L under local_lr auto): a gradient step on f_i."""
 
     name = "perfedavg"
     info = METHODS["perfedavg"]
@@ -228,7 +247,8 @@ class FedAvgFT(StartsFromGlobal):
     """FedAvg with fine-tuning: training is FedAvg (clients reset to w_g, local SGD, the server
     averages); at every evaluation each client fine-tunes w_g with algorithm.personal_epochs
     epochs of SGD (step eta_p) on its own data and is evaluated with the result. The fine-tuning
-    cost is paid at evaluation, and sends nothing. No per-client state."""
+    cost is paid at evaluation, and sends nothing. No per-client state. eta_p auto is eta (1/L
+    under local_lr auto): fine-tuning is SGD on the same f_i as the local phase."""
 
     name = "fedavg_ft"
     info = METHODS["fedavg_ft"]

@@ -67,6 +67,16 @@ def test_divergence_names_round_and_client(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*/summary.json"))
 
 
+def test_ditto_at_lambda_200_with_default_steps_trains(tmp_path: Path) -> None:
+    # Execute: personal_lr auto is 1/(L + lam) (it was 1/L, which diverged in round 1: issue 21)
+    summary = run_inprocess(tmp_path, *SMALL, "algorithm.name=ditto", "algorithm.lam=200")
+    # Assert
+    first, algo = read_metrics(tmp_path / "run")[0]["metrics"], summary["algorithm"]
+    assert algo["personal_lr"] == pytest.approx(1 / (algo["smoothness"] + 200))
+    assert summary["final"]["loss_personal"] < 0.2 * first["train/loss_personal"]
+    assert summary["final"]["acc_personal"] > 0.7
+
+
 @pytest.mark.parametrize("name", ["fedclup", "fedavg", "fedprox", "local"])
 def test_every_algorithm_learns(tmp_path: Path, name: str) -> None:
     summary = run_inprocess(tmp_path, *SMALL, f"algorithm.name={name}")
