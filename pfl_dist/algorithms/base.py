@@ -109,6 +109,13 @@ class Algorithm:
     state_names: ClassVar[tuple[str, ...]] = ("local_models",)  # the per-client state it keeps
     # algorithm.client_weights = auto: how its paper weighs the clients in the server's means
     paper_client_weights: ClassVar[Literal["samples", "uniform"]] = "samples"
+    # The config keys whose steps make what a client sends, what it keeps (its personal state),
+    # w_g from the clients' mean, and the models personalized at evaluation: a divergence names
+    # the ones of what became non-finite (pfl_dist/train.py).
+    sent_step_keys: ClassVar[tuple[str, ...]] = ("algorithm.local_lr",)
+    kept_step_keys: ClassVar[tuple[str, ...]] = ("algorithm.personal_lr",)
+    server_step_keys: ClassVar[tuple[str, ...]] = ()  # () = w_g is the mean itself
+    eval_step_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: AlgorithmConfig, *, smoothness: float, groups: dict[str, slice] | None = None,
                  participation: float = 1.0) -> None:

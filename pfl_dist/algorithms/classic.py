@@ -22,6 +22,7 @@ class ProxLocalUpdate(Algorithm):
     """The local step of the paper's four methods: w_i <- K proximal steps from a start point."""
 
     resets_local_models = False  # True: start from w_g (FedAvg, FedProx); False: from w_i
+    kept_step_keys = ("algorithm.local_lr",)  # the kept local model is the sent one
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         local = state["local_models"]
@@ -46,6 +47,7 @@ class FedCLUP(ProxLocalUpdate):
 
     name = "fedclup"
     info = METHODS["fedclup"]
+    server_step_keys = ("algorithm.global_lr",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lambda_choices: list[dict[str, float]] = []  # lam=auto: every (round, R_hat, lam) chosen

@@ -97,6 +97,7 @@ class FedPer(BodyHead):
 
     name = "fedper"
     info = METHODS["fedper"]
+    kept_step_keys = ("algorithm.local_lr",)  # its head is trained with the body
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         assert self.groups is not None

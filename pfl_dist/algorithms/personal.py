@@ -103,6 +103,7 @@ class PFedMe(Algorithm):
     name = "pfedme"
     info = METHODS["pfedme"]
     state_names = ("personal_models",)
+    server_step_keys = ("algorithm.beta",)
 
     def default_personal_lr(self) -> float:
         """1/(L + lam): the inner objective f_i(theta; b) + (lam/2)||theta - w_i||^2 is (L + lam)-smooth.
@@ -196,6 +197,8 @@ class StartsFromGlobal(Algorithm):
     (Per-FedAvg, FedAvg-FT: their personalization happens at evaluation)."""
 
     state_names = ()
+    kept_step_keys = ()
+    eval_step_keys = ("algorithm.personal_lr",)
 
     @property
     def prox_weight(self) -> float:
@@ -219,6 +222,7 @@ class PerFedAvg(StartsFromGlobal):
 
     name = "perfedavg"
     info = METHODS["perfedavg"]
+    sent_step_keys = ("algorithm.local_lr", "algorithm.personal_lr")  # w_i steps from w_i - alpha grad
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task

@@ -33,6 +33,8 @@ class Scaffold(Algorithm):
     info = METHODS["scaffold"]
     state_names = ("local_models", "control_variates")
     paper_client_weights = "uniform"
+    kept_step_keys = ("algorithm.local_lr",)  # y_i and c_i+ come from the local steps
+    server_step_keys = ("algorithm.beta",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from pfl_dist.algorithms import ClientOutput, ClientRound, ClientState, LocalTrain
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
+from pfl_dist.errors import ClientDivergenceError
 from pfl_dist.runtime import init_runtime
 from pfl_dist.train import Trainer, run_session
 from pfl_dist.train import main as train_main
@@ -75,6 +77,24 @@ def test_ditto_at_lambda_200_with_default_steps_trains(tmp_path: Path) -> None:
     assert algo["personal_lr"] == pytest.approx(1 / (algo["smoothness"] + 200))
     assert summary["final"]["loss_personal"] < 0.2 * first["train/loss_personal"]
     assert summary["final"]["acc_personal"] > 0.7
+
+
+def test_local_training_names_its_own_diverged_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: LocalTrain has no per-round collective; make client 4's model NaN in round 2
+    original = LocalTrain.client_update
+
+    def client_update(self: LocalTrain, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        out = original(self, ctx, state)
+        if ctx.round_idx == 1:
+            out.sent[4] = float("nan")
+        return out
+
+    monkeypatch.setattr(LocalTrain, "client_update", client_update)
+    # Execute / Assert: the rank that hosts it names it (every rank prints its own line)
+    with pytest.raises(ClientDivergenceError, match=r"^round 2: client 4 diverged: the model it sends is non-finite; "
+                                                    r"lower algorithm.local_lr$") as raised:
+        train_models(tmp_path, "algorithm.name=local")
+    assert raised.value.rank_specific and raised.value.exit_code == 3
 
 
 @pytest.mark.parametrize("name", ["fedclup", "fedavg", "fedprox", "local"])
