@@ -94,7 +94,8 @@ class PFedMe(Algorithm):
 
     The personal model evaluated is theta_i from the client's last round (per-client state), the
     paper's personalized model. (In both codes the personalized parameters alias the model's, which
-    are then overwritten: the authors' evaluate the local model w_i, PFLlib's w_g.)
+    are overwritten before the evaluation: the authors' evaluate the local model w_i after its local
+    steps, PFLlib's the w_g it was just sent.)
 
     eta_p auto is 1/(L + lam), for the inner objective's smoothness L + lam; eta auto is 1/(L + lam)
     too, so w_i moves by the fraction eta lam < 1 towards theta_i. The authors' optimizer also adds
