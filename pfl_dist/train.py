@@ -404,9 +404,9 @@ class Trainer:
     def _log_eval(self, record: dict[str, Any]) -> None:
         bad = [name for name, value in record["metrics"].items() if not math.isfinite(value)]
         if bad:  # before anything is written: results are JSON without NaN/Infinity
-            steps = " and ".join(("algorithm.local_lr", *self.algorithm.eval_step_keys))
+            *keys, last = ("data.R", "data.center_scale", "algorithm.local_lr", *self.algorithm.eval_step_keys)
             raise NonFiniteMetricError(f"round {record['round']}: metric {bad[0]} is {record['metrics'][bad[0]]} "
-                                       f"(non-finite); check data.R, data.center_scale and {steps}")
+                                       f"(non-finite); check {', '.join(keys)} and {last}")
         self.logger.log_eval(record)
         if self.runtime.is_logging_rank:
             print(progress_line(record, num_rounds=self.cfg.train.num_rounds, round_times=self.round_times), flush=True)

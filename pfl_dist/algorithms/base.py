@@ -111,7 +111,7 @@ class Algorithm:
     paper_client_weights: ClassVar[Literal["samples", "uniform"]] = "samples"
     # The config keys whose steps make what a client sends, what it keeps (its personal state),
     # w_g from the clients' mean, and the models personalized at evaluation: a divergence names
-    # the ones of what became non-finite (pfl_dist/train.py).
+    # the ones of what became non-finite (pfl_dist/divergence.py).
     sent_step_keys: ClassVar[tuple[str, ...]] = ("algorithm.local_lr",)
     kept_step_keys: ClassVar[tuple[str, ...]] = ("algorithm.personal_lr",)
     server_step_keys: ClassVar[tuple[str, ...]] = ()  # () = w_g is the mean itself

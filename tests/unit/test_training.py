@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfl_dist.algorithms import ClientOutput, ClientRound, ClientState, LocalTrain
+from pfl_dist.algorithms import ClientOutput, ClientRound, ClientState, FedAvgFT, LocalTrain
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
-from pfl_dist.errors import ClientDivergenceError
+from pfl_dist.errors import ClientDivergenceError, NonFiniteMetricError
 from pfl_dist.runtime import init_runtime
 from pfl_dist.train import Trainer, run_session
 from pfl_dist.train import main as train_main
@@ -95,6 +95,18 @@ def test_local_training_names_its_own_diverged_client(tmp_path: Path, monkeypatc
                                                     r"lower algorithm.local_lr$") as raised:
         train_models(tmp_path, "algorithm.name=local")
     assert raised.value.rank_specific and raised.value.exit_code == 3
+
+
+def test_a_non_finite_fine_tuned_model_names_personal_lr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: FedAvg-FT personalizes at evaluation, with algorithm.personal_lr
+    def personal_models(*args: object, **kwargs: object) -> torch.Tensor:
+        return torch.full((6, 20), float("nan"))
+
+    monkeypatch.setattr(FedAvgFT, "personal_models", personal_models)
+    # Execute / Assert
+    with pytest.raises(NonFiniteMetricError, match=r"^round 0: metric \w+ is nan \(non-finite\); check data.R, "
+                                                   r"data.center_scale, algorithm.local_lr and algorithm.personal_lr$"):
+        train_models(tmp_path, "algorithm.name=fedavg_ft")
 
 
 @pytest.mark.parametrize("name", ["fedclup", "fedavg", "fedprox", "local"])
