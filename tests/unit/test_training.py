@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfl_dist.algorithms import ClientOutput, ClientRound, ClientState, FedAvgFT, LocalTrain
+from pfl_dist.algorithms import FedAvgFT, LocalTrain
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
 from pfl_dist.errors import ClientDivergenceError, NonFiniteMetricError
 from pfl_dist.runtime import init_runtime
 from pfl_dist.train import Trainer, run_session
 from pfl_dist.train import main as train_main
-from tests.helpers import REPO, read_metrics, read_summary, run_inprocess, run_main
+from tests.helpers import REPO, make_client_diverge, read_metrics, read_summary, run_inprocess, run_main
 
 SMALL = ("data.num_clients=6", "data.samples_per_client=80", "algorithm.num_local_steps=30", "train.num_rounds=8",
          "train.eval_every=4")
@@ -81,15 +81,7 @@ def test_ditto_at_lambda_200_with_default_steps_trains(tmp_path: Path) -> None:
 
 def test_local_training_names_its_own_diverged_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: LocalTrain has no per-round collective; make client 4's model NaN in round 2
-    original = LocalTrain.client_update
-
-    def client_update(self: LocalTrain, ctx: ClientRound, state: ClientState) -> ClientOutput:
-        out = original(self, ctx, state)
-        if ctx.round_idx == 1:
-            out.sent[4] = float("nan")
-        return out
-
-    monkeypatch.setattr(LocalTrain, "client_update", client_update)
+    make_client_diverge(monkeypatch, LocalTrain, round_idx=1, row=4)
     # Execute / Assert: the rank that hosts it names it (every rank prints its own line)
     with pytest.raises(ClientDivergenceError, match=r"^round 2: client 4 diverged: the model it sends is non-finite; "
                                                     r"lower algorithm.local_lr$") as raised:
