@@ -49,7 +49,7 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.rundir import config_difference, result_config
 from pfl_dist.sampling import client_block
-from pfl_dist.signals import StopSignals
+from pfl_dist.signals import StopSignals, every_process_signalled
 
 FORMAT_VERSION = 1
 STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to resume
@@ -357,12 +357,22 @@ class RunStopped(Exception):
 
 class StopRequest(StopSignals):
     """Records SIGTERM/SIGINT. The first signal only sets a flag (the round loop then stops at an
-    agreed round); a second one gets the previous handler, so it interrupts at once."""
+    agreed round); a second one gets the previous handler, so it interrupts at once.
+
+    Where the scheduler signals every process of the job (PFL_SIGNAL_EVERY_PROCESS=1, a Slurm
+    step: pfl_dist/signals.py), the worker gets the signal from slurmstepd and again from
+    torchrun's agent, which got it too: there a repeat is the same stop and changes nothing, and
+    the scheduler's SIGKILL (after Slurm's KillWait) is what interrupts at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.repeats_are_the_same_stop = every_process_signalled()
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signal_name = signal.Signals(signum).name
-        self.uninstall()
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if not self.repeats_are_the_same_stop:
+            self.uninstall()

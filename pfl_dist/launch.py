@@ -27,7 +27,7 @@ from pfl_dist.errors import ConfigError, PflError
 from pfl_dist.guard import guard_output
 from pfl_dist.interpreter import interpreter_problem
 from pfl_dist.rundir import check_run_dir, holds_completed_run
-from pfl_dist.signals import StopSignals
+from pfl_dist.signals import EVERY_PROCESS_ENV, StopSignals, every_process_signalled
 from pfl_dist.tasks import preflight as task_preflight
 from pfl_dist.torchrun_output import TorchrunOutput
 
@@ -64,6 +64,12 @@ torchrun options, passed through (the common ones; `--help-torchrun` lists them 
   --node-rank=R --master-addr=HOST --master-port=PORT
                          static rendezvous
   --max-restarts=N       elastic restarts after a worker dies (the run resumes from its checkpoint)
+
+Environment:
+  {every_process}=1
+                         the scheduler signals every process of the job (a Slurm step;
+                         launch/slurm.sbatch sets it): the launcher then passes no SIGTERM/SIGINT
+                         on, and workers take a repeated signal for the same stop
 
 Exit codes: 0 done (also when SIGTERM/SIGINT came after the run had completed), 2 bad input,
 3 divergence, 75 stopped by SIGTERM/SIGINT (rerun to resume).
@@ -167,7 +173,7 @@ def preflight(cfg: Config, *, world_size: int, ranks_here: int = 1) -> None:
 
 
 def print_help(*, torchrun: bool) -> None:
-    print(USAGE.format(sections=", ".join(SECTIONS)), end="")
+    print(USAGE.format(sections=", ".join(SECTIONS), every_process=EVERY_PROCESS_ENV), end="")
     if torchrun:
         from torch.distributed.run import get_args_parser
 
@@ -187,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         torchrun_args, config, overrides = split_args(args)
+        every_process_signalled()  # a bad value is one line here, not one per worker
         cfg = load_config(config, [o for o in overrides if o != "--overwrite"])
         preflight(cfg, world_size=planned_world_size(torchrun_args), ranks_here=ranks_per_node(torchrun_args))
         check_run_dir(cfg, overwrite="--overwrite" in overrides)
@@ -230,15 +237,21 @@ class _StopForwarder(StopSignals):
     torchrun runs in its own session, so a Ctrl-C in a terminal (which signals the foreground
     process group) or `docker stop` (which signals the container's init, which signals us) reaches
     the agent exactly once, from here. The agent then sends SIGTERM to its workers (each in a
-    session of its own), which stop at a round boundary with a checkpoint and exit 75."""
+    session of its own), which stop at a round boundary with a checkpoint and exit 75.
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
+    `every_process` (PFL_SIGNAL_EVERY_PROCESS=1, a Slurm step): the agent got the signal itself,
+    from the scheduler, so it is only remembered. A second one would reach the agent while it
+    waits for its workers, end it early, and take the workers with it (they die with their agent)."""
+
+    def __init__(self, process: subprocess.Popen[str], *, every_process: bool = False) -> None:
         super().__init__()
         self.process = process
+        self.every_process = every_process
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signal_name = self.signal_name or signal.Signals(signum).name
-        self.forward(signum)
+        if not self.every_process:
+            self.forward(signum)
 
     def forward(self, signum: int) -> None:
         if self.process.poll() is None:
@@ -276,7 +289,8 @@ class RunCompletion:
 def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunCompletion | None = None) -> int:
     """Run torchrun, passing its stderr through, and end a known failure with one clear line.
 
-    Stops: a SIGTERM/SIGINT to the launcher goes to torchrun's process group (`_StopForwarder`).
+    Stops: a SIGTERM/SIGINT to the launcher goes to torchrun's process group (`_StopForwarder`),
+    unless `env` says the scheduler signals every process of the job (PFL_SIGNAL_EVERY_PROCESS=1).
     When this node's rank 0 reports a stop (it may have come from another node's signal, carried
     in the round's all-reduce), the launcher ends its own agent too, so that the agent does not
     restart the stopped workers (--max-restarts) into a rendezvous that nobody else joins. Either
@@ -294,7 +308,7 @@ def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunComp
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
                                start_new_session=True)
     assert process.stderr is not None
-    forwarder = _StopForwarder(process)
+    forwarder = _StopForwarder(process, every_process=every_process_signalled(env))
     forwarder.install()
     output = TorchrunOutput(sys.stderr.write)
     try:
@@ -316,8 +330,10 @@ def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunComp
                   f"down); its results are in {completion.run_dir}, nothing to resume", file=sys.stderr, flush=True)
             return 0
         if not worker_stopped:
-            print(f"pfl_dist: stopped by {forwarder.signal_name} (forwarded to torchrun, whose workers checkpoint "
-                  "the last completed round); rerun the same command to resume", file=sys.stderr, flush=True)
+            how = ("sent to every process of the job, torchrun's workers too, which checkpoint"
+                   if forwarder.every_process else "forwarded to torchrun, whose workers checkpoint")
+            print(f"pfl_dist: stopped by {forwarder.signal_name} ({how} the last completed round); rerun the "
+                  "same command to resume", file=sys.stderr, flush=True)
         return _STOPPED_EXIT_CODE
     code = output.finish(code)  # a worker's own error line and exit code instead of torchrun's report
     for marker in seen if code else ():

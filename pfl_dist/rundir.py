@@ -30,6 +30,12 @@ Protection (`prepare_run_dir`, rank 0 before any training):
   An overwrite moves the old results into `<run_dir>/.replaced/` (a rename: no space needed) and
   deletes them only once the new summary.json is on disk; a run that fails with an error puts
   them back, so nothing is lost to a full disk.
+
+Replaced runs stay out of TensorBoard. TensorBoard shows every folder below its logdir that holds a
+file whose name contains "tfevents", hidden folders included, so a run dir's `.replaced/` and a
+sweep's `replaced/` would show up beside the current runs. Their event files are kept byte for
+byte under another name (`events.out.tfevents.*` -> `events.out.replaced.*`, `hide_events`), and
+get their name back when an overwrite is rolled back.
 """
 
 from __future__ import annotations
@@ -59,7 +65,9 @@ LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
 # What a run writes into its run dir (ckpt/ included: it belongs to the run it resumes).
 RESULT_NAMES = ("config.yaml", "inputs.json", "metrics.jsonl", "summary.json", "final", "ckpt", "sweep_point.json")
-RESULT_GLOBS = ("events.out.tfevents.*",)
+EVENTS_PREFIX = "events.out.tfevents."  # how torch's SummaryWriter names an event file
+HIDDEN_EVENTS_PREFIX = "events.out.replaced."  # a replaced run's event file: TensorBoard skips it
+RESULT_GLOBS = (f"{EVENTS_PREFIX}*",)
 
 
 class RunDirError(PflError):
@@ -251,7 +259,7 @@ class PreparedRunDir:
             for path in _result_paths(self.run_dir):
                 _remove(path)
             for path in self.replaced.iterdir():
-                os.replace(path, self.run_dir / path.name)
+                os.replace(path, self.run_dir / shown_events_name(path.name))
             self.replaced.rmdir()
             self.replaced = None
 
@@ -356,7 +364,7 @@ def _set_aside(prepared: PreparedRunDir) -> None:
             shutil.rmtree(replaced)
         replaced.mkdir()
         for path in _result_paths(prepared.run_dir):
-            os.replace(path, replaced / path.name)
+            os.replace(path, replaced / hidden_events_name(path.name))
     except OSError as err:
         raise RunDirError(f"cannot set the old results of {prepared.run_dir} aside: {os_error_text(err)}") from None
     prepared.replaced = replaced
@@ -396,7 +404,8 @@ def run_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:
-    """Move a whole run dir to `into/<name>.<label>` (a rename; `.2`, `.3`, ... if taken)."""
+    """Move a whole run dir to `into/<name>.<label>` (a rename; `.2`, `.3`, ... if taken), where
+    TensorBoard does not show it (`hide_events` on all of `into`: runs set aside before too)."""
     into.mkdir(parents=True, exist_ok=True)
     target = into / f"{run_dir.name}.{label}"
     suffix = 1
@@ -404,4 +413,22 @@ def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:
         suffix += 1
         target = into / f"{run_dir.name}.{label}.{suffix}"
     os.replace(run_dir, target)
+    hide_events(into)
     return target
+
+
+def hidden_events_name(name: str) -> str:
+    """The name an event file keeps among replaced results (other names are unchanged)."""
+    return HIDDEN_EVENTS_PREFIX + name.removeprefix(EVENTS_PREFIX) if name.startswith(EVENTS_PREFIX) else name
+
+
+def shown_events_name(name: str) -> str:
+    """The inverse of `hidden_events_name`."""
+    return EVENTS_PREFIX + name.removeprefix(HIDDEN_EVENTS_PREFIX) if name.startswith(HIDDEN_EVENTS_PREFIX) else name
+
+
+def hide_events(directory: Path) -> None:
+    """Rename every TensorBoard event file below `directory` (renames: the bytes stay)."""
+    for path in sorted(directory.rglob(f"{EVENTS_PREFIX}*")):
+        if path.is_file() and not path.is_symlink():
+            os.replace(path, path.with_name(hidden_events_name(path.name)))

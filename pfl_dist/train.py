@@ -108,7 +108,7 @@ class Trainer:
         self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.algorithm.wire_shapes(
                                  self.parameter_shapes()), client_ids=block,
                                  num_clients=cfg.data.num_clients, dtype=self.global_model.dtype,
-                                 device=runtime.device, seed=cfg.run.seed)
+                                 device=runtime.device, seed=cfg.run.seed, message=self.algorithm.info.message)
         self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
@@ -126,7 +126,8 @@ class Trainer:
                                          config=cfg.identity())
         self.start_round, num_events = self._resume()
         self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
-        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), start_round=self.start_round, num_events=num_events,
+        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), world_size=runtime.world_size,
+                                 start_round=self.start_round, num_events=num_events,
                                  metrics_measured_on=self.task.metrics_measured_on, inputs=cfg.inputs)
                        if runtime.is_logging_rank and not self.already_complete else NullLogger())
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +69,52 @@ def test_config_errors_are_one_line_exit_2_and_start_no_torchrun(
     assert err.count("\n") == 1 and err.startswith("pfl_dist: error: "), err
     assert message in err
     assert no_torchrun == []
+
+
+def test_a_bad_pfl_signal_every_process_is_one_line_exit_2_and_starts_no_torchrun(
+    no_torchrun: list[list[str]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PFL_SIGNAL_EVERY_PROCESS", "true")
+    code = launch.main(["--nproc-per-node=2", "--config", DEFAULT])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == ("pfl_dist: error: PFL_SIGNAL_EVERY_PROCESS must be 1 (the scheduler signals every process of the "
+                   "job) or 0, got 'true'\n")
+    assert no_torchrun == []
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """`signum` waits for the process (ShdPnd in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize(("every_process", "forwarded"), [(False, True), (True, False)])
+def test_the_launcher_forwards_a_stop_signal_unless_every_process_got_it(every_process: bool,
+                                                                         forwarded: bool) -> None:
+    """Where the scheduler signals every process (a Slurm step), the agent already has the signal:
+    a second one from the launcher would end it while it waits for its workers. The stand-in agent
+    catches SIGTERM and is held with SIGSTOP, so a forwarded signal stays pending where it can be
+    seen."""
+    agent = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                              "lambda *_: None); print('ready', flush=True); time.sleep(120)"],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == "ready\n"
+        agent.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{agent.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline, "the stand-in agent did not stop"
+            time.sleep(0.01)
+        forwarder = launch._StopForwarder(agent, every_process=every_process)
+        forwarder._handle(signal.SIGTERM, None)
+        assert forwarder.signal_name == "SIGTERM"
+        assert _pending(agent.pid, signal.SIGTERM) is forwarded
+    finally:
+        agent.kill()
+        agent.wait()
 
 
 def test_a_valid_command_reaches_torchrun_with_its_options_and_overrides(no_torchrun: list[list[str]],
