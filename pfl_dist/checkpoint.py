@@ -69,6 +69,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _Replaced(ValueError):
+    """A checkpoint round of the run that --overwrite replaces: skipped by the vote without a word."""
+
+
 def round_dir(root: Path, round_num: int) -> Path:
     return root / f"round_{round_num:06d}"
 
@@ -153,7 +157,7 @@ class Checkpointer:
     """
 
     def __init__(self, root: Path, *, rank: int, world_size: int, num_clients: int, keep: int,
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any], replace_other_configs: bool = False) -> None:
         self.root = root
         self.rank = rank
         self.world_size = world_size
@@ -162,6 +166,9 @@ class Checkpointer:
         self.keep = keep
         self.config = resume_config(config)
         self.conflict: str | None = None  # set by `votes` when a checkpoint has another config
+        # --overwrite: another config's checkpoints belong to the run being replaced; they are not
+        # loadable (no conflict, no warning), and `discard_after` deletes them once the vote is done.
+        self.replace_other_configs = replace_other_configs
         self._verified: dict[Path, dict[str, Any]] = {}  # shard states checked by `votes`, read once for `load`
 
     # --- writing ---------------------------------------------------------------------------
@@ -255,6 +262,8 @@ class Checkpointer:
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{markers[old_size][old_rank]} is unreadable ({err})") from None
             difference = config_difference(shard.config, self.config)
+            if difference is not None and self.replace_other_configs:
+                raise _Replaced(f"{folder} belongs to the run --overwrite replaces")
             if difference is not None:
                 self.conflict = f"{folder} was written with another config ({difference})"
                 raise ValueError(self.conflict)
@@ -294,6 +303,8 @@ class Checkpointer:
         for round_num in [] if complete else self.rounds():
             try:
                 self.needed_shards(round_num)  # also beyond num_rounds: that is another config
+            except _Replaced:
+                continue
             except (OSError, ValueError) as err:
                 if self.conflict is None:
                     print(f"pfl_dist: warning: rank {self.rank}: skipping checkpoint round {round_num}: {err}",

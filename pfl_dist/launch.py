@@ -38,6 +38,15 @@ TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 # own parser); every other `--option` takes one, as `--option=V` or `--option V`.
 TORCHRUN_FLAGS = frozenset({"--standalone", "--no-python", "--no_python", "--run-path", "--run_path", "-m",
                             "--module", "--virtual-local-rank", "--virtual_local_rank"})
+# torchrun options that take a value (the same test checks them). Any other `-option` is refused
+# here in one line: torchrun would print its usage (about 30 lines) after the config was checked.
+_DASHED_VALUE_OPTIONS = (
+    "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--rdzv-conf", "--max-restarts",
+    "--monitor-interval", "--start-method", "--event-log-handler", "--log-dir", "--local-ranks-filter",
+    "--duplicate-stdout-filters", "--duplicate-stderr-filters", "--node-rank", "--master-addr", "--master-port",
+    "--local-addr", "--logs-specs", "--numa-binding", "--signals-to-handle", "--shutdown-timeout")
+TORCHRUN_VALUE_OPTIONS = frozenset({"--nnodes", "--role", "-r", "--redirects", "-t", "--tee", *_DASHED_VALUE_OPTIONS,
+                                    *("--" + option[2:].replace("-", "_") for option in _DASHED_VALUE_OPTIONS)})
 # The training program is always pfl_dist.train: options that would choose another one are refused.
 _PROGRAM_OPTIONS = frozenset({"--no-python", "--no_python", "--run-path", "--run_path", "-m", "--module"})
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*\.[^=]*=")
@@ -97,6 +106,15 @@ def _check_override(arg: str) -> None:
         raise ConfigError(f"unknown config section '{section}' in '{arg}'{did_you_mean(section, list(SECTIONS))}")
 
 
+def _option_name(arg: str) -> tuple[str, bool]:
+    """-> (the option's name, whether its value is in the same word: --opt=V, or -rV for a short one)."""
+    if "=" in arg:
+        return arg.split("=", 1)[0], True
+    if not arg.startswith("--") and len(arg) > 2:
+        return arg[:2], True
+    return arg, False
+
+
 def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
     """-> (torchrun options, config path, overrides incl. --overwrite). Raises ConfigError for
     anything that is neither: a stray word would otherwise become torchrun's training script."""
@@ -116,11 +134,14 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
             _check_override(arg)
             overrides.append(arg)
         elif arg.startswith("-"):
-            name = arg.split("=", 1)[0]
+            name, attached = _option_name(arg)
             if name in _PROGRAM_OPTIONS:
                 raise ConfigError(f"{name} is not supported: pfl_dist.launch always runs pfl_dist.train")
+            if name not in TORCHRUN_FLAGS and name not in TORCHRUN_VALUE_OPTIONS:
+                raise ConfigError(f"unknown option '{name}': neither a pfl_dist.launch nor a torchrun option "
+                                  "(see --help and --help-torchrun)")
             torchrun_args.append(arg)
-            if "=" not in arg and name not in TORCHRUN_FLAGS and args and not args[0].startswith("-"):
+            if not attached and name not in TORCHRUN_FLAGS and args and not args[0].startswith("-"):
                 torchrun_args.append(args.pop(0))  # the option's value
         else:
             raise ConfigError(f"unexpected argument '{arg}': expected torchrun options, --config FILE or "

@@ -47,6 +47,8 @@ def test_flag_list_matches_torchruns_parser() -> None:
     flags = {opt for action in get_args_parser()._actions if action.nargs == 0
              for opt in action.option_strings if opt not in ("-h", "--help")}
     assert flags == launch.TORCHRUN_FLAGS
+    values = {opt for action in get_args_parser()._actions if action.nargs != 0 for opt in action.option_strings}
+    assert values == launch.TORCHRUN_VALUE_OPTIONS
 
 
 @pytest.mark.parametrize(("args", "message"), [
