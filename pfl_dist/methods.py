@@ -45,8 +45,9 @@ class MethodInfo:
     lam_symbol: str = "λ"  # how the label writes lam (FedProx's paper calls it mu)
     parameter_groups: bool = False  # needs a model with a body/head split (only the body is sent)
     global_model: bool = True  # w_g is a complete model whose accuracy is meaningful
-    # the algorithm.* keys its updates read besides lam (`uses_lam`) and what every method reads
-    # (the local schedule, local_lr, sample_fraction): `keys_read`, results.csv's settings columns
+    # the algorithm.* keys its updates read besides lam (`uses_lam`), what every method reads (the
+    # local schedule, local_lr, sample_fraction) and what every communicating one reads
+    # (client_weights, comm.codec): `keys_read`, results.csv's settings columns
     reads: tuple[str, ...] = ()
     paper: str = ""
     # figures: its colour family, a matplotlib sequential colormap name or a '#rrggbb' base colour
@@ -54,6 +55,10 @@ class MethodInfo:
     # tests/unit/test_plot.py (CIELAB distance >= 30 between their single-curve colours)
     colors: str = "Greys"
     marker: str = "o"  # figures: its marker
+    # a config key added when pfl_dist changed what this method computes at the key's default:
+    # always part of its runs' identity (pfl_dist/rundir.py `LATER_KEYS`), so a run made under the
+    # earlier rules is another run, never "already complete"
+    results_changed_with: str = ""
 
     def __post_init__(self) -> None:
         assert self.message in MESSAGES, self.message
@@ -70,11 +75,15 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("fedprox", "FedProx", uses_lam=True, lam_symbol="μ", paper="Li et al., MLSys 2020",
                colors="#2ca02c", marker="D"),  # green
     MethodInfo("local", "LocalTrain", communicates=False, colors="Greys", marker="s"),
+    # issue 21: the inner solve starts from w_g (was: the previous theta_i)
     MethodInfo("pfedme", "pFedMe", uses_lam=True, reads=("algorithm.personal_lr", "algorithm.inner_steps",
-                                                         "algorithm.beta"),
-               paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a", marker="v"),  # purple
+                                                         "algorithm.inner_warm_start", "algorithm.beta"),
+               paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a", marker="v",  # purple
+               results_changed_with="algorithm.inner_warm_start"),
+    # issue 21: personal_lr auto is 1/(L + lam) (was local_lr), added with client_weights
     MethodInfo("ditto", "Ditto", uses_lam=True, reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
-               paper="Li et al., ICML 2021", colors="#ff7f00", marker="P"),  # orange
+               paper="Li et al., ICML 2021", colors="#ff7f00", marker="P",  # orange
+               results_changed_with="algorithm.client_weights"),
     MethodInfo("apfl", "APFL", reads=("algorithm.personal_lr", "algorithm.alpha"), paper="Deng et al., 2020",
                colors="#ad017e", marker="X"),  # magenta
     MethodInfo("perfedavg", "Per-FedAvg (FO)", reads=("algorithm.personal_lr",), paper="Fallah et al., NeurIPS 2020",
@@ -86,8 +95,9 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                colors="#1b9e77", marker="h"),  # teal
     MethodInfo("fedavg_ft", "FedAvg-FT", reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
                colors="#e78ac3", marker="d"),  # pink
+    # issue 21: the server's means are plain means (were n_i-weighted)
     MethodInfo("scaffold", "SCAFFOLD", reads=("algorithm.beta",), paper="Karimireddy et al., ICML 2020",
-               colors="#bcbd22", marker="<"),  # olive
+               colors="#bcbd22", marker="<", results_changed_with="algorithm.client_weights"),  # olive
 )}
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
@@ -101,13 +111,14 @@ def keys_read(info: MethodInfo, config: dict[str, Any]) -> list[str]:
     """The algorithm.* and comm.* keys a run of this method with this config (`Config.to_dict()`
     or a summary's `config`) reads: its local schedule (num_local_steps for full-batch GD,
     local_epochs and batch_size for minibatch SGD), local_lr, lam where it enters the updates, the
-    method's own keys (`reads`; the lam=auto ones only with lam: auto), and comm.codec when it
-    communicates. sample_fraction, read by every method, is left out."""
+    method's own keys (`reads`; the lam=auto ones only with lam: auto), and when it communicates
+    algorithm.client_weights (the server's means) and comm.codec. sample_fraction, read by every
+    method, is left out."""
     algorithm = config["algorithm"]
     schedule = GD_SCHEDULE if algorithm.get("batch_size") is None else MINIBATCH_SCHEDULE
     own = [key for key in info.reads if key not in LAM_AUTO_KEYS or algorithm.get("lam") == "auto"]
     return [*schedule, "algorithm.local_lr", *(["algorithm.lam"] if info.uses_lam else []), *own,
-            *(["comm.codec"] if info.communicates else [])]
+            *(["algorithm.client_weights", "comm.codec"] if info.communicates else [])]
 
 
 def info_from_summary(summary: dict[str, Any]) -> MethodInfo:

@@ -22,6 +22,10 @@ re-sharding its clients (pfl_dist/checkpoint.py) when its run dir is named (`run
 run.name=auto the other world size names another run dir. Every process computing a run dir
 knows the W it runs on, or will launch: `Config.set_world_size` (the launcher's pre-flight:
 nproc-per-node x nnodes; the sweep: its launch settings; a worker: its WORLD_SIZE).
+Keys added to the config later (`LATER_KEYS`) are left out at the value every earlier run had,
+so those runs keep their config part, except for the method whose results changed with the key
+(`MethodInfo.results_changed_with`: pFedMe, Ditto, SCAFFOLD in issue 21); a run of it from before
+is another config ("pfedme's results changed in pfl_dist since that run (...)").
 
 Default name. `run.name=auto` (the default) names the run dir `<method>-<hash8>` from that hash,
 so two runs that differ in any number-changing key never share a directory, and rerunning the
@@ -72,6 +76,7 @@ from typing import TYPE_CHECKING, Any
 
 from pfl_dist import inputs
 from pfl_dist.errors import PflError
+from pfl_dist.methods import METHODS
 from pfl_dist.outputs import check_result_paths
 
 if TYPE_CHECKING:
@@ -79,6 +84,10 @@ if TYPE_CHECKING:
 
 # Keys that may change between attempts without changing any number of the run.
 IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "comm.backend", "comm.timeout_s")
+# Keys added to the config after runs were made, with the value that gives the results those runs
+# had: at it a key is left out of the identity, so earlier runs keep their hash and run dir; except
+# for a method whose results at that value changed with the key (`MethodInfo.results_changed_with`).
+LATER_KEYS: dict[str, Any] = {"algorithm.client_weights": "auto", "algorithm.inner_warm_start": False}
 IGNORED_SECTIONS = ("checkpoint",)
 LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
@@ -97,10 +106,14 @@ class RunDirError(PflError):
 
 
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as dotted keys, without the keys that cannot change a result."""
+    """The config as dotted keys, without the keys that cannot change a result (and `LATER_KEYS`
+    at the value every run before them had)."""
     flat = {f"{section}.{key}": value for section, values in config.items() if section not in IGNORED_SECTIONS
             for key, value in values.items()}
-    return {key: value for key, value in flat.items() if key not in IGNORED_KEYS}
+    method = METHODS.get(str(flat.get("algorithm.name")))
+    changed_with = method.results_changed_with if method is not None else ""
+    return {key: value for key, value in flat.items() if key not in IGNORED_KEYS
+            and not (key in LATER_KEYS and value == LATER_KEYS[key] and key != changed_with)}
 
 
 WORLD_SECTION, WORLD_FIELD = "launch", "world_size"
@@ -121,14 +134,6 @@ def resume_identity(identity: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in result_config(identity).items() if key != WORLD_SIZE_KEY}
 
 
-def _describe_change(key: str, saved: Any, current: Any) -> str:
-    if inputs.is_input_key(key):
-        return inputs.describe_change(key, saved, current)
-    if key == WORLD_SIZE_KEY:
-        return f"world size was {saved}, now {current}"
-    return f"{key} was {saved!r}, now {current!r}"
-
-
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'algorithm.lam was 0.5, now 0.3' for every differing key of two `result_config`s; then
     'world size was 2, now 4'; then changed input files ('model.init_file contents changed (sha256
@@ -137,8 +142,19 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     order = {WORLD_SIZE_KEY: 1}  # config keys, then the world size, then the input files
     keys = sorted(set(saved) | set(current), key=lambda key: (2 if inputs.is_input_key(key) else order.get(key, 0),
                                                               key))
-    return [_describe_change(key, saved.get(key), current.get(key)) for key in keys
+    return [_describe_change(key, saved, current) for key in keys
             if saved.get(key) != current.get(key) and not (key == WORLD_SIZE_KEY and key not in saved)]
+
+
+def _describe_change(key: str, saved: dict[str, Any], current: dict[str, Any]) -> str:
+    if inputs.is_input_key(key):
+        return inputs.describe_change(key, saved.get(key), current.get(key))
+    if key == WORLD_SIZE_KEY:
+        return f"world size was {saved.get(key)}, now {current.get(key)}"
+    before, now = saved.get(key, LATER_KEYS.get(key)), current.get(key, LATER_KEYS.get(key))
+    if before == now:  # a later key at the value that run had: the method's results changed with it
+        return f"{current.get('algorithm.name')}'s results changed in pfl_dist since that run ({key}, now {now!r})"
+    return f"{key} was {before!r}, now {now!r}"
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:

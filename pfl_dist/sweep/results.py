@@ -43,7 +43,8 @@ RESULTS_FILE = "results.csv"
 _RESOLVED = {"algorithm.local_lr": "local_lr", "algorithm.personal_lr": "personal_lr",
              "algorithm.global_lr": "global_step_factor"}
 _SETTING_KEYS = (*GD_SCHEDULE, *MINIBATCH_SCHEDULE, "algorithm.local_lr",
-                 *dict.fromkeys(key for info in METHODS.values() for key in info.reads), "comm.codec")
+                 *dict.fromkeys(key for info in METHODS.values() for key in info.reads), "algorithm.client_weights",
+                 "comm.codec")
 _SETTING_COLUMNS = tuple(_RESOLVED.get(key, key.split(".")[1]) for key in _SETTING_KEYS)
 _FIXED_COLUMNS = ("name", "variant", "seed", "method", "label", "lam", "lam_used", "R_hat", "data_kind", "R",
                   "num_clients", "sample_fraction", *_SETTING_COLUMNS, "classes_per_client", "num_rounds",

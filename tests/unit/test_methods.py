@@ -17,7 +17,7 @@ from pfl_dist.tasks import build_task
 from tests.helpers import write_learnable_mnist
 
 # Keys every method reads, or that are about lam: not what `reads` states.
-COMMON = {"name", "lam", "local_lr", "smoothness", "sample_fraction", *(k.split(".")[1] for k in (
+COMMON = {"name", "lam", "local_lr", "smoothness", "sample_fraction", "client_weights", *(k.split(".")[1] for k in (
     *LAM_AUTO_KEYS, *GD_SCHEDULE, *MINIBATCH_SCHEDULE))}
 OWN_KEYS = [f.name for f in dataclasses.fields(AlgorithmConfig) if f.name not in COMMON]
 LINEAR = ("data.num_clients=3", "data.samples_per_client=30", "algorithm.num_local_steps=3",
@@ -90,11 +90,12 @@ def test_a_method_reads_exactly_the_keys_its_table_entry_names(method: str, cnn_
 def test_keys_read_follow_the_schedule_lam_auto_and_communication() -> None:
     gd = {"algorithm": {"batch_size": None, "lam": 0.5}}
     minibatch = {"algorithm": {"batch_size": 32, "lam": "auto"}}
-    assert keys_read(METHODS["fedavg"], gd) == ["algorithm.num_local_steps", "algorithm.local_lr", "comm.codec"]
+    assert keys_read(METHODS["fedavg"], gd) == ["algorithm.num_local_steps", "algorithm.local_lr",
+                                                "algorithm.client_weights", "comm.codec"]
     assert keys_read(METHODS["local"], minibatch) == ["algorithm.local_epochs", "algorithm.batch_size",
                                                       "algorithm.local_lr"]
     assert keys_read(METHODS["fedclup"], gd) == ["algorithm.num_local_steps", "algorithm.local_lr", "algorithm.lam",
-                                                 "algorithm.global_lr", "comm.codec"]
+                                                 "algorithm.global_lr", "algorithm.client_weights", "comm.codec"]
     assert set(LAM_AUTO_KEYS) <= set(keys_read(METHODS["fedclup"], minibatch))
 
 

@@ -124,3 +124,5 @@ def test_results_csv_records_the_settings_each_method_read(runs: Path, tmp_path:
     assert (rows["fedclup"]["personal_lr"], rows["fedclup"]["personal_epochs"]) == ("", "")
     assert (rows["ditto"]["codec"], rows["fedavg"]["codec"], rows["local"]["codec"]) == ("topk:0.01", "none", "")
     assert rows["fedavg"]["global_step_factor"] == "" and rows["ditto"]["R"] == "" and rows["fedavg"]["R"] == "1.0"
+    # the server's weighting as resolved (auto -> the method's paper), only where there is a server mean
+    assert (rows["fedavg"]["client_weights"], rows["local"]["client_weights"]) == ("samples", "")
