@@ -86,8 +86,8 @@ def earlier(config: dict[str, Any]) -> dict[str, Any]:
 
 def test_keys_added_later_are_left_out_at_their_earlier_value_unless_the_method_changed() -> None:
     # Prepare
-    fedavg, uniform = load_config(None, ["algorithm.name=fedavg"]), load_config(None, [
-        "algorithm.name=fedavg", "algorithm.client_weights=uniform"])
+    fedavg, uniform = at_one_process(load_config(None, ["algorithm.name=fedavg"])), at_one_process(load_config(None, [
+        "algorithm.name=fedavg", "algorithm.client_weights=uniform"]))
     # Assert: LATER_KEYS holds the defaults; at them FedAvg's identity is a run's from before them
     defaults = AlgorithmConfig()
     assert {key: getattr(defaults, key.removeprefix("algorithm.")) for key in LATER_KEYS} == LATER_KEYS
@@ -97,7 +97,7 @@ def test_keys_added_later_are_left_out_at_their_earlier_value_unless_the_method_
     # ... while pFedMe, Ditto and SCAFFOLD runs from before the keys are other runs (their rules changed)
     for method, key in (("pfedme", "algorithm.inner_warm_start"), ("ditto", "algorithm.client_weights"),
                         ("scaffold", "algorithm.client_weights")):
-        cfg = load_config(None, [f"algorithm.name={method}"])
+        cfg = at_one_process(load_config(None, [f"algorithm.name={method}"]))
         assert config_hash(cfg.identity()) != config_hash(earlier(cfg.identity()))
         assert changed_keys(result_config(earlier(cfg.identity())), result_config(cfg.identity())) == [
             f"{method}'s results changed in pfl_dist since that run ({key}, now {LATER_KEYS[key]!r})"]

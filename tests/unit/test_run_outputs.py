@@ -118,7 +118,8 @@ def test_results_csv_records_the_settings_each_method_read(runs: Path, tmp_path:
     # the resolved step sizes (local_lr: auto = 1/(L + lam) for FedCLUP; Ditto's personal_lr: auto)
     assert float(rows["fedclup"]["local_lr"]) == clup["algorithm"]["local_lr"] > 0
     assert float(rows["fedclup"]["global_step_factor"]) == clup["algorithm"]["global_step_factor"]
-    assert float(rows["ditto"]["personal_lr"]) == ditto["algorithm"]["personal_lr"] == 0.05
+    assert float(rows["ditto"]["personal_lr"]) == ditto["algorithm"]["personal_lr"]
+    assert ditto["algorithm"]["personal_lr"] == pytest.approx(1 / (1 / 0.05 + 0.1))  # auto: 1/(L + lam), L = 1/eta
     # the family's own keys only where read; the codec with its parameter only where something is sent
     assert (rows["ditto"]["personal_epochs"], rows["ditto"]["inner_steps"], rows["ditto"]["beta"]) == ("1", "", "")
     assert (rows["fedclup"]["personal_lr"], rows["fedclup"]["personal_epochs"]) == ("", "")
