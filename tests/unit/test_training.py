@@ -75,8 +75,8 @@ def test_ditto_at_lambda_200_with_default_steps_trains(tmp_path: Path) -> None:
     # Assert
     first, algo = read_metrics(tmp_path / "run")[0]["metrics"], summary["algorithm"]
     assert algo["personal_lr"] == pytest.approx(1 / (algo["smoothness"] + 200))
-    assert summary["final"]["loss_personal"] < 0.2 * first["train/loss_personal"]
-    assert summary["final"]["acc_personal"] > 0.7
+    assert summary["final"]["train/loss_personal"] < 0.2 * first["train/loss_personal"]
+    assert summary["final"]["train/acc_personal"] > 0.7
 
 
 def test_local_training_names_its_own_diverged_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
