@@ -19,6 +19,7 @@ import pytest
 
 from pfl_dist.checkpoint import STOPPED_EXIT_CODE
 from pfl_dist.launch import TORCHRUN_ENV
+from tests.faults import descendants, freeze, rank_of, signal_pending, thaw
 from tests.helpers import REPO, free_port, read_summary, run_cli
 
 pytestmark = pytest.mark.distributed
@@ -56,9 +57,18 @@ def test_sigterm_to_the_launcher_stops_with_75_and_the_rerun_resumes_bitwise(tmp
     launcher = subprocess.Popen(_launch(tmp_path, name="stopped"), cwd=REPO, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_for_round(run_dir, launcher, at_least=2, timeout=120)
-        launcher.send_signal(signal.SIGTERM)
-        _, stderr = launcher.communicate(timeout=120)
+        _wait_for_round(run_dir, launcher, at_least=2, timeout=300)
+        # Hold the job (rank 1 stopped, the others wait for it in the round's all-reduce) until the
+        # SIGTERM has come through the launcher and the agent: the stop lands mid-run on any load.
+        rank1 = next(pid for pid in descendants(launcher.pid) if rank_of(pid) == 1)
+        freeze(rank1)
+        try:
+            assert not (run_dir / "summary.json").exists(), "the run completed before it could be held"
+            launcher.send_signal(signal.SIGTERM)
+            _wait(lambda: signal_pending(rank1, signal.SIGTERM), "the SIGTERM to reach rank 1", timeout=120)
+        finally:
+            thaw(rank1)
+        _, stderr = launcher.communicate(timeout=300)
     finally:
         if launcher.poll() is None:
             launcher.kill()
