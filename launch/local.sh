@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Run pfl_dist on this machine: one torchrun agent (--standalone) with NPROC_PER_NODE ranks.
+# pfl_dist.launch replaces --standalone by a rendezvous it hosts on 127.0.0.1: torchrun's own
+# --standalone store would listen on every interface.
 #
 #   launch/local.sh [torchrun options] [--config FILE] [section.key=value ...]
 #

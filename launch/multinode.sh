@@ -27,6 +27,9 @@
 #   GLOO_SOCKET_IFNAME  interface gloo uses, e.g. eth0; its tx_bytes give wire_bytes_measured
 #   OMP_NUM_THREADS     intra-op threads per rank (default: cores / NPROC_PER_NODE, at least 1)
 #   PYTHON              interpreter with torch and pfl_dist (default: the repo's .venv, else python3)
+#   PFL_SIGNAL_EVERY_PROCESS  1 when a stop signal reaches every process of the job, not only this
+#                       script's launcher (a Slurm step; launch/slurm.sbatch sets it): the launcher
+#                       then passes nothing on (docs/RELIABILITY.md)
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }

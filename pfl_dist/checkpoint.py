@@ -49,7 +49,7 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.rundir import config_difference, result_config
 from pfl_dist.sampling import client_block
-from pfl_dist.signals import StopSignals
+from pfl_dist.signals import StopSignals, every_process_signalled
 
 FORMAT_VERSION = 1
 STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to resume
@@ -67,6 +67,10 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _Replaced(ValueError):
+    """A checkpoint round of the run that --overwrite replaces: skipped by the vote without a word."""
 
 
 def round_dir(root: Path, round_num: int) -> Path:
@@ -153,7 +157,7 @@ class Checkpointer:
     """
 
     def __init__(self, root: Path, *, rank: int, world_size: int, num_clients: int, keep: int,
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any], replace_other_configs: bool = False) -> None:
         self.root = root
         self.rank = rank
         self.world_size = world_size
@@ -162,6 +166,9 @@ class Checkpointer:
         self.keep = keep
         self.config = resume_config(config)
         self.conflict: str | None = None  # set by `votes` when a checkpoint has another config
+        # --overwrite: another config's checkpoints belong to the run being replaced; they are not
+        # loadable (no conflict, no warning), and `discard_after` deletes them once the vote is done.
+        self.replace_other_configs = replace_other_configs
         self._verified: dict[Path, dict[str, Any]] = {}  # shard states checked by `votes`, read once for `load`
 
     # --- writing ---------------------------------------------------------------------------
@@ -255,6 +262,8 @@ class Checkpointer:
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{markers[old_size][old_rank]} is unreadable ({err})") from None
             difference = config_difference(shard.config, self.config)
+            if difference is not None and self.replace_other_configs:
+                raise _Replaced(f"{folder} belongs to the run --overwrite replaces")
             if difference is not None:
                 self.conflict = f"{folder} was written with another config ({difference})"
                 raise ValueError(self.conflict)
@@ -294,6 +303,8 @@ class Checkpointer:
         for round_num in [] if complete else self.rounds():
             try:
                 self.needed_shards(round_num)  # also beyond num_rounds: that is another config
+            except _Replaced:
+                continue
             except (OSError, ValueError) as err:
                 if self.conflict is None:
                     print(f"pfl_dist: warning: rank {self.rank}: skipping checkpoint round {round_num}: {err}",
@@ -357,12 +368,22 @@ class RunStopped(Exception):
 
 class StopRequest(StopSignals):
     """Records SIGTERM/SIGINT. The first signal only sets a flag (the round loop then stops at an
-    agreed round); a second one gets the previous handler, so it interrupts at once."""
+    agreed round); a second one gets the previous handler, so it interrupts at once.
+
+    Where the scheduler signals every process of the job (PFL_SIGNAL_EVERY_PROCESS=1, a Slurm
+    step: pfl_dist/signals.py), the worker gets the signal from slurmstepd and again from
+    torchrun's agent, which got it too: there a repeat is the same stop and changes nothing, and
+    the scheduler's SIGKILL (after Slurm's KillWait) is what interrupts at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.repeats_are_the_same_stop = every_process_signalled()
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signal_name = signal.Signals(signum).name
-        self.uninstall()
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if not self.repeats_are_the_same_stop:
+            self.uninstall()

@@ -47,6 +47,12 @@ MAX_CLASSES = 10**6
 MAX_MAGNITUDE = 1e6  # data.R and data.center_scale: 1e300 turns the synthetic data into inf
 TIMEOUT_RANGE_S = (1.0, 7 * 24 * 3600.0)  # below 1 s every collective times out; timedelta overflows
 MAX_NAME_BYTES = 255  # a file name on Linux file systems
+MAX_PATH_BYTES = 4095  # Linux's PATH_MAX (4096) without the final NUL: the longest path a system call takes
+# run.out_dir leaves room for what is written below it: the run dir's name (run.name or a sweep
+# point's name, up to 255 bytes, in a sweep also as replaced/<name>.<hash8>.N) and the run's files
+# (.replaced/ckpt/round_000012/.shard_00001_of_00004.json.tmp, event files named after the host):
+# under 512 bytes in all.
+MAX_OUT_DIR_BYTES = MAX_PATH_BYTES - 512
 
 
 def _require_range(value: float, key: str, low: float, high: float) -> None:
@@ -64,8 +70,16 @@ def check_path_component(name: str, key: str) -> None:
     _require(size <= MAX_NAME_BYTES, key, f"must be at most {MAX_NAME_BYTES} bytes, got {size} bytes ({shown})")
 
 
-def check_path_text(path: str, key: str) -> None:
+def check_path_text(path: str, key: str, *, max_bytes: int = MAX_PATH_BYTES) -> None:
+    """No NUL; no folder or file name longer than 255 bytes and at most `max_bytes` in all, which
+    the kernel would refuse (ENAMETOOLONG) wherever the path is first used."""
     _require("\0" not in path, key, "must not contain a NUL character")
+    shown = repr(path if len(path) <= 60 else path[:60] + "...")
+    longest = max((len(os.fsencode(part)) for part in path.split("/")), default=0)
+    _require(longest <= MAX_NAME_BYTES, key, f"must not hold a folder or file name longer than {MAX_NAME_BYTES} "
+             f"bytes, got one of {longest} bytes ({shown})")
+    size = len(os.fsencode(path))
+    _require(size <= max_bytes, key, f"must be a path of at most {max_bytes} bytes, got {size} bytes ({shown})")
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_path_component(self.name, "run.name")
-        check_path_text(self.out_dir, "run.out_dir")
+        check_path_text(self.out_dir, "run.out_dir", max_bytes=MAX_OUT_DIR_BYTES)
         _require(0 <= self.seed <= MAX_SEED, "run.seed", f"must be in [0, 2**63 - 1], got {self.seed}")
 
 
@@ -144,6 +158,8 @@ class ModelConfig:
     init_file: str | None = None
 
     def __post_init__(self) -> None:
+        if self.init_file is not None:
+            check_path_text(self.init_file, "model.init_file")
         _require(self.init_file is None or Path(self.init_file).suffix in (".npy", ".pt"), "model.init_file",
                  f"must name a .npy or .pt file, got {self.init_file!r}")
 

@@ -6,6 +6,10 @@ Anything a user can get wrong (config, data, world size) raises a subclass of `P
 
 from __future__ import annotations
 
+import argparse
+import sys
+from typing import Any, NoReturn
+
 
 class PflError(Exception):
     """Base class: the message is shown to the user as one line, without a traceback."""
@@ -33,3 +37,17 @@ class NonFiniteMetricError(DivergenceError):
     are JSON without NaN/Infinity, so such a round is never written."""
 
     rank_specific = False
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors (an unknown option, a missing or mistyped argument) are one line
+    `<tool>: error: <message>` and exit 2, like every other bad input; argparse's own error prints
+    the usage first. `tool`: the prefix of the tool's other error lines."""
+
+    def __init__(self, *args: Any, tool: str = "pfl_dist", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tool = tool
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.tool}: error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -19,7 +19,9 @@ the published files, MNIST's MD5-checked on download). A config without user fil
 `inputs` section, so its identity (hash, auto run name) is what it was before fingerprints.
 
 A missing or unreadable file enters the manifest as `missing` / `unreadable` instead of raising:
-the task then reports it in its own one line, exactly as without fingerprints.
+the task then reports it in its own one line, exactly as without fingerprints. So does a client
+CSV larger than the reader accepts (`too large (<size> bytes)`, pfl_dist/data/layout.py
+CLIENT_CSV_MAX_BYTES), which is not read at all: its size alone refuses it.
 
 Where it is recorded: summary.json `inputs` (key -> digest), `inputs.json` in the run dir (the
 digests and every file's size and sha256, written when the run starts, so an unfinished run has
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ from typing import Any
 from pfl_dist.data.layout import (
     CIFAR10_TEST_BATCH,
     CIFAR10_TRAIN_BATCHES,
+    CLIENT_CSV_MAX_BYTES,
     CLIENT_FORMATS,
     LEAF_SPLITS,
     TRUE_MODELS,
@@ -108,14 +112,19 @@ def folder_files(kind: str, root: Path, num_clients: int) -> list[str]:
 _cache: dict[tuple[Any, ...], str] = {}
 
 
-def file_entry(path: Path) -> str:
-    """'<size> <sha256>' of the file's contents, 'missing', or 'unreadable (<reason>)'."""
+def file_entry(path: Path, *, max_bytes: int | None = None) -> str:
+    """'<size> <sha256>' of the file's contents, 'missing', 'unreadable (<reason>)', or 'too large
+    (<size> bytes)' without reading it when it holds more than `max_bytes`."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
         return MISSING
     except OSError as err:
         return f"unreadable ({err.strerror or type(err).__name__})"
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        return "unreadable (not a regular file)"
+    if max_bytes is not None and info.st_size > max_bytes:
+        return f"too large ({info.st_size} bytes)"
     key = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     if key in _cache:
         return _cache[key]
@@ -142,8 +151,13 @@ def _file_record(key: str, path: Path) -> InputRecord:
     return InputRecord(key=key, path=str(path), digest=digest, files={path.name: entry})
 
 
-def _folder_record(key: str, root: Path, names: list[str]) -> InputRecord:
-    files = {name: file_entry(root / name) for name in sorted(names)}
+def _read_bound(kind: str, name: str) -> int | None:
+    """The size past which the `kind` task refuses the file `name` before reading it."""
+    return CLIENT_CSV_MAX_BYTES if kind == "client_files" and name.endswith(".csv") else None
+
+
+def _folder_record(key: str, root: Path, names: list[str], *, kind: str) -> InputRecord:
+    files = {name: file_entry(root / name, max_bytes=_read_bound(kind, name)) for name in sorted(names)}
     manifest = "".join(f"{name}\t{entry}\n" for name, entry in files.items())
     return InputRecord(key=key, path=str(root), digest=hashlib.sha256(manifest.encode()).hexdigest(), files=files)
 
@@ -158,7 +172,7 @@ def fingerprint(config: dict[str, Any]) -> Inputs:
         data = config["data"]
         root = Path(data["data_dir"])
         names = folder_files(data["kind"], root, int(data.get("num_clients", 0)))
-        records["data.data_dir"] = _folder_record("data.data_dir", root, names)
+        records["data.data_dir"] = _folder_record("data.data_dir", root, names, kind=data["kind"])
     return records
 
 

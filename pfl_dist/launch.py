@@ -27,7 +27,7 @@ from pfl_dist.errors import ConfigError, PflError
 from pfl_dist.guard import guard_output
 from pfl_dist.interpreter import interpreter_problem
 from pfl_dist.rundir import check_run_dir, holds_completed_run
-from pfl_dist.signals import StopSignals
+from pfl_dist.signals import EVERY_PROCESS_ENV, StopSignals, every_process_signalled
 from pfl_dist.tasks import preflight as task_preflight
 from pfl_dist.torchrun_output import TorchrunOutput
 
@@ -38,6 +38,15 @@ TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 # own parser); every other `--option` takes one, as `--option=V` or `--option V`.
 TORCHRUN_FLAGS = frozenset({"--standalone", "--no-python", "--no_python", "--run-path", "--run_path", "-m",
                             "--module", "--virtual-local-rank", "--virtual_local_rank"})
+# torchrun options that take a value (the same test checks them). Any other `-option` is refused
+# here in one line: torchrun would print its usage (about 30 lines) after the config was checked.
+_DASHED_VALUE_OPTIONS = (
+    "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--rdzv-conf", "--max-restarts",
+    "--monitor-interval", "--start-method", "--event-log-handler", "--log-dir", "--local-ranks-filter",
+    "--duplicate-stdout-filters", "--duplicate-stderr-filters", "--node-rank", "--master-addr", "--master-port",
+    "--local-addr", "--logs-specs", "--numa-binding", "--signals-to-handle", "--shutdown-timeout")
+TORCHRUN_VALUE_OPTIONS = frozenset({"--nnodes", "--role", "-r", "--redirects", "-t", "--tee", *_DASHED_VALUE_OPTIONS,
+                                    *("--" + option[2:].replace("-", "_") for option in _DASHED_VALUE_OPTIONS)})
 # The training program is always pfl_dist.train: options that would choose another one are refused.
 _PROGRAM_OPTIONS = frozenset({"--no-python", "--no_python", "--run-path", "--run_path", "-m", "--module"})
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*\.[^=]*=")
@@ -65,6 +74,12 @@ torchrun options, passed through (the common ones; `--help-torchrun` lists them 
                          static rendezvous
   --max-restarts=N       elastic restarts after a worker dies (the run resumes from its checkpoint)
 
+Environment:
+  {every_process}=1
+                         the scheduler signals every process of the job (a Slurm step;
+                         launch/slurm.sbatch sets it): the launcher then passes no SIGTERM/SIGINT
+                         on, and workers take a repeated signal for the same stop
+
 Exit codes: 0 done (also when SIGTERM/SIGINT came after the run had completed), 2 bad input,
 3 divergence, 75 stopped by SIGTERM/SIGINT (rerun to resume).
 """
@@ -91,6 +106,15 @@ def _check_override(arg: str) -> None:
         raise ConfigError(f"unknown config section '{section}' in '{arg}'{did_you_mean(section, list(SECTIONS))}")
 
 
+def _option_name(arg: str) -> tuple[str, bool]:
+    """-> (the option's name, whether its value is in the same word: --opt=V, or -rV for a short one)."""
+    if "=" in arg:
+        return arg.split("=", 1)[0], True
+    if not arg.startswith("--") and len(arg) > 2:
+        return arg[:2], True
+    return arg, False
+
+
 def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
     """-> (torchrun options, config path, overrides incl. --overwrite). Raises ConfigError for
     anything that is neither: a stray word would otherwise become torchrun's training script."""
@@ -110,11 +134,14 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
             _check_override(arg)
             overrides.append(arg)
         elif arg.startswith("-"):
-            name = arg.split("=", 1)[0]
+            name, attached = _option_name(arg)
             if name in _PROGRAM_OPTIONS:
                 raise ConfigError(f"{name} is not supported: pfl_dist.launch always runs pfl_dist.train")
+            if name not in TORCHRUN_FLAGS and name not in TORCHRUN_VALUE_OPTIONS:
+                raise ConfigError(f"unknown option '{name}': neither a pfl_dist.launch nor a torchrun option "
+                                  "(see --help and --help-torchrun)")
             torchrun_args.append(arg)
-            if "=" not in arg and name not in TORCHRUN_FLAGS and args and not args[0].startswith("-"):
+            if not attached and name not in TORCHRUN_FLAGS and args and not args[0].startswith("-"):
                 torchrun_args.append(args.pop(0))  # the option's value
         else:
             raise ConfigError(f"unexpected argument '{arg}': expected torchrun options, --config FILE or "
@@ -167,7 +194,7 @@ def preflight(cfg: Config, *, world_size: int, ranks_here: int = 1) -> None:
 
 
 def print_help(*, torchrun: bool) -> None:
-    print(USAGE.format(sections=", ".join(SECTIONS)), end="")
+    print(USAGE.format(sections=", ".join(SECTIONS), every_process=EVERY_PROCESS_ENV), end="")
     if torchrun:
         from torch.distributed.run import get_args_parser
 
@@ -190,6 +217,7 @@ def main(argv: Sequence[str] | None = None, *, hold_signals: bool = False) -> in
         return 2
     try:
         torchrun_args, config, overrides = split_args(args)
+        every_process_signalled()  # a bad value is one line here, not one per worker
         cfg = load_config(config, [o for o in overrides if o != "--overwrite"])
         preflight(cfg, world_size=planned_world_size(torchrun_args), ranks_here=ranks_per_node(torchrun_args))
         check_run_dir(cfg, overwrite="--overwrite" in overrides)
@@ -244,14 +272,18 @@ class _StopForwarder(StopSignals):
     - Once torchrun has ended (`end`) the launcher's exit code is decided, and a signal changes
       nothing: it is ignored, not given its default action, which would kill the launcher by it.
       (docker-compose stops the workers' containers first; the master's SIGTERM then often
-      reaches a launcher that is about to exit 75.)"""
+      reaches a launcher that is about to exit 75.)
+    - `every_process` (PFL_SIGNAL_EVERY_PROCESS=1, a Slurm step): the agent got the signal itself,
+      from the scheduler, so it is only remembered. A second one would reach the agent while it
+      waits for its workers, end it early, and take the workers with it (they die with their agent)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, every_process: bool = False) -> None:
         super().__init__()
+        self.every_process = every_process
         self.process: subprocess.Popen[str] | None = None
         self.pending: int | None = None  # a signal that came before torchrun was started
         self.received = 0  # signals caught while torchrun ran or was being started
-        self.forwarded = False  # a caught signal reached the agent
+        self.forwarded = False  # a caught signal reached the agent (from here, or from the scheduler)
         self.own_stop = False  # stop_agent sent SIGTERM
         self.ended = False
 
@@ -260,7 +292,9 @@ class _StopForwarder(StopSignals):
             return
         self.signal_name = self.signal_name or signal.Signals(signum).name
         self.received += 1
-        if self.process is None:
+        if self.every_process:
+            self.forwarded = True  # the scheduler signalled the agent itself
+        elif self.process is None:
             self.pending = signum
         elif not (self.own_stop and self.received == 1):
             self._forward(signum)
@@ -320,7 +354,8 @@ def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunComp
                  hold_signals: bool = False) -> int:
     """Run torchrun, passing its stderr through, and end a known failure with one clear line.
 
-    Stops: a SIGTERM/SIGINT to the launcher goes to torchrun's process group (`_StopForwarder`).
+    Stops: a SIGTERM/SIGINT to the launcher goes to torchrun's process group (`_StopForwarder`),
+    unless `env` says the scheduler signals every process of the job (PFL_SIGNAL_EVERY_PROCESS=1).
     When this node's rank 0 reports a stop (it may have come from another node's signal, carried
     in the round's all-reduce), the launcher ends its own agent too, so that the agent does not
     restart the stopped workers (--max-restarts) into a rendezvous that nobody else joins. Either
@@ -339,7 +374,7 @@ def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunComp
     seen: set[str] = set()
     worker_stopped = False
     agent_signalled = False
-    forwarder = _StopForwarder()
+    forwarder = _StopForwarder(every_process=every_process_signalled(env))
     forwarder.install()
     try:
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
@@ -368,8 +403,10 @@ def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunComp
                   f"down); its results are in {completion.run_dir}, nothing to resume", file=sys.stderr, flush=True)
             return 0
         if not worker_stopped:
-            print(f"pfl_dist: stopped by {forwarder.signal_name} (forwarded to torchrun, whose workers checkpoint "
-                  "the last completed round); rerun the same command to resume", file=sys.stderr, flush=True)
+            how = ("sent to every process of the job, torchrun's workers too, which checkpoint"
+                   if forwarder.every_process else "forwarded to torchrun, whose workers checkpoint")
+            print(f"pfl_dist: stopped by {forwarder.signal_name} ({how} the last completed round); rerun the "
+                  "same command to resume", file=sys.stderr, flush=True)
         return _STOPPED_EXIT_CODE
     code = output.finish(code)  # a worker's own error line and exit code instead of torchrun's report
     for marker in seen if code else ():

@@ -1,6 +1,6 @@
-"""What each federated method is, without torch: its label, whether it communicates, whether
-algorithm.lam enters its updates, whether it needs a model with a body/head split, whether it
-defines a global model that is evaluated on its own.
+"""What each federated method is, without torch: its label, whether it communicates, what its
+message is, whether algorithm.lam enters its updates, whether it needs a model with a body/head
+split, whether it defines a global model that is evaluated on its own.
 
 The algorithm classes (pfl_dist/algorithms/) take these facts from here (`Algorithm.info`), the
 Trainer writes them into summary.json ("method"), and the sweep tables and figures read them
@@ -13,12 +13,27 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# What a client's message is (`MethodInfo.message`). With a codec, a client sends Delta_i =
+# sent_i - r (r: what the server holds, w_g by default), and this decides whether a compressor
+# with error feedback may carry what it left out into the client's next message
+# (pfl_dist/exchange/base.py `feedback_rule`; the table in docs/ARCHITECTURE.md).
+INCREMENT = "increment"
+"""A fresh update the client does not send again: FedAvg's w_i - w_g after local steps from w_g
+(the client restarts from w_g next round), SCAFFOLD's y_i - x and c_i+ - c_i. What a codec leaves
+out of it is lost unless a residual carries it to the client's next message (Stich et al. 2018)."""
+STATE = "state"
+"""The difference between state the client keeps and w_g: FedCLUP's w_i - w_g, with w_i trained on
+from where it was. What a codec leaves out stays in w_i - w_g and is sent again in the client's
+next message, so the kept state is its own memory; a residual would send it twice."""
+MESSAGES = (INCREMENT, STATE)
+
 
 @dataclass(frozen=True)
 class MethodInfo:
     name: str  # algorithm.name
     label: str  # how tables and legends name it
     communicates: bool = True  # False: no training traffic at all (LocalTrain)
+    message: str = INCREMENT  # what a client sends: INCREMENT or STATE (above)
     uses_lam: bool = False  # algorithm.lam enters the updates (shown in labels, HParams, results.csv)
     lam_symbol: str = "λ"  # how the label writes lam (FedProx's paper calls it mu)
     parameter_groups: bool = False  # needs a model with a body/head split (only the body is sent)
@@ -30,12 +45,16 @@ class MethodInfo:
     colors: str = "Greys"
     marker: str = "o"  # figures: its marker
 
+    def __post_init__(self) -> None:
+        assert self.message in MESSAGES, self.message
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
-    MethodInfo("fedclup", "FedCLUP", uses_lam=True, paper="Yu et al., ICML 2025", colors="Reds", marker="^"),
+    MethodInfo("fedclup", "FedCLUP", message=STATE, uses_lam=True, paper="Yu et al., ICML 2025", colors="Reds",
+               marker="^"),
     MethodInfo("fedavg", "FedAvg", paper="McMahan et al., AISTATS 2017", colors="Blues", marker="o"),
     MethodInfo("fedprox", "FedProx", uses_lam=True, lam_symbol="μ", paper="Li et al., MLSys 2020",
                colors="#2ca02c", marker="D"),  # green

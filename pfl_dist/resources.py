@@ -19,17 +19,23 @@ and classes). Per data.kind, from what is known without loading the data:
   pfl_dist/data/cifar.py) and 3 x 32 x 32 samples;
 - leaf: every chosen writer has at least data.min_samples_per_client training samples of 784
   values (its real count would need the JSON parsed); 62 classes;
-- client_files: each client's sample count from its .npz header, or its CSV lines that start a
-  number (pfl_dist/data/client_files.py); the padded tensors, plus the arrays as read (float64)
-  and the feature scales, which the task keeps.
+- client_files: each client's sample count from its .npz header, or its CSV's rows counted by
+  the CSV reader's own function (`csv_rows`, pfl_dist/data/client_files.py: the same blocks and
+  the same size bound, so a file the reader refuses is refused here, before anything is
+  allocated); the padded tensors, plus the arrays as read (float64) and the feature scales, which
+  the task keeps.
 Available memory is /proc/meminfo's MemAvailable, or the cgroup (v2) limit minus current usage
-when that is lower (a container's limit, not the host's free memory).
+when that is lower (a container's limit, not the host's free memory), for all the ranks on this
+machine; and one rank must fit in the address space `ulimit -v` (RLIMIT_AS) leaves a process,
+the limit minus the checking process's VmSize.
 """
 
 from __future__ import annotations
 
 import math
+import resource
 from pathlib import Path
+from typing import NoReturn
 
 from pfl_dist.config import Config
 from pfl_dist.data import cifar, leaf
@@ -93,7 +99,7 @@ def _client_files_data_bytes(cfg: Config, block: range, value: int) -> int:
     counts = []
     for client in block:
         paths = [client_file(Path(data.data_dir), client, fmt) for fmt in FORMATS]
-        counts.append(max((samples_at_least(path) for path in paths if path.is_file()), default=0))
+        counts.append(max((samples_at_least(path, dim=data.dim) for path in paths if path.is_file()), default=0))
     padded = len(block) * max(counts, default=0) * (data.dim * value + _LABEL_BYTES)
     as_read = sum(counts) * (data.dim * 8 + _LABEL_BYTES)  # ClientArrays: float64 features, int64 labels
     return padded + as_read + len(block) * data.dim * 8  # + the per-client feature scales (float64)
@@ -136,6 +142,20 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None  # 'max' = no limit
 
 
+def address_space_left() -> int | None:
+    """RLIMIT_AS (`ulimit -v`) minus this process's mapped address space (VmSize); None without
+    a limit. Every allocation maps address space, so past this one fails whatever RAM is free."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        mapped = int(fields["VmSize"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        mapped = 0
+    return max(0, limit - mapped)
+
+
 def available_bytes() -> int | None:
     """Memory this process can still allocate: MemAvailable, capped by a cgroup v2 limit; None
     when neither can be read (then nothing is refused)."""
@@ -156,16 +176,25 @@ def available_bytes() -> int | None:
 def check_memory(cfg: Config, *, world_size: int, ranks_here: int = 1, rank: int | None = None,
                  available: int | None = None) -> None:
     """ConfigError when `ranks_here` ranks of this config cannot fit in the available memory
-    (`rank`: a rank checking itself; None: the rank that needs the most)."""
+    (`rank`: a rank checking itself; None: the rank that needs the most), or one rank cannot fit
+    in the address space `ulimit -v` leaves a process (each rank is a process of its own)."""
     data_bytes, model_bytes = estimate_rank_bytes(cfg, world_size=world_size, rank=rank)
     per_rank = data_bytes + model_bytes
     available = available_bytes() if available is None else available
-    if available is None or per_rank * ranks_here <= available:
-        return
-    ranks = f"; {ranks_here} ranks here: {format_bytes(per_rank * ranks_here)}" if ranks_here > 1 else ""
+    if available is not None and per_rank * ranks_here > available:
+        ranks = f"; {ranks_here} ranks here: {format_bytes(per_rank * ranks_here)}" if ranks_here > 1 else ""
+        _refuse(cfg, data_bytes=data_bytes, model_bytes=model_bytes, detail=ranks,
+                limit=f"{format_bytes(available)} is available")
+    space = address_space_left()
+    if space is not None and per_rank > space:
+        _refuse(cfg, data_bytes=data_bytes, model_bytes=model_bytes, detail="",
+                limit=f"{format_bytes(space)} of address space is left to this process (ulimit -v)")
+
+
+def _refuse(cfg: Config, *, data_bytes: int, model_bytes: int, detail: str, limit: str) -> NoReturn:
     lower = {"synthetic": "data.num_clients, data.samples_per_client or data.dim",
              "client_files": "data.num_clients"}.get(cfg.data.kind, "data.num_clients or the model (model.kind)")
     raise ConfigError(
-        f"the config needs at least {format_bytes(per_rank)} of memory per rank (data {format_bytes(data_bytes)}"
-        f" + client models {format_bytes(model_bytes)}{ranks}), but only {format_bytes(available)} is available; "
+        f"the config needs at least {format_bytes(data_bytes + model_bytes)} of memory per rank (data "
+        f"{format_bytes(data_bytes)} + client models {format_bytes(model_bytes)}{detail}), but only {limit}; "
         f"lower {lower}, or use more ranks or nodes")

@@ -30,6 +30,22 @@ Protection (`prepare_run_dir`, rank 0 before any training):
   An overwrite moves the old results into `<run_dir>/.replaced/` (a rename: no space needed) and
   deletes them only once the new summary.json is on disk; a run that fails with an error puts
   them back, so nothing is lost to a full disk.
+- an unfinished run (no summary.json): of the same config it resumes. Without --overwrite a run
+  dir is refused when it holds checkpoints of another config, or an --overwrite that did not
+  finish (`.replaced/` present: completing any run there would delete the results it holds).
+  With --overwrite the unfinished run is replaced: its checkpoints of another config are deleted
+  once the new run starts (the resume vote skips them; pfl_dist/checkpoint.py), and results an
+  earlier --overwrite set aside stay in `.replaced/` until the new run completes.
+Every refusal is decided by `check_run_dir`, which only reads, so a refused command (launcher or
+rank 0) touches nothing. A failure after the run dir is locked (pfl_dist.train reads its data
+there) undoes only what this command did: it never moves back results an earlier command set
+aside unless its own run had started.
+
+Replaced runs stay out of TensorBoard. TensorBoard shows every folder below its logdir that holds a
+file whose name contains "tfevents", hidden folders included, so a run dir's `.replaced/` and a
+sweep's `replaced/` would show up beside the current runs. Their event files are kept byte for
+byte under another name (`events.out.tfevents.*` -> `events.out.replaced.*`, `hide_events`), and
+get their name back when an overwrite is rolled back.
 """
 
 from __future__ import annotations
@@ -59,7 +75,9 @@ LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
 # What a run writes into its run dir (ckpt/ included: it belongs to the run it resumes).
 RESULT_NAMES = ("config.yaml", "inputs.json", "metrics.jsonl", "summary.json", "final", "ckpt", "sweep_point.json")
-RESULT_GLOBS = ("events.out.tfevents.*",)
+EVENTS_PREFIX = "events.out.tfevents."  # how torch's SummaryWriter names an event file
+HIDDEN_EVENTS_PREFIX = "events.out.replaced."  # a replaced run's event file: TensorBoard skips it
+RESULT_GLOBS = (f"{EVENTS_PREFIX}*",)
 
 
 class RunDirError(PflError):
@@ -235,6 +253,7 @@ class PreparedRunDir:
     lock: DirLock
     complete: dict[str, Any] | None = None  # the summary of an identical completed run
     replaced: Path | None = None  # old results kept here until the new run completes
+    inherited: bool = False  # `replaced` was set aside by an earlier --overwrite that did not finish
     notes: list[str] = field(default_factory=list)
 
     def commit(self) -> None:
@@ -243,15 +262,17 @@ class PreparedRunDir:
             shutil.rmtree(self.replaced, ignore_errors=True)
             self.replaced = None
 
-    def rollback(self) -> None:
-        """The new run failed: its files go and the replaced results come back (renames only)."""
-        if self.replaced is None or not self.replaced.is_dir():
+    def rollback(self, *, started: bool = True) -> None:
+        """The new run failed: its files go and the replaced results come back (renames only).
+        Results an earlier, unfinished --overwrite set aside stay where they are when this run
+        failed before it `started` (wrote or deleted anything: a refusal touches nothing)."""
+        if self.replaced is None or not self.replaced.is_dir() or (self.inherited and not started):
             return
         with contextlib.suppress(OSError):
             for path in _result_paths(self.run_dir):
                 _remove(path)
             for path in self.replaced.iterdir():
-                os.replace(path, self.run_dir / path.name)
+                os.replace(path, self.run_dir / shown_events_name(path.name))
             self.replaced.rmdir()
             self.replaced = None
 
@@ -270,6 +291,7 @@ def check_run_dir(cfg: Config, *, overwrite: bool = False) -> None:
         return
     if not overwrite:
         _refuse_another_config(cfg, run_dir)
+        _refuse_unfinished(cfg, run_dir)
     lock_path = run_dir / LOCK_FILE
     if lock_path.is_file():
         try:
@@ -304,18 +326,21 @@ def _classify(cfg: Config, prepared: PreparedRunDir, *, overwrite: bool) -> Prep
     for name in ("final", "ckpt"):
         check_directory(run_dir / name, f"{name}/ of")
     replaced = run_dir / REPLACED_DIR
-    summary_present = (run_dir / "summary.json").exists()
+    saved = saved_config(run_dir)
     if replaced.is_dir():
-        if summary_present:  # the new run completed but died before removing the old results
+        if saved is not None:  # the new run completed but died before removing the old results
             shutil.rmtree(replaced, ignore_errors=True)
-        else:
-            prepared.replaced = replaced
+        else:  # only with --overwrite (check_run_dir refuses it otherwise)
+            prepared.replaced, prepared.inherited = replaced, True
             prepared.notes.append(f"an earlier --overwrite of {run_dir} did not finish; the results it replaces "
                                   f"stay in {replaced} until this run completes")
-    saved = saved_config(run_dir)
     if saved is None:
-        if summary_present:
+        if (run_dir / "summary.json").exists():
             prepared.notes.append(f"{run_dir}/summary.json is unreadable; the run counts as incomplete")
+        conflict = checkpoint_conflict(run_dir / "ckpt", result_config(cfg.identity())) if overwrite else None
+        if conflict is not None:
+            prepared.notes.append(f"--overwrite: the checkpoints of the unfinished run it replaces ({conflict}) "
+                                  "are deleted once this run starts")
         return prepared
     if overwrite:
         _set_aside(prepared)
@@ -348,6 +373,45 @@ def _refuse_another_config(cfg: Config, run_dir: Path) -> None:
                           "run.name=<another name> (or the default run.name=auto), or replace it with --overwrite")
 
 
+def _refuse_unfinished(cfg: Config, run_dir: Path) -> None:
+    """Without --overwrite, a run dir without summary.json is refused (read-only, so the refusal
+    touches nothing) when it holds an --overwrite that did not finish (the results it replaces are
+    in .replaced/: finishing any run here would delete them), or checkpoints of another config."""
+    if saved_config(run_dir) is not None:
+        return
+    replaced = run_dir / REPLACED_DIR
+    if replaced.is_dir():
+        unfinished = run_config(run_dir)
+        difference = None if unfinished is None else config_difference(result_config(unfinished),
+                                                                       result_config(cfg.identity()))
+        what, then = "an unfinished run", "add --overwrite to replace both with this config's run"
+        if unfinished is not None:
+            what = f"an unfinished run of another config ({difference})" if difference else \
+                "an unfinished run of this config"
+            then = then if difference else "add --overwrite to finish it (it resumes from its checkpoints)"
+        raise RunDirError(f"run dir {run_dir} holds an --overwrite that did not finish: {what}, and in {replaced} "
+                          f"the results it replaces; {then}, or use another run.name")
+    conflict = checkpoint_conflict(run_dir / "ckpt", result_config(cfg.identity()))
+    if conflict is not None:
+        raise RunDirError(f"cannot resume: {conflict}; use another run.name, delete {run_dir / 'ckpt'}, or replace "
+                          "that unfinished run with --overwrite")
+
+
+def checkpoint_conflict(ckpt: Path, config: dict[str, Any]) -> str | None:
+    """'<round folder> was written with another config (<first changed key>)' for the first
+    checkpoint marker in `ckpt` whose config is not `config` (`result_config` form); None when
+    every readable marker matches. The resume vote (pfl_dist/checkpoint.py) checks the same."""
+    for marker in sorted(ckpt.glob("round_*/shard_*.json")):
+        try:
+            saved = json.loads(marker.read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged marker: the vote skips its round
+        difference = config_difference(saved, config) if isinstance(saved, dict) else None
+        if difference is not None:
+            return f"{marker.parent} was written with another config ({difference})"
+    return None
+
+
 def _set_aside(prepared: PreparedRunDir) -> None:
     """--overwrite: move the completed run's files into .replaced/ (renames: no space needed)."""
     replaced = prepared.run_dir / REPLACED_DIR
@@ -356,7 +420,7 @@ def _set_aside(prepared: PreparedRunDir) -> None:
             shutil.rmtree(replaced)
         replaced.mkdir()
         for path in _result_paths(prepared.run_dir):
-            os.replace(path, replaced / path.name)
+            os.replace(path, replaced / hidden_events_name(path.name))
     except OSError as err:
         raise RunDirError(f"cannot set the old results of {prepared.run_dir} aside: {os_error_text(err)}") from None
     prepared.replaced = replaced
@@ -396,7 +460,8 @@ def run_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:
-    """Move a whole run dir to `into/<name>.<label>` (a rename; `.2`, `.3`, ... if taken)."""
+    """Move a whole run dir to `into/<name>.<label>` (a rename; `.2`, `.3`, ... if taken), where
+    TensorBoard does not show it (`hide_events` on all of `into`: runs set aside before too)."""
     into.mkdir(parents=True, exist_ok=True)
     target = into / f"{run_dir.name}.{label}"
     suffix = 1
@@ -404,4 +469,22 @@ def set_run_dir_aside(run_dir: Path, into: Path, *, label: str) -> Path:
         suffix += 1
         target = into / f"{run_dir.name}.{label}.{suffix}"
     os.replace(run_dir, target)
+    hide_events(into)
     return target
+
+
+def hidden_events_name(name: str) -> str:
+    """The name an event file keeps among replaced results (other names are unchanged)."""
+    return HIDDEN_EVENTS_PREFIX + name.removeprefix(EVENTS_PREFIX) if name.startswith(EVENTS_PREFIX) else name
+
+
+def shown_events_name(name: str) -> str:
+    """The inverse of `hidden_events_name`."""
+    return EVENTS_PREFIX + name.removeprefix(HIDDEN_EVENTS_PREFIX) if name.startswith(HIDDEN_EVENTS_PREFIX) else name
+
+
+def hide_events(directory: Path) -> None:
+    """Rename every TensorBoard event file below `directory` (renames: the bytes stay)."""
+    for path in sorted(directory.rglob(f"{EVENTS_PREFIX}*")):
+        if path.is_file() and not path.is_symlink():
+            os.replace(path, path.with_name(hidden_events_name(path.name)))

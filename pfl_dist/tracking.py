@@ -1,17 +1,20 @@
 """Run-directory outputs: TensorBoard events, metrics.jsonl, config.yaml, inputs.json, summary.json.
 
 Only rank 0 writes (`RunLogger`); every other rank gets a `NullLogger` with the same methods.
-TensorBoard layout (docs/ARCHITECTURE.md):
+TensorBoard layout (docs/ARCHITECTURE.md; the names and which counters exist:
+pfl_dist/tensorboard_views.py):
 - step = round: the metrics, named by where they are measured (`metric_tag`): train/<metric> on
   the clients' training samples, eval/<metric> on test splits and for ITR/ATR (distances to the
-  true models); comm/*_bytes, comm/*_bytes_cum, time/round_s; time/compute_s, time/comm_s,
-  time/wait_s (means over ranks) and time/wait_s_max, written at each evaluation for the rounds
-  since the previous one (pfl_dist/timing.py);
-- step = cumulative training wire bytes (int64, exact): tradeoff/<metric>_vs_bytes;
-- step = cumulative FL-equivalent bytes (uplink + downlink): tradeoff_fl/<metric>_vs_fl_bytes;
-- step = cumulative training wall-clock milliseconds (the rounds' time on rank 0, evaluation
-  excluded): tradeoff/<metric>_vs_seconds;
-- a custom-scalars page with the trade-off curves, and hparams written at the end.
+  true models); comm/<counter> and comm/<counter>_cum (only counters the run's traffic can make
+  nonzero), time/round_s; time/compute_s, time/comm_s, time/wait_s (means over ranks) and
+  time/wait_s_max, written at each evaluation for the rounds since the previous one
+  (pfl_dist/timing.py);
+- the trade-off curves, first on every page: 1_tradeoff_fl_bytes/<metric>/<method> (step =
+  cumulative uplink + downlink bytes), 2_tradeoff_wire_bytes_W<W>/<metric>/<method> (step =
+  cumulative training wire bytes, W > 1), 3_tradeoff_train_ms/<metric>/<method> (step =
+  cumulative training wall-clock milliseconds on rank 0, evaluation excluded);
+- a custom-scalars layout (written with the first evaluation, when the metrics are known) and the
+  HParams experiment, written at the end.
 
 Resuming from round t (pfl_dist/checkpoint.py) keeps exactly what was logged up to round t:
 metrics.jsonl (its metrics keyed by the same tags) is cut back to rounds <= t, and the TensorBoard
@@ -35,10 +38,16 @@ import yaml
 from pfl_dist.comm import Counters, Traffic
 from pfl_dist.inputs import RECORD_FILE, Inputs
 from pfl_dist.outputs import parse_record, write_bytes_atomic, write_json_atomic
+from pfl_dist.tensorboard_views import (
+    FL_BYTES_TAG,
+    RunViews,
+    hparams_metric_tags,
+    hparams_summaries,
+    layout_summary,
+)
 from pfl_dist.timing import RoundTimes
 from pfl_dist.writer_thread import WriterThreadErrors
 
-TRADEOFF_METRICS = ("acc_personal", "acc_global", "ITR", "ATR")
 _RESULT_FILES = ("metrics.jsonl", "summary.json", "final")
 
 
@@ -165,12 +174,14 @@ class NullLogger:
 
 
 class RunLogger(NullLogger):
-    def __init__(self, run_dir: Path, config: dict[str, Any], *, start_round: int = 0, num_events: int = 0,
-                 metrics_measured_on: str, inputs: Inputs | None = None) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, world_size: int, start_round: int = 0,
+                 num_events: int = 0, metrics_measured_on: str, inputs: Inputs | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only: it is slow
 
         self.run_dir = run_dir
         self.measured_on = metrics_measured_on
+        self.views = RunViews.of(config, world_size=world_size)
+        self.layout_written = start_round > 0  # a resumed run's events hold it already
         self.metrics_path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
         if start_round == 0:
@@ -188,9 +199,7 @@ class RunLogger(NullLogger):
         try:
             self.writer = SummaryWriter(str(run_dir))
             self.num_events = 0
-            if start_round == 0:
-                self._add_layout()
-            else:
+            if start_round:
                 self._truncate_metrics(start_round)
                 self._copy_events(kept, old_files)
         except BaseException:
@@ -244,56 +253,39 @@ class RunLogger(NullLogger):
                   flush=True)
         write_bytes_atomic(self.metrics_path, b"".join(kept))
 
-    def _add_layout(self) -> None:
-        layout = {
-            "trade-off (training wire bytes)": {
-                name: ["Multiline", [f"tradeoff/{name}_vs_bytes"]] for name in TRADEOFF_METRICS
-            },
-            "trade-off (FL-equivalent bytes)": {
-                name: ["Multiline", [f"tradeoff_fl/{name}_vs_fl_bytes"]] for name in TRADEOFF_METRICS
-            },
-            "trade-off (training wall-clock, step = ms)": {
-                name: ["Multiline", [f"tradeoff/{name}_vs_seconds"]] for name in TRADEOFF_METRICS
-            },
-            "round time": {
-                "compute / comm / wait (s)": ["Multiline", [f"time/{k}_s" for k in ("compute", "comm", "wait")]],
-            },
-        }
-        self.writer.add_custom_scalars(layout)
+    def _summary(self, summary: Any) -> None:
+        file_writer = self.writer.file_writer
+        assert file_writer is not None
+        file_writer.add_summary(summary)
         self.num_events += 1
 
     def log_round(self, round_num: int, *, comm: dict[Traffic, Counters], round_s: float) -> None:
         train = comm[Traffic.TRAIN]
-        for key in ("payload_bytes", "wire_bytes_model", "uplink_bytes", "downlink_bytes"):
+        for key in self.views.round_counter_keys():
             self._scalar(f"comm/{key}", getattr(train, key), round_num)
-        if train.compression_ratio is not None:
+        if self.views.compressed and train.compression_ratio is not None:
             self._scalar("comm/compression_ratio", train.compression_ratio, round_num)
         self._scalar("time/round_s", round_s, round_num)
 
     def log_eval(self, record: dict[str, Any]) -> None:
+        if not self.layout_written:  # the first evaluation says which metrics the run has
+            self._summary(layout_summary(self.views.layout(record["metrics"])))
+            self.layout_written = True
         round_num = record["round"]
         tagged = {metric_tag(name, self.measured_on): value for name, value in record["metrics"].items()}
         for tag, value in tagged.items():
             self._scalar(tag, value, round_num)
         for key, value in record.get("personal", {}).items():  # the distribution over clients
             self._scalar(f"{self.measured_on}/clients/{key}", value, round_num)
-        for key, value in record["comm"].items():
-            if value is not None:
-                self._scalar(f"comm/{key}_cum", value, round_num)
-        self._log_tradeoff(record)
+        comm = record["comm"]
+        for key in self.views.counter_keys():
+            if comm.get(key) is not None:
+                self._scalar(f"comm/{key}_cum", comm[key], round_num)
+        self._scalar(FL_BYTES_TAG, comm["uplink_bytes"] + comm["downlink_bytes"], round_num)
+        for tag, value, step in self.views.tradeoff_points(record):
+            self._scalar(tag, value, step)
         with open(self.metrics_path, "a") as f:  # reopened per record: a crash loses no line
             f.write(json.dumps({**record, "metrics": tagged}, allow_nan=False) + "\n")
-
-    def _log_tradeoff(self, record: dict[str, Any]) -> None:
-        wire = int(record["comm"]["wire_bytes_model"])
-        fl_bytes = int(record["comm"]["uplink_bytes"] + record["comm"]["downlink_bytes"])
-        train_ms = round(1000 * record["time"]["train_s"]) if "time" in record else None
-        for name in TRADEOFF_METRICS:
-            if name in record["metrics"]:
-                self._scalar(f"tradeoff/{name}_vs_bytes", record["metrics"][name], wire)
-                self._scalar(f"tradeoff_fl/{name}_vs_fl_bytes", record["metrics"][name], fl_bytes)
-                if train_ms is not None:
-                    self._scalar(f"tradeoff/{name}_vs_seconds", record["metrics"][name], train_ms)
 
     def log_round_times(self, times: list[RoundTimes]) -> None:
         for t in times:
@@ -307,10 +299,10 @@ class RunLogger(NullLogger):
         self._scalar("lambda/lam", choice["lam"], int(choice["round"]))
 
     def finish(self, summary: dict[str, Any], hparams: dict[str, Any]) -> None:
-        metrics = {f"hparam/{k}": v for k, v in summary["final"].items()}
-        metrics["hparam/train_wire_bytes"] = summary["comm"]["wire_bytes_model"]
-        metrics["hparam/train_fl_bytes"] = summary["comm"]["uplink_bytes"] + summary["comm"]["downlink_bytes"]
-        self.writer.add_hparams(hparams, metrics, run_name=".")
+        """The HParams row: its metric columns are the last values of per-round tags."""
+        metric_tags = hparams_metric_tags([metric_tag(name, self.measured_on) for name in summary["final"]])
+        for hparams_summary in hparams_summaries(hparams, metric_tags):
+            self._summary(hparams_summary)
         self.flush()  # summary.json marks the run complete: every event is on disk before it
         write_json_atomic(self.run_dir / "summary.json", summary)
 

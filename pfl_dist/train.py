@@ -45,7 +45,7 @@ from pfl_dist.checkpoint import (
 )
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
-from pfl_dist.errors import DivergenceError, NonFiniteMetricError, PflError
+from pfl_dist.errors import DivergenceError, NonFiniteMetricError, OneLineParser, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
@@ -72,7 +72,7 @@ from pfl_dist.tracking import NullLogger, RunLogger
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pfl_dist.train", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="pfl_dist.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML experiment config (defaults are used without one)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a completed run of another config in the run dir (kept until the new one "
@@ -88,7 +88,8 @@ def model_sha256(model: torch.Tensor) -> str:
 class Trainer:
     """Holds the replicated global model, this rank's local models, and the byte ledger."""
 
-    def __init__(self, cfg: Config, runtime: Runtime, *, stop: StopRequest | None = None) -> None:
+    def __init__(self, cfg: Config, runtime: Runtime, *, stop: StopRequest | None = None,
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
         self.runtime = runtime
         self.ledger = ByteLedger()
@@ -108,7 +109,7 @@ class Trainer:
         self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.algorithm.wire_shapes(
                                  self.parameter_shapes()), client_ids=block,
                                  num_clients=cfg.data.num_clients, dtype=self.global_model.dtype,
-                                 device=runtime.device, seed=cfg.run.seed)
+                                 device=runtime.device, seed=cfg.run.seed, message=self.algorithm.info.message)
         self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
@@ -123,10 +124,11 @@ class Trainer:
         # A checkpoint resumes only a run of the same identity: config and input file contents.
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
                                          num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep,
-                                         config=cfg.identity())
+                                         config=cfg.identity(), replace_other_configs=overwrite)
         self.start_round, num_events = self._resume()
         self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
-        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), start_round=self.start_round, num_events=num_events,
+        self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), world_size=runtime.world_size,
+                                 start_round=self.start_round, num_events=num_events,
                                  metrics_measured_on=self.task.metrics_measured_on, inputs=cfg.inputs)
                        if runtime.is_logging_rank and not self.already_complete else NullLogger())
 
@@ -539,10 +541,11 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
         check_result_paths(cfg.run_dir)
     check_memory(cfg, world_size=runtime.world_size, rank=runtime.rank)
     prepared = prepare_run_dir(cfg, overwrite=overwrite) if runtime.is_logging_rank else None
+    trainer: Trainer | None = None
     try:
         if prepared is not None:
             print_notes(prepared)
-        trainer = Trainer(cfg, runtime, stop=stop)
+        trainer = Trainer(cfg, runtime, stop=stop, overwrite=overwrite)
         try:
             trainer.train()
         finally:
@@ -550,8 +553,8 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
         if prepared is not None:
             prepared.commit()
     except (PflError, OSError):
-        if prepared is not None:
-            prepared.rollback()  # an --overwrite that failed gives the old results back
+        if prepared is not None:  # an --overwrite that failed gives the old results back
+            prepared.rollback(started=trainer is not None)
         raise
     finally:
         if prepared is not None:

@@ -12,9 +12,8 @@ breaks the rule "a fault is one line, no traceback".
 of the filesystem (`rundir.is_disk_error`) in a TensorBoard writer thread is kept instead of
 printed, and `raise_first()` raises it in the main thread, which the logger calls where it
 flushes, before it writes summary.json and when it closes. An error that tensorboard itself would
-not raise again (one in `close()`'s last writes, or in the writer `add_hparams` opens and closes)
-is therefore not lost either. Every other exception, in any thread, goes to the hook that was
-there before, unchanged.
+not raise again (one in `close()`'s last writes) is therefore not lost either. Every other
+exception, in any thread, goes to the hook that was there before, unchanged.
 """
 
 from __future__ import annotations

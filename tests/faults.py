@@ -7,7 +7,7 @@ A trial passes when the resumed run ends with
 - the global_model_sha256, final metrics and byte totals of an uninterrupted run;
 - every evaluated round exactly once in metrics.jsonl, the same rounds as the reference;
 - no duplicate steps in any TensorBoard scalar tag, and the same points as the reference
-  (time/ tags excepted: wall-clock values; the tradeoff/*_vs_seconds tags are compared by their
+  (time/ tags excepted: wall-clock values; the 3_tradeoff_train_ms/* tags are compared by their
   values only, since their steps are wall-clock milliseconds).
 """
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pfl_dist.launch import TORCHRUN_ENV
+from pfl_dist.tensorboard_views import TIME_GROUP
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ROUNDS = 30
@@ -36,7 +37,7 @@ OVERRIDES = ("data.num_clients=8", "data.samples_per_client=100", f"train.num_ro
              "train.eval_every=3", "algorithm.num_local_steps=200", "algorithm.sample_fraction=0.5",
              "algorithm.lam=auto", f"checkpoint.every={EVERY}")
 _VOLATILE_TAGS = ("time/",)  # wall-clock values differ between any two runs
-_WALL_STEP_TAGS = ("_vs_seconds",)  # trade-off curves over elapsed time: wall-clock steps
+_WALL_STEP_TAGS = (f"{TIME_GROUP}/",)  # trade-off curves over elapsed time: wall-clock steps
 
 
 @dataclass
@@ -223,7 +224,7 @@ def compare_runs(run_dir: Path, reference: Path) -> list[str]:
         if tag.startswith(_VOLATILE_TAGS):
             tag_points = [(step, 0.0) for step in steps]
             reference_points[tag] = [(step, 0.0) for step, _ in reference_points.get(tag, [])]
-        elif tag.endswith(_WALL_STEP_TAGS):  # the step is elapsed seconds; the values must match
+        elif tag.startswith(_WALL_STEP_TAGS):  # the step is elapsed milliseconds; the values must match
             tag_points = [(0, value) for _, value in tag_points]
             reference_points[tag] = [(0, value) for _, value in reference_points.get(tag, [])]
         if tag_points != reference_points.get(tag):

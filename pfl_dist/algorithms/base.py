@@ -15,6 +15,9 @@ A round on every rank (pfl_dist/train.py):
 - What is sent is the algorithm's choice (`wire_shapes`, `wire_reference`): the whole model,
   only the body of a body/head model (FedRep, FedPer), or the model and a control variate
   (SCAFFOLD). The Exchange packs, codes and counts exactly that, so the byte ledger shows it.
+  What the message is (`info.message`, pfl_dist/methods.py: a fresh increment, or kept state
+  such as FedCLUP's w_i) decides whether an error-feedback codec keeps a residual per client
+  (docs/ARCHITECTURE.md, "Error feedback per (algorithm, codec) pair").
 - Server-side state that is not w_g (SCAFFOLD's c, FedCLUP's lambda history) is the algorithm's
   own `state_dict`, saved in the checkpoint's replicated section.
 - The task's solver primitives (pfl_dist/tasks/base.py): `local_update` (the fused proximal

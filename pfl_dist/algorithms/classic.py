@@ -37,8 +37,11 @@ class FedCLUP(ProxLocalUpdate):
         w_i <- K steps of  w_i - eta (grad f_i(w_i) + lam (w_i - w_g))          (clients)
         w_g <- w_g - gamma lam (w_g - sum_i n_i w_i / sum_i n_i)               (server)
 
-    a gradient step on the average Moreau envelope, gamma = 1/lam + 1/L by default. With
-    algorithm.lam = auto, lambda is FedCLUP's own callback (`end_of_round`): after round
+    a gradient step on the average Moreau envelope, gamma = 1/lam + 1/L by default. The message
+    w_i - w_g is kept state (`info.message`): what a codec leaves out of it is still in it next
+    round, so an error-feedback codec keeps no residual for FedCLUP.
+
+    With algorithm.lam = auto, lambda is FedCLUP's own callback (`end_of_round`): after round
     w = warm-up x rounds (and, with lam_auto_refresh, after 2w, 3w, ... before the last) it
     estimates R_hat = mean ||w_i - w_g|| over the clients trained so far and sets lambda by the
     paper's rule (`theory_lambda`, docs/METHOD.md §3).

@@ -23,7 +23,9 @@ class Scaffold(Algorithm):
     Means are the Exchange's n_i-weighted means over the sampled clients S. The message is the
     model and a control-variate update: the ledger counts 2 x the model bytes on the uplink
     (and the downlink carries x and c). On the wire the second half is c + (c_i+ - c_i) against
-    the server's [x, c], so a codec codes the updates y_i - x and c_i+ - c_i."""
+    the server's [x, c], so a codec codes the updates y_i - x and c_i+ - c_i: fresh increments
+    (y_i restarts from x; the next message is c_i's next change), so an error-feedback codec keeps
+    a residual over the concatenation."""
 
     name = "scaffold"
     info = METHODS["scaffold"]

@@ -55,7 +55,8 @@ def _field(batch: dict[Any, Any], name: str) -> Any:
 def read_batch(path: Path) -> ImageSplit:
     """One batch file -> images (N, 3, 32, 32) uint8 and labels (N,) int64."""
     if not path.is_file():
-        raise DataError(f"{path}: file not found (a CIFAR-10 python batches directory holds "
+        problem = "not a regular file" if path.exists() else "file not found"
+        raise DataError(f"{path}: {problem} (a CIFAR-10 python batches directory holds "
                         f"{', '.join(TRAIN_BATCHES)} and {TEST_BATCH})")
     try:
         with open(path, "rb") as handle:
@@ -91,6 +92,8 @@ def batch_images_at_least(path: Path) -> int:
     """A batch's image count N from its pickle's opening, without loading it (0 when not found):
     the (N, 3072) shape numpy pickles just before the array's bytes, capped at what the file
     can hold. Reads the opcodes up to the shape (the labels list comes first, ~2 ops per image)."""
+    if not path.is_file():  # missing, or a FIFO or device that would block
+        return 0
     try:
         with open(path, "rb") as handle:
             recent: list[int] = []

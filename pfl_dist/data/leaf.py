@@ -19,6 +19,7 @@ training and test sample indices into `train`; `test` holds every chosen writer'
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,23 @@ from pfl_dist.errors import DataError
 INPUT_SHAPE = (1, 28, 28)  # FEMNIST
 NUM_CLASSES = 62
 SAMPLE_SIZE = 28 * 28
+LEAF_DEPTH = 5  # the document, user_data, a user, x, a sample
 
 Writers = dict[str, tuple[np.ndarray, np.ndarray]]  # user -> (x (n, 784) float32, y (n,) int64)
 
 
 def _read_file(path: Path) -> Writers:
+    if not path.is_file():  # a FIFO or a device named *.json would block or never end
+        raise DataError(f"{path}: not a regular file")
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot be read ({type(err).__name__})") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except RecursionError:  # valid JSON nested deeper than the parser's recursion limit
+        raise DataError(f"{path}: not a LEAF file: its JSON nests deeper than {sys.getrecursionlimit()} levels "
+                        f"(a LEAF file nests {LEAF_DEPTH})") from None
     if not isinstance(doc, dict) or not all(key in doc for key in ("users", "num_samples", "user_data")):
         raise DataError(f"{path}: not a LEAF file (needs 'users', 'num_samples' and 'user_data')")
     users, counts, data = doc["users"], doc["num_samples"], doc["user_data"]

@@ -3,7 +3,8 @@
 Client k, with seed (k + seed * m):
     W_k ~ N(0, R^2) of shape (C, d),  v_k ~ N(0, I_d),
     X_k ~ N(v_k, diag(j^-1.2, j = 1..d)) with n rows,  y = argmax(X_k W_k^T).
-Features are scaled per client by their standard deviation, without centring. Each rank
+Features are scaled per client by their standard deviation, without centring (a constant
+feature, every feature of a one-sample client, keeps scale 1). Each rank
 generates only its own clients, and a client's data depends only on (seed, k, m).
 
 In that generator R does not change the data: y = argmax(X_k W_k^T) is invariant to the scale
@@ -65,6 +66,9 @@ def generate_clients(
     features = center[:, None, :] + noise * feature_std
     labels = np.argmax(features @ true_models.transpose(0, 2, 1), axis=2).astype(np.int64)
     scale = features.std(axis=1)
+    # A constant feature keeps scale 1, as StandardScaler does and as client files do: with one
+    # sample per client every feature is constant, and dividing by its std 0 gave 0/0 = NaN.
+    scale[scale == 0] = 1.0
     return SyntheticBlock(features=features / scale[:, None, :], labels=labels, scale=scale, true_models=true_models)
 
 

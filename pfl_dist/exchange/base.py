@@ -3,6 +3,13 @@
 A codec and its state travel together (as a DDP communication hook and its state do): the
 Exchange hands a codec the round's weighted updates and a `Wire`, and gets back the decoded
 weighted mean update. It never knows which codec it carries.
+
+Error feedback is a property of the (algorithm, codec) pair (`feedback_rule`): the codec says
+whether it compresses with error feedback (`Codec.error_feedback`: top-k, rand-k, PowerSGD), the
+algorithm says what its message is (`MethodInfo.message`, pfl_dist/methods.py), and a residual is
+kept only for a fresh increment. A message that is the difference between kept state and w_g
+(FedCLUP's w_i - w_g) still holds next round whatever a codec left out of it this round: that
+state is its own memory, and a residual would send the left-out part twice.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import numpy as np
 import torch
 
 from pfl_dist.exchange.spec import CodecSpec
+from pfl_dist.methods import INCREMENT
 
 
 class Wire(Protocol):
@@ -66,16 +74,19 @@ class RoundInput:
 class Codec:
     """Encodes client updates, runs its collectives on a `Wire`, decodes the weighted mean.
 
-    Per-client state (error-feedback residuals) is a dict of named (k, ...) tensors, one row per
-    client of this rank, which the checkpoint re-shards by client id; replicated state (the
-    PowerSGD warm-start Q) is identical on every rank.
+    Per-client state (error-feedback residuals, `memory`) is a dict of named (k, ...) tensors, one
+    row per client of this rank, which the checkpoint re-shards by client id; replicated state (the
+    PowerSGD warm-start Q) is identical on every rank. `message` is what the algorithm sends
+    (pfl_dist/methods.py INCREMENT or STATE); with `feedback_rule` it decides whether `memory`
+    keeps residuals.
     """
 
     name: ClassVar[str]
     num_control_words: ClassVar[int] = 0
+    error_feedback: ClassVar[bool] = False  # a biased compressor that feeds back what it leaves out
 
     def __init__(self, spec: CodecSpec, *, shapes: Sequence[torch.Size], num_local_clients: int,
-                 dtype: torch.dtype, device: torch.device, seed: int) -> None:
+                 dtype: torch.dtype, device: torch.device, seed: int, message: str) -> None:
         self.spec = spec
         self.shapes = list(shapes)
         self.num_params = sum(math.prod(s) for s in self.shapes)
@@ -84,6 +95,9 @@ class Codec:
         self.device = device
         self.seed = seed
         self.element_size = torch.empty((), dtype=dtype).element_size()
+        self.memory: ErrorFeedback | NoFeedback = (
+            ErrorFeedback(num_local_clients, self.num_params, dtype=dtype, device=device)
+            if feedback_rule(error_feedback=self.error_feedback, message=message) else NoFeedback())
         self.setup()
 
     def setup(self) -> None:
@@ -102,10 +116,10 @@ class Codec:
         raise NotImplementedError
 
     def client_state(self) -> dict[str, torch.Tensor]:
-        return {}
+        return self.memory.state()
 
     def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
-        assert not state
+        self.memory.load(state)
 
     def replicated_state(self) -> dict[str, torch.Tensor]:
         return {}
@@ -121,9 +135,20 @@ def generator(seed: int, *words: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
 
 
+def feedback_rule(*, error_feedback: bool, message: str) -> bool:
+    """Whether a client keeps an error-feedback residual: only when its codec compresses with error
+    feedback and its message is a fresh increment (pfl_dist/methods.py INCREMENT: FedAvg's reset
+    update, SCAFFOLD's y_i - x and c_i+ - c_i). For kept state (STATE: FedCLUP's w_i - w_g) the part
+    C leaves out is still in w_i - w_g next round; with a residual as well it would be sent twice
+    (with rand-k:0.25 the issue-21 run's w_g ended 220 from the dense run's, ||w_g|| = 3.2)."""
+    return error_feedback and message == INCREMENT
+
+
 class ErrorFeedback:
     """Per-client residuals e_i (Stich et al. 2018, "Sparsified SGD with memory"): a client
     compresses u_i = Delta_i + e_i and keeps e_i <- u_i - C(u_i) for its next turn."""
+
+    keeps: ClassVar[bool] = True
 
     def __init__(self, num_local_clients: int, num_params: int, *, dtype: torch.dtype, device: torch.device) -> None:
         self.residual = torch.zeros(num_local_clients, num_params, dtype=dtype, device=device)
@@ -140,3 +165,22 @@ class ErrorFeedback:
     def load(self, state: dict[str, torch.Tensor]) -> None:
         assert state["codec_residual"].shape == self.residual.shape
         self.residual = state["codec_residual"].to(self.residual.device)
+
+
+class NoFeedback:
+    """No residual: a client compresses Delta_i as it is (codecs without error feedback, and
+    messages that are kept state, `feedback_rule`). Nothing per client, nothing checkpointed."""
+
+    keeps: ClassVar[bool] = False  # a codec need not compute what it would feed back
+
+    def corrected(self, updates: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return updates
+
+    def keep(self, rows: torch.Tensor, residual: torch.Tensor) -> None:
+        """What C left out is dropped (or, for kept state, still in the client's next Delta_i)."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        assert not state, "checked by Exchange.load_client_state"

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from pfl_dist.exchange.base import Codec, ErrorFeedback, RoundInput, Wire, generator
+from pfl_dist.exchange.base import Codec, RoundInput, Wire, generator
 
 _RANDK_STREAM = 0x52_4B  # separates the rand-k coordinate draws from other seeded streams
 _QSGD_STREAM = 0x51_53
@@ -174,14 +174,15 @@ def num_kept(fraction: float, num_params: int) -> int:
 
 class TopK(Codec):
     """Top-k sparsification with error feedback (Stich et al. 2018): a client sends the k
-    largest |u_j| of u = Delta + e with their int32 indices, and keeps e <- u - sent. Messages
-    travel by all_gather (each client's indices differ)."""
+    largest |u_j| of u = Delta + e with their int32 indices, and keeps e <- u - sent (e = 0 when
+    the message is kept state: `feedback_rule`). Messages travel by all_gather (each client's
+    indices differ)."""
 
     name = "topk"
+    error_feedback = True
 
     def setup(self) -> None:
         self.k = num_kept(float(self.spec.param or 1), self.num_params)
-        self.memory = ErrorFeedback(self.num_local_clients, self.num_params, dtype=self.dtype, device=self.device)
 
     def message_bytes(self) -> int:
         return self.k * (self.element_size + 4)
@@ -199,15 +200,9 @@ class TopK(Codec):
         total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
         for row_indices, row_values in zip(all_indices, all_values, strict=True):  # client-id order
             total.index_add_(0, row_indices, row_values)
-        if len(corrected):
+        if len(corrected) and self.memory.keeps:
             self.memory.keep(round_input.rows, residual)
         return total.to(self.dtype)
-
-    def client_state(self) -> dict[str, torch.Tensor]:
-        return self.memory.state()
-
-    def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory.load(state)
 
 
 def top_k_rows(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -228,13 +223,14 @@ def top_k(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 class RandK(Codec):
     """Rand-k with error feedback (Stich et al. 2018): every client sends its corrected update
     u = Delta + e at the same k coordinates, drawn from (seed, round), so no indices travel and
-    the k values are all-reduced; e <- u with those coordinates zeroed."""
+    the k values are all-reduced; e <- u with those coordinates zeroed (e = 0 when the message is
+    kept state: `feedback_rule`)."""
 
     name = "randk"
+    error_feedback = True
 
     def setup(self) -> None:
         self.k = num_kept(float(self.spec.param or 1), self.num_params)
-        self.memory = ErrorFeedback(self.num_local_clients, self.num_params, dtype=self.dtype, device=self.device)
 
     def message_bytes(self) -> int:
         return self.k * self.element_size
@@ -248,16 +244,10 @@ class RandK(Codec):
         corrected = self.memory.corrected(round_input.updates, round_input.rows)
         partial = (round_input.weights @ corrected[:, chosen].double()).to(self.dtype)
         reduced = wire.all_reduce(partial)
-        if len(corrected):
+        if len(corrected) and self.memory.keeps:
             residual = corrected.clone()
             residual[:, chosen] = 0
             self.memory.keep(round_input.rows, residual)
         total = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
         total[chosen] = reduced
         return total
-
-    def client_state(self) -> dict[str, torch.Tensor]:
-        return self.memory.state()
-
-    def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory.load(state)

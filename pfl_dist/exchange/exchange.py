@@ -1,10 +1,13 @@
 """The Exchange owns a round's wire format: what each participating client sends, the
 collectives that carry it, and the decoded aggregate handed back to the algorithm.
 
-What is sent is an update Delta_i = sent_i - w_g with weight n_i. The control words, the round's
-weight total N = sum_i n_i, the number of ranks asking to stop and (with a codec) the number of
-clients whose update is not finite, travel in a float64 control lane that no codec rounds, clips
-or sparsifies; a codec may add words of its own (a scale bound).
+What is sent is an update Delta_i = sent_i - w_g with weight n_i; the algorithm says what it is
+(`message`: a fresh increment or the difference of kept state, pfl_dist/methods.py), which
+decides whether a compressing codec keeps error-feedback residuals (`feedback_rule` in
+pfl_dist/exchange/base.py). The control words, the round's weight total N = sum_i n_i, the
+number of ranks asking to stop and (with a codec) the number of clients whose update is not
+finite, travel in a float64 control lane that no codec rounds, clips or sparsifies; a codec may
+add words of its own (a scale bound).
 
 - `none`: one all-reduce of [sum_i n_i sent_i, N, stops] in the model dtype, as before codecs
   existed. It keeps that arithmetic (the weighted sum of what was sent, divided by N) rather
@@ -33,6 +36,7 @@ import numpy as np
 import torch
 
 from pfl_dist.comm import Communicator, Traffic
+from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import Codec, GatherLayout, RoundInput
 from pfl_dist.exchange.codecs import QSGD, BFloat16, HalfPrecision, RandK, TopK
 from pfl_dist.exchange.powersgd import PowerSGD
@@ -58,8 +62,9 @@ class TrainingWire:
 
 class Exchange:
     def __init__(self, codec: str, *, comm: Communicator, shapes: Sequence[torch.Size], client_ids: range,
-                 num_clients: int, dtype: torch.dtype, device: torch.device, seed: int) -> None:
+                 num_clients: int, dtype: torch.dtype, device: torch.device, seed: int, message: str) -> None:
         self.spec = parse_codec(codec)
+        self.message = message
         self.comm = comm
         self.wire = TrainingWire(comm)
         self.client_ids = client_ids
@@ -71,7 +76,7 @@ class Exchange:
         self.codec: Codec | None = None
         if self.spec.name != "none":
             self.codec = CODECS[self.spec.name](self.spec, shapes=shapes, num_local_clients=len(client_ids),
-                                                dtype=dtype, device=device, seed=seed)
+                                                dtype=dtype, device=device, seed=seed, message=message)
 
     def message_bytes(self) -> int:
         """The exact encoded size of one client's message."""
@@ -140,6 +145,13 @@ class Exchange:
         return self.codec.client_state() if self.codec is not None else {}
 
     def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
+        unexpected = sorted(set(state) - set(self.client_state()))
+        if unexpected:
+            # Written before error feedback followed the message (a residual was kept for kept state):
+            # resuming it would mix two rules in one run.
+            raise ConfigError(f"cannot resume: the checkpoint holds {', '.join(unexpected)}, which comm.codec="
+                              f"{self.spec} does not keep for this method's message (an older pfl_dist kept "
+                              "error-feedback residuals for kept state too); use another run.name or --overwrite")
         if self.codec is not None:
             self.codec.load_client_state(state)
 

@@ -9,6 +9,8 @@ vectors and the rest are sent dense. One round, with M_i = Delta_i + e_i and wei
     Q   = sum_i w_i M_i^T P^   all-reduce 2
     mean update = P^ Q^T;  e_i <- M_i - P^ P^T M_i (each client's own approximation error)
 
+(e_i = 0 when the message is kept state, pfl_dist/exchange/base.py `feedback_rule`.)
+
 Warm start: Q is kept from one round to the next (replicated state, identical on all ranks),
 so a few rounds act as power iterations on the slowly moving update. The first Q is drawn from
 a generator seeded by the run seed, the same on every rank.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pfl_dist.exchange.base import Codec, ErrorFeedback, RoundInput, Wire, generator
+from pfl_dist.exchange.base import Codec, RoundInput, Wire, generator
 
 _INIT_STREAM = 0x50_53
 
@@ -63,11 +65,11 @@ def plan_blocks(shapes: list[torch.Size], rank: int) -> tuple[list[Block], torch
 
 class PowerSGD(Codec):
     name = "powersgd"
+    error_feedback = True
 
     def setup(self) -> None:
         self.blocks, dense = plan_blocks(self.shapes, int(self.spec.param or 1))
         self.dense = dense.to(self.device)
-        self.memory = ErrorFeedback(self.num_local_clients, self.num_params, dtype=self.dtype, device=self.device)
         self.q = torch.zeros(sum(b.cols * b.rank for b in self.blocks), dtype=self.dtype, device=self.device)
         self.warm = False  # set once a Q has been reduced: from then on it is reused
 
@@ -107,7 +109,7 @@ class PowerSGD(Codec):
             total[b.span] = (basis @ q.T).reshape(-1)
             start += b.cols * b.rank
         self.q, self.warm = second, True
-        if len(corrected):
+        if len(corrected) and self.memory.keeps:
             self.memory.keep(round_input.rows, self._errors(corrected, bases))
         return total
 
@@ -119,12 +121,6 @@ class PowerSGD(Codec):
             matrices = corrected[:, b.span].view(-1, b.rows, b.cols)
             errors[:, b.span] = (matrices - basis @ (basis.T @ matrices)).reshape(len(corrected), -1)
         return errors
-
-    def client_state(self) -> dict[str, torch.Tensor]:
-        return self.memory.state()
-
-    def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory.load(state)
 
     def replicated_state(self) -> dict[str, torch.Tensor]:
         return {"q": self.q.cpu(), "warm": torch.tensor(self.warm)}

@@ -19,6 +19,15 @@ _PARAMETERS: dict[str, tuple[str, type, float | int] | None] = {
     "powersgd": ("rank r, an integer >= 1", int, 1),
 }
 CODEC_NAMES = tuple(_PARAMETERS)
+# The training collectives a codec's round issues (pfl_dist/exchange/codecs.py): every codec
+# all-reduces its float64 control lane; QSGD and top-k send their messages by all_gather. A
+# collective type not listed never carries a byte of that codec's training traffic, so its
+# counters are structurally zero (TensorBoard leaves them out: pfl_dist/tensorboard_views.py).
+_COLLECTIVES: dict[str, tuple[str, ...]] = {
+    "none": ("all_reduce",), "fp16": ("all_reduce",), "bf16": ("all_reduce",),
+    "qsgd": ("all_reduce", "all_gather"), "topk": ("all_reduce", "all_gather"),
+    "randk": ("all_reduce",), "powersgd": ("all_reduce",),
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,11 @@ class CodecSpec:
 
     def __str__(self) -> str:
         return self.name if self.param is None else f"{self.name}:{self.param:g}"
+
+    @property
+    def collectives(self) -> tuple[str, ...]:
+        """The collective types ('all_reduce', 'all_gather') this codec's training rounds use."""
+        return _COLLECTIVES[self.name]
 
 
 def _valid(name: str, value: float | int) -> bool:

@@ -21,13 +21,22 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pfl_dist.config import Config, load_config
-from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.errors import ConfigError, OneLineParser, PflError
 from pfl_dist.launch import TORCHRUN_ENV, preflight, torchrun_command
 from pfl_dist.netem import model, state
-from pfl_dist.netem.namespaces import NetnsCluster, NetnsError, netns_available, netns_cluster, remove_leftovers
+from pfl_dist.netem.namespaces import (
+    FIRST_HOST_OCTET,
+    MAX_NODES,
+    SUBNET_PREFIX,
+    NetnsCluster,
+    NetnsError,
+    netns_available,
+    netns_cluster,
+    remove_leftovers,
+)
 from pfl_dist.netem.shaping import (
     SHAPERS,
     LinkSpec,
@@ -41,14 +50,6 @@ from pfl_dist.netem.shaping import (
 from pfl_dist.outputs import format_bytes, write_json_atomic
 
 MASTER_PORT = 29500
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are pfl_dist's one line and exit 2 (the netem tool and its sweep)."""
-
-    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        print(f"pfl_dist: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -74,9 +75,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_links(args: argparse.Namespace) -> list[LinkSpec]:
-    if args.nodes is None or args.nodes < 2:
+def check_node_count(nodes: int | None) -> None:
+    """2..MAX_NODES: one rank per node, each node an address of the emulated /24."""
+    if nodes is None or nodes < 2:
         raise ConfigError("--nodes must be at least 2 (one rank per node)")
+    if nodes > MAX_NODES:
+        raise ConfigError(f"--nodes {nodes}: at most {MAX_NODES} nodes fit in the emulated network's /24 "
+                          f"({SUBNET_PREFIX}.{FIRST_HOST_OCTET}-{FIRST_HOST_OCTET + MAX_NODES - 1})")
+
+
+def build_links(args: argparse.Namespace) -> list[LinkSpec]:
+    check_node_count(args.nodes)
     base = LinkSpec(rate_bps=parse_rate(args.rate) if args.rate else None,
                     delay_s=parse_time(args.delay, what="--delay") if args.delay else 0.0,
                     jitter_s=parse_time(args.jitter, what="--jitter") if args.jitter else 0.0,

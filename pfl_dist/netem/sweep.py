@@ -29,10 +29,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from pfl_dist.config import did_you_mean, load_config
-from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.errors import ConfigError, OneLineParser, PflError
 from pfl_dist.methods import METHOD_NAMES, METHODS
 from pfl_dist.netem import cli as netem_cli
-from pfl_dist.netem.cli import OneLineParser
 from pfl_dist.netem.shaping import format_rate, parse_rate
 from pfl_dist.sweep.plot import styles
 from pfl_dist.sweep.results import find_runs
@@ -219,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, netem_args = parse_args(argv)
     netem = netem_cli.parse_args(netem_args)  # the options every point passes on (one line, exit 2 if bad)
     try:
+        netem_cli.check_node_count(args.nodes)
         check_methods(args.methods, config=netem.config, overrides=netem.overrides, runs=not args.report_only)
     except PflError as err:
         print(f"pfl_dist: error: {err}", file=sys.stderr)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from pfl_dist.errors import PflError
+from pfl_dist.errors import OneLineParser, PflError
 from pfl_dist.interpreter import interpreter_problem, python_command, tool_command
 from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.rundir import (
@@ -56,7 +56,7 @@ class Interrupted(Exception):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pfl_dist.sweep", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="pfl_dist.sweep", description=__doc__.split("\n")[0], tool="pfl_dist.sweep")
     parser.add_argument("sweep", help="sweep YAML (configs/sweeps/*.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="validate every point and print the plan")
     parser.add_argument("--jobs", type=int, help="torchrun jobs at a time (overrides launch.jobs)")

@@ -15,7 +15,6 @@ Reads each run's summary.json and metrics.jsonl (no torch) and writes to DIR (de
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from pfl_dist.errors import OneLineParser
 from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import math_label, method_styles
@@ -97,7 +97,7 @@ def figure(runs: Sequence[Run], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pfl_dist.sweep.family", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="pfl_dist.sweep.family", description=__doc__.split("\n")[0])
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--fraction", type=float, default=0.95)

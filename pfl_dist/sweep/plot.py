@@ -17,7 +17,6 @@ figure has one legend, and PNGs are written at 200 dpi (PDF and SVG on request).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections import defaultdict
@@ -29,6 +28,8 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API needs no pyplot state and no display backend
 
+from pfl_dist.config import check_path_text
+from pfl_dist.errors import ConfigError, OneLineParser
 from pfl_dist.sweep.codecs import plot_codecs, write_codec_table
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import Style, math_label, method_styles
@@ -303,7 +304,7 @@ def render(results_dir: Path, out: Path, *, prefix: str = "", targets: Sequence[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pfl_dist.plot", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="pfl_dist.plot", description=__doc__.split("\n")[0], tool="pfl_dist.plot")
     parser.add_argument("results_dir", type=Path, help="a sweep's out dir (or any folder of run dirs)")
     parser.add_argument("--out", type=Path, help="where figures go (default: RESULTS_DIR/figures)")
     parser.add_argument("--prefix", default="", help="file name prefix, e.g. 'quick_'")
@@ -311,8 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="png",
                         help=f"figure file format (default png, at {DPI} dpi)")
     args = parser.parse_args(argv)
-    rendered = render(args.results_dir, args.out or args.results_dir / "figures", prefix=args.prefix,
-                      targets=args.target, fmt=args.format)
+    out = args.out or args.results_dir / "figures"
+    try:
+        check_path_text(str(args.results_dir), "results_dir")
+        check_path_text(str(out), "--out")
+    except ConfigError as err:
+        print(f"pfl_dist.plot: error: {err}", file=sys.stderr)
+        return 2
+    rendered = render(args.results_dir, out, prefix=args.prefix, targets=args.target, fmt=args.format)
     print(rendered.table_markdown, end="")
     print(f"table: {rendered.table_paths[0]} and {rendered.table_paths[1]}")
     for path in rendered.figures.values():

@@ -33,7 +33,16 @@ from typing import Any, Literal
 
 import yaml
 
-from pfl_dist.config import MAX_SEED, SECTIONS, Config, apply_overrides, did_you_mean, read_yaml
+from pfl_dist.config import (
+    MAX_OUT_DIR_BYTES,
+    MAX_SEED,
+    SECTIONS,
+    Config,
+    apply_overrides,
+    check_path_text,
+    did_you_mean,
+    read_yaml,
+)
 from pfl_dist.errors import ConfigError, PflError
 
 Mode = Literal["per_point", "in_job"]
@@ -200,6 +209,7 @@ def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
     launch_raw = {**_mapping(raw.get("launch", {}), "launch"), **(launch_overrides or {})}
     out = out_dir or raw.get("out_dir") or f"runs/sweeps/{path.stem}"
     _require(isinstance(out, str), f"out_dir must be a path, got {out!r}")
+    check_path_text(out, "--out-dir" if out_dir else "out_dir", max_bytes=MAX_OUT_DIR_BYTES)  # every run.out_dir
     return Sweep(path=path, base=base_path, out_dir=Path(out),
                  overrides=_parse_axes(raw.get("overrides", {}), "overrides", lists_only=False),
                  variants=variants, grid=grid, seeds=_parse_seeds(raw), launch=_parse_launch(launch_raw),

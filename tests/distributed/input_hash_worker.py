@@ -20,9 +20,9 @@ hashed: list[str] = []
 _file_entry = inputs.file_entry
 
 
-def counting_file_entry(path: Path) -> str:
+def counting_file_entry(path: Path, *, max_bytes: int | None = None) -> str:
     hashed.append(str(path))
-    return _file_entry(path)
+    return _file_entry(path, max_bytes=max_bytes)
 
 
 def main() -> None:

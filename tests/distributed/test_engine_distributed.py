@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pfl_dist.sampling import sample_clients
+from pfl_dist.tensorboard_views import wire_group
 from tests.distributed.conftest import BASE, ROUNDS, counted
 from tests.helpers import global_weights, read_metrics, read_summary, run_inprocess
 
@@ -53,7 +54,7 @@ def test_tradeoff_curve_steps_are_cumulative_training_wire_bytes(four_rank_run: 
     assert [r["round"] for r in records] == [0, 3, 6]
     events = EventAccumulator(str(four_rank_run), size_guidance={"scalars": 0})
     events.Reload()
-    points = events.Scalars("tradeoff/ITR_vs_bytes")
+    points = events.Scalars(f"{wire_group(4)}/ITR/fedclup")
     assert [p.step for p in points] == [r["comm"]["wire_bytes_model"] for r in records]
     assert [p.value for p in points] == pytest.approx([r["metrics"]["eval/ITR"] for r in records], rel=1e-6)
     assert points[-1].step == read_summary(four_rank_run)["comm"]["wire_bytes_model"] > 0

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import os
+import resource
 import stat
 import subprocess
 import sys
@@ -71,11 +72,17 @@ def run_main(main: Callable[[Sequence[str]], int | None], argv: Sequence[str]) -
 
 
 def run_module(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None,
-               timeout: float = 120) -> Outcome:
-    """`python -m module args` as a subprocess (torchrun-safe environment, one thread)."""
+               timeout: float = 120, ulimit_v_kib: int | None = None) -> Outcome:
+    """`python -m module args` as a subprocess (torchrun-safe environment, one thread);
+    `ulimit_v_kib`: its address space limited as by `ulimit -v` (RLIMIT_AS, inherited by its children)."""
     full_env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", **(env or {})}
+
+    def limit() -> None:
+        if ulimit_v_kib is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (ulimit_v_kib * 1024, ulimit_v_kib * 1024))
+
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
-                            text=True, timeout=timeout)
+                            text=True, timeout=timeout, preexec_fn=limit)
     return Outcome(code=result.returncode, stdout=result.stdout, stderr=result.stderr)
 
 

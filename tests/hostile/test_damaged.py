@@ -28,6 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from pfl_dist import plot, train
 from pfl_dist.sweep import cli as sweep_cli
 from pfl_dist.sweep.results import _warned
+from pfl_dist.tensorboard_views import TIME_GROUP
 from pfl_dist.tracking import read_records
 from pfl_dist.train import Trainer
 from tests.helpers import TINY, write_sweep
@@ -49,11 +50,11 @@ RESUMABLE = (*TINY_RUN, "train.num_rounds=4", "checkpoint.every=1")
 
 
 def scalars(run_dir: Path) -> Counter[tuple[str, int, float]]:
-    """Every TensorBoard point; wall-time tags (time/*, *_vs_seconds) without their times."""
+    """Every TensorBoard point; wall-time tags (time/*, 3_tradeoff_train_ms/*) without their times."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     timed = ("time/", "timing/")
-    return Counter((tag, 0 if tag.endswith("_vs_seconds") else p.step,
+    return Counter((tag, 0 if tag.startswith(TIME_GROUP) else p.step,
                     0.0 if tag.startswith(timed) else p.value)
                    for tag in events.Tags()["scalars"] for p in events.Scalars(tag))
 

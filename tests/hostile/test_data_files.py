@@ -4,10 +4,13 @@ process starts: exactly one line naming the file and the problem, exit 2, nothin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
-from collections.abc import Callable
+import signal
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,10 @@ import pytest
 import torch
 
 from pfl_dist import launch, train
+from pfl_dist.data.client_files import read_client, samples_at_least
+from pfl_dist.errors import DataError
 from tests.data_fixtures import write_cifar10, write_leaf, write_reference_csv_clients
-from tests.hostile.hostile import assert_one_line, assert_unchanged, run_main, snapshot
+from tests.hostile.hostile import assert_one_line, assert_unchanged, run_main, run_module, snapshot
 
 CSV = ("data.kind=client_files", "data.num_clients=4", "train.num_rounds=1")
 
@@ -131,6 +136,9 @@ LEAF_CASES: dict[str, tuple[Callable[[Path], object], list[str]]] = {
     "label out of range": (lambda d: _json_edit(d / TRAIN0, lambda doc: _first_user(doc)["y"].__setitem__(0, 62)),
                            [TRAIN0, "label 62 is not a class in 0..61"]),
     "not leaf": (lambda d: (d / TRAIN0).write_text("[1, 2]"), [TRAIN0, "not a LEAF file"]),
+    # valid JSON of 400 KB: an uncaught RecursionError from json.loads before
+    "nested 200,000 deep": (lambda d: (d / TRAIN0).write_text("[" * 200_000 + "]" * 200_000),
+                            [TRAIN0, "not a LEAF file: its JSON nests deeper than"]),
 }
 
 
@@ -143,6 +151,18 @@ def test_leaf(tmp_path: Path, case: str) -> None:
     outcome = run_main(launch.main, [*LEAF, f"data.data_dir={tmp_path / 'leaf'}", f"run.out_dir={tmp_path / 'runs'}"])
     assert_one_line(outcome, code=2, contains=expected)
     assert_unchanged(before, tmp_path)
+
+
+def test_a_rank_stops_on_leaf_json_nested_too_deep(tmp_path: Path, results: Path) -> None:
+    # pfl_dist.train itself (no launcher preflight): every rank parses the LEAF files; the
+    # finished run it would replace (--overwrite) stays as it was.
+    write_leaf(tmp_path / "leaf", num_writers=25, num_files=3)
+    (tmp_path / "leaf" / TRAIN0).write_text('{"users": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    before = snapshot(results)
+    outcome = run_main(train.main, [*LEAF, f"data.data_dir={tmp_path / 'leaf'}", f"run.out_dir={results / 'out'}",
+                                    "run.name=prev", "--overwrite"])
+    assert_one_line(outcome, code=2, contains=[TRAIN0, "nests deeper than"])
+    assert_unchanged(before, results)
 
 
 def test_leaf_with_too_few_writers(tmp_path: Path) -> None:
@@ -193,3 +213,114 @@ def test_cnn_init_file_for_another_dataset(tmp_path: Path) -> None:
                                      f"model.init_file={tmp_path / 'mnist.pt'}"])
     assert_one_line(outcome, code=2, contains=["mnist.pt", "conv1.weight has shape (32, 1, 3, 3), "
                                                "the model's is (32, 3, 3, 3)"])
+
+
+# --- client files of any size (issue 22) -------------------------------------------------------
+
+GIB = 1 << 30
+
+
+def _sparse(path: Path, size: int) -> None:
+    """`truncate -s SIZE PATH` on a new file: SIZE zero bytes that take no disk space."""
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+
+
+@pytest.mark.parametrize("entry", [["pfl_dist.train"], ["pfl_dist.launch", "--nproc-per-node=2"]],
+                         ids=["train", "launch"])
+def test_a_2_gib_client_csv_under_ulimit_v_is_one_line(tmp_path: Path, results: Path, entry: list[str]) -> None:
+    """Read whole, it was a MemoryError traceback after 50 s (trainer) and 20 s (the launcher's
+    check), and the memory estimate counted 0 rows in it. Its size refuses it before it is read
+    (RELIABILITY.md has the seconds); the process boundary is the point: `ulimit -v 6000000`."""
+    directory = _csv(tmp_path)
+    _sparse(directory / "2_client_data.csv", 2 * GIB)
+    before = snapshot(results)
+    outcome = run_module(*entry, *CSV, f"data.data_dir={directory}", f"run.out_dir={results / 'out'}",
+                         ulimit_v_kib=6_000_000, timeout=300)
+    assert_one_line(outcome, code=2, contains=["2_client_data.csv: 2.15 GB, more than the 1.07 GB a client CSV "
+                                               "may hold", "2_client_data.npz"])
+    assert_unchanged(before, results)
+
+
+def test_a_client_csv_of_one_endless_line_is_refused_at_its_first_block(tmp_path: Path) -> None:
+    """Below the size bound, 64 MiB of zero bytes are one line: refused once the line outgrows
+    data.dim + 1 numbers, holding one block of text (it was read whole: 128 MB of text and lines)."""
+    directory = _csv(tmp_path)
+    _sparse(directory / "3_client_data.csv", 64 << 20)
+    outcome = run_main(launch.main, [*CSV, f"data.data_dir={directory}", f"run.out_dir={tmp_path / 'runs'}"])
+    assert_one_line(outcome, code=2, contains=["3_client_data.csv: line 1 is longer than 1408 characters",
+                                               "data.dim + 1 = 11 numbers"])
+    assert not (tmp_path / "runs").exists()
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="line 1 is longer"):
+            read_client(directory, 2, fmt="csv", dim=10, num_classes=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
+
+
+# Rows the old estimate did not count (it counted lines that start with a digit, sign or point,
+# split at \\n only): space-led rows counted 0 samples, a file with CR line ends 1.
+LAYOUTS = {
+    "space-led rows": lambda rows: "# x\n\n" + "".join(f" {row}\n" for row in rows),
+    "CR line ends": lambda rows: "\r".join(rows),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_estimate_counts_the_samples_the_reader_reads(tmp_path: Path, layout: str) -> None:
+    rows = [",".join(f"{v:.3f}" for v in (*np.linspace(-1, 1, 10) * k, k % 2)) for k in range(1, 8)]
+    path = tmp_path / "1_client_data.csv"
+    path.write_text(LAYOUTS[layout](rows), newline="")
+    arrays = read_client(tmp_path, 0, fmt="csv", dim=10, num_classes=2)
+    assert len(arrays.labels) == samples_at_least(path, dim=10) == 7
+
+
+def _fifo(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
+FIFOS: dict[str, tuple[Callable[[Path], Path], list[str], str]] = {
+    "client csv": (lambda d: _csv(d) / "2_client_data.csv", list(CSV), "data.data_dir={}"),
+    "leaf json": (lambda d: (write_leaf(d / "leaf", num_writers=25, num_files=3), d / "leaf" / TRAIN0)[1], list(LEAF),
+                  "data.data_dir={}/leaf"),
+    "cifar batch": (lambda d: (write_cifar10(d / "cifar", per_batch=20, test=20), d / "cifar" / "data_batch_2")[1],
+                    ["data.kind=cifar10", "data.num_clients=2", "data.num_partitions=4"], "data.data_dir={}/cifar"),
+}
+
+
+class Hung(BaseException):
+    """Raised by `hang_guard`; not an OSError (TimeoutError is one), so no `except OSError` takes it."""
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int) -> Iterator[None]:
+    """SIGALRM interrupts a call blocked in open() or read() (PEP 475: the handler's exception ends it)."""
+    def expired(signum: int, frame: object) -> None:
+        raise Hung(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("kind", list(FIFOS))
+def test_a_fifo_in_place_of_a_data_file_is_one_line_not_a_hang(tmp_path: Path, kind: str) -> None:
+    """A named pipe where a data file goes blocked the launcher for ever (hashing it, counting
+    its samples, reading it)."""
+    make, args, data_dir = FIFOS[kind]
+    path = make(tmp_path)
+    _fifo(path)
+    directory = data_dir.format(tmp_path if kind != "client csv" else path.parent)
+    with hang_guard(60):
+        outcome = run_main(launch.main, [*args, directory, f"run.out_dir={tmp_path / 'runs'}"])
+    assert_one_line(outcome, code=2, contains=[path.name, "not a regular file"])
+    assert not (tmp_path / "runs").exists()

@@ -15,9 +15,13 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from pfl_dist import launch, train
+from pfl_dist.config import load_config
+from pfl_dist.data.synthetic import generate_clients
 from pfl_dist.outputs import write_json_atomic
+from pfl_dist.resources import available_bytes
 from pfl_dist.sweep import cli as sweep_cli
 from pfl_dist.tasks.synthetic import SyntheticTask
 from tests.helpers import write_sweep
@@ -28,6 +32,7 @@ from tests.hostile.hostile import (
     assert_one_line,
     assert_unchanged,
     run_main,
+    run_module,
     snapshot,
 )
 
@@ -130,6 +135,40 @@ def test_sizes_that_cannot_fit_are_refused_before_allocation(results: Path, over
     line = assert_one_line(outcome, code=2, contains=["of memory per rank", "is available"])
     assert re.search(r"needs at least [\d.]+ [GTP]B of memory per rank \(data [\d.]+ [KMGTP]?B", line), line
     assert_unchanged(before, results)
+
+
+def test_a_size_beyond_the_address_space_of_ulimit_v_is_one_line(results: Path) -> None:
+    """2.4 GB of synthetic data fits in the machine's free memory but not under `ulimit -v 2000000`
+    (torch alone maps about 0.65 GB): it was a traceback from torch.empty ("can't allocate
+    memory"), since only MemAvailable and the cgroup limit were compared."""
+    if (available_bytes() or 0) < 4 << 30:
+        pytest.skip("needs 4 GB of free memory, so that only the address space refuses it")
+    before = snapshot(results)
+    outcome = run_module("pfl_dist.train", *TINY_RUN, "data.num_clients=4", "data.samples_per_client=1000",
+                         "data.dim=150000", f"run.out_dir={results / 'out'}", "run.name=new", ulimit_v_kib=2_000_000,
+                         timeout=300)
+    assert_one_line(outcome, code=2, contains=["needs at least 2.41 GB of memory per rank (data 2.4 GB",
+                                               "of address space is left to this process (ulimit -v)"])
+    assert_unchanged(before, results)
+
+
+def test_one_sample_per_client_trains_with_unscaled_features(results: Path) -> None:
+    """data.samples_per_client=1 was a LinAlgError traceback from eigvalsh: every feature of a
+    one-sample client has std 0, so scaling divided 0 by 0. A constant feature keeps scale 1 (what
+    StandardScaler does, and what client files get), so L = max ||x||^2 / 4 and the run is finite."""
+    before = snapshot(results)
+    outcome = run_main(train.main, [*TINY_RUN, "data.samples_per_client=1", f"run.out_dir={results / 'out'}",
+                                    "run.name=one"])
+    assert outcome.code == 0 and outcome.stderr == "", outcome.describe()
+    summary = json.loads((results / "out" / "one" / "summary.json").read_text())
+    assert all(math.isfinite(value) for value in summary["final"].values()), summary["final"]
+    block = generate_clients(range(2), seed=0, num_clients=2, num_samples=1, dim=4, num_classes=2, R=1.0)
+    assert (block.scale == 1).all()
+    task = SyntheticTask(load_config(None, [*TINY_RUN, "data.samples_per_client=1"]), client_ids=range(2),
+                         device=torch.device("cpu"), dtype=torch.float64)
+    assert task.local_smoothness() == pytest.approx(float((block.features ** 2).sum(axis=(1, 2)).max()) / 4)
+    after = snapshot(results)
+    assert {key: after[key] for key in before} == before  # the finished run next to it is untouched
 
 
 def test_a_sweep_with_one_point_too_big_is_refused_before_any_run(results: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pfl_dist import launch, train
+from pfl_dist import launch, plot, train
 from pfl_dist.sweep import cli as sweep_cli
 from tests.helpers import write_sweep
 from tests.hostile.hostile import (
@@ -72,6 +72,44 @@ def test_nul_in_other_paths_is_one_line(results: Path, where: str) -> None:
     before = snapshot(results)
     outcome = run_main(train.main, [*TINY_RUN, *args])
     assert_one_line(outcome, code=2, contains="must not contain a NUL character")
+    assert_unchanged(before, results)
+
+
+LONG_NAME = "a" * 5000  # one folder name: the kernel's limit is 255 bytes (ENAMETOOLONG)
+LONG_PATH = "ab/" * 1700  # 5100 bytes of short names: its limit for a whole path is 4095
+# where -> (arguments, the key the line names); each was an OSError [Errno 36] traceback.
+LONG_PATHS = {
+    "out_dir": (lambda results: [f"run.out_dir={results / LONG_NAME}"], "run.out_dir must not hold a folder or "
+                "file name longer than 255 bytes, got one of 5000 bytes"),
+    "out_dir_path": (lambda results: [f"run.out_dir={results / LONG_PATH}"], "run.out_dir must be a path of at "
+                     "most 3583 bytes"),
+    "data_dir": (lambda results: ["data.kind=client_files", f"data.data_dir={results / LONG_NAME}",
+                                  f"run.out_dir={results / 'out'}"], "data.data_dir must not hold"),
+    "init_file": (lambda results: [f"model.init_file={results / LONG_NAME}.npy", f"run.out_dir={results / 'out'}"],
+                  "model.init_file must not hold"),
+    "config": (lambda results: ["--config", f"{results / LONG_PATH}c.yaml", f"run.out_dir={results / 'out'}"],
+               "config file must be a path of at most 4095 bytes"),
+}
+
+
+@pytest.mark.parametrize("where", list(LONG_PATHS))
+@pytest.mark.parametrize("entry", ["train", "launch"])
+def test_paths_too_long_for_the_kernel_are_one_line_naming_the_key(results: Path, where: str, entry: str) -> None:
+    args, message = LONG_PATHS[where]
+    main = train.main if entry == "train" else launch.main
+    before = snapshot(results)
+    outcome = run_main(main, [*args(results), *TINY_RUN])  # --config before the overrides (argparse)
+    assert_one_line(outcome, code=2, contains=message)
+    assert_unchanged(before, results)
+
+
+def test_sweep_and_plot_folders_too_long_for_the_kernel_are_one_line(results: Path, tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path / "s.yaml", grid={"algorithm.lam": [0.1]})
+    before = snapshot(results)
+    outcome = run_main(sweep_cli.main, [str(sweep), "--out-dir", str(results / LONG_NAME)])
+    assert_one_line(outcome, code=2, prefix=SWEEP_ERROR, contains="--out-dir must not hold a folder or file name")
+    outcome = run_main(plot.main, [str(results / LONG_PATH)])
+    assert_one_line(outcome, code=2, prefix="pfl_dist.plot: error:", contains="results_dir must be a path of at most")
     assert_unchanged(before, results)
 
 

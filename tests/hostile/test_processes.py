@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -158,14 +159,32 @@ def test_a_busy_port_is_one_line_before_torchrun_starts(tmp_path: Path, option: 
     assert not (tmp_path).exists() or not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("entry", ["launch", "sweep"])
+def readme_torchrun_command() -> tuple[list[str], dict[str, str]]:
+    """README's "the same with torchrun directly" command, as a fresh shell with the venv active
+    runs it: -> (argv, its VAR=value prefix)."""
+    block = (REPO / "README.md").read_text().split("# the same with torchrun directly", 1)[1]
+    lines = [line for line in block.split("\n\n", 1)[0].splitlines()[1:] if not line.startswith("#")]
+    words = shlex.split(" ".join(line.rstrip("\\") for line in lines))
+    env = dict(word.split("=", 1) for word in words if "=" in word and word.split("=")[0].isupper())
+    argv = [word for word in words if word.split("=")[0] not in env]
+    program = sys.executable if argv[0] == "python" else str(Path(sys.executable).parent / argv[0])  # the venv's
+    return [program, *argv[1:]], env
+
+
+@pytest.mark.parametrize("entry", ["launch", "sweep", "readme_torchrun"])
 def test_the_job_listens_on_loopback_only(tmp_path: Path, entry: str) -> None:
     """`ss -ltnp`: the rendezvous store, rank 0's store and gloo listen on 127.0.0.1 only (torchrun
-    --standalone's agent and rank 0 stores listened on every interface), for a launcher job and for
-    a sweep's in-job torchrun."""
+    --standalone's agent and rank 0 stores listened on every interface), for a launcher job, a
+    sweep's in-job torchrun, and the README's hand-typed torchrun command (`torchrun --standalone`
+    there had its agent's store on *:PORT)."""
     if subprocess.run(["which", "ss"], capture_output=True).returncode != 0:
         pytest.skip("ss (iproute2) is not installed")
-    if entry == "launch":
+    env: dict[str, str] = {}
+    if entry == "readme_torchrun":
+        readme, env = readme_torchrun_command()
+        command = [*readme, f"run.out_dir={tmp_path}", "run.name=run", *SLOW_RUN, "data.num_clients=4"]
+        metrics = tmp_path / "run" / "metrics.jsonl"
+    elif entry == "launch":
         command = [sys.executable, "-m", "pfl_dist.launch", "--nproc-per-node=2", f"run.out_dir={tmp_path}",
                    "run.name=run", *SLOW_RUN]
         metrics = tmp_path / "run" / "metrics.jsonl"
@@ -175,7 +194,7 @@ def test_the_job_listens_on_loopback_only(tmp_path: Path, entry: str) -> None:
                            launch={"nproc_per_node": 2, "mode": "in_job"})
         command = [sys.executable, "-m", "pfl_dist.sweep", str(path), "--no-plot"]
         metrics = tmp_path / "out" / "lam=0.1__seed=0" / "metrics.jsonl"
-    job = subprocess.Popen(command, cwd=REPO, env={**os.environ, **TORCHRUN_ENV}, stdout=subprocess.DEVNULL,
+    job = subprocess.Popen(command, cwd=REPO, env={**os.environ, **TORCHRUN_ENV, **env}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         assert wait_until(metrics.exists, timeout=180)

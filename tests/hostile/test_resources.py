@@ -68,7 +68,7 @@ def _write_clients(directory: Path, counts: list[int], *, fmt: str, dim: int) ->
 def test_the_estimate_is_what_the_client_files_task_allocates(tmp_path: Path, fmt: str, dtype: str) -> None:
     counts = [7, 30, 12, 5, 41]  # rank 1 of 2 (clients 3..4) holds the largest client
     _write_clients(tmp_path, counts, fmt=fmt, dim=6)
-    assert [samples_at_least(tmp_path / f"{k + 1}_client_data.{fmt}") for k in range(5)] == counts
+    assert [samples_at_least(tmp_path / f"{k + 1}_client_data.{fmt}", dim=6) for k in range(5)] == counts
     cfg = load_config(None, ["data.kind=client_files", f"data.data_dir={tmp_path}", "data.num_clients=5",
                              "data.dim=6", "data.num_classes=3", "model.kind=logreg", f"train.dtype={dtype}"])
     allocated = []

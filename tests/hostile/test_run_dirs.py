@@ -6,6 +6,7 @@ existed before are byte-identical afterwards."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from pfl_dist import train
+from pfl_dist import launch, train
+from pfl_dist.errors import DataError
 from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.rundir import DirLock
 from pfl_dist.sweep import cli as sweep_cli
+from pfl_dist.train import Trainer
 from tests.faults import freeze, thaw
 from tests.helpers import write_sweep
 from tests.hostile.hostile import (
@@ -101,6 +104,108 @@ def test_the_same_config_again_is_already_complete_and_trains_nothing(tmp_path: 
     outcome = run_main(train.main, train_args(tmp_path))
     assert outcome.code == 0 and outcome.stderr == "", outcome.describe()
     assert "already complete" in outcome.stdout and "round " not in outcome.stdout
+    assert_unchanged(before, run_dir)
+
+
+# --- an --overwrite that did not finish (issue 22) ---------------------------------------------
+
+
+def interrupted_overwrite(out: Path) -> tuple[Path, str]:
+    """A completed run (lam 0.5), then `--overwrite` with lam 0.3 that dies in round 2, after its
+    round-1 checkpoint, without a rollback: what a SIGKILL leaves (.replaced/ holds the completed
+    run; config.yaml, metrics, events and ckpt/ are the unfinished run's). -> (run dir, the
+    completed run's global_model_sha256)."""
+    run_dir = complete_run(out)
+    sha = json.loads((run_dir / "summary.json").read_text())["global_model_sha256"]
+    original = Trainer.run_round
+
+    def dies_in_round_2(self: Trainer, round_idx: int) -> bool:
+        if round_idx == 1:
+            raise KeyboardInterrupt("killed")  # neither PflError nor OSError: no rollback, like SIGKILL
+        return original(self, round_idx)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(Trainer, "run_round", dies_in_round_2)
+        run_main(train.main, [*train_args(out, "algorithm.lam=0.3", "checkpoint.every=1"), "--overwrite"])
+    assert (run_dir / ".replaced" / "summary.json").is_file() and list(run_dir.glob("ckpt/round_000001/*.json"))
+    return run_dir, sha
+
+
+REFUSED_RERUNS = {
+    "the original command": (("--nproc-per-node=2",), (), "an unfinished run of another config (algorithm.lam was "
+                             "0.3, now 0.5)"),
+    "the interrupted command without --overwrite": ((), ("algorithm.lam=0.3", "checkpoint.every=1"),
+                                                    "an unfinished run of this config"),
+    "a third config": ((), ("algorithm.lam=0.1",), "an unfinished run of another config (algorithm.lam was 0.3, "
+                       "now 0.1)"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_RERUNS))
+@pytest.mark.parametrize("entry", ["train", "launch"])
+def test_a_refused_rerun_after_an_interrupted_overwrite_touches_nothing(tmp_path: Path, case: str,
+                                                                        entry: str) -> None:
+    """The reported case: the original command was refused (cannot resume: a checkpoint of another
+    config), yet its rollback had deleted the unfinished run's checkpoints and moved the old
+    results back, contradicting both lines it printed (the note that they stay in .replaced/)."""
+    run_dir, _ = interrupted_overwrite(tmp_path)
+    torchrun, extra, names = REFUSED_RERUNS[case]
+    before = snapshot(run_dir)
+    main = train.main if entry == "train" else launch.main
+    outcome = run_main(main, [*(torchrun if entry == "launch" else ()), *train_args(tmp_path, *extra)])
+    assert_one_line(outcome, code=2, contains=["holds an --overwrite that did not finish", names,
+                                               f"{run_dir / '.replaced'} the results it replaces", "--overwrite"])
+    assert outcome.stdout == "", outcome.describe()  # no note claiming anything
+    assert_unchanged(before, run_dir)
+
+
+def test_after_an_interrupted_overwrite_the_same_overwrite_resumes_and_completes(tmp_path: Path) -> None:
+    run_dir, _ = interrupted_overwrite(tmp_path)
+    outcome = run_main(train.main, [*train_args(tmp_path, "algorithm.lam=0.3", "checkpoint.every=1"), "--overwrite"])
+    assert outcome.code == 0 and "resume: round 1/2" in outcome.stdout, outcome.describe()
+    reference = complete_run(tmp_path / "reference", "algorithm.lam=0.3", "checkpoint.every=1")
+    summary, expected = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference))
+    assert summary["global_model_sha256"] == expected["global_model_sha256"]
+    assert not (run_dir / ".replaced").exists()
+
+
+def test_after_an_interrupted_overwrite_the_original_with_overwrite_replaces_it(tmp_path: Path) -> None:
+    run_dir, sha = interrupted_overwrite(tmp_path)
+    outcome = run_main(train.main, [*train_args(tmp_path), "--overwrite"])
+    assert outcome.code == 0 and outcome.stderr == "", outcome.describe()
+    assert "checkpoints of the unfinished run it replaces" in outcome.stdout and "resume:" not in outcome.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_model_sha256"] == sha and summary["config"]["algorithm"]["lam"] == 0.5
+    assert not (run_dir / ".replaced").exists() and not list(run_dir.glob("ckpt/round_*"))
+
+
+def test_an_overwrite_refused_by_its_data_leaves_an_interrupted_overwrite_as_it_was(tmp_path: Path) -> None:
+    """pfl_dist.train reads its data after it has locked the run dir: a refusal there used to run
+    the rollback of the earlier, unfinished --overwrite (its checkpoints deleted, the old results
+    moved back)."""
+    run_dir, _ = interrupted_overwrite(tmp_path)
+    before = snapshot(run_dir)
+
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise DataError("data_dir/1_client_data.csv: file not found")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "build_task", unreadable)
+        outcome = run_main(train.main, [*train_args(tmp_path), "--overwrite"])
+    assert outcome.code == 2 and outcome.stderr_lines == ["pfl_dist: error: data_dir/1_client_data.csv: file not "
+                                                          "found"], outcome.describe()
+    assert_unchanged(before, run_dir)
+
+
+def test_a_checkpoint_of_another_config_is_refused_before_torchrun_starts(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = complete_run(tmp_path, "checkpoint.every=1", "algorithm.lam=0.3")
+    (run_dir / "summary.json").unlink()  # as if killed after its last checkpoint
+    before = snapshot(run_dir)
+    monkeypatch.setattr(launch, "run_torchrun", lambda *args, **kwargs: pytest.fail("torchrun started"))
+    outcome = run_main(launch.main, ["--nproc-per-node=2", *train_args(tmp_path)])
+    assert_one_line(outcome, code=2, contains=["cannot resume", "round_000001 was written with another config "
+                                               "(algorithm.lam was 0.3, now 0.5)", "--overwrite"])
     assert_unchanged(before, run_dir)
 
 

@@ -23,7 +23,10 @@ import torch.nn.functional as F
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import Config, load_config
 from pfl_dist.data.images import load_images
+from pfl_dist.exchange.base import generator as codec_generator
+from pfl_dist.exchange.codecs import _RANDK_STREAM
 from pfl_dist.runtime import init_runtime
+from pfl_dist.sampling import sample_clients
 from pfl_dist.solvers.padded import epoch_permutation
 from pfl_dist.tasks.images import client_index_sets
 from pfl_dist.train import Trainer, run_session
@@ -284,3 +287,66 @@ def test_two_rounds_on_three_clients_equal_the_papers_reference(tmp_path: Path, 
     for name, value in expected.items():
         assert (trainer.client_state[name] - value).abs().max() <= TOL, name
     assert trainer.summary["method"]["name"] == method
+
+
+# --- FedCLUP through a compressing codec: the error feedback of kept state ----------------------
+
+CODED_ROUNDS, CODED_FRACTION, CODED_GLOBAL_LR = 4, 0.6, 1.5  # 2 of the 3 clients per round
+
+
+def rand_k(delta: torch.Tensor, cfg: Config, round_idx: int, fraction: float) -> torch.Tensor:
+    """Rand-k: delta at k = fraction x P coordinates drawn from (seed, round), the same for every
+    client (the draw is shared randomness, like the shuffle order); zero elsewhere."""
+    k = round(fraction * len(delta))
+    chosen = torch.randperm(len(delta), generator=codec_generator(cfg.run.seed, _RANDK_STREAM, round_idx))[:k]
+    out = torch.zeros_like(delta)
+    out[chosen] = delta[chosen]
+    return out
+
+
+def top_k_of(delta: torch.Tensor, cfg: Config, round_idx: int, fraction: float) -> torch.Tensor:
+    """Top-k: delta at its k = fraction x P largest |delta_j|; zero elsewhere."""
+    out = torch.zeros_like(delta)
+    largest = delta.abs().argsort(descending=True)[: round(fraction * len(delta))]
+    out[largest] = delta[largest]
+    return out
+
+
+def ref_fedclup_coded(cfg: Config, cs: list[Client], w0: torch.Tensor,
+                      compress: Callable[[torch.Tensor, Config, int], torch.Tensor]) -> dict[str, Any]:
+    """FedCLUP (Yu et al., ICML 2025) with compressed messages. Each sampled client i of S_t
+    trains its own w_i, kept across rounds: per batch w_i <- w_i - eta (grad f_i(w_i; b) + lam (w_i
+    - w_g)); it sends C(w_i - w_g). Server: avg = w_g + sum_S n_i C(w_i - w_g) / sum_S n_i,
+    w_g <- w_g - gamma lam (w_g - avg). No residual: what C leaves out of w_i - w_g is still in
+    w_i - w_g next round, so w_i is its own memory (with a residual it would be sent twice)."""
+    w, local = w0.clone(), [w0.clone() for _ in cs]
+    for t in range(CODED_ROUNDS):
+        sampled = sample_clients(t, seed=cfg.run.seed, num_clients=CLIENTS, sample_fraction=CODED_FRACTION)
+        sent = []
+        for k in sampled:
+            c = cs[k]
+            for b in c.batches(cfg, t, 1):
+                local[k] = local[k] - LR * (grad(logreg, local[k], c.x[b], c.y[b]) + LAM * (local[k] - w))
+            sent.append(w + compress(local[k] - w, cfg, t))
+        average = weighted_mean(sent, [cs[k] for k in sampled])
+        w = w - CODED_GLOBAL_LR * LAM * (w - average)
+    return {"global": w, "local_models": torch.stack(local)}
+
+
+CODED = {"randk:0.2": lambda delta, cfg, t: rand_k(delta, cfg, t, 0.2),
+         "topk:0.02": lambda delta, cfg, t: top_k_of(delta, cfg, t, 0.02)}
+
+
+@pytest.mark.parametrize("codec", sorted(CODED))
+def test_fedclup_through_an_error_feedback_codec_equals_the_reference_without_a_residual(
+        tmp_path: Path, mnist_dir: Path, codec: str) -> None:
+    # Prepare
+    cfg = config(tmp_path, mnist_dir, "fedclup", f"comm.codec={codec}", f"train.num_rounds={CODED_ROUNDS}",
+                 f"algorithm.sample_fraction={CODED_FRACTION}", f"algorithm.global_lr={CODED_GLOBAL_LR}")
+    # Execute
+    trainer = run_production(cfg)
+    expected = ref_fedclup_coded(cfg, clients(cfg, cnn=False), trainer.task.init_model(), CODED[codec])
+    # Assert: w_g and every client's kept w_i (the client that sat a round out kept its own)
+    assert (trainer.global_model - expected["global"]).abs().max() <= TOL
+    assert (trainer.client_state["local_models"] - expected["local_models"]).abs().max() <= TOL
+    assert trainer.exchange.client_state() == {}

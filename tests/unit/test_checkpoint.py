@@ -29,6 +29,7 @@ from pfl_dist.errors import ConfigError, DivergenceError
 from pfl_dist.rundir import RunDirError
 from pfl_dist.runtime import Runtime
 from pfl_dist.sampling import client_block
+from pfl_dist.tensorboard_views import TIME_GROUP
 from pfl_dist.train import Trainer, run
 from tests.helpers import read_metrics, read_summary, run_inprocess
 
@@ -224,7 +225,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     # Times differ between runs: time/* values, and the steps of the curves over wall-clock time.
-    return {tag: [(-1 if tag.endswith("_vs_seconds") else p.step, 0.0 if tag.startswith("time/") else p.value)
+    return {tag: [(-1 if tag.startswith(TIME_GROUP) else p.step, 0.0 if tag.startswith("time/") else p.value)
                   for p in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
@@ -367,3 +368,31 @@ def test_stop_request_first_signal_sets_a_flag_second_restores_the_handler() -> 
         assert signal.getsignal(signal.SIGTERM) != stop._handle
     finally:
         stop.uninstall()
+
+
+def test_stop_request_takes_repeats_for_the_same_stop_where_every_process_is_signalled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Slurm step (PFL_SIGNAL_EVERY_PROCESS=1): the worker gets slurmstepd's SIGTERM and then its
+    agent's; the second must not interrupt the round and its checkpoint."""
+    import signal
+
+    monkeypatch.setenv("PFL_SIGNAL_EVERY_PROCESS", "1")
+    stop = StopRequest()
+    stop.install()
+    try:
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(signal.SIGINT, None)
+        assert stop.requested and stop.signal_name == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGTERM) != stop._handle
+
+
+def test_a_bad_pfl_signal_every_process_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PFL_SIGNAL_EVERY_PROCESS", "yes")
+    with pytest.raises(ConfigError, match="PFL_SIGNAL_EVERY_PROCESS must be 1 .* or 0, got 'yes'"):
+        StopRequest()

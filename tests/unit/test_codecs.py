@@ -15,6 +15,7 @@ from pfl_dist.exchange.base import generator as client_generator
 from pfl_dist.exchange.codecs import _QSGD_STREAM, QSGD, BFloat16, HalfPrecision, RandK, TopK, qsgd_quantize, top_k
 from pfl_dist.exchange.powersgd import PowerSGD
 from pfl_dist.exchange.spec import CodecSpec, parse_codec
+from pfl_dist.methods import INCREMENT
 
 
 class ThreadGroup:
@@ -55,9 +56,9 @@ class SimulatedWire:
 
 
 def make(cls: type[Codec], text: str, shapes: Sequence[tuple[int, ...]], *, num_local_clients: int,
-         dtype: torch.dtype = torch.float64, seed: int = 0) -> Codec:
+         dtype: torch.dtype = torch.float64, seed: int = 0, message: str = INCREMENT) -> Codec:
     return cls(parse_codec(text), shapes=[torch.Size(s) for s in shapes], num_local_clients=num_local_clients,
-               dtype=dtype, device=torch.device("cpu"), seed=seed)
+               dtype=dtype, device=torch.device("cpu"), seed=seed, message=message)
 
 
 def run_ranks(codecs: list[Codec], updates: torch.Tensor, counts: torch.Tensor, *, round_idx: int = 0,

@@ -6,6 +6,8 @@ import contextlib
 import json
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +49,8 @@ def test_flag_list_matches_torchruns_parser() -> None:
     flags = {opt for action in get_args_parser()._actions if action.nargs == 0
              for opt in action.option_strings if opt not in ("-h", "--help")}
     assert flags == launch.TORCHRUN_FLAGS
+    values = {opt for action in get_args_parser()._actions if action.nargs != 0 for opt in action.option_strings}
+    assert values == launch.TORCHRUN_VALUE_OPTIONS
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -69,6 +73,53 @@ def test_config_errors_are_one_line_exit_2_and_start_no_torchrun(
     assert err.count("\n") == 1 and err.startswith("pfl_dist: error: "), err
     assert message in err
     assert no_torchrun == []
+
+
+def test_a_bad_pfl_signal_every_process_is_one_line_exit_2_and_starts_no_torchrun(
+    no_torchrun: list[list[str]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PFL_SIGNAL_EVERY_PROCESS", "true")
+    code = launch.main(["--nproc-per-node=2", "--config", DEFAULT])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == ("pfl_dist: error: PFL_SIGNAL_EVERY_PROCESS must be 1 (the scheduler signals every process of the "
+                   "job) or 0, got 'true'\n")
+    assert no_torchrun == []
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """`signum` waits for the process (ShdPnd in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize(("every_process", "forwarded"), [(False, True), (True, False)])
+def test_the_launcher_forwards_a_stop_signal_unless_every_process_got_it(every_process: bool,
+                                                                         forwarded: bool) -> None:
+    """Where the scheduler signals every process (a Slurm step), the agent already has the signal:
+    a second one from the launcher would end it while it waits for its workers. The stand-in agent
+    catches SIGTERM and is held with SIGSTOP, so a forwarded signal stays pending where it can be
+    seen."""
+    agent = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                              "lambda *_: None); print('ready', flush=True); time.sleep(120)"],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == "ready\n"
+        agent.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{agent.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline, "the stand-in agent did not stop"
+            time.sleep(0.01)
+        forwarder = launch._StopForwarder(every_process=every_process)
+        forwarder.attach(agent)
+        forwarder._handle(signal.SIGTERM, None)
+        assert forwarder.signal_name == "SIGTERM"
+        assert _pending(agent.pid, signal.SIGTERM) is forwarded
+    finally:
+        agent.kill()
+        agent.wait()
 
 
 def test_a_valid_command_reaches_torchrun_with_its_options_and_overrides(no_torchrun: list[list[str]],
@@ -149,7 +200,7 @@ def test_run_completion_counts_the_input_file_contents(tmp_path: Path) -> None:
 # --- the launcher's signal forwarding, in this process ----------------------------------------------
 
 
-def _pending(pid: int) -> set[signal.Signals]:
+def _pending_set(pid: int) -> set[signal.Signals]:
     """Signals sent to `pid` that wait for it (it blocks them all: nothing is ever taken)."""
     status = Path(f"/proc/{pid}/status").read_text()
     mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("ShdPnd:")), 16)
@@ -175,9 +226,9 @@ def _forwarder_and_agent() -> Iterator[tuple[launch._StopForwarder, subprocess.P
 def test_the_forwarder_passes_on_a_signal_that_came_before_torchrun_started() -> None:
     with _forwarder_and_agent() as (forwarder, agent):
         signal.raise_signal(signal.SIGTERM)
-        assert _pending(agent.pid) == set()
+        assert _pending_set(agent.pid) == set()
         forwarder.attach(agent)
-        assert _pending(agent.pid) == {signal.SIGTERM}
+        assert _pending_set(agent.pid) == {signal.SIGTERM}
         assert forwarder.forwarded and forwarder.signal_name == "SIGTERM"
 
 
@@ -188,12 +239,12 @@ def test_after_the_launchers_own_stop_only_a_second_signal_reaches_the_agent() -
     with _forwarder_and_agent() as (forwarder, agent):
         forwarder.attach(agent)
         forwarder.stop_agent()
-        assert _pending(agent.pid) == {signal.SIGTERM}
+        assert _pending_set(agent.pid) == {signal.SIGTERM}
         signal.raise_signal(signal.SIGINT)
-        assert _pending(agent.pid) == {signal.SIGTERM}
+        assert _pending_set(agent.pid) == {signal.SIGTERM}
         forwarder.stop_agent()  # once only
         signal.raise_signal(signal.SIGINT)
-        assert _pending(agent.pid) == {signal.SIGTERM, signal.SIGINT}
+        assert _pending_set(agent.pid) == {signal.SIGTERM, signal.SIGINT}
 
 
 def test_a_signal_after_torchrun_ended_is_ignored_not_given_its_default_action() -> None:
@@ -204,5 +255,5 @@ def test_a_signal_after_torchrun_ended_is_ignored_not_given_its_default_action()
         forwarder.end()
         signal.raise_signal(signal.SIGTERM)
         forwarder.stop_agent()
-        assert _pending(agent.pid) == set()
+        assert _pending_set(agent.pid) == set()
         assert forwarder.signal_name is None and not forwarder.forwarded

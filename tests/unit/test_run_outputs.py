@@ -74,8 +74,8 @@ def test_synthetic_metrics_are_named_train_except_the_distances_to_the_truth(run
     assert all(set(r["metrics"]) == expected for r in records)
     tags = scalar_tags(runs / "fedclup")
     assert expected <= tags and not {f"eval/{m}" for m in data_metrics} & tags
-    # the trade-off curves keep their names, and their values are the logged metrics
-    assert {f"tradeoff/{m}_vs_bytes" for m in ("ITR", "ATR", "acc_personal", "acc_global")} <= tags
+    # the trade-off curves: one per metric, named by axis, metric and method
+    assert {f"1_tradeoff_fl_bytes/{m}/fedclup" for m in ("ITR", "ATR", "acc_personal", "acc_global")} <= tags
     summary = read_summary(runs / "fedclup")
     assert records[-1]["metrics"]["eval/ITR"] == summary["final"]["ITR"]
     assert records[-1]["metrics"]["train/loss_personal"] == summary["final"]["loss_personal"]

@@ -1,0 +1,136 @@
+"""Which error feedback a message of kept state needs: the candidate rules, measured.
+
+    python benchmarks/error_feedback_rules.py [--rounds 40] [--settings c2,c5,sampled] [--out DIR] [--json]
+
+FedCLUP sends w_i - w_g and keeps w_i (pfl_dist/methods.py STATE). Issue 21's run (synthetic, 4
+clients, float64, lam 0.1, global_lr 1/lam, K = 5 steps of lr 0.1, 40 rounds) is trained dense and
+through each error-feedback codec under three rules for what a client sends:
+- residual: Stich et al. 2018, C(Delta_i + e_i), e_i <- what C left out. pfl_dist's rule for fresh
+  increments (FedAvg, SCAFFOLD), and what it did for kept state too before issue 21;
+- none: C(w_i - w_g), no per-client memory: w_i is its own memory (the rule pfl_dist uses);
+- mirror: EF21 (Richtarik, Sokolov, Fatkhullin, NeurIPS 2021): client i keeps h_i, the server's
+  copy of w_i (h_i = w_0 at the start), sends c_i = C(w_i - h_i) and sets h_i <- h_i + c_i; the
+  server keeps H = sum_i n_i h_i / N and uses it as the mean of the local models. The server needs
+  every client's h_i, and H is the mean of the sampled clients' mirrors only when every client is
+  sampled: it is measured with full participation only.
+Settings: c2 (the run as filed, 2 classes: every update of the linear model is a rank-1 matrix,
+which PowerSGD at rank 1 sends exactly), c5 (5 classes), sampled (8 clients, half sampled per
+round: residual and none only). Per run: max|w_g - w_g(dense)|, that over ||w_g(dense)||, the final
+global and personal training accuracy. One process hosts every client; the codec is the
+production one, only what it is handed changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import machine_line, print_table
+
+from pfl_dist.config import Config, load_config
+from pfl_dist.exchange.base import ErrorFeedback
+from pfl_dist.exchange.exchange import Exchange
+from pfl_dist.methods import INCREMENT
+from pfl_dist.runtime import init_runtime
+from pfl_dist.train import Trainer
+
+ISSUE_21 = ("algorithm.name=fedclup", "algorithm.lam=0.1", "algorithm.global_lr=1/lam", "algorithm.num_local_steps=5",
+            "algorithm.local_lr=0.1", "train.dtype=float64")
+SETTINGS = {"c2": (), "c5": ("data.num_classes=5",),
+            "sampled": ("data.num_clients=8", "algorithm.sample_fraction=0.5")}
+CODECS = ("randk:0.25", "topk:0.25", "topk:0.05", "powersgd:1")
+RULES = ("residual", "none", "mirror")
+
+
+class MirrorExchange(Exchange):
+    """EF21 on top of a production codec built with a residual memory: the residual is cleared
+    before every round, so after it e_i = u_i - C(u_i) gives each client's own C(u_i)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mirrors: torch.Tensor | None = None  # h_i, one row per client
+        self.mean = torch.zeros(0)  # H
+
+    def run_round(self, round_idx: int, *, global_model: torch.Tensor, sent: torch.Tensor, rows: torch.Tensor,
+                  counts: torch.Tensor, sampled: np.ndarray, stop: bool) -> torch.Tensor | None:
+        assert len(sampled) == self.num_clients, "EF21's H is the mean of the sampled mirrors only with everyone"
+        assert self.codec is not None and isinstance(self.codec.memory, ErrorFeedback)
+        if self.mirrors is None:
+            self.mirrors, self.mean = global_model.repeat(len(self.client_ids), 1), global_model.clone()
+        self.codec.memory.residual.zero_()
+        shifted = sent - self.mirrors[rows] + self.mean  # the codec codes shifted - H = w_i - h_i
+        average = super().run_round(round_idx, global_model=self.mean, sent=shifted, rows=rows, counts=counts,
+                                    sampled=sampled, stop=stop)
+        if average is not None:
+            self.mirrors[rows] += (shifted - self.mean) - self.codec.memory.residual[rows]
+            self.mean = average  # H + sum_i n_i c_i / N
+        return average
+
+
+def train(cfg: Config, rule: str) -> Trainer:
+    trainer = Trainer(cfg, init_runtime(cfg))
+    if rule in ("residual", "mirror"):
+        cls = MirrorExchange if rule == "mirror" else Exchange
+        trainer.exchange = cls(cfg.comm.codec, comm=trainer.comm,
+                               shapes=trainer.algorithm.wire_shapes(trainer.parameter_shapes()),
+                               client_ids=trainer.task.client_ids, num_clients=cfg.data.num_clients,
+                               dtype=trainer.global_model.dtype, device=trainer.global_model.device,
+                               seed=cfg.run.seed, message=INCREMENT)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the per-round progress lines
+            trainer.train()
+    finally:
+        trainer.close()
+    return trainer
+
+
+def measure(out: Path, setting: str, *, rounds: int) -> list[dict[str, Any]]:
+    def run(codec: str, rule: str) -> Trainer:
+        cfg = load_config(None, [*ISSUE_21, *SETTINGS[setting], f"comm.codec={codec}", f"train.num_rounds={rounds}",
+                                 f"train.eval_every={rounds}", f"run.out_dir={out / setting}",
+                                 f"run.name={rule}_{codec.replace(':', '-')}"])
+        return train(cfg, rule)
+
+    dense = run("none", "none")
+    norm = float(torch.linalg.vector_norm(dense.global_model))
+    results = [{"setting": setting, "codec": "none", "rule": "dense", "distance": 0.0, "relative": 0.0,
+                **dense.summary["final"]}]
+    for codec in CODECS:
+        for rule in RULES:
+            if rule == "mirror" and setting == "sampled":
+                continue
+            trainer = run(codec, rule)
+            distance = float((trainer.global_model - dense.global_model).abs().max())
+            results.append({"setting": setting, "codec": codec, "rule": rule, "distance": distance,
+                            "relative": distance / norm, **trainer.summary["final"]})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here (default: a temporary dir)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pfl_ef_rules_") as scratch:
+        out = args.out or Path(scratch)
+        results = [row for setting in args.settings.split(",") for row in measure(out, setting, rounds=args.rounds)]
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print(machine_line())
+    print_table(["setting", "codec", "rule", "max|w_g - dense|", "/ ||w_g dense||", "acc_global", "acc_personal"],
+                [[r["setting"], r["codec"], r["rule"], r["distance"], r["relative"], r["acc_global"],
+                  r["acc_personal"]] for r in results])
+
+
+if __name__ == "__main__":
+    main()
