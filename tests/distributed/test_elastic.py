@@ -5,6 +5,7 @@ benchmarks/kill_trials.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -50,6 +51,7 @@ def test_sigterm_to_the_job_stops_every_rank_at_one_round_with_a_checkpoint(refe
     # Prepare
     out, name = reference.parent, "sigterm"
     run_dir = out / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # the module's folder: a fresh run each time
     job = start_torchrun(out, name, nproc=4, max_restarts=3, overrides=OVERRIDES)
     assert wait_for(lambda: checkpoint_complete(run_dir, 6, 4), timeout=300)
     # Execute: what `docker stop` does to the agent, which forwards it to its workers. The job is
