@@ -11,6 +11,7 @@ os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
 # `make test` runs the suite on pytest-xdist workers (`-n 2`; docs/PERFORMANCE.md "Test suite
 # wall time"). Each group below runs whole on one worker, its tests in collection order:
 # - every Docker test (one engine, one image build);
+# - the Slurm tests (one private cluster; the test waits on its daemons and jobs);
 # - every test that builds network namespaces (one 10.77.0.0/24 cluster at a time, and the
 #   clean-up tests look at every pflnet- namespace);
 # - the tests that read the session's shared torchrun jobs (tests/distributed/conftest.py), so
@@ -18,6 +19,7 @@ os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
 # - any other module, so that a module-scoped fixture is built once.
 GROUPS = {
     "tests/integration/test_docker_compose.py": "docker",
+    "tests/integration/test_slurm.py": "slurm",
     "tests/integration/test_netem.py": "netns",
     "tests/integration/test_compose_cluster.py": "netns",
     "tests/distributed/test_codecs_distributed.py": "shared-jobs",
@@ -27,7 +29,7 @@ GROUPS = {
 }
 # Handed out first: the Docker image build (minutes, mostly waiting on I/O) then overlaps the rest
 # of the suite; then the long groups, so that short ones fill the end.
-FIRST = ("docker", "shared-jobs", "netns")
+FIRST = ("docker", "slurm", "shared-jobs", "netns")
 
 
 def group_of(nodeid: str) -> str:

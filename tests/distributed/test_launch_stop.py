@@ -19,7 +19,7 @@ import pytest
 
 from pfl_dist.checkpoint import STOPPED_EXIT_CODE
 from pfl_dist.launch import TORCHRUN_ENV
-from tests.faults import descendants, freeze, rank_of, signal_pending, thaw
+from tests.faults import descendants, freeze, process_state, rank_of, signal_pending, thaw
 from tests.helpers import REPO, free_port, read_summary, run_cli
 
 pytestmark = pytest.mark.distributed
@@ -113,26 +113,6 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _state(pid: int) -> str:
-    """'R', 'S', 'T' (stopped), 'Z' (exited, not yet reaped); 'gone' once reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "gone"
-
-
-def _signal_pending(pid: int, signum: int) -> bool:
-    """`signum` was sent to the process and waits for it to run (ShdPnd in /proc/PID/status)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:  # reaped
-        return False
-    for line in status.splitlines():
-        if line.startswith("ShdPnd:"):
-            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
-    return False
-
-
 def _wait(condition: Callable[[], bool], what: str, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -173,11 +153,12 @@ def test_a_sigterm_after_the_run_completed_exits_0_with_one_line(tmp_path: Path)
         os.kill(agent, signal.SIGSTOP)
         try:
             assert not (run_dir / "summary.json").exists(), "the run completed before the agent was stopped"
-            _wait(lambda: (run_dir / "summary.json").exists() and all(_state(w) in ("Z", "gone") for w in workers),
+            _wait(lambda: (run_dir / "summary.json").exists()
+                  and all(process_state(w) in ("Z", "gone") for w in workers),
                   "the workers to finish the run", timeout=300)
-            assert _state(agent) == "T"  # still stopped: the agent has not seen its workers end
+            assert process_state(agent) == "T"  # still stopped: the agent has not seen its workers end
             launcher.send_signal(signal.SIGTERM)
-            _wait(lambda: _signal_pending(agent, signal.SIGTERM), "the launcher to forward SIGTERM", timeout=60)
+            _wait(lambda: signal_pending(agent, signal.SIGTERM), "the launcher to forward SIGTERM", timeout=60)
         finally:
             os.kill(agent, signal.SIGCONT)
         stdout, stderr = launcher.communicate(timeout=120)
@@ -257,7 +238,7 @@ def test_a_sigterm_after_a_stop_from_another_node_still_exits_75(tmp_path: Path)
               "the rank-0 node's launcher to reach its end", timeout=300)
         assert first.poll() is None, (tmp_path / f"{first_name}.err").read_text()[-3000:]
         first.send_signal(signal.SIGTERM)
-        _wait(lambda: first.poll() is not None or not _signal_pending(first.pid, signal.SIGTERM),
+        _wait(lambda: first.poll() is not None or not signal_pending(first.pid, signal.SIGTERM),
               "the launcher to take the SIGTERM", timeout=60)
         (tmp_path / f"{first_name}.go").touch()
         code = first.wait(timeout=60)
