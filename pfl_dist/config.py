@@ -189,12 +189,23 @@ class AlgorithmConfig:
     local_epochs: int = 5  # E epochs of minibatch SGD (when batch_size is set)
     batch_size: int | None = None  # null = full-batch gradient descent
     sample_fraction: float = 1.0  # C, fraction of clients sampled per round
+    # how the server weighs the sampled clients' messages in its means: samples = n_i / sum_S n_j,
+    # uniform = 1/|S|; auto = the method's paper: uniform for scaffold (Karimireddy et al. 2020,
+    # Algorithm 1), samples for every other method
+    client_weights: Literal["auto", "samples", "uniform"] = "auto"
     # The personalized-FL family (pfl_dist/algorithms/; each class's docstring has its rule):
     # personal_lr: pFedMe's inner-solve step, Ditto's and APFL's personal-model step, Per-FedAvg's
-    # alpha, FedRep's/FedPer's head step, FedAvg-FT's fine-tuning step; auto = local_lr
+    # alpha, FedRep's head step, FedAvg-FT's fine-tuning step. auto = a stable step for the
+    # method's own personal objective, with L = 1/local_lr (= algorithm.smoothness's L under
+    # local_lr auto): Ditto 1/(L + lam), its proximal personal objective; pFedMe 1/(L + lam) with
+    # L = algorithm.smoothness (its local_lr steps the envelope, not f_i); the others 1/L (=
+    # local_lr), their personal step being on f_i alone
     personal_lr: float | Auto = "auto"
     personal_epochs: int = 1  # Ditto's personal, FedRep's head, FedAvg-FT's fine-tuning passes
     inner_steps: int = 5  # pFedMe: K steps of the inner Moreau-envelope solve per batch
+    # pFedMe: start each round's inner solve from the client's previous personalized model theta_i;
+    # false = from w_g, as the authors' code does (every round sets theta_i and w_i to w_g)
+    inner_warm_start: bool = False
     beta: float = 1.0  # pFedMe's server mixing beta; SCAFFOLD's global step size eta_g
     alpha: float = 0.5  # APFL: the initial mixing weight alpha_i (adapted with local_lr)
 

@@ -26,17 +26,22 @@ class DataError(PflError):
 
 
 class DivergenceError(PflError):
-    """A local or global model became NaN/inf. Names the round and the client."""
+    """A model became NaN/inf. Names the round, what diverged and the key to lower. Every rank
+    raises the same one in the same round (pfl_dist/divergence.py), so only rank 0 prints it."""
 
     exit_code = 3
-    rank_specific = True  # each rank names its own client, so every rank prints its line
+
+
+class ClientDivergenceError(DivergenceError):
+    """A client of a method without a per-round collective (LocalTrain) diverged: only the rank
+    that hosts it knows, and that rank prints it."""
+
+    rank_specific = True
 
 
 class NonFiniteMetricError(DivergenceError):
-    """An evaluation metric is NaN/inf (the same on every rank: only rank 0 prints it). Results
-    are JSON without NaN/Infinity, so such a round is never written."""
-
-    rank_specific = False
+    """An evaluation metric is NaN/inf (the same on every rank). Results are JSON without
+    NaN/Infinity, so such a round is never written."""
 
 
 class OneLineParser(argparse.ArgumentParser):

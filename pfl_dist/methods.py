@@ -44,6 +44,10 @@ class MethodInfo:
     # tests/unit/test_plot.py (CIELAB distance >= 30 between their single-curve colours)
     colors: str = "Greys"
     marker: str = "o"  # figures: its marker
+    # a config key added when pfl_dist changed what this method computes at the key's default:
+    # always part of its runs' identity (pfl_dist/rundir.py `LATER_KEYS`), so a run made under the
+    # earlier rules is another run, never "already complete"
+    results_changed_with: str = ""
 
     def __post_init__(self) -> None:
         assert self.message in MESSAGES, self.message
@@ -59,9 +63,12 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("fedprox", "FedProx", uses_lam=True, lam_symbol="μ", paper="Li et al., MLSys 2020",
                colors="#2ca02c", marker="D"),  # green
     MethodInfo("local", "LocalTrain", communicates=False, colors="Greys", marker="s"),
+    # issue 21: the inner solve starts from w_g (was: the previous theta_i)
     MethodInfo("pfedme", "pFedMe", uses_lam=True, paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a",  # purple
-               marker="v"),
-    MethodInfo("ditto", "Ditto", uses_lam=True, paper="Li et al., ICML 2021", colors="#ff7f00", marker="P"),  # orange
+               marker="v", results_changed_with="algorithm.inner_warm_start"),
+    # issue 21: personal_lr auto is 1/(L + lam) (was local_lr), added with client_weights
+    MethodInfo("ditto", "Ditto", uses_lam=True, paper="Li et al., ICML 2021", colors="#ff7f00", marker="P",  # orange
+               results_changed_with="algorithm.client_weights"),
     MethodInfo("apfl", "APFL", paper="Deng et al., 2020", colors="#ad017e", marker="X"),  # magenta
     MethodInfo("perfedavg", "Per-FedAvg (FO)", paper="Fallah et al., NeurIPS 2020", colors="#a6761d",  # ochre
                marker="*"),
@@ -70,7 +77,9 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("fedper", "FedPer", parameter_groups=True, global_model=False, paper="Arivazhagan et al., 2019",
                colors="#1b9e77", marker="h"),  # teal
     MethodInfo("fedavg_ft", "FedAvg-FT", colors="#e78ac3", marker="d"),  # pink
-    MethodInfo("scaffold", "SCAFFOLD", paper="Karimireddy et al., ICML 2020", colors="#bcbd22", marker="<"),  # olive
+    # issue 21: the server's means are plain means (were n_i-weighted)
+    MethodInfo("scaffold", "SCAFFOLD", paper="Karimireddy et al., ICML 2020", colors="#bcbd22", marker="<",  # olive
+               results_changed_with="algorithm.client_weights"),
 )}
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)

@@ -14,6 +14,10 @@ ignored keys; the checkpoint's resume check and the sweep's completeness check u
 input file therefore behaves exactly like a changed key: `run.name=auto` gets a new run dir
 (the old one is left as it was), a named run dir is refused with one line ("model.init_file
 contents changed (sha256 ab12.. -> cd34..)"), a sweep reruns the point, a checkpoint is not resumed.
+Keys added to the config later (`LATER_KEYS`) are left out at the value every earlier run had,
+so those runs keep their hash, except for the method whose results changed with the key
+(`MethodInfo.results_changed_with`: pFedMe, Ditto, SCAFFOLD in issue 21); a run of it from before
+is another config ("pfedme's results changed in pfl_dist since that run (...)").
 
 Default name. `run.name=auto` (the default) names the run dir `<method>-<hash8>` from that hash,
 so two runs that differ in any number-changing key never share a directory, and rerunning the
@@ -63,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from pfl_dist import inputs
 from pfl_dist.errors import PflError
+from pfl_dist.methods import METHODS
 from pfl_dist.outputs import check_result_paths
 
 if TYPE_CHECKING:
@@ -70,6 +75,10 @@ if TYPE_CHECKING:
 
 # Keys that may change between attempts without changing any number of the run.
 IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "comm.backend", "comm.timeout_s")
+# Keys added to the config after runs were made, with the value that gives the results those runs
+# had: at it a key is left out of the identity, so earlier runs keep their hash and run dir; except
+# for a method whose results at that value changed with the key (`MethodInfo.results_changed_with`).
+LATER_KEYS: dict[str, Any] = {"algorithm.client_weights": "auto", "algorithm.inner_warm_start": False}
 IGNORED_SECTIONS = ("checkpoint",)
 LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
@@ -88,10 +97,14 @@ class RunDirError(PflError):
 
 
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as dotted keys, without the keys that cannot change a result."""
+    """The config as dotted keys, without the keys that cannot change a result (and `LATER_KEYS`
+    at the value every run before them had)."""
     flat = {f"{section}.{key}": value for section, values in config.items() if section not in IGNORED_SECTIONS
             for key, value in values.items()}
-    return {key: value for key, value in flat.items() if key not in IGNORED_KEYS}
+    method = METHODS.get(str(flat.get("algorithm.name")))
+    changed_with = method.results_changed_with if method is not None else ""
+    return {key: value for key, value in flat.items() if key not in IGNORED_KEYS
+            and not (key in LATER_KEYS and value == LATER_KEYS[key] and key != changed_with)}
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -99,8 +112,14 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     input files after the config keys ('model.init_file contents changed (sha256 ab.. -> cd..)')."""
     keys = sorted(set(saved) | set(current), key=lambda key: (inputs.is_input_key(key), key))
     return [inputs.describe_change(key, saved.get(key), current.get(key)) if inputs.is_input_key(key)
-            else f"{key} was {saved.get(key)!r}, now {current.get(key)!r}"
-            for key in keys if saved.get(key) != current.get(key)]
+            else _describe_change(key, saved, current) for key in keys if saved.get(key) != current.get(key)]
+
+
+def _describe_change(key: str, saved: dict[str, Any], current: dict[str, Any]) -> str:
+    before, now = saved.get(key, LATER_KEYS.get(key)), current.get(key, LATER_KEYS.get(key))
+    if before == now:  # a later key at the value that run had: the method's results changed with it
+        return f"{current.get('algorithm.name')}'s results changed in pfl_dist since that run ({key}, now {now!r})"
+    return f"{key} was {before!r}, now {now!r}"
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:

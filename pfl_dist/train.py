@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from pfl_dist import inputs, rundir
+from pfl_dist import divergence, inputs, rundir
 from pfl_dist.aggregate import pack_weighted_sum, weighted_average
 from pfl_dist.algorithms import Algorithm, ClientRound, ClientState, RoundEnd, build_algorithm
 from pfl_dist.checkpoint import (
@@ -45,7 +45,7 @@ from pfl_dist.checkpoint import (
 )
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
-from pfl_dist.errors import DivergenceError, NonFiniteMetricError, OneLineParser, PflError
+from pfl_dist.errors import NonFiniteMetricError, OneLineParser, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
@@ -162,19 +162,6 @@ class Trainer:
         mine = sampled[(sampled >= block.start) & (sampled < block.stop)]
         return (mine - block.start).to(self.runtime.device)
 
-    def _check_finite(self, round_idx: int, rows: torch.Tensor, outputs: list[torch.Tensor]) -> None:
-        finite_rows = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
-        for tensor in outputs:
-            if tensor.is_floating_point() and tensor.numel():
-                finite_rows &= torch.isfinite(tensor.reshape(len(rows), -1)).all(dim=1)
-        if not bool(finite_rows.all()):
-            client = self.task.client_ids.start + int(rows[~finite_rows][0])
-            raise DivergenceError(f"round {round_idx + 1}: client {client} diverged (non-finite local model); "
-                                  "lower algorithm.local_lr")
-        if not bool(torch.isfinite(self.global_model).all()):
-            raise DivergenceError(f"round {round_idx + 1}: the global model is non-finite "
-                                  "(a client on another rank diverged); lower algorithm.local_lr")
-
     def run_round(self, round_idx: int) -> bool:
         """One round; False when a stop was agreed in its all-reduce (the round is then discarded
         on every rank, leaving the state of the previous round)."""
@@ -189,18 +176,25 @@ class Trainer:
         out = algo.client_update(ClientRound(task=self.task, rows=rows, round_idx=round_idx,
                                              global_model=self.global_model),
                                  {name: state[rows] for name, state in self.client_state.items()})
+        diverged = divergence.diverged_parts(out, len(rows))
+        first_client = self.task.client_ids.start
         if self.communicates:
             # A diverged client still joins the exchange, so every rank sees the NaN and stops.
             average = self.exchange.run_round(round_idx, global_model=algo.wire_reference(self.global_model),
-                                              sent=out.sent, rows=rows, counts=self.task.sample_counts[rows],
+                                              sent=divergence.carrying_divergence(out.sent, diverged), rows=rows,
+                                              counts=algo.aggregation_weights(self.task.sample_counts[rows]),
                                               sampled=sampled.numpy(), stop=self.stop.requested)
             if average is None:
                 return False
             self.global_model = algo.server_update(self.global_model, average)
+            divergence.check_round(round_idx + 1, diverged, rows=rows, first_client=first_client,
+                                   num_clients=cfg.data.num_clients, mean=average, global_model=self.global_model,
+                                   algorithm=algo, comm=self.comm)
+        else:
+            divergence.check_local(round_idx + 1, diverged, first_client=first_client, rows=rows, algorithm=algo)
         for name, rows_state in out.keep.items():
             self.client_state[name][rows] = rows_state
         self.update_counts[rows] += 1
-        self._check_finite(round_idx, rows, [out.sent, *out.keep.values()])
         self.round_times.append(time.perf_counter() - started)
         arrival, in_collective_s = self.comm.take_round_timing()
         self.timer.record(round_idx + 1, round_s=self.round_times[-1], arrival=arrival, in_collective_s=in_collective_s)
@@ -412,8 +406,9 @@ class Trainer:
     def _log_eval(self, record: dict[str, Any]) -> None:
         bad = [name for name, value in record["metrics"].items() if not math.isfinite(value)]
         if bad:  # before anything is written: results are JSON without NaN/Infinity
+            *keys, last = ("data.R", "data.center_scale", "algorithm.local_lr", *self.algorithm.eval_step_keys)
             raise NonFiniteMetricError(f"round {record['round']}: metric {bad[0]} is {record['metrics'][bad[0]]} "
-                                       "(non-finite); check data.R, data.center_scale and algorithm.local_lr")
+                                       f"(non-finite); check {', '.join(keys)} and {last}")
         self.logger.log_eval(record)
         if self.runtime.is_logging_rank:
             print(progress_line(record, num_rounds=self.cfg.train.num_rounds, round_times=self.round_times), flush=True)

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
+from pfl_dist.algorithms import Algorithm, ClientOutput, ClientRound, ClientState
 from pfl_dist.config import load_config
 from pfl_dist.data.images import FASHION_MNIST_DIR
 from pfl_dist.launch import TORCHRUN_ENV
@@ -59,6 +61,21 @@ def write_learnable_mnist(directory: Path, *, num_train: int = 3000, num_test: i
         write_idx(directory / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
         write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
     return directory
+
+
+def make_client_diverge(monkeypatch: pytest.MonkeyPatch, algorithm: type[Algorithm], *, round_idx: int,
+                        row: int) -> None:
+    """Patch `algorithm` so that in round `round_idx` the message of each rank's `row`-th sampled
+    client is NaN."""
+    original = algorithm.client_update
+
+    def client_update(self: Algorithm, ctx: ClientRound, state: ClientState) -> ClientOutput:
+        out = original(self, ctx, state)
+        if ctx.round_idx == round_idx:
+            out.sent[row] = float("nan")
+        return out
+
+    monkeypatch.setattr(algorithm, "client_update", client_update)
 
 
 def write_sweep(path: Path, **fields: Any) -> Path:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
@@ -110,6 +110,15 @@ class Algorithm:
     name: ClassVar[str]
     info: ClassVar[MethodInfo]
     state_names: ClassVar[tuple[str, ...]] = ("local_models",)  # the per-client state it keeps
+    # algorithm.client_weights = auto: how its paper weighs the clients in the server's means
+    paper_client_weights: ClassVar[Literal["samples", "uniform"]] = "samples"
+    # The config keys whose steps make what a client sends, what it keeps (its personal state),
+    # w_g from the clients' mean, and the models personalized at evaluation: a divergence names
+    # the ones of what became non-finite (pfl_dist/divergence.py).
+    sent_step_keys: ClassVar[tuple[str, ...]] = ("algorithm.local_lr",)
+    kept_step_keys: ClassVar[tuple[str, ...]] = ("algorithm.personal_lr",)
+    server_step_keys: ClassVar[tuple[str, ...]] = ()  # () = w_g is the mean itself
+    eval_step_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: AlgorithmConfig, *, smoothness: float, groups: dict[str, slice] | None = None,
                  participation: float = 1.0) -> None:
@@ -136,7 +145,23 @@ class Algorithm:
 
     @property
     def personal_lr(self) -> float:
-        return self.local_lr if self.cfg.personal_lr == "auto" else float(self.cfg.personal_lr)
+        return self.default_personal_lr() if self.cfg.personal_lr == "auto" else float(self.cfg.personal_lr)
+
+    def default_personal_lr(self) -> float:
+        """A personal step on f_i alone (APFL, Per-FedAvg, FedRep's head, FedAvg-FT): eta, the step
+        the local phase already takes on the same f_i (1/L with local_lr auto)."""
+        return self.local_lr
+
+    # --- the server's means --------------------------------------------------------------------
+
+    @property
+    def client_weights(self) -> Literal["samples", "uniform"]:
+        return self.paper_client_weights if self.cfg.client_weights == "auto" else self.cfg.client_weights
+
+    def aggregation_weights(self, counts: torch.Tensor) -> torch.Tensor:
+        """(k,) each sampled client's weight in the server's means (the Exchange divides by their
+        sum over all ranks): its sample count n_i, or 1 for every client (uniform)."""
+        return counts if self.client_weights == "samples" else torch.ones_like(counts)
 
     # --- per-client state ----------------------------------------------------------------------
 
@@ -179,8 +204,9 @@ class Algorithm:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_lam(state["lam"])
 
-    def describe(self) -> dict[str, float]:
-        return {"lam": self.lam, "local_lr": self.local_lr, "smoothness": self.smoothness}
+    def describe(self) -> dict[str, Any]:
+        return {"lam": self.lam, "local_lr": self.local_lr, "smoothness": self.smoothness,
+                "client_weights": self.client_weights}
 
     def summary_fields(self) -> dict[str, Any]:
         """Extra summary.json keys (FedCLUP: the lambdas lam=auto chose)."""

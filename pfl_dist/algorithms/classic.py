@@ -22,6 +22,7 @@ class ProxLocalUpdate(Algorithm):
     """The local step of the paper's four methods: w_i <- K proximal steps from a start point."""
 
     resets_local_models = False  # True: start from w_g (FedAvg, FedProx); False: from w_i
+    kept_step_keys = ("algorithm.local_lr",)  # the kept local model is the sent one
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         local = state["local_models"]
@@ -49,6 +50,7 @@ class FedCLUP(ProxLocalUpdate):
 
     name = "fedclup"
     info = METHODS["fedclup"]
+    server_step_keys = ("algorithm.global_lr",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lambda_choices: list[dict[str, float]] = []  # lam=auto: every (round, R_hat, lam) chosen
@@ -67,7 +69,7 @@ class FedCLUP(ProxLocalUpdate):
     def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         return envelope_step(global_model, aggregate, step_factor=self.step_factor)
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "global_step_factor": self.step_factor}
 
     # --- lam = auto ----------------------------------------------------------------------------

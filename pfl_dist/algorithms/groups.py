@@ -9,6 +9,8 @@ with w_g's body and its own head.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, local_sgd, with_head
@@ -65,7 +67,8 @@ class FedRep(BodyHead):
         body: the local phase (E epochs / K steps) of  body <- body - eta grad_body f_i(body, h_i; b)
 
     (the head fixed during the body's steps); it sends its body and keeps h_i.
-    Server: body of w_g <- sum_i n_i body_i / sum_i n_i."""
+    Server: body of w_g <- sum_i n_i body_i / sum_i n_i. eta_p auto is eta (1/L under local_lr
+    auto): f_i as a function of the head alone is at most L-smooth."""
 
     name = "fedrep"
     info = METHODS["fedrep"]
@@ -79,6 +82,9 @@ class FedRep(BodyHead):
         local_sgd(task, models, task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr, trained=self.body)
         return ClientOutput(sent=models[:, self.body], keep={"local_models": models})
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "personal_lr": self.personal_lr}
+
 
 class FedPer(BodyHead):
     """FedPer (Arivazhagan, Aggarwal, Singh, Choudhary, 2019). A sampled client starts from
@@ -86,10 +92,12 @@ class FedPer(BodyHead):
 
         (body, h_i) <- (body, h_i) - eta grad f_i(body, h_i; b),
 
-    sends its body and keeps h_i. Server: body of w_g <- sum_i n_i body_i / sum_i n_i."""
+    sends its body and keeps h_i. Server: body of w_g <- sum_i n_i body_i / sum_i n_i. It takes no
+    personal step (algorithm.personal_lr is not used)."""
 
     name = "fedper"
     info = METHODS["fedper"]
+    kept_step_keys = ("algorithm.local_lr",)  # its head is trained with the body
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         assert self.groups is not None

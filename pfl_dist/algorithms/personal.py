@@ -2,9 +2,11 @@
 
 Each class's docstring states the update rule as implemented, with its paper. Notation: w_g the
 global model, n_i client i's sample count, eta = algorithm.local_lr, eta_p = algorithm.personal_lr
-(auto = eta), "a step on batch b" = one step of the task's local schedule (`Task.batches`: E
-epochs of minibatches, or K full-batch steps). The server's mean is always the n_i-weighted mean
-over the round's sampled clients, computed by the Exchange.
+(auto: a stable step for the method's own personal objective, stated in its docstring; eta where
+that objective is f_i alone), "a step on batch b" = one step of the task's local schedule
+(`Task.batches`: E epochs of minibatches, or K full-batch steps). The server's mean is the
+n_i-weighted mean over the round's sampled clients, computed by the Exchange
+(`algorithm.client_weights: uniform` makes it the plain mean).
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ class Ditto(Algorithm):
                         for algorithm.personal_epochs epochs                   (kept)
         server:         w_g <- sum_i n_i w_i / sum_i n_i
 
-    The personal solve is anchored at the w_g the round started from. Per-client state: v_i."""
+    The personal solve is anchored at the w_g the round started from. Per-client state: v_i.
+    eta_p auto is 1/(L + lam) with L = 1/eta (the L of algorithm.smoothness under local_lr auto):
+    the personal objective f_i + (lam/2)||v - w_g||^2 is (L + lam)-smooth, so the step stays stable
+    at any lambda (1/L alone diverges once lam > L)."""
 
     name = "ditto"
     info = METHODS["ditto"]
@@ -43,6 +48,10 @@ class Ditto(Algorithm):
     @property
     def prox_weight(self) -> float:
         return 0.0  # the sent global copy is plain FedAvg; lam enters the personal solve
+
+    def default_personal_lr(self) -> float:
+        """1/(1/eta + lam): an explicit local_lr stands for 1/L (the CNN has no computed L)."""
+        return 1.0 / (1.0 / self.local_lr + self.lam)
 
     def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
         return {"personal_models": global_model.repeat(num_clients, 1)}
@@ -60,11 +69,15 @@ class Ditto(Algorithm):
                         round_idx: int) -> torch.Tensor:
         return state["personal_models"]
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "personal_lr": self.personal_lr}
+
 
 class PFedMe(Algorithm):
     """pFedMe (Dinh, Tran, Nguyen, NeurIPS 2020), Algorithm 1: personalization by Moreau envelopes.
 
-    A sampled client sets its local model w_i <- w_g, then for every step on batch b:
+    A sampled client sets its local model w_i <- w_g and its personalized model theta_i <- w_g,
+    then for every step on batch b:
 
         theta_i <- argmin_theta f_i(theta; b) + (lam/2) ||theta - w_i||^2,
                    approximately: algorithm.inner_steps steps of
@@ -72,12 +85,31 @@ class PFedMe(Algorithm):
         w_i     <- w_i - eta lam (w_i - theta_i)
 
     and sends w_i. Server: w_g <- (1 - beta) w_g + beta sum_i n_i w_i / sum_i n_i.
-    The inner solve starts from the client's previous theta_i (its personalized model, kept as
-    per-client state and evaluated), as in the authors' implementation."""
+
+    Where the inner solve starts: the authors' code (CharlieDinh/pFedMe, and PFLlib's port) sets
+    both the model the inner solve updates and the local model to w_g at the start of every round;
+    within a round each solve continues from the previous batch's theta_i. That is the default
+    here. `algorithm.inner_warm_start: true` starts each round from the client's previous theta_i
+    instead, as pfl_dist did before it followed the authors.
+
+    The personal model evaluated is theta_i from the client's last round (per-client state), the
+    paper's personalized model. (In both codes the personalized parameters alias the model's, which
+    are overwritten before the evaluation: the authors' evaluate the local model w_i after its local
+    steps, PFLlib's the w_g it was just sent.)
+
+    eta_p auto is 1/(L + lam), for the inner objective's smoothness L + lam; eta auto is 1/(L + lam)
+    too, so w_i moves by the fraction eta lam < 1 towards theta_i. The authors' optimizer also adds
+    0.001 theta to the inner gradient (a weight decay the paper does not have); pfl_dist does not."""
 
     name = "pfedme"
     info = METHODS["pfedme"]
     state_names = ("personal_models",)
+    server_step_keys = ("algorithm.beta",)
+
+    def default_personal_lr(self) -> float:
+        """1/(L + lam): the inner objective f_i(theta; b) + (lam/2)||theta - w_i||^2 is (L + lam)-smooth.
+        L is algorithm.smoothness: eta steps the envelope, not f_i, so 1/eta is no bound for f_i."""
+        return 1.0 / (self.smoothness + self.lam)
 
     def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
         return {"personal_models": global_model.repeat(num_clients, 1)}
@@ -85,7 +117,7 @@ class PFedMe(Algorithm):
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
         local = _reset(ctx)
-        theta = state["personal_models"].clone()
+        theta = state["personal_models"].clone() if self.cfg.inner_warm_start else _reset(ctx)
         for batch in task.batches(ctx.rows, round_idx=ctx.round_idx):
             for _ in range(self.cfg.inner_steps):
                 grad = task.gradient(theta, batch).add_(theta - local, alpha=self.lam)
@@ -106,7 +138,7 @@ class PFedMe(Algorithm):
                         round_idx: int) -> torch.Tensor:
         return state["personal_models"]
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "personal_lr": self.personal_lr, "beta": self.cfg.beta}
 
 
@@ -121,7 +153,9 @@ class APFL(Algorithm):
         alpha_i <- clip_[0,1]( alpha_i - eta_p <v_i - w_i, g> )
 
     It sends w_i and keeps v_i and alpha_i (alpha_i starts at algorithm.alpha). Server: the
-    weighted mean. The personalized model evaluated is alpha_i v_i + (1 - alpha_i) w_g."""
+    weighted mean. The personalized model evaluated is alpha_i v_i + (1 - alpha_i) w_g.
+    eta_p auto is eta (1/L under local_lr auto): v_i's objective f_i(alpha_i v + (1 - alpha_i) w_i)
+    is alpha_i^2 L-smooth, at most L; alpha_i takes the same step, as in the paper."""
 
     name = "apfl"
     info = METHODS["apfl"]
@@ -155,7 +189,7 @@ class APFL(Algorithm):
         alpha = state["alpha"]
         return alpha * state["personal_models"] + (1 - alpha) * global_model
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "personal_lr": self.personal_lr, "alpha_init": self.cfg.alpha}
 
 
@@ -164,6 +198,8 @@ class StartsFromGlobal(Algorithm):
     (Per-FedAvg, FedAvg-FT: their personalization happens at evaluation)."""
 
     state_names = ()
+    kept_step_keys = ()
+    eval_step_keys = ("algorithm.personal_lr",)
 
     @property
     def prox_weight(self) -> float:
@@ -183,10 +219,11 @@ class PerFedAvg(StartsFromGlobal):
 
     then sends w_i; server: the weighted mean. Personalization happens at evaluation: one
     gradient step from w_g on the client's whole training set, w_g - alpha grad f_i(w_g).
-    No per-client state."""
+    No per-client state. alpha auto is eta (1/L under local_lr auto): a gradient step on f_i."""
 
     name = "perfedavg"
     info = METHODS["perfedavg"]
+    sent_step_keys = ("algorithm.local_lr", "algorithm.personal_lr")  # w_i steps from w_i - alpha grad
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
@@ -207,7 +244,7 @@ class PerFedAvg(StartsFromGlobal):
         models = global_model.expand(len(rows), -1).clone()
         return models - self.personal_lr * task.gradient(models, task.full_batch(rows))
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "personal_lr": self.personal_lr}
 
 
@@ -215,7 +252,8 @@ class FedAvgFT(StartsFromGlobal):
     """FedAvg with fine-tuning: training is FedAvg (clients reset to w_g, local SGD, the server
     averages); at every evaluation each client fine-tunes w_g with algorithm.personal_epochs
     epochs of SGD (step eta_p) on its own data and is evaluated with the result. The fine-tuning
-    cost is paid at evaluation, and sends nothing. No per-client state."""
+    cost is paid at evaluation, and sends nothing. No per-client state. eta_p auto is eta (1/L
+    under local_lr auto): fine-tuning is SGD on the same f_i as the local phase."""
 
     name = "fedavg_ft"
     info = METHODS["fedavg_ft"]

@@ -20,7 +20,11 @@ class Scaffold(Algorithm):
         server:  x <- x + eta_g (mean_i y_i - x)                          (eta_g = algorithm.beta)
                  c <- c + |S|/N mean_i (c_i+ - c_i)
 
-    Means are the Exchange's n_i-weighted means over the sampled clients S. The message is the
+    Means are over the sampled clients S. As in the paper they are plain means by default: x
+    moves by eta_g/|S| sum_S (y_i - x) and c by 1/N sum_S (c_i+ - c_i), whatever the clients'
+    sample counts (the weights the Trainer hands the Exchange are all 1:
+    `paper_client_weights`). `algorithm.client_weights: samples` weighs both means by n_i
+    instead, as pfl_dist did before it followed the paper. The message is the
     model and a control-variate update: the ledger counts 2 x the model bytes on the uplink
     (and the downlink carries x and c). On the wire the second half is c + (c_i+ - c_i) against
     the server's [x, c], so a codec codes the updates y_i - x and c_i+ - c_i: fresh increments
@@ -30,6 +34,9 @@ class Scaffold(Algorithm):
     name = "scaffold"
     info = METHODS["scaffold"]
     state_names = ("local_models", "control_variates")
+    paper_client_weights = "uniform"
+    kept_step_keys = ("algorithm.local_lr",)  # y_i and c_i+ come from the local steps
+    server_step_keys = ("algorithm.beta",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,5 +88,5 @@ class Scaffold(Algorithm):
         assert self.control is not None
         self.control = state["control"].to(self.control.device)
 
-    def describe(self) -> dict[str, float]:
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "global_lr": self.cfg.beta}

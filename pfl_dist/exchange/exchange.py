@@ -1,9 +1,10 @@
 """The Exchange owns a round's wire format: what each participating client sends, the
 collectives that carry it, and the decoded aggregate handed back to the algorithm.
 
-What is sent is an update Delta_i = sent_i - w_g with weight n_i; the algorithm says what it is
-(`message`: a fresh increment or the difference of kept state, pfl_dist/methods.py), which
-decides whether a compressing codec keeps error-feedback residuals (`feedback_rule` in
+What is sent is an update Delta_i = sent_i - w_g with weight n_i (the algorithm's
+`aggregation_weights`: n_i, or 1 for plain means); the algorithm says what it is (`message`: a
+fresh increment or the difference of kept state, pfl_dist/methods.py), which decides whether a
+compressing codec keeps error-feedback residuals (`feedback_rule` in
 pfl_dist/exchange/base.py). The control words, the round's weight total N = sum_i n_i, the
 number of ranks asking to stop and (with a codec) the number of clients whose update is not
 finite, travel in a float64 control lane that no codec rounds, clips or sparsifies; a codec may

@@ -26,16 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
 from pfl_dist.config import did_you_mean, load_config
 from pfl_dist.errors import ConfigError, OneLineParser, PflError
 from pfl_dist.methods import METHOD_NAMES, METHODS
 from pfl_dist.netem import cli as netem_cli
 from pfl_dist.netem.shaping import format_rate, parse_rate
-from pfl_dist.sweep.plot import styles
+from pfl_dist.sweep.plot import METRIC_LABELS, styles
 from pfl_dist.sweep.results import find_runs
-from pfl_dist.sweep.style import Style, math_label
+from pfl_dist.sweep.style import Style, axes_look, coincidence_note, coincident, math_label, new_figure, save_figure
 from pfl_dist.sweep.tradeoff import Curve, build_curves, markdown_table, seconds_to_reach, tradeoff_rows, write_table
 
 METRICS = ("acc_personal", "acc_global")
@@ -157,25 +155,26 @@ def value_at(curve: Curve, seconds: float) -> float | None:
 
 
 def plot(curves_by_metric: dict[str, list[Curve]], path: Path, *, palette: dict[str, Style], num_nodes: int) -> Path:
-    """`palette`: label -> the method's colour and marker (pfl_dist/sweep/style.py), as in every figure."""
+    """A row per metric, a column per rate; x = training wall-clock seconds. The shared look of every
+    figure (pfl_dist/sweep/style.py): `palette` gives each method its colour and marker, one legend
+    below the panels, 200 dpi, notes on curves that are exactly the same points."""
     facets = list(dict.fromkeys(c.facet for c in curves_by_metric[METRICS[0]]))
-    fig = Figure(figsize=(4.2 * len(facets), 6.4), layout="constrained")
-    axes = fig.subplots(len(METRICS), len(facets), squeeze=False)
+    fig, axes = new_figure(len(METRICS), len(facets), width=4.4, height=3.4)
     for row, metric in enumerate(METRICS):
         for col, facet in enumerate(facets):
             ax = axes[row][col]
             curves = [c for c in curves_by_metric[metric] if c.facet == facet and c.seconds is not None]
-            for curve in sorted(curves, key=lambda c: list(palette).index(c.label)):  # legend order
-                style = palette[curve.label]
-                ax.plot(curve.seconds, curve.values, marker=style.marker, markersize=4, label=math_label(curve.label),
-                        color=style.color, linestyle=style.linestyle)
-            ax.set_title(f"{facet.split('=')[1]}: {metric}", fontsize=10)
-            ax.set_xlabel("training wall-clock [s]")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+            curves.sort(key=lambda c: list(palette).index(c.label))  # legend order
+            for curve in curves:
+                ax.plot(curve.seconds, curve.values, ms=4, label=math_label(curve.label),
+                        **palette[curve.label].line(len(curve.values)))
+            ax.set_title(f"link {facet.split('=')[1]}", fontsize=10)
+            ax.set_xlabel("training wall-clock time [s]")
+            ax.set_ylabel(METRIC_LABELS[metric])
+            axes_look(ax)
+            coincidence_note(ax, coincident([(c.label, c.seconds or [], c.values) for c in curves]))
     fig.suptitle(f"accuracy vs training time on emulated links ({num_nodes} nodes, tc)", fontsize=11)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def report(args: argparse.Namespace) -> None:

@@ -1,10 +1,16 @@
-"""The codec study (configs/sweeps/codecs.yaml): accuracy vs cumulative wire bytes, one curve per
+"""The codec study (configs/sweeps/codecs.yaml): accuracy vs cumulative bytes, one curve per
 codec, and the table of what each codec costs and buys.
 
 Drawn by `python -m pfl_dist.plot RESULTS_DIR` when the runs vary `comm.codec`:
-- codecs.png: a row per data set, a column per method; x = cumulative training wire bytes (log
-  scale: the codecs span two orders of magnitude; FL-equivalent bytes when every run was one
-  process), y = the personal accuracy; a point per evaluated round, one curve per codec.
+- codecs.png: a row per data set, a panel per method that sent bytes (a method that sends
+  nothing, LocalTrain, is a dotted reference line in its data set's panels); x = cumulative FL
+  training bytes (uplink + downlink, the same for any world size; log scale with KB/MB ticks: the
+  codecs span two orders of magnitude), y = the personal accuracy; a point per evaluated round,
+  one curve per codec, each codec with the marker it has in tradeoff.png. Codecs whose curves are
+  exactly the same points (fp16 and bf16 on a model they round alike) are named in a note.
+- codecs_wire.png: the same against the modelled wire bytes, which depend on the world size W
+  (an all_gather codec grows with W): one figure per W (codecs_wire_W2.png, ... when the runs
+  differ in W), W in its axis label; none when no run put bytes on a wire (one process).
 - codecs_table.md / .csv: per data set, method and codec, the final personal and global
   accuracy, the total wire and uplink bytes, the compression ratio (dense uplink / encoded
   uplink), and the wire and uplink bytes at the first evaluated round whose personal accuracy
@@ -17,12 +23,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.results import Run
-from pfl_dist.sweep.tradeoff import byte_axis, markdown_table, record_bytes, write_table
+from pfl_dist.sweep.style import (
+    axes_look,
+    byte_ticks,
+    coincidence_note,
+    coincident,
+    math_label,
+    new_figure,
+    save_figure,
+    value_styles,
+)
+from pfl_dist.sweep.tradeoff import markdown_table, record_bytes, write_table
 
 TARGET_DROP = 0.01  # the target: the dense run's final personal accuracy minus 1 point
 METRIC = "acc_personal"
@@ -33,7 +46,8 @@ def codec_of(run: Run) -> str:
     return str(run.setting("comm.codec"))
 
 
-def _order(codec: str) -> tuple[int, str]:
+def codec_order(codec: str) -> tuple[int, str]:
+    """Legend order of codecs: dense first, then by how they compress (pfl_dist/exchange/)."""
     name = codec.split(":")[0]
     return (_CODEC_ORDER.index(name) if name in _CODEC_ORDER else len(_CODEC_ORDER), codec)
 
@@ -43,7 +57,7 @@ def groups(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
     out: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         out.setdefault((str(run.setting("data.kind")), run.label), []).append(run)
-    return {key: sorted(members, key=lambda r: _order(codec_of(r))) for key, members in sorted(out.items())}
+    return {key: sorted(members, key=lambda r: codec_order(codec_of(r))) for key, members in sorted(out.items())}
 
 
 def reached(run: Run, target: float) -> dict[str, Any] | None:
@@ -80,37 +94,56 @@ def write_codec_table(runs: Sequence[Run], *, stem: Path) -> tuple[str, tuple[Pa
     return markdown_table(rows), write_table(rows, stem=stem)
 
 
-def plot_codecs(runs: Sequence[Run], path: Path, *, dpi: int) -> Path:
-    grouped = groups(runs)
-    datasets = list(dict.fromkeys(data for data, _ in grouped))
-    # a column per method name (FedCLUP's lambda may differ between data sets)
-    methods = list(dict.fromkeys(members[0].method for members in grouped.values()))
-    fig = Figure(figsize=(5.5 * len(methods), 3.8 * len(datasets) + 0.9), layout="constrained")
-    axes = fig.subplots(len(datasets), len(methods), squeeze=False)
-    codecs = sorted({codec_of(r) for r in runs}, key=_order)
-    colors = {codec: colormaps["tab10"](i % 10) for i, codec in enumerate(codecs)}
-    markers = {codec: "os^vDP*Xh"[i % 9] for i, codec in enumerate(codecs)}  # fp16 and bf16 often overlap
-    kind, axis_label = byte_axis(runs)  # wire bytes; FL-equivalent bytes when no wire was crossed
-    for (data, method), members in grouped.items():
-        ax = axes[datasets.index(data)][methods.index(members[0].method)]
+def _panels(runs: Sequence[Run], kind: str) -> dict[tuple[str, str], list[tuple[str, list[float], list[float]]]]:
+    """(data set, method label) -> (codec, bytes, personal accuracy) per codec with bytes to draw
+    (the evaluated rounds after the first byte: a log axis has no 0)."""
+    panels: dict[tuple[str, str], list[tuple[str, list[float], list[float]]]] = {}
+    for (data, method), members in groups(runs).items():
         for run in members:
             points = [(record_bytes(r, kind), r["metrics"][METRIC]) for r in run.records
                       if METRIC in r["metrics"] and record_bytes(r, kind) > 0]
-            codec = codec_of(run)
-            ax.plot([b for b, _ in points], [a for _, a in points], marker=markers[codec], ms=4, label=codec,
-                    color=colors[codec], linestyle="--" if codec == "none" else "-")
-        ax.set_xscale("log")
-        ax.set_title(f"{data}: {method}", fontsize=10)
-        ax.set_xlabel(f"{axis_label} (log scale)", fontsize=9)
-        ax.set_ylabel("personal accuracy", fontsize=9)
-        ax.grid(alpha=0.3)
-    handles: dict[str, Any] = {}
-    for ax in fig.axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False, fontsize=8,
-               ncol=min(len(handles), 7))
-    fig.suptitle("update codecs: personal accuracy vs bytes (a point per evaluated round)", fontsize=11)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+            if points:
+                panels.setdefault((data, method), []).append(
+                    (codec_of(run), [b for b, _ in points], [a for _, a in points]))
+    return panels
+
+
+def _silent(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Data set -> its runs of methods that send nothing (LocalTrain): reference lines, not panels."""
+    out: dict[str, list[Run]] = {}
+    for run in runs:
+        if not run.communicates:
+            out.setdefault(str(run.setting("data.kind")), []).append(run)
+    return out
+
+
+def plot_codecs(runs: Sequence[Run], path: Path, *, kind: str, axis_label: str, title: str) -> Path:
+    """A panel per (data set, method) that has bytes to draw, a row per data set; x = cumulative
+    `kind` bytes on a log axis (KB/MB ticks), a curve per codec in the codec's colour and marker."""
+    panels, silent = _panels(runs, kind), _silent(runs)
+    datasets = list(dict.fromkeys(data for data, _ in panels))
+    columns = max((sum(d == data for d, _ in panels) for data in datasets), default=1)
+    fig, axes = new_figure(len(datasets), columns, width=5.5, height=3.8)
+    codecs = sorted({codec_of(r) for r in runs if r.communicates}, key=codec_order)
+    styles = value_styles(codecs, dashed="none")  # the colours and markers tradeoff.png gives the codecs
+    used: set[tuple[int, int]] = set()
+    for (data, method), curves in panels.items():
+        row = datasets.index(data)
+        cell = (row, sum(r == row for r, _ in used))  # a data set's panels from the left
+        used.add(cell)
+        ax = axes[cell[0]][cell[1]]
+        for codec, xs, ys in curves:
+            ax.plot(xs, ys, ms=4, label=f"codec={codec}", **styles[codec].line(len(xs)))
+        for run in silent.get(data, []):
+            ax.axhline(run.summary["final"][METRIC], color="0.35", linestyle=":",
+                       label=f"{math_label(run.label)} (sends nothing)")
+        ax.set_title(f"{data}: {math_label(method)}", fontsize=10)
+        ax.set_xlabel(f"{axis_label}, log scale")
+        ax.set_ylabel("personal accuracy (fraction correct)")
+        byte_ticks(ax, "x", log=True)
+        axes_look(ax)
+        coincidence_note(ax, coincident([(f"codec={codec}", xs, ys) for codec, xs, ys in curves]))
+    for row, col in {(r, c) for r in range(len(datasets)) for c in range(columns)} - used:
+        axes[row][col].remove()  # a data set with fewer methods than another: no empty frame
+    fig.suptitle(f"update codecs: personal accuracy vs {title} (a point per evaluated round)", fontsize=11)
+    return save_figure(fig, path, columns=8)

@@ -9,8 +9,11 @@ Reads each run's summary.json and metrics.jsonl (no torch) and writes to DIR (de
   uplink and downlink bytes, and the uplink bytes at the first evaluation whose personal accuracy
   reaches `fraction` x the best final personal accuracy of all runs ("never" if it does not;
   0 for a method that sends nothing);
-- family.png: personal accuracy vs cumulative uplink bytes, one curve per method (a method that
-  sends nothing is a horizontal line at its final accuracy).
+- family.png: personal accuracy vs cumulative uplink bytes (log axis, KB/MB/GB ticks), one curve
+  per method (a method that sends nothing is a horizontal line at its final accuracy).
+
+`python -m pfl_dist.plot RESULTS_DIR` writes the same two files (with its --prefix) when the runs
+compare FAMILY_METHODS or more methods and vary none of the settings it draws on an axis.
 """
 
 from __future__ import annotations
@@ -21,13 +24,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
 from pfl_dist.errors import OneLineParser
 from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.sweep.results import Run, find_runs
-from pfl_dist.sweep.style import math_label, method_styles
+from pfl_dist.sweep.style import (
+    axes_look,
+    byte_ticks,
+    coincidence_note,
+    coincident,
+    math_label,
+    method_styles,
+    new_figure,
+    save_figure,
+)
 
+FAMILY_METHODS = 4  # runs of this many methods or more are a family comparison: pfl_dist.plot draws it too
 COLUMNS = ("method", "acc_personal", "acc_personal_mean", "acc_personal_p10", "acc_personal_std", "acc_global",
            "uplink_bytes", "downlink_bytes", "uplink_bytes_to_target")
 
@@ -70,30 +81,46 @@ def markdown(rows: list[dict[str, Any]], *, target: float, fraction: float) -> s
     return "\n".join(lines) + "\n"
 
 
-def figure(runs: Sequence[Run], path: Path) -> None:
+def figure(runs: Sequence[Run], path: Path) -> Path:
+    """Personal accuracy vs cumulative uplink bytes (log axis, KB/MB/GB ticks), a curve per method."""
     styles = method_styles([(r.label, r.method, False) for r in runs],
                            families={r.method: (r.info.colors, r.info.marker) for r in runs})
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    ax = fig.subplots()
-    longest = max(float(r.summary["comm"]["uplink_bytes"]) for r in runs)
+    fig, axes = new_figure(1, 1, width=7.5, height=4.8)
+    ax = axes[0][0]
+    drawn = []
     for run in runs:
         style = styles[run.label]
         if run.communicates:
-            xs = [float(rec["comm"]["uplink_bytes"]) for rec in run.records if rec["round"] > 0]
-            ys = [rec["metrics"]["acc_personal"] for rec in run.records if rec["round"] > 0]
-            ax.plot(xs, ys, marker=style.marker, color=style.color, label=math_label(run.label), markersize=5)
+            records = [rec for rec in run.records if rec["round"] > 0]
+            xs = [float(rec["comm"]["uplink_bytes"]) for rec in records]
+            ys = [rec["metrics"]["acc_personal"] for rec in records]
+            ax.plot(xs, ys, markersize=5, label=math_label(run.label), **style.line(len(xs)))
+            drawn.append((run.label, xs, ys))
         else:
             ax.axhline(run.summary["final"]["acc_personal"], color=style.color, linestyle=":",
                        label=math_label(run.label) + " (sends nothing)")
-    ax.set_xscale("log")
-    ax.set_xlim(right=longest * 1.3)
-    ax.set_xlabel("cumulative uplink bytes (all clients)")
-    ax.set_ylabel("personal accuracy")
-    ax.grid(alpha=0.3)
-    fig.legend(loc="outside right center", fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=200)
-    write_bytes_atomic(path, buffer.getvalue())
+    byte_ticks(ax, "x", log=True)
+    ax.set_xlim(right=max(float(r.summary["comm"]["uplink_bytes"]) for r in runs) * 1.3)
+    ax.set_xlabel("cumulative uplink bytes (all clients; the same for any world size)")
+    ax.set_ylabel("personal accuracy (fraction correct)")
+    axes_look(ax)
+    coincidence_note(ax, coincident(drawn))
+    return save_figure(fig, path)
+
+
+def write_family(runs: Sequence[Run], out: Path, *, prefix: str = "", fmt: str = "png",
+                 fraction: float = 0.95) -> tuple[Path, Path]:
+    """<prefix>family_table.md/.csv and <prefix>family.<fmt> in `out`: (figure, markdown table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows, target = table_rows(runs, fraction=fraction)
+    table = out / f"{prefix}family_table.md"
+    write_bytes_atomic(table, markdown(rows, target=target, fraction=fraction).encode())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(out / f"{prefix}family_table.csv", text.getvalue().encode())
+    return figure(runs, out / f"{prefix}family.{fmt}"), table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,17 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pfl_dist: error: no finished runs under {args.results_dir}", flush=True)
         return 2
     out = args.out or args.results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    rows, target = table_rows(runs, fraction=args.fraction)
-    write_bytes_atomic(out / "family_table.md", markdown(rows, target=target, fraction=args.fraction).encode())
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_bytes_atomic(out / "family_table.csv", text.getvalue().encode())
-    figure(runs, out / "family.png")
-    print(markdown(rows, target=target, fraction=args.fraction), end="")
-    print(f"wrote {out / 'family_table.md'}, {out / 'family_table.csv'}, {out / 'family.png'}")
+    path, table = write_family(runs, out, fraction=args.fraction)
+    print(table.read_text(), end="")
+    print(f"wrote {table}, {table.with_suffix('.csv')}, {path}")
     return 0
 
 

@@ -5,18 +5,28 @@ What is drawn follows from what the runs vary (config values in each summary.jso
 - data.R varies                      -> stat_error_vs_R.png: final ITR and ATR vs R (the paper's figure)
 - algorithm.num_local_steps varies   -> local_steps.png: ITR and ATR per round, one curve per K
 - data.classes_per_client varies     -> images_vs_classes.png: personal/global accuracy vs classes
-- comm.codec varies                  -> codecs.png and codecs_table.md/.csv (pfl_dist/sweep/codecs.py)
-- none of these                      -> total_error_vs_rounds.png (synthetic) or accuracy_vs_rounds.png
+- comm.codec varies                  -> codecs.png, codecs_wire.png and codecs_table.md/.csv
+                                        (pfl_dist/sweep/codecs.py)
+- 4 or more methods, none of these   -> family.png and family_table.md/.csv (pfl_dist/sweep/family.py)
+- none of the four settings          -> total_error_vs_rounds.png (synthetic) or accuracy_vs_rounds.png
 - always                             -> tradeoff.png: the personal and global metric vs cumulative
-  training bytes, one curve per method/lambda, Pareto front marked (faceted by the varied key),
-  plus tradeoff_table.md/.csv: final values, total bytes and bytes to reach target values.
+  FL training bytes (uplink + downlink: the same for any world size), one curve per method/lambda,
+  Pareto front marked (faceted by the varied problem setting; with a varied codec or K, a column
+  per method and a curve per value), plus tradeoff_table.md/.csv: final values, total bytes and
+  bytes to reach target values;
+- runs that put bytes on a wire      -> tradeoff_wire.png: the same against the modelled wire
+  bytes, which depend on the world size W; W is in the axis label, and runs of different W are
+  drawn in different figures (tradeoff_wire_W2.png, tradeoff_wire_W4.png), never on one axis.
 Curves and points are means over seeds; error bars show the standard deviation when seeds > 1.
-Every method has one colour family and marker in every figure (pfl_dist.sweep.style), each
-figure has one legend, and PNGs are written at 200 dpi (PDF and SVG on request).
+Every method has one colour family and marker in every figure, byte axes are ticked in KB/MB/GB,
+integer axes in integers, curves that are exactly the same points are named in a note
+(pfl_dist/sweep/style.py); each figure has one legend, and PNGs are written at 200 dpi (PDF and
+SVG on request).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -26,13 +36,26 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure  # the object API needs no pyplot state and no display backend
 
 from pfl_dist.config import check_path_text
 from pfl_dist.errors import ConfigError, OneLineParser
-from pfl_dist.sweep.codecs import plot_codecs, write_codec_table
+from pfl_dist.sweep.codecs import codec_order, plot_codecs, write_codec_table
+from pfl_dist.sweep.family import FAMILY_METHODS, write_family
 from pfl_dist.sweep.results import Run, find_runs
-from pfl_dist.sweep.style import Style, math_label, method_styles
+from pfl_dist.sweep.style import (
+    DPI,
+    Style,
+    axes_look,
+    byte_ticks,
+    coincidence_note,
+    coincident,
+    integer_ticks,
+    math_label,
+    method_styles,
+    new_figure,
+    save_figure,
+    value_styles,
+)
 from pfl_dist.sweep.tradeoff import (
     Curve,
     build_curves,
@@ -42,6 +65,7 @@ from pfl_dist.sweep.tradeoff import (
     pareto_front,
     personal_metric,
     run_label,
+    setting_label,
     tradeoff_rows,
     write_table,
 )
@@ -62,7 +86,6 @@ SETTING_LABELS = {
 }
 FACET_NAMES = {"data.R": "$R$", "data.classes_per_client": "$c$"}
 FORMATS = ("png", "pdf", "svg")
-DPI = 200
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,54 @@ class Rendered:
     axis_label: str
     table_markdown: str
     table_paths: tuple[Path, Path]
+
+
+# --- which bytes a figure counts (issue 21, point 5) -----------------------------------------
+# FL bytes (uplink + downlink, what the clients of a client-server deployment send and receive)
+# do not depend on how many processes simulated the clients; the modelled wire bytes do. So the
+# default byte axis is FL bytes, and wire bytes are a second view drawn once per world size W,
+# its axis label naming W: no figure puts wire bytes of runs with different W on one axis.
+
+
+@dataclass(frozen=True)
+class ByteView:
+    kind: str  # tradeoff.record_bytes kind: "fl" or "wire"
+    label: str  # the byte axis label (the ticks carry the unit)
+    suffix: str  # of the figure's name: "" (FL), "_wire", or "_wire_W4" when the runs differ in W
+    title: str  # how the suptitle names the bytes
+
+
+FL_VIEW = ByteView("fl", "cumulative FL bytes (uplink + downlink; any world size)", "", "FL bytes")
+
+
+def run_world_size(run: Run) -> int | None:
+    """The number of processes that ran `run` (summary.json "world_size"; None when a run from
+    before it was recorded lacks it): the accessor every figure reads W through."""
+    value = run.summary.get("world_size")
+    return int(value) if isinstance(value, int) else None
+
+
+def wire_views(runs: Sequence[Run]) -> list[tuple[ByteView, list[Run]]]:
+    """The wire-bytes views: one per world size whose communicating runs put bytes on a wire
+    (none for one-process runs), each with its runs only and W in its axis label and name."""
+    by_size: dict[int | None, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_size[run_world_size(run)].append(run)
+    sizes = [w for w, members in by_size.items()
+             if any(r.communicates and r.summary["comm"]["wire_bytes_model"] > 0 for r in members)]
+    views = []
+    for size in sorted(sizes, key=lambda w: -1 if w is None else w):
+        ranks = "world size not recorded" if size is None else f"W = {size} rank{'s' if size != 1 else ''}"
+        tag = "" if len(sizes) == 1 else f"_W{size if size is not None else 'unknown'}"
+        views.append((ByteView("wire", f"cumulative wire bytes (modelled ring collectives, {ranks})", f"_wire{tag}",
+                               f"wire bytes at {ranks}" if size is not None else f"wire bytes ({ranks})"),
+                      by_size[size]))
+    return views
+
+
+def setting_order(key: str, value: Any) -> Any:
+    """How a varied setting's values sort in legends: codecs in codec order, numbers by value."""
+    return codec_order(str(value)) if key == "comm.codec" else value
 
 
 def series_key(run: Run) -> tuple[Any, ...]:
@@ -85,16 +156,58 @@ def series_key(run: Run) -> tuple[Any, ...]:
     return group, run.method, auto, float(lam) if isinstance(lam, (int, float)) and info.uses_lam else 0.0
 
 
-def styles(runs: Sequence[Run], label_keys: Sequence[str] = ()) -> dict[str, Style]:
-    """The style of every curve label, in legend order (most to least personalized): the
-    method's colour family and marker, one shade per curve of the method."""
-    def order(run: Run) -> tuple[Any, ...]:
-        return (*series_key(run), *(run.setting(k) for k in label_keys))
+def _in_order(runs: Sequence[Run], label_keys: Sequence[str]) -> list[Run]:
+    return sorted(runs, key=lambda r: (*series_key(r), *(setting_order(k, r.setting(k)) for k in label_keys)))
 
-    ordered = sorted(runs, key=order)
+
+def styles(runs: Sequence[Run], label_keys: Sequence[str] = ()) -> dict[str, Style]:
+    """The style of every curve label (run_label with label_keys), in legend order (most to least
+    personalized): the method's colour family and marker, one shade per curve of the method."""
+    ordered = _in_order(runs, label_keys)
     curves = [(run_label(r, label_keys), r.method, r.info.uses_lam and r.config["algorithm"]["lam"] == "auto")
               for r in ordered]
     return method_styles(curves, families={r.method: (r.info.colors, r.info.marker) for r in ordered})
+
+
+Palette = dict[str, tuple[Style, str]]  # curve label -> its style and its legend text
+
+
+def palette_of(runs: Sequence[Run], label_keys: Sequence[str]) -> Palette:
+    """Every curve's style and legend text, in legend order. Without varied algorithm settings a
+    curve is a method (its colour family, `styles`); with them (codec, K), a communicating run's
+    curve is drawn in its setting value's colour and marker and named by the value ('codec=fp16'),
+    since each panel then holds one method (the panel title names it)."""
+    if not label_keys:
+        return {label: (style, label) for label, style in styles(runs).items()}
+    ordered = _in_order(runs, label_keys)
+    by_value = sorted({setting_label(r, label_keys): tuple(setting_order(k, r.setting(k)) for k in label_keys)
+                       for r in ordered if r.communicates}.items(), key=lambda item: item[1])
+    numeric = all(isinstance(r.setting(k), (int, float)) for r in runs for k in label_keys)
+    dense = "codec=none" if list(label_keys) == ["comm.codec"] else None
+    values = value_styles([value for value, _ in by_value], numeric=numeric, dashed=dense)
+    method = styles(runs, label_keys)
+    return {run_label(r, label_keys): (values[setting_label(r, label_keys)], setting_label(r, label_keys))
+            if r.communicates else (method[run_label(r, label_keys)], run_label(r, label_keys)) for r in ordered}
+
+
+def panel_columns(runs: Sequence[Run], facets: Sequence[Any], facet_key: str | None,
+                  label_keys: Sequence[str]) -> list[tuple[str, list[Run]]]:
+    """(title, runs) of each column of panels: one per facet value, and with varied algorithm
+    settings one per method label in it (a method that sends nothing, LocalTrain, in each)."""
+    columns = []
+    for value in facets:
+        members = [r for r in runs if facet_key is None or r.setting(facet_key) == value]
+        title = "" if facet_key is None else f"{FACET_NAMES.get(facet_key, facet_key.split('.')[-1])} = {value}"
+        if not label_keys:
+            columns.append((title, members))
+            continue
+        silent = [r for r in members if not r.communicates]
+        methods = list(dict.fromkeys(r.label for r in _in_order(members, label_keys) if r.communicates))
+        columns += [(": ".join(filter(None, [title, math_label(method)])),
+                     [r for r in members if r.label == method] + silent) for method in methods]
+        if not methods:  # only methods that send nothing: one column of them
+            columns.append((title, members))
+    return columns
 
 
 def varies(runs: Sequence[Run], key: str) -> bool:
@@ -105,33 +218,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _figure(num_rows: int, num_cols: int) -> tuple[Figure, Any]:
-    fig = Figure(figsize=(max(7.0, 5.2 * num_cols), 4.0 * num_rows + 0.8), layout="constrained")
-    return fig, fig.subplots(num_rows, num_cols, squeeze=False)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    """One legend for the whole figure, below the panels (every panel's labelled artists, each
-    label once, in drawing order), then the file; PNG at DPI."""
-    handles: dict[str, Any] = {}
-    for ax in fig.axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False, fontsize=8,
-                   ncol=min(len(handles), 4))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
-
-
-def _axes_look(ax: Axes) -> None:
-    ax.grid(alpha=0.3)
-    ax.xaxis.label.set_fontsize(9)
-    ax.yaxis.label.set_fontsize(9)
-
-
-def in_legend_order(curves: list[Curve], palette: dict[str, Style]) -> list[Curve]:
+def in_legend_order(curves: list[Curve], palette: dict[str, Any]) -> list[Curve]:
     """Keep the facets' numeric order; within a facet, most to least personalized."""
     facets, order = list(dict.fromkeys(c.facet for c in curves)), list(palette)
     return sorted(curves, key=lambda c: (facets.index(c.facet), order.index(c.label)))
@@ -140,51 +227,52 @@ def in_legend_order(curves: list[Curve], palette: dict[str, Style]) -> list[Curv
 def plot_vs_setting(runs: Sequence[Run], key: str, metrics: Sequence[str], path: Path, title: str) -> Path:
     """Final metrics against a setting, one line per method label, mean +- std over seeds."""
     palette = styles(runs)
-    fig, axes = _figure(1, len(metrics))
+    fig, axes = new_figure(1, len(metrics))
     for ax, metric in zip(axes[0], metrics, strict=True):
         by_label: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for run in runs:
             by_label[run.label][float(run.setting(key))].append(run.summary["final"][metric])
+        drawn = []
         for label in (lab for lab in palette if lab in by_label):
-            points = by_label[label]
-            xs = sorted(points)
-            stats = [_mean_std(points[x]) for x in xs]
-            style = palette[label]
-            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker=style.marker, ms=4, capsize=2,
-                        label=math_label(label), color=style.color, linestyle=style.linestyle)
+            xs = sorted(by_label[label])
+            stats = [_mean_std(by_label[label][x]) for x in xs]
+            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], ms=4, capsize=2,
+                        label=math_label(label), **palette[label].line())
+            drawn.append((label, xs, [m for m, _ in stats]))
         ax.set_xlabel(SETTING_LABELS.get(key, key))
         ax.set_ylabel(f"final {METRIC_LABELS.get(metric, metric)}")
-        _axes_look(ax)
+        integer_ticks(ax.xaxis, [x for _, xs, _ in drawn for x in xs])
+        axes_look(ax)
+        coincidence_note(ax, coincident(drawn))
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_vs_rounds(runs: Sequence[Run], metrics: Sequence[str], path: Path, title: str,
                    label_keys: Sequence[str] = ()) -> Path:
-    """Metric per evaluated round; one curve per method label (and per value of label_keys, e.g. K)."""
-    palette = styles(runs, label_keys)
-    fig, axes = _figure(1, len(metrics))
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        curves = in_legend_order(build_curves(runs, metric=metric, kind="wire", label_keys=label_keys), palette)
-        for curve in curves:
-            style = palette[curve.label]
-            ax.plot(curve.rounds, curve.values, marker=style.marker if len(curve.rounds) < 60 else None, ms=3,
-                    label=math_label(curve.label), color=style.color, linestyle=style.linestyle)
-        ax.set_xlabel("communication round $t$")
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        _axes_look(ax)
+    """Metric per evaluated round: a column per metric, a curve per method label; with varied
+    algorithm settings (label_keys, e.g. K) a row per method, a curve per value."""
+    palette = palette_of(runs, label_keys)
+    rows = panel_columns(runs, [None], None, label_keys)
+    fig, axes = new_figure(len(rows), len(metrics))
+    for (row_title, members), row in zip(rows, axes, strict=True):
+        for ax, metric in zip(row, metrics, strict=True):
+            curves = in_legend_order(build_curves(members, metric=metric, kind="fl", label_keys=label_keys), palette)
+            for curve in curves:
+                style, text = palette[curve.label]
+                ax.plot(curve.rounds, curve.values, ms=3, label=math_label(text), **style.line(len(curve.rounds)))
+            ax.set_title(row_title, fontsize=10)
+            ax.set_xlabel("communication round $t$")
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+            integer_ticks(ax.xaxis, [t for c in curves for t in c.rounds])
+            axes_look(ax)
+            coincidence_note(ax, coincident([(palette[c.label][1], c.rounds, c.values) for c in curves]))
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _MAX_FACETS = 4
-
-
-def byte_scale(max_bytes: float) -> tuple[float, str]:
-    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
-        if max_bytes >= scale:
-            return scale, unit
-    return 1.0, "B"
+_PER_ROW = 2  # panels side by side at most: a wider figure is unreadable at a page's width
 
 
 def facet_values(runs: Sequence[Run], key: str | None) -> list[Any]:
@@ -199,50 +287,50 @@ def facet_values(runs: Sequence[Run], key: str | None) -> list[Any]:
     return [values[i] for i in sorted(picks)]
 
 
-def _draw_tradeoff(ax: Axes, runs: Sequence[Run], *, metric: str, kind: str, palette: dict[str, Style],
-                   label_keys: Sequence[str]) -> str:
+def _draw_tradeoff(ax: Axes, runs: Sequence[Run], *, metric: str, kind: str, palette: Palette,
+                   label_keys: Sequence[str]) -> None:
     """One panel: a curve per label, LocalTrain as its 0-byte point and final-value line, the front."""
     curves = in_legend_order(build_curves(runs, metric=metric, kind=kind, label_keys=label_keys), palette)
-    scale, unit = byte_scale(max((max(c.num_bytes) for c in curves if c.num_bytes), default=0.0))
     for curve in curves:
-        xs = [b / scale for b in curve.num_bytes]
-        style, label = palette[curve.label], math_label(curve.label)
+        style, text = palette[curve.label]
         if curve.communicates:
-            ax.plot(xs, curve.values, marker=style.marker, ms=3, label=label, color=style.color,
-                    linestyle=style.linestyle)
+            ax.plot(curve.num_bytes, curve.values, ms=3, label=math_label(text), **style.line(len(curve.values)))
         else:
-            ax.axhline(curve.values[-1], ls=":", color=style.color, label=f"{label} (0 bytes, final)")
-            ax.plot([0.0], [curve.values[-1]], marker=style.marker, color=style.color)
+            ax.axhline(curve.values[-1], ls=":", color=style.color, label=f"{math_label(text)} (0 bytes, final)")
+            ax.plot([0.0], [curve.values[-1]], **{**style.line(), "linestyle": "none"})
     front = pareto_front(curves, metric=metric)
-    ax.step([b / scale for b, _ in front], [v for _, v in front], where="post", color="black", lw=2.5, alpha=0.35,
+    ax.step([b for b, _ in front], [v for _, v in front], where="post", color="black", lw=2.5, alpha=0.35,
             label="Pareto front")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    return unit
+    byte_ticks(ax, "x")
+    coincidence_note(ax, coincident([(palette[c.label][1], c.num_bytes, c.values) for c in curves if c.communicates]))
 
 
 def label_keys_of(runs: Sequence[Run]) -> list[str]:
     return [key for key in LABEL_KEYS if varies(runs, key)]
 
 
-def plot_tradeoff(runs: Sequence[Run], path: Path, *, facet_key: str | None) -> tuple[Path, str]:
-    """Rows: personal and global metric; columns: facet values. x = cumulative training bytes."""
-    kind, axis_label = byte_axis(runs)
+def plot_tradeoff(runs: Sequence[Run], path: Path, *, facet_key: str | None, view: ByteView = FL_VIEW) -> Path:
+    """Rows: personal and global metric; columns: facet values (and methods, when an algorithm
+    setting varies). x = cumulative training bytes of `view`."""
     metrics = [personal_metric(runs), global_metric(runs)]
-    facets = facet_values(runs, facet_key)
     label_keys = label_keys_of(runs)
-    palette = styles(runs, label_keys)
-    fig, axes = _figure(2, len(facets))
-    for col, value in enumerate(facets):
-        members = [r for r in runs if facet_key is None or r.setting(facet_key) == value]
+    palette = palette_of(runs, label_keys)
+    columns = panel_columns(runs, facet_values(runs, facet_key), facet_key, label_keys)
+    width = min(len(columns), _PER_ROW)
+    fig, axes = new_figure(2 * math.ceil(len(columns) / width), width)
+    for i, (title, members) in enumerate(columns):
         for row, metric in enumerate(metrics):
-            ax = axes[row][col]
-            unit = _draw_tradeoff(ax, members, metric=metric, kind=kind, palette=palette, label_keys=label_keys)
-            ax.set_xlabel(f"{axis_label} [{unit}]")
-            if facet_key is not None:
-                ax.set_title(f"{FACET_NAMES.get(facet_key, facet_key.split('.')[-1])} = {value}", fontsize=10)
-            _axes_look(ax)
-    fig.suptitle("trade-off: error/accuracy vs training bytes (a point per evaluated round)", fontsize=11)
-    return _save(fig, path), axis_label
+            ax = axes[2 * (i // width) + row][i % width]
+            _draw_tradeoff(ax, members, metric=metric, kind=view.kind, palette=palette, label_keys=label_keys)
+            ax.set_xlabel(view.label)
+            ax.set_title(title, fontsize=10)
+            axes_look(ax)
+    for i in range(len(columns), width * math.ceil(len(columns) / width)):
+        for row in range(2):
+            axes[2 * (i // width) + row][i % width].remove()  # an odd number of columns: no empty frames
+    fig.suptitle(f"trade-off: error/accuracy vs {view.title} (a point per evaluated round)", fontsize=11)
+    return save_figure(fig, path)
 
 
 def tradeoff_table(runs: Sequence[Run], *, facet_key: str | None, targets: Sequence[float] | None,
@@ -281,8 +369,12 @@ def choose_figures(runs: Sequence[Run], out: Path, prefix: str, fmt: str = "png"
         figures["images"] = plot_vs_setting(runs, "data.classes_per_client", accuracy,
                                             out / f"{prefix}images_vs_classes.{fmt}", "accuracy vs classes per client")
     if varies(runs, "comm.codec"):
-        figures["codecs"] = plot_codecs(runs, out / f"{prefix}codecs.{fmt}", dpi=DPI)
+        for view, members in [(FL_VIEW, list(runs)), *wire_views(runs)]:
+            figures[f"codecs{view.suffix}"] = plot_codecs(members, out / f"{prefix}codecs{view.suffix}.{fmt}",
+                                                          kind=view.kind, axis_label=view.label, title=view.title)
         figures["codecs_table"] = write_codec_table(runs, stem=out / f"{prefix}codecs_table")[1][0]
+    if len({r.method for r in runs}) >= FAMILY_METHODS and not any(varies(runs, key) for key in AXIS_KEYS):
+        figures["family"], figures["family_table"] = write_family(runs, out, prefix=prefix, fmt=fmt)
     if not any(varies(runs, key) for key in AXIS_KEYS):
         name = "total_error_vs_rounds" if synthetic else "accuracy_vs_rounds"
         figures[name] = plot_vs_rounds(runs, ["ITR", "ATR"] if synthetic else accuracy, out / f"{prefix}{name}.{fmt}",
@@ -297,7 +389,11 @@ def render(results_dir: Path, out: Path, *, prefix: str = "", targets: Sequence[
         raise SystemExit(f"pfl_dist.plot: error: no finished runs (summary.json) below {results_dir}")
     figures = choose_figures(runs, out, prefix, fmt)
     facet_key = next((key for key in FACET_KEYS if varies(runs, key)), None)
-    figures["tradeoff"], axis_label = plot_tradeoff(runs, out / f"{prefix}tradeoff.{fmt}", facet_key=facet_key)
+    figures["tradeoff"] = plot_tradeoff(runs, out / f"{prefix}tradeoff.{fmt}", facet_key=facet_key)
+    for view, members in wire_views(runs):
+        figures[f"tradeoff{view.suffix}"] = plot_tradeoff(members, out / f"{prefix}tradeoff{view.suffix}.{fmt}",
+                                                          facet_key=facet_key, view=view)
+    _, axis_label = byte_axis(runs)  # the table's bytes (tradeoff_table)
     metric, table, paths = tradeoff_table(runs, facet_key=facet_key, targets=targets,
                                           stem=out / f"{prefix}tradeoff_table")
     return Rendered(figures=figures, metric=metric, axis_label=axis_label, table_markdown=table, table_paths=paths)

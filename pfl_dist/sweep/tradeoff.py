@@ -68,11 +68,15 @@ def record_bytes(record: dict[str, Any], kind: str) -> float:
 SHORT_KEYS = {"algorithm.num_local_steps": "K", "algorithm.lam": "λ", "data.classes_per_client": "classes"}
 
 
+def setting_label(run: Run, label_keys: Sequence[str]) -> str:
+    """The run's values of varied algorithm settings, e.g. 'K=25' or 'codec=topk:0.01'."""
+    return ", ".join(f"{SHORT_KEYS.get(k, k.split('.')[-1])}={format_value(run.setting(k))}" for k in label_keys)
+
+
 def run_label(run: Run, label_keys: Sequence[str] = ()) -> str:
     """The method label, plus varied algorithm settings that make a run a different curve
     (e.g. 'FedCLUP λ=0.5, K=25' in the local-steps ablation)."""
-    extra = [f"{SHORT_KEYS.get(k, k.split('.')[-1])}={format_value(run.setting(k))}" for k in label_keys]
-    return ", ".join([run.label, *extra])
+    return ", ".join([run.label, setting_label(run, label_keys)]) if label_keys else run.label
 
 
 def build_curves(runs: Sequence[Run], *, metric: str, kind: str, facet_key: str | None = None,

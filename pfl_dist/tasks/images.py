@@ -31,8 +31,9 @@ client never trained on (possible only with the dirichlet/iid partitioners) cost
 
 Smoothness (for algorithm.smoothness = auto): logreg/linear use docs/METHOD.md §2's bound
 max_i lambda_max(X_i^T X_i) / (4 n_i) on the [0, 1] pixels (with a column of ones for the bias).
-The CNN has no such constant: a config that would need it (local_lr or FedCLUP's global_lr
-left at auto) is rejected with a ConfigError, and otherwise L is reported as 0 (unused).
+The CNN has no such constant: a config that would need it (local_lr, FedCLUP's global_lr or
+pFedMe's personal_lr left at auto) is rejected with a ConfigError naming them, and otherwise L is
+reported as 0 (unused).
 """
 
 from __future__ import annotations
@@ -152,10 +153,13 @@ def client_index_sets(cfg: Config, train_labels: np.ndarray, *, client_ids: Sequ
     return splits
 
 
-def needs_smoothness(cfg: Config) -> bool:
-    """Whether L enters a step size (local_lr auto, or FedCLUP's global_lr auto)."""
+def keys_needing_smoothness(cfg: Config) -> list[str]:
+    """The step sizes left at auto whose value needs L: local_lr, FedCLUP's global_lr (1/lam + 1/L),
+    pFedMe's personal_lr (1/(L + lam))."""
     algo = cfg.algorithm
-    return algo.local_lr == "auto" or (algo.name == "fedclup" and algo.global_lr == "auto")
+    needs = {"local_lr": algo.local_lr == "auto", "global_lr": algo.name == "fedclup" and algo.global_lr == "auto",
+             "personal_lr": algo.name == "pfedme" and algo.personal_lr == "auto"}
+    return [f"algorithm.{key}" for key, needed in needs.items() if needed]
 
 
 def check_image_config(cfg: Config) -> None:
@@ -164,9 +168,12 @@ def check_image_config(cfg: Config) -> None:
     if data.num_partitions != "auto" and data.num_clients > data.num_partitions:
         raise ConfigError(f"data.num_clients ({data.num_clients}) must be <= data.num_partitions "
                           f"({data.num_partitions}): the experiment uses num_clients of the partitioned clients")
-    if cfg.model.kind == "cnn" and cfg.algorithm.smoothness == "auto" and needs_smoothness(cfg):
-        raise ConfigError("algorithm.smoothness 'auto' has no formula for model.kind 'cnn': set algorithm.local_lr "
-                          "(the paper uses 0.01) and algorithm.global_lr (e.g. 1/lam), or an explicit smoothness")
+    needing = keys_needing_smoothness(cfg)
+    if cfg.model.kind == "cnn" and cfg.algorithm.smoothness == "auto" and needing:
+        several = len(needing) > 1
+        raise ConfigError(f"algorithm.smoothness 'auto' has no formula for model.kind 'cnn', which 'auto' of "
+                          f"{' and '.join(needing)} need{'' if several else 's'}: set {'them' if several else 'it'} "
+                          "(the paper's CNN runs use local_lr 0.01 and global_lr 1/lam), or an explicit smoothness")
 
 
 @functools.lru_cache(maxsize=1)

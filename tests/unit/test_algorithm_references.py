@@ -141,14 +141,18 @@ def ref_ditto(cfg: Config, cs: list[Client], w0: torch.Tensor) -> dict[str, Any]
     return {"global": w, "personal_models": torch.stack(v)}
 
 
-def ref_pfedme(cfg: Config, cs: list[Client], w0: torch.Tensor) -> dict[str, Any]:
-    """Dinh et al. 2020, Algorithm 1: per batch, theta ~ argmin f(theta; b) + lam/2 ||theta - w_i||^2
-    by K gradient steps, then w_i <- w_i - eta lam (w_i - theta); w <- (1-beta) w + beta mean w_i."""
+def ref_pfedme(cfg: Config, cs: list[Client], w0: torch.Tensor, *, warm_start: bool = False) -> dict[str, Any]:
+    """Dinh et al. 2020, Algorithm 1, started as the authors' code starts it: every round sets both
+    w_i and theta to w; per batch, theta ~ argmin f(theta; b) + lam/2 ||theta - w_i||^2 by K gradient
+    steps, then w_i <- w_i - eta lam (w_i - theta); w <- (1-beta) w + beta mean w_i. warm_start
+    (algorithm.inner_warm_start): each round's theta starts from the client's previous theta."""
     w, theta = w0.clone(), [w0.clone() for _ in cs]
     for t in range(ROUNDS):
         sent = []
         for k, c in enumerate(cs):
             local = w.clone()
+            if not warm_start:
+                theta[k] = w.clone()
             for b in c.batches(cfg, t, 1):
                 for _ in range(INNER):
                     g = grad(logreg, theta[k], c.x[b], c.y[b])
@@ -157,6 +161,19 @@ def ref_pfedme(cfg: Config, cs: list[Client], w0: torch.Tensor) -> dict[str, Any
             sent.append(local)
         w = (1 - BETA) * w + BETA * weighted_mean(sent, cs)
     return {"global": w, "personal_models": torch.stack(theta)}
+
+
+def test_pfedme_warm_start_option_equals_its_reference(tmp_path: Path, mnist_dir: Path) -> None:
+    # Prepare
+    cfg = config(tmp_path, mnist_dir, "pfedme", f"algorithm.beta={BETA}", "algorithm.inner_warm_start=true")
+    # Execute
+    trainer = run_production(cfg)
+    cs, w0 = clients(cfg, cnn=False), trainer.task.init_model()
+    expected, authors = ref_pfedme(cfg, cs, w0, warm_start=True), ref_pfedme(cfg, cs, w0)
+    # Assert: the option is its own rule, and not the default's
+    assert (trainer.global_model - expected["global"]).abs().max() <= TOL
+    assert (trainer.client_state["personal_models"] - expected["personal_models"]).abs().max() <= TOL
+    assert (expected["global"] - authors["global"]).abs().max() > 1e-6
 
 
 def ref_apfl(cfg: Config, cs: list[Client], w0: torch.Tensor) -> dict[str, Any]:
@@ -207,25 +224,62 @@ def ref_fedavg_ft(cfg: Config, cs: list[Client], w0: torch.Tensor) -> dict[str, 
     return {"global": w, "evaluated": evaluated}
 
 
-def ref_scaffold(cfg: Config, cs: list[Client], w0: torch.Tensor) -> dict[str, Any]:
+def ref_scaffold(cfg: Config, cs: list[Client], w0: torch.Tensor, *, weights: str = "uniform") -> dict[str, Any]:
     """Karimireddy et al. 2020, Algorithm 1, option II: y <- y - eta (g(y) - c_i + c);
-    c_i+ = c_i - c + (x - y)/(K eta); x <- x + eta_g mean(y - x); c <- c + |S|/N mean(c_i+ - c_i)."""
+    c_i+ = c_i - c + (x - y)/(K eta); x <- x + eta_g/|S| sum (y - x); c <- c + 1/N sum (c_i+ - c_i)
+    (all 3 clients sampled: |S| = N = 3). weights='samples' (algorithm.client_weights): both sums
+    weighted by n_i / sum n instead of 1/3."""
+    def mean(values: list[torch.Tensor]) -> torch.Tensor:
+        return sum(values) / len(values) if weights == "uniform" else weighted_mean(values, cs)  # type: ignore[return-value]
+
     x, c = w0.clone(), torch.zeros_like(w0)
     ci = [torch.zeros_like(w0) for _ in cs]
     for t in range(ROUNDS):
-        ys, deltas = [], []
+        dys, dcs = [], []
         for k, cl in enumerate(cs):
             y, steps = x.clone(), 0
             for b in cl.batches(cfg, t, 1):
                 y = y - LR * (grad(logreg, y, cl.x[b], cl.y[b]) - ci[k] + c)
                 steps += 1
             new = ci[k] - c + (x - y) / (steps * LR)
-            deltas.append(new - ci[k])
+            dys.append(y - x)
+            dcs.append(new - ci[k])
             ci[k] = new
-            ys.append(y)
-        x = x + BETA * (weighted_mean(ys, cs) - x)
-        c = c + 1.0 * weighted_mean(deltas, cs)  # all 3 clients sampled: |S|/N = 1
+        x = x + BETA * mean(dys)
+        c = c + mean(dcs)
     return {"global": x, "control_variates": torch.stack(ci), "control": c}
+
+
+# Dirichlet client sizes (132, 68, 75 training images): the weighting of the server's means matters.
+SCAFFOLD_RAGGED = (f"algorithm.beta={BETA}", "data.partition=dirichlet")
+
+
+def test_scaffold_sample_weights_option_equals_its_reference(tmp_path: Path, mnist_dir: Path) -> None:
+    # Prepare
+    cfg = config(tmp_path, mnist_dir, "scaffold", *SCAFFOLD_RAGGED, "algorithm.client_weights=samples")
+    # Execute
+    trainer = run_production(cfg)
+    cs, w0 = clients(cfg, cnn=False), trainer.task.init_model()
+    expected, paper = ref_scaffold(cfg, cs, w0, weights="samples"), ref_scaffold(cfg, cs, w0)
+    # Assert: the option is its own rule, and on ragged clients not the paper's
+    assert len({len(c.y) for c in cs}) == 3
+    assert (trainer.global_model - expected["global"]).abs().max() <= TOL
+    assert (trainer.algorithm.state_dict()["control"] - expected["control"]).abs().max() <= TOL
+    assert (trainer.client_state["control_variates"] - expected["control_variates"]).abs().max() <= TOL
+    assert (expected["global"] - paper["global"]).abs().max() > 1e-3
+    assert trainer.summary["algorithm"]["client_weights"] == "samples"
+
+
+def test_uniform_client_weights_give_fedavg_the_plain_mean(tmp_path: Path, mnist_dir: Path) -> None:
+    # Prepare: algorithm.client_weights is any method's option; FedAvg's paper weighs by n_i
+    cfg = config(tmp_path, mnist_dir, "fedavg", "data.partition=dirichlet", "algorithm.client_weights=uniform")
+    # Execute
+    trainer = run_production(cfg)
+    cs, w = clients(cfg, cnn=False), trainer.task.init_model()
+    for t in range(ROUNDS):
+        w = sum(sgd(logreg, w, c, cfg, t, lr=LR) for c in cs) / len(cs)  # type: ignore[assignment]
+    # Assert
+    assert (trainer.global_model - w).abs().max() <= TOL
 
 
 def ref_fedrep(cfg: Config, cs: list[Client], w0: torch.Tensor, *, joint: bool) -> dict[str, Any]:
@@ -259,7 +313,7 @@ REFERENCES: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
     "apfl": (ref_apfl, ()),
     "perfedavg": (ref_perfedavg, ()),
     "fedavg_ft": (ref_fedavg_ft, ()),
-    "scaffold": (ref_scaffold, (f"algorithm.beta={BETA}",)),
+    "scaffold": (ref_scaffold, SCAFFOLD_RAGGED),
     "fedrep": (lambda cfg, cs, w0: ref_fedrep(cfg, cs, w0, joint=False), ("model.kind=cnn",)),
     "fedper": (lambda cfg, cs, w0: ref_fedrep(cfg, cs, w0, joint=True), ("model.kind=cnn",)),
 }

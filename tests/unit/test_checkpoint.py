@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pfl_dist.algorithms import ClientOutput, ClientRound, ClientState, FedCLUP
+from pfl_dist.algorithms import FedCLUP
 from pfl_dist.checkpoint import (
     RUN_COMPLETE,
     Checkpointer,
@@ -31,7 +31,7 @@ from pfl_dist.runtime import Runtime
 from pfl_dist.sampling import client_block
 from pfl_dist.tensorboard_views import TIME_GROUP
 from pfl_dist.train import Trainer, run
-from tests.helpers import read_metrics, read_summary, run_inprocess
+from tests.helpers import make_client_diverge, read_metrics, read_summary, run_inprocess
 
 CONFIG = load_config(None, []).to_dict()
 SINGLE = Runtime(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend=None)
@@ -320,15 +320,7 @@ def test_local_training_stops_at_the_next_evaluation(tmp_path: Path, monkeypatch
 
 
 def test_a_diverged_round_is_never_checkpointed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = FedCLUP.client_update
-
-    def client_update(self: FedCLUP, ctx: ClientRound, state: ClientState) -> ClientOutput:
-        out = original(self, ctx, state)
-        if ctx.round_idx == 3:
-            out.sent[0] = float("nan")
-        return out
-
-    monkeypatch.setattr(FedCLUP, "client_update", client_update)
+    make_client_diverge(monkeypatch, FedCLUP, round_idx=3, row=0)
     with pytest.raises(DivergenceError, match=r"round 4: client \d+ diverged"):
         run_one(tmp_path, "run", "checkpoint.every=1")
     assert checkpointer(tmp_path / "run" / "ckpt").rounds() == [1, 2, 3]

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.lines import Line2D
 
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.codecs import table_rows
 from pfl_dist.sweep.plot import render
 from pfl_dist.sweep.results import find_runs
+from tests.figures import (
+    UNIT_TICK,
+    Saved,
+    data_axes,
+    data_lines,
+    notes,
+    overlapping,
+    shown_tick_labels,
+    titled,
+    write_fake_run,
+)
 from tests.unit.test_plot import PNG, tiny_sweep
+from tests.unit.test_style import delta_e
 
 CODECS = ["none", "fp16", "topk:0.5"]
 
@@ -53,3 +68,56 @@ def test_codec_table_bytes_to_the_dense_target(codec_sweep: Path) -> None:
         assert row["compression"] == f"{comm['uplink_bytes_dense'] / comm['uplink_bytes']:.1f}x"
     assert next(r for r in rows if r["codec"] == "none")["compression"] == "1.0x"
     assert next(r for r in rows if r["codec"] == "fp16")["compression"] == "2.0x"
+
+
+SEVEN = ["none", "fp16", "bf16", "qsgd:4", "topk:0.01", "randk:0.1", "powersgd:2"]
+
+
+def fake_codec_sweep(root: Path) -> Path:
+    """The codecs sweep's shape, written by hand: FedAvg on Fashion-MNIST; FedAvg and FedCLUP
+    on synthetic data with all seven codecs (fp16 and bf16 the same points there), LocalTrain
+    beside them; MB-sized and KB-sized bytes."""
+    for i, codec in enumerate(SEVEN[:3]):
+        write_fake_run(root / f"cnn_fedavg_{i}", method="fedavg", codec=codec, fl_per_round=3.4e6 / (i + 1),
+                       accuracy=[0.4, 0.5 + i / 30, 0.6, 0.7])
+    for method, lam in (("fedavg", 0.0), ("fedclup", 0.02)):
+        for i, codec in enumerate(SEVEN):
+            j = 1 if codec in ("fp16", "bf16") else i  # fp16 and bf16: the same bytes and accuracies
+            write_fake_run(root / f"syn_{method}_{i}", method=method, lam=lam, codec=codec, kind="synthetic",
+                           fl_per_round=8e3 / (1 + j), accuracy=[0.5, 0.6 + j / 50, 0.7 + j / 60, 0.8 + j / 70])
+    write_fake_run(root / "syn_local", method="local", kind="synthetic", accuracy=[0.5, 0.7, 0.75, 0.78])
+    return root
+
+
+def told_apart(a: Line2D, b: Line2D) -> bool:
+    """Two curves of one panel can be told apart: another marker, fill, line style, or a colour
+    at least Delta E 20 away (tests/unit/test_style.py)."""
+    return (a.get_marker() != b.get_marker() or a.get_fillstyle() != b.get_fillstyle()
+            or a.get_linestyle() != b.get_linestyle() or delta_e(to_rgb(a.get_color()), to_rgb(b.get_color())) >= 20)
+
+
+def test_every_codec_curve_of_the_tradeoff_figure_is_told_apart(tmp_path: Path, drawn: list[Saved]) -> None:
+    render(fake_codec_sweep(tmp_path / "runs"), tmp_path / "figures")
+    fig = titled(drawn, "trade-off")[0]  # the default view (FL bytes), then one per world size
+    for ax in data_axes(fig):
+        lines = data_lines(ax)
+        assert lines, ax.get_title()
+        same = [(a.get_label(), b.get_label()) for a, b in itertools.combinations(lines, 2) if not told_apart(a, b)]
+        assert not same, f"{ax.get_title()}: curves drawn alike: {same}"
+    synthetic = [ax for ax in data_axes(fig) if "synthetic" in ax.get_title()]
+    assert synthetic and all(len(data_lines(ax)) == len(SEVEN) for ax in synthetic)  # a panel per method
+
+
+def test_codec_figure_has_no_empty_panel_and_readable_byte_ticks(tmp_path: Path, drawn: list[Saved]) -> None:
+    render(fake_codec_sweep(tmp_path / "runs"), tmp_path / "figures")
+    fig = titled(drawn, "update codecs")[0]  # the default view (FL bytes), then one per world size
+    panels = fig.axes
+    assert [ax.get_title() for ax in panels if not data_lines(ax)] == []  # no empty panel
+    assert len(panels) == 3  # Fashion-MNIST FedAvg, synthetic FedAvg and FedCLUP: LocalTrain sends nothing
+    for ax in panels:
+        labels = shown_tick_labels(fig, ax, "x")
+        assert len(labels) >= 2 and all(UNIT_TICK.match(label.get_text()) for label in labels), \
+            [label.get_text() for label in labels]
+        assert not overlapping(fig, labels)
+    synthetic = [ax for ax in panels if "synthetic" in ax.get_title()]
+    assert all(any("fp16" in note and "bf16" in note for note in notes(ax)) for ax in synthetic)

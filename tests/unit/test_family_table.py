@@ -9,6 +9,7 @@ from pathlib import Path
 from pfl_dist.methods import METHODS
 from pfl_dist.sweep.family import main, table_rows
 from pfl_dist.sweep.results import Run
+from tests.figures import UNIT_TICK, Saved, data_axes, overlapping, shown_tick_labels
 
 
 def write_run(directory: Path, method: str, curve: list[tuple[int, float]], *, global_acc: float) -> Run:
@@ -46,3 +47,21 @@ def test_bytes_to_target_and_the_methods_own_facts(tmp_path: Path) -> None:
     table = (tmp_path / "family_table.md").read_text()
     assert "| FedRep | 0.800 |" in table and "never" in table
     assert (tmp_path / "family.png").stat().st_size > 0
+
+
+def test_family_figure_ticks_bytes_in_units_without_overlap(tmp_path: Path, drawn: list[Saved]) -> None:
+    # Prepare: the published family run's byte range (17 MB to 337 MB of uplink; SCAFFOLD twice the rest)
+    for method, scale in (("fedavg", 1), ("ditto", 1), ("scaffold", 2)):
+        write_run(tmp_path / method, method, [(int(scale * 1.69e7 * t), 0.4 + t / 20) for t in range(1, 11)],
+                  global_acc=0.4)
+    write_run(tmp_path / "local", "local", [(0, 0.5), (0, 0.8)], global_acc=0.2)
+    # Execute
+    assert main([str(tmp_path)]) == 0
+    # Assert
+    (saved,) = drawn
+    (ax,) = data_axes(saved.figure)
+    labels = shown_tick_labels(saved.figure, ax, "x")
+    assert len(labels) >= 3 and all(UNIT_TICK.match(label.get_text()) for label in labels), \
+        [label.get_text() for label in labels]
+    assert any(label.get_text().endswith(" MB") for label in labels)
+    assert not overlapping(saved.figure, labels)

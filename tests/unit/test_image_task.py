@@ -238,6 +238,17 @@ def test_small_logreg_run_learns(mnist_dir: Path, tmp_path: Path) -> None:
     assert summary["algorithm"]["global_step_factor"] == 1.0
 
 
+def test_ditto_at_lambda_200_with_default_steps_trains_on_images(mnist_dir: Path, tmp_path: Path) -> None:
+    # Execute: local_lr and personal_lr auto (1/L and 1/(L + lam)) on logistic regression
+    summary = run_inprocess(tmp_path, f"data.data_dir={mnist_dir}", "data.kind=mnist", "data.num_partitions=30",
+                            "data.num_clients=3", "algorithm.name=ditto", "algorithm.lam=200",
+                            "algorithm.batch_size=32", "algorithm.local_epochs=1", "train.num_rounds=3")
+    # Assert
+    final, algo = summary["final"], summary["algorithm"]
+    assert final["acc_personal"] >= 0.9 and final["loss_personal"] < final["naive_loss"], final  # was 0.77, 6.4
+    assert algo["personal_lr"] == pytest.approx(1 / (algo["smoothness"] + 200))
+
+
 # --- bad data: one clear line, exit code 2 -------------------------------------------------------
 
 

@@ -8,13 +8,14 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from pfl_dist import inputs
-from pfl_dist.config import load_config
-from pfl_dist.rundir import changed_keys, config_hash, result_config
+from pfl_dist.config import AlgorithmConfig, load_config
+from pfl_dist.rundir import LATER_KEYS, changed_keys, config_hash, result_config
 from pfl_dist.sweep import cli as sweep
 from pfl_dist.sweep.spec import load_sweep
 from tests.data_fixtures import write_cifar10, write_leaf
@@ -62,6 +63,32 @@ def test_shipped_image_configs_keep_their_hash() -> None:
     cfg = load_config(REPO / "configs" / "fmnist_logreg.yaml")
     assert cfg.inputs == {}
     assert config_hash(cfg.identity()) == "7b0bafdb991bdd65fa7a56146e3924f914d84c676026d380a1d5cda431fbaac0"
+
+
+def earlier(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` as a run made before LATER_KEYS existed recorded it."""
+    section = {key: value for key, value in config["algorithm"].items()
+               if f"algorithm.{key}" not in LATER_KEYS}
+    return {**config, "algorithm": section}
+
+
+def test_keys_added_later_are_left_out_at_their_earlier_value_unless_the_method_changed() -> None:
+    # Prepare
+    fedavg, uniform = load_config(None, ["algorithm.name=fedavg"]), load_config(None, [
+        "algorithm.name=fedavg", "algorithm.client_weights=uniform"])
+    # Assert: LATER_KEYS holds the defaults; at them FedAvg's identity is a run's from before them
+    defaults = AlgorithmConfig()
+    assert {key: getattr(defaults, key.removeprefix("algorithm.")) for key in LATER_KEYS} == LATER_KEYS
+    assert config_hash(fedavg.identity()) == config_hash(earlier(fedavg.identity()))
+    assert changed_keys(result_config(earlier(fedavg.identity())), result_config(uniform.identity())) == [
+        "algorithm.client_weights was 'auto', now 'uniform'"]
+    # ... while pFedMe, Ditto and SCAFFOLD runs from before the keys are other runs (their rules changed)
+    for method, key in (("pfedme", "algorithm.inner_warm_start"), ("ditto", "algorithm.client_weights"),
+                        ("scaffold", "algorithm.client_weights")):
+        cfg = load_config(None, [f"algorithm.name={method}"])
+        assert config_hash(cfg.identity()) != config_hash(earlier(cfg.identity()))
+        assert changed_keys(result_config(earlier(cfg.identity())), result_config(cfg.identity())) == [
+            f"{method}'s results changed in pfl_dist since that run ({key}, now {LATER_KEYS[key]!r})"]
 
 
 # --- which files ------------------------------------------------------------------------------

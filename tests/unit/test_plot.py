@@ -3,6 +3,7 @@ the trade-off math (Pareto front, bytes to reach a target, byte axis) on hand-ma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,18 +13,31 @@ import torch
 from matplotlib.figure import Figure
 
 from pfl_dist.checkpoint import StopRequest
+from pfl_dist.netem import sweep as netem_sweep
 from pfl_dist.runtime import Runtime
+from pfl_dist.sweep.plot import METRIC_LABELS, render, styles
 from pfl_dist.sweep.plot import main as plot_main
-from pfl_dist.sweep.plot import render, styles
 from pfl_dist.sweep.results import find_runs, write_results_csv
 from pfl_dist.sweep.spec import load_sweep
 from pfl_dist.sweep.style import method_styles
 from pfl_dist.sweep.tradeoff import Curve, byte_axis, bytes_to_reach, default_targets, pareto_front
 from pfl_dist.sweep.worker import run_point
+from tests.figures import (
+    UNIT_TICK,
+    Saved,
+    data_axes,
+    data_lines,
+    notes,
+    overlapping,
+    shown_tick_labels,
+    titled,
+    write_fake_run,
+)
 from tests.helpers import TINY, write_learnable_mnist, write_sweep
 
 METHODS = {"fedavg": {"algorithm.name": "fedavg"}, "local": {"algorithm.name": "local", "algorithm.lam": 0.0},
            "clup": {"algorithm.name": "fedclup", "algorithm.lam": [0.1, 1.0]}}
+METRICS_NETEM = ("acc_personal", "acc_global")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -170,3 +184,105 @@ def test_byte_axis_falls_back_to_fl_bytes_when_nothing_crossed_a_wire(sweeps: di
     assert all(r.summary["comm"]["wire_bytes_model"] == 0 for r in runs)
     kind, label = byte_axis(runs)
     assert kind == "fl" and "uplink + downlink" in label
+
+
+def test_round_step_and_class_axes_have_integer_ticks(sweeps: dict[str, Path], tmp_path: Path,
+                                                      drawn: list[Saved]) -> None:
+    for sweep in ("none", "K", "classes"):  # x: rounds (4 here), rounds (with K), classes (2 and 3)
+        render(sweeps[sweep], tmp_path / sweep)
+    integer_axes = [ax for s in drawn for ax in data_axes(s.figure)
+                    if "round" in ax.get_xlabel() or "classes per client" in ax.get_xlabel()]
+    assert len(integer_axes) == 2 + 2 + 2
+    for ax in integer_axes:
+        labels = [label.get_text().replace("\u2212", "-") for label in shown_tick_labels(ax.get_figure(), ax, "x")]
+        assert len(labels) >= 2 and all(re.fullmatch(r"-?\d+", text) for text in labels), labels
+
+
+def test_byte_axes_tick_in_units_and_labels_do_not_overlap(sweeps: dict[str, Path], tmp_path: Path,
+                                                           drawn: list[Saved]) -> None:
+    render(sweeps["R"], tmp_path)
+    (fig,) = titled(drawn, "trade-off")
+    for ax in data_axes(fig):
+        labels = shown_tick_labels(fig, ax, "x")
+        assert all(UNIT_TICK.match(label.get_text()) for label in labels), [label.get_text() for label in labels]
+        assert not overlapping(fig, labels)
+        assert "[" not in ax.get_xlabel()  # the unit is on the ticks, not a scale in the label
+
+
+def family_runs(root: Path) -> Path:
+    """FedAvg, Ditto, APFL and FedAvg-FT train the same global model (the same global accuracy
+    and bytes at every round, as in RESULTS §8) but differ in personal accuracy; FedCLUP differs
+    in both; LocalTrain sends nothing."""
+    shared = [0.1, 0.2, 0.35, 0.43]
+    for i, method in enumerate(("fedavg", "ditto", "apfl", "fedavg_ft")):
+        write_fake_run(root / method, method=method, lam=0.5 if method == "ditto" else 0.0,
+                       accuracy=[0.4, 0.5 + i / 20, 0.6 + i / 20, 0.7 + i / 20], global_accuracy=shared)
+    write_fake_run(root / "fedclup", method="fedclup", lam=0.2, accuracy=[0.4, 0.7, 0.75, 0.8],
+                   global_accuracy=[0.1, 0.15, 0.17, 0.18])
+    write_fake_run(root / "local", method="local", accuracy=[0.4, 0.8, 0.82, 0.82], global_accuracy=[0.1] * 4)
+    return root
+
+
+def test_curves_that_coincide_exactly_are_named_in_a_note(tmp_path: Path, drawn: list[Saved]) -> None:
+    render(family_runs(tmp_path / "runs"), tmp_path / "figures")
+    panels = [ax for name in ("trade-off", "accuracy per round") for fig in titled(drawn, name)
+              for ax in data_axes(fig)]
+    assert len(panels) >= 4  # personal and global accuracy vs bytes (FL, wire) and vs rounds
+    for ax in panels:
+        if "global" in ax.get_ylabel():
+            (note,) = notes(ax)
+            assert all(name in note for name in ("FedAvg", "Ditto", "APFL", "FedAvg-FT")), note
+            assert "FedCLUP" not in note and "LocalTrain" not in note
+        else:
+            assert notes(ax) == []  # their personal models differ
+
+
+def test_the_default_byte_axis_is_fl_bytes_and_wire_bytes_never_mix_world_sizes(tmp_path: Path,
+                                                                                 drawn: list[Saved]) -> None:
+    # Prepare: FedAvg ran on 2 processes, FedCLUP on 4 (the same FL bytes, other wire bytes)
+    root = tmp_path / "runs"
+    write_fake_run(root / "fedavg", method="fedavg", world_size=2)
+    write_fake_run(root / "fedclup", method="fedclup", lam=0.5, world_size=4)
+    write_fake_run(root / "local", method="local", world_size=2)
+    # Execute
+    render(root, tmp_path / "figures")
+    # Assert: one FL figure with every run, then a wire figure per world size with its runs only
+    figures = titled(drawn, "trade-off")
+    fl = [fig for fig in figures if all("uplink + downlink" in ax.get_xlabel() for ax in data_axes(fig))]
+    assert len(fl) == 1
+    fedclup = r"FedCLUP $\lambda$=0.5"
+    assert {line.get_label() for ax in data_axes(fl[0]) for line in data_lines(ax)} == {"FedAvg", fedclup}
+    wire = {}
+    for fig in figures:
+        if fig is fl[0]:
+            continue
+        sizes = {size for ax in data_axes(fig) for size in re.findall(r"W = (\d+) ranks", ax.get_xlabel())}
+        assert len(sizes) == 1 and all("wire" in ax.get_xlabel() for ax in data_axes(fig))
+        wire[sizes.pop()] = {line.get_label() for ax in data_axes(fig) for line in data_lines(ax)}
+    assert wire == {"2": {"FedAvg"}, "4": {fedclup}}
+
+
+def test_netem_figure_has_the_shared_look(tmp_path: Path, drawn: list[Saved]) -> None:
+    methods = {"FedAvg": "fedavg", "LocalTrain": "local", "FedCLUP λ=0.5": "fedclup"}
+    curves = {metric: [Curve(label=label, facet=f"rate={rate}", rounds=[0, 1, 2], num_bytes=[0.0, 1.0, 2.0],
+                             values=[0.1, 0.2 + i / 10, 0.3 + i / 10], communicates=True,
+                             seconds=[0.0, 1.0 + i, 2.0 + i])
+                       for rate in ("1 Mbit/s", "10 Mbit/s") for i, label in enumerate(methods)]
+              for metric in METRICS_NETEM}
+    palette = method_styles([(label, name, False) for label, name in methods.items()])
+    netem_sweep.plot(curves, tmp_path / "time_to_accuracy.png", palette=palette, num_nodes=4)
+    (saved,) = drawn
+    assert saved.dpi == 200
+    assert len(saved.figure.legends) == 1 and all(ax.get_legend() is None for ax in saved.figure.axes)
+    assert {ax.get_ylabel() for ax in data_axes(saved.figure)} == {METRIC_LABELS[m] for m in METRICS_NETEM}
+
+
+def test_a_varied_setting_of_methods_that_send_nothing_is_drawn(tmp_path: Path, drawn: list[Saved]) -> None:
+    for k in (5, 10):  # LocalTrain alone at two K: no method to give a column of its own
+        write_fake_run(tmp_path / "runs" / f"local_{k}", method="local", k=k, kind="synthetic")
+    rendered = render(tmp_path / "runs", tmp_path / "figures")
+    assert set(rendered.figures) == {"local_steps", "tradeoff"}
+    for saved in drawn:
+        assert all(ax.get_lines() for ax in saved.figure.axes)
+        labels = [text.get_text() for text in saved.figure.legends[0].get_texts()]
+        assert any("K=5" in label for label in labels) and any("K=10" in label for label in labels), labels

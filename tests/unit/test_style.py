@@ -11,9 +11,12 @@ import math
 from collections.abc import Sequence
 
 import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
 
 from pfl_dist.methods import METHODS
-from pfl_dist.sweep.style import family_colormap, method_styles, representative_color
+from pfl_dist.sweep.style import Style, byte_ticks, family_colormap, method_styles, representative_color, value_styles
+from tests.figures import UNIT_TICK, overlapping, shown_tick_labels
 
 # CIE76 colour difference Delta E*ab that every two methods' single-curve colours must reach.
 # 2.3 is a just noticeable difference between two patches side by side; curves are thin lines
@@ -87,3 +90,59 @@ def test_a_known_method_uses_todays_family_and_an_unknown_one_what_its_runs_reco
     styles = method_styles([("FedProx", "fedprox", False), ("Mine", "mymethod", False)], families=recorded)
     assert styles["FedProx"].color == representative_color(METHODS["fedprox"].colors)
     assert styles["Mine"].color == representative_color("Oranges") and styles["Mine"].marker == "P"
+
+
+# Two curves of one figure are told apart when they differ in marker, marker fill or line style,
+# or when their colours are at least this far apart (CIE76). Shades of one family closer than
+# this (7 curves of FedAvg's Blues are 11-14 apart; 3 of FedAvg-FT's pink 19) look alike in print.
+MIN_CURVE_DELTA_E = 20.0
+
+
+def told_apart(a: Style, b: Style) -> bool:
+    return (a.marker != b.marker or a.fillstyle != b.fillstyle or a.linestyle != b.linestyle
+            or delta_e(to_rgb(a.color), to_rgb(b.color)) >= MIN_CURVE_DELTA_E)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_any_number_of_curves_of_one_method_are_told_apart(name: str) -> None:
+    info = METHODS[name]
+    for count in range(1, 13):
+        styles = method_styles([(f"{info.label} λ={i}", name, i == count - 1 and count > 2) for i in range(count)])
+        alike = [(a, b) for a, b in itertools.combinations(styles, 2) if not told_apart(styles[a], styles[b])]
+        assert not alike, f"{count} curves of {info.label}: drawn alike: {alike}"
+
+
+def test_codec_values_get_their_own_colours_and_markers() -> None:
+    codecs = ["none", "fp16", "bf16", "qsgd:4", "topk:0.01", "randk:0.1", "powersgd:2"]
+    styles = value_styles(codecs, dashed="none")
+    assert list(styles) == codecs and len({s.marker for s in styles.values()}) == len(codecs)
+    assert styles["none"].linestyle == "--" and all(styles[c].linestyle == "-" for c in codecs[1:])
+    close = [(a, b) for a, b in itertools.combinations(codecs, 2)
+             if delta_e(to_rgb(styles[a].color), to_rgb(styles[b].color)) < MIN_CURVE_DELTA_E]
+    assert not close
+    numbers = value_styles(["25", "50", "100"], numeric=True)
+    lightness = [cielab(to_rgb(s.color))[0] for s in numbers.values()]
+    assert lightness == sorted(lightness)  # viridis: dark to light in the values' order
+
+
+@pytest.mark.parametrize(("low", "high"), [(300.0, 9e4), (6.5e6, 7e7), (3.3e7, 4.1e8), (1e5, 2e7), (5e7, 6e7),
+                                           (800.0, 1.2e4), (1e3, 1e12), (2e9, 3e9)])
+def test_log_byte_ticks_carry_units_and_never_overlap(low: float, high: float) -> None:
+    fig = Figure(figsize=(4.5, 3.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([low, high], [0, 1])
+    byte_ticks(ax, "x", log=True)
+    ax.set_xlim(low, high)
+    labels = shown_tick_labels(fig, ax, "x")
+    texts = [label.get_text() for label in labels]
+    assert len(texts) >= 2 and all(UNIT_TICK.match(text) for text in texts), texts
+    assert not overlapping(fig, labels), texts
+
+
+def test_linear_byte_ticks_share_the_largest_ticks_unit() -> None:
+    fig = Figure(figsize=(4.5, 3.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 5280], [0, 1])
+    byte_ticks(ax, "x")
+    texts = [label.get_text() for label in shown_tick_labels(fig, ax, "x")]
+    assert texts[0] == "0 KB" and texts[-1].endswith(" KB") and all(text.endswith(" KB") for text in texts), texts

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from pfl_dist.algorithms import FedAvgFT, LocalTrain
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
+from pfl_dist.errors import ClientDivergenceError, NonFiniteMetricError
 from pfl_dist.runtime import init_runtime
 from pfl_dist.train import Trainer, run_session
 from pfl_dist.train import main as train_main
-from tests.helpers import REPO, read_metrics, read_summary, run_inprocess, run_main
+from tests.helpers import REPO, make_client_diverge, read_metrics, read_summary, run_inprocess, run_main
 
 SMALL = ("data.num_clients=6", "data.samples_per_client=80", "algorithm.num_local_steps=30", "train.num_rounds=8",
          "train.eval_every=4")
@@ -65,6 +67,38 @@ def test_divergence_names_round_and_client(tmp_path: Path) -> None:
     assert line.startswith("pfl_dist: error: round 1: client 0 diverged")
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*/summary.json"))
+
+
+def test_ditto_at_lambda_200_with_default_steps_trains(tmp_path: Path) -> None:
+    # Execute: personal_lr auto is 1/(L + lam) (it was 1/L, which diverged in round 1: issue 21)
+    summary = run_inprocess(tmp_path, *SMALL, "algorithm.name=ditto", "algorithm.lam=200")
+    # Assert
+    first, algo = read_metrics(tmp_path / "run")[0]["metrics"], summary["algorithm"]
+    assert algo["personal_lr"] == pytest.approx(1 / (algo["smoothness"] + 200))
+    assert summary["final"]["loss_personal"] < 0.2 * first["train/loss_personal"]
+    assert summary["final"]["acc_personal"] > 0.7
+
+
+def test_local_training_names_its_own_diverged_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: LocalTrain has no per-round collective; make client 4's model NaN in round 2
+    make_client_diverge(monkeypatch, LocalTrain, round_idx=1, row=4)
+    # Execute / Assert: the rank that hosts it names it (every rank prints its own line)
+    with pytest.raises(ClientDivergenceError, match=r"^round 2: client 4 diverged: the model it sends is non-finite; "
+                                                    r"lower algorithm.local_lr$") as raised:
+        train_models(tmp_path, "algorithm.name=local")
+    assert raised.value.rank_specific and raised.value.exit_code == 3
+
+
+def test_a_non_finite_fine_tuned_model_names_personal_lr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: FedAvg-FT personalizes at evaluation, with algorithm.personal_lr
+    def personal_models(*args: object, **kwargs: object) -> torch.Tensor:
+        return torch.full((6, 20), float("nan"))
+
+    monkeypatch.setattr(FedAvgFT, "personal_models", personal_models)
+    # Execute / Assert
+    with pytest.raises(NonFiniteMetricError, match=r"^round 0: metric \w+ is nan \(non-finite\); check data.R, "
+                                                   r"data.center_scale, algorithm.local_lr and algorithm.personal_lr$"):
+        train_models(tmp_path, "algorithm.name=fedavg_ft")
 
 
 @pytest.mark.parametrize("name", ["fedclup", "fedavg", "fedprox", "local"])
