@@ -39,8 +39,12 @@ run: install
 run-default: install
 	$(PY) -m pfl_dist.launch --nproc-per-node=$(NPROC) --config configs/default.yaml
 
+# The suite on TEST_WORKERS pytest-xdist workers (tests/conftest.py keeps the tests that must not
+# overlap on one worker: Docker, network namespaces, the shared torchrun jobs). TEST_WORKERS=0 runs
+# it in this one process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not integration and not distributed"

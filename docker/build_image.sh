@@ -6,7 +6,8 @@
 # 1. BASE_IMAGE (default pfl_dist-base:bookworm) is made with docker/make_base.sh when missing.
 # 2. docker/wheelhouse gets every wheel the image needs, from `pip download` through the host's
 #    pip configuration (indexes, find-links, constraints), plus the build backend (setuptools,
-#    wheel) that `pip install .` needs offline. Wheels already there are reused.
+#    wheel) that `pip install .` needs offline. Wheels already there are reused; a wheelhouse that
+#    already holds everything is used without asking the indexes.
 # 3. `docker build --build-arg OFFLINE=1`: pip installs with --no-index --find-links.
 # PYTHON is the host interpreter that runs pip (default: .venv/bin/python, else python3); its
 # Python version must be the base image's (both 3.11 on bookworm), which is checked.
@@ -39,10 +40,18 @@ host_python="$("$PYTHON" -c "$version")"
 
 started=$(date +%s)
 mkdir -p "$WHEELHOUSE"
-"$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
-    -d "$WHEELHOUSE" -r requirements.txt setuptools wheel 2> >(grep -v "^WARNING: Location" >&2) \
-    || fail "pip download failed (see above)"
-echo "docker-image: wheelhouse $WHEELHOUSE: $(ls "$WHEELHOUSE" | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1) ($(($(date +%s) - started)) s)"
+# A wheelhouse that already holds everything (a second build, every test session after the first)
+# is used as it is: resolving it offline takes seconds, asking the indexes again much longer.
+if "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-index \
+        --find-links "$WHEELHOUSE" -d "$WHEELHOUSE" -r requirements.txt setuptools wheel >/dev/null 2>&1; then
+    reused=" (complete: reused)"
+else
+    reused=""
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+        -d "$WHEELHOUSE" -r requirements.txt setuptools wheel 2> >(grep -v "^WARNING: Location" >&2) \
+        || fail "pip download failed (see above)"
+fi
+echo "docker-image: wheelhouse $WHEELHOUSE$reused: $(ls "$WHEELHOUSE" | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1) ($(($(date +%s) - started)) s)"
 
 started=$(date +%s)
 # The legacy builder: docker-compose 1.x builds with it too, and BuildKit may be absent.

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from pfl_dist.config import SECTIONS, Config, did_you_mean, load_config
 from pfl_dist.endpoints import check_ports, option_value, replace_standalone
@@ -205,7 +205,10 @@ def print_help(*, torchrun: bool) -> None:
         print(get_args_parser().format_help().split("\n", 1)[1])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, hold_signals: bool = False) -> int:
+    """-> the exit code. `hold_signals` (cli(), whose process ends right after): SIGTERM/SIGINT
+    keep the launcher's handler after torchrun has ended instead of getting their default action
+    back (`run_torchrun`)."""
     guard_output()
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help", "--help-torchrun"} & set(args):
@@ -231,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command += (["--config", config] if config else []) + overrides  # overrides carry --overwrite
     completion = RunCompletion.before_launch(cfg, overwrite="--overwrite" in overrides)
     try:
-        return run_torchrun(command, env={**os.environ, **TORCHRUN_ENV}, completion=completion)
+        return run_torchrun(command, env={**os.environ, **TORCHRUN_ENV}, completion=completion,
+                            hold_signals=hold_signals)
     finally:
         if rendezvous is not None:
             rendezvous.close()
@@ -263,24 +267,63 @@ class _StopForwarder(StopSignals):
     the agent exactly once, from here. The agent then sends SIGTERM to its workers (each in a
     session of its own), which stop at a round boundary with a checkpoint and exit 75.
 
-    `every_process` (PFL_SIGNAL_EVERY_PROCESS=1, a Slurm step): the agent got the signal itself,
-    from the scheduler, so it is only remembered. A second one would reach the agent while it
-    waits for its workers, end it early, and take the workers with it (they die with their agent)."""
+    - A signal that comes while torchrun is being started is forwarded once it runs (`attach`).
+    - The agent gets one stop: the first signal, or the launcher's own SIGTERM when rank 0 reports
+      a stop that came from another node (`stop_agent`). A signal after the launcher's own
+      SIGTERM is not passed on: the agent would take it as a second one and interrupt its workers,
+      which may still be writing their checkpoint. Any further signal is passed on and does that.
+    - Once torchrun has ended (`end`) the launcher's exit code is decided, and a signal changes
+      nothing: it is ignored, not given its default action, which would kill the launcher by it.
+      (docker-compose stops the workers' containers first; the master's SIGTERM then often
+      reaches a launcher that is about to exit 75.)
+    - `every_process` (PFL_SIGNAL_EVERY_PROCESS=1, a Slurm step): the agent got the signal itself,
+      from the scheduler, so it is only remembered. A second one would reach the agent while it
+      waits for its workers, end it early, and take the workers with it (they die with their agent)."""
 
-    def __init__(self, process: subprocess.Popen[str], *, every_process: bool = False) -> None:
+    def __init__(self, *, every_process: bool = False) -> None:
         super().__init__()
-        self.process = process
         self.every_process = every_process
+        self.process: subprocess.Popen[str] | None = None
+        self.pending: int | None = None  # a signal that came before torchrun was started
+        self.received = 0  # signals caught while torchrun ran or was being started
+        self.forwarded = False  # a caught signal reached the agent (from here, or from the scheduler)
+        self.own_stop = False  # stop_agent sent SIGTERM
+        self.ended = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.ended:
+            return
         self.signal_name = self.signal_name or signal.Signals(signum).name
-        if not self.every_process:
-            self.forward(signum)
+        self.received += 1
+        if self.every_process:
+            self.forwarded = True  # the scheduler signalled the agent itself
+        elif self.process is None:
+            self.pending = signum
+        elif not (self.own_stop and self.received == 1):
+            self._forward(signum)
 
-    def forward(self, signum: int) -> None:
-        if self.process.poll() is None:
+    def attach(self, process: subprocess.Popen[str]) -> None:
+        with self.held():
+            self.process = process
+            if self.pending is not None:
+                self._forward(self.pending)
+
+    def stop_agent(self) -> None:
+        """Rank 0 stopped without a signal here: end the agent, unless a signal already went to it."""
+        with self.held():
+            if not (self.received or self.own_stop or self.ended):
+                self.own_stop = True
+                self._forward(signal.SIGTERM, own=True)
+
+    def _forward(self, signum: int, *, own: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
+                self.forwarded = self.forwarded or not own
+
+    def end(self) -> None:
+        with self.held():
+            self.ended = True
 
 
 def _summary_stamp(run_dir: Path) -> tuple[int, int, int] | None:
@@ -310,7 +353,8 @@ class RunCompletion:
                 and (self.found is None or _summary_stamp(self.run_dir) != self.found))
 
 
-def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunCompletion | None = None) -> int:
+def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunCompletion | None = None,
+                 hold_signals: bool = False) -> int:
     """Run torchrun, passing its stderr through, and end a known failure with one clear line.
 
     Stops: a SIGTERM/SIGINT to the launcher goes to torchrun's process group (`_StopForwarder`),
@@ -325,30 +369,38 @@ def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunComp
     `completion` finds the run complete in this node's run dir (summary.json of this config), the
     launcher says so in one line and exits 0. A node that does not see rank 0's run dir (the other
     nodes of a multi-node job, without a shared out_dir) cannot tell and still exits 75; a rerun
-    there finds the run complete and trains nothing."""
+    there finds the run complete and trains nothing.
+
+    Signals after torchrun has ended are ignored: the exit code is decided then. With
+    `hold_signals` (the launcher's own process, which exits next: cli()) the handler stays
+    installed until the process ends; otherwise the previous handlers come back on return."""
     seen: set[str] = set()
     worker_stopped = False
     agent_signalled = False
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
-                               start_new_session=True)
-    assert process.stderr is not None
-    forwarder = _StopForwarder(process, every_process=every_process_signalled(env))
+    forwarder = _StopForwarder(every_process=every_process_signalled(env))
     forwarder.install()
-    output = TorchrunOutput(sys.stderr.write)
     try:
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                   start_new_session=True)
+        forwarder.attach(process)
+        assert process.stderr is not None
+        output = TorchrunOutput(sys.stderr.write)
         for line in process.stderr:
             output.feed(line)
             seen.update(marker for marker in _TORCHRUN_FAILURES if marker in line)
             agent_signalled = agent_signalled or _AGENT_SIGNALLED in line
             if line.startswith(_STOP_MESSAGE) and not worker_stopped:
                 worker_stopped = True
-                if forwarder.signal_name is None:  # one signal only: a second one interrupts the workers
-                    forwarder.forward(signal.SIGTERM)
+                forwarder.stop_agent()
         code = process.wait()
     finally:
-        forwarder.uninstall()
-    # The agent ends non-zero (1, its SignalException) when it stops its workers on a signal.
-    if code != 0 and (worker_stopped or (forwarder.signal_name is not None and agent_signalled)):
+        forwarder.end()
+        if not hold_signals:
+            forwarder.uninstall()
+    # The agent ends non-zero (1, its SignalException) when it stops its workers on a signal; a
+    # signal forwarded while it was starting may kill it before it handles signals (code < 0).
+    signalled = forwarder.forwarded and (agent_signalled or code < 0)
+    if code != 0 and (worker_stopped or signalled):
         if not worker_stopped and completion is not None and completion.complete():
             print(f"pfl_dist: the run had completed before {forwarder.signal_name} arrived (torchrun was shutting "
                   f"down); its results are in {completion.run_dir}, nothing to resume", file=sys.stderr, flush=True)
@@ -365,8 +417,15 @@ def run_torchrun(command: list[str], *, env: dict[str, str], completion: RunComp
     return code
 
 
-def cli() -> None:
-    sys.exit(main())
+def cli() -> NoReturn:
+    """The launcher as a command. It ends without the interpreter's teardown, which would give
+    SIGTERM/SIGINT their default action back while the process still runs (a signal then would
+    kill it instead of leaving the decided exit code): everything it writes is flushed first, and
+    torchrun, its rendezvous and its output pipe are closed by then."""
+    code = main(hold_signals=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

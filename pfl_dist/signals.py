@@ -16,10 +16,11 @@ signal for the same stop instead of being interrupted by it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -55,6 +56,17 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """SIGTERM/SIGINT wait while the body runs: a handler runs before it (for a signal already
+        caught) or after it, never in the middle of it (pthread_sigmask runs the handlers of
+        signals caught so far before it returns)."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         raise NotImplementedError

@@ -13,6 +13,7 @@ A trial passes when the resumed run ends with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,6 +96,84 @@ def worker_pids(agent_pid: int) -> dict[int, int]:
         if "RANK" in env:
             workers[int(env["RANK"])] = int(proc.name)
     return workers
+
+
+def workers_mentioning(text: str) -> dict[int, int]:
+    """rank -> pid of the torchrun workers (RANK in their environment) whose command line
+    contains `text` (a run dir, a point's name, a plan file)."""
+    workers = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if text not in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                continue
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        except (OSError, ValueError):
+            continue
+        if "RANK" in env and process_state(int(proc.name)) not in ("Z", "gone"):
+            workers[int(env["RANK"])] = int(proc.name)
+    return workers
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(proc.name))
+    found, queue = [], list(parents.get(pid, []))
+    while queue:
+        child = queue.pop()
+        found.append(child)
+        queue += parents.get(child, [])
+    return found
+
+
+def rank_of(pid: int) -> int | None:
+    """RANK in the process's environment (a torchrun worker's), or None."""
+    try:
+        env = (Path(f"/proc/{pid}") / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((int(item[5:]) for item in env if item.startswith(b"RANK=")), None)
+
+
+def process_state(pid: int) -> str:
+    """'R', 'S', 'T' (stopped), 'Z' (exited, not yet reaped); 'gone' once reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def signal_pending(pid: int, signum: int) -> bool:
+    """`signum` was sent to the process and waits for it to run (ShdPnd in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # reaped
+        return False
+    for line in status.splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def freeze(pid: int, *, timeout: float = 60) -> None:
+    """SIGSTOP `pid` and wait until it is stopped: a rank that cannot run holds every other rank
+    of its job at the next collective, so the job makes no progress until `thaw`."""
+    os.kill(pid, signal.SIGSTOP)
+    if not wait_for(lambda: process_state(pid) in ("T", "t", "Z", "gone"), timeout=timeout):
+        raise AssertionError(f"process {pid} did not stop within {timeout:.0f} s")
+
+
+def thaw(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
 
 
 def checkpoint_complete(run_dir: Path, round_num: int, nproc: int) -> bool:

@@ -114,6 +114,25 @@ def run_torchrun(
     return read_summary(tmp_path / name)
 
 
+def run_torchrun_points(out_dir: Path, nproc: int, points: dict[str, tuple[str, ...]], *, timeout: float = 900) -> None:
+    """Several runs as the points of ONE torchrun job, `pfl_dist.sweep.worker` (a sweep's in_job
+    mode): the agent, every rank's imports and the rendezvous are paid once, not once per run.
+    Each point `name` gets its own run dir out_dir/name, with the summary.json, metrics.jsonl and
+    TensorBoard events that a separate `torchrun -m pfl_dist.train` job writes (its own ledger,
+    not cumulative over the job): tests/integration/test_sweep_e2e.py::
+    test_in_job_points_have_own_ledgers_survive_a_failure_and_match_per_point_runs checks that."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = out_dir / "plan.json"
+    entries = [{"base": None, "overrides": [f"run.out_dir={out_dir}", f"run.name={name}", *overrides],
+                "info": {"name": name}} for name, overrides in points.items()]
+    plan.write_text(json.dumps({"points": entries}, indent=1))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "pfl_dist.sweep.worker", str(plan)]
+    env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"torchrun failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+
+
 def read_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
 

@@ -1,9 +1,18 @@
-"""Runs one training job under a TorchDispatchMode that sees every c10d op a rank issues.
+"""Runs training jobs under a TorchDispatchMode that sees every c10d op a rank issues.
 
-Launched by tests/distributed/test_engine_distributed.py and test_codecs_distributed.py through
-torchrun. Each rank writes what the dispatcher saw (op names and tensor bytes, in total and per
-op) so the test can compare it with the Communicator's ledger: if anything bypassed the
-Communicator, or the ledger counted other bytes than c10d was handed, the two would differ.
+    torchrun --nproc-per-node=2 tests/distributed/collective_counter_worker.py PLAN.json
+
+PLAN.json: {"runs": [{"out_dir": DIR, "overrides": ["section.key=value", ...]}, ...]}. The runs
+share one process group (one torchrun job, as the in-job sweep worker runs its points), each a
+session of its own (pfl_dist.train.run_session, the one run path). Launched by
+tests/distributed/conftest.py (`counted_runs`), whose runs test_engine_distributed.py,
+test_codecs_distributed.py and test_algorithms_distributed.py read.
+
+Each rank writes what the dispatcher saw during each run (op names and tensor bytes, in total and
+per op) to DIR/dispatch_rank{R}.json, so the tests can compare it with the Communicator's ledger:
+if anything bypassed the Communicator, or the ledger counted other bytes than c10d was handed, the
+two would differ. What it saw outside the runs (forming and ending the process group) goes to
+outside_rank{R}.json next to PLAN.json.
 
 Bytes counted: an all-reduce's tensors; an all-gather's input (what this rank contributes; the
 output, W times as large, is recorded separately as `gathered_bytes`).
@@ -19,9 +28,10 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
-from pfl_dist.runtime import env_rank, exit_process
-from pfl_dist.train import run
+from pfl_dist.runtime import env_rank, exit_process, init_runtime, shutdown_runtime
+from pfl_dist.train import run_session
 
 
 def _nbytes(tensors: Any) -> int:
@@ -54,14 +64,27 @@ class CollectiveCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def record(counter: CollectiveCounter) -> str:
+    return json.dumps({"ops": counter.ops, "payload_bytes": counter.payload_bytes, "bytes_by_op": counter.bytes_by_op,
+                       "gathered_bytes": counter.gathered_bytes})
+
+
 def main() -> None:
-    out_dir, *overrides = sys.argv[1:]
-    cfg = load_config(None, [f"run.out_dir={out_dir}", *overrides])
-    with CollectiveCounter() as counter:
-        run(cfg)
-    record = {"ops": counter.ops, "payload_bytes": counter.payload_bytes, "bytes_by_op": counter.bytes_by_op,
-              "gathered_bytes": counter.gathered_bytes}
-    (Path(out_dir) / f"dispatch_rank{env_rank()}.json").write_text(json.dumps(record))
+    (plan_path,) = sys.argv[1:]
+    plan = json.loads(Path(plan_path).read_text())
+    configs = [(Path(entry["out_dir"]), load_config(None, [f"run.out_dir={entry['out_dir']}", *entry["overrides"]]))
+               for entry in plan["runs"]]
+    outside = CollectiveCounter()
+    with outside:
+        runtime = init_runtime(configs[0][1])
+    stop = StopRequest()
+    for out_dir, cfg in configs:
+        with CollectiveCounter() as counter:
+            run_session(cfg, runtime, stop)
+        (out_dir / f"dispatch_rank{env_rank()}.json").write_text(record(counter))
+    with outside:
+        shutdown_runtime(runtime)
+    (Path(plan_path).parent / f"outside_rank{env_rank()}.json").write_text(record(outside))
 
 
 if __name__ == "__main__":

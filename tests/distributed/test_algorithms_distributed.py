@@ -1,50 +1,25 @@
 """Every algorithm on real gloo ranks: 1 rank and 4 ranks agree; the uplink of FedRep/FedPer is
 the body and SCAFFOLD's is twice the model, counted at c10d; Ditto and SCAFFOLD resume bitwise
-after a kill (their per-client state is in the checkpoint)."""
+after a kill (their per-client state is in the checkpoint). The 4-rank and counted runs are the
+session's shared jobs (tests/distributed/conftest.py: `four_rank_runs`, `counted_runs`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.methods import METHODS
 from pfl_dist.models.cnn import PaperCNN
 from pfl_dist.sampling import sample_clients
-from tests.distributed.conftest import BASE, ROUNDS
+from tests.distributed.conftest import GROUPED, IMAGE_ROUNDS, ROUNDS, counted, method_overrides
 from tests.faults import checkpoint_complete, compare_runs, run_reference, start_torchrun, wait_for, worker_pids
-from tests.helpers import REPO, global_weights, read_summary, run_inprocess, run_torchrun, write_learnable_mnist
+from tests.helpers import global_weights, read_summary, run_inprocess
 
 pytestmark = pytest.mark.distributed
-
-GROUPED = tuple(name for name, info in METHODS.items() if info.parameter_groups)  # need the CNN's body/head
-IMAGE_ROUNDS = 2
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_learnable_mnist(tmp_path_factory.mktemp("mnist"))
-
-
-def image_overrides(mnist_dir: Path, method: str) -> tuple[str, ...]:
-    """8 image clients with the paper's CNN, half sampled per round, one epoch of batch 32."""
-    return ("data.kind=mnist", f"data.data_dir={mnist_dir}", "data.num_partitions=30", "data.num_clients=8",
-            "model.kind=cnn", f"algorithm.name={method}", "algorithm.batch_size=32", "algorithm.local_epochs=1",
-            "algorithm.local_lr=0.05", "algorithm.sample_fraction=0.5", f"train.num_rounds={IMAGE_ROUNDS}",
-            "train.eval_every=1")
-
-
-def overrides_for(method: str, mnist_dir: Path) -> tuple[str, ...]:
-    if method in GROUPED:
-        return image_overrides(mnist_dir, method)
-    return (*BASE, f"algorithm.name={method}")
 
 
 def final_model(run_dir: Path) -> torch.Tensor:
@@ -58,13 +33,13 @@ def participants(num_rounds: int) -> int:
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_one_rank_and_four_ranks_agree(tmp_path: Path, mnist_dir: Path, method: str) -> None:
-    # Execute
-    overrides = overrides_for(method, mnist_dir)
-    one = run_inprocess(tmp_path, *overrides, name="one")
-    four = run_torchrun(tmp_path, 4, *overrides, name="four", timeout=600)
+def test_one_rank_and_four_ranks_agree(tmp_path: Path, mnist_dir: Path, four_rank_runs: Path, method: str) -> None:
+    # Execute: one rank here; 4 ranks in the session's 4-rank job
+    one = run_inprocess(tmp_path, *method_overrides(method, mnist_dir), name="one")
+    four_dir = four_rank_runs / f"method-{method}"
+    four = read_summary(four_dir)
     # Assert: the same w_g and the same byte counters
-    difference = float((final_model(tmp_path / "one") - final_model(tmp_path / "four")).abs().max())
+    difference = float((final_model(tmp_path / "one") - final_model(four_dir)).abs().max())
     print(f"{method}: max |w_g(1 rank) - w_g(4 ranks)| = {difference:.3g}")
     assert difference <= 1e-5
     for key in ("uplink_bytes", "uplink_bytes_dense", "downlink_bytes", "num_collectives",
@@ -72,17 +47,6 @@ def test_one_rank_and_four_ranks_agree(tmp_path: Path, mnist_dir: Path, method: 
         assert one["comm"][key] == four["comm"][key], key
     assert one["personal"]["acc_personal_mean"] == pytest.approx(four["personal"]["acc_personal_mean"], abs=0.02)
     assert one["method"] == four["method"] == METHODS[method].to_dict()
-
-
-def run_counted(out: Path, overrides: tuple[str, ...]) -> tuple[dict[str, object], list[dict[str, object]]]:
-    """2 ranks under the dispatch-mode counter -> (summary, what each rank handed c10d)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               str(REPO / "tests/distributed/collective_counter_worker.py"), str(out), *overrides]
-    env = {**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = [p.parent for p in out.glob("*/summary.json")]
-    return read_summary(run_dir), [json.loads((out / f"dispatch_rank{r}.json").read_text()) for r in range(2)]
 
 
 def assert_ledger_is_c10d(summary: dict, seen: list[dict]) -> None:  # type: ignore[type-arg]
@@ -94,13 +58,13 @@ def assert_ledger_is_c10d(summary: dict, seen: list[dict]) -> None:  # type: ign
 
 
 @pytest.mark.parametrize("method", GROUPED)
-def test_body_head_methods_send_the_body_only(tmp_path: Path, mnist_dir: Path, method: str) -> None:
+def test_body_head_methods_send_the_body_only(counted_runs: Path, method: str) -> None:
     # Prepare: the CNN's body is everything but fc2 (float32)
     model = PaperCNN(10)
     body_bytes = 4 * sum(p.numel() for name, p in model.named_parameters() if not name.startswith("fc2."))
     model_bytes = 4 * sum(p.numel() for p in model.parameters())
-    # Execute
-    summary, seen = run_counted(tmp_path, image_overrides(mnist_dir, method))
+    # Execute: 2 ranks under the dispatch-mode counter (the session's counted job, image_overrides)
+    summary, seen = counted(counted_runs, f"method-{method}")
     # Assert: uplink = body bytes x participants; the training all-reduce carries the body (+2 control words)
     train = summary["comm"]
     assert train["uplink_bytes"] == body_bytes * participants(IMAGE_ROUNDS)
@@ -110,11 +74,11 @@ def test_body_head_methods_send_the_body_only(tmp_path: Path, mnist_dir: Path, m
     assert_ledger_is_c10d(summary, seen)
 
 
-def test_scaffold_uplink_is_twice_the_model(tmp_path: Path) -> None:
+def test_scaffold_uplink_is_twice_the_model(counted_runs: Path) -> None:
     # Prepare: BASE's float32 model, d = 10 x C = 2
     model_bytes = 10 * 2 * 4
-    # Execute
-    summary, seen = run_counted(tmp_path, (*BASE, "algorithm.name=scaffold"))
+    # Execute: BASE with SCAFFOLD, 2 ranks under the counter (the session's counted job)
+    summary, seen = counted(counted_runs, "method-scaffold")
     # Assert: model + control variate per participating client, both ways
     train = summary["comm"]
     assert train["uplink_bytes"] == 2 * model_bytes * participants(ROUNDS)

@@ -1,28 +1,23 @@
 """Every codec on real gloo ranks: the ledger's bytes are the bytes c10d was handed, the uplink
-is the clients' encoded messages, and 1 rank and 4 ranks agree."""
+is the clients' encoded messages, and 1 rank and 4 ranks agree. The distributed runs are the
+session's shared jobs (tests/distributed/conftest.py: `counted_runs`, `four_rank_runs`)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.sampling import sample_clients
-from tests.distributed.conftest import BASE, ROUNDS
-from tests.helpers import REPO, global_weights, read_summary, run_inprocess, run_torchrun
+from tests.distributed.conftest import BASE, CODECS, ROUNDS, counted
+from tests.helpers import global_weights, read_summary, run_inprocess
 
 pytestmark = pytest.mark.distributed
 
 NUM_PARAMS = 10 * 2  # BASE: d = 10, C = 2, float32 weight matrix (10, 2)
-CODECS = ("none", "fp16", "bf16", "qsgd:4", "qsgd:1", "topk:0.2", "randk:0.5", "powersgd:1")
 
 
 def message_bytes(codec: str) -> int:
@@ -51,20 +46,12 @@ def expected_uplink(codec: str) -> int:
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_ledger_bytes_are_the_bytes_handed_to_c10d(tmp_path: Path, codec: str) -> None:
-    # Prepare / Execute: 2 ranks under the dispatch-mode counter
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               str(REPO / "tests/distributed/collective_counter_worker.py"), str(tmp_path), *BASE,
-               f"comm.codec={codec}"]
-    env = {**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = [p.parent for p in tmp_path.glob("*/summary.json")]  # run.name=auto
-    summary = read_summary(run_dir)
+def test_ledger_bytes_are_the_bytes_handed_to_c10d(counted_runs: Path, codec: str) -> None:
+    # Prepare / Execute: 2 ranks under the dispatch-mode counter (the session's counted job)
+    summary, seen_by_rank = counted(counted_runs, f"codec-{codec}")
     train, telemetry = summary["comm"], summary["comm_telemetry"]
     # Assert: per collective type, count and bytes per rank (ledger totals are over 2 ranks)
-    for rank in range(2):
-        seen = json.loads((tmp_path / f"dispatch_rank{rank}.json").read_text())
+    for seen in seen_by_rank:
         ops = [op for op in seen["ops"] if op != "barrier"]
         assert set(ops) <= {"allreduce_", "_allgather_base_"}
         assert ops.count("allreduce_") == train["all_reduce_num_collectives"] + telemetry["all_reduce_num_collectives"]
@@ -85,13 +72,14 @@ def test_ledger_bytes_are_the_bytes_handed_to_c10d(tmp_path: Path, codec: str) -
 
 
 @pytest.mark.parametrize("codec", CODECS[1:])
-def test_one_rank_and_four_ranks_agree_per_codec(tmp_path: Path, codec: str) -> None:
-    # Execute
+def test_one_rank_and_four_ranks_agree_per_codec(tmp_path: Path, four_rank_runs: Path, codec: str) -> None:
+    # Execute: one rank here; 4 ranks in the session's 4-rank job
     one = run_inprocess(tmp_path, *BASE, f"comm.codec={codec}", name="one")
-    four = run_torchrun(tmp_path, 4, *BASE, f"comm.codec={codec}", name="four")
+    four_dir = four_rank_runs / f"codec-{codec}"
+    four = read_summary(four_dir)
     # Assert
     single = global_weights(tmp_path / "one")
-    difference = float((single - global_weights(tmp_path / "four")).abs().max())
+    difference = float((single - global_weights(four_dir)).abs().max())
     print(f"{codec}: max |w_g(1 rank) - w_g(4 ranks)| = {difference:.3g}")
     # fp16/bf16 all-reduce the ranks' partial sums in half precision, and how the clients are
     # split over ranks changes the rounding: at most the dtype's epsilon relative to w_g.
@@ -101,7 +89,7 @@ def test_one_rank_and_four_ranks_agree_per_codec(tmp_path: Path, codec: str) -> 
     for key in ("uplink_bytes", "uplink_bytes_dense", "downlink_bytes", "num_collectives",
                 "all_reduce_num_collectives", "all_gather_num_collectives"):
         assert one["comm"][key] == four["comm"][key], key
-    events = EventAccumulator(str(tmp_path / "four"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(four_dir), size_guidance={"scalars": 0})
     events.Reload()
     ratios = [p.value for p in events.Scalars("comm/compression_ratio")]
     assert len(ratios) == ROUNDS

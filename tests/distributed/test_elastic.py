@@ -5,6 +5,7 @@ benchmarks/kill_trials.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -17,10 +18,14 @@ from tests.faults import (
     Job,
     checkpoint_complete,
     compare_runs,
+    freeze,
     kill_trial,
     run_reference,
+    signal_pending,
     start_torchrun,
+    thaw,
     wait_for,
+    worker_pids,
 )
 from tests.helpers import read_summary
 
@@ -46,11 +51,21 @@ def test_sigterm_to_the_job_stops_every_rank_at_one_round_with_a_checkpoint(refe
     # Prepare
     out, name = reference.parent, "sigterm"
     run_dir = out / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # the module's folder: a fresh run each time
     job = start_torchrun(out, name, nproc=4, max_restarts=3, overrides=OVERRIDES)
     assert wait_for(lambda: checkpoint_complete(run_dir, 6, 4), timeout=300)
-    # Execute: what `docker stop` does to the agent, which forwards it to its workers
-    os.kill(job.process.pid, signal.SIGTERM)
-    code = job.wait(120)
+    # Execute: what `docker stop` does to the agent, which forwards it to its workers. The job is
+    # held (rank 1 stopped; the others wait for it in the round's all-reduce) until the forwarded
+    # SIGTERM has reached rank 1, so the stop lands mid-run on any load.
+    rank1 = worker_pids(job.process.pid)[1]
+    freeze(rank1)
+    try:
+        assert not (run_dir / "summary.json").exists(), "the run completed before it could be held"
+        os.kill(job.process.pid, signal.SIGTERM)
+        assert wait_for(lambda: signal_pending(rank1, signal.SIGTERM), timeout=120), job.output()
+    finally:
+        thaw(rank1)
+    code = job.wait(300)
     # Assert: one line from rank 0, a complete checkpoint of the stop round, no restart
     stop_lines = [line for line in job.output().splitlines() if line.startswith("pfl_dist: stopped by SIGTERM")]
     assert len(stop_lines) == 1, job.output()
@@ -69,9 +84,15 @@ def test_sigint_to_a_single_process_run_exits_75_with_one_line(tmp_path: Path) -
     # Prepare: a plain process (no torchrun) hosting every client
     job = start_plain(tmp_path)
     assert wait_for(lambda: checkpoint_complete(tmp_path / "plain", 4, 1), timeout=300)
-    # Execute
-    job.process.send_signal(signal.SIGINT)
-    code = job.wait(120)
+    # Execute: SIGINT while the process is held (SIGSTOP), so that it lands mid-run on any load
+    freeze(job.process.pid)
+    try:
+        assert not (tmp_path / "plain" / "summary.json").exists(), "the run completed before it could be held"
+        job.process.send_signal(signal.SIGINT)
+        assert wait_for(lambda: signal_pending(job.process.pid, signal.SIGINT), timeout=60)
+    finally:
+        thaw(job.process.pid)
+    code = job.wait(300)
     # Assert
     lines = [line for line in job.output().splitlines() if line.startswith("pfl_dist:")]
     assert code == STOPPED_EXIT_CODE

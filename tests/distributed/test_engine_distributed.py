@@ -4,9 +4,6 @@ the Communicator, and the TensorBoard trade-off curves."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +11,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.sampling import sample_clients
 from pfl_dist.tensorboard_views import wire_group
-from tests.distributed.conftest import BASE, ROUNDS
-from tests.helpers import REPO, global_weights, read_metrics, read_summary, run_inprocess, run_torchrun
+from tests.distributed.conftest import BASE, ROUNDS, counted
+from tests.helpers import global_weights, read_metrics, read_summary, run_inprocess
 
 pytestmark = pytest.mark.distributed
 
@@ -65,30 +61,27 @@ def test_tradeoff_curve_steps_are_cumulative_training_wire_bytes(four_rank_run: 
     assert len(events.Scalars("comm/uplink_bytes")) == ROUNDS
 
 
-def test_local_training_sends_no_training_bytes(tmp_path: Path) -> None:
-    summary = run_torchrun(tmp_path, 4, *BASE, "algorithm.name=local")
+def test_local_training_sends_no_training_bytes(four_rank_runs: Path) -> None:
+    summary = read_summary(four_rank_runs / "local")  # BASE with algorithm.name=local, 4 ranks
     assert summary["comm"]["payload_bytes"] == 0
     assert summary["comm"]["wire_bytes_model"] == 0
     assert summary["comm"]["num_collectives"] == 0
     assert summary["comm_telemetry"]["num_collectives"] > 0  # evaluation still reduces metrics
 
 
-def test_no_collective_bypasses_the_communicator(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               str(REPO / "tests/distributed/collective_counter_worker.py"), str(tmp_path), *BASE]
-    env = {**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = [p.parent for p in tmp_path.glob("*/summary.json")]  # run.name=auto
-    summary = read_summary(run_dir)
+def test_no_collective_bypasses_the_communicator(counted_runs: Path) -> None:
+    summary, seen_by_rank = counted(counted_runs, "codec-none")  # BASE, 2 ranks under the counter
     ledger_collectives = summary["comm"]["num_collectives"] + summary["comm_telemetry"]["num_collectives"]
     ledger_payload = (summary["comm"]["payload_bytes"] + summary["comm_telemetry"]["payload_bytes"]) // 2
-    for rank in range(2):
-        seen = json.loads((tmp_path / f"dispatch_rank{rank}.json").read_text())
+    for seen in seen_by_rank:
         collectives = [op for op in seen["ops"] if op != "barrier"]
         assert len(collectives) == ledger_collectives
         assert set(collectives) == {"allreduce_"}
         assert seen["payload_bytes"] == ledger_payload
+    # forming and ending the process group (outside every run): barriers only
+    for rank in range(2):
+        outside = json.loads((counted_runs / f"outside_rank{rank}.json").read_text())
+        assert set(outside["ops"]) <= {"barrier"} and outside["payload_bytes"] == 0, outside
 
 
 def test_the_final_global_model_file_matches_the_summary_hash(four_rank_run: Path) -> None:

@@ -20,6 +20,7 @@ from tests.helpers import free_port, read_summary
 
 pytestmark = pytest.mark.distributed
 
+HANG_S = 1200  # comm.timeout_s of the dead-node test; it waits half of it
 LONG = ("data.num_clients=8", "data.samples_per_client=100", "train.num_rounds=200", "train.eval_every=10",
         "algorithm.num_local_steps=200", "checkpoint.every=2")
 
@@ -61,21 +62,24 @@ def test_two_agents_equal_one_agent_with_the_same_world_size(tmp_path: Path, fou
 def test_a_node_dying_mid_run_ends_the_job_on_the_other_node(tmp_path: Path) -> None:
     # Prepare: a long run on two agents
     port = free_port()
-    survivor, victim = (start_agent(tmp_path, *LONG, "comm.timeout_s=60", port=port, host=host)
+    # comm.timeout_s far beyond the wait below: a survivor that waited for the timeout instead of
+    # failing on the dead peer's closed connections would trip the wait, on any machine load.
+    survivor, victim = (start_agent(tmp_path, *LONG, f"comm.timeout_s={HANG_S}", port=port, host=host)
                         for host in (True, False))
     try:
         assert wait_for(lambda: checkpoint_complete(tmp_path / "run", 4, 4), timeout=300), survivor.output()
         # Execute: the second node goes away, agent and workers at once
         killed = time.monotonic()
         kill_job(victim)
-        code = survivor.wait(120)
+        code = survivor.wait(HANG_S / 2)
         elapsed = time.monotonic() - killed
     finally:
         kill_job(victim)
         kill_job(survivor)
-    # Assert: the survivor's ranks fail their collective at once and say so in one line each
+    # Assert: the survivor's ranks fail their collective on the dead peer's connections (not on
+    # comm.timeout_s) and say so in one line each
     assert code != 0
     failures = [line for line in survivor.output().splitlines() if "a collective failed" in line]
     assert failures, survivor.output()
-    assert elapsed < 60  # well inside comm.timeout_s: a dead peer resets the connection
+    assert not [line for line in failures if "Timed out" in line], failures
     print(f"dead node: the other node's job ended {elapsed:.1f} s after the kill")

@@ -141,13 +141,12 @@ def test_a_busy_port_is_one_line_before_torchrun_starts(tmp_path: Path, option: 
         if option == "--master-port":
             args = ["--nnodes=1", "--master-addr=127.0.0.1", f"--master-port={port}"]
         else:
+            # a join timeout far beyond the hang guard below: waiting for it would trip the guard
             args = ["--nnodes=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-                    "--rdzv-conf=join_timeout=20"]
-        started = time.monotonic()
+                    "--rdzv-conf=join_timeout=1200"]
         outcome = run_module("pfl_dist.launch", *args, "--nproc-per-node=2", f"run.out_dir={tmp_path}",
-                             *TINY_RUN, timeout=60)
+                             *TINY_RUN, timeout=300)
     assert_one_line(outcome, code=2, contains=[str(port), "in use by another process"])
-    assert time.monotonic() - started < 20
     assert not (tmp_path).exists() or not any(tmp_path.iterdir())
 
 

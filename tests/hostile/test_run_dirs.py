@@ -24,6 +24,7 @@ from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.rundir import DirLock
 from pfl_dist.sweep import cli as sweep_cli
 from pfl_dist.train import Trainer
+from tests.faults import freeze, thaw
 from tests.helpers import write_sweep
 from tests.hostile.hostile import (
     ERROR,
@@ -321,7 +322,11 @@ def test_full_disk_after_a_checkpoint_in_a_real_process_is_one_line_on_stderr(tm
                 while not list(ckpt.glob("round_*/shard_*.json")):
                     assert time.monotonic() < deadline and process.poll() is None, "no checkpoint was written"
                     time.sleep(0.002)
-                fill_disk(out)
+                freeze(process.pid)  # the disk fills at this round, on any machine load
+                try:
+                    fill_disk(out)
+                finally:
+                    thaw(process.pid)
                 process.wait(timeout=300)
             finally:
                 if process.poll() is None:
@@ -382,8 +387,12 @@ def test_two_runs_at_once_into_one_run_dir(tmp_path: Path) -> None:
         while not (tmp_path / "run" / "metrics.jsonl").exists():
             assert time.monotonic() < deadline and first.poll() is None, first.communicate()
             time.sleep(0.05)
-        second = run_main(train.main, args)
-        assert first.poll() is None, "the first run ended before the second was tried"
+        freeze(first.pid)  # the first run is held mid-run while the second is tried, on any load
+        try:
+            assert first.poll() is None, "the first run ended before the second was tried"
+            second = run_main(train.main, args)
+        finally:
+            thaw(first.pid)
     finally:
         stdout, stderr = first.communicate(timeout=300)
     assert_one_line(second, code=2, contains=["in use by another pfl_dist process", f"(pid {first.pid})"])

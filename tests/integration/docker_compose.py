@@ -150,6 +150,16 @@ class Compose:
         argv = ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), "-f", str(self.override), *args]
         return _run(argv, timeout=timeout, env=self.env, check=check)
 
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """`docker-compose ARGS` in the background (output captured)."""
+        argv = ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), "-f", str(self.override), *args]
+        return subprocess.Popen(argv, env=self.env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def init_pid(self, service: str) -> int:
+        """The host pid of the service container's init (compose `init: true`: docker-init)."""
+        return int(_run(["docker", "inspect", "-f", "{{.State.Pid}}", self.container(service)], timeout=60).stdout)
+
     def up(self, *services: str) -> None:
         self.run("up", "-d", "--no-build", *services)
         self.containers_seen.update(self.container(s) for s in services)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from pfl_dist.launch import TORCHRUN_ENV
+from tests.faults import descendants, freeze, rank_of, signal_pending, thaw, wait_for
 from tests.integration.docker_compose import (
     NODES,
     REPO,
@@ -54,9 +56,11 @@ RUN_TIMEOUT_S = 600.0
 WIRE_JOB = ("train.num_rounds=3", "train.eval_every=3", "data.dim=20000", "data.num_classes=10",
             "data.samples_per_client=50", "algorithm.num_local_steps=2", "algorithm.smoothness=1.0")
 TOLERANCE = 0.10
-# Rounds of about 1 s (more on a loaded machine): `docker-compose stop`, issued once round 2 is
-# logged, lands in the middle even when compose itself takes seconds to start and signal.
-STOP_ROUNDS = 24
+# Rounds of about 1 s (more on a loaded machine). The stop test holds the job once round 2 is
+# logged (worker2's rank SIGSTOPped), so `docker-compose stop` lands in the middle however long
+# compose takes to start and signal; the rounds after 2 are a margin for the moment between
+# seeing round 2 logged and holding the job.
+STOP_ROUNDS = 12
 STOP_JOB = ("data.num_clients=3", "algorithm.num_local_steps=15000", f"train.num_rounds={STOP_ROUNDS}",
             "train.eval_every=1")
 
@@ -191,9 +195,23 @@ def test_compose_stop_exits_75_and_the_next_up_resumes_bitwise(image: str, tmp_p
     with compose_project(tmp_path, project_name("stop"), image=image, services=_nodes_with(STOP_JOB),
                          env={"PFL_RUNS": str(runs)}) as compose:
         compose.up(*NODES)
+        worker2 = compose.init_pid("worker2")
         _wait_for_round(runs / "compose", compose, at_least=2, timeout=RUN_TIMEOUT_S)
+        # Hold the job: worker2's rank stops (SIGSTOP), the other ranks wait for it in the round's
+        # all-reduce. It continues only once docker-compose's SIGTERM has reached it (through
+        # docker-init, pfl_dist.launch and torchrun's agent), so the stop lands mid-run.
+        rank = next(pid for pid in descendants(worker2) if rank_of(pid) is not None)
+        freeze(rank)
         started = time.monotonic()
-        compose.run("stop", timeout=300)
+        try:
+            assert not (runs / "compose" / "summary.json").exists(), "the run completed before it could be held"
+            stopping = compose.start("stop")
+            assert wait_for(lambda: signal_pending(rank, signal.SIGTERM) or stopping.poll() is not None,
+                            timeout=300), "docker-compose stop's SIGTERM never reached worker2's rank"
+        finally:
+            thaw(rank)
+        output = stopping.communicate(timeout=300)[0]
+        assert stopping.returncode == 0, output
         _say(f"docker-compose stop took {time.monotonic() - started:.1f} s")
         codes = compose.exit_codes(NODES)
         assert codes == {n: 75 for n in NODES}, compose.logs()

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults import freeze, process_state, signal_pending, thaw, wait_for, workers_mentioning
 from tests.helpers import REPO, TINY, read_summary, write_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
+# The point a SIGTERM stops. It is held mid-run (sigterm_while_held) a few rounds in; the rounds
+# after that are a margin for the moment between seeing those rounds logged and holding the job.
+LONG_ROUNDS = 300
 
 
 
@@ -49,15 +53,45 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def wait_for(path: Path, *, timeout: float) -> None:
+def wait_for_file(path: Path, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.1)
 
 
+def logged_rounds(run_dir: Path) -> int:
+    """Whole lines of the run's metrics.jsonl (the newest one may be half written)."""
+    metrics = run_dir / "metrics.jsonl"
+    return len(metrics.read_text().split("\n")[:-1]) if metrics.exists() else 0
+
+
+def sigterm_while_held(sweep: subprocess.Popen[str], run_dir: Path, workers: str, *, evaluations: int) -> str:
+    """SIGTERM the sweep while the job training `run_dir` is held mid-run -> the sweep's stdout.
+
+    Once the run has logged `evaluations` lines, its rank 1 is stopped (SIGSTOP), which holds the
+    whole job at its next all-reduce: the run cannot finish, however long the signal takes to
+    reach it (sweep -> torchrun's agent -> workers). The test SIGTERMs the sweep, waits until the
+    forwarded SIGTERM is pending at rank 1, and only then lets it continue (SIGCONT)."""
+    deadline = time.monotonic() + 240
+    while logged_rounds(run_dir) < evaluations:
+        assert time.monotonic() < deadline and sweep.poll() is None, f"{run_dir} made no progress"
+        time.sleep(0.05)
+    rank1 = workers_mentioning(workers).get(1)
+    assert rank1, f"no rank 1 mentioning {workers}"
+    freeze(rank1)
+    try:
+        assert not (run_dir / "summary.json").exists(), "the run completed before it could be held"
+        sweep.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: signal_pending(rank1, signal.SIGTERM) or process_state(rank1) in ("Z", "gone"),
+                        timeout=120), "the sweep's SIGTERM never reached rank 1"
+    finally:
+        thaw(rank1)
+    return sweep.communicate(timeout=120)[0]
+
+
 def test_sigterm_stops_the_job_and_a_rerun_completes_only_the_missing_point(tmp_path: Path) -> None:
-    # Prepare: a short point, then a long one that is still running when SIGTERM arrives.
+    # Prepare: a short point, then a longer one that is held mid-run when SIGTERM arrives.
     path = write_sweep(tmp_path / "sweep.yaml", overrides=TINY, grid={"train.num_rounds": [4, 300]},
                        launch={"nproc_per_node": 2, "mode": "per_point"})
     out = tmp_path / "out"
@@ -65,11 +99,9 @@ def test_sigterm_stops_the_job_and_a_rerun_completes_only_the_missing_point(tmp_
     # Execute
     sweep = subprocess.Popen(sweep_command(path, "--no-plot"), cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
-        wait_for(first / "summary.json", timeout=240)
-        wait_for(out / "logs" / f"{second.name}.err", timeout=60)  # the second torchrun job has started
-        time.sleep(1.0)
-        sweep.send_signal(signal.SIGTERM)
-        interrupted_out = sweep.communicate(timeout=60)[0]
+        wait_for_file(first / "summary.json", timeout=240)
+        # the second point's own torchrun job, once it trains (its round-0 evaluation is logged)
+        interrupted_out = sigterm_while_held(sweep, second, second.name, evaluations=1)
     finally:
         if sweep.poll() is None:
             sweep.kill()
@@ -198,21 +230,15 @@ def test_a_point_whose_data_file_changed_is_rerun_and_the_table_shows_its_new_nu
 
 
 def test_sigterm_to_an_in_job_sweep_checkpoints_the_running_point_and_the_rerun_is_bitwise(tmp_path: Path) -> None:
-    # Prepare: two points in one job; the second is long enough to be running when SIGTERM comes.
-    path = write_sweep(tmp_path / "sweep.yaml", overrides=TINY, grid={"train.num_rounds": [4, 3000]},
+    # Prepare: two points in one job; the second is held mid-run when SIGTERM comes.
+    path = write_sweep(tmp_path / "sweep.yaml", overrides=TINY, grid={"train.num_rounds": [4, LONG_ROUNDS]},
                        launch={"nproc_per_node": 2, "mode": "in_job"})
     out = tmp_path / "out"
-    long_point = out / "num_rounds=3000__seed=0"
+    long_point = out / f"num_rounds={LONG_ROUNDS}__seed=0"
     sweep = subprocess.Popen(sweep_command(path, "--no-plot"), cwd=REPO, stdout=subprocess.PIPE, text=True)
-    # Execute: SIGTERM the sweep once the long point has logged a few evaluations
+    # Execute: SIGTERM the sweep once the long point has logged a few evaluations (rounds 0, 2, 4)
     try:
-        wait_for(long_point / "metrics.jsonl", timeout=240)
-        deadline = time.monotonic() + 120
-        while len((long_point / "metrics.jsonl").read_text().splitlines()) < 3:
-            assert time.monotonic() < deadline, "the long point made no progress"
-            time.sleep(0.05)
-        sweep.send_signal(signal.SIGTERM)
-        interrupted_out = sweep.communicate(timeout=90)[0]
+        interrupted_out = sigterm_while_held(sweep, long_point, str(out), evaluations=3)
     finally:
         if sweep.poll() is None:
             sweep.kill()
@@ -222,12 +248,12 @@ def test_sigterm_to_an_in_job_sweep_checkpoints_the_running_point_and_the_rerun_
     checkpoints = sorted((long_point / "ckpt").glob("round_*"))
     assert checkpoints, f"no checkpoint in {long_point / 'ckpt'}"
     stopped_round = int(checkpoints[-1].name.split("_")[1])
-    assert 0 < stopped_round < 3000
+    assert 0 < stopped_round < LONG_ROUNDS
     assert "stopped by SIGTERM" in (out / "logs" / "job-0.err").read_text()
     assert processes_mentioning(str(out)) == []
     # Execute: rerun the sweep; run the same point uninterrupted for comparison
     rerun = run_sweep(path, "--no-plot")
-    alone = run_sweep(path, "--no-plot", "--mode", "per_point", "--only", "num_rounds=3000",
+    alone = run_sweep(path, "--no-plot", "--mode", "per_point", "--only", f"num_rounds={LONG_ROUNDS}",
                       "--out-dir", str(tmp_path / "alone"))
     # Assert: the resumed point ends bitwise equal to the uninterrupted run
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr

@@ -71,7 +71,7 @@ def test_the_launcher_checks_its_interpreter_before_torchrun(monkeypatch: pytest
     real = importlib.util.find_spec
     monkeypatch.setattr(interpreter.importlib.util, "find_spec",
                         lambda name, *a: None if name == "torch" else real(name, *a))
-    monkeypatch.setattr(launch, "run_torchrun", lambda command, env, completion=None: pytest.fail("torchrun started"))
+    monkeypatch.setattr(launch, "run_torchrun", lambda command, env, **_: pytest.fail("torchrun started"))
     assert launch.main(["--nproc-per-node=2"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "(no module torch)" in err and "pfl_dist.launch" in err

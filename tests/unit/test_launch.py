@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ DEFAULT = str(REPO / "configs" / "default.yaml")
 def no_torchrun(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Records torchrun commands instead of running them."""
     started: list[list[str]] = []
-    monkeypatch.setattr(launch, "run_torchrun", lambda command, env, completion=None: started.append(command) or 0)
+    monkeypatch.setattr(launch, "run_torchrun", lambda command, env, **_: started.append(command) or 0)
     return started
 
 
@@ -110,7 +112,8 @@ def test_the_launcher_forwards_a_stop_signal_unless_every_process_got_it(every_p
         while Path(f"/proc/{agent.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
             assert time.monotonic() < deadline, "the stand-in agent did not stop"
             time.sleep(0.01)
-        forwarder = launch._StopForwarder(agent, every_process=every_process)
+        forwarder = launch._StopForwarder(every_process=every_process)
+        forwarder.attach(agent)
         forwarder._handle(signal.SIGTERM, None)
         assert forwarder.signal_name == "SIGTERM"
         assert _pending(agent.pid, signal.SIGTERM) is forwarded
@@ -198,3 +201,65 @@ def test_run_completion_counts_the_input_file_contents(tmp_path: Path) -> None:
     edited = load_config(DEFAULT, overrides)
     edited.set_world_size(1)
     assert not launch.RunCompletion.before_launch(edited, overwrite=False).complete()
+
+
+# --- the launcher's signal forwarding, in this process ----------------------------------------------
+
+
+def _pending_set(pid: int) -> set[signal.Signals]:
+    """Signals sent to `pid` that wait for it (it blocks them all: nothing is ever taken)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("ShdPnd:")), 16)
+    return {signal.Signals(number) for number in (signal.SIGINT, signal.SIGTERM) if mask >> (number - 1) & 1}
+
+
+@contextlib.contextmanager
+def _forwarder_and_agent() -> Iterator[tuple[launch._StopForwarder, subprocess.Popen[bytes]]]:
+    """A _StopForwarder installed in this process and a stand-in agent in a session of its own that
+    blocks SIGTERM and SIGINT (inherited mask), so every signal it gets stays pending, visible."""
+    forwarder = launch._StopForwarder()
+    forwarder.install()
+    with forwarder.held():
+        agent = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        yield forwarder, agent
+    finally:
+        forwarder.uninstall()
+        agent.kill()
+        agent.wait()
+
+
+def test_the_forwarder_passes_on_a_signal_that_came_before_torchrun_started() -> None:
+    with _forwarder_and_agent() as (forwarder, agent):
+        signal.raise_signal(signal.SIGTERM)
+        assert _pending_set(agent.pid) == set()
+        forwarder.attach(agent)
+        assert _pending_set(agent.pid) == {signal.SIGTERM}
+        assert forwarder.forwarded and forwarder.signal_name == "SIGTERM"
+
+
+def test_after_the_launchers_own_stop_only_a_second_signal_reaches_the_agent() -> None:
+    """Rank 0 stopped on another node's signal, so the launcher SIGTERMed its agent; the first
+    signal to the launcher after that (docker stop) must not be a second one for the agent, which
+    would interrupt workers still writing their checkpoint. A second one (Ctrl-C twice) is."""
+    with _forwarder_and_agent() as (forwarder, agent):
+        forwarder.attach(agent)
+        forwarder.stop_agent()
+        assert _pending_set(agent.pid) == {signal.SIGTERM}
+        signal.raise_signal(signal.SIGINT)
+        assert _pending_set(agent.pid) == {signal.SIGTERM}
+        forwarder.stop_agent()  # once only
+        signal.raise_signal(signal.SIGINT)
+        assert _pending_set(agent.pid) == {signal.SIGTERM, signal.SIGINT}
+
+
+def test_a_signal_after_torchrun_ended_is_ignored_not_given_its_default_action() -> None:
+    """The launcher's exit code is decided once torchrun has ended: a SIGTERM then (docker-compose
+    stopping the master last) neither reaches anything nor ends the launcher (this process)."""
+    with _forwarder_and_agent() as (forwarder, agent):
+        forwarder.attach(agent)
+        forwarder.end()
+        signal.raise_signal(signal.SIGTERM)
+        forwarder.stop_agent()
+        assert _pending_set(agent.pid) == set()
+        assert forwarder.signal_name is None and not forwarder.forwarded
