@@ -30,6 +30,7 @@ from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.tensorboard_views import TIME_GROUP
 
 REPO = Path(__file__).resolve().parents[1]
+HELD_TRAIN = REPO / "tests" / "distributed" / "held_train.py"
 NUM_ROUNDS = 30
 EVERY = 2
 # 8 clients, half sampled per round, lam=auto (so the lambda choice is part of the state).
@@ -68,16 +69,40 @@ class Job:
 
 
 def start_torchrun(out_dir: Path, name: str, *, nproc: int, max_restarts: int, overrides: tuple[str, ...],
-                   launcher: str = "torchrun") -> Job:
+                   launcher: str = "torchrun", hold: tuple[int, int] | None = None) -> Job:
+    """`hold=(round, rank)`: that rank stops itself once it wrote checkpoint `round`
+    (tests/distributed/held_train.py; plain torchrun only)."""
     options = [f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}", "--monitor-interval=0.1"]
     args = [f"run.out_dir={out_dir}", f"run.name={name}", *overrides]
+    env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if launcher == "launch":
+        assert hold is None, "a held rank needs plain torchrun"
         command = [sys.executable, "-m", "pfl_dist.launch", *options, *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", *options, "-m", "pfl_dist.train",
-                   *args]
-    env = {**os.environ, **TORCHRUN_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        entry = ["-m", "pfl_dist.train"] if hold is None else [str(HELD_TRAIN)]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", *options, *entry, *args]
+    if hold is not None:
+        env.update(HOLD_AFTER_CHECKPOINT=str(hold[0]), HOLD_RANK=str(hold[1]))
     return Job.spawn(command, env=env, new_session=True)
+
+
+def crash_after_checkpoint(out_dir: Path, name: str, round_num: int, *, nproc: int,
+                           overrides: tuple[str, ...]) -> Job:
+    """A torchrun job without restarts whose rank 1 is SIGKILLed once checkpoint `round_num` is
+    complete on every rank; -> the ended job. Rank 1 holds itself right after writing its shard
+    (tests/distributed/held_train.py), so the job cannot run past the checkpoint before the kill,
+    however loaded the machine is."""
+    job = start_torchrun(out_dir, name, nproc=nproc, max_restarts=0, overrides=overrides, hold=(round_num, 1))
+
+    def held_at_checkpoint() -> bool:
+        rank1 = worker_pids(job.process.pid).get(1)
+        return (rank1 is not None and process_state(rank1) in ("T", "t")
+                and checkpoint_complete(out_dir / name, round_num, nproc))
+
+    assert wait_for(held_at_checkpoint, timeout=300, interval=0.05), job.output()
+    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
+    assert job.wait(120) != 0, job.output()
+    return job
 
 
 def worker_pids(agent_pid: int) -> dict[int, int]:

@@ -5,8 +5,6 @@ session's shared jobs (tests/distributed/conftest.py: `four_rank_runs`, `counted
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from pfl_dist.methods import METHODS
 from pfl_dist.models.cnn import PaperCNN
 from pfl_dist.sampling import sample_clients
 from tests.distributed.conftest import GROUPED, IMAGE_ROUNDS, ROUNDS, counted, method_overrides
-from tests.faults import checkpoint_complete, compare_runs, run_reference, start_torchrun, wait_for, worker_pids
+from tests.faults import compare_runs, crash_after_checkpoint, run_reference, start_torchrun
 from tests.helpers import global_weights, read_summary, run_inprocess
 
 pytestmark = pytest.mark.distributed
@@ -99,10 +97,7 @@ def test_kill_and_resume_is_bitwise_with_per_client_state(tmp_path: Path, method
     overrides = (*RESUME, f"algorithm.name={method}")
     reference = run_reference(tmp_path / "reference_out", nproc=2, overrides=overrides)
     # Execute: rank 1 SIGKILLed once round 6 is checkpointed, then the same command again
-    job = start_torchrun(tmp_path, "crashed", nproc=2, max_restarts=0, overrides=overrides)
-    assert wait_for(lambda: checkpoint_complete(tmp_path / "crashed", 6, 2), timeout=300), job.output()
-    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
-    assert job.wait(120) != 0
+    crash_after_checkpoint(tmp_path, "crashed", 6, nproc=2, overrides=overrides)
     resumed = start_torchrun(tmp_path, "crashed", nproc=2, max_restarts=0, overrides=overrides)
     assert resumed.wait(300) == 0, resumed.output()
     # Assert: the checkpoint holds the algorithm's per-client state; the resumed run is the uninterrupted one

@@ -3,9 +3,7 @@ run still ends bitwise equal; a different world size re-shards the clients by id
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,10 +12,9 @@ from tests.faults import (
     OVERRIDES,
     checkpoint_complete,
     compare_runs,
+    crash_after_checkpoint,
     run_reference,
     start_torchrun,
-    wait_for,
-    worker_pids,
 )
 from tests.helpers import read_summary
 
@@ -34,10 +31,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def crash_after(out: Path, name: str, round_num: int) -> list[int]:
     """A job without restarts whose rank 1 is SIGKILLed once round_num is checkpointed; ->
     the rounds with a complete checkpoint left behind."""
-    job = start_torchrun(out, name, nproc=NPROC, max_restarts=0, overrides=OVERRIDES)
-    assert wait_for(lambda: checkpoint_complete(out / name, round_num, NPROC), timeout=300), job.output()
-    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
-    assert job.wait(120) != 0
+    crash_after_checkpoint(out, name, round_num, nproc=NPROC, overrides=OVERRIDES)
     rounds = sorted(int(p.name.split("_")[1]) for p in (out / name / "ckpt").iterdir())
     return [r for r in rounds if checkpoint_complete(out / name, r, NPROC)]
 

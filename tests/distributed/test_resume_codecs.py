@@ -6,20 +6,16 @@ residuals re-shard by client id onto another world size. FedAvg's message is a f
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.faults import (
-    checkpoint_complete,
     compare_runs,
+    crash_after_checkpoint,
     run_reference,
     start_torchrun,
-    wait_for,
-    worker_pids,
 )
 from tests.helpers import global_weights, read_summary
 
@@ -35,10 +31,7 @@ BASE = ("data.num_clients=8", "data.samples_per_client=100", f"train.num_rounds=
 def crash_and_resume(out: Path, overrides: tuple[str, ...], *, kill_after: int) -> tuple[Path, int]:
     """Rank 1 SIGKILLed once round `kill_after` is checkpointed, then the same command again;
     -> (the run dir, the round resumed from)."""
-    job = start_torchrun(out, "crashed", nproc=NPROC, max_restarts=0, overrides=overrides)
-    assert wait_for(lambda: checkpoint_complete(out / "crashed", kill_after, NPROC), timeout=300), job.output()
-    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
-    assert job.wait(120) != 0
+    crash_after_checkpoint(out, "crashed", kill_after, nproc=NPROC, overrides=overrides)
     resumed = start_torchrun(out, "crashed", nproc=NPROC, max_restarts=0, overrides=overrides)
     assert resumed.wait(300) == 0, resumed.output()
     resumed_from = read_summary(out / "crashed")["resumed_from"]
@@ -71,10 +64,7 @@ def test_error_feedback_residuals_reshard_by_client_id(tmp_path: Path) -> None:
     # residual with that client.
     overrides = (*BASE, "algorithm.name=fedavg", "comm.codec=topk:0.2")
     reference = run_reference(tmp_path / "reference_out", nproc=NPROC, overrides=overrides)
-    job = start_torchrun(tmp_path, "reshard", nproc=NPROC, max_restarts=0, overrides=overrides)
-    assert wait_for(lambda: checkpoint_complete(tmp_path / "reshard", 6, NPROC), timeout=300), job.output()
-    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
-    assert job.wait(120) != 0
+    crash_after_checkpoint(tmp_path, "reshard", 6, nproc=NPROC, overrides=overrides)
     # Execute
     resumed = start_torchrun(tmp_path, "reshard", nproc=4, max_restarts=0, overrides=overrides)
     assert resumed.wait(300) == 0, resumed.output()
