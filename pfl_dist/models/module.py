@@ -65,7 +65,7 @@ def load_factory(kind: str) -> Factory:
         raise ConfigError(f"model.kind={kind}: {kind.partition(':')[2]!r} is not callable (its type is "
                           f"{type(factory).__name__}): name a factory(input_shape, num_classes) returning a "
                           "torch.nn.Module")
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def call_factory(factory: Factory, kind: str, *, input_shape: tuple[int, ...], num_classes: int,
@@ -187,14 +187,14 @@ class ModuleModel:
     def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """params (k, P), x (k, n, *input_shape) -> (k, n, C); each client's own model on its own x."""
         if self._batched(params):
-            return vmap(self._forward)(params, x)  # type: ignore[no-any-return]
+            return vmap(self._forward)(params, x)
         return torch.stack([self._forward(p, xi) for p, xi in zip(params, x, strict=True)])
 
     def weighted_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                       weights: torch.Tensor) -> torch.Tensor:
         """Gradient (k, P) of each client's weighted loss; rows with all-zero weights get 0."""
         if self._batched(params):
-            return vmap(grad(self._weighted_loss))(params, x, y, weights)  # type: ignore[no-any-return]
+            return vmap(grad(self._weighted_loss))(params, x, y, weights)
         return torch.stack([self._autograd_grad(p, xi, yi, wi)
                             for p, xi, yi, wi in zip(params, x, y, weights, strict=True)])
 

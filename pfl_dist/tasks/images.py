@@ -188,7 +188,8 @@ def check_image_config(cfg: Config) -> None:
     if not image_model_entry(cfg).smoothness and cfg.algorithm.smoothness == "auto" and needing:
         several = len(needing) > 1
         raise ConfigError(f"algorithm.smoothness 'auto' has no formula for model.kind {cfg.model.kind!r}, which "
-                          f"'auto' of {' and '.join(needing)} need{'' if several else 's'}: set {'them' if several else 'it'} "
+                          f"'auto' of {' and '.join(needing)} need{'' if several else 's'}: set "
+                          f"{'them' if several else 'it'} "
                           "(the paper's CNN runs use local_lr 0.01 and global_lr 1/lam), or an explicit smoothness")
 
 

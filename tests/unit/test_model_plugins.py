@@ -229,7 +229,8 @@ def test_a_plugin_model_applies_to_image_data_and_reaches_the_memory_estimate(us
 
 ROUNDS = 4
 RUN = ("data.kind=mnist", "data.num_partitions=30", "data.num_clients=4", "model.kind=user_mlp:mlp",
-       "algorithm.batch_size=32", "algorithm.local_epochs=1", "algorithm.local_lr=0.05", "algorithm.sample_fraction=0.5",
+       "algorithm.batch_size=32", "algorithm.local_epochs=1", "algorithm.local_lr=0.05",
+       "algorithm.sample_fraction=0.5",
        "train.dtype=float64", f"train.num_rounds={ROUNDS}", "train.eval_every=2", "checkpoint.every=2")
 
 
