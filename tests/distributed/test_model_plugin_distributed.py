@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pfl_dist.sampling import sample_clients
-from tests.helpers import HAS_FASHION, REPO, run_torchrun
+from tests.helpers import HAS_FASHION, REPO, run_inprocess, run_torchrun
 
 pytestmark = [
     pytest.mark.distributed,
@@ -37,12 +37,16 @@ def test_a_user_mlp_outside_the_repo_trains_on_two_ranks_with_its_exact_bytes(
     param_bytes = 4 * sum(p.numel() for p in module.parameters())  # float32
     messages = sum(len(sample_clients(t, seed=0, num_clients=CLIENTS, sample_fraction=FRACTION))
                    for t in range(ROUNDS))
-    # Execute: FedAvg on 4 Fashion-MNIST clients, 2 ranks, 2 rounds
-    summary = run_torchrun(tmp_path, 2, "data.kind=fashion_mnist", f"data.num_clients={CLIENTS}",
-                           "model.kind=user_mlp:mlp", "algorithm.name=fedavg", "algorithm.local_lr=0.05",
-                           "algorithm.batch_size=32", "algorithm.local_epochs=1",
-                           f"algorithm.sample_fraction={FRACTION}", f"train.num_rounds={ROUNDS}",
-                           f"train.eval_every={ROUNDS}", name="mlp")
+    overrides = ("data.kind=fashion_mnist", f"data.num_clients={CLIENTS}", "model.kind=user_mlp:mlp",
+                 "algorithm.name=fedavg", "algorithm.local_lr=0.05", "algorithm.batch_size=32",
+                 "algorithm.local_epochs=1", f"algorithm.sample_fraction={FRACTION}", f"train.num_rounds={ROUNDS}",
+                 f"train.eval_every={ROUNDS}")
+    # Execute: FedAvg on 4 Fashion-MNIST clients, 2 ranks, 2 rounds; and the same in one process
+    summary = run_torchrun(tmp_path, 2, *overrides, name="mlp")
+    try:
+        single = run_inprocess(tmp_path, *overrides, name="single")
+    finally:
+        sys.modules.pop("user_mlp", None)
     # Assert: 2 ranks trained it; uplink = messages x its parameter bytes, exactly; the final model loads
     assert summary["world_size"] == 2 and summary["config"]["model"]["kind"] == "user_mlp:mlp"
     assert param_bytes == 4 * (784 * 64 + 64 + 64 * 10 + 10)
@@ -52,3 +56,7 @@ def test_a_user_mlp_outside_the_repo_trains_on_two_ranks_with_its_exact_bytes(
     module.load_state_dict(torch.load(tmp_path / "mlp" / "final" / "global.pt", weights_only=True))
     final = summary["final"]
     assert final["eval/acc_personal"] > final["eval/naive_acc"], final
+    # world-size independent: the 1-process run trains the same model (up to float32 summation order)
+    two, one = (torch.load(tmp_path / name / "final" / "global.pt", weights_only=True) for name in ("mlp", "single"))
+    assert all(torch.allclose(two[key], one[key], atol=1e-5, rtol=0) for key in two)
+    assert single["comm"]["uplink_bytes"] == summary["comm"]["uplink_bytes"]

@@ -270,3 +270,22 @@ def test_a_float64_plugin_run_counts_its_exact_bytes_and_resumes_bitwise(
     module = importlib.import_module("user_mlp").mlp(MNIST_SHAPE, 10).double()
     module.load_state_dict(torch.load(tmp_path / "crashed" / "final" / "global.pt", weights_only=True))
     assert read_summary(tmp_path / "reference")["final"]["eval/acc_personal"] > 0.5
+
+
+def test_a_plugin_runs_final_global_pt_is_its_next_runs_init_file(user_dir: Path, tmp_path: Path,
+                                                                  mnist_dir: Path) -> None:
+    from pfl_dist.models.init_file import initial_model
+    from pfl_dist.tasks.images import ImageTask
+
+    overrides = (*RUN, f"data.data_dir={mnist_dir}", "algorithm.name=fedavg", "train.num_rounds=1",
+                 "train.eval_every=1")
+    run_inprocess(tmp_path, *overrides, name="first")
+    saved_path = tmp_path / "first" / "final" / "global.pt"
+    summary = run_inprocess(tmp_path, *overrides, f"model.init_file={saved_path}", name="second")
+    assert summary["inputs"]["model.init_file"]  # its digest enters the run's identity
+    cfg = load_config(None, [*overrides, f"model.init_file={saved_path}"])
+    task = ImageTask(cfg, client_ids=range(2), device=torch.device("cpu"), dtype=torch.float64)
+    start = task.model_state_dict(initial_model(cfg.model.init_file, task))
+    saved = torch.load(saved_path, weights_only=True)
+    assert list(start) == list(saved) and all(torch.equal(start[name], saved[name]) for name in saved)
+    assert not torch.equal(initial_model(cfg.model.init_file, task), task.init_model())
