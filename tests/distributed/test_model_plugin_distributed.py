@@ -1,10 +1,12 @@
 """A user's model from outside the repo (`model.kind=user_mlp:mlp`, examples/mlp.py copied to a
 temporary folder on PYTHONPATH) trains on 2 torchrun ranks on Fashion-MNIST, and the ledger counts
-exactly its parameter bytes (issue 23's acceptance)."""
+exactly its parameter bytes (issue 23's acceptance); a killed rank's run resumes bit for bit."""
 
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pytest
 import torch
 
 from pfl_dist.sampling import sample_clients
-from tests.helpers import HAS_FASHION, REPO, run_inprocess, run_torchrun
+from tests.faults import checkpoint_complete, compare_runs, run_reference, start_torchrun, wait_for, worker_pids
+from tests.helpers import HAS_FASHION, REPO, read_summary, run_inprocess, run_torchrun
 
 pytestmark = [
     pytest.mark.distributed,
@@ -60,3 +63,52 @@ def test_a_user_mlp_outside_the_repo_trains_on_two_ranks_with_its_exact_bytes(
     two, one = (torch.load(tmp_path / name / "final" / "global.pt", weights_only=True) for name in ("mlp", "single"))
     assert all(torch.allclose(two[key], one[key], atol=1e-5, rtol=0) for key in two)
     assert single["comm"]["uplink_bytes"] == summary["comm"]["uplink_bytes"]
+
+
+SLOW_MLP = '''
+import time
+
+from user_mlp import mlp as fast_mlp
+
+
+def mlp(input_shape, num_classes):
+    module = fast_mlp(input_shape, num_classes)
+    forward = module.forward
+
+    def slow_forward(x):
+        time.sleep(0.05)  # a round lasts longer than the test takes to kill a rank after a checkpoint
+        return forward(x)
+
+    module.forward = slow_forward
+    return module
+'''
+RESUME_ROUNDS = 8
+
+
+def test_kill_and_resume_of_a_plugin_model_is_bitwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: the user's MLP (slowed down) outside the repo; an uninterrupted 2-rank reference
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "user_mlp.py").write_text((REPO / "examples" / "mlp.py").read_text())
+    (user / "slow_mlp.py").write_text(SLOW_MLP)
+    monkeypatch.setenv("PYTHONPATH", str(user))
+    overrides = ("data.kind=fashion_mnist", f"data.num_clients={CLIENTS}", "model.kind=slow_mlp:mlp",
+                 "algorithm.name=fedavg", "algorithm.local_lr=0.05", "algorithm.batch_size=32",
+                 "algorithm.local_epochs=1", f"algorithm.sample_fraction={FRACTION}",
+                 f"train.num_rounds={RESUME_ROUNDS}", "train.eval_every=2", "checkpoint.every=2")
+    reference = run_reference(tmp_path / "reference_out", nproc=2, overrides=overrides)
+    # Execute: rank 1 SIGKILLed once round 4 is checkpointed, then the same command again
+    job = start_torchrun(tmp_path, "crashed", nproc=2, max_restarts=0, overrides=overrides)
+    assert wait_for(lambda: checkpoint_complete(tmp_path / "crashed", 4, 2), timeout=300), job.output()
+    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
+    assert job.wait(120) != 0
+    resumed = start_torchrun(tmp_path, "crashed", nproc=2, max_restarts=0, overrides=overrides)
+    assert resumed.wait(300) == 0, resumed.output()
+    # Assert: resumed from a checkpoint, the same run bit for bit, the same final model
+    resumed_from = read_summary(tmp_path / "crashed")["resumed_from"]
+    assert len(resumed_from) == 1 and 4 <= resumed_from[0] < RESUME_ROUNDS
+    assert compare_runs(tmp_path / "crashed", reference) == []
+    final, expected = (torch.load(d / "final" / "global.pt", weights_only=True) for d in (tmp_path / "crashed",
+                                                                                          reference))
+    assert list(final) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert all(torch.equal(final[name], expected[name]) for name in expected)
