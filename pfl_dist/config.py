@@ -30,6 +30,7 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.spec import parse_codec
 from pfl_dist.inputs import Inputs, fingerprint
 from pfl_dist.methods import method_info
+from pfl_dist.models import check_kind
 
 Auto = Literal["auto"]
 
@@ -160,13 +161,21 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # auto: linear softmax without bias for synthetic data (the paper's), logreg for images
-    kind: Literal["auto", "linear", "logreg", "cnn"] = "auto"
+    # linear, logreg, cnn or a plug-in "package.module:factory" (factory(input_shape, num_classes)
+    # -> torch.nn.Module; pfl_dist/models/__init__.py); auto: linear softmax without bias for
+    # synthetic data (the paper's), logreg for images
+    kind: str = "auto"
     # the initial global model: .npy ((d, C) or flat, linear models) or .pt (named tensors, e.g. a
     # run's final/global.pt); null = the task's seeded initialisation
     init_file: str | None = None
+    # a plug-in model's head for FedRep and FedPer: the prefix of its head's parameter names (e.g.
+    # "fc2."); null = no body/head split
+    head: str | None = None
 
     def __post_init__(self) -> None:
+        check_kind(self.kind)
+        _require(self.head is None or self.head != "", "model.head",
+                 "must be a parameter-name prefix such as 'fc2.', or null")
         if self.init_file is not None:
             check_path_text(self.init_file, "model.init_file")
         _require(self.init_file is None or Path(self.init_file).suffix in (".npy", ".pt"), "model.init_file",

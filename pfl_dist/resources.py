@@ -10,7 +10,9 @@ The estimate counts only what certainly gets allocated, so it errs low and never
 config that fits: the rank's client data (features and labels, padded to its largest client as
 the tasks store them) and its per-client models (the local models, the copies a round trains
 and the new ones it returns: 3 x k x P values, P the model's size for the dataset's input shape
-and classes). Per data.kind, from what is known without loading the data:
+and classes: the model registry's `memory_bytes`, pfl_dist/models/__init__.py; a plug-in model's
+P is counted on the module its factory builds). Per data.kind, from what is known without loading
+the data:
 - synthetic: exact, k x n x (d values + a label);
 - fashion_mnist, mnist, mnist5k: the dataset's standard training size, cut as the partitioner
   cuts it (classes: N // (partitions x c) images of each of c classes; iid: N // partitions;
@@ -44,26 +46,16 @@ from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 from pfl_dist.errors import ConfigError
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sampling import client_block
+from pfl_dist.tasks import task_model
 
 _DTYPE_BYTES = {"float32": 4, "float64": 8}
 _LABEL_BYTES = 8  # int64 labels
-_MODEL_COPIES = 3  # local models, the copies trained in a round, the models the round returns
 PAPER_CLIENT_SIZE = 200  # tasks/images.py: num_partitions 'auto' keeps 200 images per client
 IMAGE_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "mnist5k": 4_000}
 
 
 def clients_per_rank(num_clients: int, world_size: int) -> int:
     return math.ceil(num_clients / world_size)  # client_block gives the first ranks one extra
-
-
-def image_num_params(kind: str, *, input_shape: tuple[int, int, int], num_classes: int) -> int:
-    """Parameters of model.kind (auto = logreg) for samples of `input_shape`, as
-    tasks/images.py builds it (checked against the built models in tests/hostile/test_resources.py)."""
-    channels, height, width = input_shape
-    if kind == "cnn":  # conv3x3(32), conv3x3(64), two 2x2 pools, fc(128), fc(C); with biases
-        return (channels * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (64 * (height // 4) * (width // 4) * 128 + 128) \
-            + (128 * num_classes + num_classes)
-    return channels * height * width * num_classes + (0 if kind == "linear" else num_classes)
 
 
 def _image_samples_per_client(cfg: Config, num_train: int) -> int:
@@ -108,6 +100,7 @@ def _client_files_data_bytes(cfg: Config, block: range, value: int) -> int:
 def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None) -> tuple[int, int]:
     """-> (data bytes, per-client model bytes) of `rank`, or of the rank that needs the most."""
     data = cfg.data
+    model = task_model(cfg)
     value = _DTYPE_BYTES[cfg.train.dtype]
     k = clients_per_rank(data.num_clients, world_size) if rank is None \
         else len(client_block(rank, world_size=world_size, num_clients=data.num_clients))
@@ -115,23 +108,20 @@ def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None
     if data.kind == "synthetic":
         n, d = data.samples_per_client, data.dim
         data_bytes = k * n * (d * value + _LABEL_BYTES)
-        num_params = d * data.num_classes
-    elif image is not None:
+        return data_bytes, model.memory_bytes((d,), data.num_classes, clients=k, value_bytes=value)
+    if image is not None:
         num_train, input_shape, num_classes = image
         sample_values = math.prod(input_shape)
         data_bytes = k * _image_samples_per_client(cfg, num_train) * (sample_values * value + _LABEL_BYTES)
-        kind = "logreg" if cfg.model.kind == "auto" else cfg.model.kind
-        num_params = image_num_params(kind, input_shape=input_shape, num_classes=num_classes)
-    elif data.kind == "client_files":
-        num_params = data.dim * data.num_classes + (data.num_classes if cfg.model.kind == "logreg" else 0)
+        return data_bytes, model.memory_bytes(input_shape, num_classes, clients=k, value_bytes=value)
+    if data.kind == "client_files":
         blocks = [client_block(r, world_size=world_size, num_clients=data.num_clients)
                   for r in (range(world_size) if rank is None else [rank])]  # ranks hold files of different sizes
-        per_rank = [(_client_files_data_bytes(cfg, block, value), _MODEL_COPIES * len(block) * num_params * value)
+        per_rank = [(_client_files_data_bytes(cfg, block, value),
+                     model.memory_bytes((data.dim,), data.num_classes, clients=len(block), value_bytes=value))
                     for block in blocks]
         return max(per_rank, key=sum)
-    else:  # a task without an estimate here is never refused
-        return 0, 0
-    return data_bytes, _MODEL_COPIES * k * num_params * value
+    return 0, 0  # a task without an estimate here is never refused
 
 
 def _read_int(path: Path) -> int | None:

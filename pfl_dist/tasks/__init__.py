@@ -9,6 +9,10 @@ default is an error (one line, exit 2) instead of a silently ignored setting: `m
 `algorithm.batch_size=32` on synthetic data would otherwise run the linear model with full-batch
 GD and look like a result. A new data kind adds one entry here and a class with the Task
 interface (pfl_dist/tasks/base.py).
+
+Which model kinds a task can build is the model registry's to say (pfl_dist/models/__init__.py:
+each entry lists its tasks, and a plug-in `package.module:factory` serves the tasks that build
+`torch.nn.Module`s); `check_task_config` reads it for built-in and plug-in kinds alike.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import method_info
+from pfl_dist.models import MODELS, PLUGIN_FORM, ModelEntry, kinds_for_task, model_entry
 
 if TYPE_CHECKING:  # the registry itself stays torch-free
     import torch
@@ -31,11 +36,10 @@ if TYPE_CHECKING:  # the registry itself stays torch-free
 
 @dataclass(frozen=True)
 class TaskEntry:
-    target: str  # "module:Class" of the Task
-    model_kinds: tuple[str, ...]  # model.kind values the task can build ("auto" always included)
+    target: str  # "module:Class" of the Task (the model registry's entries name the tasks they serve)
     unused_keys: tuple[str, ...]  # dotted keys the task never reads
     description: str
-    grouped_model_kinds: tuple[str, ...] = ()  # model.kind values with a body/head split (FedRep, FedPer)
+    auto_model: str = "linear"  # the model.kind that 'auto' builds
 
 
 _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_partitions",
@@ -44,16 +48,14 @@ _SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "d
 _SCALE, _MIN_SAMPLES = "data.scale_features", "data.min_samples_per_client"
 _IMAGES = TaskEntry(
     target="pfl_dist.tasks.images:ImageTask",
-    model_kinds=("logreg", "linear", "cnn"),
     unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES),
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
-    grouped_model_kinds=("cnn",),
+    auto_model="logreg",
 )
 
 TASKS: dict[str, TaskEntry] = {
     "synthetic": TaskEntry(
         target="pfl_dist.tasks.synthetic:SyntheticTask",
-        model_kinds=("linear",),
         unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES),
         description="the paper's generator: per-client softmax-regression data around true models",
     ),
@@ -62,22 +64,19 @@ TASKS: dict[str, TaskEntry] = {
     "mnist5k": _IMAGES,
     "cifar10": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
-        model_kinds=("logreg", "linear", "cnn"),
         unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES),
         description="CIFAR-10 (3x32x32 colour, 10 classes) from its python pickle batches, partitioned into clients",
-        grouped_model_kinds=("cnn",),
+        auto_model="logreg",
     ),
     "leaf": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
-        model_kinds=("logreg", "linear", "cnn"),
         unused_keys=(*_SYNTHETIC_ONLY, "data.download", "data.partition", "data.num_partitions",
                      "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE),
         description="LEAF FEMNIST JSON (28x28, 62 classes): each writer is one client, with its own test samples",
-        grouped_model_kinds=("cnn",),
+        auto_model="logreg",
     ),
     "client_files": TaskEntry(
         target="pfl_dist.tasks.client_files:ClientFilesTask",
-        model_kinds=("linear", "logreg"),
         unused_keys=("data.samples_per_client", "data.R", "data.center_scale",
                      *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES),
         description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
@@ -105,19 +104,50 @@ def set_unused_keys(cfg: Config, unused: Sequence[str]) -> list[str]:
             if getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) != _default(key)]
 
 
+def task_model(cfg: Config) -> ModelEntry:
+    """The model registry's entry of the config's model.kind ('auto': its task's default)."""
+    kind = task_entry(cfg.data.kind).auto_model if cfg.model.kind == "auto" else cfg.model.kind
+    return model_entry(kind, head=cfg.model.head)
+
+
+def _alternatives(kinds: Sequence[str]) -> str:
+    return " or ".join(kind if kind.startswith(PLUGIN_FORM) else repr(kind) for kind in kinds)
+
+
+def check_model_config(cfg: Config) -> None:
+    """The model (built-in or plug-in) applies to the data kind, and has the body/head split the
+    method needs; model.head is set only where it is read."""
+    kind, target = cfg.data.kind, task_entry(cfg.data.kind).target
+    model = task_model(cfg)
+    if target not in model.tasks:
+        raise ConfigError(f"model.kind {cfg.model.kind!r} does not apply to data.kind {kind!r} "
+                          f"(it takes {_alternatives(['auto', *kinds_for_task(target)])})")
+    method = method_info(cfg.algorithm.name)
+    if cfg.model.head is not None and not model.plugin:
+        has = f"its own head, {model.head!r}" if model.head else "no head"
+        raise ConfigError(f"model.head is for plug-in models ({PLUGIN_FORM}); model.kind {cfg.model.kind!r} has "
+                          f"{has}: remove model.head")
+    if cfg.model.head is not None and not method.parameter_groups:
+        raise ConfigError(f"model.head is read only by the methods with a body/head split; algorithm.name "
+                          f"{cfg.algorithm.name!r} trains the whole model: remove model.head")
+    if method.parameter_groups and model.head is None:
+        if model.plugin:
+            takes = "name the head with model.head, the prefix of its parameter names, e.g. model.head=fc2."
+        else:
+            grouped = [k for k, entry in MODELS.items() if entry.head and target in entry.tasks]
+            if PLUGIN_FORM in kinds_for_task(target):
+                grouped.append(f"{PLUGIN_FORM} with model.head")
+            takes = (f"data.kind {kind!r} has one with model.kind {_alternatives(grouped)}" if grouped
+                     else f"data.kind {kind!r} has no such model")
+        raise ConfigError(f"algorithm.name {cfg.algorithm.name!r} needs a model with a body/head split; "
+                          f"model.kind {cfg.model.kind!r} has none ({takes})")
+
+
 def check_task_config(cfg: Config) -> None:
     """The config's combination of data kind, model and keys is one its task can run."""
     kind = cfg.data.kind
     entry = task_entry(kind)
-    if cfg.model.kind not in ("auto", *entry.model_kinds):
-        raise ConfigError(f"model.kind {cfg.model.kind!r} does not apply to data.kind {kind!r} "
-                          f"(it takes {' or '.join(repr(k) for k in ('auto', *entry.model_kinds))})")
-    method = method_info(cfg.algorithm.name)
-    if method.parameter_groups and cfg.model.kind not in entry.grouped_model_kinds:
-        takes = (f"data.kind {kind!r} has one with model.kind {' or '.join(map(repr, entry.grouped_model_kinds))}"
-                 if entry.grouped_model_kinds else f"data.kind {kind!r} has no such model")
-        raise ConfigError(f"algorithm.name {cfg.algorithm.name!r} needs a model with a body/head split; "
-                          f"model.kind {cfg.model.kind!r} has none ({takes})")
+    check_model_config(cfg)
     ignored = set_unused_keys(cfg, entry.unused_keys)
     if ignored:
         settings = ", ".join(f"{key}={getattr(getattr(cfg, key.split('.')[0]), key.split('.')[1])!r}"

@@ -29,11 +29,17 @@ Metrics (all additive float64 sums, reduced by the engine's one evaluation all-r
 Log-probabilities are floored at log(1e-12) in both losses, so a test image of a class its
 client never trained on (possible only with the dirichlet/iid partitioners) costs a finite 27.6.
 
+Models (the model registry, pfl_dist/models/__init__.py): logreg/linear on flat pixels, and any
+model built from a `torch.nn.Module` factory: the paper's CNN (`cnn`) or a plug-in
+`package.module:factory`, given the dataset's (channels, height, width) and class count, through
+the same wrapper (pfl_dist/models/module.py). A module model's body/head split for FedRep and
+FedPer is the registry's (the CNN's fc2) or the plug-in's `model.head`.
+
 Smoothness (for algorithm.smoothness = auto): logreg/linear use docs/METHOD.md §2's bound
 max_i lambda_max(X_i^T X_i) / (4 n_i) on the [0, 1] pixels (with a column of ones for the bias).
-The CNN has no such constant: a config that would need it (local_lr, FedCLUP's global_lr or
-pFedMe's personal_lr left at auto) is rejected with a ConfigError naming them, and otherwise L is
-reported as 0 (unused).
+The module models have no such constant: a config that would need it (local_lr, FedCLUP's
+global_lr or pFedMe's personal_lr left at auto) is rejected with a ConfigError naming them, and
+otherwise L is reported as 0 (unused).
 """
 
 from __future__ import annotations
@@ -58,9 +64,10 @@ from pfl_dist.data.partition import (
     train_test_split_client,
 )
 from pfl_dist.errors import ConfigError
-from pfl_dist.models.cnn import CNNModel
+from pfl_dist.models import ModelEntry, model_entry
 from pfl_dist.models.init_file import check_init_file
 from pfl_dist.models.linear import LinearSoftmax
+from pfl_dist.models.module import ModuleModel
 from pfl_dist.solvers.padded import full_batch_weights, prox_gd_padded, prox_sgd_padded
 from pfl_dist.tasks.base import Batch, padded_batches
 
@@ -99,14 +106,23 @@ class LogRegModel:
         return self.linear.weighted_grad(params, x, y, weights)
 
 
-ImageModel = LogRegModel | CNNModel
+ImageModel = LogRegModel | ModuleModel
 
 
-def build_image_model(kind: str, *, input_shape: tuple[int, int, int], num_classes: int) -> ImageModel:
+def image_model_entry(cfg: Config) -> ModelEntry:
+    """The model registry's entry of model.kind on images (auto = logreg; a plug-in's head is model.head)."""
+    return model_entry("logreg" if cfg.model.kind == "auto" else cfg.model.kind, head=cfg.model.head)
+
+
+def build_image_model(kind: str, *, input_shape: tuple[int, int, int], num_classes: int,
+                      head: str | None = None) -> ImageModel:
     """model.kind: auto and logreg = multinomial logistic regression with bias; linear = without;
-    cnn = the paper's CNN. Sized for the dataset's samples (channels, height, width) and classes."""
-    if kind == "cnn":
-        return CNNModel(num_classes, input_shape=input_shape)
+    a kind with a module factory (cnn = the paper's CNN, or a plug-in 'package.module:factory', whose
+    head prefix is `head`) = that module, batched over clients. Sized for the dataset's samples
+    (channels, height, width) and classes."""
+    entry = model_entry("logreg" if kind == "auto" else kind, head=head)
+    if entry.factory is not None:
+        return ModuleModel.from_entry(entry, input_shape=input_shape, num_classes=num_classes)
     return LogRegModel(bias=kind != "linear", num_features=math.prod(input_shape), num_classes=num_classes)
 
 
@@ -169,10 +185,11 @@ def check_image_config(cfg: Config) -> None:
         raise ConfigError(f"data.num_clients ({data.num_clients}) must be <= data.num_partitions "
                           f"({data.num_partitions}): the experiment uses num_clients of the partitioned clients")
     needing = keys_needing_smoothness(cfg)
-    if cfg.model.kind == "cnn" and cfg.algorithm.smoothness == "auto" and needing:
+    if not image_model_entry(cfg).smoothness and cfg.algorithm.smoothness == "auto" and needing:
         several = len(needing) > 1
-        raise ConfigError(f"algorithm.smoothness 'auto' has no formula for model.kind 'cnn', which 'auto' of "
-                          f"{' and '.join(needing)} need{'' if several else 's'}: set {'them' if several else 'it'} "
+        raise ConfigError(f"algorithm.smoothness 'auto' has no formula for model.kind {cfg.model.kind!r}, which "
+                          f"'auto' of {' and '.join(needing)} need{'' if several else 's'}: set "
+                          f"{'them' if several else 'it'} "
                           "(the paper's CNN runs use local_lr 0.01 and global_lr 1/lam), or an explicit smoothness")
 
 
@@ -213,7 +230,8 @@ def preflight(cfg: Config) -> None:
     initial model's file."""
     dataset = dataset_for(cfg)
     dataset_clients(cfg, dataset, client_ids=range(cfg.data.num_clients))
-    model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+                              head=cfg.model.head)
     check_init_file(cfg.model.init_file, model)
 
 
@@ -249,7 +267,8 @@ class ImageTask:
         self.device = device
         self.dtype = dtype
         self.num_classes = dataset.num_classes
-        self.model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=self.num_classes)
+        self.model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=self.num_classes,
+                                       head=cfg.model.head)
         self.num_params = self.model.num_params
         self.clients = dataset_clients(cfg, dataset, client_ids=client_ids)
         self.sample_ndim = dataset.train.images.ndim - 1  # dims of one stored sample
@@ -297,8 +316,8 @@ class ImageTask:
         return self.model.state_dict(model)
 
     def local_smoothness(self) -> float:
-        """docs/METHOD.md §2's bound for the linear models; 0 (unused, see module doc) for the CNN."""
-        if isinstance(self.model, CNNModel):
+        """docs/METHOD.md §2's bound for the linear models; 0 (unused, see module doc) for a module model."""
+        if isinstance(self.model, ModuleModel):
             return 0.0
         bounds = []
         for i, n in enumerate(self.train_counts):
@@ -327,13 +346,9 @@ class ImageTask:
     # --- solver primitives (pfl_dist/algorithms/ composes them) ---------------------------
 
     def parameter_groups(self) -> dict[str, slice] | None:
-        """The CNN's body (convolutions and fc1) and head (the last linear layer, fc2); the linear
-        models have no split."""
-        if not isinstance(self.model, CNNModel):
-            return None
-        head = sum(size for name, size in zip(self.model.names, self.model.sizes, strict=True)
-                   if name.startswith("fc2."))
-        return {"body": slice(0, self.num_params - head), "head": slice(self.num_params - head, self.num_params)}
+        """A module model's body and head (the CNN's: convolutions and fc1, and fc2; a plug-in's:
+        model.head names the head); the linear models have no split."""
+        return self.model.groups() if isinstance(self.model, ModuleModel) else None
 
     def parameter_shapes(self) -> list[torch.Size]:
         return [t.shape for t in self.model_state_dict(self.init_model()).values()]

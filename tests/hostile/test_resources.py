@@ -18,7 +18,8 @@ from pfl_dist.data import cifar, leaf
 from pfl_dist.data.client_files import samples_at_least
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 from pfl_dist.errors import ConfigError
-from pfl_dist.resources import available_bytes, check_memory, estimate_rank_bytes, image_num_params
+from pfl_dist.models import MODELS
+from pfl_dist.resources import available_bytes, check_memory, estimate_rank_bytes
 from pfl_dist.sampling import client_block
 from pfl_dist.tasks.client_files import ClientFilesTask
 from pfl_dist.tasks.images import ImageTask, build_image_model
@@ -46,7 +47,7 @@ def test_the_estimate_is_what_the_synthetic_task_allocates(dtype: str, num_clien
                                                           (leaf.INPUT_SHAPE, leaf.NUM_CLASSES)])
 def test_image_model_sizes_are_the_models_own(kind: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
     model = build_image_model(kind, input_shape=input_shape, num_classes=num_classes)
-    assert image_num_params(kind, input_shape=input_shape, num_classes=num_classes) == model.num_params
+    assert MODELS[kind].num_params(input_shape, num_classes) == model.num_params
 
 
 def _write_clients(directory: Path, counts: list[int], *, fmt: str, dim: int) -> None:

@@ -4,6 +4,7 @@ files keep the hash they had before fingerprints, and the sweep's view of a chan
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from pfl_dist import inputs
-from pfl_dist.config import AlgorithmConfig, Config, load_config
+from pfl_dist.config import SECTIONS, Config, load_config
 from pfl_dist.rundir import LATER_KEYS, changed_keys, config_hash, result_config
 from pfl_dist.sweep import cli as sweep
 from pfl_dist.sweep.spec import load_sweep
@@ -79,9 +80,8 @@ def test_shipped_image_configs_keep_their_hash() -> None:
 
 def earlier(config: dict[str, Any]) -> dict[str, Any]:
     """`config` as a run made before LATER_KEYS existed recorded it."""
-    section = {key: value for key, value in config["algorithm"].items()
-               if f"algorithm.{key}" not in LATER_KEYS}
-    return {**config, "algorithm": section}
+    return {name: {key: value for key, value in values.items() if f"{name}.{key}" not in LATER_KEYS}
+            if isinstance(values, dict) else values for name, values in config.items()}
 
 
 def test_keys_added_later_are_left_out_at_their_earlier_value_unless_the_method_changed() -> None:
@@ -89,8 +89,9 @@ def test_keys_added_later_are_left_out_at_their_earlier_value_unless_the_method_
     fedavg, uniform = at_one_process(load_config(None, ["algorithm.name=fedavg"])), at_one_process(load_config(None, [
         "algorithm.name=fedavg", "algorithm.client_weights=uniform"]))
     # Assert: LATER_KEYS holds the defaults; at them FedAvg's identity is a run's from before them
-    defaults = AlgorithmConfig()
-    assert {key: getattr(defaults, key.removeprefix("algorithm.")) for key in LATER_KEYS} == LATER_KEYS
+    defaults = {f"{name}.{f.name}": f.default
+                for name, section in SECTIONS.items() for f in dataclasses.fields(section)}
+    assert {key: defaults[key] for key in LATER_KEYS} == LATER_KEYS
     assert config_hash(fedavg.identity()) == config_hash(earlier(fedavg.identity()))
     assert changed_keys(result_config(earlier(fedavg.identity())), result_config(uniform.identity())) == [
         "algorithm.client_weights was 'auto', now 'uniform'"]
