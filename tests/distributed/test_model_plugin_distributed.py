@@ -5,8 +5,6 @@ exactly its parameter bytes (issue 23's acceptance); a killed rank's run resumes
 from __future__ import annotations
 
 import importlib
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 
 from pfl_dist.sampling import sample_clients
-from tests.faults import checkpoint_complete, compare_runs, run_reference, start_torchrun, wait_for, worker_pids
+from tests.faults import compare_runs, crash_after_checkpoint, run_reference, start_torchrun
 from tests.helpers import HAS_FASHION, REPO, read_summary, run_inprocess, run_torchrun
 
 pytestmark = [
@@ -65,48 +63,27 @@ def test_a_user_mlp_outside_the_repo_trains_on_two_ranks_with_its_exact_bytes(
     assert single["comm"]["uplink_bytes"] == summary["comm"]["uplink_bytes"]
 
 
-SLOW_MLP = '''
-import time
-
-from user_mlp import mlp as fast_mlp
-
-
-def mlp(input_shape, num_classes):
-    module = fast_mlp(input_shape, num_classes)
-    forward = module.forward
-
-    def slow_forward(x):
-        time.sleep(0.05)  # a round lasts longer than the test takes to kill a rank after a checkpoint
-        return forward(x)
-
-    module.forward = slow_forward
-    return module
-'''
 RESUME_ROUNDS = 8
 
 
 def test_kill_and_resume_of_a_plugin_model_is_bitwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Prepare: the user's MLP (slowed down) outside the repo; an uninterrupted 2-rank reference
+    # Prepare: the user's MLP outside the repo; an uninterrupted 2-rank reference
     user = tmp_path / "user"
     user.mkdir()
     (user / "user_mlp.py").write_text((REPO / "examples" / "mlp.py").read_text())
-    (user / "slow_mlp.py").write_text(SLOW_MLP)
     monkeypatch.setenv("PYTHONPATH", str(user))
-    overrides = ("data.kind=fashion_mnist", f"data.num_clients={CLIENTS}", "model.kind=slow_mlp:mlp",
+    overrides = ("data.kind=fashion_mnist", f"data.num_clients={CLIENTS}", "model.kind=user_mlp:mlp",
                  "algorithm.name=fedavg", "algorithm.local_lr=0.05", "algorithm.batch_size=32",
                  "algorithm.local_epochs=1", f"algorithm.sample_fraction={FRACTION}",
                  f"train.num_rounds={RESUME_ROUNDS}", "train.eval_every=2", "checkpoint.every=2")
     reference = run_reference(tmp_path / "reference_out", nproc=2, overrides=overrides)
-    # Execute: rank 1 SIGKILLed once round 4 is checkpointed, then the same command again
-    job = start_torchrun(tmp_path, "crashed", nproc=2, max_restarts=0, overrides=overrides)
-    assert wait_for(lambda: checkpoint_complete(tmp_path / "crashed", 4, 2), timeout=300), job.output()
-    os.kill(worker_pids(job.process.pid)[1], signal.SIGKILL)
-    assert job.wait(120) != 0
+    # Execute: rank 1 SIGKILLed at round 4's checkpoint (held there), then the same command again
+    crash_after_checkpoint(tmp_path, "crashed", 4, nproc=2, overrides=overrides)
     resumed = start_torchrun(tmp_path, "crashed", nproc=2, max_restarts=0, overrides=overrides)
     assert resumed.wait(300) == 0, resumed.output()
     # Assert: resumed from a checkpoint, the same run bit for bit, the same final model
     resumed_from = read_summary(tmp_path / "crashed")["resumed_from"]
-    assert len(resumed_from) == 1 and 4 <= resumed_from[0] < RESUME_ROUNDS
+    assert resumed_from == [4]
     assert compare_runs(tmp_path / "crashed", reference) == []
     final, expected = (torch.load(d / "final" / "global.pt", weights_only=True) for d in (tmp_path / "crashed",
                                                                                           reference))
