@@ -16,7 +16,7 @@ from pfl_dist.sweep import cli as sweep
 from pfl_dist.sweep.jobs import batches, failure_reason, point_command
 from pfl_dist.sweep.results import find_runs, write_results_csv
 from pfl_dist.sweep.spec import load_sweep, yaml_value
-from tests.helpers import write_sweep
+from tests.helpers import REPO, write_sweep
 
 
 def fake_run(run_dir: Path, *, lam: float = 0.5, final_itr: float = 1.0, config: dict[str, Any] | None = None) -> None:
@@ -203,3 +203,63 @@ def test_failure_reason_prefers_the_worker_exception_over_torchrun_summary(tmp_p
                       "Traceback (most recent call last):\n"
                       "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n  exitcode  : 1 (pid: 9)\n")
     assert failure_reason(1, stderr) == "exit 1 (worker exit 1): ImportError: cannot import name 'x'"
+
+
+# --- overrides given at the start -------------------------------------------------------------
+
+
+def test_given_overrides_apply_to_every_point_over_variant_values(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", overrides={"train.num_rounds": 30},
+                       variants={"fedavg": {"algorithm.name": "fedavg", "train.num_rounds": 40},
+                                 "clup": {"algorithm.name": "fedclup", "algorithm.lam": [0.1, 2]}},
+                       grid={"data.R": [0.5, 3.0]})
+    plain = load_sweep(path).points
+    points = load_sweep(path, overrides=["train.num_rounds=2", "data.samples_per_client=20"]).points
+    assert [p.name for p in points] == [p.name for p in plain]  # the names stay those of the varied values
+    assert {(p.cfg.train.num_rounds, p.cfg.data.samples_per_client) for p in points} == {(2, 20)}
+    assert {p.cfg.train.num_rounds for p in plain} == {30, 40}
+    mapped = load_sweep(path, overrides={"train.num_rounds": 2, "data.samples_per_client": 20}).points
+    assert [p.cfg for p in mapped] == [p.cfg for p in points]  # a mapping is the same as the texts
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.R=1.0"], "override data.R: the sweep varies it (grid or variant list); edit the sweep file's list "
+                     "instead, or --only to run some of its values"),
+    (["algorithm.lam=1.0"], "override algorithm.lam: the sweep varies it"),
+    (["run.seed=3"], "override: run.seed is set by the sweep (use seeds/repetitions, out_dir)"),
+    (["run.name=x"], "override: run.name is set by the sweep"),
+    (["train.num_rounds"], "override 'train.num_rounds' must look like section.key=value"),
+    (["trian.num_rounds=2"], "override: unknown config section in 'trian.num_rounds' (did you mean 'train'?)"),
+    (["train.num_round=2"], "unknown config key 'train.num_round' (did you mean 'train.num_rounds'?)"),
+    (["train.num_rounds=many"], "train.num_rounds must be int, got 'many'"),
+])
+def test_given_overrides_are_checked_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 overrides: list[str], message: str) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", variants={"clup": {"algorithm.name": "fedclup",
+                                                                   "algorithm.lam": [0.1, 2]}},
+                       grid={"data.R": [0.5, 3.0]})
+    assert sweep.main([str(path), *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pfl_dist.sweep: error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_with_overrides_shows_them_in_every_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1, 0.5]},
+                       launch={"nproc_per_node": 2, "mode": "per_point"})
+    assert sweep.main([str(path), "train.num_rounds=3", "--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and all("train.num_rounds=3" in line for line in commands)
+
+
+def test_python_sweep_run_takes_a_mapping_and_plans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pfl_dist.sweep
+
+    spec = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(tmp_path / "out"), "grid": {"algorithm.lam": [0.1, 0.5]}}
+    outcome = pfl_dist.sweep.run(spec, {"train.num_rounds": 3}, dry_run=True, nproc_per_node=2)
+    assert (outcome.status, outcome.exit_code, outcome.out_dir) == ("planned", 0, tmp_path / "out")
+    assert "2 points valid, 2 to run, 0 complete" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="^override algorithm.lam: the sweep varies it"):
+        pfl_dist.sweep.run(spec, {"algorithm.lam": 1.0}, dry_run=True)
+    with pytest.raises(ConfigError, match="^--only is not a valid regular expression"):
+        pfl_dist.sweep.run(spec, only="(", dry_run=True)
