@@ -255,7 +255,8 @@ def test_dry_run_with_overrides_shows_them_in_every_command(tmp_path: Path, caps
 def test_python_sweep_run_takes_a_mapping_and_plans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import pfl_dist.sweep
 
-    spec = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(tmp_path / "out"), "grid": {"algorithm.lam": [0.1, 0.5]}}
+    spec = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(tmp_path / "out"),
+            "grid": {"algorithm.lam": [0.1, 0.5]}}
     outcome = pfl_dist.sweep.run(spec, {"train.num_rounds": 3}, dry_run=True, nproc_per_node=2)
     assert (outcome.status, outcome.exit_code, outcome.out_dir) == ("planned", 0, tmp_path / "out")
     assert "2 points valid, 2 to run, 0 complete" in capsys.readouterr().out
