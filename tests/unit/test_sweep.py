@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
+from pfl_dist.config import apply_overrides
 from pfl_dist.errors import ConfigError
 from pfl_dist.sweep import cli as sweep
-from pfl_dist.sweep.jobs import batches, failure_reason, point_command
+from pfl_dist.sweep.jobs import Estimator, batches, failure_reason, point_command, point_cost
 from pfl_dist.sweep.results import find_runs, write_results_csv
-from pfl_dist.sweep.spec import load_sweep, yaml_value
+from pfl_dist.sweep.spec import Point, load_sweep, yaml_value
 from tests.helpers import REPO, write_sweep
 
 
@@ -264,3 +265,44 @@ def test_python_sweep_run_takes_a_mapping_and_plans(tmp_path: Path, capsys: pyte
         pfl_dist.sweep.run(spec, {"algorithm.lam": 1.0}, dry_run=True)
     with pytest.raises(ConfigError, match="^--only is not a valid regular expression"):
         pfl_dist.sweep.run(spec, only="(", dry_run=True)
+
+
+# --- the ETA ---------------------------------------------------------------------------------
+
+
+def eta_point(name: str, *overrides: str) -> Point:
+    cfg = apply_overrides({}, overrides)
+    cfg.set_world_size(2)
+    return Point(name=name, variant=None, values={}, seed=0, overrides=(), cfg=cfg)
+
+
+def test_eta_times_each_kind_of_point_on_its_own() -> None:
+    """configs/sweeps/codecs.yaml's mix: CNN points of few cost units that take a minute, synthetic
+    points of 1500x the units that take seconds. One rate for all said 30,267 minutes."""
+    cnn = ("data.kind=mnist", "model.kind=cnn", "data.num_clients=10", "algorithm.batch_size=16",
+           "algorithm.local_epochs=1", "train.num_rounds=6")
+    synthetic = ("data.num_clients=1000", "algorithm.num_local_steps=150", "algorithm.sample_fraction=0.1",
+                 "train.num_rounds=60")
+    cnns = [eta_point(f"cnn{i}", *cnn) for i in range(3)]
+    synthetics = [eta_point(f"syn{i}", *synthetic) for i in range(4)]
+    assert point_cost(synthetics[0]) / point_cost(cnns[0]) == 1500  # the units are not comparable across kinds
+    estimator = Estimator([*cnns, *synthetics], overhead=0.0, jobs=1)
+    assert estimator.text() == "ETA 0s + 7 point(s) of kinds not yet timed"
+    estimator.done(cnns[0], 60.0)
+    # the old estimate: 60 s / the CNN's units x everything left = 60 x (2 + 4 x 1500) s, 100 hours
+    assert estimator.eta() == (120.0, 4) and estimator.text() == "ETA 2m00s + 4 point(s) of kinds not yet timed"
+    estimator.done(synthetics[0], 5.0)
+    assert estimator.eta() == (120.0 + 15.0, 0) and estimator.text() == "ETA 2m15s"
+    estimator.forget(cnns[1])  # failed: no longer waited for
+    estimator.done(synthetics[1], 7.0)  # the synthetic rate is now 12 s / 2 points
+    assert estimator.eta() == (60.0 + 2 * 6.0, 0)
+
+
+def test_eta_shares_the_remaining_time_among_concurrent_jobs() -> None:
+    points = [eta_point(f"p{i}", "train.num_rounds=10") for i in range(5)]
+    estimator = Estimator(points, overhead=point_cost(points[0]), jobs=2)  # a start-up as costly as a point
+    estimator.done(points[0], 8.0)
+    assert estimator.eta() == (4 * 8.0 / 2, 0)
+    for point in points[1:4]:
+        estimator.done(point, 8.0)
+    assert estimator.eta() == (8.0, 0)  # one point left: one job runs it
