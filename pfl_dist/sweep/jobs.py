@@ -3,6 +3,9 @@
 A job is one torchrun process group: one point (per_point mode) or a batch of points run one
 after another by pfl_dist.sweep.worker (in_job mode). A point counts as done once its
 summary.json exists, which is also how an in-job batch reports progress without any pipe.
+Inside a running point, the job's stdout (logs/<point>.out per point, logs/job-<N>.out per in-job
+batch: rank 0's output, one 'round t/T | ...' line per evaluation) is tailed, and its newest round
+line is shown at most every PROGRESS_S seconds (`ProgressTail`).
 Each job runs in its own session, so Ctrl-C reaches only the sweep, which then stops its jobs
 (SIGTERM to torchrun, which stops its workers; SIGKILL after a grace period).
 """
@@ -32,6 +35,9 @@ _STOP_GRACE_S = 15.0
 # One torchrun start-up (~10 s on the 2-core reference box) in point_cost units (~5e6 per s there).
 _STARTUP_COST = 5e7
 _SHOWN_METRICS = ("ITR", "ATR", "acc_personal", "acc_global")
+PROGRESS_S = 10.0  # at most one progress line per job this often; points shorter than it print none
+# rank 0's line per evaluation (pfl_dist/train.py progress_line), torchrun's [rankN]: prefix allowed
+_ROUND_LINE = re.compile(r"^(?:\[[\w-]+\]:\s*)?(round\s+\d+/\d+ \|.*)$")
 
 
 def point_cost(point: Point) -> float:
@@ -191,6 +197,46 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+class ProgressTail:
+    """The newest per-evaluation line ('round 20/60 | eval/ITR ... | 12.3 ms/round') of a job's
+    stdout, logs/<job>.out, read as the job writes it: at most one every `every_s` seconds, the
+    first `every_s` after `restart` (a point's start), so short points print nothing extra."""
+
+    def __init__(self, path: Path, *, now: float, every_s: float = PROGRESS_S) -> None:
+        self.path = path
+        self.every_s = every_s
+        self.offset = 0
+        self.partial = b""  # a line the job has not finished writing
+        self.newest: str | None = None
+        self.shown_at = now
+
+    def restart(self, now: float) -> None:
+        """A new point starts: what was read belongs to the one before."""
+        self._read()
+        self.newest, self.shown_at = None, now
+
+    def poll(self, now: float) -> str | None:
+        self._read()
+        if self.newest is None or now - self.shown_at < self.every_s:
+            return None
+        line, self.newest, self.shown_at = self.newest, None, now
+        return line
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        for raw in lines:
+            match = _ROUND_LINE.match(raw.decode(errors="replace").rstrip())
+            if match:
+                self.newest = match.group(1)
+
+
 @dataclass
 class Job:
     name: str
@@ -199,6 +245,7 @@ class Job:
     slot: int
     last_event: float  # start, or the previous point's completion
     stderr_path: Path
+    progress: ProgressTail  # its stdout's round lines
 
 
 class JobRunner:
@@ -252,8 +299,9 @@ class JobRunner:
         with open(logs / f"{name}.out", "wb") as out, open(logs / f"{name}.err", "wb") as err:
             proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True,
                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-        self.running.append(Job(name=name, points=list(batch), proc=proc, slot=slot,
-                                last_event=time.perf_counter(), stderr_path=logs / f"{name}.err"))
+        now = time.perf_counter()
+        self.running.append(Job(name=name, points=list(batch), proc=proc, slot=slot, last_event=now,
+                                stderr_path=logs / f"{name}.err", progress=ProgressTail(logs / f"{name}.out", now=now, every_s=PROGRESS_S)))
 
     def _poll(self, job: Job) -> None:
         code = job.proc.poll()
@@ -261,6 +309,10 @@ class JobRunner:
             while job.points and is_complete(self.sweep.out_dir / job.points[0].name):
                 self._point_done(job, job.points[0])
         if code is None:
+            line = job.progress.poll(time.perf_counter()) if job.points else None
+            if line is not None:
+                width = len(self._counter())
+                print(f"{' ' * width} ...  {job.points[0].name}  {line}", flush=True)
             return
         self.running.remove(job)
         if job.points:
@@ -271,6 +323,7 @@ class JobRunner:
     def _point_done(self, job: Job, point: Point) -> None:
         now = time.perf_counter()
         seconds, job.last_event = now - job.last_event, now
+        job.progress.restart(now)
         job.points.remove(point)
         if self.sweep.launch.mode == "per_point":  # the whole torchrun job, start-up included
             info = {**point_info(point, "per_point"), "point_wall_s": seconds}

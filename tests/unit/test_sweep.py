@@ -14,7 +14,7 @@ import yaml
 from pfl_dist.config import apply_overrides
 from pfl_dist.errors import ConfigError
 from pfl_dist.sweep import cli as sweep
-from pfl_dist.sweep.jobs import Estimator, batches, failure_reason, point_command, point_cost
+from pfl_dist.sweep.jobs import Estimator, ProgressTail, batches, failure_reason, point_command, point_cost
 from pfl_dist.sweep.results import find_runs, write_results_csv
 from pfl_dist.sweep.spec import Point, load_sweep, yaml_value
 from tests.helpers import REPO, write_sweep
@@ -306,3 +306,26 @@ def test_eta_shares_the_remaining_time_among_concurrent_jobs() -> None:
     for point in points[1:4]:
         estimator.done(point, 8.0)
     assert estimator.eta() == (8.0, 0)  # one point left: one job runs it
+
+
+# --- progress inside a running point ---------------------------------------------------------
+
+
+def test_progress_tail_shows_the_newest_round_line_at_most_every_interval(tmp_path: Path) -> None:
+    log = tmp_path / "job-0.out"
+    tail = ProgressTail(log, now=0.0, every_s=10.0)
+    assert tail.poll(1.0) is None  # no log yet
+    log.write_text("prepared run dir\nround    0/60 | eval/ITR 0.5 | train wire 0 B | 0.0 ms/round\n")
+    assert tail.poll(5.0) is None  # the point started 5 s ago: short points print nothing extra
+    with open(log, "a") as f:
+        f.write("[rank0]: round    5/60 | eval/ITR 0.25 | train wire 1 KB | 3.0 ms/round\nround   10/6")
+    assert tail.poll(10.0) == "round    5/60 | eval/ITR 0.25 | train wire 1 KB | 3.0 ms/round"
+    with open(log, "a") as f:
+        f.write("0 | eval/ITR 0.125 | train wire 2 KB | 3.0 ms/round\n")  # the half-written line, finished
+    assert tail.poll(15.0) is None  # shown 5 s ago
+    assert tail.poll(20.0) == "round   10/60 | eval/ITR 0.125 | train wire 2 KB | 3.0 ms/round"
+    assert tail.poll(40.0) is None  # nothing new
+    with open(log, "a") as f:
+        f.write("round   60/60 | eval/ITR 0.1 | train wire 9 KB | 3.0 ms/round\nsweep point done: a\n")
+    tail.restart(41.0)  # the next point of the batch: the last one's lines are not shown as its
+    assert tail.poll(60.0) is None
