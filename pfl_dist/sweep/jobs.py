@@ -300,8 +300,9 @@ class JobRunner:
             proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True,
                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         now = time.perf_counter()
+        progress = ProgressTail(logs / f"{name}.out", now=now, every_s=PROGRESS_S)
         self.running.append(Job(name=name, points=list(batch), proc=proc, slot=slot, last_event=now,
-                                stderr_path=logs / f"{name}.err", progress=ProgressTail(logs / f"{name}.out", now=now, every_s=PROGRESS_S)))
+                                stderr_path=logs / f"{name}.err", progress=progress))
 
     def _poll(self, job: Job) -> None:
         code = job.proc.poll()
