@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -166,3 +167,21 @@ def test_result_load_reads_what_the_run_wrote(tmp_path: Path) -> None:
     loaded = pfl_dist.RunResult.load(result.run_dir)
     assert loaded == result
     assert json.loads((result.run_dir / "summary.json").read_text()) == loaded.summary
+
+
+def test_the_extending_example_runs(tmp_path: Path) -> None:
+    """docs/EXTENDING.md's "Python API" code block, run as written (in a fresh directory)."""
+    text = (REPO / "docs" / "EXTENDING.md").read_text()
+    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    run_dir = next(line for line in lines if line.startswith("runs/api_example/fedavg-"))
+    assert run_dir.endswith("[0, 2, 4]")
+    assert lines[-1] == "unknown config key 'algorithm.lamb' (did you mean 'algorithm.lam'?)"
+    summary = read_summary(tmp_path / run_dir.split()[0])
+    assert summary["config"]["algorithm"]["sample_fraction"] == 0.5
+    assert float(run_dir.split()[1]) == summary["final"]["eval/ITR"]
