@@ -115,10 +115,14 @@ def set_num_threads(local_world_size: int, *, cap: int | None = None) -> int:
 
 
 def join_existing_group(cfg: Config, rank: int, world_size: int) -> Runtime:
-    """The caller's process group, as it is: its rank, size, backend and timeout."""
+    """The caller's process group, as it is: its rank, size, backend and timeout (comm.timeout_s is
+    the owner's choice there); an explicit comm.backend must be the group's."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = select_device(cfg.run.device, local_rank)
     backend = str(dist.get_backend())
+    if cfg.comm.backend not in ("auto", backend):
+        raise ConfigError(f"comm.backend is '{cfg.comm.backend}' but the existing process group uses {backend}; "
+                          "leave comm.backend auto to use the group as it is")
     if backend == "nccl" and device.type != "cuda":
         raise ConfigError("the existing process group uses nccl, which needs run.device 'cuda' (nccl cannot "
                           "reduce CPU tensors)")

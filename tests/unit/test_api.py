@@ -124,9 +124,13 @@ def test_existing_process_group_is_joined_and_left_alive(tmp_path: Path) -> None
         ones = torch.ones(2)
         dist.all_reduce(ones)  # still usable
         assert ones.tolist() == [1.0, 1.0]
+        with pytest.raises(ConfigError, match="^comm.backend is 'nccl' but the existing process group uses gloo; "):
+            pfl_dist.run(None, tiny(tmp_path, **{"run.name": "nccl", "comm.backend": "nccl"}))
+        assert dist.is_initialized()  # a refused run leaves the caller's group alone
     finally:
         dist.destroy_process_group()
     assert joined.summary["backend"] == "gloo" and plain.summary["backend"] is None
+    assert not (tmp_path / "nccl").exists()
     assert joined.summary["final"] == plain.summary["final"]
     assert joined.summary["global_model_sha256"] == plain.summary["global_model_sha256"]
 
