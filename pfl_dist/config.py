@@ -19,7 +19,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -445,11 +445,19 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return Config(**{name: _build_section(name, SECTIONS[name], raw[name]) for name in raw})
 
 
+def override_key(key: Any, text: str) -> list[str]:
+    """`algorithm.lam` -> ["algorithm", "lam"]; `text` (the override as given) names a bad one."""
+    if not isinstance(key, str) or key.count(".") != 1 or not all(key.split(".")):
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    return key.split(".")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`algorithm.lam=0.5` -> (["algorithm", "lam"], 0.5); the value is parsed as YAML."""
     key, sep, value = text.partition("=")
-    if not sep or not key or key.count(".") != 1 or not all(key.split(".")):
+    if not sep:
         raise ConfigError(f"override '{text}' must look like section.key=value")
+    override_key(key, text)
     try:
         parsed = load_yaml_text(value) if value else None
     except (yaml.YAMLError, RecursionError):
@@ -536,12 +544,16 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     return apply_overrides(read_yaml(path) if path is not None else {}, overrides)
 
 
-def apply_overrides(file_config: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+def apply_overrides(file_config: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
     """Defaults < `file_config` (a parsed config file, left unchanged, so one parse can serve many
-    configs) < `section.key=value` overrides, validated as a whole."""
-    raw = {name: dict(values) if isinstance(values, dict) else values for name, values in file_config.items()}
-    for text in overrides:
-        (section, key), value = parse_override(text)
+    configs) < overrides, validated as a whole. Overrides are `section.key=value` texts (the value
+    parsed as YAML) or a mapping of `section.key` to values (`pfl_dist.run`), checked alike."""
+    if not isinstance(file_config, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(file_config).__name__}")
+    raw = {name: dict(values) if isinstance(values, Mapping) else values for name, values in file_config.items()}
+    pairs = ([(override_key(key, f"{key}={value!r}"), value) for key, value in overrides.items()]
+             if isinstance(overrides, Mapping) else [parse_override(text) for text in overrides])
+    for (section, key), value in pairs:
         section_values = raw.setdefault(section, {})
         if not isinstance(section_values, dict):
             raise ConfigError(f"config section '{section}' must be a mapping, got {section_values!r}")

@@ -1,7 +1,9 @@
 """Process-group lifecycle: the only module that touches init_process_group.
 
 Works the same under `torchrun` (RANK/WORLD_SIZE set) and as a plain single process (no
-process group at all; collectives become local no-ops in the Communicator).
+process group at all; collectives become local no-ops in the Communicator). A process group that
+already exists (its caller's: Lightning, Ray Train or a Slurm wrapper made it before calling
+`pfl_dist.run`) is joined as it is, and left to its owner at the end (`Runtime.owns_group`).
 
 Timeouts: `comm.timeout_s` bounds init_process_group (gloo's full-mesh connect) and every
 collective, so a hung peer ends the job after it. A dead peer ends a collective at once
@@ -36,6 +38,7 @@ class Runtime:
     local_world_size: int
     device: torch.device
     backend: str | None  # None when running as a single process without a process group
+    owns_group: bool = True  # False: the caller's group, which shutdown_runtime leaves alone
 
     @property
     def is_logging_rank(self) -> bool:
@@ -53,6 +56,19 @@ def env_world_size() -> int:
 
 def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def existing_group() -> tuple[int, int] | None:
+    """(rank, world size) of a default process group made before pfl_dist was called, else None."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def planned_rank_and_size() -> tuple[int, int]:
+    """This process's rank and the world size, before any set-up: the existing group's, else
+    torchrun's environment (0 and 1 for a plain process)."""
+    return existing_group() or (env_rank(), env_world_size())
 
 
 def launched_by_torchrun() -> bool:
@@ -98,7 +114,28 @@ def set_num_threads(local_world_size: int, *, cap: int | None = None) -> int:
     return threads
 
 
+def join_existing_group(cfg: Config, rank: int, world_size: int) -> Runtime:
+    """The caller's process group, as it is: its rank, size, backend and timeout (comm.timeout_s is
+    the owner's choice there); an explicit comm.backend must be the group's."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(cfg.run.device, local_rank)
+    backend = str(dist.get_backend())
+    if cfg.comm.backend not in ("auto", backend):
+        raise ConfigError(f"comm.backend is '{cfg.comm.backend}' but the existing process group uses {backend}; "
+                          "leave comm.backend auto to use the group as it is")
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError("the existing process group uses nccl, which needs run.device 'cuda' (nccl cannot "
+                          "reduce CPU tensors)")
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    set_num_threads(local_world_size)
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_world_size,
+                   device=device, backend=backend, owns_group=False)
+
+
 def init_runtime(cfg: Config) -> Runtime:
+    existing = existing_group()
+    if existing is not None:
+        return join_existing_group(cfg, *existing)
     world_size = env_world_size()
     rank, local_rank = env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -120,7 +157,7 @@ def init_runtime(cfg: Config) -> Runtime:
 
 
 def shutdown_runtime(runtime: Runtime) -> None:
-    if runtime.distributed and dist.is_initialized():
+    if runtime.distributed and runtime.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

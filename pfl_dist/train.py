@@ -57,10 +57,10 @@ from pfl_dist.runtime import (
     Runtime,
     collective_failure,
     env_rank,
-    env_world_size,
     exit_process,
     failure_reason,
     init_runtime,
+    planned_rank_and_size,
     set_num_threads,
     shutdown_runtime,
 )
@@ -565,9 +565,15 @@ def run_session(cfg: Config, runtime: Runtime, stop: StopRequest, *, overwrite: 
 
 
 def run(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
-    """One run as its own process group (of WORLD_SIZE processes): init, run_session, shutdown."""
-    cfg.set_world_size(env_world_size())
-    if env_rank() == 0:
+    """One run, the path `pfl_dist.train` and `pfl_dist.run` share: init, run_session, shutdown.
+
+    The process group is torchrun's (WORLD_SIZE processes, formed here and destroyed at the end),
+    none for a plain process, or one that already exists (its caller's: joined, and left alone at
+    the end). The stop signals are caught only when this runs on the main thread
+    (pfl_dist/signals.py); from another thread a run ends only when it completes or fails."""
+    rank, world_size = planned_rank_and_size()
+    cfg.set_world_size(world_size)
+    if rank == 0:
         rundir.check_run_dir(cfg, overwrite=overwrite)  # a refusal before the group forms: one line, one process
     runtime = init_runtime(cfg)
     stop = StopRequest()

@@ -1,4 +1,7 @@
-"""Run a sweep: `python -m pfl_dist.sweep configs/sweeps/quick.yaml [--dry-run] [--jobs N] ...`.
+"""Run a sweep: `python -m pfl_dist.sweep configs/sweeps/quick.yaml [section.key=value ...] [--dry-run] ...`.
+
+`section.key=value` overrides apply to every point (pfl_dist/sweep/spec.py says which keys may be
+overridden); from Python, `pfl_dist.sweep.run` (pfl_dist/sweep/api.py) runs the same driver.
 
 Every point runs under a real torchrun job, with its own run dir below the sweep's out dir
 (name = the point's varied values), TensorBoard run, byte ledger and summary.json. The sweep is
@@ -27,12 +30,15 @@ import re
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pfl_dist.errors import OneLineParser, PflError
+from pfl_dist.errors import ConfigError, OneLineParser, PflError
 from pfl_dist.interpreter import interpreter_problem, python_command, tool_command
 from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.rundir import (
@@ -48,7 +54,7 @@ from pfl_dist.rundir import (
 )
 from pfl_dist.sweep.jobs import JobRunner, batches, point_command, worker_command
 from pfl_dist.sweep.results import RESULTS_FILE, find_runs, is_complete, write_results_csv
-from pfl_dist.sweep.spec import Point, Sweep, load_sweep
+from pfl_dist.sweep.spec import Point, Sweep, load_sweep, yaml_value
 
 
 class Interrupted(Exception):
@@ -58,6 +64,8 @@ class Interrupted(Exception):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="pfl_dist.sweep", description=__doc__.split("\n")[0], tool="pfl_dist.sweep")
     parser.add_argument("sweep", help="sweep YAML (configs/sweeps/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides for every point (not a key the sweep varies)")
     parser.add_argument("--dry-run", action="store_true", help="validate every point and print the plan")
     parser.add_argument("--jobs", type=int, help="torchrun jobs at a time (overrides launch.jobs)")
     parser.add_argument("--mode", choices=("per_point", "in_job"), help="overrides launch.mode")
@@ -161,8 +169,10 @@ def execute(sweep: Sweep, pending: list[Point], *, num_complete: int) -> tuple[J
     """Run the pending points; returns the runner and 'ok', 'failed' or 'interrupted'."""
     runner = JobRunner(sweep, pending, num_complete=num_complete)
     # SIGINT explicitly too: a sweep started in the background of a script inherits SIGINT ignored.
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted),
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    # Handlers can only be set from the main thread (pfl_dist.sweep.run may be called from another).
+    previous = ({signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted),
+                 signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+                if threading.current_thread() is threading.main_thread() else {})
     try:
         runner.run()
     except (KeyboardInterrupt, Interrupted):
@@ -174,11 +184,12 @@ def execute(sweep: Sweep, pending: list[Point], *, num_complete: int) -> tuple[J
     return runner, "failed" if runner.failures else "ok"
 
 
-def finish(sweep: Sweep, runner: JobRunner, status: str, *, wall_s: float, plot: bool) -> int:
+def finish(sweep: Sweep, runner: JobRunner, status: str, *, wall_s: float, plot: bool) -> Outcome:
     rows = collect(sweep)
     launch = sweep.launch
     log_invocation(sweep, {"status": status, "mode": launch.mode, "nproc_per_node": launch.nproc_per_node,
-                           "jobs": launch.jobs, "num_run": len(runner.completed), "num_failed": len(runner.failures),
+                           "jobs": launch.jobs, "overrides": {k: yaml_value(v) for k, v in sweep.given.items()},
+                           "num_run": len(runner.completed), "num_failed": len(runner.failures),
                            "num_complete": len(rows), "num_points": len(sweep.points), "wall_s": wall_s})
     missing = len(sweep.points) - len(rows)
     print(f"\nsweep {status}: {len(rows)}/{len(sweep.points)} points complete, {len(runner.failures)} failed, "
@@ -191,7 +202,20 @@ def finish(sweep: Sweep, runner: JobRunner, status: str, *, wall_s: float, plot:
         report(sweep)
     print(f"TensorBoard: {tool_command('tensorboard', module='tensorboard.main')} --logdir "
           f"{shlex.quote(str(sweep.out_dir))}")
-    return {"ok": 0, "failed": 1, "interrupted": 130}[status]
+    return Outcome(status=status, exit_code={"ok": 0, "failed": 1, "interrupted": 130}[status], out_dir=sweep.out_dir,
+                   rows=rows, failures=dict(runner.failures))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one invocation of the driver did: 'ok', 'failed', 'interrupted' or 'planned' (--dry-run),
+    the process exit code it stands for, results.csv's rows and the failed points' reasons."""
+
+    status: str
+    exit_code: int
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    failures: dict[str, str]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,57 +225,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
     try:
-        sweep = load_sweep(args.sweep, out_dir=args.out_dir, launch_overrides=launch_overrides(args))
+        sweep = load_sweep(args.sweep, out_dir=args.out_dir, launch_overrides=launch_overrides(args),
+                           overrides=args.overrides)
+        only = compile_only(args.only)
+        return drive(sweep, only=only, force=args.force, dry_run=args.dry_run, plot=not args.no_plot).exit_code
     except PflError as err:
         print(f"pfl_dist.sweep: error: {err}", file=sys.stderr)
         return err.exit_code
+
+
+def compile_only(pattern: str | None) -> re.Pattern[str] | None:
     try:
-        only = re.compile(args.only) if args.only else None
+        return re.compile(pattern) if pattern else None
     except re.error as err:
-        print(f"pfl_dist.sweep: error: --only is not a valid regular expression: {err}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--only is not a valid regular expression: {err}") from None
+
+
+def drive(sweep: Sweep, *, only: re.Pattern[str] | None = None, force: bool = False, dry_run: bool = False,
+          plot: bool = True) -> Outcome:
+    """Plan, then (unless `dry_run`) run what is missing of a loaded sweep: the path the CLI and
+    `pfl_dist.sweep.run` share. Bad input and unwritable files raise a one-line PflError."""
     changes = {p.name: point_changes(p) for p in sweep.points}
     changed = {name: c for name, c in changes.items() if c}
     complete = {p.name for p in sweep.points if changes[p.name] == [] and is_complete(sweep.out_dir / p.name)}
     selected = [p for p in sweep.points if only is None or only.search(p.name)]
-    pending = [p for p in selected if args.force or p.name not in complete]
-    if args.force:
+    pending = [p for p in selected if force or p.name not in complete]
+    if force:
         complete -= {p.name for p in selected}
-    if args.dry_run:
+    if dry_run:
         print_plan(sweep, pending, complete, changed)
-        return 0
+        return Outcome(status="planned", exit_code=0, out_dir=sweep.out_dir, rows=[], failures={})
+    check_directory(sweep.out_dir, "sweep out_dir")
+    make_directory(sweep.out_dir, "sweep out_dir")
+    lock = DirLock(sweep.out_dir, "sweep out_dir").acquire()
     try:
-        check_directory(sweep.out_dir, "sweep out_dir")
-        make_directory(sweep.out_dir, "sweep out_dir")
-        lock = DirLock(sweep.out_dir, "sweep out_dir").acquire()
-    except PflError as err:
-        print(f"pfl_dist.sweep: error: {err}", file=sys.stderr)
-        return err.exit_code
-    try:
-        return _run_sweep(sweep, pending, complete, changed, args)
+        return _run_sweep(sweep, pending, complete, changed, force=force, plot=plot)
     except OSError as err:
-        print(f"pfl_dist.sweep: error: cannot write the sweep's files: {os_error_text(err)}", file=sys.stderr)
-        return 2
+        raise PflError(f"cannot write the sweep's files: {os_error_text(err)}") from None
     finally:
         lock.release()
 
 
-def _run_sweep(sweep: Sweep, pending: list[Point], complete: set[str], changed: dict[str, list[str]],
-               args: argparse.Namespace) -> int:
+def _run_sweep(sweep: Sweep, pending: list[Point], complete: set[str], changed: dict[str, list[str]], *,
+               force: bool, plot: bool) -> Outcome:
     for point in pending:
         if point.name in changed:
             set_aside(sweep, point, f"config changed ({describe_changes(changed[point.name])})")
-        elif args.force and os.path.lexists(point.cfg.run_dir):
+        elif force and os.path.lexists(point.cfg.run_dir):
             set_aside(sweep, point, "--force")
     (sweep.out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(sweep.out_dir / "sweep.yaml", sweep.path.read_bytes())
+    write_bytes_atomic(sweep.out_dir / "sweep.yaml", sweep.text)
     launch = sweep.launch
-    print(f"sweep {sweep.path}: {len(sweep.points)} points, {len(complete)} already complete, "
+    given = f" with {' '.join(f'{k}={yaml_value(v)}' for k, v in sweep.given.items())}" if sweep.given else ""
+    print(f"sweep {sweep.path}{given}: {len(sweep.points)} points, {len(complete)} already complete, "
           f"{len(pending)} to run -> {sweep.out_dir} | {launch.mode}, {launch.nproc_per_node} rank(s)/job, "
           f"{launch.jobs} job(s) at a time", flush=True)
     started = time.perf_counter()
     runner, status = execute(sweep, pending, num_complete=len(complete))
-    return finish(sweep, runner, status, wall_s=time.perf_counter() - started, plot=not args.no_plot)
+    return finish(sweep, runner, status, wall_s=time.perf_counter() - started, plot=plot)
 
 
 def cli() -> None:

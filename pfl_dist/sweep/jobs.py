@@ -3,6 +3,9 @@
 A job is one torchrun process group: one point (per_point mode) or a batch of points run one
 after another by pfl_dist.sweep.worker (in_job mode). A point counts as done once its
 summary.json exists, which is also how an in-job batch reports progress without any pipe.
+Inside a running point, the job's stdout (logs/<point>.out per point, logs/job-<N>.out per in-job
+batch: rank 0's output, one 'round t/T | ...' line per evaluation) is tailed, and its newest round
+line is shown at most every PROGRESS_S seconds (`ProgressTail`).
 Each job runs in its own session, so Ctrl-C reaches only the sweep, which then stops its jobs
 (SIGTERM to torchrun, which stops its workers; SIGKILL after a grace period).
 """
@@ -32,6 +35,9 @@ _STOP_GRACE_S = 15.0
 # One torchrun start-up (~10 s on the 2-core reference box) in point_cost units (~5e6 per s there).
 _STARTUP_COST = 5e7
 _SHOWN_METRICS = ("ITR", "ATR", "acc_personal", "acc_global")
+PROGRESS_S = 10.0  # at most one progress line per job this often; points shorter than it print none
+# rank 0's line per evaluation (pfl_dist/train.py progress_line), torchrun's [rankN]: prefix allowed
+_ROUND_LINE = re.compile(r"^(?:\[[\w-]+\]:\s*)?(round\s+\d+/\d+ \|.*)$")
 
 
 def point_cost(point: Point) -> float:
@@ -41,6 +47,62 @@ def point_cost(point: Point) -> float:
     steps = cfg.algorithm.num_local_steps if cfg.algorithm.batch_size is None else 10 * cfg.algorithm.local_epochs
     sampled = num_sampled(cfg.data.num_clients, cfg.algorithm.sample_fraction)
     return float(cfg.train.num_rounds * steps * sampled * cfg.data.samples_per_client)
+
+
+def point_kind(point: Point) -> str:
+    """What a point's cost units are worth in seconds: its data and model. A CNN image point costs
+    far more per unit than a synthetic linear one, so the ETA times each kind on its own."""
+    return f"{point.cfg.data.kind}/{point.cfg.model.kind}"
+
+
+class Estimator:
+    """The sweep's ETA: seconds per cost unit, measured per kind of point (`point_kind`) on its
+    completed points, times the remaining points' cost, divided among the jobs running at a time.
+
+    One rate for all points said 30,267 minutes for a sweep mixing CNN and synthetic points: the
+    first CNN point's seconds per unit, applied to synthetic points of a thousand times its units.
+    A kind with no completed point yet is not guessed from another kind: the line says how many
+    points are not yet timed."""
+
+    def __init__(self, pending: list[Point], *, overhead: float, jobs: int) -> None:
+        self.overhead = overhead  # cost units per job start (per_point mode)
+        self.jobs = jobs
+        self.remaining: dict[str, float] = {}  # kind -> cost units still to run
+        self.waiting: dict[str, int] = {}  # kind -> points still to run
+        self.seconds: dict[str, float] = {}  # kind -> seconds its completed points took
+        self.units: dict[str, float] = {}  # kind -> their cost units
+        for point in pending:
+            kind = point_kind(point)
+            self.remaining[kind] = self.remaining.get(kind, 0.0) + self.cost(point)
+            self.waiting[kind] = self.waiting.get(kind, 0) + 1
+
+    def cost(self, point: Point) -> float:
+        return point_cost(point) + self.overhead
+
+    def done(self, point: Point, seconds: float) -> None:
+        kind = point_kind(point)
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+        self.units[kind] = self.units.get(kind, 0.0) + self.cost(point)
+        self.forget(point)
+
+    def forget(self, point: Point) -> None:
+        """A point that will not run (failed): no longer part of what remains."""
+        kind = point_kind(point)
+        self.remaining[kind] -= self.cost(point)
+        self.waiting[kind] -= 1
+
+    def eta(self) -> tuple[float, int]:
+        """(seconds left for the points of timed kinds, the number of points of untimed kinds)."""
+        timed = [kind for kind in self.remaining if self.units.get(kind)]
+        seconds = sum(self.seconds[kind] / self.units[kind] * self.remaining[kind] for kind in timed)
+        left = sum(self.waiting[kind] for kind in timed)
+        untimed = sum(n for kind, n in self.waiting.items() if kind not in timed)
+        return seconds / max(1, min(self.jobs, left)), untimed
+
+    def text(self) -> str:
+        seconds, untimed = self.eta()
+        more = f" + {untimed} point(s) of kinds not yet timed" if untimed else ""
+        return f"ETA {format_duration(seconds)}{more}"
 
 
 def batches(points: list[Point], *, jobs: int, mode: str) -> list[list[Point]]:
@@ -135,6 +197,46 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+class ProgressTail:
+    """The newest per-evaluation line ('round 20/60 | eval/ITR ... | 12.3 ms/round') of a job's
+    stdout, logs/<job>.out, read as the job writes it: at most one every `every_s` seconds, the
+    first `every_s` after `restart` (a point's start), so short points print nothing extra."""
+
+    def __init__(self, path: Path, *, now: float, every_s: float = PROGRESS_S) -> None:
+        self.path = path
+        self.every_s = every_s
+        self.offset = 0
+        self.partial = b""  # a line the job has not finished writing
+        self.newest: str | None = None
+        self.shown_at = now
+
+    def restart(self, now: float) -> None:
+        """A new point starts: what was read belongs to the one before."""
+        self._read()
+        self.newest, self.shown_at = None, now
+
+    def poll(self, now: float) -> str | None:
+        self._read()
+        if self.newest is None or now - self.shown_at < self.every_s:
+            return None
+        line, self.newest, self.shown_at = self.newest, None, now
+        return line
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        for raw in lines:
+            match = _ROUND_LINE.match(raw.decode(errors="replace").rstrip())
+            if match:
+                self.newest = match.group(1)
+
+
 @dataclass
 class Job:
     name: str
@@ -143,6 +245,7 @@ class Job:
     slot: int
     last_event: float  # start, or the previous point's completion
     stderr_path: Path
+    progress: ProgressTail  # its stdout's round lines
 
 
 class JobRunner:
@@ -157,9 +260,8 @@ class JobRunner:
         self.failures: dict[str, str] = {}
         self.num_complete_before = num_complete
         self.num_total = num_complete + len(pending)  # points --only leaves out are not counted
-        self.overhead = _STARTUP_COST if launch.mode == "per_point" else 0.0
-        self.remaining_cost = sum(point_cost(p) + self.overhead for p in pending)
-        self.done_cost = 0.0
+        self.estimator = Estimator(pending, overhead=_STARTUP_COST if launch.mode == "per_point" else 0.0,
+                                   jobs=launch.jobs)
         self.started = time.perf_counter()
         self.num_started = 0
         self.cpu_sets = cpu_sets(launch.jobs)
@@ -197,8 +299,10 @@ class JobRunner:
         with open(logs / f"{name}.out", "wb") as out, open(logs / f"{name}.err", "wb") as err:
             proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True,
                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-        self.running.append(Job(name=name, points=list(batch), proc=proc, slot=slot,
-                                last_event=time.perf_counter(), stderr_path=logs / f"{name}.err"))
+        now = time.perf_counter()
+        progress = ProgressTail(logs / f"{name}.out", now=now, every_s=PROGRESS_S)
+        self.running.append(Job(name=name, points=list(batch), proc=proc, slot=slot, last_event=now,
+                                stderr_path=logs / f"{name}.err", progress=progress))
 
     def _poll(self, job: Job) -> None:
         code = job.proc.poll()
@@ -206,6 +310,10 @@ class JobRunner:
             while job.points and is_complete(self.sweep.out_dir / job.points[0].name):
                 self._point_done(job, job.points[0])
         if code is None:
+            line = job.progress.poll(time.perf_counter()) if job.points else None
+            if line is not None:
+                width = len(self._counter())
+                print(f"{' ' * width} ...  {job.points[0].name}  {line}", flush=True)
             return
         self.running.remove(job)
         if job.points:
@@ -216,13 +324,13 @@ class JobRunner:
     def _point_done(self, job: Job, point: Point) -> None:
         now = time.perf_counter()
         seconds, job.last_event = now - job.last_event, now
+        job.progress.restart(now)
         job.points.remove(point)
         if self.sweep.launch.mode == "per_point":  # the whole torchrun job, start-up included
             info = {**point_info(point, "per_point"), "point_wall_s": seconds}
             write_json_atomic(self.sweep.out_dir / point.name / POINT_FILE, info)
         self.completed.append(point.name)
-        self.done_cost += point_cost(point) + self.overhead
-        self.remaining_cost -= point_cost(point) + self.overhead
+        self.estimator.done(point, seconds)
         run = Run(self.sweep.out_dir / point.name)
         final = run.summary["final"]
         shown = " ".join(f"{run.tag(k)} {final[k]:.4g}" for k in _SHOWN_METRICS if k in final)  # where measured
@@ -231,7 +339,7 @@ class JobRunner:
     def _point_failed(self, job: Job, point: Point, code: int) -> None:
         reason = failure_reason(code, job.stderr_path)
         self.failures[point.name] = reason
-        self.remaining_cost -= point_cost(point) + self.overhead
+        self.estimator.forget(point)
         print(f"{self._counter()} FAIL {point.name}: {reason} (log: {job.stderr_path})", flush=True)
 
     def _counter(self) -> str:
@@ -239,6 +347,4 @@ class JobRunner:
         return f"[{self.num_complete_before + len(self.completed):>{len(str(total))}}/{total}]"
 
     def _eta(self) -> str:
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / self.done_cost * self.remaining_cost if self.done_cost else 0.0
-        return f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}"
+        return f"elapsed {format_duration(time.perf_counter() - self.started)}, {self.estimator.text()}"

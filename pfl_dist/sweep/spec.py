@@ -15,7 +15,13 @@ A sweep YAML (configs/sweeps/*.yaml):
 Variants exist because a pure cartesian product cannot say "FedAvg once, FedCLUP at three
 lambdas": lambda means nothing to FedAvg, and crossing it would repeat identical FedAvg runs.
 Precedence is base < overrides < variant < grid < seed; a key set by both a variant and the grid
-is an error rather than a silent winner, and so is a key written twice in the file. Every point's
+is an error rather than a silent winner, and so is a key written twice in the file.
+
+Overrides given when the sweep is started (`python -m pfl_dist.sweep FILE train.num_rounds=5`,
+`pfl_dist.sweep.run(FILE, {"train.num_rounds": 5})`) apply to every point, over the file's
+`overrides` and the variants' fixed values, so a sweep shrinks without a copy of its YAML. A key
+the sweep varies (a list in the grid or in a variant) is refused in one line: overriding it would
+collapse that axis while the point names still name its values. Every point's
 config is built and validated here, so a bad value costs one line before any process starts.
 Points of one variant whose configs are equal once validated (a grid of [1.0, 1]) run once.
 """
@@ -27,6 +33,7 @@ import itertools
 import math
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +48,7 @@ from pfl_dist.config import (
     apply_overrides,
     check_path_text,
     did_you_mean,
+    parse_override,
     read_yaml,
 )
 from pfl_dist.errors import ConfigError, PflError
@@ -104,6 +112,8 @@ class Sweep:
     launch: LaunchSpec
     points: tuple[Point, ...] = field(default=())
     base_config: dict[str, Any] = field(default_factory=dict)  # the base file, parsed once
+    given: dict[str, Any] = field(default_factory=dict)  # the overrides given at the start, for every point
+    text: bytes = b""  # the sweep file's bytes (a mapping's YAML), kept as out_dir/sweep.yaml
 
 
 def _require(ok: bool, message: str) -> None:
@@ -196,8 +206,25 @@ def _parse_variants(raw: Any, grid: dict[str, list[Any]]) -> dict[str, dict[str,
     return variants
 
 
+def parse_given(overrides: Sequence[str] | Mapping[str, Any], grid: dict[str, Any],
+                variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The overrides given at the start (`section.key=value` texts or a mapping), checked: dotted,
+    of a known section, not a key the sweep itself sets or varies."""
+    pairs = (list(overrides.items()) if isinstance(overrides, Mapping)
+             else [(".".join(key), value) for key, value in map(parse_override, overrides)])
+    varied = {k for axes in (grid, *variants.values()) for k, v in axes.items() if isinstance(v, list)}
+    given: dict[str, Any] = {}
+    for key, value in pairs:
+        key = _check_dotted(key, "override")
+        _require(key not in varied, f"override {key}: the sweep varies it (grid or variant list); edit the sweep "
+                 "file's list instead, or --only to run some of its values")
+        given[key] = value
+    return given
+
+
 def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
-                launch_overrides: dict[str, Any] | None = None) -> Sweep:
+                launch_overrides: dict[str, Any] | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] = ()) -> Sweep:
     """Validate the sweep file's structure; `expand_points` then validates every point's config."""
     _check_keys(raw, _TOP_KEYS, "")
     base = raw.get("base")
@@ -213,7 +240,7 @@ def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
     return Sweep(path=path, base=base_path, out_dir=Path(out),
                  overrides=_parse_axes(raw.get("overrides", {}), "overrides", lists_only=False),
                  variants=variants, grid=grid, seeds=_parse_seeds(raw), launch=_parse_launch(launch_raw),
-                 base_config=base_config)
+                 base_config=base_config, given=parse_given(overrides, grid, variants))
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
@@ -259,7 +286,7 @@ def point_specs(sweep: Sweep) -> list[tuple[str, str | None, dict[str, Any], int
                     values = {**inner, **outer}
                     parts = ([variant] if variant else []) + [_name_part(short[k], v) for k, v in values.items()]
                     name = "__".join([*parts, f"seed={seed}"])
-                    settings = {**sweep.overrides, **fixed, **values}
+                    settings = {**sweep.overrides, **fixed, **sweep.given, **values}
                     overrides = tuple(f"{k}={yaml_value(v)}" for k, v in settings.items()) + (f"run.seed={seed}",)
                     specs.append((name, variant, values, seed, overrides))
     return specs
@@ -319,15 +346,23 @@ def expand_points(sweep: Sweep) -> tuple[Point, ...]:
     return points
 
 
-def load_sweep(path: str | Path, *, out_dir: str | None = None,
-               launch_overrides: dict[str, Any] | None = None) -> Sweep:
-    """Read, validate and expand a sweep file (data files included). Raises ConfigError with one
-    line on any problem."""
+def load_sweep(source: str | Path | Mapping[str, Any], *, out_dir: str | None = None,
+               launch_overrides: dict[str, Any] | None = None,
+               overrides: Sequence[str] | Mapping[str, Any] = ()) -> Sweep:
+    """Read, validate and expand a sweep file, or a mapping in a sweep file's shape (its `base`
+    relative to the working directory, its default out_dir runs/sweeps/sweep), with `overrides` for
+    every point (data files included). Raises ConfigError with one line on any problem."""
     from pfl_dist.launch import preflight
 
-    path = Path(path)
-    sweep = parse_sweep(read_yaml(path, what="sweep file"), path=path, out_dir=out_dir,
-                        launch_overrides=launch_overrides)
+    if isinstance(source, Mapping):
+        path, raw = Path("sweep.yaml"), dict(source)
+        text = yaml.safe_dump(raw, sort_keys=False).encode()
+    else:
+        path = Path(source)
+        raw = read_yaml(path, what="sweep file")
+        text = path.read_bytes()
+    sweep = parse_sweep(raw, path=path, out_dir=out_dir, launch_overrides=launch_overrides, overrides=overrides)
+    sweep = dataclasses.replace(sweep, text=text)
     points = expand_points(sweep)
     for cfg in {(p.cfg.data.kind, p.cfg.data.data_dir): p.cfg for p in points}.values():
         preflight(cfg, world_size=sweep.launch.world_size)

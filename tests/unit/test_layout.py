@@ -7,7 +7,8 @@ import sys
 
 from tests.helpers import REPO
 
-DRIVER_MODULES = ("pfl_dist.sweep", "pfl_dist.sweep.cli", "pfl_dist.sweep.__main__", "pfl_dist.sweep.spec",
+DRIVER_MODULES = ("pfl_dist", "pfl_dist.sweep", "pfl_dist.sweep.api", "pfl_dist.sweep.cli",
+                  "pfl_dist.sweep.__main__", "pfl_dist.sweep.spec",
                   "pfl_dist.sweep.jobs", "pfl_dist.sweep.results", "pfl_dist.sweep.tradeoff",
                   "pfl_dist.sweep.plot", "pfl_dist.plot", "pfl_dist.tasks", "pfl_dist.launch", "pfl_dist.inputs",
                   "pfl_dist.rundir")

@@ -58,3 +58,18 @@ def test_sweep_dry_run(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert f"{len(sweep.points)} points valid, {len(sweep.points)} to run, 0 complete" in out
     assert len(sweep.points) > 1
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_another_method_on_a_shipped_config_gets_its_own_run_dir(path: Path) -> None:
+    """README's `--config configs/mnist_logreg.yaml data.kind=mnist5k algorithm.name=local`, then
+    the same with another method: with a pinned run.name the second was refused (the run dir held a
+    completed run of another config); run.name auto names each config's own dir."""
+    dirs = set()
+    for method in ("local", "fedavg", "fedclup"):
+        cfg = load_config(path, ["data.kind=mnist5k" if "mnist" in path.name else "data.R=1.0",
+                                 f"algorithm.name={method}"])
+        cfg.set_world_size(1)
+        assert cfg.run.name == "auto" and cfg.run_dir.name.startswith(f"{method}-")
+        dirs.add(cfg.run_dir)
+    assert len(dirs) == 3

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
+from pfl_dist.config import apply_overrides
 from pfl_dist.errors import ConfigError
 from pfl_dist.sweep import cli as sweep
-from pfl_dist.sweep.jobs import batches, failure_reason, point_command
+from pfl_dist.sweep.jobs import Estimator, ProgressTail, batches, failure_reason, point_command, point_cost
 from pfl_dist.sweep.results import find_runs, write_results_csv
-from pfl_dist.sweep.spec import load_sweep, yaml_value
-from tests.helpers import write_sweep
+from pfl_dist.sweep.spec import Point, load_sweep, yaml_value
+from tests.helpers import REPO, write_sweep
 
 
 def fake_run(run_dir: Path, *, lam: float = 0.5, final_itr: float = 1.0, config: dict[str, Any] | None = None) -> None:
@@ -203,3 +204,128 @@ def test_failure_reason_prefers_the_worker_exception_over_torchrun_summary(tmp_p
                       "Traceback (most recent call last):\n"
                       "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n  exitcode  : 1 (pid: 9)\n")
     assert failure_reason(1, stderr) == "exit 1 (worker exit 1): ImportError: cannot import name 'x'"
+
+
+# --- overrides given at the start -------------------------------------------------------------
+
+
+def test_given_overrides_apply_to_every_point_over_variant_values(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", overrides={"train.num_rounds": 30},
+                       variants={"fedavg": {"algorithm.name": "fedavg", "train.num_rounds": 40},
+                                 "clup": {"algorithm.name": "fedclup", "algorithm.lam": [0.1, 2]}},
+                       grid={"data.R": [0.5, 3.0]})
+    plain = load_sweep(path).points
+    points = load_sweep(path, overrides=["train.num_rounds=2", "data.samples_per_client=20"]).points
+    assert [p.name for p in points] == [p.name for p in plain]  # the names stay those of the varied values
+    assert {(p.cfg.train.num_rounds, p.cfg.data.samples_per_client) for p in points} == {(2, 20)}
+    assert {p.cfg.train.num_rounds for p in plain} == {30, 40}
+    mapped = load_sweep(path, overrides={"train.num_rounds": 2, "data.samples_per_client": 20}).points
+    assert [p.cfg for p in mapped] == [p.cfg for p in points]  # a mapping is the same as the texts
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.R=1.0"], "override data.R: the sweep varies it (grid or variant list); edit the sweep file's list "
+                     "instead, or --only to run some of its values"),
+    (["algorithm.lam=1.0"], "override algorithm.lam: the sweep varies it"),
+    (["run.seed=3"], "override: run.seed is set by the sweep (use seeds/repetitions, out_dir)"),
+    (["run.name=x"], "override: run.name is set by the sweep"),
+    (["train.num_rounds"], "override 'train.num_rounds' must look like section.key=value"),
+    (["trian.num_rounds=2"], "override: unknown config section in 'trian.num_rounds' (did you mean 'train'?)"),
+    (["train.num_round=2"], "unknown config key 'train.num_round' (did you mean 'train.num_rounds'?)"),
+    (["train.num_rounds=many"], "train.num_rounds must be int, got 'many'"),
+])
+def test_given_overrides_are_checked_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 overrides: list[str], message: str) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", variants={"clup": {"algorithm.name": "fedclup",
+                                                                   "algorithm.lam": [0.1, 2]}},
+                       grid={"data.R": [0.5, 3.0]})
+    assert sweep.main([str(path), *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pfl_dist.sweep: error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_with_overrides_shows_them_in_every_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(tmp_path / "sweep.yaml", grid={"algorithm.lam": [0.1, 0.5]},
+                       launch={"nproc_per_node": 2, "mode": "per_point"})
+    assert sweep.main([str(path), "train.num_rounds=3", "--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and all("train.num_rounds=3" in line for line in commands)
+
+
+def test_python_sweep_run_takes_a_mapping_and_plans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pfl_dist.sweep
+
+    spec = {"base": str(REPO / "configs" / "default.yaml"), "out_dir": str(tmp_path / "out"),
+            "grid": {"algorithm.lam": [0.1, 0.5]}}
+    outcome = pfl_dist.sweep.run(spec, {"train.num_rounds": 3}, dry_run=True, nproc_per_node=2)
+    assert (outcome.status, outcome.exit_code, outcome.out_dir) == ("planned", 0, tmp_path / "out")
+    assert "2 points valid, 2 to run, 0 complete" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="^override algorithm.lam: the sweep varies it"):
+        pfl_dist.sweep.run(spec, {"algorithm.lam": 1.0}, dry_run=True)
+    with pytest.raises(ConfigError, match="^--only is not a valid regular expression"):
+        pfl_dist.sweep.run(spec, only="(", dry_run=True)
+
+
+# --- the ETA ---------------------------------------------------------------------------------
+
+
+def eta_point(name: str, *overrides: str) -> Point:
+    cfg = apply_overrides({}, overrides)
+    cfg.set_world_size(2)
+    return Point(name=name, variant=None, values={}, seed=0, overrides=(), cfg=cfg)
+
+
+def test_eta_times_each_kind_of_point_on_its_own() -> None:
+    """configs/sweeps/codecs.yaml's mix: CNN points of few cost units that take a minute, synthetic
+    points of 1500x the units that take seconds. One rate for all said 30,267 minutes."""
+    cnn = ("data.kind=mnist", "model.kind=cnn", "data.num_clients=10", "algorithm.batch_size=16",
+           "algorithm.local_epochs=1", "train.num_rounds=6")
+    synthetic = ("data.num_clients=1000", "algorithm.num_local_steps=150", "algorithm.sample_fraction=0.1",
+                 "train.num_rounds=60")
+    cnns = [eta_point(f"cnn{i}", *cnn) for i in range(3)]
+    synthetics = [eta_point(f"syn{i}", *synthetic) for i in range(4)]
+    assert point_cost(synthetics[0]) / point_cost(cnns[0]) == 1500  # the units are not comparable across kinds
+    estimator = Estimator([*cnns, *synthetics], overhead=0.0, jobs=1)
+    assert estimator.text() == "ETA 0s + 7 point(s) of kinds not yet timed"
+    estimator.done(cnns[0], 60.0)
+    # the old estimate: 60 s / the CNN's units x everything left = 60 x (2 + 4 x 1500) s, 100 hours
+    assert estimator.eta() == (120.0, 4) and estimator.text() == "ETA 2m00s + 4 point(s) of kinds not yet timed"
+    estimator.done(synthetics[0], 5.0)
+    assert estimator.eta() == (120.0 + 15.0, 0) and estimator.text() == "ETA 2m15s"
+    estimator.forget(cnns[1])  # failed: no longer waited for
+    estimator.done(synthetics[1], 7.0)  # the synthetic rate is now 12 s / 2 points
+    assert estimator.eta() == (60.0 + 2 * 6.0, 0)
+
+
+def test_eta_shares_the_remaining_time_among_concurrent_jobs() -> None:
+    points = [eta_point(f"p{i}", "train.num_rounds=10") for i in range(5)]
+    estimator = Estimator(points, overhead=point_cost(points[0]), jobs=2)  # a start-up as costly as a point
+    estimator.done(points[0], 8.0)
+    assert estimator.eta() == (4 * 8.0 / 2, 0)
+    for point in points[1:4]:
+        estimator.done(point, 8.0)
+    assert estimator.eta() == (8.0, 0)  # one point left: one job runs it
+
+
+# --- progress inside a running point ---------------------------------------------------------
+
+
+def test_progress_tail_shows_the_newest_round_line_at_most_every_interval(tmp_path: Path) -> None:
+    log = tmp_path / "job-0.out"
+    tail = ProgressTail(log, now=0.0, every_s=10.0)
+    assert tail.poll(1.0) is None  # no log yet
+    log.write_text("prepared run dir\nround    0/60 | eval/ITR 0.5 | train wire 0 B | 0.0 ms/round\n")
+    assert tail.poll(5.0) is None  # the point started 5 s ago: short points print nothing extra
+    with open(log, "a") as f:
+        f.write("[rank0]: round    5/60 | eval/ITR 0.25 | train wire 1 KB | 3.0 ms/round\nround   10/6")
+    assert tail.poll(10.0) == "round    5/60 | eval/ITR 0.25 | train wire 1 KB | 3.0 ms/round"
+    with open(log, "a") as f:
+        f.write("0 | eval/ITR 0.125 | train wire 2 KB | 3.0 ms/round\n")  # the half-written line, finished
+    assert tail.poll(15.0) is None  # shown 5 s ago
+    assert tail.poll(20.0) == "round   10/60 | eval/ITR 0.125 | train wire 2 KB | 3.0 ms/round"
+    assert tail.poll(40.0) is None  # nothing new
+    with open(log, "a") as f:
+        f.write("round   60/60 | eval/ITR 0.1 | train wire 9 KB | 3.0 ms/round\nsweep point done: a\n")
+    tail.restart(41.0)  # the next point of the batch: the last one's lines are not shown as its
+    assert tail.poll(60.0) is None
