@@ -29,7 +29,7 @@ import yaml
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.spec import parse_codec
 from pfl_dist.inputs import Inputs, fingerprint
-from pfl_dist.methods import method_info
+from pfl_dist.methods import check_params, method_info
 from pfl_dist.models import check_kind
 
 Auto = Literal["auto"]
@@ -190,8 +190,9 @@ def method_uses_lam(name: str) -> bool:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    name: Literal["fedclup", "fedavg", "fedprox", "local", "pfedme", "ditto", "apfl", "perfedavg", "fedrep",
-                  "fedper", "fedavg_ft", "scaffold"] = "fedclup"  # pfl_dist/methods.py
+    # a built-in (pfl_dist/methods.py METHODS) or a plug-in 'package.module:Class' subclassing
+    # pfl_dist.algorithms.Algorithm (docs/EXTENDING.md)
+    name: str = "fedclup"
     lam: float | Auto = 0.5  # degree of personalization lambda; auto = the paper's rule (fedclup)
     lam_auto_c: float = 5.0  # lam=auto: the rule's constant c
     lam_auto_warmup: float = 0.2  # lam=auto: fraction of rounds run before R_hat is estimated
@@ -226,8 +227,12 @@ class AlgorithmConfig:
     inner_warm_start: bool = False
     beta: float = 1.0  # pFedMe's server mixing beta; SCAFFOLD's global step size eta_g
     alpha: float = 0.5  # APFL: the initial mixing weight alpha_i (adapted with local_lr)
+    # a plug-in algorithm's own settings (its MethodInfo.params declares names, defaults, types);
+    # stored with every declared default filled in, so they enter the run identity
+    params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "params", check_params(method_info(self.name), self.params))
         _require(self.lam == "auto" or self.lam >= 0, "algorithm.lam", f"must be >= 0 or 'auto', got {self.lam}")
         _require(self.lam != "auto" or self.name == "fedclup", "algorithm.lam",
                  f"'auto' is only defined for fedclup, not {self.name}")
@@ -412,6 +417,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return number
         if option in (int, str, bool) and type(value) is option:
             return value
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            return dict(value)
     raise ConfigError(f"{key} must be {_type_name(annotation)}, got {value!r}")
 
 
@@ -445,15 +452,21 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return Config(**{name: _build_section(name, SECTIONS[name], raw[name]) for name in raw})
 
 
+MAPPING_KEYS = ("algorithm.params.",)  # keys holding a mapping: an override sets one entry of it
+
+
 def override_key(key: Any, text: str) -> list[str]:
-    """`algorithm.lam` -> ["algorithm", "lam"]; `text` (the override as given) names a bad one."""
-    if not isinstance(key, str) or key.count(".") != 1 or not all(key.split(".")):
+    """`algorithm.lam` -> ["algorithm", "lam"], `algorithm.params.momentum` -> ["algorithm",
+    "params", "momentum"]; `text` (the override as given) names a bad one."""
+    mapping_key = isinstance(key, str) and key.count(".") == 2 and key.startswith(MAPPING_KEYS)
+    if not isinstance(key, str) or (key.count(".") != 1 and not mapping_key) or not all(key.split(".")):
         raise ConfigError(f"override '{text}' must look like section.key=value")
     return key.split(".")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`algorithm.lam=0.5` -> (["algorithm", "lam"], 0.5); the value is parsed as YAML."""
+    """`algorithm.lam=0.5` -> (["algorithm", "lam"], 0.5), `algorithm.params.momentum=0.9` ->
+    (["algorithm", "params", "momentum"], 0.9); the value is parsed as YAML."""
     key, sep, value = text.partition("=")
     if not sep:
         raise ConfigError(f"override '{text}' must look like section.key=value")
@@ -553,11 +566,15 @@ def apply_overrides(file_config: Mapping[str, Any], overrides: Sequence[str] | M
     raw = {name: dict(values) if isinstance(values, Mapping) else values for name, values in file_config.items()}
     pairs = ([(override_key(key, f"{key}={value!r}"), value) for key, value in overrides.items()]
              if isinstance(overrides, Mapping) else [parse_override(text) for text in overrides])
-    for (section, key), value in pairs:
+    for (section, key, *entry), value in pairs:
         section_values = raw.setdefault(section, {})
         if not isinstance(section_values, dict):
             raise ConfigError(f"config section '{section}' must be a mapping, got {section_values!r}")
-        section_values[key] = value
+        if entry:  # algorithm.params.momentum=0.9: one entry of the mapping
+            mapping = section_values.get(key)
+            section_values[key] = {**(mapping if isinstance(mapping, dict) else {}), entry[0]: value}
+        else:
+            section_values[key] = value
     cfg = config_from_dict(raw)
     from pfl_dist.tasks import check_task_config  # the registry reads Config: imported late
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from pfl_dist import plugins
+from pfl_dist.errors import ConfigError
+
 # Read only with algorithm.lam: auto (FedCLUP's rule).
 LAM_AUTO_KEYS = ("algorithm.lam_auto_c", "algorithm.lam_auto_warmup", "algorithm.lam_auto_init",
                  "algorithm.lam_auto_refresh")
@@ -59,6 +62,9 @@ class MethodInfo:
     # always part of its runs' identity (pfl_dist/rundir.py `LATER_KEYS`), so a run made under the
     # earlier rules is another run, never "already complete"
     results_changed_with: str = ""
+    # algorithm.params: the settings of a plug-in algorithm, (name, default) pairs; a value given in
+    # algorithm.params must have its default's type (ints widen to float) (`check_params`)
+    params: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         assert self.message in MESSAGES, self.message
@@ -104,20 +110,77 @@ METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
 
 def method_info(name: str) -> MethodInfo:
-    return METHODS[name]
+    """The facts of algorithm.name: a built-in's from `METHODS`, a plug-in's (`module:Class`) read
+    from the `info = MethodInfo(...)` literal in its class body without importing its module
+    (pfl_dist/plugins.py), with `name` set to the plug-in name. ConfigError (one line) otherwise."""
+    if name in METHODS:
+        return METHODS[name]
+    if not plugins.is_plugin_name(name):
+        from pfl_dist.config import did_you_mean  # config imports this module: imported late
+
+        raise ConfigError(f"algorithm.name {name!r} is not a built-in method{did_you_mean(name, METHOD_NAMES)} "
+                          f"nor a plug-in 'package.module:Class'; built-ins: {', '.join(METHOD_NAMES)}")
+    return plugin_info(plugins.parse(name, key="algorithm.name"))
+
+
+def plugin_info(plugin: plugins.PluginName) -> MethodInfo:
+    """A plug-in class's declared `info = MethodInfo(...)`, read by AST (no import, no torch)."""
+    where = f"algorithm.name={plugin}"
+    path = plugins.source_path(plugin.module)
+    if path is None:
+        raise ConfigError(f"{where}: cannot find module {plugin.module} (is its folder on PYTHONPATH?)")
+    try:
+        declared = plugins.class_declaration(path, "info")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ConfigError(f"{where}: cannot read {path}: {type(err).__name__}: {err}") from None
+    if plugin.attr not in declared:
+        raise ConfigError(f"{where}: {path} has no class {plugin.attr} declaring 'info = MethodInfo(...)' in its body")
+    try:
+        args, kwargs = plugins.literal_call(declared[plugin.attr], where=where)
+        info = MethodInfo(*args, **kwargs)
+    except (ValueError, TypeError, AssertionError) as err:
+        raise ConfigError(f"{where}: its info = MethodInfo(...) is not valid: {err}") from None
+    if not isinstance(info.params, tuple) or not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                                                     for p in info.params):
+        raise ConfigError(f"{where}: its MethodInfo params must be a tuple of (name, default) pairs")
+    return replace(info, name=str(plugin))
+
+
+def check_params(info: MethodInfo, params: dict[str, Any]) -> dict[str, Any]:
+    """algorithm.params against the method's declared params: the declared defaults updated with
+    `params`; an unknown key or a value of another type than its default's is one ConfigError."""
+    from pfl_dist.config import did_you_mean  # config imports this module: imported late
+
+    defaults = dict(info.params)
+    resolved = dict(defaults)
+    for key, value in params.items():
+        dotted = f"algorithm.params.{key}"
+        if key not in defaults:
+            takes = f"it takes {', '.join(defaults)}" if defaults else "it takes none"
+            close = did_you_mean(str(key), list(defaults), prefix="algorithm.params.")
+            raise ConfigError(f"unknown config key '{dotted}'{close}: {info.name} has no such parameter ({takes})")
+        default = defaults[key]
+        if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ConfigError(f"{dotted} must be {type(default).__name__}, got {value!r}")
+        resolved[key] = value
+    return resolved
 
 
 def keys_read(info: MethodInfo, config: dict[str, Any]) -> list[str]:
     """The algorithm.* and comm.* keys a run of this method with this config (`Config.to_dict()`
     or a summary's `config`) reads: its local schedule (num_local_steps for full-batch GD,
     local_epochs and batch_size for minibatch SGD), local_lr, lam where it enters the updates, the
-    method's own keys (`reads`; the lam=auto ones only with lam: auto), and when it communicates
+    method's own keys (`reads`; the lam=auto ones only with lam: auto), algorithm.params when it
+    declares params (a plug-in's own settings), and when it communicates
     algorithm.client_weights (the server's means) and comm.codec. sample_fraction, read by every
     method, is left out."""
     algorithm = config["algorithm"]
     schedule = GD_SCHEDULE if algorithm.get("batch_size") is None else MINIBATCH_SCHEDULE
     own = [key for key in info.reads if key not in LAM_AUTO_KEYS or algorithm.get("lam") == "auto"]
     return [*schedule, "algorithm.local_lr", *(["algorithm.lam"] if info.uses_lam else []), *own,
+            *(["algorithm.params"] if info.params else []),
             *(["algorithm.client_weights", "comm.codec"] if info.communicates else [])]
 
 
@@ -128,6 +191,8 @@ def info_from_summary(summary: dict[str, Any]) -> MethodInfo:
     name = recorded.get("name") if isinstance(recorded, dict) else None
     name = name if isinstance(name, str) else summary["config"]["algorithm"]["name"]
     known = METHODS.get(name, MethodInfo(name, name))
+    if isinstance(recorded, dict) and isinstance(recorded.get("params"), list):  # JSON: pairs as lists
+        recorded = {**recorded, "params": tuple(tuple(pair) for pair in recorded["params"])}
     if not isinstance(recorded, dict):
         return known
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pfl_dist.exchange.spec import parse_codec
-from pfl_dist.methods import METHODS
+from pfl_dist.methods import method_info
 
 TRADEOFF_METRICS = ("acc_personal", "acc_global", "ITR", "ATR")
 FL_GROUP = "1_tradeoff_fl_bytes"
@@ -88,7 +88,7 @@ class RunViews:
         method = config["algorithm"]["name"]
         codec = parse_codec(config["comm"]["codec"])
         return cls(method=method, world_size=world_size, compressed=codec.name != "none",
-                   collectives=codec.collectives if METHODS[method].communicates else ())
+                   collectives=codec.collectives if method_info(method).communicates else ())
 
     @property
     def axes(self) -> tuple[Axis, ...]:

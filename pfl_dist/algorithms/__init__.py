@@ -4,22 +4,47 @@ whether lambda enters it) live torch-free in pfl_dist/methods.py."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from pfl_dist import plugins
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, RoundEnd
 from pfl_dist.algorithms.classic import FedAvg, FedCLUP, FedProx, LocalTrain, theory_lambda
 from pfl_dist.algorithms.groups import FedPer, FedRep
 from pfl_dist.algorithms.personal import APFL, Ditto, FedAvgFT, PerFedAvg, PFedMe
 from pfl_dist.algorithms.scaffold import Scaffold
 from pfl_dist.config import AlgorithmConfig
+from pfl_dist.errors import ConfigError
+from pfl_dist.methods import MethodInfo, method_info
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FedCLUP, FedAvg, FedProx, LocalTrain, PFedMe, Ditto, APFL, PerFedAvg, FedRep, FedPer, FedAvgFT, Scaffold)}
 
 
+def algorithm_class(name: str) -> type[Algorithm]:
+    """The class of algorithm.name: a built-in from `ALGORITHMS`, or a plug-in `module:Class`
+    imported (pfl_dist/plugins.py) and checked: it subclasses `Algorithm` and its `info` is the
+    declaration the torch-free side read from its source (`method_info`). A plug-in is returned
+    as a subclass whose `name` and `info.name` are the plug-in name, so summary.json, the tables
+    and the run dir name it as the config does. ConfigError (one line) otherwise."""
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    declared = method_info(name)  # the AST read; one line for a bad name or declaration
+    cls = plugins.load(plugins.parse(name, key="algorithm.name"), key="algorithm.name")
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise ConfigError(f"algorithm.name={name}: {cls!r} is not a subclass of pfl_dist.algorithms.Algorithm")
+    info = getattr(cls, "info", None)
+    if not isinstance(info, MethodInfo) or replace(info, name=name) != declared:
+        raise ConfigError(f"algorithm.name={name}: its info = MethodInfo(...) must be a literal in the class body "
+                          f"of {cls.__name__} (the config checks read it without importing the module)")
+    return type(cls.__name__, (cls,), {"name": name, "info": declared, "__module__": cls.__module__,
+                                       "__doc__": cls.__doc__})
+
+
 def build_algorithm(cfg: AlgorithmConfig, *, smoothness: float, groups: dict[str, slice] | None = None,
                     participation: float = 1.0) -> Algorithm:
-    return ALGORITHMS[cfg.name](cfg, smoothness=smoothness, groups=groups, participation=participation)
+    return algorithm_class(cfg.name)(cfg, smoothness=smoothness, groups=groups, participation=participation)
 
 
 __all__ = ["ALGORITHMS", "APFL", "Algorithm", "ClientOutput", "ClientRound", "ClientState", "Ditto", "FedAvg",
            "FedAvgFT", "FedCLUP", "FedPer", "FedProx", "FedRep", "LocalTrain", "PFedMe", "PerFedAvg", "RoundEnd",
-           "Scaffold", "build_algorithm", "theory_lambda"]
+           "Scaffold", "algorithm_class", "build_algorithm", "theory_lambda"]

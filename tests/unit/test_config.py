@@ -38,7 +38,7 @@ def test_override_values_keep_their_yaml_types() -> None:
         (["algorithm.sample_fraction=1.5"], "algorithm.sample_fraction must be in (0, 1], got 1.5"),
         (["train.num_rounds=2.5"], "train.num_rounds must be int, got 2.5"),
         (["train.num_rounds=true"], "train.num_rounds must be int, got True"),
-        (["algorithm.name=scafold"], "algorithm.name must be 'fedclup' | 'fedavg' | 'fedprox' | 'local' | 'pfedme'"),
+        (["algorithm.name=scafold"], "algorithm.name 'scafold' is not a built-in method (did you mean 'scaffold'?)"),
         (["algorithm.local_lr=0"], "algorithm.local_lr must be > 0 or 'auto', got 0.0"),
         (["comm.backend=mpi"], "comm.backend must be 'auto' | 'gloo' | 'nccl', got 'mpi'"),
         (["data.num_clients=0"], "data.num_clients must be >= 1, got 0"),

@@ -89,7 +89,7 @@ def test_keys_added_later_are_left_out_at_their_earlier_value_unless_the_method_
     fedavg, uniform = at_one_process(load_config(None, ["algorithm.name=fedavg"])), at_one_process(load_config(None, [
         "algorithm.name=fedavg", "algorithm.client_weights=uniform"]))
     # Assert: LATER_KEYS holds the defaults; at them FedAvg's identity is a run's from before them
-    defaults = {f"{name}.{f.name}": f.default
+    defaults = {f"{name}.{f.name}": f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
                 for name, section in SECTIONS.items() for f in dataclasses.fields(section)}
     assert {key: defaults[key] for key in LATER_KEYS} == LATER_KEYS
     assert config_hash(fedavg.identity()) == config_hash(earlier(fedavg.identity()))

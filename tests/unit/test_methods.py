@@ -16,9 +16,10 @@ from pfl_dist.methods import GD_SCHEDULE, LAM_AUTO_KEYS, METHODS, MINIBATCH_SCHE
 from pfl_dist.tasks import build_task
 from tests.helpers import write_learnable_mnist
 
-# Keys every method reads, or that are about lam: not what `reads` states.
-COMMON = {"name", "lam", "local_lr", "smoothness", "sample_fraction", "client_weights", *(k.split(".")[1] for k in (
-    *LAM_AUTO_KEYS, *GD_SCHEDULE, *MINIBATCH_SCHEDULE))}
+# Keys every method reads, or that are about lam: not what `reads` states; and params, a plug-in's
+# own settings (a built-in declares none, so no value but {} is valid for it).
+COMMON = {"name", "params", "lam", "local_lr", "smoothness", "sample_fraction", "client_weights",
+          *(k.split(".")[1] for k in (*LAM_AUTO_KEYS, *GD_SCHEDULE, *MINIBATCH_SCHEDULE))}
 OWN_KEYS = [f.name for f in dataclasses.fields(AlgorithmConfig) if f.name not in COMMON]
 LINEAR = ("data.num_clients=3", "data.samples_per_client=30", "algorithm.num_local_steps=3",
           "train.dtype=float64")
