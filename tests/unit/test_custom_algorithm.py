@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pfl_dist.algorithms import ALGORITHMS, Algorithm, algorithm_class
+from pfl_dist.algorithms import Algorithm, algorithm_class
 from pfl_dist.config import AlgorithmConfig, load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import METHODS, keys_read, method_info
@@ -41,14 +41,7 @@ def examples_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(EXAMPLES))
 
 
-# --- the registry: built-ins and plug-ins, one lookup --------------------------------------------
-
-
-def test_every_builtin_class_declares_the_facts_the_torch_free_side_reads() -> None:
-    assert list(ALGORITHMS) == list(METHODS)  # the same names, once each (dict keys are unique)
-    for name, cls in ALGORITHMS.items():
-        assert issubclass(cls, Algorithm) and cls.name == name
-        assert cls.info == method_info(name) and algorithm_class(name) is cls
+# --- the registry: a plug-in goes through the built-ins lookup (built-ins: test_algorithm_registry.py)
 
 
 def test_the_plugin_class_declares_the_facts_the_torch_free_side_reads() -> None:
