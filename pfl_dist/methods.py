@@ -79,8 +79,9 @@ class MethodInfo:
         assert self.message in MESSAGES, self.message
 
     def to_dict(self) -> dict[str, Any]:
-        """As summary.json records it (JSON: `reads` as a list; `info_from_summary` reads it back)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        """As summary.json records it (JSON: `reads` as a list, `params` as [name, default] lists;
+        `info_from_summary` reads it back)."""
+        return {key: _as_json(value) for key, value in asdict(self).items()}
 
 
 ALGORITHMS_DIR = Path(__file__).with_name("algorithms")
@@ -113,6 +114,11 @@ def read_builtins(directory: Path = ALGORITHMS_DIR) -> tuple[dict[str, MethodInf
                 raise ConfigError(f"built-in algorithm {source}: name {info.name!r} is already {where[info.name]}'s")
             methods[info.name], where[info.name] = info, source
     return methods, where
+
+
+def _as_json(value: Any) -> Any:
+    """Tuples (nested ones too) as the lists JSON reads back."""
+    return [_as_json(item) for item in value] if isinstance(value, tuple) else value
 
 
 def method_info(name: str) -> MethodInfo:
