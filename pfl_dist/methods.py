@@ -98,7 +98,7 @@ def read_builtins(directory: Path = ALGORITHMS_DIR) -> tuple[dict[str, MethodInf
     Why no hand-written list: a built-in is its module's class and nothing else. Adding one is
     adding its class (and its test); the torch side (pfl_dist/algorithms/__init__.py `ALGORITHMS`)
     imports each class from where it is found here and checks it against this declaration.
-    ~10 ms for the package's few modules, once per process (at import)."""
+    About 4 ms for the package's few modules, once per process (at import)."""
     methods: dict[str, MethodInfo] = {}
     where: dict[str, plugins.PluginName] = {}
     for path in sorted(directory.glob("*.py")):
