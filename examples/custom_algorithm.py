@@ -39,7 +39,7 @@ class FedAvgM(FedAvg):
     """
 
     info = MethodInfo("fedavgm", "FedAvgM", params=(("momentum", 0.0), ("server_lr", 1.0)),
-                      paper="Hsu et al., 2019", colors="#8c564b", marker="8")
+                      paper="Hsu et al., 2019", colors="#fb9a99", marker="8")  # salmon
     server_step_keys = ("algorithm.params",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -3,15 +3,24 @@ message is, whether algorithm.lam enters its updates, which other algorithm keys
 whether it needs a model with a body/head split, whether it defines a global model that is
 evaluated on its own.
 
-The algorithm classes (pfl_dist/algorithms/) take these facts from here (`Algorithm.info`), the
-Trainer writes them into summary.json ("method"), and the sweep tables and figures read them
-from there. This module is the only list of method names; it imports nothing heavy, so the
-launcher, the config checks and the torch-free sweep driver can use it.
+One registry, built-ins and plug-ins through the same path. Each algorithm class states these
+facts as a literal `info = MethodInfo(...)` in its class body. This module reads them from the
+source by AST without importing it (pfl_dist/plugins.py): every such class in the modules of
+pfl_dist/algorithms/ is a built-in (`METHODS`, `read_builtins`), a plug-in `module:Class` is read
+from its own file when a config names it (`method_info`). The torch side (pfl_dist/algorithms/
+__init__.py) imports the same classes and checks that their `info` is what was read here. The
+Trainer writes the facts into summary.json ("method"), and the sweep tables, figures and
+TensorBoard views read them from there or from here. There is no other list of method names; this
+module imports nothing heavy, so the launcher, the config checks and the torch-free sweep driver
+can use it.
 """
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from pfl_dist import plugins
@@ -54,8 +63,8 @@ class MethodInfo:
     reads: tuple[str, ...] = ()
     paper: str = ""
     # figures: its colour family, a matplotlib sequential colormap name or a '#rrggbb' base colour
-    # (a light-to-dark map through it, pfl_dist/sweep/style.py); the 12 are told apart by
-    # tests/unit/test_plot.py (CIELAB distance >= 30 between their single-curve colours)
+    # (a light-to-dark map through it, pfl_dist/sweep/style.py); the built-ins are told apart by
+    # tests/unit/test_style.py (CIELAB distance >= 30 between their single-curve colours)
     colors: str = "Greys"
     marker: str = "o"  # figures: its marker
     # a config key added when pfl_dist changed what this method computes at the key's default:
@@ -70,43 +79,46 @@ class MethodInfo:
         assert self.message in MESSAGES, self.message
 
     def to_dict(self) -> dict[str, Any]:
-        """As summary.json records it (JSON: `reads` as a list; `info_from_summary` reads it back)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        """As summary.json records it (JSON: `reads` as a list, `params` as [name, default] lists;
+        `info_from_summary` reads it back)."""
+        return {key: _as_json(value) for key, value in asdict(self).items()}
 
 
-METHODS: dict[str, MethodInfo] = {m.name: m for m in (
-    MethodInfo("fedclup", "FedCLUP", message=STATE, uses_lam=True, reads=("algorithm.global_lr", *LAM_AUTO_KEYS),
-               paper="Yu et al., ICML 2025", colors="Reds", marker="^"),
-    MethodInfo("fedavg", "FedAvg", paper="McMahan et al., AISTATS 2017", colors="Blues", marker="o"),
-    MethodInfo("fedprox", "FedProx", uses_lam=True, lam_symbol="μ", paper="Li et al., MLSys 2020",
-               colors="#2ca02c", marker="D"),  # green
-    MethodInfo("local", "LocalTrain", communicates=False, colors="Greys", marker="s"),
-    # issue 21: the inner solve starts from w_g (was: the previous theta_i)
-    MethodInfo("pfedme", "pFedMe", uses_lam=True, reads=("algorithm.personal_lr", "algorithm.inner_steps",
-                                                         "algorithm.inner_warm_start", "algorithm.beta"),
-               paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a", marker="v",  # purple
-               results_changed_with="algorithm.inner_warm_start"),
-    # issue 21: personal_lr auto is 1/(L + lam) (was local_lr), added with client_weights
-    MethodInfo("ditto", "Ditto", uses_lam=True, reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
-               paper="Li et al., ICML 2021", colors="#ff7f00", marker="P",  # orange
-               results_changed_with="algorithm.client_weights"),
-    MethodInfo("apfl", "APFL", reads=("algorithm.personal_lr", "algorithm.alpha"), paper="Deng et al., 2020",
-               colors="#ad017e", marker="X"),  # magenta
-    MethodInfo("perfedavg", "Per-FedAvg (FO)", reads=("algorithm.personal_lr",), paper="Fallah et al., NeurIPS 2020",
-               colors="#a6761d", marker="*"),  # ochre
-    MethodInfo("fedrep", "FedRep", parameter_groups=True, global_model=False,
-               reads=("algorithm.personal_lr", "algorithm.personal_epochs"), paper="Collins et al., ICML 2021",
-               colors="#17becf", marker="p"),  # cyan
-    MethodInfo("fedper", "FedPer", parameter_groups=True, global_model=False, paper="Arivazhagan et al., 2019",
-               colors="#1b9e77", marker="h"),  # teal
-    MethodInfo("fedavg_ft", "FedAvg-FT", reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
-               colors="#e78ac3", marker="d"),  # pink
-    # issue 21: the server's means are plain means (were n_i-weighted)
-    MethodInfo("scaffold", "SCAFFOLD", reads=("algorithm.beta",), paper="Karimireddy et al., ICML 2020",
-               colors="#bcbd22", marker="<", results_changed_with="algorithm.client_weights"),  # olive
-)}
+ALGORITHMS_DIR = Path(__file__).with_name("algorithms")
+"""The built-in algorithms' package: every module in it is read for `info = MethodInfo(...)` class
+literals (`read_builtins`)."""
 
-METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+
+def read_builtins(directory: Path = ALGORITHMS_DIR) -> tuple[dict[str, MethodInfo], dict[str, plugins.PluginName]]:
+    """The built-in methods and where each is declared, read by AST from the source of the modules
+    of `directory` (pfl_dist/algorithms/) without importing them: every class whose body assigns
+    `info = MethodInfo(...)` is a built-in named `info.name`, read by the same code as a plug-in's
+    declaration (`declared_info`). Ordered by module name, then by class position in the module.
+
+    Why no hand-written list: a built-in is its module's class and nothing else. Adding one is
+    adding its class (and its test); the torch side (pfl_dist/algorithms/__init__.py `ALGORITHMS`)
+    imports each class from where it is found here and checks it against this declaration.
+    About 4 ms for the package's few modules, once per process (at import)."""
+    methods: dict[str, MethodInfo] = {}
+    where: dict[str, plugins.PluginName] = {}
+    for path in sorted(directory.glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        for class_name, call in plugins.class_declaration(path, "info").items():
+            source = plugins.PluginName(f"pfl_dist.algorithms.{path.stem}", class_name)
+            info = declared_info(call, where=f"built-in algorithm {source}")
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", info.name):
+                raise ConfigError(f"built-in algorithm {source}: its name {info.name!r} must be lower-case letters, "
+                                  "digits and '_' (a name with ':' is a plug-in's)")
+            if info.name in methods:
+                raise ConfigError(f"built-in algorithm {source}: name {info.name!r} is already {where[info.name]}'s")
+            methods[info.name], where[info.name] = info, source
+    return methods, where
+
+
+def _as_json(value: Any) -> Any:
+    """Tuples (nested ones too) as the lists JSON reads back."""
+    return [_as_json(item) for item in value] if isinstance(value, tuple) else value
 
 
 def method_info(name: str) -> MethodInfo:
@@ -135,15 +147,24 @@ def plugin_info(plugin: plugins.PluginName) -> MethodInfo:
         raise ConfigError(f"{where}: cannot read {path}: {type(err).__name__}: {err}") from None
     if plugin.attr not in declared:
         raise ConfigError(f"{where}: {path} has no class {plugin.attr} declaring 'info = MethodInfo(...)' in its body")
+    return replace(declared_info(declared[plugin.attr], where=where), name=str(plugin))
+
+
+def declared_info(call: ast.Call, *, where: str) -> MethodInfo:
+    """The MethodInfo of a class body's `info = MethodInfo(...)` call (its arguments literals), a
+    built-in's and a plug-in's alike; ConfigError (one line, starting with `where`) otherwise."""
     try:
-        args, kwargs = plugins.literal_call(declared[plugin.attr], where=where)
+        args, kwargs = plugins.literal_call(call, where=where)
+    except ValueError as err:  # names `where` itself
+        raise ConfigError(str(err)) from None
+    try:
         info = MethodInfo(*args, **kwargs)
     except (ValueError, TypeError, AssertionError) as err:
         raise ConfigError(f"{where}: its info = MethodInfo(...) is not valid: {err}") from None
     if not isinstance(info.params, tuple) or not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
                                                      for p in info.params):
         raise ConfigError(f"{where}: its MethodInfo params must be a tuple of (name, default) pairs")
-    return replace(info, name=str(plugin))
+    return info
 
 
 def check_params(info: MethodInfo, params: dict[str, Any]) -> dict[str, Any]:
@@ -198,3 +219,9 @@ def info_from_summary(summary: dict[str, Any]) -> MethodInfo:
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()
                               if k in MethodInfo.__dataclass_fields__}
     return replace(known, **fields)
+
+
+# The built-ins, read from pfl_dist/algorithms/ once per process: name -> facts, and name -> the
+# class that declares them (`module:Class`, which the torch side imports).
+METHODS, BUILTIN_CLASSES = read_builtins()
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)

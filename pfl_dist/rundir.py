@@ -27,7 +27,8 @@ so those runs keep their config part, except for the method whose results change
 (`MethodInfo.results_changed_with`: pFedMe, Ditto, SCAFFOLD in issue 21); a run of it from before
 is another config ("pfedme's results changed in pfl_dist since that run (...)").
 
-Default name. `run.name=auto` (the default) names the run dir `<method>-<hash8>` from that hash,
+Default name. `run.name=auto` (the default) names the run dir `<method>-<hash8>` from that hash
+(a plug-in `module:Class` as `module.Class`, a name safe in any path),
 so two runs that differ in any number-changing key never share a directory, and rerunning the
 same command finds its own run: complete (nothing is retrained) or resumable from checkpoints.
 
@@ -171,8 +172,11 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def auto_run_name(config: dict[str, Any]) -> str:
-    """`<method>-<hash8>`: the default run dir name (run.name=auto)."""
-    return f"{config['algorithm']['name']}-{config_hash(config)[:8]}"
+    """`<method>-<hash8>`: the default run dir name (run.name=auto). A plug-in's name
+    `module:Class` is written `module.Class`: ':' is refused in Windows paths and means host:path
+    to scp and docker -v. A built-in's name has no ':', so its run dirs keep their names; the hash
+    and summary.json keep the name as the config gives it."""
+    return f"{config['algorithm']['name'].replace(':', '.')}-{config_hash(config)[:8]}"
 
 
 def summary_identity(summary: dict[str, Any]) -> dict[str, Any] | None:

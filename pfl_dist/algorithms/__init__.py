@@ -1,6 +1,12 @@
 """Federated algorithms: each owns its client update, its server update and its per-client state
 (pfl_dist/algorithms/base.py). The facts about each method (label, whether it communicates,
-whether lambda enters it) live torch-free in pfl_dist/methods.py."""
+whether lambda enters it) are the literal `info = MethodInfo(...)` in its class body, which
+pfl_dist/methods.py reads torch-free.
+
+The registry: every class of a module in this package that declares its own `info` is a built-in
+(`ALGORITHMS`). Which ones there are, and in which module, pfl_dist/methods.py finds by reading
+the sources (`BUILTIN_CLASSES`); here each is imported and checked as a plug-in is
+(`algorithm_class`), so a new built-in is its module (and its test), with no list to extend."""
 
 from __future__ import annotations
 
@@ -14,30 +20,37 @@ from pfl_dist.algorithms.personal import APFL, Ditto, FedAvgFT, PerFedAvg, PFedM
 from pfl_dist.algorithms.scaffold import Scaffold
 from pfl_dist.config import AlgorithmConfig
 from pfl_dist.errors import ConfigError
-from pfl_dist.methods import MethodInfo, method_info
+from pfl_dist.methods import BUILTIN_CLASSES, METHODS, MethodInfo, method_info
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
-    FedCLUP, FedAvg, FedProx, LocalTrain, PFedMe, Ditto, APFL, PerFedAvg, FedRep, FedPer, FedAvgFT, Scaffold)}
+
+def load_checked(where: plugins.PluginName, declared: MethodInfo, *, name: str) -> type[Algorithm]:
+    """Import the class `where` (pfl_dist/plugins.py `load`) and check it against the declaration
+    the torch-free side read from its source: it subclasses `Algorithm` and its `info` is that
+    literal (up to `name`, which a plug-in's config gives). ConfigError (one line) otherwise."""
+    cls = plugins.load(where, key="algorithm.name")
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise ConfigError(f"algorithm.name={name}: {cls!r} is not a subclass of pfl_dist.algorithms.Algorithm")
+    info = cls.__dict__.get("info")
+    if not isinstance(info, MethodInfo) or replace(info, name=declared.name) != declared:
+        raise ConfigError(f"algorithm.name={name}: its info = MethodInfo(...) must be a literal in the class body "
+                          f"of {cls.__name__} (the config checks read it without importing the module)")
+    return cls
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {name: load_checked(where, METHODS[name], name=name)
+                                          for name, where in BUILTIN_CLASSES.items()}
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
     """The class of algorithm.name: a built-in from `ALGORITHMS`, or a plug-in `module:Class`
-    imported (pfl_dist/plugins.py) and checked: it subclasses `Algorithm` and its `info` is the
-    declaration the torch-free side read from its source (`method_info`). A plug-in is returned
-    as a subclass whose `name` and `info.name` are the plug-in name, so summary.json, the tables
-    and the run dir name it as the config does. ConfigError (one line) otherwise."""
+    imported and checked as a built-in is (`load_checked`). A plug-in is returned as a subclass
+    whose `name` and `info.name` are the plug-in name, so summary.json, the tables and the run
+    dir name it as the config does. ConfigError (one line) otherwise."""
     if name in ALGORITHMS:
         return ALGORITHMS[name]
     declared = method_info(name)  # the AST read; one line for a bad name or declaration
-    cls = plugins.load(plugins.parse(name, key="algorithm.name"), key="algorithm.name")
-    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-        raise ConfigError(f"algorithm.name={name}: {cls!r} is not a subclass of pfl_dist.algorithms.Algorithm")
-    info = getattr(cls, "info", None)
-    if not isinstance(info, MethodInfo) or replace(info, name=name) != declared:
-        raise ConfigError(f"algorithm.name={name}: its info = MethodInfo(...) must be a literal in the class body "
-                          f"of {cls.__name__} (the config checks read it without importing the module)")
-    return type(cls.__name__, (cls,), {"name": name, "info": declared, "__module__": cls.__module__,
-                                       "__doc__": cls.__doc__})
+    cls = load_checked(plugins.parse(name, key="algorithm.name"), declared, name=name)
+    return type(cls.__name__, (cls,), {"info": declared, "__module__": cls.__module__, "__doc__": cls.__doc__})
 
 
 def build_algorithm(cfg: AlgorithmConfig, *, smoothness: float, groups: dict[str, slice] | None = None,

@@ -105,9 +105,14 @@ def count_steps(batches: Iterable[Batch], num_clients: int, dtype: torch.dtype, 
 
 
 class Algorithm:
-    """Base class: the FedAvg-shaped defaults every method overrides where it differs."""
+    """Base class: the FedAvg-shaped defaults every method overrides where it differs.
 
-    name: ClassVar[str]
+    A method is a subclass whose body assigns the literal `info = MethodInfo(...)` (its facts,
+    pfl_dist/methods.py): in a module of pfl_dist/algorithms/ it is a built-in, found there by
+    name; elsewhere it is a plug-in, named `module:Class` in the config. A subclass without its own
+    `info` is a shared base (ProxLocalUpdate, BodyHead), not a method."""
+
+    name: ClassVar[str]  # algorithm.name: `info.name`, set for every class that declares its own info
     info: ClassVar[MethodInfo]
     state_names: ClassVar[tuple[str, ...]] = ("local_models",)  # the per-client state it keeps
     # algorithm.client_weights = auto: how its paper weighs the clients in the server's means
@@ -119,6 +124,11 @@ class Algorithm:
     kept_step_keys: ClassVar[tuple[str, ...]] = ("algorithm.personal_lr",)
     server_step_keys: ClassVar[tuple[str, ...]] = ()  # () = w_g is the mean itself
     eval_step_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "info" in cls.__dict__:
+            cls.name = cls.info.name
 
     def __init__(self, cfg: AlgorithmConfig, *, smoothness: float, groups: dict[str, slice] | None = None,
                  participation: float = 1.0) -> None:

@@ -15,7 +15,7 @@ import torch
 from pfl_dist.aggregate import envelope_step
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, RoundEnd
 from pfl_dist.comm import Traffic
-from pfl_dist.methods import METHODS
+from pfl_dist.methods import MethodInfo
 
 
 class ProxLocalUpdate(Algorithm):
@@ -48,8 +48,10 @@ class FedCLUP(ProxLocalUpdate):
     paper's rule (`theory_lambda`, docs/METHOD.md §3).
     """
 
-    name = "fedclup"
-    info = METHODS["fedclup"]
+    info = MethodInfo("fedclup", "FedCLUP", message="state", uses_lam=True,
+                      reads=("algorithm.global_lr", "algorithm.lam_auto_c", "algorithm.lam_auto_warmup",
+                             "algorithm.lam_auto_init", "algorithm.lam_auto_refresh"),
+                      paper="Yu et al., ICML 2025", colors="Reds", marker="^")
     server_step_keys = ("algorithm.global_lr",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -123,8 +125,7 @@ class FedAvg(ProxLocalUpdate):
     w_i <- local SGD from w_g;  w_g <- sum_i n_i w_i / sum_i n_i. A client's personal model is
     its last local model."""
 
-    name = "fedavg"
-    info = METHODS["fedavg"]
+    info = MethodInfo("fedavg", "FedAvg", paper="McMahan et al., AISTATS 2017", colors="Blues", marker="o")
     resets_local_models = True
 
     @property
@@ -135,8 +136,8 @@ class FedAvg(ProxLocalUpdate):
 class FedProx(FedAvg):
     """Li et al. 2020: FedAvg with the proximal term (weight lam, the paper's mu) in the local loss."""
 
-    name = "fedprox"
-    info = METHODS["fedprox"]
+    info = MethodInfo("fedprox", "FedProx", uses_lam=True, lam_symbol="μ", paper="Li et al., MLSys 2020",
+                      colors="#2ca02c", marker="D")  # green
 
     @property
     def prox_weight(self) -> float:
@@ -146,8 +147,7 @@ class FedProx(FedAvg):
 class LocalTrain(ProxLocalUpdate):
     """lambda = 0 and no communication: every client trains alone on its own data."""
 
-    name = "local"
-    info = METHODS["local"]
+    info = MethodInfo("local", "LocalTrain", communicates=False, colors="Greys", marker="s")
 
     @property
     def prox_weight(self) -> float:

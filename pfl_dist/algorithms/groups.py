@@ -15,7 +15,7 @@ import torch
 
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, local_sgd, with_head
 from pfl_dist.algorithms.personal import PERSONAL_STREAM
-from pfl_dist.methods import METHODS
+from pfl_dist.methods import MethodInfo
 from pfl_dist.tasks.base import Task
 
 
@@ -70,8 +70,9 @@ class FedRep(BodyHead):
     Server: body of w_g <- sum_i n_i body_i / sum_i n_i. eta_p auto is eta (1/L under local_lr
     auto): f_i as a function of the head alone is at most L-smooth."""
 
-    name = "fedrep"
-    info = METHODS["fedrep"]
+    info = MethodInfo("fedrep", "FedRep", parameter_groups=True, global_model=False,
+                      reads=("algorithm.personal_lr", "algorithm.personal_epochs"), paper="Collins et al., ICML 2021",
+                      colors="#17becf", marker="p")  # cyan
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         assert self.groups is not None
@@ -95,8 +96,8 @@ class FedPer(BodyHead):
     sends its body and keeps h_i. Server: body of w_g <- sum_i n_i body_i / sum_i n_i. It takes no
     personal step (algorithm.personal_lr is not used)."""
 
-    name = "fedper"
-    info = METHODS["fedper"]
+    info = MethodInfo("fedper", "FedPer", parameter_groups=True, global_model=False,
+                      paper="Arivazhagan et al., 2019", colors="#1b9e77", marker="h")  # teal
     kept_step_keys = ("algorithm.local_lr",)  # its head is trained with the body
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, local_sgd
-from pfl_dist.methods import METHODS
+from pfl_dist.methods import MethodInfo
 from pfl_dist.tasks.base import Task
 
 PERSONAL_STREAM = 1  # shuffles of a second solve in the same round (Ditto's personal model, ...)
@@ -41,8 +41,10 @@ class Ditto(Algorithm):
     the personal objective f_i + (lam/2)||v - w_g||^2 is (L + lam)-smooth, so the step stays stable
     at any lambda (1/L alone diverges once lam > L)."""
 
-    name = "ditto"
-    info = METHODS["ditto"]
+    # issue 21: personal_lr auto is 1/(L + lam) (was local_lr), added with client_weights
+    info = MethodInfo("ditto", "Ditto", uses_lam=True, reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
+                      paper="Li et al., ICML 2021", colors="#ff7f00", marker="P",  # orange
+                      results_changed_with="algorithm.client_weights")
     state_names = ("personal_models",)
 
     @property
@@ -101,8 +103,12 @@ class PFedMe(Algorithm):
     too, so w_i moves by the fraction eta lam < 1 towards theta_i. The authors' optimizer also adds
     0.001 theta to the inner gradient (a weight decay the paper does not have); pfl_dist does not."""
 
-    name = "pfedme"
-    info = METHODS["pfedme"]
+    # issue 21: the inner solve starts from w_g (was: the previous theta_i)
+    info = MethodInfo("pfedme", "pFedMe", uses_lam=True,
+                      reads=("algorithm.personal_lr", "algorithm.inner_steps", "algorithm.inner_warm_start",
+                             "algorithm.beta"),
+                      paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a", marker="v",  # purple
+                      results_changed_with="algorithm.inner_warm_start")
     state_names = ("personal_models",)
     server_step_keys = ("algorithm.beta",)
 
@@ -157,8 +163,8 @@ class APFL(Algorithm):
     eta_p auto is eta (1/L under local_lr auto): v_i's objective f_i(alpha_i v + (1 - alpha_i) w_i)
     is alpha_i^2 L-smooth, at most L; alpha_i takes the same step, as in the paper."""
 
-    name = "apfl"
-    info = METHODS["apfl"]
+    info = MethodInfo("apfl", "APFL", reads=("algorithm.personal_lr", "algorithm.alpha"), paper="Deng et al., 2020",
+                      colors="#ad017e", marker="X")  # magenta
     state_names = ("personal_models", "alpha")
 
     @property
@@ -221,8 +227,8 @@ class PerFedAvg(StartsFromGlobal):
     gradient step from w_g on the client's whole training set, w_g - alpha grad f_i(w_g).
     No per-client state. alpha auto is eta (1/L under local_lr auto): a gradient step on f_i."""
 
-    name = "perfedavg"
-    info = METHODS["perfedavg"]
+    info = MethodInfo("perfedavg", "Per-FedAvg (FO)", reads=("algorithm.personal_lr",),
+                      paper="Fallah et al., NeurIPS 2020", colors="#a6761d", marker="*")  # ochre
     sent_step_keys = ("algorithm.local_lr", "algorithm.personal_lr")  # w_i steps from w_i - alpha grad
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
@@ -252,8 +258,8 @@ class FedAvgFT(StartsFromGlobal):
     cost is paid at evaluation, and sends nothing. No per-client state. eta_p auto is eta (1/L
     under local_lr auto): fine-tuning is SGD on the same f_i as the local phase."""
 
-    name = "fedavg_ft"
-    info = METHODS["fedavg_ft"]
+    info = MethodInfo("fedavg_ft", "FedAvg-FT", reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
+                      colors="#e78ac3", marker="d")  # pink
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, count_steps, local_sgd
-from pfl_dist.methods import METHODS
+from pfl_dist.methods import MethodInfo
 
 
 class Scaffold(Algorithm):
@@ -31,8 +31,9 @@ class Scaffold(Algorithm):
     (y_i restarts from x; the next message is c_i's next change), so an error-feedback codec keeps
     a residual over the concatenation."""
 
-    name = "scaffold"
-    info = METHODS["scaffold"]
+    # issue 21: the server's means are plain means (were n_i-weighted)
+    info = MethodInfo("scaffold", "SCAFFOLD", reads=("algorithm.beta",), paper="Karimireddy et al., ICML 2020",
+                      colors="#bcbd22", marker="<", results_changed_with="algorithm.client_weights")  # olive
     state_names = ("local_models", "control_variates")
     paper_client_weights = "uniform"
     kept_step_keys = ("algorithm.local_lr",)  # y_i and c_i+ come from the local steps

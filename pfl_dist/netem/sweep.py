@@ -2,10 +2,12 @@
 --rates 1mbit 10mbit 100mbit --methods fedavg local fedclup:0.2 fedclup:0.5 ditto:0.5 scaffold
 [--target 0.9] [--global-target 0.2] [--budget 20] [netem options] --config X.yaml [section.key=value ...]`.
 
---methods takes any method of pfl_dist/methods.py as NAME, or NAME:LAMBDA for the methods whose
-updates use algorithm.lam (fedclup, fedprox, pfedme, ditto; NAME alone keeps the config's
-lambda). A method that does not use lambda runs with algorithm.lam=0.0: its numbers do not depend
-on it, and the config's lam may be `auto`, which only FedCLUP defines.
+--methods takes any built-in method (pfl_dist/methods.py) or plug-in algorithm
+`package.module:Class` (its folder on PYTHONPATH) as NAME, or NAME:LAMBDA for the methods whose
+updates use algorithm.lam (fedclup, fedprox, ditto, pfedme, and a plug-in declaring uses_lam;
+NAME alone keeps the config's lambda). A method that does not use lambda runs with
+algorithm.lam=0.0: its numbers do not depend on it, and the config's lam may be `auto`, which only
+FedCLUP defines.
 
 Runs every (rate, method) with `python -m pfl_dist.netem`, one after the other (each is a whole
 emulated cluster), into DIR/<rate>/<method> (':' written as '_'); a point with a summary.json is
@@ -26,9 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pfl_dist import plugins
 from pfl_dist.config import did_you_mean, load_config
 from pfl_dist.errors import ConfigError, OneLineParser, PflError
-from pfl_dist.methods import METHOD_NAMES, METHODS
+from pfl_dist.methods import METHOD_NAMES, METHODS, method_info
 from pfl_dist.netem import cli as netem_cli
 from pfl_dist.netem.shaping import format_rate, parse_rate
 from pfl_dist.sweep.plot import METRIC_LABELS, styles
@@ -39,21 +42,40 @@ from pfl_dist.sweep.tradeoff import Curve, build_curves, markdown_table, seconds
 METRICS = ("acc_personal", "acc_global")
 
 
-def method_overrides(method: str) -> list[str]:
-    """'fedavg' | 'ditto' | 'fedclup:0.5' -> config overrides; ConfigError naming the method when
-    it is unknown or takes no lambda."""
+def split_method(method: str) -> tuple[str, str | None]:
+    """'ditto:0.5' -> ('ditto', '0.5'); 'fedavg' -> ('fedavg', None); a plug-in 'pkg.mod:Class'
+    -> ('pkg.mod:Class', None) and 'pkg.mod:Class:0.5' -> ('pkg.mod:Class', '0.5'). A built-in's
+    name before the first ':' wins ('fedclup:auto' is FedCLUP with lam auto); ConfigError naming
+    the method when it is neither."""
     name, colon, lam = method.partition(":")
-    if name not in METHODS:
-        raise ConfigError(f"--methods: unknown method '{name}'{did_you_mean(name, METHOD_NAMES)}; "
-                          f"valid: {', '.join(METHOD_NAMES)} (NAME, or NAME:LAMBDA for "
-                          f"{', '.join(n for n in METHOD_NAMES if METHODS[n].uses_lam)})")
-    if not METHODS[name].uses_lam:
-        if colon:
+    if name in METHODS:
+        return name, lam if colon else None
+    if plugins.is_plugin_name(method):
+        return method, None
+    head, colon, lam = method.rpartition(":")
+    if colon and plugins.is_plugin_name(head):
+        return head, lam
+    raise ConfigError(f"--methods: unknown method '{name}'{did_you_mean(name, METHOD_NAMES)}; "
+                      f"valid: {', '.join(METHOD_NAMES)} or a plug-in 'package.module:Class' (NAME, or NAME:LAMBDA "
+                      f"for {', '.join(n for n in METHOD_NAMES if METHODS[n].uses_lam)} and a plug-in whose "
+                      "updates use it)")
+
+
+def method_overrides(method: str) -> list[str]:
+    """'fedavg' | 'ditto' | 'fedclup:0.5' | 'pkg.mod:Class[:LAMBDA]' -> config overrides;
+    ConfigError naming the method when it is unknown or takes no lambda."""
+    name, lam = split_method(method)
+    try:
+        info = method_info(name)  # a plug-in's is read from its source (no import)
+    except ConfigError as err:
+        raise ConfigError(f"--methods: '{method}': {err}") from None
+    if not info.uses_lam:
+        if lam is not None:
             raise ConfigError(f"--methods: '{method}': {name} does not use algorithm.lam; write '{name}'")
         return [f"algorithm.name={name}", "algorithm.lam=0.0"]
-    if colon and not lam:
+    if lam == "":
         raise ConfigError(f"--methods: '{method}': the lambda after ':' is missing (e.g. {name}:0.5)")
-    return [f"algorithm.name={name}", *([f"algorithm.lam={lam}"] if colon else [])]
+    return [f"algorithm.name={name}", *([f"algorithm.lam={lam}"] if lam is not None else [])]
 
 
 def check_methods(methods: Sequence[str], *, config: str | None = None, overrides: Sequence[str] = (),
@@ -80,7 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--rates", nargs="+", required=True, help="link rates, e.g. 1mbit 10mbit 100mbit")
     parser.add_argument("--methods", nargs="+", required=True,
-                        help=f"NAME or NAME:LAMBDA; NAME one of {', '.join(METHOD_NAMES)}")
+                        help=f"NAME or NAME:LAMBDA; NAME one of {', '.join(METHOD_NAMES)}, or a plug-in "
+                             "package.module:Class (its folder on PYTHONPATH)")
     parser.add_argument("--target", type=float, help="personal accuracy target (default: per rate)")
     parser.add_argument("--global-target", type=float, help="global accuracy target")
     parser.add_argument("--budget", type=float, help="training-time budget in seconds: accuracies held at it")

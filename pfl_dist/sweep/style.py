@@ -4,7 +4,7 @@ and the netem time-to-accuracy figure).
 
 The family and marker are the method's own (pfl_dist/methods.py): FedAvg is always blue circles,
 LocalTrain grey squares, FedCLUP red triangles, FedProx green diamonds, Ditto orange plus signs,
-and so on, twelve hue families that tests/unit/test_style.py checks are told apart, in every
+and so on, a hue family per method that tests/unit/test_style.py checks are told apart, in every
 figure of every sweep. A family is a matplotlib sequential colormap (Blues, Reds, Greys) or a
 '#rrggbb' base colour, drawn as a map from a light tint through the colour (at the single-curve
 shade) to a dark shade. Several curves of one method (lambda values) are shades of its family,

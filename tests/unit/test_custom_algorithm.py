@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pfl_dist.algorithms import ALGORITHMS, Algorithm, algorithm_class
+from pfl_dist.algorithms import Algorithm, algorithm_class
 from pfl_dist.config import AlgorithmConfig, load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import METHODS, keys_read, method_info
 from pfl_dist.plugins import class_declaration, literal_call, source_path
-from pfl_dist.rundir import result_config
+from pfl_dist.rundir import config_hash, result_config
+from pfl_dist.train import run
 from tests.helpers import read_summary, run_inprocess, write_learnable_mnist
 from tests.unit.test_algorithm_references import (
     CLIENTS,
@@ -41,14 +42,7 @@ def examples_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(EXAMPLES))
 
 
-# --- the registry: built-ins and plug-ins, one lookup --------------------------------------------
-
-
-def test_every_builtin_class_declares_the_facts_the_torch_free_side_reads() -> None:
-    assert list(ALGORITHMS) == list(METHODS)  # the same names, once each (dict keys are unique)
-    for name, cls in ALGORITHMS.items():
-        assert issubclass(cls, Algorithm) and cls.name == name
-        assert cls.info == method_info(name) and algorithm_class(name) is cls
+# --- the registry: a plug-in goes through the built-ins lookup (built-ins: test_algorithm_registry.py)
 
 
 def test_the_plugin_class_declares_the_facts_the_torch_free_side_reads() -> None:
@@ -90,6 +84,25 @@ def test_a_plugin_param_out_of_range_is_refused_by_the_class_in_one_line() -> No
     cfg = AlgorithmConfig(name=FEDAVGM, params={"momentum": 1.0})
     with pytest.raises(ConfigError, match=r"^algorithm.params.momentum must be in \[0, 1\), got 1.0$"):
         algorithm_class(FEDAVGM)(cfg, smoothness=1.0)
+
+
+def test_a_plugin_run_dir_name_has_no_colon_and_its_summary_keeps_the_name(tmp_path: Path) -> None:
+    # Prepare: run.name=auto
+    overrides = [f"run.out_dir={tmp_path}", f"algorithm.name={FEDAVGM}", "data.num_clients=2",
+                 "data.samples_per_client=20", "train.num_rounds=1"]
+    cfg = load_config(None, overrides)
+    # Execute
+    run(cfg)
+    # Assert: module.Class-<hash8>, the hash of the config as given; summary.json names the plug-in
+    # as the config does; a built-in's run dir is <name>-<hash8> as before
+    cfg.set_world_size(1)
+    identity = cfg.identity()
+    assert [p.name for p in tmp_path.iterdir()] == [f"custom_algorithm.FedAvgM-{config_hash(identity)[:8]}"]
+    summary = read_summary(cfg.run_dir)
+    assert summary["config"]["algorithm"]["name"] == summary["method"]["name"] == FEDAVGM
+    fedavg = load_config(None, [f"run.out_dir={tmp_path}", "algorithm.name=fedavg"])
+    fedavg.set_world_size(1)
+    assert fedavg.run_dir.name == f"fedavg-{config_hash(fedavg.identity())[:8]}"
 
 
 def test_params_enter_the_run_identity_and_keep_old_identities() -> None:

@@ -12,7 +12,15 @@ import torch
 
 from pfl_dist.algorithms import ClientRound, build_algorithm
 from pfl_dist.config import AlgorithmConfig, Config, load_config
-from pfl_dist.methods import GD_SCHEDULE, LAM_AUTO_KEYS, METHODS, MINIBATCH_SCHEDULE, info_from_summary, keys_read
+from pfl_dist.methods import (
+    GD_SCHEDULE,
+    LAM_AUTO_KEYS,
+    METHODS,
+    MINIBATCH_SCHEDULE,
+    MethodInfo,
+    info_from_summary,
+    keys_read,
+)
 from pfl_dist.tasks import build_task
 from tests.helpers import write_learnable_mnist
 
@@ -103,7 +111,8 @@ def test_keys_read_follow_the_schedule_lam_auto_and_communication() -> None:
 def test_a_method_reads_back_as_summary_json_records_it() -> None:
     import json
 
-    for info in METHODS.values():
+    with_params = MethodInfo("mine:Mine", "Mine", params=(("momentum", 0.0), ("steps", 3)))  # a plug-in's
+    for info in (*METHODS.values(), with_params):
         recorded = json.loads(json.dumps(info.to_dict()))
         assert recorded == info.to_dict()  # what a summary holds is what to_dict says
         assert info_from_summary({"method": recorded, "config": {"algorithm": {"name": info.name}}}) == info

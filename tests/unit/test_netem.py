@@ -162,6 +162,61 @@ def test_bad_sweep_methods_are_one_line_and_exit_2_before_anything_runs(
     assert not (tmp_path / "out").exists()
 
 
+LAM_PLUGIN = '''
+from pfl_dist.algorithms import FedProx
+from pfl_dist.methods import MethodInfo
+
+
+class Prox(FedProx):
+    info = MethodInfo("prox", "Prox", uses_lam=True)
+'''
+
+
+@pytest.fixture
+def plugins_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/ (custom_algorithm:FedAvgM, no lambda) and lam_plugin:Prox (uses lambda) importable."""
+    (tmp_path / "lam_plugin.py").write_text(LAM_PLUGIN)
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize(("method", "overrides"), [
+    ("custom_algorithm:FedAvgM", ["algorithm.name=custom_algorithm:FedAvgM", "algorithm.lam=0.0"]),
+    ("lam_plugin:Prox", ["algorithm.name=lam_plugin:Prox"]),
+    ("lam_plugin:Prox:2.5", ["algorithm.name=lam_plugin:Prox", "algorithm.lam=2.5"]),
+    ("fedclup:auto", ["algorithm.name=fedclup", "algorithm.lam=auto"]),  # a built-in's name wins
+])
+def test_the_sweep_takes_a_plugin_algorithm_and_its_lambda(plugins_on_path: None, method: str,
+                                                           overrides: list[str]) -> None:
+    from pfl_dist.netem.sweep import check_methods, method_overrides, run_dir_name
+
+    assert method_overrides(method) == overrides
+    check_methods([method], overrides=ANY_METHOD)  # the whole point's config validates
+    assert ":" not in run_dir_name(method)
+
+
+@pytest.mark.parametrize(("methods", "names"), [
+    (["custom_algorithm:FedAvgM:0.5"], ["'custom_algorithm:FedAvgM:0.5'",
+                                        "custom_algorithm:FedAvgM does not use algorithm.lam"]),
+    (["lam_plugin:Prox:"], ["'lam_plugin:Prox:'", "lambda after ':' is missing"]),
+    (["lam_plugin:Prox:-1"], ["'lam_plugin:Prox:-1'", "algorithm.lam must be >= 0"]),
+    (["custom_algorithm:FedAvgN"], ["'custom_algorithm:FedAvgN'", "has no class FedAvgN"]),
+    (["no_such_module:Algo"], ["'no_such_module:Algo'", "cannot find module no_such_module"]),
+    (["custom_algorithm:"], ["unknown method 'custom_algorithm'", "or a plug-in 'package.module:Class'"]),
+])
+def test_bad_plugin_methods_are_one_line_and_exit_2_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], plugins_on_path: None, methods: list[str],
+        names: list[str]) -> None:
+    from pfl_dist.netem import sweep
+
+    code = sweep.main(["--out", str(tmp_path / "out"), "--nodes", "2", "--rates", "1mbit", "--methods", *methods])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: --methods: "), lines
+    assert all(name in lines[0] for name in names), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_time_to_target_and_the_fastest_method_per_rate() -> None:
     from pfl_dist.netem.sweep import fastest
     from pfl_dist.sweep.tradeoff import Curve, seconds_to_reach, tradeoff_rows
