@@ -29,6 +29,7 @@ from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.results import Run
 from pfl_dist.sweep.style import (
     axes_look,
+    byte_label,
     byte_ticks,
     coincidence_note,
     coincident,
@@ -146,7 +147,7 @@ def plot_codecs(runs: Sequence[Run], path: Path, *, kind: str, axis_label: str, 
             ax.axhline(run.summary["final"][METRIC], color="0.35", linestyle=":",
                        label=f"{math_label(run.label)} (sends nothing)")
         ax.set_title(f"{data}: {math_label(method)}", fontsize=10)
-        ax.set_xlabel(f"{axis_label}, log scale")
+        ax.set_xlabel(byte_label(f"{axis_label}, log scale"))
         ax.set_ylabel("personal accuracy (fraction correct)")
         byte_ticks(ax, "x", log=True)
         axes_look(ax)

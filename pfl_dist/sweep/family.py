@@ -30,6 +30,7 @@ from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.style import (
     axes_look,
+    byte_label,
     byte_ticks,
     coincidence_note,
     coincident,
@@ -108,7 +109,7 @@ def figure(runs: Sequence[Run], path: Path) -> Path:
                        label=math_label(run.label) + " (sends nothing)")
     byte_ticks(ax, "x", log=True)
     ax.set_xlim(right=max(float(r.summary["comm"]["uplink_bytes"]) for r in runs) * 1.3)
-    ax.set_xlabel("cumulative uplink bytes (all clients; the same for any world size)")
+    ax.set_xlabel(byte_label("cumulative uplink bytes (all clients; the same for any world size)"))
     ax.set_ylabel("personal accuracy (fraction correct)")
     axes_look(ax)
     coincidence_note(ax, coincident(drawn))
