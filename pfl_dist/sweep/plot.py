@@ -42,7 +42,7 @@ from pfl_dist.errors import ConfigError, OneLineParser
 from pfl_dist.sweep.codecs import codec_order, plot_codecs, write_codec_table
 from pfl_dist.sweep.family import FAMILY_METHODS, write_family
 from pfl_dist.sweep.results import Run, find_runs
-from pfl_dist.sweep.stats import t_interval
+from pfl_dist.sweep.stats import Estimate, paired_difference, t_interval
 from pfl_dist.sweep.style import (
     BAND_GID,
     DPI,
@@ -69,6 +69,7 @@ from pfl_dist.sweep.tradeoff import (
     final_cell,
     global_metric,
     markdown_table,
+    paired_series,
     pareto_front,
     personal_metric,
     references_in,
@@ -229,21 +230,51 @@ def in_legend_order(curves: list[Curve], palette: dict[str, Any]) -> list[Curve]
     return sorted(curves, key=lambda c: (facets.index(c.facet), order.index(c.label)))
 
 
+PAIRED_TO = "fedavg"  # the method the paired-difference panels subtract, on the same seed
+
+
+def _paired_reference(labels: dict[str, str], counts: Sequence[int]) -> str | None:
+    """The label the difference panels subtract: FedAvg's, when it has one curve and the curves
+    average several seeds; None otherwise (no difference panels)."""
+    found = [label for label, method in labels.items() if method == PAIRED_TO]
+    return found[0] if len(found) == 1 and counts and max(counts) > 1 else None
+
+
+def _draw_difference(ax: Axes, xs: Sequence[float], diffs: Sequence[Estimate], style: Style, label: str,
+                     crowd: int) -> None:
+    ax.plot(xs, [d.mean for d in diffs], ms=3, label=math_label(label), **style.line(len(xs)))
+    interval_band(ax, xs, [d.low for d in diffs], [d.high for d in diffs], style.color, crowd=crowd)
+
+
+def _difference_look(ax: Axes, metric: str, reference: str, xlabel: str, xs: Sequence[float]) -> None:
+    ax.axhline(0.0, color="black", lw=1, alpha=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} minus {math_label(reference)}'s {metric}, same seed\n(paired; below 0: lower {metric})")
+    integer_ticks(ax.xaxis, xs)
+    axes_look(ax)
+
+
 def plot_vs_setting(runs: Sequence[Run], key: str, metrics: Sequence[str], path: Path, title: str) -> Path:
     """Final metrics against a setting, one line per method label: the mean over seeds, and with
-    several seeds a shaded 95% t interval (pfl_dist/sweep/stats.py) around it."""
+    several seeds a shaded 95% t interval (pfl_dist/sweep/stats.py) around it, plus a row of
+    panels with each method's paired difference to FedAvg on the same seeds (the seeds' common
+    spread, which hides the methods' differences in the first row, cancels there)."""
     palette = styles(runs)
-    fig, axes = new_figure(1, len(metrics))
-    sizes: list[int] = []
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        by_label: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    finals: dict[str, dict[str, dict[float, dict[int, float]]]] = {}  # metric -> label -> x -> seed -> value
+    for metric in metrics:
+        finals[metric] = defaultdict(lambda: defaultdict(dict))
         for run in runs:
-            by_label[run.label][float(run.setting(key))].append(run.summary["final"][metric])
+            finals[metric][run.label][float(run.setting(key))][int(run.config["run"]["seed"])] = \
+                run.summary["final"][metric]
+    sizes = [len(seeds) for by_x in finals[metrics[0]].values() for seeds in by_x.values()]
+    reference = _paired_reference({r.label: r.method for r in runs}, sizes)
+    fig, axes = new_figure(2 if reference else 1, len(metrics))
+    for col, metric in enumerate(metrics):
+        ax, by_label = axes[0][col], finals[metric]
         drawn = []
         for label in (lab for lab in palette if lab in by_label):
             xs = sorted(by_label[label])
-            stats = [t_interval(by_label[label][x]) for x in xs]
-            sizes += [e.n for e in stats]
+            stats = [t_interval(list(by_label[label][x].values())) for x in xs]
             means = [e.mean for e in stats]
             ax.plot(xs, means, ms=4, label=math_label(label), **palette[label].line(len(xs)))
             banded = any(e.half_width is not None for e in stats)
@@ -255,6 +286,17 @@ def plot_vs_setting(runs: Sequence[Run], key: str, metrics: Sequence[str], path:
         integer_ticks(ax.xaxis, [x for _, xs, _ in drawn for x in xs])
         axes_look(ax)
         coincidence_note(ax, coincident(drawn))
+        if reference is None:
+            continue
+        others = [lab for lab in palette if lab in by_label and lab != reference]
+        for label in others:
+            pairs = [(x, paired_difference(by_label[label][x], by_label[reference][x]))
+                     for x in sorted(by_label[label]) if x in by_label[reference]]
+            kept = [(x, d) for x, d in pairs if d is not None]
+            _draw_difference(axes[1][col], [x for x, _ in kept], [d for _, d in kept], palette[label], label,
+                             len(others))
+        _difference_look(axes[1][col], metric, reference, SETTING_LABELS.get(key, key),
+                         [x for _, xs, _ in drawn for x in xs])
     fig.suptitle(title + seeds_note(sizes), fontsize=11)
     return save_figure(fig, path)
 
@@ -262,15 +304,26 @@ def plot_vs_setting(runs: Sequence[Run], key: str, metrics: Sequence[str], path:
 def plot_vs_rounds(runs: Sequence[Run], metrics: Sequence[str], path: Path, title: str,
                    label_keys: Sequence[str] = ()) -> Path:
     """Metric per evaluated round: a column per metric, a curve per method label; with varied
-    algorithm settings (label_keys, e.g. K) a row per method, a curve per value."""
+    algorithm settings (label_keys, e.g. K) a row per method, a curve per value. With several
+    seeds each curve has its shaded 95% t band, and under each row a row of paired differences
+    on the same seeds: to FedAvg, or with varied settings to the row's last value (largest K)."""
     palette = palette_of(runs, label_keys)
     rows = panel_columns(runs, [None], None, label_keys)
-    fig, axes = new_figure(len(rows), len(metrics))
-    sizes: list[int] = []
-    for (row_title, members), row in zip(rows, axes, strict=True):
-        for ax, metric in zip(row, metrics, strict=True):
-            curves = in_legend_order(build_curves(members, metric=metric, kind="fl", label_keys=label_keys), palette)
-            sizes += [len(c.finals) for c in curves]
+    panels = []
+    for row_title, members in rows:
+        by_metric = {m: in_legend_order(build_curves(members, metric=m, kind="fl", label_keys=label_keys), palette)
+                     for m in metrics}
+        first = by_metric[metrics[0]]
+        sizes = [len(c.finals) for c in first]
+        reference = _paired_reference({c.label: c.method for c in first}, sizes)
+        if reference is None and label_keys and len(first) > 1 and max(sizes) > 1:
+            reference = first[-1].label
+        panels.append((row_title, by_metric, reference, sizes))
+    fig, axes = new_figure(sum(2 if ref else 1 for _, _, ref, _ in panels), len(metrics))
+    row_index = 0
+    for row_title, by_metric, reference, _ in panels:
+        for col, metric in enumerate(metrics):
+            ax, curves = axes[row_index][col], by_metric[metric]
             for curve in curves:
                 style, text = palette[curve.label]
                 ax.plot(curve.rounds, curve.values, ms=3, label=math_label(text), **style.line(len(curve.rounds)))
@@ -281,7 +334,18 @@ def plot_vs_rounds(runs: Sequence[Run], metrics: Sequence[str], path: Path, titl
             integer_ticks(ax.xaxis, [t for c in curves for t in c.rounds])
             axes_look(ax)
             coincidence_note(ax, coincident([(palette[c.label][1], c.rounds, c.values) for c in curves]))
-    fig.suptitle(title + seeds_note(sizes), fontsize=11)
+            if reference is None:
+                continue
+            base = next(c for c in curves if c.label == reference)
+            others = [c for c in curves if c.label != reference and c.communicates]
+            for curve in others:
+                rounds, diffs = paired_series(curve, base)
+                _draw_difference(axes[row_index + 1][col], rounds, diffs, palette[curve.label][0],
+                                 palette[curve.label][1], len(others))
+            _difference_look(axes[row_index + 1][col], metric, palette[reference][1], "communication round $t$",
+                             [t for c in curves for t in c.rounds])
+        row_index += 2 if reference else 1
+    fig.suptitle(title + seeds_note([n for *_, sizes in panels for n in sizes]), fontsize=11)
     return save_figure(fig, path)
 
 

@@ -52,6 +52,7 @@ class Curve:
     finals: dict[int, float] = field(default_factory=dict)  # seed -> the metric at the last common round
     low: list[float] | None = None  # per round: the 95% t interval over seeds (None with one seed)
     high: list[float] | None = None
+    per_seed: dict[int, list[float]] = field(default_factory=dict)  # seed -> the metric at each of `rounds`
 
     @property
     def final(self) -> Estimate | None:
@@ -154,6 +155,8 @@ def build_curves(runs: Sequence[Run], *, metric: str, kind: str, facet_key: str 
             world_sizes=world_sizes(members), tag=members[0].tag(metric), method=members[0].method,
             finals={int(run.config["run"]["seed"]): p[common[-1]]["metrics"][metric]
                     for run, p in zip(members, per_run, strict=True)} if common else {},
+            per_seed={int(run.config["run"]["seed"]): [p[t]["metrics"][metric] for t in common]
+                      for run, p in zip(members, per_run, strict=True)},
             low=[b.low for b in bands] if banded else None, high=[b.high for b in bands] if banded else None))
     return sorted(curves, key=lambda c: facet_order[c.facet])  # numeric facet order; callers order labels
 
@@ -220,7 +223,7 @@ class Final:
     ('A+': better than FedAvg on the same seeds, 'L−': worse than LocalTrain)."""
 
     estimate: Estimate
-    compared: tuple[str, ...] = ()
+    compared: tuple[tuple[str, str], ...] = ()  # (letter, name) of each reference row it was compared with
     marks: tuple[str, ...] = ()
 
     def text(self) -> str:
@@ -229,33 +232,55 @@ class Final:
         return " ".join([value, *self.marks])
 
 
-def references_in(curves: Sequence[Curve]) -> dict[str, Curve]:
-    """letter -> the facet's one curve of each reference method (none for a method with several)."""
-    found: dict[str, Curve] = {}
-    for method, (letter, _) in REFERENCES.items():
+LAST_ROW = "Z"  # a facet of one method's curves over a varied setting (K) is compared with its last row
+
+
+def references_in(curves: Sequence[Curve]) -> dict[str, tuple[str, Curve]]:
+    """letter -> (name, curve): the facet's one curve of each reference method (none for a method
+    with several); when the facet holds one method's curves only (a varied K), its last row
+    (the largest K), which the local-steps figure's difference panels subtract too."""
+    found: dict[str, tuple[str, Curve]] = {}
+    for method, (letter, name) in REFERENCES.items():
         members = [c for c in curves if c.method == method]
         if len(members) == 1:
-            found[letter] = members[0]
+            found[letter] = (name, members[0])
+    if not found and len(curves) > 1 and len({c.method for c in curves}) == 1:
+        found[LAST_ROW] = (curves[-1].label, curves[-1])
     return found
 
 
-def final_cell(curve: Curve, references: dict[str, Curve], *, metric: str) -> float | Final | None:
+def final_cell(curve: Curve, references: dict[str, tuple[str, Curve]], *, metric: str) -> float | Final | None:
     """The final value of one seed as a number (as tables always showed it); over several seeds a
     Final: mean ± 95% t interval, marked against each reference that is not the curve itself."""
     estimate = curve.final
     if estimate is None or estimate.n < 2:
         return curve.values[-1] if curve.values else None
     compared, marks = [], []
-    for letter, reference in references.items():
+    for letter, (name, reference) in references.items():
         if reference.label == curve.label:
             continue
         diff = paired_difference(curve.finals, reference.finals)
         if diff is None:
             continue
-        compared.append(letter)
+        compared.append((letter, name))
         if diff.excludes_zero():
             marks.append(letter + ("+" if better(diff.mean, 0.0, metric=metric) else MINUS))
     return Final(estimate, tuple(compared), tuple(marks))
+
+
+def paired_series(curve: Curve, reference: Curve) -> tuple[list[int], list[Estimate]]:
+    """The rounds both curves evaluated and, at each, the paired t interval of curve - reference
+    over the seeds both ran (pfl_dist/sweep/stats.py); empty when fewer than 2 seeds are shared."""
+    index = {t: i for i, t in enumerate(reference.rounds)}
+    rounds, diffs = [], []
+    for i, t in enumerate(curve.rounds):
+        if t in index:
+            diff = paired_difference({s: v[i] for s, v in curve.per_seed.items()},
+                                     {s: v[index[t]] for s, v in reference.per_seed.items()})
+            if diff is not None:
+                rounds.append(t)
+                diffs.append(diff)
+    return rounds, diffs
 
 
 def interval_note(rows: Sequence[dict[str, Any]]) -> str:
@@ -268,9 +293,10 @@ def interval_note(rows: Sequence[dict[str, Any]]) -> str:
     n = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
     note = (f"Finals: mean ± half-width of the {LEVEL:.0%} Student t interval over n = {n} seeds, "
             "t_{0.975, n-1} · s / √n (s: the seeds' sample standard deviation).")
-    letters = [letter for letter, _ in REFERENCES.values() if any(letter in f.compared for f in finals)]
-    if letters:
-        names = ", ".join(f"{letter} = {name}" for letter, name in REFERENCES.values() if letter in letters)
+    order = [letter for letter, _ in REFERENCES.values()] + [LAST_ROW]
+    pairs = sorted(dict.fromkeys(pair for f in finals for pair in f.compared), key=lambda pair: order.index(pair[0]))
+    if pairs:
+        names = ", ".join(f"{letter} = {name}" for letter, name in pairs)
         note += (f" Marks ({names}): the paired {LEVEL:.0%} t interval of the per-seed differences to that row, on the "
                  f"same seeds, excludes 0; + better, {MINUS} worse; no mark: the interval includes 0.")
     return note + " Bytes to a target: of the mean curve.\n"

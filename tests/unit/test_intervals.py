@@ -123,7 +123,7 @@ def test_a_method_with_several_curves_is_no_reference(tmp_path: Path) -> None:
     runs = three_methods(tmp_path) + [write_run(tmp_path, method="fedclup", seed=s, final=ITR["fedclup"][s] - 1.0,
                                                 lam=0.1) for s in SEEDS]
     rows = {row["method"]: row for row in tradeoff_rows(build_curves(runs, metric="ITR", kind="fl"), metric="ITR")}
-    assert rows["FedAvg"]["final eval/ITR"].compared == ("L",)  # two FedCLUP lambdas: neither is "the" FedCLUP
+    assert rows["FedAvg"]["final eval/ITR"].compared == (("L", "LocalTrain"),)  # two FedCLUP lambdas: no "the" FedCLUP
     assert rows["FedCLUP λ=0.1"]["final eval/ITR"].marks[0] == "A+"
 
 
@@ -144,7 +144,7 @@ def test_rounds_figure_draws_the_mean_and_a_t_band(tmp_path: Path, drawn: list[S
     plot_vs_rounds(runs, ["ITR"], tmp_path / "rounds.png", "error per round")
     (fig,) = titled(drawn, "error per round")
     assert "mean over 5 seeds; shaded: 95% Student t interval" in fig.get_suptitle()
-    (ax,) = data_axes(fig)
+    ax, paired = data_axes(fig)
     bands = band_limits(ax)
     assert len(bands) == 3  # one per method
     lines = {line.get_label(): line for line in ax.get_lines()}
@@ -158,18 +158,30 @@ def test_rounds_figure_draws_the_mean_and_a_t_band(tmp_path: Path, drawn: list[S
             break
     else:
         pytest.fail("no band around FedAvg's final mean")
+    # the row below: each method minus FedAvg on the same seed, with the paired t band
+    assert "FedAvg's ITR, same seed" in paired.get_ylabel()
+    diffs = {line.get_label(): line for line in paired.get_lines() if line.get_label() in ("FedCLUP $\\lambda$=0.5",)}
+    (line,) = diffs.values()
+    d = list(np.subtract(ITR["fedclup"], ITR["fedavg"]))
+    assert list(line.get_ydata()) == pytest.approx([np.mean(d)] * len(ROUNDS))  # the slope is the same for both
+    mean, half = by_hand(d)
+    assert any(lim[-1] == pytest.approx([mean - half, mean + half]) for _, lim in band_limits(paired))
+    assert mean + half < 0  # the paired band is below 0 although the unpaired bands above overlap
 
 
 def test_setting_figure_has_bands_not_error_bars(tmp_path: Path, drawn: list[Saved]) -> None:
     runs = three_methods(tmp_path / "a", R=1.0) + three_methods(tmp_path / "b", R=2.0)
     plot_vs_setting(runs, "data.R", ["ITR"], tmp_path / "r.png", "vs R")
     (fig,) = titled(drawn, "vs R")
-    (ax,) = data_axes(fig)
+    ax, paired = data_axes(fig)
     assert not ax.containers  # no errorbar containers
     limits = {tuple(np.round(lim[:, 0] + lim[:, 1], 9)): (xs, lim) for xs, lim in band_limits(ax)}
     mean, half = by_hand(ITR["local"])
     xs, lim = next(v for v in limits.values() if np.allclose(v[1].mean(axis=1), [mean, mean + 1.0]))
     assert list(xs) == [1.0, 2.0] and lim[0] == pytest.approx([mean - half, mean + half])
+    d_mean, d_half = by_hand(list(np.subtract(ITR["local"], ITR["fedavg"])))
+    assert any(list(xs) == [1.0, 2.0] and lim[0] == pytest.approx([d_mean - d_half, d_mean + d_half])
+               for xs, lim in band_limits(paired))
 
 
 def test_tradeoff_figure_bands_and_decimal_byte_label(tmp_path: Path, drawn: list[Saved]) -> None:
