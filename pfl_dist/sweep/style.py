@@ -218,9 +218,9 @@ DECIMAL_UNITS = "decimal units: 1 KB = 1000 B"  # what every byte axis label say
 
 
 def byte_label(text: str) -> str:
-    """A byte axis label that says its ticks' units are decimal: 'bytes (uplink + downlink)' ->
-    'bytes (uplink + downlink; decimal units: 1 KB = 1000 B)'."""
-    return f"{text[:-1]}; {DECIMAL_UNITS})" if text.endswith(")") else f"{text} ({DECIMAL_UNITS})"
+    """A byte axis label that says, on a second line (panels side by side leave no room for a
+    longer first one), that its ticks' units are decimal: '...\n(decimal units: 1 KB = 1000 B)'."""
+    return f"{text}\n({DECIMAL_UNITS})"
 
 
 def byte_unit(num_bytes: float) -> tuple[float, str]:
