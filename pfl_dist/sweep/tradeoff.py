@@ -226,9 +226,12 @@ class Final:
     compared: tuple[tuple[str, str], ...] = ()  # (letter, name) of each reference row it was compared with
     marks: tuple[str, ...] = ()
 
-    def text(self) -> str:
+    def text(self, spec: str = "") -> str:
+        """'11.85 ± 3.4 A+' (mean to 4 significant digits, half-width to 2); `spec`: one format
+        for both ('.3f': '0.745 ± 0.031')."""
         e = self.estimate
-        value = f"{e.mean:.4g}" if e.half_width is None else f"{e.mean:.4g} ± {e.half_width:.2g}"
+        mean, half = (spec or ".4g"), (spec or ".2g")
+        value = f"{e.mean:{mean}}" if e.half_width is None else f"{e.mean:{mean}} ± {e.half_width:{half}}"
         return " ".join([value, *self.marks])
 
 

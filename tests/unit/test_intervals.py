@@ -228,3 +228,68 @@ def test_synthetic_sweeps_have_five_seeds_that_change_data_init_and_sampling(nam
         drawn_ = [sample_clients(0, seed=c.run.seed, num_clients=c.data.num_clients,
                                  sample_fraction=c.algorithm.sample_fraction) for c in configs]
         assert not np.array_equal(drawn_[0], drawn_[1])
+
+
+# --- the family table and figure over seeds ---------------------------------------------------
+
+T_975_2 = 4.302652730  # two-sided 95% critical value for 2 degrees of freedom (published tables: 4.303)
+FAMILY_ACC = {"fedavg": [0.70, 0.80, 0.75], "fedclup": [0.78, 0.86, 0.83], "ditto": [0.60, 0.95, 0.80],
+              "local": [0.72, 0.81, 0.79]}
+
+
+def write_family_run(root: Path, method: str, seed: int) -> Run:
+    """Personal accuracy rises linearly to FAMILY_ACC[method][seed] over rounds 2, 4, 6; 1 MB of
+    uplink per evaluation (none for LocalTrain)."""
+    info = METHODS[method]
+    final = FAMILY_ACC[method][seed]
+    up = 1e6 if info.communicates else 0.0
+    records = [{"round": t, "metrics": {"eval/acc_personal": final * t / 6, "eval/acc_global": 0.5},
+                "comm": {"uplink_bytes": up * t / 2, "downlink_bytes": up * t / 2, "wire_bytes_model": 0.0}}
+               for t in (0, 2, 4, 6)]
+    config = {"run": {"seed": seed}, "algorithm": {"name": method, "lam": 0.5}, "data": {"kind": "fashion_mnist"}}
+    summary = {"config": config, "method": info.to_dict(), "final": records[-1]["metrics"],
+               "personal": {"acc_personal_mean": final, "acc_personal_p10": final - 0.2, "acc_personal_std": 0.1},
+               "comm": records[-1]["comm"], "time": {"wall_s": 1.0}}
+    path = root / f"{method}__seed={seed}"
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return Run(path)
+
+
+def test_family_table_and_figure_over_three_seeds(tmp_path: Path, drawn: list[Saved]) -> None:
+    from pfl_dist.sweep.family import markdown, table_rows, write_family
+
+    runs = [write_family_run(tmp_path / "runs", m, s) for m in FAMILY_ACC for s in range(3)]
+    rows = {row["method"]: row for row in table_rows(runs, fraction=0.95)[0]}
+    for method, label in (("fedavg", "FedAvg"), ("fedclup", "FedCLUP λ=0.5"), ("ditto", "Ditto λ=0.5")):
+        x = np.array(FAMILY_ACC[method])
+        cell = rows[label]["acc_personal"]
+        assert cell.estimate.mean == pytest.approx(x.mean())
+        assert cell.estimate.half_width == pytest.approx(T_975_2 * x.std(ddof=1) / np.sqrt(3), rel=1e-8)
+    # FedCLUP is above FedAvg by 0.08, 0.06, 0.08: the paired interval excludes 0; Ditto's
+    # differences (-0.10, +0.15, +0.05) change sign: no mark against FedAvg
+    assert rows["FedCLUP λ=0.5"]["acc_personal"].marks == ("A+", "L+")  # and above LocalTrain by 0.06, 0.05, 0.04
+    assert not any(m.startswith("A") for m in rows["Ditto λ=0.5"]["acc_personal"].marks)
+    assert rows["FedAvg"]["acc_personal"].marks == ("C\u2212",)
+    # the target is 0.95 x the best mean final (FedCLUP's 0.823); FedCLUP's mean curve reaches it at round 6 (3 MB)
+    target = 0.95 * np.mean(FAMILY_ACC["fedclup"])
+    assert table_rows(runs, fraction=0.95)[1] == pytest.approx(target)
+    assert rows["FedCLUP λ=0.5"]["uplink_bytes_to_target"] == pytest.approx(3e6)
+    assert rows["FedAvg"]["uplink_bytes_to_target"] is None
+    text = markdown(list(rows.values()), target=target, fraction=0.95)
+    mean, half = np.mean(FAMILY_ACC["fedclup"]), T_975_2 * np.std(FAMILY_ACC["fedclup"], ddof=1) / np.sqrt(3)
+    assert f"| FedCLUP λ=0.5 | {mean:.3f} ± {half:.3f} A+ L+ |" in text and "n = 3 seeds" in text
+    # the figure: a mean curve with its band per communicating method, on a decimal byte axis
+    write_family(runs, tmp_path / "out")
+    (ax,) = data_axes(drawn[-1].figure)
+    assert "decimal units" in ax.get_xlabel() and "3 seeds" in ax.get_title()
+    bands = band_limits(ax)
+    assert len(bands) == 3  # FedAvg, FedCLUP, Ditto (LocalTrain: a span across the panel)
+    x = np.array(FAMILY_ACC["ditto"])
+    half = T_975_2 * x.std(ddof=1) / np.sqrt(3)
+    assert any(list(xs) == [1e6, 2e6, 3e6] and lim[-1] == pytest.approx([x.mean() - half, x.mean() + half])
+               for xs, lim in bands)
+    with open(tmp_path / "out" / "family_table.csv", newline="") as f:
+        by_method = {row["method"]: row for row in csv.DictReader(f)}
+    assert float(by_method["Ditto λ=0.5"]["acc_personal ci95"]) == pytest.approx(half)
