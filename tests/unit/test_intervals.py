@@ -293,3 +293,28 @@ def test_family_table_and_figure_over_three_seeds(tmp_path: Path, drawn: list[Sa
     with open(tmp_path / "out" / "family_table.csv", newline="") as f:
         by_method = {row["method"]: row for row in csv.DictReader(f)}
     assert float(by_method["Ditto λ=0.5"]["acc_personal ci95"]) == pytest.approx(half)
+
+
+IMAGE_SWEEPS = ("images.yaml", "codecs.yaml", "pfl_family.yaml", "pfl_family_dirichlet.yaml", "pfl_family_options.yaml")
+
+
+@pytest.mark.parametrize("name", IMAGE_SWEEPS)
+def test_image_sweeps_have_three_seeds_that_change_partition_init_and_sampling(name: str) -> None:
+    from pfl_dist.tasks.images import build_image_model, client_index_sets
+
+    sweep = load_sweep(REPO / "configs" / "sweeps" / name)
+    assert sweep.seeds == (0, 1, 2)
+    first = next(p for p in sweep.points if p.cfg.data.kind != "synthetic")
+    twin = next(p for p in sweep.points if p.name == first.name.replace("seed=0", "seed=1"))
+    configs = [first.cfg, twin.cfg]
+    labels = np.repeat(np.arange(10), 6000)  # a Fashion-MNIST-sized training set: 6000 images per class
+    splits = [client_index_sets(c, labels, client_ids=range(c.data.num_clients)) for c in configs]
+    assert [s.partition_id for s in splits[0]] != [s.partition_id for s in splits[1]]
+    assert not np.array_equal(splits[0][0].train, splits[1][0].train)
+    inits = [build_image_model(c.model.kind, input_shape=(1, 28, 28), num_classes=10, head=c.model.head)
+             .init_params(c.run.seed, dtype=torch.float32) for c in configs]
+    assert not torch.equal(inits[0], inits[1])
+    fraction = configs[0].algorithm.sample_fraction if configs[0].algorithm.sample_fraction < 1.0 else 0.5
+    draws = [[tuple(sample_clients(t, seed=c.run.seed, num_clients=c.data.num_clients, sample_fraction=fraction))
+              for t in range(5)] for c in configs]
+    assert draws[0] != draws[1]
