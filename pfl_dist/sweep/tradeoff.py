@@ -297,7 +297,8 @@ def interval_note(rows: Sequence[dict[str, Any]]) -> str:
     note = (f"Finals: mean ± half-width of the {LEVEL:.0%} Student t interval over n = {n} seeds, "
             "t_{0.975, n-1} · s / √n (s: the seeds' sample standard deviation).")
     order = [letter for letter, _ in REFERENCES.values()] + [LAST_ROW]
-    pairs = sorted(dict.fromkeys(pair for f in finals for pair in f.compared), key=lambda pair: order.index(pair[0]))
+    pairs = sorted(dict.fromkeys(pair for f in finals for pair in f.compared),
+                   key=lambda pair: order.index(pair[0]) if pair[0] in order else len(order))  # others (D) last
     if pairs:
         names = ", ".join(f"{letter} = {name}" for letter, name in pairs)
         note += (f" Marks ({names}): the paired {LEVEL:.0%} t interval of the per-seed differences to that row, on the "

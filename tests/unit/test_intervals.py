@@ -318,3 +318,59 @@ def test_image_sweeps_have_three_seeds_that_change_partition_init_and_sampling(n
     draws = [[tuple(sample_clients(t, seed=c.run.seed, num_clients=c.data.num_clients, sample_fraction=fraction))
               for t in range(5)] for c in configs]
     assert draws[0] != draws[1]
+
+
+# --- the codec table and figure over seeds ----------------------------------------------------
+
+CODEC_ACC = {"none": [0.80, 0.90, 0.85], "fp16": [0.80, 0.91, 0.85], "topk:0.01": [0.70, 0.85, 0.78]}
+CODEC_UP = {"none": 1e6, "fp16": 5e5, "topk:0.01": 2e4}  # uplink bytes per round
+
+
+def write_codec_run(root: Path, codec: str, seed: int) -> Run:
+    """FedAvg on Fashion-MNIST with `codec`: personal accuracy rises linearly to CODEC_ACC[codec][seed]
+    over rounds 0..4, CODEC_UP[codec] bytes up per round, 4 MB dense."""
+    final = CODEC_ACC[codec][seed]
+    records = [{"round": t, "metrics": {"eval/acc_personal": final * t / 4, "eval/acc_global": 0.4},
+                "comm": {"uplink_bytes": CODEC_UP[codec] * t, "downlink_bytes": 1e6 * t,
+                         "wire_bytes_model": CODEC_UP[codec] * t / 2, "uplink_bytes_dense": 1e6 * t}}
+               for t in range(5)]
+    config = {"run": {"seed": seed}, "algorithm": {"name": "fedavg", "lam": 0.0},
+              "data": {"kind": "fashion_mnist"}, "comm": {"codec": codec}}
+    summary = {"config": config, "method": METHODS["fedavg"].to_dict(), "world_size": 2,
+               "final": records[-1]["metrics"], "comm": {**records[-1]["comm"], "num_collectives": 8},
+               "num_rounds_completed": 4, "time": {"wall_s": 1.0}}
+    path = root / f"{codec.replace(':', '_')}__seed={seed}"
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return Run(path)
+
+
+def test_codec_table_and_figure_over_three_seeds(tmp_path: Path, drawn: list[Saved]) -> None:
+    from pfl_dist.sweep.codecs import plot_codecs
+    from pfl_dist.sweep.codecs import table_rows as codec_rows
+
+    runs = [write_codec_run(tmp_path / "runs", codec, s) for codec in CODEC_ACC for s in range(3)]
+    rows = {row["codec"]: row for row in codec_rows(runs)}
+    assert list(rows) == ["none", "fp16", "topk:0.01"]  # one row per codec, not per run
+    for codec in CODEC_ACC:
+        x = np.array(CODEC_ACC[codec])
+        cell = rows[codec]["final acc_personal"]
+        assert cell.estimate.mean == pytest.approx(x.mean())
+        assert cell.estimate.half_width == pytest.approx(T_975_2 * x.std(ddof=1) / np.sqrt(3), rel=1e-8)
+    # top-k is below dense by 0.10, 0.05, 0.07 on the same seeds: significant; fp16 by 0, -0.01, 0: not
+    assert rows["topk:0.01"]["final acc_personal"].marks == ("D\u2212",)
+    assert rows["fp16"]["final acc_personal"].marks == ()
+    # the target is the dense mean final (0.85) minus 0.01 = 0.84: fp16's mean curve reaches it at
+    # round 4 (0.853), top-k's (0.777) never
+    assert rows["fp16"]["target"] == "eval/acc_personal >= 0.84"
+    assert rows["fp16"]["uplink to target"] == "2 MB" and rows["topk:0.01"]["uplink to target"] == ""
+    assert rows["topk:0.01"]["compression"] == "50.0x"
+    assert "D = codec=none" in markdown_table(list(rows.values()))
+    plot_codecs(runs, tmp_path / "codecs.png", kind="fl", axis_label="cumulative FL bytes", title="FL bytes")
+    (fig,) = titled(drawn, "update codecs")
+    assert "mean over 3 seeds" in fig.get_suptitle()
+    (ax,) = data_axes(fig)
+    x = np.array(CODEC_ACC["topk:0.01"])
+    half = T_975_2 * x.std(ddof=1) / np.sqrt(3)
+    assert any(lim[-1] == pytest.approx([x.mean() - half, x.mean() + half]) for _, lim in band_limits(ax))
