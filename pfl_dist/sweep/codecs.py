@@ -17,29 +17,51 @@ Drawn by `python -m pfl_dist.plot RESULTS_DIR` when the runs vary `comm.codec`:
   uplink bytes, the compression ratio (dense uplink / encoded
   uplink), and the wire and uplink bytes at the first evaluated round whose personal accuracy
   reaches the target: the dense (`none`) run's final personal accuracy minus 1 point.
+
+With several seeds per codec (the sweep's `seeds`), a curve and a row are the codec's runs over
+its seeds: the curve is the mean with a shaded 95% t band, the accuracies are mean ± 95% t
+(pfl_dist/sweep/stats.py) marked `D+`/`D−` where the paired interval to the dense codec on the
+same seeds excludes 0, the bytes are means, and the target is the dense mean final minus 1 point,
+reached by the mean curve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.results import Run
+from pfl_dist.sweep.stats import t_interval
 from pfl_dist.sweep.style import (
     axes_look,
+    byte_label,
     byte_ticks,
     coincidence_note,
     coincident,
+    interval_band,
     math_label,
     new_figure,
     save_figure,
+    seeds_note,
     value_styles,
 )
-from pfl_dist.sweep.tradeoff import markdown_table, record_bytes, wire_name, world_sizes, write_table
+from pfl_dist.sweep.tradeoff import (
+    build_curves,
+    final_cell,
+    markdown_table,
+    record_bytes,
+    run_label,
+    wire_name,
+    world_sizes,
+    write_table,
+)
 
 TARGET_DROP = 0.01  # the target: the dense run's final personal accuracy minus 1 point
+DENSE = "D"  # over several seeds, a codec's mark against the dense codec ('D−': worse than `none`)
 METRIC = "acc_personal"
 _CODEC_ORDER = ("none", "fp16", "bf16", "qsgd", "topk", "randk", "powersgd")
 
@@ -67,13 +89,75 @@ def reached(run: Run, target: float) -> dict[str, Any] | None:
     return next((r for r in run.records if METRIC in r["metrics"] and r["metrics"][METRIC] >= target), None)
 
 
+def by_codec(members: Sequence[Run]) -> dict[str, list[Run]]:
+    """codec -> its runs (one per seed), in codec order."""
+    out: dict[str, list[Run]] = {}
+    for run in sorted(members, key=lambda r: codec_order(codec_of(r))):
+        out.setdefault(codec_of(run), []).append(run)
+    return out
+
+
+def _seed_rows(data: str, method: str, members: Sequence[Run], *, wire: str, sizes: tuple[int, ...]
+               ) -> list[dict[str, Any]]:
+    """The rows of one (data set, method) whose codecs ran several seeds: accuracies as mean ± 95% t
+    over the seeds, marked 'D+'/'D−' where the paired interval to the dense codec (`none`) on the
+    same seeds excludes 0; bytes as means; the target the dense mean final minus 1 point, reached
+    by the mean curve."""
+    codecs = by_codec(members)
+    cells: dict[str, dict[str, Any]] = {codec: {} for codec in codecs}
+    dense_final = None
+    for metric in (METRIC, "acc_global"):
+        if not all(metric in r.summary["final"] for r in members):
+            continue
+        curves = {codec_of(next(r for r in members if run_label(r, ["comm.codec"]) == c.label)): c
+                  for c in build_curves(members, metric=metric, kind="fl", label_keys=["comm.codec"])}
+        dense = curves.get("none")
+        references = {DENSE: ("codec=none", dense)} if dense is not None else {}
+        for codec, curve in curves.items():
+            cells[codec][metric] = final_cell(curve, references, metric=metric)
+            cells[codec][f"{metric} curve"] = curve
+        if metric == METRIC and dense is not None and dense.final is not None:
+            dense_final = dense.final.mean
+    target = dense_final - TARGET_DROP if dense_final is not None else None
+    rows = []
+    for codec, runs_of in codecs.items():
+        comm = [r.summary["comm"] for r in runs_of]
+        uplink, dense_up = fmean(c["uplink_bytes"] for c in comm), fmean(c["uplink_bytes_dense"] for c in comm)
+        mean_curve = cells[codec].get(f"{METRIC} curve")
+        at = None
+        if mean_curve is not None and target is not None:
+            at = next((t for t, v in zip(mean_curve.rounds, mean_curve.values, strict=True) if v >= target), None)
+        at_records = [next(rec for rec in r.records if rec["round"] == at) for r in runs_of] if at is not None else []
+        run = runs_of[0]
+        rows.append({
+            "data": data, "method": method, "codec": codec,
+            **({"W": ", ".join(str(r.summary.get("world_size")) for r in runs_of[:1])} if len(sizes) > 1 else {}),
+            "measured on": run.tag(METRIC).rpartition("/")[0] or "eval",
+            "final acc_personal": cells[codec].get(METRIC), "final acc_global": cells[codec].get("acc_global"),
+            wire: format_bytes(fmean(c["wire_bytes_model"] for c in comm)),
+            "uplink bytes": format_bytes(uplink),
+            "compression": f"{dense_up / uplink:.1f}x" if uplink else "",
+            "collectives/round": comm[0]["num_collectives"] // max(1, run.summary["num_rounds_completed"]),
+            "target": f"{run.tag(METRIC)} >= {target:.4g}" if target is not None else "no dense run",
+            f"{wire} to target": (f"{format_bytes(fmean(rec['comm']['wire_bytes_model'] for rec in at_records))} "
+                                  f"(round {at})" if at_records else "not reached"),
+            "uplink to target": format_bytes(fmean(rec["comm"]["uplink_bytes"] for rec in at_records))
+            if at_records else "",
+        })
+    return rows
+
+
 def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """Wire bytes are named with the world size they were modelled for ('wire bytes (W=2)'); runs
-    of different world sizes get a W column."""
+    of different world sizes get a W column. A (data set, method) whose codecs ran several seeds
+    gets a row per codec over its seeds (`_seed_rows`); with one seed a row per run, as recorded."""
     sizes = world_sizes(runs)
     wire = wire_name(sizes)
     rows = []
     for (data, method), members in groups(runs).items():
+        if any(len(v) > 1 for v in by_codec(members).values()):
+            rows += _seed_rows(data, method, members, wire=wire, sizes=sizes)
+            continue
         dense = next((r for r in members if codec_of(r) == "none"), None)
         target = dense.summary["final"][METRIC] - TARGET_DROP if dense is not None else None
         for run in members:
@@ -102,17 +186,34 @@ def write_codec_table(runs: Sequence[Run], *, stem: Path) -> tuple[str, tuple[Pa
     return markdown_table(rows), write_table(rows, stem=stem)
 
 
-def _panels(runs: Sequence[Run], kind: str) -> dict[tuple[str, str], list[tuple[str, list[float], list[float]]]]:
-    """(data set, method label) -> (codec, bytes, personal accuracy) per codec with bytes to draw
-    (the evaluated rounds after the first byte: a log axis has no 0)."""
-    panels: dict[tuple[str, str], list[tuple[str, list[float], list[float]]]] = {}
+@dataclass(frozen=True)
+class CodecCurve:
+    """A codec's personal accuracy against cumulative bytes: the mean over its seeds at the rounds
+    all of them evaluated after their first byte (a log axis has no 0), and the 95% t band (None
+    with one seed)."""
+
+    codec: str
+    xs: list[float]
+    ys: list[float]
+    low: list[float] | None = None
+    high: list[float] | None = None
+
+
+def _panels(runs: Sequence[Run], kind: str) -> dict[tuple[str, str], list[CodecCurve]]:
+    """(data set, method label) -> a CodecCurve per codec with bytes to draw."""
+    panels: dict[tuple[str, str], list[CodecCurve]] = {}
     for (data, method), members in groups(runs).items():
-        for run in members:
-            points = [(record_bytes(r, kind), r["metrics"][METRIC]) for r in run.records
-                      if METRIC in r["metrics"] and record_bytes(r, kind) > 0]
-            if points:
-                panels.setdefault((data, method), []).append(
-                    (codec_of(run), [b for b, _ in points], [a for _, a in points]))
+        for codec, runs_of in by_codec(members).items():
+            per_run = [{r["round"]: r for r in run.records if METRIC in r["metrics"] and record_bytes(r, kind) > 0}
+                       for run in runs_of]
+            common = sorted(set.intersection(*(set(p) for p in per_run)))
+            if not common:
+                continue
+            stats = [t_interval([p[t]["metrics"][METRIC] for p in per_run]) for t in common]
+            banded = len(runs_of) > 1
+            panels.setdefault((data, method), []).append(CodecCurve(
+                codec, [fmean(record_bytes(p[t], kind) for p in per_run) for t in common], [e.mean for e in stats],
+                [e.low for e in stats] if banded else None, [e.high for e in stats] if banded else None))
     return panels
 
 
@@ -140,18 +241,21 @@ def plot_codecs(runs: Sequence[Run], path: Path, *, kind: str, axis_label: str, 
         cell = (row, sum(r == row for r, _ in used))  # a data set's panels from the left
         used.add(cell)
         ax = axes[cell[0]][cell[1]]
-        for codec, xs, ys in curves:
-            ax.plot(xs, ys, ms=4, label=f"codec={codec}", **styles[codec].line(len(xs)))
+        for curve in curves:
+            ax.plot(curve.xs, curve.ys, ms=4, label=f"codec={curve.codec}", **styles[curve.codec].line(len(curve.xs)))
+            interval_band(ax, curve.xs, curve.low, curve.high, styles[curve.codec].color, crowd=len(curves))
         for run in silent.get(data, []):
             ax.axhline(run.summary["final"][METRIC], color="0.35", linestyle=":",
                        label=f"{math_label(run.label)} (sends nothing)")
         ax.set_title(f"{data}: {math_label(method)}", fontsize=10)
-        ax.set_xlabel(f"{axis_label}, log scale")
+        ax.set_xlabel(byte_label(f"{axis_label}, log scale"))
         ax.set_ylabel("personal accuracy (fraction correct)")
         byte_ticks(ax, "x", log=True)
         axes_look(ax)
-        coincidence_note(ax, coincident([(f"codec={codec}", xs, ys) for codec, xs, ys in curves]))
+        coincidence_note(ax, coincident([(f"codec={c.codec}", c.xs, c.ys) for c in curves]))
     for row, col in {(r, c) for r in range(len(datasets)) for c in range(columns)} - used:
         axes[row][col].remove()  # a data set with fewer methods than another: no empty frame
-    fig.suptitle(f"update codecs: personal accuracy vs {title} (a point per evaluated round)", fontsize=11)
+    counts = [len(v) for members in groups(runs).values() for v in by_codec(members).values()]
+    fig.suptitle(f"update codecs: personal accuracy vs {title} (a point per evaluated round)" + seeds_note(counts),
+                 fontsize=11)
     return save_figure(fig, path, columns=8)

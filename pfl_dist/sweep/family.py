@@ -13,6 +13,12 @@ Reads each run's summary.json and metrics.jsonl (no torch) and writes to DIR (de
 - family.png: personal accuracy vs cumulative uplink bytes (log axis, KB/MB/GB ticks), one curve
   per method (a method that sends nothing is a horizontal line at its final accuracy).
 
+With several seeds per method (a sweep's `seeds`), a row and a curve are the method's runs over
+its seeds: the accuracies are mean ± 95% t interval (pfl_dist/sweep/stats.py), marked where the
+paired interval to FedAvg, LocalTrain or FedCLUP on the same seeds excludes 0 (a note under the
+table says how), the curve is the mean with a shaded band, and the bytes to the target are the
+mean curve's. With one seed per method everything is as the run recorded it.
+
 `python -m pfl_dist.plot RESULTS_DIR` writes the same two files (with its --prefix) when the runs
 compare FAMILY_METHODS or more methods and vary none of the settings it draws on an axis.
 """
@@ -22,22 +28,31 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from pfl_dist.errors import OneLineParser
 from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.sweep.results import Run, find_runs
+from pfl_dist.sweep.stats import t_interval
 from pfl_dist.sweep.style import (
+    BAND_GID,
     axes_look,
+    band_alpha,
+    byte_label,
     byte_ticks,
     coincidence_note,
     coincident,
+    interval_band,
     math_label,
     method_styles,
     new_figure,
     save_figure,
+    seeds_note,
 )
+from pfl_dist.sweep.tradeoff import Final, build_curves, csv_row, final_cell, interval_note, references_in
 
 FAMILY_METHODS = 4  # runs of this many methods or more are a family comparison: pfl_dist.plot draws it too
 COLUMNS = ("method", "measured_on", "acc_personal", "acc_personal_mean", "acc_personal_p10", "acc_personal_std",
@@ -51,18 +66,86 @@ def bytes_to_target(run: Run, target: float) -> int | None:
     return None
 
 
-def table_rows(runs: Sequence[Run], *, fraction: float) -> tuple[list[dict[str, Any]], float]:
-    target = fraction * max(r.summary["final"]["acc_personal"] for r in runs)
-    rows = []
+def by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """The runs of each method label (one per seed), in first-seen order."""
+    groups: dict[str, list[Run]] = {}
     for run in runs:
-        final, personal, comm = run.summary["final"], run.summary.get("personal", {}), run.summary["comm"]
+        groups.setdefault(run.label, []).append(run)
+    return groups
+
+
+@dataclass(frozen=True)
+class SeedCurve:
+    """A method's personal accuracy per evaluated round (> 0) over its seeds: the mean, its 95% t
+    band (None with one seed) and the mean cumulative uplink bytes at each round."""
+
+    label: str
+    uplink: list[float]
+    mean: list[float]
+    low: list[float] | None
+    high: list[float] | None
+    seeds: int
+
+
+def seed_curve(label: str, members: Sequence[Run]) -> SeedCurve:
+    per_run = [{rec["round"]: rec for rec in run.records if rec["round"] > 0 and "acc_personal" in rec["metrics"]}
+               for run in members]
+    common = sorted(set.intersection(*(set(p) for p in per_run)))
+    stats = [t_interval([p[t]["metrics"]["acc_personal"] for p in per_run]) for t in common]
+    banded = len(members) > 1 and bool(common)
+    return SeedCurve(label=label, uplink=[fmean(float(p[t]["comm"]["uplink_bytes"]) for p in per_run) for t in common],
+                     mean=[e.mean for e in stats], low=[e.low for e in stats] if banded else None,
+                     high=[e.high for e in stats] if banded else None, seeds=len(members))
+
+
+def _mean_bytes_to_target(members: Sequence[Run], target: float) -> float | None:
+    """The mean curve's uplink bytes at its first evaluation at or above target (0: sends nothing)."""
+    curve = seed_curve(members[0].label, members)
+    reached = next((up for up, acc in zip(curve.uplink, curve.mean, strict=True) if acc >= target), None)
+    final = fmean(r.summary["final"]["acc_personal"] for r in members)
+    if not members[0].communicates:
+        return 0 if final >= target or reached is not None else None
+    return reached
+
+
+def table_rows(runs: Sequence[Run], *, fraction: float) -> tuple[list[dict[str, Any]], float]:
+    """A row per method label. With one run per label its values as recorded; with several seeds
+    per label, the accuracies as mean ± 95% t interval over the seeds (Final cells, marked where
+    the paired interval to FedAvg, LocalTrain or FedCLUP on the same seeds excludes 0), the other
+    columns as means, and the bytes to the target those of the mean curve."""
+    groups = by_label(runs)
+    target = fraction * max(fmean(r.summary["final"]["acc_personal"] for r in members) for members in groups.values())
+    cells: dict[str, dict[str, Any]] = {}
+    for metric in ("acc_personal", "acc_global") if any(len(m) > 1 for m in groups.values()) else ():
+        members = [r for r in runs if metric == "acc_personal" or r.info.global_model]
+        curves = build_curves(members, metric=metric, kind="fl") if members else []
+        references = references_in(curves)
+        for curve in curves:
+            cells.setdefault(curve.label, {})[metric] = final_cell(curve, references, metric=metric)
+    rows = []
+    for label, members in groups.items():
+        run = members[0]
+        if len(members) == 1:
+            final, personal, comm = run.summary["final"], run.summary.get("personal", {}), run.summary["comm"]
+            rows.append({
+                "method": run.label, "measured_on": run.tag("acc_personal").rpartition("/")[0] or "eval",
+                "acc_personal": final["acc_personal"],
+                **{k: personal.get(k) for k in ("acc_personal_mean", "acc_personal_p10", "acc_personal_std")},
+                "acc_global": final.get("acc_global") if run.info.global_model else None,
+                "uplink_bytes": comm["uplink_bytes"], "downlink_bytes": comm["downlink_bytes"],
+                "uplink_bytes_to_target": bytes_to_target(run, target),
+            })
+            continue
+        personal = [r.summary.get("personal", {}) for r in members]
         rows.append({
-            "method": run.label, "measured_on": run.tag("acc_personal").rpartition("/")[0] or "eval",
-            "acc_personal": final["acc_personal"],
-            **{k: personal.get(k) for k in ("acc_personal_mean", "acc_personal_p10", "acc_personal_std")},
-            "acc_global": final.get("acc_global") if run.info.global_model else None,
-            "uplink_bytes": comm["uplink_bytes"], "downlink_bytes": comm["downlink_bytes"],
-            "uplink_bytes_to_target": bytes_to_target(run, target),
+            "method": label, "measured_on": run.tag("acc_personal").rpartition("/")[0] or "eval",
+            "acc_personal": cells[label]["acc_personal"],
+            **{k: fmean(p[k] for p in personal) if all(p.get(k) is not None for p in personal) else None
+               for k in ("acc_personal_mean", "acc_personal_p10", "acc_personal_std")},
+            "acc_global": cells[label].get("acc_global") if run.info.global_model else None,
+            "uplink_bytes": fmean(r.summary["comm"]["uplink_bytes"] for r in members),
+            "downlink_bytes": fmean(r.summary["comm"]["downlink_bytes"] for r in members),
+            "uplink_bytes_to_target": _mean_bytes_to_target(members, target),
         })
     return rows, target
 
@@ -70,6 +153,8 @@ def table_rows(runs: Sequence[Run], *, fraction: float) -> tuple[list[dict[str, 
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "never" if key == "uplink_bytes_to_target" else "-"
+    if isinstance(value, Final):
+        return value.text(".3f")
     if key.endswith("bytes") or key.endswith("_to_target"):
         return format_bytes(int(value))
     return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -85,30 +170,38 @@ def markdown(rows: list[dict[str, Any]], *, target: float, fraction: float) -> s
             "std", f"global acc{on}", "uplink", "downlink", f"uplink to {fraction:g} x best ({target:.3f})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_cell(k, row[k]) for k in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    note = interval_note(rows)
+    return "\n".join(lines) + "\n" + (f"\n{note}" if note else "")
 
 
 def figure(runs: Sequence[Run], path: Path) -> Path:
-    """Personal accuracy vs cumulative uplink bytes (log axis, KB/MB/GB ticks), a curve per method."""
+    """Personal accuracy vs cumulative uplink bytes (log axis, KB/MB/GB ticks), a curve per method:
+    with several seeds its mean and a shaded 95% t band over the seeds (pfl_dist/sweep/stats.py)."""
     styles = method_styles([(r.label, r.method, False) for r in runs],
                            families={r.method: (r.info.colors, r.info.marker) for r in runs})
     fig, axes = new_figure(1, 1, width=7.5, height=4.8)
     ax = axes[0][0]
     drawn = []
-    for run in runs:
-        style = styles[run.label]
+    groups = by_label(runs)
+    for label, members in groups.items():
+        style, run = styles[label], members[0]
         if run.communicates:
-            records = [rec for rec in run.records if rec["round"] > 0]
-            xs = [float(rec["comm"]["uplink_bytes"]) for rec in records]
-            ys = [rec["metrics"]["acc_personal"] for rec in records]
-            ax.plot(xs, ys, markersize=5, label=math_label(run.label), **style.line(len(xs)))
-            drawn.append((run.label, xs, ys))
+            curve = seed_curve(label, members)
+            ax.plot(curve.uplink, curve.mean, markersize=5, label=math_label(label), **style.line(len(curve.uplink)))
+            interval_band(ax, curve.uplink, curve.low, curve.high, style.color, crowd=len(groups))
+            drawn.append((label, curve.uplink, curve.mean))
         else:
-            ax.axhline(run.summary["final"]["acc_personal"], color=style.color, linestyle=":",
-                       label=math_label(run.label) + " (sends nothing)")
+            finals = t_interval([r.summary["final"]["acc_personal"] for r in members])
+            ax.axhline(finals.mean, color=style.color, linestyle=":", label=math_label(label) + " (sends nothing)")
+            if finals.half_width is not None:
+                ax.axhspan(finals.low, finals.high, color=style.color, alpha=band_alpha(len(groups)), linewidth=0,
+                           gid=BAND_GID)
+    note = seeds_note([len(members) for members in groups.values()]).strip()
+    if note:
+        ax.set_title(note, fontsize=9)
     byte_ticks(ax, "x", log=True)
     ax.set_xlim(right=max(float(r.summary["comm"]["uplink_bytes"]) for r in runs) * 1.3)
-    ax.set_xlabel("cumulative uplink bytes (all clients; the same for any world size)")
+    ax.set_xlabel(byte_label("cumulative uplink bytes (all clients; the same for any world size)"))
     ax.set_ylabel("personal accuracy (fraction correct)")
     axes_look(ax)
     coincidence_note(ax, coincident(drawn))
@@ -122,10 +215,11 @@ def write_family(runs: Sequence[Run], out: Path, *, prefix: str = "", fmt: str =
     rows, target = table_rows(runs, fraction=fraction)
     table = out / f"{prefix}family_table.md"
     write_bytes_atomic(table, markdown(rows, target=target, fraction=fraction).encode())
+    flat = [csv_row(row) for row in rows]  # a mean ± interval cell: its mean, 'KEY ci95' and 'KEY marks'
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys([*COLUMNS, *(k for row in flat for k in row)])))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(flat)
     write_bytes_atomic(out / f"{prefix}family_table.csv", text.getvalue().encode())
     return figure(runs, out / f"{prefix}family.{fmt}"), table
 

@@ -17,7 +17,8 @@ What is drawn follows from what the runs vary (config values in each summary.jso
 - runs that put bytes on a wire      -> tradeoff_wire.png: the same against the modelled wire
   bytes, which depend on the world size W; W is in the axis label, and runs of different W are
   drawn in different figures (tradeoff_wire_W2.png, tradeoff_wire_W4.png), never on one axis.
-Curves and points are means over seeds; error bars show the standard deviation when seeds > 1.
+Curves and points are means over seeds; with several seeds a shaded band around each is its 95%
+Student t interval over the seeds (pfl_dist/sweep/stats.py), and the title says so.
 Every method has one colour family and marker in every figure, byte axes are ticked in KB/MB/GB,
 integer axes in integers, curves that are exactly the same points are named in a note
 (pfl_dist/sweep/style.py); each figure has one legend, and PNGs are written at 200 dpi (PDF and
@@ -27,7 +28,6 @@ SVG on request).
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -42,28 +42,37 @@ from pfl_dist.errors import ConfigError, OneLineParser
 from pfl_dist.sweep.codecs import codec_order, plot_codecs, write_codec_table
 from pfl_dist.sweep.family import FAMILY_METHODS, write_family
 from pfl_dist.sweep.results import Run, find_runs
+from pfl_dist.sweep.stats import Estimate, paired_difference, t_interval
 from pfl_dist.sweep.style import (
+    BAND_GID,
     DPI,
     Style,
     axes_look,
+    band_alpha,
+    byte_label,
     byte_ticks,
     coincidence_note,
     coincident,
     integer_ticks,
+    interval_band,
     math_label,
     method_styles,
     new_figure,
     save_figure,
+    seeds_note,
     value_styles,
 )
 from pfl_dist.sweep.tradeoff import (
     Curve,
     build_curves,
     byte_axis,
+    final_cell,
     global_metric,
     markdown_table,
+    paired_series,
     pareto_front,
     personal_metric,
+    references_in,
     run_label,
     setting_label,
     tradeoff_rows,
@@ -215,60 +224,128 @@ def varies(runs: Sequence[Run], key: str) -> bool:
     return len({repr(r.setting(key)) for r in runs}) > 1
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def in_legend_order(curves: list[Curve], palette: dict[str, Any]) -> list[Curve]:
     """Keep the facets' numeric order; within a facet, most to least personalized."""
     facets, order = list(dict.fromkeys(c.facet for c in curves)), list(palette)
     return sorted(curves, key=lambda c: (facets.index(c.facet), order.index(c.label)))
 
 
+PAIRED_TO = "fedavg"  # the method the paired-difference panels subtract, on the same seed
+
+
+def _paired_reference(labels: dict[str, str], counts: Sequence[int]) -> str | None:
+    """The label the difference panels subtract: FedAvg's, when it has one curve and the curves
+    average several seeds; None otherwise (no difference panels)."""
+    found = [label for label, method in labels.items() if method == PAIRED_TO]
+    return found[0] if len(found) == 1 and counts and max(counts) > 1 else None
+
+
+def _draw_difference(ax: Axes, xs: Sequence[float], diffs: Sequence[Estimate], style: Style, label: str,
+                     crowd: int) -> None:
+    ax.plot(xs, [d.mean for d in diffs], ms=3, label=math_label(label), **style.line(len(xs)))
+    interval_band(ax, xs, [d.low for d in diffs], [d.high for d in diffs], style.color, crowd=crowd)
+
+
+def _difference_look(ax: Axes, metric: str, reference: str, xlabel: str, xs: Sequence[float]) -> None:
+    ax.axhline(0.0, color="black", lw=1, alpha=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} minus {math_label(reference)}'s {metric}, same seed\n(paired; below 0: lower {metric})")
+    integer_ticks(ax.xaxis, xs)
+    axes_look(ax)
+
+
 def plot_vs_setting(runs: Sequence[Run], key: str, metrics: Sequence[str], path: Path, title: str) -> Path:
-    """Final metrics against a setting, one line per method label, mean +- std over seeds."""
+    """Final metrics against a setting, one line per method label: the mean over seeds, and with
+    several seeds a shaded 95% t interval (pfl_dist/sweep/stats.py) around it, plus a row of
+    panels with each method's paired difference to FedAvg on the same seeds (the seeds' common
+    spread, which hides the methods' differences in the first row, cancels there)."""
     palette = styles(runs)
-    fig, axes = new_figure(1, len(metrics))
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        by_label: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    finals: dict[str, dict[str, dict[float, dict[int, float]]]] = {}  # metric -> label -> x -> seed -> value
+    for metric in metrics:
+        finals[metric] = defaultdict(lambda: defaultdict(dict))
         for run in runs:
-            by_label[run.label][float(run.setting(key))].append(run.summary["final"][metric])
+            finals[metric][run.label][float(run.setting(key))][int(run.config["run"]["seed"])] = \
+                run.summary["final"][metric]
+    sizes = [len(seeds) for by_x in finals[metrics[0]].values() for seeds in by_x.values()]
+    reference = _paired_reference({r.label: r.method for r in runs}, sizes)
+    fig, axes = new_figure(2 if reference else 1, len(metrics))
+    for col, metric in enumerate(metrics):
+        ax, by_label = axes[0][col], finals[metric]
         drawn = []
         for label in (lab for lab in palette if lab in by_label):
             xs = sorted(by_label[label])
-            stats = [_mean_std(by_label[label][x]) for x in xs]
-            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], ms=4, capsize=2,
-                        label=math_label(label), **palette[label].line())
-            drawn.append((label, xs, [m for m, _ in stats]))
+            stats = [t_interval(list(by_label[label][x].values())) for x in xs]
+            means = [e.mean for e in stats]
+            ax.plot(xs, means, ms=4, label=math_label(label), **palette[label].line(len(xs)))
+            banded = any(e.half_width is not None for e in stats)
+            low, high = ([e.low for e in stats], [e.high for e in stats]) if banded else (None, None)
+            interval_band(ax, xs, low, high, palette[label].color, crowd=len(by_label))
+            drawn.append((label, xs, means))
         ax.set_xlabel(SETTING_LABELS.get(key, key))
         ax.set_ylabel(f"final {METRIC_LABELS.get(metric, metric)}")
         integer_ticks(ax.xaxis, [x for _, xs, _ in drawn for x in xs])
         axes_look(ax)
         coincidence_note(ax, coincident(drawn))
-    fig.suptitle(title, fontsize=11)
+        if reference is None:
+            continue
+        others = [lab for lab in palette if lab in by_label and lab != reference]
+        for label in others:
+            pairs = [(x, paired_difference(by_label[label][x], by_label[reference][x]))
+                     for x in sorted(by_label[label]) if x in by_label[reference]]
+            kept = [(x, d) for x, d in pairs if d is not None]
+            _draw_difference(axes[1][col], [x for x, _ in kept], [d for _, d in kept], palette[label], label,
+                             len(others))
+        _difference_look(axes[1][col], metric, reference, SETTING_LABELS.get(key, key),
+                         [x for _, xs, _ in drawn for x in xs])
+    fig.suptitle(title + seeds_note(sizes), fontsize=11)
     return save_figure(fig, path)
 
 
 def plot_vs_rounds(runs: Sequence[Run], metrics: Sequence[str], path: Path, title: str,
                    label_keys: Sequence[str] = ()) -> Path:
     """Metric per evaluated round: a column per metric, a curve per method label; with varied
-    algorithm settings (label_keys, e.g. K) a row per method, a curve per value."""
+    algorithm settings (label_keys, e.g. K) a row per method, a curve per value. With several
+    seeds each curve has its shaded 95% t band, and under each row a row of paired differences
+    on the same seeds: to FedAvg, or with varied settings to the row's last value (largest K)."""
     palette = palette_of(runs, label_keys)
     rows = panel_columns(runs, [None], None, label_keys)
-    fig, axes = new_figure(len(rows), len(metrics))
-    for (row_title, members), row in zip(rows, axes, strict=True):
-        for ax, metric in zip(row, metrics, strict=True):
-            curves = in_legend_order(build_curves(members, metric=metric, kind="fl", label_keys=label_keys), palette)
+    panels = []
+    for row_title, members in rows:
+        by_metric = {m: in_legend_order(build_curves(members, metric=m, kind="fl", label_keys=label_keys), palette)
+                     for m in metrics}
+        first = by_metric[metrics[0]]
+        sizes = [len(c.finals) for c in first]
+        reference = _paired_reference({c.label: c.method for c in first}, sizes)
+        if reference is None and label_keys and len(first) > 1 and max(sizes) > 1:
+            reference = first[-1].label
+        panels.append((row_title, by_metric, reference, sizes))
+    fig, axes = new_figure(sum(2 if ref else 1 for _, _, ref, _ in panels), len(metrics))
+    row_index = 0
+    for row_title, by_metric, reference, _ in panels:
+        for col, metric in enumerate(metrics):
+            ax, curves = axes[row_index][col], by_metric[metric]
             for curve in curves:
                 style, text = palette[curve.label]
                 ax.plot(curve.rounds, curve.values, ms=3, label=math_label(text), **style.line(len(curve.rounds)))
+                interval_band(ax, curve.rounds, curve.low, curve.high, style.color, crowd=len(curves))
             ax.set_title(row_title, fontsize=10)
             ax.set_xlabel("communication round $t$")
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
             integer_ticks(ax.xaxis, [t for c in curves for t in c.rounds])
             axes_look(ax)
             coincidence_note(ax, coincident([(palette[c.label][1], c.rounds, c.values) for c in curves]))
-    fig.suptitle(title, fontsize=11)
+            if reference is None:
+                continue
+            base = next(c for c in curves if c.label == reference)
+            others = [c for c in curves if c.label != reference and c.communicates]
+            for curve in others:
+                rounds, diffs = paired_series(curve, base)
+                _draw_difference(axes[row_index + 1][col], rounds, diffs, palette[curve.label][0],
+                                 palette[curve.label][1], len(others))
+            _difference_look(axes[row_index + 1][col], metric, palette[reference][1], "communication round $t$",
+                             [t for c in curves for t in c.rounds])
+        row_index += 2 if reference else 1
+    fig.suptitle(title + seeds_note([n for *_, sizes in panels for n in sizes]), fontsize=11)
     return save_figure(fig, path)
 
 
@@ -289,22 +366,28 @@ def facet_values(runs: Sequence[Run], key: str | None) -> list[Any]:
 
 
 def _draw_tradeoff(ax: Axes, runs: Sequence[Run], *, metric: str, kind: str, palette: Palette,
-                   label_keys: Sequence[str]) -> None:
-    """One panel: a curve per label, LocalTrain as its 0-byte point and final-value line, the front."""
+                   label_keys: Sequence[str]) -> list[Curve]:
+    """One panel: a curve per label (with its band over seeds), LocalTrain as its 0-byte point and
+    final-value line, the front. Returns the curves drawn."""
     curves = in_legend_order(build_curves(runs, metric=metric, kind=kind, label_keys=label_keys), palette)
     for curve in curves:
         style, text = palette[curve.label]
         if curve.communicates:
             ax.plot(curve.num_bytes, curve.values, ms=3, label=math_label(text), **style.line(len(curve.values)))
+            interval_band(ax, curve.num_bytes, curve.low, curve.high, style.color, crowd=len(curves))
         else:
             ax.axhline(curve.values[-1], ls=":", color=style.color, label=f"{math_label(text)} (0 bytes, final)")
             ax.plot([0.0], [curve.values[-1]], **{**style.line(), "linestyle": "none"})
+            if curve.low is not None and curve.high is not None:  # its final value's interval, across the panel
+                ax.axhspan(curve.low[-1], curve.high[-1], color=style.color, alpha=band_alpha(len(curves)),
+                           linewidth=0, gid=BAND_GID)
     front = pareto_front(curves, metric=metric)
     ax.step([b for b, _ in front], [v for _, v in front], where="post", color="black", lw=2.5, alpha=0.35,
             label="Pareto front")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     byte_ticks(ax, "x")
     coincidence_note(ax, coincident([(palette[c.label][1], c.num_bytes, c.values) for c in curves if c.communicates]))
+    return curves
 
 
 def label_keys_of(runs: Sequence[Run]) -> list[str]:
@@ -320,17 +403,20 @@ def plot_tradeoff(runs: Sequence[Run], path: Path, *, facet_key: str | None, vie
     columns = panel_columns(runs, facet_values(runs, facet_key), facet_key, label_keys)
     width = min(len(columns), _PER_ROW)
     fig, axes = new_figure(2 * math.ceil(len(columns) / width), width)
+    sizes: list[int] = []
     for i, (title, members) in enumerate(columns):
         for row, metric in enumerate(metrics):
             ax = axes[2 * (i // width) + row][i % width]
-            _draw_tradeoff(ax, members, metric=metric, kind=view.kind, palette=palette, label_keys=label_keys)
-            ax.set_xlabel(view.label)
+            drawn = _draw_tradeoff(ax, members, metric=metric, kind=view.kind, palette=palette, label_keys=label_keys)
+            sizes += [len(c.finals) for c in drawn]
+            ax.set_xlabel(byte_label(view.label))
             ax.set_title(title, fontsize=10)
             axes_look(ax)
     for i in range(len(columns), width * math.ceil(len(columns) / width)):
         for row in range(2):
             axes[2 * (i // width) + row][i % width].remove()  # an odd number of columns: no empty frames
-    fig.suptitle(f"trade-off: error/accuracy vs {view.title} (a point per evaluated round)", fontsize=11)
+    fig.suptitle(f"trade-off: error/accuracy vs {view.title} (a point per evaluated round)"
+                 + seeds_note(sizes), fontsize=11)
     return save_figure(fig, path)
 
 
@@ -344,11 +430,14 @@ def tradeoff_table(runs: Sequence[Run], *, facet_key: str | None, targets: Seque
     keys = label_keys_of(runs)
     curves = in_legend_order(build_curves(members, metric=metric, kind=kind, facet_key=facet_key, label_keys=keys),
                              styles(runs, keys))
-    extra: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    extra: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     for other in dict.fromkeys([global_metric(runs), "acc_personal", "acc_global"]):
         if other != metric and all(other in r.summary["final"] for r in members):
-            for curve in build_curves(members, metric=other, kind=kind, facet_key=facet_key, label_keys=keys):
-                extra[(curve.facet, curve.label)][f"final {curve.tag or other}"] = curve.values[-1]
+            others = build_curves(members, metric=other, kind=kind, facet_key=facet_key, label_keys=keys)
+            for curve in others:
+                references = references_in([c for c in others if c.facet == curve.facet])
+                extra[(curve.facet, curve.label)][f"final {curve.tag or other}"] = final_cell(curve, references,
+                                                                                             metric=other)
     rows = tradeoff_rows(curves, metric=metric, targets=targets, extra=extra)
     return metric, markdown_table(rows), write_table(rows, stem=stem)
 

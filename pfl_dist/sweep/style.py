@@ -182,9 +182,45 @@ def save_figure(fig: Figure, path: Path, *, columns: int = 4, dpi: int = DPI) ->
     return path
 
 
+# --- intervals over seeds ---------------------------------------------------------------------
+
+BAND_ALPHA = 0.2  # one band alone; `crowd` bands in a panel are each fainter, so the curves stay visible
+_MIN_BAND_ALPHA = 0.06
+BAND_GID = "interval-band"  # how tests and tools find the bands among a panel's artists
+
+
+def band_alpha(crowd: int) -> float:
+    return max(_MIN_BAND_ALPHA, BAND_ALPHA / math.sqrt(max(1, crowd)))
+
+
+def interval_band(ax: Axes, xs: Sequence[float], low: Sequence[float] | None, high: Sequence[float] | None,
+                  color: Any, *, crowd: int = 1) -> None:
+    """Shade the 95% t interval over seeds (pfl_dist/sweep/stats.py) around a mean curve, in the
+    curve's colour, fainter when `crowd` bands share the panel; nothing without an interval (one seed)."""
+    if low is not None and high is not None and len(xs):
+        ax.fill_between(list(xs), list(low), list(high), color=color, alpha=band_alpha(crowd), linewidth=0,
+                        gid=BAND_GID)
+
+
+def seeds_note(n: Sequence[int]) -> str:
+    """What a figure's title adds about seeds: '' for one seed, else how the curves and bands were made."""
+    sizes = sorted(set(n))
+    if not sizes or sizes[-1] < 2:
+        return ""
+    count = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    return f"\nmean over {count} seeds; shaded: 95% Student t interval over the seeds"
+
+
 # --- axes: bytes, integers --------------------------------------------------------------------
 
 _BYTE_UNITS = ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1.0, "B"))
+DECIMAL_UNITS = "decimal units: 1 KB = 1000 B"  # what every byte axis label says about its ticks' units
+
+
+def byte_label(text: str) -> str:
+    """A byte axis label that says, on a second line (panels side by side leave no room for a
+    longer first one), that its ticks' units are decimal: '...\n(decimal units: 1 KB = 1000 B)'."""
+    return f"{text}\n({DECIMAL_UNITS})"
 
 
 def byte_unit(num_bytes: float) -> tuple[float, str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.results import Run
+from pfl_dist.sweep.stats import LEVEL, Estimate, paired_difference, t_interval
 
 LOWER_IS_BETTER = {"ITR", "ATR", "IOR", "AOR", "loss_personal", "loss_global"}
 FL, WIRE = "fl", "wire"
@@ -47,6 +48,16 @@ class Curve:
     totals: dict[str, float] = field(default_factory=dict)  # the final cumulative bytes of each kind
     world_sizes: tuple[int, ...] = ()  # the processes its runs ran on (the wire bytes depend on it)
     tag: str = ""  # the metric's tag, which names where it was measured ('eval/ITR'); '' = unknown
+    method: str = ""  # the runs' algorithm.name ('fedavg'): which rows a table compares against
+    finals: dict[int, float] = field(default_factory=dict)  # seed -> the metric at the last common round
+    low: list[float] | None = None  # per round: the 95% t interval over seeds (None with one seed)
+    high: list[float] | None = None
+    per_seed: dict[int, list[float]] = field(default_factory=dict)  # seed -> the metric at each of `rounds`
+
+    @property
+    def final(self) -> Estimate | None:
+        """The final value's mean over seeds and 95% t interval (pfl_dist/sweep/stats.py)."""
+        return t_interval(list(self.finals.values())) if self.finals else None
 
 
 def format_value(value: Any) -> str:
@@ -134,12 +145,19 @@ def build_curves(runs: Sequence[Run], *, metric: str, kind: str, facet_key: str 
         common = sorted(set.intersection(*(set(p) for p in per_run)))
         timed = all("time" in p[t] for p in per_run for t in common)
         by_kind = {k: [statistics.fmean(record_bytes(p[t], k) for p in per_run) for t in common] for k in BYTE_KINDS}
+        bands = [t_interval([p[t]["metrics"][metric] for p in per_run]) for t in common]
+        banded = len(members) > 1 and bool(common)
         curves.append(Curve(
             label=label, facet=facet, rounds=common, communicates=members[0].communicates, num_bytes=by_kind[kind],
             values=[statistics.fmean(p[t]["metrics"][metric] for p in per_run) for t in common],
             seconds=[statistics.fmean(p[t]["time"]["train_s"] for p in per_run) for t in common] if timed else None,
             kind=kind, totals={k: series[-1] for k, series in by_kind.items() if series},
-            world_sizes=world_sizes(members), tag=members[0].tag(metric)))
+            world_sizes=world_sizes(members), tag=members[0].tag(metric), method=members[0].method,
+            finals={int(run.config["run"]["seed"]): p[common[-1]]["metrics"][metric]
+                    for run, p in zip(members, per_run, strict=True)} if common else {},
+            per_seed={int(run.config["run"]["seed"]): [p[t]["metrics"][metric] for t in common]
+                      for run, p in zip(members, per_run, strict=True)},
+            low=[b.low for b in bands] if banded else None, high=[b.high for b in bands] if banded else None))
     return sorted(curves, key=lambda c: facet_order[c.facet])  # numeric facet order; callers order labels
 
 
@@ -189,6 +207,105 @@ def default_targets(curves: Sequence[Curve], *, metric: str) -> list[float]:
     return [worst] if abs(median - worst) <= 1e-12 * max(1.0, abs(worst)) else [worst, median]
 
 
+# --- finals over seeds: mean ± 95% t interval, and paired comparisons with reference rows ----
+
+# The rows every other row of a facet is compared with on the same seeds (a paired t interval of
+# the per-seed differences, pfl_dist/sweep/stats.py): method name -> its mark's letter. A method
+# is a reference in a facet only when it has exactly one curve there (one FedCLUP lambda, not a grid).
+REFERENCES = {"fedavg": ("A", "FedAvg"), "local": ("L", "LocalTrain"), "fedclup": ("C", "FedCLUP")}
+MINUS = "\u2212"  # the mark of a significantly worse row: 'A−'
+
+
+@dataclass(frozen=True)
+class Final:
+    """A table cell over several seeds: the final value's mean ± its 95% t half-width, the
+    references it was compared with (their letters) and the significant differences among them
+    ('A+': better than FedAvg on the same seeds, 'L−': worse than LocalTrain)."""
+
+    estimate: Estimate
+    compared: tuple[tuple[str, str], ...] = ()  # (letter, name) of each reference row it was compared with
+    marks: tuple[str, ...] = ()
+
+    def text(self, spec: str = "") -> str:
+        """'11.85 ± 3.4 A+' (mean to 4 significant digits, half-width to 2); `spec`: one format
+        for both ('.3f': '0.745 ± 0.031')."""
+        e = self.estimate
+        mean, half = (spec or ".4g"), (spec or ".2g")
+        value = f"{e.mean:{mean}}" if e.half_width is None else f"{e.mean:{mean}} ± {e.half_width:{half}}"
+        return " ".join([value, *self.marks])
+
+
+LAST_ROW = "Z"  # a facet of one method's curves over a varied setting (K) is compared with its last row
+
+
+def references_in(curves: Sequence[Curve]) -> dict[str, tuple[str, Curve]]:
+    """letter -> (name, curve): the facet's one curve of each reference method (none for a method
+    with several); when the facet holds one method's curves only (a varied K), its last row
+    (the largest K), which the local-steps figure's difference panels subtract too."""
+    found: dict[str, tuple[str, Curve]] = {}
+    for method, (letter, name) in REFERENCES.items():
+        members = [c for c in curves if c.method == method]
+        if len(members) == 1:
+            found[letter] = (name, members[0])
+    if not found and len(curves) > 1 and len({c.method for c in curves}) == 1:
+        found[LAST_ROW] = (curves[-1].label, curves[-1])
+    return found
+
+
+def final_cell(curve: Curve, references: dict[str, tuple[str, Curve]], *, metric: str) -> float | Final | None:
+    """The final value of one seed as a number (as tables always showed it); over several seeds a
+    Final: mean ± 95% t interval, marked against each reference that is not the curve itself."""
+    estimate = curve.final
+    if estimate is None or estimate.n < 2:
+        return curve.values[-1] if curve.values else None
+    compared, marks = [], []
+    for letter, (name, reference) in references.items():
+        if reference.label == curve.label:
+            continue
+        diff = paired_difference(curve.finals, reference.finals)
+        if diff is None:
+            continue
+        compared.append((letter, name))
+        if diff.excludes_zero():
+            marks.append(letter + ("+" if better(diff.mean, 0.0, metric=metric) else MINUS))
+    return Final(estimate, tuple(compared), tuple(marks))
+
+
+def paired_series(curve: Curve, reference: Curve) -> tuple[list[int], list[Estimate]]:
+    """The rounds both curves evaluated and, at each, the paired t interval of curve - reference
+    over the seeds both ran (pfl_dist/sweep/stats.py); empty when fewer than 2 seeds are shared."""
+    index = {t: i for i, t in enumerate(reference.rounds)}
+    rounds, diffs = [], []
+    for i, t in enumerate(curve.rounds):
+        if t in index:
+            diff = paired_difference({s: v[i] for s, v in curve.per_seed.items()},
+                                     {s: v[index[t]] for s, v in reference.per_seed.items()})
+            if diff is not None:
+                rounds.append(t)
+                diffs.append(diff)
+    return rounds, diffs
+
+
+def interval_note(rows: Sequence[dict[str, Any]]) -> str:
+    """The lines under a table with Final cells that say how they were computed and what the
+    marks mean; '' for a table of single-seed values."""
+    finals = [v for row in rows for v in row.values() if isinstance(v, Final)]
+    if not finals:
+        return ""
+    sizes = sorted({f.estimate.n for f in finals})
+    n = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    note = (f"Finals: mean ± half-width of the {LEVEL:.0%} Student t interval over n = {n} seeds, "
+            "t_{0.975, n-1} · s / √n (s: the seeds' sample standard deviation).")
+    order = [letter for letter, _ in REFERENCES.values()] + [LAST_ROW]
+    pairs = sorted(dict.fromkeys(pair for f in finals for pair in f.compared),
+                   key=lambda pair: order.index(pair[0]) if pair[0] in order else len(order))  # others (D) last
+    if pairs:
+        names = ", ".join(f"{letter} = {name}" for letter, name in pairs)
+        note += (f" Marks ({names}): the paired {LEVEL:.0%} t interval of the per-seed differences to that row, on the "
+                 f"same seeds, excludes 0; + better, {MINUS} worse; no mark: the interval includes 0.")
+    return note + " Bytes to a target: of the mean curve.\n"
+
+
 def byte_names(curves: Sequence[Curve]) -> dict[str, str]:
     """How the table names each kind of bytes: 'FL bytes', 'wire bytes (W=2)'."""
     return {FL: "FL bytes", WIRE: wire_name(tuple(sorted({w for c in curves for w in c.world_sizes})))}
@@ -199,7 +316,7 @@ def _totals(curve: Curve) -> dict[str, float]:
 
 
 def tradeoff_rows(curves: Sequence[Curve], *, metric: str, targets: Sequence[float] | None = None,
-                  extra: dict[tuple[str, str], dict[str, float]] | None = None) -> list[dict[str, Any]]:
+                  extra: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per curve: final value, total bytes (both views: FL bytes and the wire bytes with
     their world size W, and a W column when the rows' W differ), and the bytes of the curves' kind
     and rounds to reach each target.
@@ -213,10 +330,11 @@ def tradeoff_rows(curves: Sequence[Curve], *, metric: str, targets: Sequence[flo
     for facet in dict.fromkeys(c.facet for c in curves):  # in the curves' (numeric) order
         members = [c for c in curves if c.facet == facet]
         facet_targets = list(targets) if targets else default_targets(members, metric=metric)
+        references = references_in(members)
         for curve in members:
             named = curve.tag or metric  # 'final eval/ITR': where it was measured
             row: dict[str, Any] = {"facet": facet, "method": curve.label,
-                                   f"final {named}": curve.values[-1] if curve.values else None}
+                                   f"final {named}": final_cell(curve, references, metric=metric)}
             row.update((extra or {}).get((facet, curve.label), {}))
             if mixed:
                 row["W"] = ", ".join(map(str, curve.world_sizes))
@@ -248,6 +366,8 @@ def tradeoff_rows(curves: Sequence[Curve], *, metric: str, targets: Sequence[flo
 def _text(value: Any, key: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, Final):
+        return value.text()
     if key.startswith("total ") and "bytes" in key:
         return format_bytes(float(value))
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -260,16 +380,31 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "facet" or any(r.get("facet") for r in rows)]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_text(r.get(k), k) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    note = interval_note(rows)
+    return "\n".join(lines) + "\n" + (f"\n{note}" if note else "")
 
 
 def write_table(rows: Sequence[dict[str, Any]], *, stem: Path) -> tuple[Path, Path]:
     """stem.md (for humans and docs) and stem.csv (for tools)."""
     md, csv_path = stem.with_suffix(".md"), stem.with_suffix(".csv")
     md.write_text(markdown_table(rows))
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    flat = [csv_row(r) for r in rows]
+    keys = list(dict.fromkeys(k for r in flat for k in r))
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(flat)
     return md, csv_path
+
+
+def csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row for tools: a Final cell becomes three columns, the mean under its own name, 'KEY
+    ci95' its 95% t half-width and 'KEY marks' its significant differences ('A+ L−')."""
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, Final):
+            flat.update({key: value.estimate.mean, f"{key} ci95": value.estimate.half_width,
+                         f"{key} marks": " ".join(value.marks)})
+        else:
+            flat[key] = value
+    return flat
