@@ -12,7 +12,8 @@ interface (pfl_dist/tasks/base.py).
 
 A plug-in kind, `data.kind: "package.module:factory"` (a user's own federated dataset,
 `factory(**data.params)`), has the entry `task_entry` makes from its name: the same path, served
-by pfl_dist/tasks/dataset.py's DatasetTask; `data.params` is read by it alone.
+by pfl_dist/tasks/dataset.py's DatasetTask; `data.params` is read by it alone. A built-in kind can
+be such a dataset too: an entry whose `factory` names it, with DatasetTask as its target.
 
 Which model kinds a task can build is the model registry's to say (pfl_dist/models/__init__.py:
 each entry lists its tasks, and a plug-in `package.module:factory` serves the tasks that build
@@ -45,6 +46,9 @@ class TaskEntry:
     unused_keys: tuple[str, ...]  # dotted keys the task never reads
     description: str
     auto_model: str = "linear"  # the model.kind that 'auto' builds
+    # "module:factory" of a federated dataset (pfl_dist/tasks/dataset.py) that DatasetTask trains on;
+    # a plug-in kind's is its own name. None for the tasks that read their own data.
+    factory: str | None = None
 
 
 _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_partitions",
@@ -57,6 +61,11 @@ _IMAGES = TaskEntry(
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
     auto_model="logreg",
 )
+
+# A federated dataset (DatasetTask) brings its own clients, splits, shapes and classes: of the data
+# keys it reads data.num_clients (how many of its clients take part) and data.params (the factory's
+# arguments).
+DATASET_UNUSED_KEYS = (*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES)
 
 TASKS: dict[str, TaskEntry] = {
     "synthetic": TaskEntry(
@@ -89,12 +98,10 @@ TASKS: dict[str, TaskEntry] = {
 }
 
 
-# A plug-in dataset brings its own clients, splits, shapes and classes: of the data keys it reads
-# data.num_clients (how many of its clients take part) and data.params (the factory's arguments).
 DATASET_PLUGIN_FORM = "a plug-in 'package.module:factory'"
 _DATASET_PLUGIN = TaskEntry(
     target=DATASET_TASK,
-    unused_keys=(*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES),
+    unused_keys=DATASET_UNUSED_KEYS,
     description="a user's federated dataset: factory(**data.params) gives its clients' arrays, shape and classes",
     auto_model="logreg",
 )
@@ -105,7 +112,7 @@ def task_entry(kind: str) -> TaskEntry:
     if kind in TASKS:
         return TASKS[kind]
     if is_plugin_name(kind):
-        return _DATASET_PLUGIN
+        return dataclasses.replace(_DATASET_PLUGIN, factory=kind)
     raise ConfigError(f"data.kind must be one of {', '.join(sorted(TASKS))} or {DATASET_PLUGIN_FORM} "
                       f"(factory(**data.params) returning a federated dataset), got {kind!r}")
 

@@ -27,6 +27,9 @@ test rows.
 
 The run's identity holds `data.params` (in the config) and the sha256 of the factory's module
 source (pfl_dist/inputs.py, key `data.kind`), so editing the generator makes another run.
+
+A built-in data kind can be such a dataset: its TASKS entry (pfl_dist/tasks/__init__.py) names
+DatasetTask as its target and the factory as `factory` (docs/EXTENDING.md, "As a built-in").
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pfl_dist.data.images import ImageDataset, ImageSplit
 from pfl_dist.errors import ConfigError
 from pfl_dist.models.init_file import check_init_file
 from pfl_dist.plugins import load, parse
+from pfl_dist.tasks import task_entry
 from pfl_dist.tasks.images import ClientSplit, ImageTask, build_image_model, check_image_config
 
 PROTOCOL = "num_clients, input_shape, num_classes and client(i) -> (x_train, y_train, x_test, y_test)"
@@ -73,7 +77,8 @@ def _is_int(value: Any) -> bool:
 def load_dataset(cfg: Config) -> tuple[Any, FederatedMeta]:
     """Import the factory, call it with data.params, and check the object's metadata."""
     kind = cfg.data.kind
-    factory = load(parse(kind, key="data.kind"), key="data.kind")
+    name = task_entry(kind).factory or kind  # a built-in kind's factory, or the plug-in name itself
+    factory = load(parse(name, key="data.kind"), key="data.kind")
     if not callable(factory):
         raise ConfigError(f"data.kind={kind}: {type(factory).__name__} object is not callable (name a factory: "
                           "factory(**data.params) returning a federated dataset)")

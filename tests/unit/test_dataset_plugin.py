@@ -18,7 +18,7 @@ import torch
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.rundir import config_hash
-from pfl_dist.tasks import build_task, preflight, task_entry
+from pfl_dist.tasks import TASKS, build_task, preflight, task_entry
 from pfl_dist.tasks.dataset import DatasetTask
 from tests.helpers import REPO, read_metrics, run_inprocess
 
@@ -249,3 +249,27 @@ def test_example_clients_are_generated_from_seed_and_id_alone(examples_on_path: 
     assert not np.array_equal(one.client(5)[0], one.client(6)[0])
     # the label skew: client 5 draws mostly its own class 5 % 4 = 1
     assert np.bincount(one.client(5)[1], minlength=4).argmax() == 1
+
+
+# --- every dataset entry (a built-in with a factory, and the example plug-in) ----------------
+
+
+def check_dataset_kind(kind: str) -> None:
+    """The generic checks of a federated dataset kind at its defaults: the launcher's preflight
+    passes, a rank of its first two clients builds, every model it takes is sized for the
+    dataset's shape and classes, and the data does not depend on which rank asks."""
+    cfg = load_config(None, [f"data.kind={kind}", "data.num_clients=2"])
+    preflight(cfg)
+    task = build_task(cfg, client_ids=range(2), device=torch.device("cpu"))
+    alone = build_task(cfg, client_ids=range(1, 2), device=torch.device("cpu"))
+    assert isinstance(task, DatasetTask) and task.model.num_params == task.num_params
+    torch.testing.assert_close(task.train_x[1, : task.train_counts[1]], alone.train_x[0], rtol=0, atol=0)
+    assert task.num_classes >= 2 and int(task.train_y.max()) < task.num_classes
+
+
+DATASET_KINDS = [*(kind for kind, entry in TASKS.items() if entry.factory is not None), "my_dataset:blobs"]
+
+
+@pytest.mark.parametrize("kind", DATASET_KINDS)
+def test_every_dataset_kind_passes_the_generic_checks(kind: str, examples_on_path: None) -> None:
+    check_dataset_kind(kind)
