@@ -10,8 +10,8 @@ returns a federated dataset: any object with
 - `client(i)`: client i's arrays `(x_train, y_train, x_test, y_test)`: floating-point features of
   shape (n, *input_shape) and integer labels in [0, num_classes) of shape (n,), with at least one
   train and one test row.
-`client(i)` is called only for the clients a rank hosts (and, in the launcher's preflight, for
-client 0 as a sample), so a dataset can generate or read each client on demand.
+`client(i)` is called only for the clients a rank hosts (and once for every client, one at a
+time, by the launcher's preflight), so a dataset can generate or read each client on demand.
 
 Training is ImageTask's, on these arrays (DatasetTask overrides only where the samples come from):
 the same models (linear, logreg, cnn, a plug-in model), solvers, byte ledger and metrics. Two
@@ -181,12 +181,14 @@ class DatasetTask(ImageTask):
 
     @classmethod
     def preflight(cls, cfg: Config) -> None:
-        """The launcher's checks before any rank starts: the factory, its metadata, client 0's
-        arrays (a sample of the shapes: each rank checks its own clients), the model on the
-        dataset's shape and classes, and the initial model's file."""
+        """The launcher's checks before any rank starts: the factory, its metadata, every client's
+        arrays (each asked for once and dropped, as client_files' preflight reads every file: a
+        bad client stops the launch in one line instead of one rank of a running job), the model
+        on the dataset's shape and classes, and the initial model's file."""
         check_image_config(cfg)
         dataset, meta = load_dataset(cfg)
-        client_arrays(dataset, meta, 0, kind=cfg.data.kind)
+        for client in range(cfg.data.num_clients):
+            client_arrays(dataset, meta, client, kind=cfg.data.kind)
         model = build_image_model(cfg.model.kind, input_shape=meta.input_shape, num_classes=meta.num_classes,
                                   head=cfg.model.head)
         check_init_file(cfg.model.init_file, model)

@@ -20,7 +20,7 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.rundir import config_hash
 from pfl_dist.tasks import TASKS, build_task, preflight, task_entry
 from pfl_dist.tasks.dataset import DatasetTask
-from tests.helpers import REPO, read_metrics, run_inprocess
+from tests.helpers import REPO, read_metrics, run_cli, run_inprocess
 
 USER_DATASETS = '''
 import numpy as np
@@ -176,6 +176,18 @@ def test_each_mistake_is_one_line(user_module: Path, overrides: list[str], expec
     assert expected in one_line_error(overrides)
 
 
+def test_the_launcher_checks_every_client_before_any_rank_starts(user_module: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Execute: 2 ranks of a dataset whose client 2 (rank 1's) has no train rows
+    monkeypatch.setenv("PYTHONPATH", str(user_module.parent))
+    result = run_cli("--nproc-per-node=2", *TOY, "data.params.broken=no_train", module="pfl_dist.launch")
+    # Assert: exit 2 with the one line, and no rank started
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("pfl_dist: error: data.kind=user_data:toy: client(2) has no train rows (every "
+                                     "client needs at least one train and one test row)")
+    assert result.stdout == ""
+
+
 def test_data_params_keys_are_keyword_names() -> None:
     with pytest.raises(ConfigError, match=r"^data.params keys must be Python identifiers .*got 'a-b'$"):
         load_config(None, ["data.kind=m:f", "data.params.a-b=1"])
@@ -273,3 +285,11 @@ DATASET_KINDS = [*(kind for kind, entry in TASKS.items() if entry.factory is not
 @pytest.mark.parametrize("kind", DATASET_KINDS)
 def test_every_dataset_kind_passes_the_generic_checks(kind: str, examples_on_path: None) -> None:
     check_dataset_kind(kind)
+
+
+def test_results_csv_leaves_the_data_keys_a_plugin_does_not_read_empty() -> None:
+    from pfl_dist.sweep.results import _data_setting
+
+    plugin = {"data": {"kind": "user_data:toy", "R": 1.0, "classes_per_client": 2}}
+    assert _data_setting(plugin, "data.R") is None and _data_setting(plugin, "data.classes_per_client") is None
+    assert _data_setting({"data": {"kind": "synthetic", "R": 1.0}}, "data.R") == 1.0
