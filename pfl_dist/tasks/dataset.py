@@ -87,13 +87,22 @@ def load_dataset(cfg: Config) -> tuple[Any, FederatedMeta]:
     except Exception as err:  # the user's code: one line, not its traceback
         raise ConfigError(f"data.kind={kind}: the factory called with data.params {cfg.data.params!r} raised "
                           f"{type(err).__name__}: {_first_line(err)}") from None
-    missing = [name for name in ("num_clients", "input_shape", "num_classes", "client") if not hasattr(dataset, name)]
+    members = {}
+    for name in ("num_clients", "input_shape", "num_classes", "client"):
+        try:
+            members[name] = getattr(dataset, name)
+        except AttributeError:
+            continue
+        except Exception as err:  # a property of the user's class raised
+            raise ConfigError(f"data.kind={kind}: the dataset's {name} raised {type(err).__name__}: "
+                              f"{_first_line(err)}") from None
+    missing = [name for name in ("num_clients", "input_shape", "num_classes", "client") if name not in members]
     if missing:
         raise ConfigError(f"data.kind={kind}: the factory returned a {type(dataset).__name__} without "
                           f"{', '.join(missing)} (a federated dataset has {PROTOCOL})")
-    if not callable(dataset.client):
+    if not callable(members["client"]):
         raise ConfigError(f"data.kind={kind}: the dataset's client is not callable (client(i) returns {ARRAY_NAMES})")
-    num_clients, shape, num_classes = dataset.num_clients, dataset.input_shape, dataset.num_classes
+    num_clients, shape, num_classes = members["num_clients"], members["input_shape"], members["num_classes"]
     if not _is_int(num_clients) or num_clients < 1:
         raise ConfigError(f"data.kind={kind}: the dataset's num_clients must be an int >= 1, got {num_clients!r}")
     if not isinstance(shape, (tuple, list)) or not shape or not all(_is_int(n) and n >= 1 for n in shape):

@@ -20,6 +20,8 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.rundir import config_hash
 from pfl_dist.tasks import TASKS, build_task, preflight, task_entry
 from pfl_dist.tasks.dataset import DatasetTask
+from pfl_dist.train import Trainer
+from tests.faults import compare_runs
 from tests.helpers import REPO, read_metrics, run_cli, run_inprocess
 
 USER_DATASETS = '''
@@ -90,6 +92,27 @@ def no_client(**params):
     return NoClient()
 
 
+class LazyShape(NoClient):
+    def client(self, i):
+        raise AssertionError("not reached")
+
+    @property
+    def input_shape(self):
+        raise OSError("header unreadable")
+
+
+def lazy_shape(**params):
+    return LazyShape()
+
+
+class ClientNotCallable(NoClient):
+    client = 3
+
+
+def client_not_callable(**params):
+    return ClientNotCallable()
+
+
 NOT_CALLABLE = 3
 '''
 
@@ -144,6 +167,10 @@ TOY = ["data.kind=user_data:toy", "data.num_clients=4"]
     (["data.kind=user_data:returns_int"], "data.kind=user_data:returns_int: the factory returned a int without "
      "num_clients, input_shape, num_classes, client"),
     (["data.kind=user_data:no_client"], "the factory returned a NoClient without client"),
+    (["data.kind=user_data:lazy_shape"], "data.kind=user_data:lazy_shape: the dataset's input_shape raised OSError: "
+     "header unreadable"),
+    (["data.kind=user_data:client_not_callable"], "data.kind=user_data:client_not_callable: the dataset's client is "
+     "not callable"),
     ([*TOY, "data.params.num_clients=0"], "the dataset's num_clients must be an int >= 1, got 0"),
     ([*TOY, "data.params.input_shape=[3, 0]"], "the dataset's input_shape must be a tuple of positive ints"),
     ([*TOY, "data.params.num_classes=1"], "the dataset's num_classes must be an int >= 2, got 1"),
@@ -293,3 +320,29 @@ def test_results_csv_leaves_the_data_keys_a_plugin_does_not_read_empty() -> None
     plugin = {"data": {"kind": "user_data:toy", "R": 1.0, "classes_per_client": 2}}
     assert _data_setting(plugin, "data.R") is None and _data_setting(plugin, "data.classes_per_client") is None
     assert _data_setting({"data": {"kind": "synthetic", "R": 1.0}}, "data.R") == 1.0
+
+
+def test_a_float64_run_on_a_plugin_dataset_resumes_bitwise(tmp_path: Path, examples_on_path: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: an uninterrupted run, and one that crashes in round 4 (after round 2's checkpoint)
+    overrides = ("data.kind=my_dataset:blobs", "data.num_clients=6", "data.params.noise=2.0", "algorithm.name=fedavg",
+                 "algorithm.local_lr=0.1", "algorithm.batch_size=16", "algorithm.sample_fraction=0.5",
+                 "train.dtype=float64", "train.num_rounds=6", "train.eval_every=2", "checkpoint.every=2")
+    run_inprocess(tmp_path, *overrides, name="reference")
+    original = Trainer.run_round
+
+    def crash_in_round_4(self: Trainer, idx: int) -> bool:
+        if idx == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, idx)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "run_round", crash_in_round_4)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_inprocess(tmp_path, *overrides, name="crashed")
+    # Execute: the same command again resumes
+    summary = run_inprocess(tmp_path, *overrides, name="crashed")
+    # Assert: resumed from round 2, the same run bit for bit; uplink = messages x logreg's float64 bytes
+    assert summary["resumed_from"] == [2]
+    assert compare_runs(tmp_path / "crashed", tmp_path / "reference") == []
+    assert summary["comm"]["uplink_bytes"] == summary["participation"]["num_local_updates"] * (10 * 4 + 4) * 8
