@@ -4,9 +4,15 @@ registry entry, added as a built-in, works with no other change and the generic 
 
 from __future__ import annotations
 
+import filecmp
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
+import textwrap
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +23,7 @@ import torch
 import pfl_dist.tasks
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
+from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.tasks import DATASET_TASK, DATASET_UNUSED_KEYS, TASKS, TaskEntry, build_task
 from tests.helpers import REPO, read_summary, run_cli
 from tests.unit.test_dataset_plugin import check_dataset_kind
@@ -89,3 +96,35 @@ def test_the_documented_builtin_entry_is_all_a_builtin_dataset_needs(blobs_as_bu
     with pytest.raises(ConfigError, match=r"^data.kind 'blobs' does not use data.R=2.0: remove it from the config$"):
         load_config(None, ["data.kind=blobs", "data.R=2.0"])
     assert cfg.inputs == {}  # pfl_dist's own source: no inputs record
+
+
+def differing_files(left: Path, right: Path) -> list[str]:
+    """The files (relative to `right`) that are new or differ between two trees, __pycache__ left out."""
+    def walk(cmp: filecmp.dircmp[str], prefix: str) -> list[str]:
+        out = [f"{prefix}{name}" for name in (*cmp.right_only, *cmp.diff_files) if name != "__pycache__"]
+        return out + [name for sub, child in cmp.subdirs.items() if sub != "__pycache__"
+                      for name in walk(child, f"{prefix}{sub}/")]
+    return sorted(walk(filecmp.dircmp(left, right, ignore=["__pycache__"]), ""))
+
+
+def test_a_builtin_dataset_is_two_files_in_a_copy_of_the_package(tmp_path: Path) -> None:
+    # Prepare: a copy of pfl_dist with the documented module and entry, and nothing else
+    shutil.copytree(REPO / "pfl_dist", tmp_path / "pfl_dist", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "examples" / "my_dataset.py", tmp_path / "pfl_dist" / "data" / "blobs.py")
+    registry = tmp_path / "pfl_dist" / "tasks" / "__init__.py"
+    (_dataset_code, _api_code, entry_code) = section_blocks("python")
+    opening = "TASKS: dict[str, TaskEntry] = {\n"
+    assert registry.read_text().count(opening) == 1
+    registry.write_text(registry.read_text().replace(opening, opening + textwrap.indent(entry_code, "    ")))
+    # Execute: a run of the new kind in the copy (python -m puts the copy first on sys.path)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "pfl_dist.train", "data.kind=blobs", "data.num_clients=4",
+                           "data.params.num_clients=4", "train.num_rounds=2", "train.eval_every=2", "run.out_dir=runs",
+                           "run.name=blobs"], cwd=tmp_path, env={**env, **TORCHRUN_ENV}, capture_output=True,
+                          text=True, timeout=300)
+    # Assert: it trained on the factory's data; the copy differs from pfl_dist in exactly 2 files
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "runs" / "blobs" / "summary.json").read_text())
+    assert summary["config"]["data"]["kind"] == "blobs" and summary.get("inputs", {}) == {}  # pfl_dist's own code
+    assert summary["final"]["eval/acc_personal"] > 0.25
+    assert differing_files(REPO / "pfl_dist", tmp_path / "pfl_dist") == ["data/blobs.py", "tasks/__init__.py"]
