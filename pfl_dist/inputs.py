@@ -246,14 +246,16 @@ def _short(digest: str | None) -> str:
 def describe_change(dotted: str, saved: Any, current: Any) -> str:
     """'model.init_file contents changed (sha256 ab12.. -> cd34..)' for an `inputs.<key>`."""
     key = dotted[len(SECTION) + 1:]
+    plugin = key == "data.kind"  # a plug-in dataset's module
+    subject, were = (f"{key}'s source", "was") if plugin else (f"{key} contents", "were")
     if saved is None:
-        return (f"{key} contents were not recorded by that run (it predates content fingerprints), "
+        return (f"{subject} {were} not recorded by that run (it predates content fingerprints), "
                 f"now {_short(current)}")
     if current is None:
-        return f"{key} contents were recorded by that run ({_short(saved)}), this config reads no such files"
+        return f"{subject} {were} recorded by that run ({_short(saved)}), this config reads no such files"
     if len(str(saved)) == len(str(current)) == 64:
-        return f"{key} contents changed (sha256 {str(saved)[:12]}.. -> {str(current)[:12]}..)"
-    return f"{key} contents changed ({_short(saved)} -> {_short(current)})"
+        return f"{subject} changed (sha256 {str(saved)[:12]}.. -> {str(current)[:12]}..)"
+    return f"{subject} changed ({_short(saved)} -> {_short(current)})"
 
 
 def changed_files(saved: dict[str, Any], current: InputRecord) -> str:

@@ -6,6 +6,7 @@ The user modules are written to tmp_path, outside the repo, and imported from th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
-from pfl_dist.rundir import config_hash
+from pfl_dist.rundir import RunDirError, config_hash
 from pfl_dist.tasks import TASKS, build_task, preflight, task_entry
 from pfl_dist.tasks.dataset import DatasetTask
 from pfl_dist.train import Trainer
@@ -362,3 +363,22 @@ def test_the_config_check_and_the_identity_import_neither_torch_nor_the_dataset(
     # Assert: checked and identified from the source file, without running it
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(REPO / "examples" / "my_dataset.py")
+
+
+def test_rerunning_after_editing_the_dataset_names_the_change(user_module: Path, tmp_path: Path) -> None:
+    # Prepare: a finished run in a named run dir
+    overrides = (*TOY, "algorithm.name=fedavg", "train.num_rounds=1", "train.eval_every=1")
+    run_inprocess(tmp_path, *overrides, name="fixed")
+    old = sha256_of(user_module)
+    # Execute: the dataset's module edited, the same command again
+    user_module.write_text(user_module.read_text() + "\nEDITED = True\n")
+    sys.modules.pop("user_data", None)
+    with pytest.raises(RunDirError) as refused:
+        run_inprocess(tmp_path, *overrides, name="fixed")
+    # Assert: refused, naming the module's source and its digests
+    assert (f"data.kind's source changed (sha256 {old[:12]}.. -> {sha256_of(user_module)[:12]}..)"
+            in str(refused.value)), str(refused.value)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
