@@ -100,7 +100,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class DataConfig:
     kind: str = "synthetic"  # the task (pfl_dist/tasks registry): synthetic, fashion_mnist, mnist, mnist5k,
-    # cifar10, leaf, client_files
+    # cifar10, leaf, client_files, or a plug-in "package.module:factory" (factory(**data.params) returns
+    # a federated dataset; pfl_dist/tasks/dataset.py)
     num_clients: int = 4  # m, the number of clients taking part
     samples_per_client: int = 200  # n (synthetic)
     dim: int = 10  # d (synthetic)
@@ -125,8 +126,13 @@ class DataConfig:
     # auto = on for CSV files (the reference code's StandardScaler(with_mean=False)), off for NPZ
     scale_features: bool | Auto = "auto"
     min_samples_per_client: int = 1  # leaf: writers with fewer training samples are left out
+    # a plug-in dataset's keyword arguments (factory(**params)); they enter the run identity
+    params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        bad = [key for key in self.params if not isinstance(key, str) or not key.isidentifier()]
+        _require(not bad, "data.params", f"keys must be Python identifiers (the factory's keyword arguments), "
+                 f"got {bad[0] if bad else None!r}")
         _require(self.min_samples_per_client >= 1, "data.min_samples_per_client",
                  f"must be >= 1, got {self.min_samples_per_client}")
         _require(self.num_partitions == "auto" or self.num_partitions >= 1, "data.num_partitions",
@@ -452,12 +458,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return Config(**{name: _build_section(name, SECTIONS[name], raw[name]) for name in raw})
 
 
-MAPPING_KEYS = ("algorithm.params.",)  # keys holding a mapping: an override sets one entry of it
+MAPPING_KEYS = ("algorithm.params.", "data.params.")  # keys holding a mapping: an override sets one entry of it
 
 
 def override_key(key: Any, text: str) -> list[str]:
     """`algorithm.lam` -> ["algorithm", "lam"], `algorithm.params.momentum` -> ["algorithm",
-    "params", "momentum"]; `text` (the override as given) names a bad one."""
+    "params", "momentum"] (and `data.params.<name>` alike); `text` (the override as given) names a bad one."""
     mapping_key = isinstance(key, str) and key.count(".") == 2 and key.startswith(MAPPING_KEYS)
     if not isinstance(key, str) or (key.count(".") != 1 and not mapping_key) or not all(key.split(".")):
         raise ConfigError(f"override '{text}' must look like section.key=value")

@@ -14,6 +14,10 @@ The user files, per config key:
   `local_true_model.npy`; of `leaf`: `train/*.json` and `test/*.json`; of `cifar10`: `data_batch_1`..`5`
   and `test_batch`. Its record is the sha256 of a manifest, one line per file sorted by name:
   `<name relative to data_dir>\\t<size> <sha256>`.
+- `data.kind` of a plug-in dataset (`package.module:factory`): the module's source file (found
+  without running it, `pfl_dist.plugins.source_path`); its record is the file's sha256, so editing
+  the generator makes another run. (Files the dataset reads are the dataset's to name in
+  `data.params`, which is in the config; their contents are not hashed.)
 Built-in data needs none: synthetic data, mnist5k, and the IDX datasets (Fashion-MNIST, MNIST:
 the published files, MNIST's MD5-checked on download). A config without user files has no
 `inputs` section, so its identity (hash, auto run name) is what it was before fingerprints.
@@ -55,6 +59,7 @@ from pfl_dist.data.layout import (
     client_file,
     leaf_split_files,
 )
+from pfl_dist.plugins import is_plugin_name, source_path
 
 SECTION = "inputs"  # the pseudo-section of the identity, and summary.json's field
 RECORD_FILE = "inputs.json"  # in the run dir
@@ -90,7 +95,13 @@ def input_keys(config: dict[str, Any]) -> list[str]:
     data = config.get("data", {})
     return [key for key, reads in (("model.init_file", bool(config.get("model", {}).get("init_file"))),
                                    ("data.data_dir", data.get("kind") in FOLDER_KINDS
-                                    and data.get("data_dir") is not None)) if reads]
+                                    and data.get("data_dir") is not None),
+                                   ("data.kind", is_plugin_name(str(data.get("kind"))))) if reads]
+
+
+def plugin_source(kind: str) -> Path | None:
+    """The source file of a plug-in data kind's module; None when it has none or is not found."""
+    return source_path(kind.partition(":")[0])
 
 
 def folder_files(kind: str, root: Path, num_clients: int) -> list[str]:
@@ -173,6 +184,10 @@ def fingerprint(config: dict[str, Any]) -> Inputs:
         root = Path(data["data_dir"])
         names = folder_files(data["kind"], root, int(data.get("num_clients", 0)))
         records["data.data_dir"] = _folder_record("data.data_dir", root, names, kind=data["kind"])
+    if "data.kind" in keys:
+        source = plugin_source(config["data"]["kind"])
+        records["data.kind"] = _file_record("data.kind", source) if source is not None else \
+            InputRecord(key="data.kind", path=config["data"]["kind"], digest=MISSING)
     return records
 
 
@@ -196,8 +211,11 @@ def decode_digests(data: bytes, keys: list[str], paths: dict[str, str]) -> Input
 
 def config_paths(config: dict[str, Any]) -> dict[str, str]:
     """key -> the path the config gives for it."""
+    kind = str(config["data"].get("kind"))
+    source = plugin_source(kind) if is_plugin_name(kind) else None
     return {"model.init_file": str(config["model"].get("init_file")),
-            "data.data_dir": str(config["data"].get("data_dir"))}
+            "data.data_dir": str(config["data"].get("data_dir")),
+            "data.kind": str(source) if source is not None else kind}
 
 
 # --- the identity ---------------------------------------------------------------------------------
@@ -228,14 +246,16 @@ def _short(digest: str | None) -> str:
 def describe_change(dotted: str, saved: Any, current: Any) -> str:
     """'model.init_file contents changed (sha256 ab12.. -> cd34..)' for an `inputs.<key>`."""
     key = dotted[len(SECTION) + 1:]
+    plugin = key == "data.kind"  # a plug-in dataset's module
+    subject, were = (f"{key}'s source", "was") if plugin else (f"{key} contents", "were")
     if saved is None:
-        return (f"{key} contents were not recorded by that run (it predates content fingerprints), "
+        return (f"{subject} {were} not recorded by that run (it predates content fingerprints), "
                 f"now {_short(current)}")
     if current is None:
-        return f"{key} contents were recorded by that run ({_short(saved)}), this config reads no such files"
+        return f"{subject} {were} recorded by that run ({_short(saved)}), this config reads no such files"
     if len(str(saved)) == len(str(current)) == 64:
-        return f"{key} contents changed (sha256 {str(saved)[:12]}.. -> {str(current)[:12]}..)"
-    return f"{key} contents changed ({_short(saved)} -> {_short(current)})"
+        return f"{subject} changed (sha256 {str(saved)[:12]}.. -> {str(current)[:12]}..)"
+    return f"{subject} changed ({_short(saved)} -> {_short(current)})"
 
 
 def changed_files(saved: dict[str, Any], current: InputRecord) -> str:

@@ -99,7 +99,7 @@ class ImageDataset:
     train: ImageSplit
     test: ImageSplit
     num_classes: int = MNIST_CLASSES
-    input_shape: tuple[int, int, int] = MNIST_INPUT_SHAPE  # one sample as a model sees it
+    input_shape: tuple[int, ...] = MNIST_INPUT_SHAPE  # one sample as a model sees it
     # A natural partition (LEAF writers): per client, indices into `train` of its training and
     # of its test samples. None = partition `train` with data.partition.
     clients: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None

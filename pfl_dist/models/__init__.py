@@ -36,10 +36,11 @@ from pfl_dist.plugins import is_plugin_name
 IMAGE_TASK = "pfl_dist.tasks.images:ImageTask"
 SYNTHETIC_TASK = "pfl_dist.tasks.synthetic:SyntheticTask"
 CLIENT_FILES_TASK = "pfl_dist.tasks.client_files:ClientFilesTask"
+DATASET_TASK = "pfl_dist.tasks.dataset:DatasetTask"  # a plug-in data.kind (ImageTask on its arrays)
 # The tasks that build a `torch.nn.Module` model from a factory: inputs of any shape, batched over
 # clients with vmap. The linear-clients tasks (synthetic, client_files) are softmax regression
 # throughout: their solver, smoothness bound and ITR/ATR read w as a (d, C) matrix.
-MODULE_TASKS = (IMAGE_TASK,)
+MODULE_TASKS = (IMAGE_TASK, DATASET_TASK)
 # How many (k, P) client-model matrices a rank holds at once: the local models, the copies a
 # round trains and the new ones it returns (pfl_dist/resources.py's estimate).
 MODEL_COPIES = 3
@@ -83,13 +84,13 @@ def _cnn_params(input_shape: Shape, num_classes: int) -> int:
 
 MODELS: dict[str, ModelEntry] = {
     "linear": ModelEntry(
-        kind="linear", tasks=(SYNTHETIC_TASK, IMAGE_TASK, CLIENT_FILES_TASK), num_params=_linear_params,
+        kind="linear", tasks=(SYNTHETIC_TASK, IMAGE_TASK, CLIENT_FILES_TASK, DATASET_TASK), num_params=_linear_params,
         smoothness=True, description="softmax regression without bias, logits = x @ W (the paper's synthetic model)"),
     "logreg": ModelEntry(
-        kind="logreg", tasks=(IMAGE_TASK, CLIENT_FILES_TASK), num_params=_logreg_params, smoothness=True,
+        kind="logreg", tasks=(IMAGE_TASK, CLIENT_FILES_TASK, DATASET_TASK), num_params=_logreg_params, smoothness=True,
         description="multinomial logistic regression with bias, logits = x @ W + b"),
     "cnn": ModelEntry(
-        kind="cnn", tasks=(IMAGE_TASK,), num_params=_cnn_params, head="fc2.",
+        kind="cnn", tasks=MODULE_TASKS, num_params=_cnn_params, head="fc2.",
         factory="pfl_dist.models.cnn:paper_cnn",
         description="the paper's CNN: conv3x3(32) - pool2 - conv3x3(64) - pool2 - fc(128) - fc(C)"),
 }

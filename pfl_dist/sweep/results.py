@@ -33,8 +33,9 @@ from pfl_dist.methods import (
     method_info,
 )
 from pfl_dist.outputs import metric_name, metric_tag, parse_record, write_bytes_atomic
+from pfl_dist.plugins import is_plugin_name
 from pfl_dist.rundir import summary_identity
-from pfl_dist.tasks import TASKS
+from pfl_dist.tasks import TASKS, task_entry
 
 POINT_FILE = "sweep_point.json"  # what the sweep knows about a run: variant, varied values, wall time
 RESULTS_FILE = "results.csv"
@@ -257,7 +258,8 @@ def result_row(run: Run, *, varied: Sequence[str] = ()) -> dict[str, Any]:
 def _data_setting(config: dict[str, Any], key: str) -> Any:
     """A data key's value where the run's task reads it (pfl_dist/tasks: data.R on synthetic data,
     data.classes_per_client on partitioned images), else None (an empty cell)."""
-    entry = TASKS.get(config["data"]["kind"])
+    kind = str(config["data"]["kind"])
+    entry = task_entry(kind) if kind in TASKS or is_plugin_name(kind) else None  # a plug-in dataset's too
     return None if entry is not None and key in entry.unused_keys else config["data"].get(key.split(".")[1])
 
 

@@ -10,6 +10,11 @@ default is an error (one line, exit 2) instead of a silently ignored setting: `m
 GD and look like a result. A new data kind adds one entry here and a class with the Task
 interface (pfl_dist/tasks/base.py).
 
+A plug-in kind, `data.kind: "package.module:factory"` (a user's own federated dataset,
+`factory(**data.params)`), has the entry `task_entry` makes from its name: the same path, served
+by pfl_dist/tasks/dataset.py's DatasetTask; `data.params` is read by it alone. A built-in kind can
+be such a dataset too: an entry whose `factory` names it, with DatasetTask as its target.
+
 Which model kinds a task can build is the model registry's to say (pfl_dist/models/__init__.py:
 each entry lists its tasks, and a plug-in `package.module:factory` serves the tasks that build
 `torch.nn.Module`s); `check_task_config` reads it for built-in and plug-in kinds alike.
@@ -25,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import method_info
-from pfl_dist.models import MODELS, PLUGIN_FORM, ModelEntry, kinds_for_task, model_entry
+from pfl_dist.models import DATASET_TASK, MODELS, PLUGIN_FORM, ModelEntry, kinds_for_task, model_entry
+from pfl_dist.plugins import is_plugin_name
 
 if TYPE_CHECKING:  # the registry itself stays torch-free
     import torch
@@ -40,23 +46,31 @@ class TaskEntry:
     unused_keys: tuple[str, ...]  # dotted keys the task never reads
     description: str
     auto_model: str = "linear"  # the model.kind that 'auto' builds
+    # "module:factory" of a federated dataset (pfl_dist/tasks/dataset.py) that DatasetTask trains on;
+    # a plug-in kind's is its own name. None for the tasks that read their own data.
+    factory: str | None = None
 
 
 _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_partitions",
                "data.classes_per_client", "data.alpha", "data.test_fraction")
 _SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "data.R", "data.center_scale")
-_SCALE, _MIN_SAMPLES = "data.scale_features", "data.min_samples_per_client"
+_SCALE, _MIN_SAMPLES, _PARAMS = "data.scale_features", "data.min_samples_per_client", "data.params"
 _IMAGES = TaskEntry(
     target="pfl_dist.tasks.images:ImageTask",
-    unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES),
+    unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS),
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
     auto_model="logreg",
 )
 
+# A federated dataset (DatasetTask) brings its own clients, splits, shapes and classes: of the data
+# keys it reads data.num_clients (how many of its clients take part) and data.params (the factory's
+# arguments).
+DATASET_UNUSED_KEYS = (*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES)
+
 TASKS: dict[str, TaskEntry] = {
     "synthetic": TaskEntry(
         target="pfl_dist.tasks.synthetic:SyntheticTask",
-        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES),
+        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES, _PARAMS),
         description="the paper's generator: per-client softmax-regression data around true models",
     ),
     "fashion_mnist": _IMAGES,
@@ -64,30 +78,43 @@ TASKS: dict[str, TaskEntry] = {
     "mnist5k": _IMAGES,
     "cifar10": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
-        unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES),
+        unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES, _PARAMS),
         description="CIFAR-10 (3x32x32 colour, 10 classes) from its python pickle batches, partitioned into clients",
         auto_model="logreg",
     ),
     "leaf": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
         unused_keys=(*_SYNTHETIC_ONLY, "data.download", "data.partition", "data.num_partitions",
-                     "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE),
+                     "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE, _PARAMS),
         description="LEAF FEMNIST JSON (28x28, 62 classes): each writer is one client, with its own test samples",
         auto_model="logreg",
     ),
     "client_files": TaskEntry(
         target="pfl_dist.tasks.client_files:ClientFilesTask",
         unused_keys=("data.samples_per_client", "data.R", "data.center_scale",
-                     *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES),
+                     *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES, _PARAMS),
         description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
     ),
 }
 
 
+DATASET_PLUGIN_FORM = "a plug-in 'package.module:factory'"
+_DATASET_PLUGIN = TaskEntry(
+    target=DATASET_TASK,
+    unused_keys=DATASET_UNUSED_KEYS,
+    description="a user's federated dataset: factory(**data.params) gives its clients' arrays, shape and classes",
+    auto_model="logreg",
+)
+
+
 def task_entry(kind: str) -> TaskEntry:
-    if kind not in TASKS:
-        raise ConfigError(f"data.kind must be one of {', '.join(sorted(TASKS))}, got {kind!r}")
-    return TASKS[kind]
+    """The entry of a built-in data kind, or the plug-in entry for a `package.module:factory` name."""
+    if kind in TASKS:
+        return TASKS[kind]
+    if is_plugin_name(kind):
+        return dataclasses.replace(_DATASET_PLUGIN, factory=kind)
+    raise ConfigError(f"data.kind must be one of {', '.join(sorted(TASKS))} or {DATASET_PLUGIN_FORM} "
+                      f"(factory(**data.params) returning a federated dataset), got {kind!r}")
 
 
 def _default(dotted: str) -> Any:
@@ -95,7 +122,8 @@ def _default(dotted: str) -> Any:
 
     section, key = dotted.split(".")
     fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
-    return fields[key].default
+    factory = fields[key].default_factory
+    return factory() if callable(factory) else fields[key].default  # data.params: {} from its factory
 
 
 def set_unused_keys(cfg: Config, unused: Sequence[str]) -> list[str]:

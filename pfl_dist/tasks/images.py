@@ -114,7 +114,7 @@ def image_model_entry(cfg: Config) -> ModelEntry:
     return model_entry("logreg" if cfg.model.kind == "auto" else cfg.model.kind, head=cfg.model.head)
 
 
-def build_image_model(kind: str, *, input_shape: tuple[int, int, int], num_classes: int,
+def build_image_model(kind: str, *, input_shape: tuple[int, ...], num_classes: int,
                       head: str | None = None) -> ImageModel:
     """model.kind: auto and logreg = multinomial logistic regression with bias; linear = without;
     a kind with a module factory (cnn = the paper's CNN, or a plug-in 'package.module:factory', whose
@@ -261,7 +261,7 @@ class ImageTask:
 
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         check_image_config(cfg)
-        dataset = dataset_for(cfg)
+        dataset = self.load_dataset(cfg, client_ids)
         self.cfg = cfg
         self.client_ids = client_ids
         self.device = device
@@ -270,10 +270,10 @@ class ImageTask:
         self.model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=self.num_classes,
                                        head=cfg.model.head)
         self.num_params = self.model.num_params
-        self.clients = dataset_clients(cfg, dataset, client_ids=client_ids)
+        self.clients = self.client_splits(cfg, dataset, client_ids)
         self.sample_ndim = dataset.train.images.ndim - 1  # dims of one stored sample
         self._materialize_clients(dataset)
-        shard = global_test_slice(len(dataset.test), client_ids=client_ids, num_clients=cfg.data.num_clients)
+        shard = self.global_test_shard(cfg, dataset, client_ids)
         self.global_x = self._features(dataset.test.images[shard])
         self.global_y = torch.from_numpy(np.array(dataset.test.labels[shard])).to(device)
         self.naive_sums = self._naive_sums()
@@ -281,6 +281,20 @@ class ImageTask:
     @classmethod
     def preflight(cls, cfg: Config) -> None:
         preflight(cfg)
+
+    # --- where the samples come from (a plug-in dataset's DatasetTask overrides these) ------
+
+    def load_dataset(self, cfg: Config, client_ids: range) -> ImageDataset:
+        """The samples this rank needs, as an ImageDataset: here the whole data set, shared per process."""
+        return dataset_for(cfg)
+
+    def client_splits(self, cfg: Config, dataset: ImageDataset, client_ids: range) -> list[ClientSplit]:
+        """Train/test indices into `dataset.train` of the clients `client_ids`."""
+        return dataset_clients(cfg, dataset, client_ids=client_ids)
+
+    def global_test_shard(self, cfg: Config, dataset: ImageDataset, client_ids: range) -> slice:
+        """The part of `dataset.test` this rank evaluates w_g on: the slices of its clients."""
+        return global_test_slice(len(dataset.test), client_ids=client_ids, num_clients=cfg.data.num_clients)
 
     # --- data -----------------------------------------------------------------------------
 

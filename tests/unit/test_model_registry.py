@@ -15,7 +15,7 @@ from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 from pfl_dist.errors import ConfigError
 from pfl_dist.models import MODEL_COPIES, MODELS, MODULE_TASKS, ModelEntry, model_entry
 from pfl_dist.models.module import ModuleModel, build_module
-from pfl_dist.tasks import TASKS, check_task_config
+from pfl_dist.tasks import TASKS, check_task_config, task_entry
 from pfl_dist.tasks.client_files import _build_model as client_files_model
 from pfl_dist.tasks.images import ImageModel, build_image_model, check_image_config
 from pfl_dist.tasks.synthetic import SyntheticTask
@@ -43,8 +43,8 @@ def test_the_config_check_accepts_exactly_the_tasks_an_entry_serves(kind: str, d
 
 
 def test_every_task_is_served_by_its_auto_model_and_every_named_task_exists() -> None:
-    targets = {entry.target for entry in TASKS.values()}
-    for entry in TASKS.values():
+    targets = {entry.target for entry in (*TASKS.values(), task_entry("my_dataset:blobs"))}
+    for entry in (*TASKS.values(), task_entry("my_dataset:blobs")):
         assert entry.target in MODELS[entry.auto_model].tasks
     assert {task for entry in MODELS.values() for task in entry.tasks} | set(MODULE_TASKS) <= targets
 
