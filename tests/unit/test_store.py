@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pfl_dist.algorithms import ALGORITHMS, algorithm_class
+from pfl_dist.checkpoint import Checkpointer
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import ErrorFeedback
@@ -172,3 +173,46 @@ def test_a_declared_row_is_checkpointed_and_resumed_with_no_code_of_its_own(
     assert list(clients) == ["local_models", "visits", "update_counts", "codec_residual"]
     assert torch.equal(clients["visits"], clients["update_counts"]) and float(clients["visits"].sum()) == 27.0
     assert float(clients["codec_residual"].abs().sum()) > 0
+
+
+def declared_store(clients: range) -> DenseStore:
+    """A rank's store as the Trainer makes it for SCAFFOLD with an error-feedback codec and APFL's
+    alpha, each row written with values made of its client ids (so any mix-up of clients shows)."""
+    store = DenseStore(len(clients), global_model=W_G)
+    store.declare("algo", [Row("local_models", "global"), Row("control_variates"), Row("alpha", 0.5, shape=(1,))])
+    store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
+    ErrorFeedback(len(clients), 6, dtype=torch.float64, device=torch.device("cpu"), store=store)
+    ids = torch.tensor(list(clients), dtype=torch.float64)
+    odd = torch.arange(len(clients))[ids.long() % 2 == 1]  # even clients keep their defaults
+    store.write("algo", odd, {"control_variates": ids[odd].unsqueeze(1).repeat(1, 3),
+                              "alpha": ids[odd].unsqueeze(1) / 10})
+    store.write("engine", odd, {"update_counts": ids[odd]})
+    store.write("codec", odd, {"codec_residual": -ids[odd].unsqueeze(1).repeat(1, 6)})
+    return store
+
+
+@pytest.mark.parametrize(("old", "new"), [(4, 2), (2, 3), (3, 1), (1, 4)])
+def test_a_store_reshards_through_the_checkpoint_with_no_code_per_row(tmp_path: Path, old: int, new: int) -> None:
+    # Prepare: every rank of `old` saves its store as the Trainer does
+    config = load_config(None, []).to_dict()
+    for rank in range(old):
+        ckpt = Checkpointer(tmp_path, rank=rank, world_size=old, num_clients=9, keep=2, config=config)
+        ckpt.save(3, {"clients": declared_store(ckpt.clients).state_dict(), "replicated": {},
+                          "rank": {"measured_local": {"train": 0, "telemetry": 0}}})
+    reference = declared_store(range(9))
+    for rank in range(new):
+        # Execute: a rank of `new` loads its block into a fresh store
+        ckpt = Checkpointer(tmp_path, rank=rank, world_size=new, num_clients=9, keep=2, config=config)
+        store = DenseStore(len(ckpt.clients), global_model=W_G)
+        store.declare("algo", [Row("local_models", "global"), Row("control_variates"), Row("alpha", 0.5, shape=(1,))])
+        store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
+        ErrorFeedback(len(ckpt.clients), 6, dtype=torch.float64, device=torch.device("cpu"), store=store)
+        store.load_state_dict(ckpt.load(3)["clients"])
+        # Assert: its rows are the single store's rows of its clients, in every namespace
+        block = torch.arange(ckpt.clients.start, ckpt.clients.stop)
+        for namespace in ("algo", "engine", "codec"):
+            want = reference.read(namespace, block)
+            got = store.rows(namespace)
+            assert list(got) == list(want)
+            for name in want:
+                assert torch.equal(got[name], want[name]), (namespace, name)
