@@ -154,8 +154,9 @@ class Checkpointer:
 
     A shard's state is `{"clients": {name: (k, ...) tensor}, "replicated": {...}, "rank": {...}}`:
     client rows (the rank's ClientStore, pfl_dist/store.py; re-sharded here by name, whatever
-    rows the algorithm and codec declared) are keyed by client id through the shard's client range; the replicated part is
-    identical on every rank; the per-rank part (round times, measured bytes, RNG) is this rank's.
+    rows the algorithm and codec declared) are keyed by client id through the shard's client
+    range; the replicated part is identical on every rank; the per-rank part (round times,
+    measured bytes, RNG) is this rank's.
     """
 
     def __init__(self, root: Path, *, rank: int, world_size: int, num_clients: int, keep: int,
