@@ -157,9 +157,10 @@ class DenseStore(ClientStore):
         for key, tensor in self.tensors.items():
             name = key.split("/", 1)[1]
             if name not in state:
-                raise KeyError(f"the checkpoint has no per-client row {name!r} ({key})")
+                raise ConfigError(f"cannot resume: the checkpoint has no per-client row {name!r}, which this run "
+                                  f"declares ({key}); use another run.name or --overwrite")
             saved = state[name]
             if saved.shape != tensor.shape:
-                raise ValueError(f"per-client row {key}: the checkpoint's is {tuple(saved.shape)}, "
-                                 f"this run's {tuple(tensor.shape)}")
+                raise ConfigError(f"cannot resume: per-client row {key} is {tuple(saved.shape)} in the checkpoint "
+                                  f"and {tuple(tensor.shape)} in this run; use another run.name or --overwrite")
             self.tensors[key] = saved.to(device=tensor.device, dtype=tensor.dtype)

@@ -216,3 +216,15 @@ def test_a_store_reshards_through_the_checkpoint_with_no_code_per_row(tmp_path: 
             assert list(got) == list(want)
             for name in want:
                 assert torch.equal(got[name], want[name]), (namespace, name)
+
+
+def test_a_checkpoint_without_a_declared_row_or_with_another_shape_is_one_config_error_line() -> None:
+    store = DenseStore(2, global_model=W_G)
+    store.declare("algo", [Row("local_models", "global"), Row("alpha", 0.5, shape=(1,))])
+    saved = store.state_dict()
+    with pytest.raises(ConfigError, match=r"^cannot resume: the checkpoint has no per-client row 'alpha', which this "
+                                          r"run declares \(algo/alpha\); use another run.name or --overwrite$"):
+        store.load_state_dict({"local_models": saved["local_models"]})
+    with pytest.raises(ConfigError, match=r"^cannot resume: per-client row algo/alpha is \(2, 2\) in the checkpoint "
+                                          r"and \(2, 1\) in this run"):
+        store.load_state_dict({**saved, "alpha": torch.zeros(2, 2, dtype=torch.float64)})
