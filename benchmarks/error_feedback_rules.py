@@ -64,12 +64,15 @@ class MirrorExchange(Exchange):
         assert self.codec is not None and isinstance(self.codec.memory, ErrorFeedback)
         if self.mirrors is None:
             self.mirrors, self.mean = global_model.repeat(len(self.client_ids), 1), global_model.clone()
-        self.codec.memory.residual.zero_()
+        memory = self.codec.memory
+        every = torch.arange(len(self.client_ids))
+        memory.keep(every, torch.zeros(len(every), memory.store.rows("codec")[memory.row_name].shape[1],
+                                       dtype=global_model.dtype, device=global_model.device))
         shifted = sent - self.mirrors[rows] + self.mean  # the codec codes shifted - H = w_i - h_i
         average = super().run_round(round_idx, global_model=self.mean, sent=shifted, rows=rows, counts=counts,
                                     sampled=sampled, stop=stop)
         if average is not None:
-            self.mirrors[rows] += (shifted - self.mean) - self.codec.memory.residual[rows]
+            self.mirrors[rows] += (shifted - self.mean) - memory.store.read("codec", rows)[memory.row_name]
             self.mean = average  # H + sum_i n_i c_i / N
         return average
 

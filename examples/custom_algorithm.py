@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pfl_dist.algorithms import ClientState, FedAvg
+from pfl_dist.algorithms import FedAvg
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import MethodInfo
 
@@ -50,11 +50,10 @@ class FedAvgM(FedAvg):
             raise ConfigError(f"algorithm.params.momentum must be in [0, 1), got {self.momentum}")
         if not self.server_lr > 0.0:
             raise ConfigError(f"algorithm.params.server_lr must be > 0, got {self.server_lr}")
-        self.velocity: torch.Tensor | None = None  # v, set by init_client_state
+        self.velocity: torch.Tensor | None = None  # v, set by init_server_state
 
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+    def init_server_state(self, global_model: torch.Tensor) -> None:
         self.velocity = torch.zeros_like(global_model)
-        return super().init_client_state(global_model, num_clients)
 
     def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         assert self.velocity is not None

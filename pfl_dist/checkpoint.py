@@ -153,8 +153,10 @@ class Checkpointer:
     """Writes this rank's shards, finds the rounds it can load, loads and prunes them.
 
     A shard's state is `{"clients": {name: (k, ...) tensor}, "replicated": {...}, "rank": {...}}`:
-    client rows are keyed by client id through the shard's client range; the replicated part is
-    identical on every rank; the per-rank part (round times, measured bytes, RNG) is this rank's.
+    client rows (the rank's ClientStore, pfl_dist/store.py; re-sharded here by name, whatever
+    rows the algorithm and codec declared) are keyed by client id through the shard's client
+    range; the replicated part is identical on every rank; the per-rank part (round times,
+    measured bytes, RNG) is this rank's.
     """
 
     def __init__(self, root: Path, *, rank: int, world_size: int, num_clients: int, keep: int,

@@ -65,6 +65,7 @@ from pfl_dist.runtime import (
     shutdown_runtime,
 )
 from pfl_dist.sampling import client_block, sample_clients
+from pfl_dist.store import ClientStore, DenseStore, Row
 from pfl_dist.tasks import build_task
 from pfl_dist.tasks.base import Task
 from pfl_dist.timing import TIMING_KEY, RoundTimer, RoundTimes
@@ -105,13 +106,17 @@ class Trainer:
                                                     groups=self.task.parameter_groups(),
                                                     participation=num_sampled / cfg.data.num_clients)
         self.global_model = initial_model(cfg.model.init_file, self.task)
-        # The algorithm's per-client state: named (k, ...) tensors, one row per client of this rank.
-        self.client_state: ClientState = self.algorithm.init_client_state(self.global_model, len(block))
+        self.algorithm.init_server_state(self.global_model)
+        # Every per-client row of this rank's clients, declared by its owner (pfl_dist/store.py):
+        # the algorithm's (algo/), an error-feedback codec's residual (codec/), the update counts.
+        self.store: ClientStore = DenseStore(len(block), global_model=self.global_model)
+        self.store.declare("algo", self.algorithm.client_rows())
+        self.store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
         self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.algorithm.wire_shapes(
                                  self.parameter_shapes()), client_ids=block,
                                  num_clients=cfg.data.num_clients, dtype=self.global_model.dtype,
-                                 device=runtime.device, seed=cfg.run.seed, message=self.algorithm.info.message)
-        self.update_counts = torch.zeros(len(block), dtype=torch.float64, device=runtime.device)
+                                 device=runtime.device, seed=cfg.run.seed, message=self.algorithm.info.message,
+                                 store=self.store)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         self.round_times: list[float] = []
         self.timer = RoundTimer(rank=runtime.rank, world_size=runtime.world_size)  # compute / comm / wait
@@ -137,6 +142,16 @@ class Trainer:
     @property
     def communicates(self) -> bool:
         return self.algorithm.info.communicates
+
+    @property
+    def client_state(self) -> ClientState:
+        """Every row of the algorithm's per-client state (the store's `algo/` namespace)."""
+        return self.store.rows("algo")
+
+    @property
+    def update_counts(self) -> torch.Tensor:
+        """(k,) float64: how many local updates each client of this rank received."""
+        return self.store.rows("engine")["update_counts"]
 
     @property
     def local_models(self) -> torch.Tensor:
@@ -177,7 +192,7 @@ class Trainer:
         # The sampled rows of the state (copies): committed only once the round completes.
         out = algo.client_update(ClientRound(task=self.task, rows=rows, round_idx=round_idx,
                                              global_model=self.global_model),
-                                 {name: state[rows] for name, state in self.client_state.items()})
+                                 self.store.read("algo", rows))
         diverged = divergence.diverged_parts(out, len(rows))
         first_client = self.task.client_ids.start
         if self.communicates:
@@ -194,9 +209,8 @@ class Trainer:
                                    algorithm=algo, comm=self.comm)
         else:
             divergence.check_local(round_idx + 1, diverged, first_client=first_client, rows=rows, algorithm=algo)
-        for name, rows_state in out.keep.items():
-            self.client_state[name][rows] = rows_state
-        self.update_counts[rows] += 1
+        self.store.write("algo", rows, out.keep)
+        self.store.write("engine", rows, {"update_counts": self.store.read("engine", rows)["update_counts"] + 1})
         self.round_times.append(time.perf_counter() - started)
         arrival, in_collective_s = self.comm.take_round_timing()
         self.timer.record(round_idx + 1, round_s=self.round_times[-1], arrival=arrival, in_collective_s=in_collective_s)
@@ -371,8 +385,7 @@ class Trainer:
         logger's event count lets a resume cut the event files back to it."""
         ledger = self.ledger.state_dict()
         return {
-            "clients": {**{name: state.cpu() for name, state in self.client_state.items()},
-                        "update_counts": self.update_counts.cpu(), **self.exchange.client_state()},
+            "clients": self.store.state_dict(),
             "replicated": {"global_model": self.global_model.cpu(), "ledger_total": ledger["total"],
                            "exchange": self.exchange.replicated_state(),
                            "algorithm": self.algorithm.state_dict(), "resumed_from": list(self.resumed_from)},
@@ -384,13 +397,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any], *, round_num: int) -> None:
         device = self.runtime.device
-        own_names = set(self.client_state)
-        for name in own_names:
-            assert state["clients"][name].shape == self.client_state[name].shape, name
-            self.client_state[name] = state["clients"][name].to(device)
-        self.update_counts = state["clients"]["update_counts"].to(device)
-        self.exchange.load_client_state({k: v for k, v in state["clients"].items()
-                                         if k not in own_names and k != "update_counts"})
+        self.exchange.check_client_rows(self.store.undeclared(state["clients"]))
+        self.store.load_state_dict(state["clients"])
         replicated, own = state["replicated"], state["rank"]
         self.exchange.load_replicated_state(replicated["exchange"])
         self.global_model = replicated["global_model"].to(device)

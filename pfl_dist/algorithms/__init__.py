@@ -21,6 +21,7 @@ from pfl_dist.algorithms.scaffold import Scaffold
 from pfl_dist.config import AlgorithmConfig
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import BUILTIN_CLASSES, METHODS, MethodInfo, method_info
+from pfl_dist.store import Row
 
 
 def load_checked(where: plugins.PluginName, declared: MethodInfo, *, name: str) -> type[Algorithm]:
@@ -34,6 +35,12 @@ def load_checked(where: plugins.PluginName, declared: MethodInfo, *, name: str) 
     if not isinstance(info, MethodInfo) or replace(info, name=declared.name) != declared:
         raise ConfigError(f"algorithm.name={name}: its info = MethodInfo(...) must be a literal in the class body "
                           f"of {cls.__name__} (the config checks read it without importing the module)")
+    if hasattr(cls, "init_client_state"):
+        # Per-client state is declared since the ClientStore (pfl_dist/store.py); a hand-allocated
+        # state would silently not be used, so the class is refused instead.
+        raise ConfigError(f"algorithm.name={name}: {cls.__name__}.init_client_state is no longer called; declare "
+                          "the per-client rows with client_rows() -> (Row(name, default), ...) and set up "
+                          "server-side state in init_server_state(global_model) (docs/EXTENDING.md)")
     return cls
 
 
@@ -60,4 +67,4 @@ def build_algorithm(cfg: AlgorithmConfig, *, smoothness: float, groups: dict[str
 
 __all__ = ["ALGORITHMS", "APFL", "Algorithm", "ClientOutput", "ClientRound", "ClientState", "Ditto", "FedAvg",
            "FedAvgFT", "FedCLUP", "FedPer", "FedProx", "FedRep", "LocalTrain", "PFedMe", "PerFedAvg", "RoundEnd",
-           "Scaffold", "algorithm_class", "build_algorithm", "theory_lambda"]
+           "Row", "Scaffold", "algorithm_class", "build_algorithm", "theory_lambda"]

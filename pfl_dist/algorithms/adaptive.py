@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from pfl_dist.algorithms.base import ClientState
 from pfl_dist.algorithms.classic import FedAvg
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import MethodInfo
@@ -43,11 +42,10 @@ class FedAdam(FedAvg):
         for key in ("server_lr", "tau"):
             if not getattr(self, key) > 0.0:
                 raise ConfigError(f"algorithm.params.{key} must be > 0, got {getattr(self, key)}")
-        self.moments: torch.Tensor | None = None  # (2, P): m and v, set by init_client_state
+        self.moments: torch.Tensor | None = None  # (2, P): m and v, set by init_server_state
 
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+    def init_server_state(self, global_model: torch.Tensor) -> None:
         self.moments = torch.stack([torch.zeros_like(global_model), torch.full_like(global_model, self.tau**2)])
-        return super().init_client_state(global_model, num_clients)
 
     def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         assert self.moments is not None

@@ -7,11 +7,14 @@ A round on every rank (pfl_dist/train.py):
     w_g = algorithm.server_update(w_g, avg)
     state[rows] = out.keep                       only once the round completed on every rank
 
-- Per-client state is a set of named (k, ...) tensors, one row per client of this rank
-  (`init_client_state`): FedCLUP's local model, Ditto's personal model, SCAFFOLD's c_i, APFL's
-  alpha_i. The Trainer keeps them, hands the sampled rows to `client_update` and writes back
-  what it returns; checkpoints save every one of them in their "clients" section and re-shard
-  them by client id (pfl_dist/checkpoint.py), so nothing lists them by hand.
+- Per-client state is declared, not allocated: `client_rows()` names each row a client keeps and
+  its default (pfl_dist/store.py `Row`: "global" = a copy of the initial w_g, "zeros", or a
+  constant): FedCLUP's local model, Ditto's personal model, SCAFFOLD's c_i (zeros), APFL's
+  alpha_i (algorithm.alpha). The Trainer's ClientStore holds them under `algo/`, beside the
+  codec's residuals and the update counts; it hands the sampled rows to `client_update` and
+  writes back what it keeps; checkpoints save every row in their "clients" section and re-shard
+  them by client id (pfl_dist/checkpoint.py), so no algorithm has code for it. Server-side state
+  is set up from the initial w_g in `init_server_state`.
 - What is sent is the algorithm's choice (`wire_shapes`, `wire_reference`): the whole model,
   only the body of a body/head model (FedRep, FedPer), or the model and a control variate
   (SCAFFOLD). The Exchange packs, codes and counts exactly that, so the byte ledger shows it.
@@ -35,6 +38,7 @@ import torch
 
 from pfl_dist.config import AlgorithmConfig
 from pfl_dist.methods import MethodInfo
+from pfl_dist.store import Row
 from pfl_dist.tasks.base import Batch, Task
 
 if TYPE_CHECKING:
@@ -114,7 +118,6 @@ class Algorithm:
 
     name: ClassVar[str]  # algorithm.name: `info.name`, set for every class that declares its own info
     info: ClassVar[MethodInfo]
-    state_names: ClassVar[tuple[str, ...]] = ("local_models",)  # the per-client state it keeps
     # algorithm.client_weights = auto: how its paper weighs the clients in the server's means
     paper_client_weights: ClassVar[Literal["samples", "uniform"]] = "samples"
     # The config keys whose steps make what a client sends, what it keeps (its personal state),
@@ -175,9 +178,16 @@ class Algorithm:
 
     # --- per-client state ----------------------------------------------------------------------
 
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
-        """Every client starts with w_g as its local model."""
-        return {"local_models": global_model.repeat(num_clients, 1)}
+    def client_rows(self) -> tuple[Row, ...]:
+        """The per-client rows it keeps, declared (pfl_dist/store.py): the Trainer's ClientStore
+        holds them under `algo/`, hands `client_update` the sampled clients' rows, writes back what
+        it keeps, and checkpoints and re-shards them. Default: every client's local model, w_g
+        until the client first trains."""
+        return (Row("local_models", "global"),)
+
+    def init_server_state(self, global_model: torch.Tensor) -> None:
+        """Set up server-side state (`state_dict`) from the initial w_g, once, before round 0 or
+        before a resume loads it (SCAFFOLD's c, FedAdam's moments). Default: nothing."""
 
     # --- one round -----------------------------------------------------------------------------
 

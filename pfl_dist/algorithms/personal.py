@@ -17,6 +17,7 @@ import torch
 
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, local_sgd
 from pfl_dist.methods import MethodInfo
+from pfl_dist.store import Row
 from pfl_dist.tasks.base import Task
 
 PERSONAL_STREAM = 1  # shuffles of a second solve in the same round (Ditto's personal model, ...)
@@ -45,7 +46,6 @@ class Ditto(Algorithm):
     info = MethodInfo("ditto", "Ditto", uses_lam=True, reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
                       paper="Li et al., ICML 2021", colors="#ff7f00", marker="P",  # orange
                       results_changed_with="algorithm.client_weights")
-    state_names = ("personal_models",)
 
     @property
     def prox_weight(self) -> float:
@@ -55,8 +55,8 @@ class Ditto(Algorithm):
         """1/(1/eta + lam): an explicit local_lr stands for 1/L (the CNN has no computed L)."""
         return 1.0 / (1.0 / self.local_lr + self.lam)
 
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
-        return {"personal_models": global_model.repeat(num_clients, 1)}
+    def client_rows(self) -> tuple[Row, ...]:
+        return (Row("personal_models", "global"),)
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
@@ -109,7 +109,6 @@ class PFedMe(Algorithm):
                              "algorithm.beta"),
                       paper="Dinh et al., NeurIPS 2020", colors="#6a3d9a", marker="v",  # purple
                       results_changed_with="algorithm.inner_warm_start")
-    state_names = ("personal_models",)
     server_step_keys = ("algorithm.beta",)
 
     def default_personal_lr(self) -> float:
@@ -117,8 +116,8 @@ class PFedMe(Algorithm):
         L is algorithm.smoothness: eta steps the envelope, not f_i, so 1/eta is no bound for f_i."""
         return 1.0 / (self.smoothness + self.lam)
 
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
-        return {"personal_models": global_model.repeat(num_clients, 1)}
+    def client_rows(self) -> tuple[Row, ...]:
+        return (Row("personal_models", "global"),)
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
@@ -165,16 +164,13 @@ class APFL(Algorithm):
 
     info = MethodInfo("apfl", "APFL", reads=("algorithm.personal_lr", "algorithm.alpha"), paper="Deng et al., 2020",
                       colors="#ad017e", marker="X")  # magenta
-    state_names = ("personal_models", "alpha")
 
     @property
     def prox_weight(self) -> float:
         return 0.0
 
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
-        return {"personal_models": global_model.repeat(num_clients, 1),
-                "alpha": torch.full((num_clients, 1), self.cfg.alpha, dtype=global_model.dtype,
-                                    device=global_model.device)}
+    def client_rows(self) -> tuple[Row, ...]:
+        return (Row("personal_models", "global"), Row("alpha", self.cfg.alpha, shape=(1,)))
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
@@ -203,7 +199,6 @@ class StartsFromGlobal(Algorithm):
     """Clients start every round from w_g with no proximal term and keep no per-client state
     (Per-FedAvg, FedAvg-FT: their personalization happens at evaluation)."""
 
-    state_names = ()
     kept_step_keys = ()
     eval_step_keys = ("algorithm.personal_lr",)
 
@@ -211,8 +206,8 @@ class StartsFromGlobal(Algorithm):
     def prox_weight(self) -> float:
         return 0.0
 
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
-        return {}
+    def client_rows(self) -> tuple[Row, ...]:
+        return ()
 
 
 class PerFedAvg(StartsFromGlobal):

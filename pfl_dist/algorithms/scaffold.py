@@ -8,6 +8,7 @@ import torch
 
 from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, count_steps, local_sgd
 from pfl_dist.methods import MethodInfo
+from pfl_dist.store import Row
 
 
 class Scaffold(Algorithm):
@@ -34,24 +35,23 @@ class Scaffold(Algorithm):
     # issue 21: the server's means are plain means (were n_i-weighted)
     info = MethodInfo("scaffold", "SCAFFOLD", reads=("algorithm.beta",), paper="Karimireddy et al., ICML 2020",
                       colors="#bcbd22", marker="<", results_changed_with="algorithm.client_weights")  # olive
-    state_names = ("local_models", "control_variates")
     paper_client_weights = "uniform"
     kept_step_keys = ("algorithm.local_lr",)  # y_i and c_i+ come from the local steps
     server_step_keys = ("algorithm.beta",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.control: torch.Tensor | None = None  # c, set by init_client_state
+        self.control: torch.Tensor | None = None  # c, set by init_server_state
 
     @property
     def prox_weight(self) -> float:
         return 0.0
 
-    def init_client_state(self, global_model: torch.Tensor, num_clients: int) -> ClientState:
+    def client_rows(self) -> tuple[Row, ...]:
+        return (Row("local_models", "global"), Row("control_variates", "zeros"))
+
+    def init_server_state(self, global_model: torch.Tensor) -> None:
         self.control = torch.zeros_like(global_model)
-        return {"local_models": global_model.repeat(num_clients, 1),
-                "control_variates": torch.zeros(num_clients, len(global_model), dtype=global_model.dtype,
-                                                device=global_model.device)}
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         assert self.control is not None

@@ -24,6 +24,7 @@ import torch
 
 from pfl_dist.exchange.spec import CodecSpec
 from pfl_dist.methods import INCREMENT
+from pfl_dist.store import ClientStore, DenseStore, Row
 
 
 class Wire(Protocol):
@@ -74,8 +75,9 @@ class RoundInput:
 class Codec:
     """Encodes client updates, runs its collectives on a `Wire`, decodes the weighted mean.
 
-    Per-client state (error-feedback residuals, `memory`) is a dict of named (k, ...) tensors, one
-    row per client of this rank, which the checkpoint re-shards by client id; replicated state (the
+    Per-client state (error-feedback residuals, `memory`) is declared rows in the run's
+    ClientStore under `codec/` (pfl_dist/store.py; a private one when none is given), which the
+    checkpoint re-shards by client id; replicated state (the
     PowerSGD warm-start Q) is identical on every rank. `message` is what the algorithm sends
     (pfl_dist/methods.py INCREMENT or STATE); with `feedback_rule` it decides whether `memory`
     keeps residuals.
@@ -86,7 +88,8 @@ class Codec:
     error_feedback: ClassVar[bool] = False  # a biased compressor that feeds back what it leaves out
 
     def __init__(self, spec: CodecSpec, *, shapes: Sequence[torch.Size], num_local_clients: int,
-                 dtype: torch.dtype, device: torch.device, seed: int, message: str) -> None:
+                 dtype: torch.dtype, device: torch.device, seed: int, message: str,
+                 store: ClientStore | None = None) -> None:
         self.spec = spec
         self.shapes = list(shapes)
         self.num_params = sum(math.prod(s) for s in self.shapes)
@@ -96,7 +99,7 @@ class Codec:
         self.seed = seed
         self.element_size = torch.empty((), dtype=dtype).element_size()
         self.memory: ErrorFeedback | NoFeedback = (
-            ErrorFeedback(num_local_clients, self.num_params, dtype=dtype, device=device)
+            ErrorFeedback(num_local_clients, self.num_params, dtype=dtype, device=device, store=store)
             if feedback_rule(error_feedback=self.error_feedback, message=message) else NoFeedback())
         self.setup()
 
@@ -149,22 +152,29 @@ class ErrorFeedback:
     compresses u_i = Delta_i + e_i and keeps e_i <- u_i - C(u_i) for its next turn."""
 
     keeps: ClassVar[bool] = True
+    row_name: ClassVar[str] = "codec_residual"  # its name in checkpoints
 
-    def __init__(self, num_local_clients: int, num_params: int, *, dtype: torch.dtype, device: torch.device) -> None:
-        self.residual = torch.zeros(num_local_clients, num_params, dtype=dtype, device=device)
+    def __init__(self, num_local_clients: int, num_params: int, *, dtype: torch.dtype, device: torch.device,
+                 store: ClientStore | None = None) -> None:
+        # e_i is a declared row, zeros until the client's first compressed message, held by the
+        # run's store (or a private one, for a codec used on its own).
+        self.store = store if store is not None else DenseStore(
+            num_local_clients, global_model=torch.zeros(num_params, dtype=dtype, device=device))
+        self.store.declare("codec", [Row(self.row_name, "zeros", shape=(num_params,), dtype=dtype)])
 
     def corrected(self, updates: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return updates + self.residual[rows]
+        return updates + self.store.read("codec", rows)[self.row_name]
 
     def keep(self, rows: torch.Tensor, residual: torch.Tensor) -> None:
-        self.residual[rows] = residual
+        self.store.write("codec", rows, {self.row_name: residual})
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"codec_residual": self.residual.cpu()}
+        return {name: rows.cpu() for name, rows in self.store.rows("codec").items()}
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
-        assert state["codec_residual"].shape == self.residual.shape
-        self.residual = state["codec_residual"].to(self.residual.device)
+        residual = state[self.row_name]
+        assert residual.shape[0] == self.store.num_clients
+        self.store.write("codec", torch.arange(self.store.num_clients), {self.row_name: residual})
 
 
 class NoFeedback:

@@ -31,7 +31,7 @@ participating client's encoded message, exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from pfl_dist.exchange.codecs import QSGD, BFloat16, HalfPrecision, RandK, TopK
 from pfl_dist.exchange.powersgd import PowerSGD
 from pfl_dist.exchange.spec import parse_codec
 from pfl_dist.sampling import client_block
+from pfl_dist.store import ClientStore
 
 CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (HalfPrecision, BFloat16, QSGD, TopK, RandK, PowerSGD)}
 
@@ -63,7 +64,8 @@ class TrainingWire:
 
 class Exchange:
     def __init__(self, codec: str, *, comm: Communicator, shapes: Sequence[torch.Size], client_ids: range,
-                 num_clients: int, dtype: torch.dtype, device: torch.device, seed: int, message: str) -> None:
+                 num_clients: int, dtype: torch.dtype, device: torch.device, seed: int, message: str,
+                 store: ClientStore | None = None) -> None:
         self.spec = parse_codec(codec)
         self.message = message
         self.comm = comm
@@ -77,7 +79,8 @@ class Exchange:
         self.codec: Codec | None = None
         if self.spec.name != "none":
             self.codec = CODECS[self.spec.name](self.spec, shapes=shapes, num_local_clients=len(client_ids),
-                                                dtype=dtype, device=device, seed=seed, message=message)
+                                                dtype=dtype, device=device, seed=seed, message=message,
+                                                store=store)
 
     def message_bytes(self) -> int:
         """The exact encoded size of one client's message."""
@@ -146,15 +149,19 @@ class Exchange:
         return self.codec.client_state() if self.codec is not None else {}
 
     def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
-        unexpected = sorted(set(state) - set(self.client_state()))
+        self.check_client_rows(state)
+        if self.codec is not None:
+            self.codec.load_client_state(state)
+
+    def check_client_rows(self, names: Iterable[str]) -> None:
+        """Refuse (one line) per-client rows in a checkpoint that this codec does not keep."""
+        unexpected = sorted(set(names) - set(self.client_state()))
         if unexpected:
             # Written before error feedback followed the message (a residual was kept for kept state):
             # resuming it would mix two rules in one run.
             raise ConfigError(f"cannot resume: the checkpoint holds {', '.join(unexpected)}, which comm.codec="
                               f"{self.spec} does not keep for this method's message (an older pfl_dist kept "
                               "error-feedback residuals for kept state too); use another run.name or --overwrite")
-        if self.codec is not None:
-            self.codec.load_client_state(state)
 
     def replicated_state(self) -> dict[str, torch.Tensor]:
         return self.codec.replicated_state() if self.codec is not None else {}

@@ -21,6 +21,7 @@ from pfl_dist.methods import (
     info_from_summary,
     keys_read,
 )
+from pfl_dist.store import DenseStore
 from pfl_dist.tasks import build_task
 from tests.helpers import write_learnable_mnist
 
@@ -55,7 +56,10 @@ def train(cfg: Config) -> torch.Tensor:
     task = build_task(cfg, client_ids=range(cfg.data.num_clients), device=torch.device("cpu"))
     algorithm = build_algorithm(cfg.algorithm, smoothness=task.local_smoothness(), groups=task.parameter_groups())
     global_model = task.init_model()
-    state = algorithm.init_client_state(global_model, cfg.data.num_clients)
+    algorithm.init_server_state(global_model)
+    store = DenseStore(cfg.data.num_clients, global_model=global_model)
+    store.declare("algo", algorithm.client_rows())
+    state = dict(store.rows("algo"))
     rows = torch.arange(cfg.data.num_clients)
     weights = task.sample_counts / task.sample_counts.sum()
     for round_idx in range(ROUNDS):

@@ -1,0 +1,230 @@
+"""The ClientStore (pfl_dist/store.py): declared per-client rows, their defaults, one owner for
+the algorithm's, the codec's and the Trainer's rows, and checkpoints with no code per algorithm."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pfl_dist.algorithms import ALGORITHMS, algorithm_class
+from pfl_dist.checkpoint import Checkpointer
+from pfl_dist.config import load_config
+from pfl_dist.errors import ConfigError
+from pfl_dist.exchange.base import ErrorFeedback
+from pfl_dist.store import DenseStore, Row
+from tests.helpers import run_inprocess
+from tests.unit.test_checkpoint import assert_same_run, crash_at
+
+W_G = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+
+
+def test_a_row_never_written_reads_its_default() -> None:
+    # Prepare
+    store = DenseStore(4, global_model=W_G)
+    store.declare("algo", [Row("models", "global"), Row("c", "zeros"), Row("alpha", 0.25, shape=(1,))])
+    store.declare("engine", [Row("counts", "zeros", shape=(), dtype=torch.float64)])
+    # Execute: clients 1 and 3 write, 0 and 2 never do
+    rows = torch.tensor([1, 3])
+    store.write("algo", rows, {"models": torch.full((2, 3), 7.0, dtype=torch.float64)})
+    store.write("engine", rows, {"counts": torch.tensor([1.0, 2.0], dtype=torch.float64)})
+    # Assert
+    untouched = store.read("algo", torch.tensor([0, 2]))
+    assert torch.equal(untouched["models"], W_G.repeat(2, 1))
+    assert torch.equal(untouched["c"], torch.zeros(2, 3, dtype=torch.float64))
+    assert torch.equal(untouched["alpha"], torch.full((2, 1), 0.25, dtype=torch.float64))
+    assert torch.equal(store.read("algo", rows)["models"], torch.full((2, 3), 7.0, dtype=torch.float64))
+    assert store.rows("engine")["counts"].tolist() == [0.0, 1.0, 0.0, 2.0]
+    assert list(store.state_dict()) == ["models", "c", "alpha", "counts"]  # the checkpoint's bare names
+
+
+def test_a_read_is_a_copy_and_a_write_touches_only_its_rows() -> None:
+    store = DenseStore(3, global_model=W_G)
+    store.declare("algo", [Row("models", "global")])
+    got = store.read("algo", torch.tensor([0]))["models"]
+    got.fill_(0.0)  # the algorithm may update its rows in place
+    assert torch.equal(store.rows("algo")["models"], W_G.repeat(3, 1))
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"name": "codec_residual"}, r"per-client row algo/codec_residual: the name 'codec_residual' is already "
+                                 r"codec/codec_residual"),
+    ({"name": "x", "default": "ones"}, r"per-client row 'x': default must be 'global', 'zeros' or a number, "
+                                       r"got 'ones'"),
+    ({"name": "x", "default": "global", "shape": (2,)}, r"per-client row 'x': default 'global' has the model's shape"),
+    ({"name": "not a name"}, r"per-client row name 'not a name' must be an identifier"),
+])
+def test_a_bad_declaration_is_one_config_error_line(row: dict[str, Any], message: str) -> None:
+    store = DenseStore(2, global_model=W_G)
+    ErrorFeedback(2, 3, dtype=torch.float64, device=torch.device("cpu"), store=store)  # declares codec/
+    with pytest.raises(ConfigError, match=message):
+        store.declare("algo", [Row(**row)])
+
+
+def test_the_codec_residual_is_a_row_of_the_shared_store() -> None:
+    store = DenseStore(3, global_model=W_G)
+    memory = ErrorFeedback(3, 3, dtype=torch.float64, device=torch.device("cpu"), store=store)
+    memory.keep(torch.tensor([2]), torch.ones(1, 3, dtype=torch.float64))
+    assert store.rows("codec")["codec_residual"][:, 0].tolist() == [0.0, 0.0, 1.0]
+    assert torch.equal(memory.corrected(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([2])),
+                       torch.ones(1, 3, dtype=torch.float64))
+
+
+# What each built-in kept before the store (its former init_client_state): the same rows, the
+# same initial values, so runs and checkpoints are unchanged.
+BEFORE_THE_STORE = {
+    **{name: {"local_models": "w_g"} for name in ("fedclup", "fedavg", "fedprox", "local", "fedrep", "fedper",
+                                                   "fedadam")},
+    **{name: {"personal_models": "w_g"} for name in ("ditto", "pfedme")},
+    "apfl": {"personal_models": "w_g", "alpha": "alpha_0"},
+    "scaffold": {"local_models": "w_g", "control_variates": "zeros"},
+    "perfedavg": {}, "fedavg_ft": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_builtin_declares_the_state_it_allocated_before(name: str) -> None:
+    # Prepare
+    cfg = dataclasses.replace(load_config(None, ["algorithm.alpha=0.3"]).algorithm, name=name)
+    algorithm = algorithm_class(name)(cfg, smoothness=1.0)
+    store = DenseStore(5, global_model=W_G)
+    # Execute
+    store.declare("algo", algorithm.client_rows())
+    # Assert
+    expected = {"w_g": W_G.repeat(5, 1), "zeros": torch.zeros(5, 3, dtype=torch.float64),
+                "alpha_0": torch.full((5, 1), 0.3, dtype=torch.float64)}
+    state = store.rows("algo")
+    assert list(state) == list(BEFORE_THE_STORE[name])
+    for row, kind in BEFORE_THE_STORE[name].items():
+        assert state[row].dtype == torch.float64 and torch.equal(state[row], expected[kind]), row
+
+
+LEGACY = '''
+import torch
+
+from pfl_dist.algorithms import FedAvg
+from pfl_dist.methods import MethodInfo
+
+
+class Legacy(FedAvg):
+    info = MethodInfo("legacy", "Legacy", colors="#112233", marker="8")
+
+    def init_client_state(self, global_model, num_clients):
+        return {"local_models": global_model.repeat(num_clients, 1), "extra": torch.zeros(num_clients)}
+'''
+
+
+def test_a_plugin_that_still_allocates_its_state_by_hand_is_refused_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "legacy_algo.py").write_text(LEGACY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^algorithm.name=legacy_algo:Legacy: Legacy.init_client_state is no "
+                                          r"longer called; declare the per-client rows with client_rows\(\)"):
+        algorithm_class("legacy_algo:Legacy")
+
+
+VISITS = '''
+import torch
+
+from pfl_dist.algorithms import ClientOutput, FedAvg, Row
+from pfl_dist.methods import MethodInfo
+
+
+class Visits(FedAvg):
+    """FedAvg whose clients also count their own visits in a declared row (no checkpoint code)."""
+
+    info = MethodInfo("visits", "Visits", colors="#112233", marker="8")
+
+    def client_rows(self):
+        return (*super().client_rows(), Row("visits", 0.0, shape=(), dtype=torch.float64))
+
+    def client_update(self, ctx, state):
+        out = super().client_update(ctx, state)
+        return ClientOutput(sent=out.sent, keep={**out.keep, "visits": state["visits"] + 1})
+'''
+
+RESUME = ("data.num_clients=6", "data.samples_per_client=60", "train.num_rounds=10", "train.eval_every=3",
+          "algorithm.num_local_steps=10", "algorithm.sample_fraction=0.5", "checkpoint.every=3", "checkpoint.keep=3",
+          "train.dtype=float64", "algorithm.name=visits_algo:Visits", "comm.codec=topk:0.5")
+
+
+def test_a_declared_row_is_checkpointed_and_resumed_with_no_code_of_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a plug-in with its own row, with an error-feedback codec; a reference run and a run
+    # that crashes in round 8, after the checkpoint of round 6
+    (tmp_path / "visits_algo.py").write_text(VISITS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_inprocess(tmp_path, *RESUME, name="reference")
+    with monkeypatch.context() as patch:
+        crash_at(patch, 7)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_inprocess(tmp_path, *RESUME, name="run")
+    # Execute
+    run_inprocess(tmp_path, *RESUME, name="run")
+    # Assert: the same run; every row under the name checkpoints always had, and the plug-in's row
+    # carried across the resume (the resumed process wrote round 9's checkpoint: a row reset to its
+    # default at the resume would count fewer visits than the Trainer's update counts)
+    assert_same_run(tmp_path / "run", tmp_path / "reference")
+    clients = torch.load(tmp_path / "run" / "ckpt" / "round_000009" / "shard_00000_of_00001.pt",
+                         weights_only=False)["clients"]
+    assert list(clients) == ["local_models", "visits", "update_counts", "codec_residual"]
+    assert torch.equal(clients["visits"], clients["update_counts"]) and float(clients["visits"].sum()) == 27.0
+    assert float(clients["codec_residual"].abs().sum()) > 0
+
+
+def declared_store(clients: range) -> DenseStore:
+    """A rank's store as the Trainer makes it for SCAFFOLD with an error-feedback codec and APFL's
+    alpha, each row written with values made of its client ids (so any mix-up of clients shows)."""
+    store = DenseStore(len(clients), global_model=W_G)
+    store.declare("algo", [Row("local_models", "global"), Row("control_variates"), Row("alpha", 0.5, shape=(1,))])
+    store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
+    ErrorFeedback(len(clients), 6, dtype=torch.float64, device=torch.device("cpu"), store=store)
+    ids = torch.tensor(list(clients), dtype=torch.float64)
+    odd = torch.arange(len(clients))[ids.long() % 2 == 1]  # even clients keep their defaults
+    store.write("algo", odd, {"control_variates": ids[odd].unsqueeze(1).repeat(1, 3),
+                              "alpha": ids[odd].unsqueeze(1) / 10})
+    store.write("engine", odd, {"update_counts": ids[odd]})
+    store.write("codec", odd, {"codec_residual": -ids[odd].unsqueeze(1).repeat(1, 6)})
+    return store
+
+
+@pytest.mark.parametrize(("old", "new"), [(4, 2), (2, 3), (3, 1), (1, 4)])
+def test_a_store_reshards_through_the_checkpoint_with_no_code_per_row(tmp_path: Path, old: int, new: int) -> None:
+    # Prepare: every rank of `old` saves its store as the Trainer does
+    config = load_config(None, []).to_dict()
+    for rank in range(old):
+        ckpt = Checkpointer(tmp_path, rank=rank, world_size=old, num_clients=9, keep=2, config=config)
+        ckpt.save(3, {"clients": declared_store(ckpt.clients).state_dict(), "replicated": {},
+                          "rank": {"measured_local": {"train": 0, "telemetry": 0}}})
+    reference = declared_store(range(9))
+    for rank in range(new):
+        # Execute: a rank of `new` loads its block into a fresh store
+        ckpt = Checkpointer(tmp_path, rank=rank, world_size=new, num_clients=9, keep=2, config=config)
+        store = DenseStore(len(ckpt.clients), global_model=W_G)
+        store.declare("algo", [Row("local_models", "global"), Row("control_variates"), Row("alpha", 0.5, shape=(1,))])
+        store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
+        ErrorFeedback(len(ckpt.clients), 6, dtype=torch.float64, device=torch.device("cpu"), store=store)
+        store.load_state_dict(ckpt.load(3)["clients"])
+        # Assert: its rows are the single store's rows of its clients, in every namespace
+        block = torch.arange(ckpt.clients.start, ckpt.clients.stop)
+        for namespace in ("algo", "engine", "codec"):
+            want = reference.read(namespace, block)
+            got = store.rows(namespace)
+            assert list(got) == list(want)
+            for name in want:
+                assert torch.equal(got[name], want[name]), (namespace, name)
+
+
+def test_a_checkpoint_without_a_declared_row_or_with_another_shape_is_one_config_error_line() -> None:
+    store = DenseStore(2, global_model=W_G)
+    store.declare("algo", [Row("local_models", "global"), Row("alpha", 0.5, shape=(1,))])
+    saved = store.state_dict()
+    with pytest.raises(ConfigError, match=r"^cannot resume: the checkpoint has no per-client row 'alpha', which this "
+                                          r"run declares \(algo/alpha\); use another run.name or --overwrite$"):
+        store.load_state_dict({"local_models": saved["local_models"]})
+    with pytest.raises(ConfigError, match=r"^cannot resume: per-client row algo/alpha is \(2, 2\) in the checkpoint "
+                                          r"and \(2, 1\) in this run"):
+        store.load_state_dict({**saved, "alpha": torch.zeros(2, 2, dtype=torch.float64)})
