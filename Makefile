@@ -47,7 +47,7 @@ test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not integration and not distributed"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow and not integration and not distributed"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pfl_dist tests benchmarks
