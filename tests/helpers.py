@@ -24,7 +24,7 @@ from pfl_dist.algorithms import Algorithm, ClientOutput, ClientRound, ClientStat
 from pfl_dist.config import load_config
 from pfl_dist.data.images import FASHION_MNIST_DIR
 from pfl_dist.launch import TORCHRUN_ENV
-from pfl_dist.train import run
+from pfl_dist.train import Trainer, run
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_FASHION = (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file()
@@ -99,6 +99,30 @@ def run_inprocess(tmp_path: Path, *overrides: str, config: str | None = None, na
     cfg = load_config(config, [f"run.out_dir={tmp_path}", f"run.name={name}", *overrides])
     run(cfg)
     return read_summary(tmp_path / name)
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, round_idx: int) -> None:
+    """Make the in-process Trainer raise "simulated crash" when it starts round index `round_idx`."""
+    original = Trainer.run_round
+
+    def run_round(self: Trainer, idx: int) -> bool:
+        if idx == round_idx:
+            raise RuntimeError("simulated crash")
+        return original(self, idx)
+
+    monkeypatch.setattr(Trainer, "run_round", run_round)
+
+
+def crash_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str, crash_round: int,
+                     config: str | None = None) -> dict[str, Any]:
+    """Run `reference` uninterrupted, then `run` crashing at round index `crash_round`, then `run`
+    again (it resumes from its newest checkpoint); returns the resumed run's summary.json."""
+    run_inprocess(tmp_path, *overrides, config=config, name="reference")
+    with monkeypatch.context() as patch:
+        crash_at(patch, crash_round)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_inprocess(tmp_path, *overrides, config=config, name="run")
+    return run_inprocess(tmp_path, *overrides, config=config, name="run")
 
 
 def run_torchrun(

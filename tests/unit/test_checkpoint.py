@@ -31,7 +31,7 @@ from pfl_dist.runtime import Runtime
 from pfl_dist.sampling import client_block
 from pfl_dist.tensorboard_views import TIME_GROUP
 from pfl_dist.train import Trainer, run
-from tests.helpers import make_client_diverge, read_metrics, read_summary, run_inprocess
+from tests.helpers import crash_at, make_client_diverge, read_metrics, read_summary, run_inprocess
 
 CONFIG = load_config(None, []).to_dict()
 SINGLE = Runtime(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend=None)
@@ -236,17 +236,6 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert [r["round"] for r in read_metrics(run_dir)] == [r["round"] for r in read_metrics(reference)]
     assert scalars(run_dir) == scalars(reference)  # no duplicate, missing or stale points
     assert got["time"]["measured_rounds"] == want["time"]["measured_rounds"] == ROUNDS and got["resumed_from"]
-
-
-def crash_at(monkeypatch: pytest.MonkeyPatch, round_idx: int) -> None:
-    original = Trainer.run_round
-
-    def run_round(self: Trainer, idx: int) -> bool:
-        if idx == round_idx:
-            raise RuntimeError("simulated crash")
-        return original(self, idx)
-
-    monkeypatch.setattr(Trainer, "run_round", run_round)
 
 
 def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path: Path, reference: Path,

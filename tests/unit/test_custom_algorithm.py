@@ -16,7 +16,7 @@ from pfl_dist.methods import METHODS, keys_read, method_info
 from pfl_dist.plugins import class_declaration, literal_call, source_path
 from pfl_dist.rundir import config_hash, result_config
 from pfl_dist.train import run
-from tests.helpers import read_summary, run_inprocess, write_learnable_mnist
+from tests.helpers import crash_and_resume, read_summary, write_learnable_mnist
 from tests.unit.test_algorithm_references import (
     CLIENTS,
     LR,
@@ -25,7 +25,7 @@ from tests.unit.test_algorithm_references import (
     config,
     run_production,
 )
-from tests.unit.test_checkpoint import assert_same_run, crash_at
+from tests.unit.test_checkpoint import assert_same_run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FEDAVGM = "custom_algorithm:FedAvgM"
@@ -177,13 +177,8 @@ RESUME = ("data.num_clients=6", "data.samples_per_client=60", "train.num_rounds=
 
 def test_a_run_resumed_at_half_equals_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: the reference, then a run that crashes in round 6, after the checkpoint of round 5
-    run_inprocess(tmp_path, *RESUME, name="reference")
-    with monkeypatch.context() as patch:
-        crash_at(patch, 5)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            run_inprocess(tmp_path, *RESUME, name="run")
-    # Execute
-    run_inprocess(tmp_path, *RESUME, name="run")
+    # Execute: the run again resumes
+    summary = crash_and_resume(tmp_path, monkeypatch, *RESUME, crash_round=5)
     # Assert: the same bytes; the velocity came from the checkpoint (a zero buffer would differ)
-    assert read_summary(tmp_path / "run")["resumed_from"] == [5]
+    assert summary["resumed_from"] == [5]
     assert_same_run(tmp_path / "run", tmp_path / "reference")

@@ -23,9 +23,8 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.rundir import RunDirError, config_hash
 from pfl_dist.tasks import TASKS, build_task, preflight, task_entry
 from pfl_dist.tasks.dataset import DatasetTask
-from pfl_dist.train import Trainer
 from tests.faults import compare_runs
-from tests.helpers import REPO, read_metrics, run_cli, run_inprocess
+from tests.helpers import REPO, crash_and_resume, read_metrics, run_cli, run_inprocess
 
 USER_DATASETS = '''
 import numpy as np
@@ -331,23 +330,11 @@ def test_a_float64_run_on_a_plugin_dataset_resumes_bitwise(tmp_path: Path, examp
     overrides = ("data.kind=my_dataset:blobs", "data.num_clients=6", "data.params.noise=2.0", "algorithm.name=fedavg",
                  "algorithm.local_lr=0.1", "algorithm.batch_size=16", "algorithm.sample_fraction=0.5",
                  "train.dtype=float64", "train.num_rounds=6", "train.eval_every=2", "checkpoint.every=2")
-    run_inprocess(tmp_path, *overrides, name="reference")
-    original = Trainer.run_round
-
-    def crash_in_round_4(self: Trainer, idx: int) -> bool:
-        if idx == 3:
-            raise RuntimeError("simulated crash")
-        return original(self, idx)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "run_round", crash_in_round_4)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            run_inprocess(tmp_path, *overrides, name="crashed")
     # Execute: the same command again resumes
-    summary = run_inprocess(tmp_path, *overrides, name="crashed")
+    summary = crash_and_resume(tmp_path, monkeypatch, *overrides, crash_round=3)
     # Assert: resumed from round 2, the same run bit for bit; uplink = messages x logreg's float64 bytes
     assert summary["resumed_from"] == [2]
-    assert compare_runs(tmp_path / "crashed", tmp_path / "reference") == []
+    assert compare_runs(tmp_path / "run", tmp_path / "reference") == []
     assert summary["comm"]["uplink_bytes"] == summary["participation"]["num_local_updates"] * (10 * 4 + 4) * 8
 
 

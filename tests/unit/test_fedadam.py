@@ -11,9 +11,9 @@ import pytest
 from pfl_dist.algorithms import algorithm_class
 from pfl_dist.config import AlgorithmConfig
 from pfl_dist.errors import ConfigError
-from tests.helpers import read_summary, run_inprocess, write_learnable_mnist
+from tests.helpers import crash_and_resume, write_learnable_mnist
 from tests.unit.test_algorithm_references import CLIENTS, LR, ROUNDS, TOL, clients, config, run_production
-from tests.unit.test_checkpoint import assert_same_run, crash_at
+from tests.unit.test_checkpoint import assert_same_run
 from tests.unit.test_custom_algorithm import softmax_gradient
 
 
@@ -64,11 +64,6 @@ RESUME = ("data.num_clients=6", "data.samples_per_client=60", "train.num_rounds=
 
 
 def test_a_run_resumed_at_half_equals_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_inprocess(tmp_path, *RESUME, name="reference")
-    with monkeypatch.context() as patch:
-        crash_at(patch, 5)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            run_inprocess(tmp_path, *RESUME, name="run")
-    run_inprocess(tmp_path, *RESUME, name="run")
-    assert read_summary(tmp_path / "run")["resumed_from"] == [5]
+    summary = crash_and_resume(tmp_path, monkeypatch, *RESUME, crash_round=5)
+    assert summary["resumed_from"] == [5]
     assert_same_run(tmp_path / "run", tmp_path / "reference")  # zeroed moments would differ

@@ -21,9 +21,8 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.models import MODEL_COPIES, model_entry
 from pfl_dist.models.module import ModuleModel
 from pfl_dist.resources import estimate_rank_bytes
-from pfl_dist.train import Trainer
 from tests.faults import compare_runs
-from tests.helpers import REPO, read_summary, run_inprocess, write_learnable_mnist
+from tests.helpers import REPO, crash_and_resume, read_summary, run_inprocess, write_learnable_mnist
 
 MNIST_SHAPE = (1, 28, 28)
 MLP_PARAMS = 784 * 64 + 64 + 64 * 10 + 10  # examples/mlp.py: fc1 784 -> 64, fc2 64 -> 10, with biases
@@ -246,29 +245,17 @@ def test_a_float64_plugin_run_counts_its_exact_bytes_and_resumes_bitwise(
     # Prepare: an uninterrupted run, and one that crashes in round 4 (after round 2's checkpoint)
     overrides = (*RUN, f"data.data_dir={mnist_dir}", f"algorithm.name={method}",
                  *(["model.head=fc2."] if method == "fedrep" else []))
-    run_inprocess(tmp_path, *overrides, name="reference")
-    original = Trainer.run_round
-
-    def crash_in_round_4(self: Trainer, idx: int) -> bool:
-        if idx == 3:
-            raise RuntimeError("simulated crash")
-        return original(self, idx)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "run_round", crash_in_round_4)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            run_inprocess(tmp_path, *overrides, name="crashed")
     # Execute: the same command again resumes
-    summary = run_inprocess(tmp_path, *overrides, name="crashed")
+    summary = crash_and_resume(tmp_path, monkeypatch, *overrides, crash_round=3)
     # Assert: resumed from round 2, the same run bit for bit
     assert summary["resumed_from"] == [2]
-    assert compare_runs(tmp_path / "crashed", tmp_path / "reference") == []
+    assert compare_runs(tmp_path / "run", tmp_path / "reference") == []
     # the uplink: one float64 message of the sent parameters (FedRep: the body, fc1) per local update
     assert summary["comm"]["uplink_bytes"] == summary["participation"]["num_local_updates"] * sent * 8
     assert summary["participation"]["num_local_updates"] == ROUNDS * 2
     # final/global.pt is the module's own state dict
     module = importlib.import_module("user_mlp").mlp(MNIST_SHAPE, 10).double()
-    module.load_state_dict(torch.load(tmp_path / "crashed" / "final" / "global.pt", weights_only=True))
+    module.load_state_dict(torch.load(tmp_path / "run" / "final" / "global.pt", weights_only=True))
     assert read_summary(tmp_path / "reference")["final"]["eval/acc_personal"] > 0.5
 
 

@@ -16,8 +16,8 @@ from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import ErrorFeedback
 from pfl_dist.store import DenseStore, Row
-from tests.helpers import run_inprocess
-from tests.unit.test_checkpoint import assert_same_run, crash_at
+from tests.helpers import crash_and_resume
+from tests.unit.test_checkpoint import assert_same_run
 
 W_G = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
 
@@ -157,13 +157,8 @@ def test_a_declared_row_is_checkpointed_and_resumed_with_no_code_of_its_own(
     # that crashes in round 8, after the checkpoint of round 6
     (tmp_path / "visits_algo.py").write_text(VISITS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    run_inprocess(tmp_path, *RESUME, name="reference")
-    with monkeypatch.context() as patch:
-        crash_at(patch, 7)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            run_inprocess(tmp_path, *RESUME, name="run")
-    # Execute
-    run_inprocess(tmp_path, *RESUME, name="run")
+    # Execute: the run again resumes
+    crash_and_resume(tmp_path, monkeypatch, *RESUME, crash_round=7)
     # Assert: the same run; every row under the name checkpoints always had, and the plug-in's row
     # carried across the resume (the resumed process wrote round 9's checkpoint: a row reset to its
     # default at the resume would count fewer visits than the Trainer's update counts)
