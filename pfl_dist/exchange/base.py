@@ -121,9 +121,6 @@ class Codec:
     def client_state(self) -> dict[str, torch.Tensor]:
         return self.memory.state()
 
-    def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory.load(state)
-
     def replicated_state(self) -> dict[str, torch.Tensor]:
         return {}
 
@@ -171,10 +168,6 @@ class ErrorFeedback:
     def state(self) -> dict[str, torch.Tensor]:
         return {name: rows.cpu() for name, rows in self.store.rows("codec").items()}
 
-    def load(self, state: dict[str, torch.Tensor]) -> None:
-        residual = state[self.row_name]
-        assert residual.shape[0] == self.store.num_clients
-        self.store.write("codec", torch.arange(self.store.num_clients), {self.row_name: residual})
 
 
 class NoFeedback:
@@ -191,6 +184,3 @@ class NoFeedback:
 
     def state(self) -> dict[str, torch.Tensor]:
         return {}
-
-    def load(self, state: dict[str, torch.Tensor]) -> None:
-        assert not state, "checked by Exchange.load_client_state"

@@ -31,7 +31,7 @@ participating client's encoded message, exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -148,14 +148,9 @@ class Exchange:
     def client_state(self) -> dict[str, torch.Tensor]:
         return self.codec.client_state() if self.codec is not None else {}
 
-    def load_client_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.check_client_rows(state)
-        if self.codec is not None:
-            self.codec.load_client_state(state)
-
-    def check_client_rows(self, names: Iterable[str]) -> None:
-        """Refuse (one line) per-client rows in a checkpoint that this codec does not keep."""
-        unexpected = sorted(set(names) - set(self.client_state()))
+    def check_client_rows(self, unexpected: Sequence[str]) -> None:
+        """Refuse (one line) a checkpoint's per-client rows that no part of this run declares (the
+        run's ClientStore loads the declared ones, this codec's residual among them)."""
         if unexpected:
             # Written before error feedback followed the message (a residual was kept for kept state):
             # resuming it would mix two rules in one run.

@@ -170,4 +170,4 @@ def test_resuming_a_checkpoint_with_residuals_for_kept_state_is_one_line_naming_
     exchange, _ = make("topk:0.25", message=STATE)
     with pytest.raises(ConfigError, match=r"cannot resume: the checkpoint holds codec_residual, which "
                                           r"comm.codec=topk:0.25 does not keep"):
-        exchange.load_client_state({"codec_residual": torch.zeros(3, 28, dtype=torch.float64)})
+        exchange.check_client_rows(["codec_residual"])  # what the run's ClientStore did not declare
