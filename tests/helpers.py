@@ -24,6 +24,7 @@ from pfl_dist.algorithms import Algorithm, ClientOutput, ClientRound, ClientStat
 from pfl_dist.config import load_config
 from pfl_dist.data.images import FASHION_MNIST_DIR
 from pfl_dist.launch import TORCHRUN_ENV
+from pfl_dist.sampling import sample_clients
 from pfl_dist.train import Trainer, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +100,24 @@ def run_inprocess(tmp_path: Path, *overrides: str, config: str | None = None, na
     cfg = load_config(config, [f"run.out_dir={tmp_path}", f"run.name={name}", *overrides])
     run(cfg)
     return read_summary(tmp_path / name)
+
+
+def messages_sent(num_rounds: int, *, num_clients: int, sample_fraction: float, seed: int = 0) -> int:
+    """How many client messages (local updates) `num_rounds` rounds send: the sampled clients."""
+    return sum(len(sample_clients(t, seed=seed, num_clients=num_clients, sample_fraction=sample_fraction))
+               for t in range(num_rounds))
+
+
+def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **modules: str) -> Path:
+    """A user's plug-in modules in a folder outside the repo: `module=text` for each, the folder
+    on the ranks' PYTHONPATH and on this process's sys.path."""
+    folder = tmp_path / "user"
+    folder.mkdir()
+    for module, text in modules.items():
+        (folder / f"{module}.py").write_text(text)
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    monkeypatch.syspath_prepend(str(folder))
+    return folder
 
 
 def crash_at(monkeypatch: pytest.MonkeyPatch, round_idx: int) -> None:

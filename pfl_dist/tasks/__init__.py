@@ -98,7 +98,6 @@ TASKS: dict[str, TaskEntry] = {
 }
 
 
-DATASET_PLUGIN_FORM = "a plug-in 'package.module:factory'"
 _DATASET_PLUGIN = TaskEntry(
     target=DATASET_TASK,
     unused_keys=DATASET_UNUSED_KEYS,
@@ -113,7 +112,7 @@ def task_entry(kind: str) -> TaskEntry:
         return TASKS[kind]
     if is_plugin_name(kind):
         return dataclasses.replace(_DATASET_PLUGIN, factory=kind)
-    raise ConfigError(f"data.kind must be one of {', '.join(sorted(TASKS))} or {DATASET_PLUGIN_FORM} "
+    raise ConfigError(f"data.kind must be one of {', '.join(sorted(TASKS))} or {PLUGIN_FORM} "
                       f"(factory(**data.params) returning a federated dataset), got {kind!r}")
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfl_dist.sampling import sample_clients
-from tests.helpers import REPO, read_summary, run_cli
+from tests.helpers import REPO, messages_sent, read_summary, run_cli, user_folder
 
 pytestmark = pytest.mark.distributed
 
@@ -28,13 +27,9 @@ def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_the_fedavgm_plugin_on_two_ranks_at_momentum_0_is_fedavg_with_exact_bytes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: the user's module in a folder of its own, on the ranks' PYTHONPATH
-    user = tmp_path / "user"
-    user.mkdir()
-    (user / "user_algorithm.py").write_text((REPO / "examples" / "custom_algorithm.py").read_text())
-    monkeypatch.setenv("PYTHONPATH", str(user))
+    user_folder(tmp_path, monkeypatch, user_algorithm=(REPO / "examples" / "custom_algorithm.py").read_text())
     out = tmp_path / "runs"
-    messages = sum(len(sample_clients(t, seed=0, num_clients=CLIENTS, sample_fraction=FRACTION))
-                   for t in range(ROUNDS))
+    messages = messages_sent(ROUNDS, num_clients=CLIENTS, sample_fraction=FRACTION)
     # Execute: the plug-in (run.name auto) and FedAvg, each launched on 2 ranks
     plugin = run_cli(*OVERRIDES, f"run.out_dir={out}", "algorithm.name=user_algorithm:FedAvgM",
                      "algorithm.params.momentum=0.0", module="pfl_dist.launch", timeout=600)

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfl_dist.sampling import sample_clients
-from tests.helpers import REPO, run_inprocess, run_torchrun
+from tests.helpers import REPO, messages_sent, run_inprocess, run_torchrun, user_folder
 
 pytestmark = pytest.mark.distributed
 
@@ -39,21 +38,16 @@ Blobs.client = _logged_client
 def test_a_user_dataset_outside_the_repo_trains_on_two_ranks_like_on_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: the user's dataset (logging its client(i) calls) and model in a folder of their own
-    user = tmp_path / "user"
-    user.mkdir()
-    (user / "user_blobs.py").write_text((REPO / "examples" / "my_dataset.py").read_text() + LOGGED)
-    (user / "user_mlp.py").write_text((REPO / "examples" / "mlp.py").read_text())
+    user_folder(tmp_path, monkeypatch, user_blobs=(REPO / "examples" / "my_dataset.py").read_text() + LOGGED,
+                user_mlp=(REPO / "examples" / "mlp.py").read_text())
     log = tmp_path / "calls.log"
-    monkeypatch.setenv("PYTHONPATH", str(user))
     monkeypatch.setenv("CALLS_LOG", str(log))
-    monkeypatch.syspath_prepend(str(user))
     try:
         module = importlib.import_module("user_mlp").mlp((10,), 4)  # blobs' defaults: dim 10, 4 classes
     finally:
         sys.modules.pop("user_mlp", None)
     param_bytes = 8 * sum(p.numel() for p in module.parameters())  # float64
-    messages = sum(len(sample_clients(t, seed=0, num_clients=CLIENTS, sample_fraction=FRACTION))
-                   for t in range(ROUNDS))
+    messages = messages_sent(ROUNDS, num_clients=CLIENTS, sample_fraction=FRACTION)
     overrides = ("data.kind=user_blobs:blobs", f"data.num_clients={CLIENTS}", "data.params.num_clients=6",
                  "model.kind=user_mlp:mlp", "algorithm.name=fedavg", "algorithm.local_lr=0.1",
                  "algorithm.batch_size=16", "algorithm.local_epochs=1", f"algorithm.sample_fraction={FRACTION}",

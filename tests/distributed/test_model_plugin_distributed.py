@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfl_dist.sampling import sample_clients
 from tests.faults import compare_runs, crash_after_checkpoint, run_reference, start_torchrun
-from tests.helpers import HAS_FASHION, REPO, read_summary, run_inprocess, run_torchrun
+from tests.helpers import HAS_FASHION, REPO, messages_sent, read_summary, run_inprocess, run_torchrun, user_folder
 
 pytestmark = [
     pytest.mark.distributed,
@@ -26,18 +25,13 @@ ROUNDS, CLIENTS, FRACTION = 2, 4, 0.5
 def test_a_user_mlp_outside_the_repo_trains_on_two_ranks_with_its_exact_bytes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: the user's module in a folder of its own, on PYTHONPATH (for the ranks) and sys.path (here)
-    user = tmp_path / "user"
-    user.mkdir()
-    (user / "user_mlp.py").write_text((REPO / "examples" / "mlp.py").read_text())
-    monkeypatch.setenv("PYTHONPATH", str(user))
-    monkeypatch.syspath_prepend(str(user))
+    user_folder(tmp_path, monkeypatch, user_mlp=(REPO / "examples" / "mlp.py").read_text())
     try:
         module = importlib.import_module("user_mlp").mlp((1, 28, 28), 10)
     finally:
         sys.modules.pop("user_mlp", None)
     param_bytes = 4 * sum(p.numel() for p in module.parameters())  # float32
-    messages = sum(len(sample_clients(t, seed=0, num_clients=CLIENTS, sample_fraction=FRACTION))
-                   for t in range(ROUNDS))
+    messages = messages_sent(ROUNDS, num_clients=CLIENTS, sample_fraction=FRACTION)
     overrides = ("data.kind=fashion_mnist", f"data.num_clients={CLIENTS}", "model.kind=user_mlp:mlp",
                  "algorithm.name=fedavg", "algorithm.local_lr=0.05", "algorithm.batch_size=32",
                  "algorithm.local_epochs=1", f"algorithm.sample_fraction={FRACTION}", f"train.num_rounds={ROUNDS}",
@@ -68,10 +62,7 @@ RESUME_ROUNDS = 8
 
 def test_kill_and_resume_of_a_plugin_model_is_bitwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: the user's MLP outside the repo; an uninterrupted 2-rank reference
-    user = tmp_path / "user"
-    user.mkdir()
-    (user / "user_mlp.py").write_text((REPO / "examples" / "mlp.py").read_text())
-    monkeypatch.setenv("PYTHONPATH", str(user))
+    user_folder(tmp_path, monkeypatch, user_mlp=(REPO / "examples" / "mlp.py").read_text())
     overrides = ("data.kind=fashion_mnist", f"data.num_clients={CLIENTS}", "model.kind=user_mlp:mlp",
                  "algorithm.name=fedavg", "algorithm.local_lr=0.05", "algorithm.batch_size=32",
                  "algorithm.local_epochs=1", f"algorithm.sample_fraction={FRACTION}",
