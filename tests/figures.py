@@ -55,6 +55,11 @@ def write_fake_run(directory: Path, *, method: str, lam: float | str = 0.0, code
                "method": info.to_dict(), "final": {"acc_personal": accuracy[-1], "acc_global": glob[-1]},
                "comm": {**last, "uplink_bytes_dense": last["uplink_bytes"], "num_collectives": len(accuracy) - 1},
                "time": {"wall_s": 1.0, "round_s_median": 0.1}}
+    return save_run(directory, summary, records)
+
+
+def save_run(directory: Path, summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Run:
+    """A run dir as the sweep reads it: summary.json and metrics.jsonl (one record per line)."""
     directory.mkdir(parents=True)
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (directory / "summary.json").write_text(json.dumps(summary))

@@ -7,7 +7,6 @@ t_{0.975, 4} = 2.776 (not with pfl_dist.sweep.stats)."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from pfl_dist.sweep.spec import load_sweep
 from pfl_dist.sweep.style import BAND_GID
 from pfl_dist.sweep.tradeoff import build_curves, markdown_table, tradeoff_rows, write_table
 from pfl_dist.tasks import build_task
-from tests.figures import Saved, data_axes, titled
+from tests.figures import Saved, data_axes, save_run, titled
 from tests.helpers import REPO
 
 T_975_4 = 2.776445105  # two-sided 95% critical value for 4 degrees of freedom (published tables: 2.776)
@@ -54,11 +53,7 @@ def write_run(root: Path, *, method: str, seed: int, final: float, R: float = 1.
     summary = {"config": config, "world_size": 1, "method": info.to_dict(), "final": records[-1]["metrics"],
                "comm": {**records[-1]["comm"], "uplink_bytes_dense": records[-1]["comm"]["uplink_bytes"],
                         "num_collectives": 2}, "time": {"wall_s": 1.0, "round_s_median": 0.1}}
-    path = root / f"{method}__lam={lam}__R={R}__seed={seed}"
-    path.mkdir(parents=True)
-    (path / "summary.json").write_text(json.dumps(summary))
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return Run(path)
+    return save_run(root / f"{method}__lam={lam}__R={R}__seed={seed}", summary, records)
 
 
 def three_methods(root: Path, seeds: tuple[int, ...] = SEEDS, R: float = 1.0) -> list[Run]:
@@ -250,11 +245,7 @@ def write_family_run(root: Path, method: str, seed: int) -> Run:
     summary = {"config": config, "method": info.to_dict(), "final": records[-1]["metrics"],
                "personal": {"acc_personal_mean": final, "acc_personal_p10": final - 0.2, "acc_personal_std": 0.1},
                "comm": records[-1]["comm"], "time": {"wall_s": 1.0}}
-    path = root / f"{method}__seed={seed}"
-    path.mkdir(parents=True)
-    (path / "summary.json").write_text(json.dumps(summary))
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return Run(path)
+    return save_run(root / f"{method}__seed={seed}", summary, records)
 
 
 def test_family_table_and_figure_over_three_seeds(tmp_path: Path, drawn: list[Saved]) -> None:
@@ -339,11 +330,7 @@ def write_codec_run(root: Path, codec: str, seed: int) -> Run:
     summary = {"config": config, "method": METHODS["fedavg"].to_dict(), "world_size": 2,
                "final": records[-1]["metrics"], "comm": {**records[-1]["comm"], "num_collectives": 8},
                "num_rounds_completed": 4, "time": {"wall_s": 1.0}}
-    path = root / f"{codec.replace(':', '_')}__seed={seed}"
-    path.mkdir(parents=True)
-    (path / "summary.json").write_text(json.dumps(summary))
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return Run(path)
+    return save_run(root / f"{codec.replace(':', '_')}__seed={seed}", summary, records)
 
 
 def test_codec_table_and_figure_over_three_seeds(tmp_path: Path, drawn: list[Saved]) -> None:

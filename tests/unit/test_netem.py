@@ -139,6 +139,19 @@ def test_the_sweep_takes_every_method_and_a_lambda_where_the_method_uses_it(name
     check_methods([name], overrides=ANY_METHOD)
 
 
+def assert_methods_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], methods: list[str],
+                           names: list[str]) -> None:
+    """`netem.sweep --methods METHODS` is one line naming `names`, exit 2, before anything runs."""
+    from pfl_dist.netem import sweep
+
+    code = sweep.main(["--out", str(tmp_path / "out"), "--nodes", "2", "--rates", "1mbit", "--methods", *methods])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: --methods: "), lines
+    assert all(name in lines[0] for name in names), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("methods", "names"), [
     (["fedavg:0.5"], ["'fedavg:0.5'", "fedavg does not use algorithm.lam"]),
     (["scaffold:1"], ["scaffold does not use algorithm.lam"]),
@@ -152,14 +165,7 @@ def test_the_sweep_takes_every_method_and_a_lambda_where_the_method_uses_it(name
 ])
 def test_bad_sweep_methods_are_one_line_and_exit_2_before_anything_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], methods: list[str], names: list[str]) -> None:
-    from pfl_dist.netem import sweep
-
-    code = sweep.main(["--out", str(tmp_path / "out"), "--nodes", "2", "--rates", "1mbit", "--methods", *methods])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: --methods: "), lines
-    assert all(name in lines[0] for name in names), lines[0]
-    assert not (tmp_path / "out").exists()
+    assert_methods_refused(tmp_path, capsys, methods, names)
 
 
 LAM_PLUGIN = '''
@@ -207,14 +213,7 @@ def test_the_sweep_takes_a_plugin_algorithm_and_its_lambda(plugins_on_path: None
 def test_bad_plugin_methods_are_one_line_and_exit_2_before_anything_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], plugins_on_path: None, methods: list[str],
         names: list[str]) -> None:
-    from pfl_dist.netem import sweep
-
-    code = sweep.main(["--out", str(tmp_path / "out"), "--nodes", "2", "--rates", "1mbit", "--methods", *methods])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: --methods: "), lines
-    assert all(name in lines[0] for name in names), lines[0]
-    assert not (tmp_path / "out").exists()
+    assert_methods_refused(tmp_path, capsys, methods, names)
 
 
 def test_time_to_target_and_the_fastest_method_per_rate() -> None:
