@@ -14,6 +14,7 @@ these failures apart from bugs, so `pfl_dist.train` reports them in one line.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import traceback
@@ -132,6 +133,33 @@ def join_existing_group(cfg: Config, rank: int, world_size: int) -> Runtime:
                    device=device, backend=backend, owns_group=False)
 
 
+_STORES: dict[tuple[str, str, int], dist.Store] = {}  # the job's store, one per (MASTER_ADDR, MASTER_PORT, rank)
+_GROUPS = itertools.count()  # process groups this process has formed; every rank forms the same ones
+
+
+def group_store(*, rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store for a new process group: the job's store, made once per process and
+    kept, under a key prefix of the group's own.
+
+    A job that calls `pfl_dist.run` twice forms a group, destroys it and forms another. Both must
+    meet on one store: were rank 0 to make a new server for the second group, a rank that re-forms
+    first would have joined the old server as it shut down ("Failed to recv"). And the old group's
+    keys outlive it: the new group's gloo ranks publish their addresses under the same keys, so
+    without a fresh prefix a rank that re-forms first reads a peer's old address and connects to
+    the group that peer has not yet destroyed ("Connection reset by peer").
+    """
+    key = (os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), rank)
+    store = _STORES.get(key)
+    if store is None:
+        # rank 0's store on 127.0.0.1 only when every rank is on this machine (pfl_dist/endpoints.py)
+        store = loopback_store(rank=rank, world_size=world_size, timeout=timeout, environ=dict(os.environ))
+        if store is None:
+            store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        _STORES[key] = store
+    store.set_timeout(timeout)
+    return dist.PrefixStore(f"pfl_dist/group{next(_GROUPS)}/", store)
+
+
 def init_runtime(cfg: Config) -> Runtime:
     existing = existing_group()
     if existing is not None:
@@ -146,12 +174,8 @@ def init_runtime(cfg: Config) -> Runtime:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         timeout = timedelta(seconds=cfg.comm.timeout_s)
-        # rank 0's store on 127.0.0.1 only when every rank is on this machine (pfl_dist/endpoints.py)
-        store = loopback_store(rank=rank, world_size=world_size, timeout=timeout, environ=dict(os.environ))
-        if store is None:
-            dist.init_process_group(backend=backend, timeout=timeout)
-        else:
-            dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=rank, world_size=world_size)
+        store = group_store(rank=rank, world_size=world_size, timeout=timeout)
+        dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=rank, world_size=world_size)
     return Runtime(rank=rank, world_size=world_size, local_rank=local_rank,
                    local_world_size=local_world_size, device=device, backend=backend)
 
