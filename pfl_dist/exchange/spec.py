@@ -50,6 +50,12 @@ class CodecEntry:
     compressor: str = ""  # 'module:Class' of its Compressor (pfl_dist/exchange/base.py); "" for `none`
     parameters: tuple[Parameter, ...] = ()
     error_feedback: bool = False  # a biased compressor that feeds back what it leaves out
+    # A run's config records this codec with every parameter written out (`qsgd:4` as `qsgd:4:512`,
+    # `CommConfig`): set for a codec whose short string gave other results in an earlier pfl_dist
+    # (QSGD before bucketed norms: one norm per update), so a run made then (its config holds the
+    # short string) is never taken for one made now (pfl_dist/rundir.py: another config, another
+    # run dir, not resumed). Other codecs keep the string as given, so their runs keep their hash.
+    spelled_out: bool = False
 
     def __post_init__(self) -> None:
         assert self.transport in TRANSPORTS, self.transport
@@ -68,8 +74,10 @@ CODECS: dict[str, CodecEntry] = {entry.name: entry for entry in (
     CodecEntry("none", ALL_REDUCE),
     CodecEntry("fp16", ALL_REDUCE, "pfl_dist.exchange.codecs:HalfPrecision"),
     CodecEntry("bf16", ALL_REDUCE, "pfl_dist.exchange.codecs:BFloat16"),
+    # qsgd:LEVELS:BUCKET; the bucket's default, 512, is the QSGD paper's experiments' bucket size
     CodecEntry("qsgd", ALL_GATHER, "pfl_dist.exchange.codecs:QSGD",
-               (Parameter("levels s, an integer in 1..127", int, 4, 1, 127),)),
+               (Parameter("levels s, an integer in 1..127", int, 4, 1, 127),
+                Parameter("bucket size d, an integer >= 1", int, 512, 1)), spelled_out=True),
     CodecEntry("topk", ALL_GATHER, "pfl_dist.exchange.codecs:TopK", (_FRACTION,), error_feedback=True),
     CodecEntry("randk", ALL_REDUCE, "pfl_dist.exchange.codecs:RandK", (_FRACTION,), error_feedback=True),
     CodecEntry("powersgd", ALL_REDUCE, "pfl_dist.exchange.powersgd:PowerSGD",
@@ -99,6 +107,21 @@ class CodecSpec:
     def collectives(self) -> tuple[str, ...]:
         """The collective types ('all_reduce', 'all_gather') this codec's training rounds use."""
         return self.entry.collectives
+
+
+def recorded_codec(text: str) -> str:
+    """The `comm.codec` a run records: `text` as given, or with every parameter written out for a
+    `spelled_out` entry ("qsgd:4" -> "qsgd:4:512")."""
+    spec = parse_codec(text)
+    return str(spec) if spec.entry.spelled_out else str(text)
+
+
+def codec_label(text: str) -> str:
+    """How tables name a run's codec, from the `comm.codec` it recorded: with its default
+    parameters filled in ("topk" -> "topk:0.01"); a spelled-out codec as recorded, so a run from
+    before it was spelled out ("qsgd:4": one norm per update) is not shown as "qsgd:4:512"."""
+    spec = parse_codec(text)
+    return str(text) if spec.entry.spelled_out else str(spec)
 
 
 def parse_codec(text: str, *, key: str = "comm.codec") -> CodecSpec:

@@ -28,9 +28,10 @@ def message_bytes(codec: str) -> int:
     if name in ("fp16", "bf16"):
         return NUM_PARAMS * 2
     if name == "qsgd":
-        levels = int(param)
-        bits = 2 if levels == 1 else 4 if levels <= 7 else 8  # 2s + 1 symbols
-        return 4 + math.ceil(NUM_PARAMS * bits / 8)  # scale + packed signed levels
+        levels, _, bucket = param.partition(":")
+        bits = math.ceil(math.log2(2 * int(levels) + 1))  # 2s + 1 symbols
+        buckets = math.ceil(NUM_PARAMS / int(bucket or 512))
+        return buckets * 4 + math.ceil(NUM_PARAMS * bits / 8)  # a scale per bucket + packed signed levels
     k = max(1, round(float(param) * NUM_PARAMS)) if name in ("topk", "randk") else 0
     if name == "topk":
         return k * (4 + 4)  # float32 values + int32 indices
