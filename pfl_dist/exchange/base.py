@@ -31,7 +31,7 @@ import torch
 
 from pfl_dist import plugins
 from pfl_dist.errors import ConfigError
-from pfl_dist.exchange.spec import ALL_GATHER, ALL_REDUCE, CodecEntry, CodecSpec
+from pfl_dist.exchange.spec import ALL_GATHER, ALL_REDUCE, CodecEntry, CodecInfo, CodecSpec
 from pfl_dist.methods import INCREMENT
 from pfl_dist.store import ClientStore, DenseStore, Row
 
@@ -248,6 +248,11 @@ def compressor_class(entry: CodecEntry) -> type[Compressor]:
     if not (isinstance(cls, type) and issubclass(cls, expected)):
         raise ConfigError(f"comm.codec={entry.name}: {entry.compressor} is not a {expected.__name__} "
                           f"(pfl_dist/exchange/base.py), which its transport {entry.transport} needs")
+    declared = getattr(cls, "codec", None)
+    if entry.compressor == entry.name and declared != CodecInfo(entry.transport, entry.error_feedback):
+        # a plug-in: what was read from its source must be what the class holds once imported
+        raise ConfigError(f"comm.codec={entry.name}: its imported codec declaration {declared!r} is not the one "
+                          f"read from its source ({entry.transport}, error_feedback={entry.error_feedback})")
     return cls
 
 

@@ -9,14 +9,24 @@ TensorBoard counters (`CodecSpec.collectives`), the error-feedback rule (pfl_dis
 `feedback_rule`) and the Exchange all read these entries; tests/unit/test_exchange.py checks each
 entry against what its compressor does on a round.
 
+A plug-in codec is `comm.codec: "package.module:Class"`, a Compressor subclass whose class body
+declares `codec = CodecInfo(transport=..., error_feedback=...)` with literal values: read from its
+source by AST (pfl_dist/plugins.py, no import, no torch), it becomes a `CodecEntry` named by the
+plug-in name, and from there everything (its transport, its error feedback, the loading of its
+class, the run identity) goes through the same path as a built-in's (docs/EXTENDING.md "A codec").
+
 No torch here: the config (and the sweep tooling, which never imports torch) validates codec
 strings through this module.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+
+from pfl_dist import plugins
+from pfl_dist.errors import ConfigError
 
 # Transports (pfl_dist/exchange/base.py). ALL_REDUCE: the messages sum (the compressor is linear
 # in the update: the sum of the clients' messages is the message of their sum), so each rank
@@ -69,6 +79,54 @@ class CodecEntry:
         return (ALL_REDUCE,) if self.transport == ALL_REDUCE else (ALL_REDUCE, ALL_GATHER)
 
 
+@dataclass(frozen=True)
+class CodecInfo:
+    """What a plug-in compressor class declares in its body, `codec = CodecInfo(...)` (literals)."""
+
+    transport: str  # "all_reduce" (SummingCompressor) or "all_gather" (GatherCompressor)
+    error_feedback: bool = False
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        if not isinstance(self.error_feedback, bool):
+            raise ValueError(f"error_feedback must be True or False, got {self.error_feedback!r}")
+
+
+@functools.cache
+def plugin_entry(name: str, *, key: str = "comm.codec") -> CodecEntry:
+    """A plug-in `module:Class`'s entry, from its declared `codec = CodecInfo(...)` read by AST;
+    ConfigError (one line) when the module, the class or a valid declaration is missing."""
+    plugin = plugins.parse(name, key=key)
+    where = f"{key}={plugin}"
+    path = plugins.source_path(plugin.module)
+    if path is None:
+        raise ConfigError(f"{where}: cannot find module {plugin.module} (is its folder on PYTHONPATH?)")
+    try:
+        declared = plugins.class_declaration(path, "codec")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ConfigError(f"{where}: cannot read {path}: {type(err).__name__}: {err}") from None
+    if plugin.attr not in declared:
+        raise ConfigError(f"{where}: {path} has no class {plugin.attr} declaring 'codec = CodecInfo(...)' in its body")
+    try:
+        args, kwargs = plugins.literal_call(declared[plugin.attr], where=where)
+        info = CodecInfo(*args, **kwargs)
+    except (ValueError, TypeError) as err:
+        message = str(err) if str(err).startswith(where) else f"{where}: its codec = CodecInfo(...) is not valid: {err}"
+        raise ConfigError(message) from None
+    return CodecEntry(str(plugin), info.transport, str(plugin), error_feedback=info.error_feedback)
+
+
+def codec_entry(name: str) -> CodecEntry:
+    """A built-in's entry from `CODECS`, a plug-in's from its declaration (`plugin_entry`)."""
+    return CODECS[name] if name in CODECS else plugin_entry(name)
+
+
+def is_plugin_codec(text: str) -> bool:
+    """`module:Class` that is not a built-in with its parameter ('qsgd:x' is a bad built-in)."""
+    return plugins.is_plugin_name(str(text)) and str(text).partition(":")[0] not in CODECS
+
+
 _FRACTION = Parameter("fraction of coordinates sent, in (0, 1]", float, 0.01, 0, 1, low_open=True)
 CODECS: dict[str, CodecEntry] = {entry.name: entry for entry in (
     CodecEntry("none", ALL_REDUCE),
@@ -91,12 +149,12 @@ class CodecSpec:
     name: str
     params: tuple[float | int, ...] = ()  # the entry's parameters, in order, defaults filled in
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # a plug-in's name has its own colon and no parameters
         return ":".join([self.name, *(f"{value:g}" for value in self.params)])
 
     @property
     def entry(self) -> CodecEntry:
-        return CODECS[self.name]
+        return codec_entry(self.name)
 
     @property
     def param(self) -> float | int | None:
@@ -125,11 +183,16 @@ def codec_label(text: str) -> str:
 
 
 def parse_codec(text: str, *, key: str = "comm.codec") -> CodecSpec:
-    """'topk:0.01' -> CodecSpec('topk', (0.01,)); ValueError naming `key` on anything else."""
+    """'topk:0.01' -> CodecSpec('topk', (0.01,)), 'package.module:Class' -> a plug-in's
+    CodecSpec('package.module:Class'); ValueError (ConfigError for a plug-in) naming `key` on
+    anything else."""
+    if is_plugin_codec(text):
+        plugin_entry(str(text), key=key)  # its declaration, or one line
+        return CodecSpec(str(text))
     name, sep, raw = str(text).partition(":")
     if name not in CODECS:
         raise ValueError(f"{key} must be one of {', '.join(CODEC_NAMES)} (with ':parameter' where one is "
-                         f"taken), got {text!r}")
+                         f"taken) or a plug-in 'package.module:Class', got {text!r}")
     parameters = CODECS[name].parameters
     if not parameters:
         if sep:
