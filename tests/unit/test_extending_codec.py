@@ -142,3 +142,21 @@ def test_a_plugin_that_is_not_the_compressor_its_transport_carries_is_one_line(
                                           r"SummingCompressor .* which its transport all_reduce needs$"):
         Codec(spec, shapes=[torch.Size((4,))], num_local_clients=1, dtype=torch.float64, device=torch.device("cpu"),
               seed=0, message=INCREMENT)
+
+
+def test_a_plugin_whose_imported_declaration_differs_from_its_source_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The config check read error_feedback=False from the source; the class changes it on import
+    (tmp_path / "shifty_codec.py").write_text(
+        "from pfl_dist.exchange.codecs import TopK\nfrom pfl_dist.exchange.spec import CodecInfo\n\n\n"
+        "class Sparse(TopK):\n    codec = CodecInfo(transport='all_gather')\n\n\n"
+        "Sparse.codec = CodecInfo(transport='all_gather', error_feedback=True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin_entry.cache_clear()
+    spec = parse_codec("shifty_codec:Sparse")
+    assert not spec.entry.error_feedback
+    with pytest.raises(ConfigError, match=r"^comm.codec=shifty_codec:Sparse: its imported codec declaration "
+                                          r".* is not the one read from its source \(all_gather, "
+                                          r"error_feedback=False\)$"):
+        Codec(spec, shapes=[torch.Size((4,))], num_local_clients=1, dtype=torch.float64, device=torch.device("cpu"),
+              seed=0, message=INCREMENT)
