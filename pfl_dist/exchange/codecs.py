@@ -172,9 +172,16 @@ _BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.int32)  # a byte's bits, least s
 
 def pack_bits(symbols: torch.Tensor, *, bits: int) -> torch.Tensor:
     """(k, P) symbols in 0..2^bits-1 -> (k, ceil(P bits / 8)) bytes: each symbol's `bits` bits,
-    least significant first, one stream per row (the last byte zero-padded). One row at a time,
-    so the bit stream of a large model is never held for all clients at once."""
+    least significant first, one stream per row (the last byte zero-padded). A width dividing 8
+    puts 8 / bits whole symbols in each byte (vectorized); another width is streamed one row at a
+    time, so the bit stream of a large model is never held for all clients at once."""
     k, count = symbols.shape
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        padded = torch.zeros(k, math.ceil(count / per_byte) * per_byte, dtype=torch.int32)
+        padded[:, :count] = symbols.cpu()
+        shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+        return (padded.view(k, padded.shape[1] // per_byte, per_byte) << shifts).sum(dim=2).to(torch.uint8)
     num_bytes = math.ceil(count * bits / 8)
     shifts = torch.arange(bits, dtype=torch.int32)
     out = torch.zeros(k, num_bytes, dtype=torch.uint8)
@@ -187,6 +194,11 @@ def pack_bits(symbols: torch.Tensor, *, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, *, bits: int, count: int) -> torch.Tensor:
     """The inverse of `pack_bits`: (k, bytes) -> (k, count) int32 symbols."""
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+        symbols = (packed.cpu().to(torch.int32)[:, :, None] >> shifts) & (2**bits - 1)
+        return symbols.reshape(len(packed), packed.shape[1] * per_byte)[:, :count]
     shifts = torch.arange(bits, dtype=torch.int32)
     out = torch.zeros(len(packed), count, dtype=torch.int32)
     for i, row in enumerate(packed.cpu().to(torch.int32)):
