@@ -27,7 +27,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from pfl_dist.errors import ConfigError
-from pfl_dist.exchange.spec import parse_codec
+from pfl_dist.exchange.spec import recorded_codec
 from pfl_dist.inputs import Inputs, fingerprint
 from pfl_dist.methods import check_params, method_info
 from pfl_dist.models import check_kind
@@ -290,14 +290,15 @@ class CommConfig:
     # at once). Waiting for missing nodes is torchrun's --rdzv-conf=join_timeout.
     timeout_s: float = 300.0
     # what a client's update is encoded as on the wire (pfl_dist/exchange/): none (the dense
-    # model, as float32/float64), fp16, bf16, qsgd:LEVELS, topk:FRACTION, randk:FRACTION,
-    # powersgd:RANK; a codec without its parameter takes the default (qsgd:4, topk:0.01, ...)
+    # model, as float32/float64), fp16, bf16, qsgd:LEVELS[:BUCKET], topk:FRACTION, randk:FRACTION,
+    # powersgd:RANK; a codec without its parameter takes the default (qsgd:4:512, topk:0.01, ...);
+    # qsgd is recorded with its bucket written out (pfl_dist/exchange/spec.py `spelled_out`)
     codec: str = "none"
 
     def __post_init__(self) -> None:
         _require(self.timeout_s > 0, "comm.timeout_s", f"must be > 0, got {self.timeout_s}")
         try:
-            parse_codec(self.codec)
+            object.__setattr__(self, "codec", recorded_codec(self.codec))  # qsgd:4 -> qsgd:4:512
         except ValueError as err:
             raise ConfigError(str(err)) from None
         _require_range(self.timeout_s, "comm.timeout_s", *TIMEOUT_RANGE_S)

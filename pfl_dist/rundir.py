@@ -25,7 +25,11 @@ nproc-per-node x nnodes; the sweep: its launch settings; a worker: its WORLD_SIZ
 Keys added to the config later (`LATER_KEYS`) are left out at the value every earlier run had,
 so those runs keep their config part, except for the method whose results changed with the key
 (`MethodInfo.results_changed_with`: pFedMe, Ditto, SCAFFOLD in issue 21); a run of it from before
-is another config ("pfedme's results changed in pfl_dist since that run (...)").
+is another config ("pfedme's results changed in pfl_dist since that run (...)"). A codec whose
+short string changed results (QSGD's bucketed norms, issue 25) is recorded spelled out
+(`qsgd:4:512`, pfl_dist/exchange/spec.py `CodecEntry.spelled_out`), so a run of its short string
+from before is another config ("comm.codec=qsgd:4 gives other results in pfl_dist since that run
+(now recorded as qsgd:4:512)").
 
 Default name. `run.name=auto` (the default) names the run dir `<method>-<hash8>` from that hash
 (a plug-in `module:Class` as `module.Class`, a name safe in any path),
@@ -77,6 +81,7 @@ from typing import TYPE_CHECKING, Any
 
 from pfl_dist import inputs
 from pfl_dist.errors import PflError
+from pfl_dist.exchange.spec import recorded_codec
 from pfl_dist.methods import METHODS
 from pfl_dist.outputs import check_result_paths
 
@@ -148,6 +153,16 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
             if saved.get(key) != current.get(key) and not (key == WORLD_SIZE_KEY and key not in saved)]
 
 
+CODEC_KEY = "comm.codec"
+
+
+def _recorded(codec: str) -> str | None:
+    try:
+        return recorded_codec(codec)
+    except ValueError:
+        return None
+
+
 def _describe_change(key: str, saved: dict[str, Any], current: dict[str, Any]) -> str:
     if inputs.is_input_key(key):
         return inputs.describe_change(key, saved.get(key), current.get(key))
@@ -156,6 +171,9 @@ def _describe_change(key: str, saved: dict[str, Any], current: dict[str, Any]) -
     before, now = saved.get(key, LATER_KEYS.get(key)), current.get(key, LATER_KEYS.get(key))
     if before == now:  # a later key at the value that run had: the method's results changed with it
         return f"{current.get('algorithm.name')}'s results changed in pfl_dist since that run ({key}, now {now!r})"
+    if key == CODEC_KEY and isinstance(before, str) and isinstance(now, str) and _recorded(before) == now:
+        # a spelled-out codec's short string from before (exchange/spec.py `CodecEntry.spelled_out`)
+        return f"comm.codec={before} gives other results in pfl_dist since that run (now recorded as {now})"
     return f"{key} was {before!r}, now {now!r}"
 
 

@@ -1,10 +1,11 @@
-"""Update codecs over one all-reduce or one all-gather: fp16/bf16, QSGD, top-k, rand-k.
+"""The compressors carried by one all-reduce or one all-gather: fp16/bf16, QSGD, top-k, rand-k.
 
-Each codec's `aggregate` returns sum_i w_i decode(encode(Delta_i)) with w_i = n_i / N. Codecs
-that are linear in the update (half precision, rand-k) encode the rank's weighted sum and
-all-reduce it; codecs whose messages carry per-client scales or indices (QSGD, top-k) send
-every client's exact message by all_gather and decode them in client-id order, so their
-result does not depend on the world size at all.
+Each is a `Compressor` (pfl_dist/exchange/base.py): encode a batch of vectors, decode messages,
+the exact bytes of one message. Compressors that are linear in the update (half precision,
+rand-k: `SummingCompressor`) have messages that sum, so the all-reduce transport sends one
+message of a rank's weighted sum; compressors whose messages carry per-client scales or indices
+(QSGD, top-k: `GatherCompressor`) have every client's exact message sent by all_gather and decoded
+in client-id order, so their result does not depend on the world size at all.
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ from typing import ClassVar
 
 import torch
 
-from pfl_dist.exchange.base import Codec, RoundInput, Wire, generator
+from pfl_dist.exchange.base import GatherCompressor, SummingCompressor, generator
 
 _RANDK_STREAM = 0x52_4B  # separates the rand-k coordinate draws from other seeded streams
 _QSGD_STREAM = 0x51_53
 
 
-class HalfPrecision(Codec):
+def _unit_weights(vectors: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones(len(vectors), dtype=torch.float64) if weights is None else weights.double()
+
+
+class HalfPrecision(SummingCompressor):
     """fp16 / bf16: the all-reduce runs in half precision (torch's `fp16_compress_hook`).
 
     Scaling, so no sum can overflow for any number of clients: every partial sum of the ring is
     bounded by B = sum_i w_i max|Delta_i| (a control word, summed over ranks before the payload),
     and the payload is multiplied by the power of two 2^e with 2^e B <= max/2 of the dtype (exact,
-    and it also lifts small updates out of fp16's subnormal range).
+    and it also lifts small updates out of fp16's subnormal range). A message is the P half values;
+    the scale comes from the control word every receiver holds (the round's float64 lane), so
+    decoding needs the same `control` as encoding.
     """
 
-    name = "fp16"
     num_control_words = 1
     half: ClassVar[torch.dtype] = torch.float16
 
@@ -37,6 +43,7 @@ class HalfPrecision(Codec):
         return self.num_params * torch.empty((), dtype=self.half).element_size()
 
     def control_words(self, updates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """[sum_i counts_i max|Delta_i|]: with counts n_i, divided by N it is B."""
         if not len(updates):
             return torch.zeros(1, dtype=torch.float64)
         return (counts.double() @ updates.abs().amax(dim=1).double()).reshape(1)
@@ -47,22 +54,45 @@ class HalfPrecision(Codec):
             return 1.0
         return 2.0 ** math.floor(math.log2(torch.finfo(self.half).max / 2 / bound))
 
-    def aggregate(self, round_input: RoundInput, wire: Wire) -> torch.Tensor:
-        scale = self.scale(float(round_input.control[0]) / round_input.weight_total)
-        partial = (round_input.weights @ round_input.updates.double()) * scale
-        payload = wire.all_reduce(partial.to(self.half))
-        return (payload.double() / scale).to(self.dtype)
+    def _scale(self, control: torch.Tensor | None) -> float:
+        if control is None:
+            raise ValueError(f"{self.spec}: encode and decode need the round's control word (control_words)")
+        return self.scale(float(control[0]))
+
+    def encode_sum(self, vectors: torch.Tensor, *, weights: torch.Tensor, round_idx: int,
+                   control: torch.Tensor | None) -> torch.Tensor:
+        return ((weights @ vectors.double()) * self._scale(control)).to(self.half)
+
+    def decode(self, messages: torch.Tensor, *, round_idx: int, control: torch.Tensor | None = None) -> torch.Tensor:
+        return messages.double() / self._scale(control)
 
 
 class BFloat16(HalfPrecision):
-    name = "bf16"
     half = torch.bfloat16
 
 
-class QSGD(Codec):
-    """Alistarh et al. 2017: v -> ||v||_2 sign(v_j) xi_j / s with xi_j in {0..s} drawn so that
-    E[xi_j] = s |v_j| / ||v||_2 (unbiased). A message is the scale w_i ||v||_2 (one model-dtype
-    word) and the signed levels packed into 2, 4 or 8 bits each.
+class QSGD(GatherCompressor):
+    """QSGD as in the paper (Alistarh, Grubic, Li, Tomioka, Vojnovic, "QSGD: Communication-Efficient
+    SGD via Gradient Quantization and Encoding", NeurIPS 2017), `qsgd:s:d`.
+
+    The update is cut into buckets of d consecutive coordinates (the last one shorter), and each
+    bucket b is quantized with its own norm: v_j -> ||v_b||_2 sign(v_j) xi_j / s with xi_j in
+    {0..s} and level floor(r) + 1 with probability r - floor(r), r = s |v_j| / ||v_b||_2, so
+    E[xi_j / s] = |v_j| / ||v_b|| (unbiased). The variance bound of the paper's Lemma 3.1,
+    E||Q(v) - v||^2 <= min(n/s^2, sqrt(n)/s) ||v||^2, then holds per bucket with n = d: one norm
+    for a whole update (d >= P, the quantizer before issue 25) has n = P, which on a model of
+    millions of coordinates is a bound tens of times larger. The default d = 512 is the bucket
+    size of the paper's experiments.
+
+    Encoding (the exact bytes of one message, `message_bytes`):
+
+        ceil(P / d) x element size   the bucket scales w_i ||v_b||_2, one model-dtype word each
+      + ceil(P x b / 8)              the signed levels xi_j sign(v_j) + s in 0..2s, b bits each,
+                                     b = ceil(log2(2s + 1)), as one little-endian bit stream
+
+    (b = 2 for s = 1, 3 for s = 2 or 3, 4 for s = 4..7, 8 for s = 64..127.) The paper's Elias
+    coding of the levels would save more at small s on sparse updates; a fixed width keeps the
+    size a function of (P, s, d) alone, which the ledger needs before the round.
 
     Transport: all_gather of every client's message. The shared-scale all-reduce variant would
     need a scale common to all clients (one more collective for the max norm, and a client with a
@@ -73,76 +103,108 @@ class QSGD(Codec):
     the bytes on the wire, and decoding in client-id order makes the result world-size free.
     """
 
-    name = "qsgd"
-
     def setup(self) -> None:
-        self.levels = int(self.spec.param or 1)
-        self.bits = next(b for b in (2, 4, 8) if 2 * self.levels + 1 <= 2**b)
+        levels, bucket = self.spec.params
+        self.levels, self.bucket = int(levels), int(bucket)
+        self.bits = symbol_bits(self.levels)
+        self.num_buckets = math.ceil(self.num_params / self.bucket)
         self.packed_bytes = math.ceil(self.num_params * self.bits / 8)
 
     def message_bytes(self) -> int:
-        return self.element_size + self.packed_bytes
+        return self.num_buckets * self.element_size + self.packed_bytes
 
-    def aggregate(self, round_input: RoundInput, wire: Wire) -> torch.Tensor:
-        messages = self.encode(round_input.updates, weights=round_input.weights, round_idx=round_input.round_idx,
-                               clients=round_input.client_ids)
-        gathered = gather_messages(messages, wire, slots=round_input.layout.slots)
-        return sum_in_order(self.decode(gathered[round_input.layout.positions()])).to(self.dtype)
-
-    def encode(self, updates: torch.Tensor, *, weights: torch.Tensor, round_idx: int,
-               clients: torch.Tensor) -> torch.Tensor:
-        """(k, P) updates -> (k, message_bytes) uint8: the scale w_i ||Delta_i|| (model dtype) and the
-        packed levels, each client's draws from its (seed, round, client) generator."""
+    def encode(self, vectors: torch.Tensor, *, round_idx: int, clients: torch.Tensor,
+               weights: torch.Tensor | None = None, control: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, P) updates -> (k, message_bytes) uint8: the bucket scales w_i ||v_b|| (model dtype) and
+        the packed levels, each client's draws from its (seed, round, client) generator."""
         uniforms = torch.stack([torch.rand(self.num_params, dtype=torch.float64,
                                            generator=generator(self.seed, _QSGD_STREAM, round_idx, int(client)))
                                 for client in clients]) if len(clients) else torch.zeros(0, self.num_params)
-        norms, signed = quantize_rows(updates, levels=self.levels, uniforms=uniforms)
-        scales = (norms * weights.double().cpu()).to(self.dtype)
+        norms, signed = quantize_rows(vectors, levels=self.levels, uniforms=uniforms, bucket=self.bucket)
+        scales = (norms * _unit_weights(vectors, weights).cpu()[:, None]).to(self.dtype)
         packed = pack_bits(signed + self.levels, bits=self.bits)
-        return torch.cat([scales.view(torch.uint8).view(len(scales), self.element_size), packed], dim=1).to(self.device)
+        scale_bytes = scales.contiguous().view(torch.uint8).view(len(scales), self.num_buckets * self.element_size)
+        return torch.cat([scale_bytes, packed], dim=1).to(self.device)
 
-    def decode(self, messages: torch.Tensor) -> torch.Tensor:
-        """(n, message_bytes) -> (n, P) float64: scale * level / s."""
+    def decode(self, messages: torch.Tensor, *, round_idx: int, control: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, message_bytes) -> (n, P) float64: each coordinate's bucket scale * level / s."""
         messages = messages.cpu()
-        scales = bytes_as(messages[:, : self.element_size], self.dtype).double()
-        symbols = unpack_bits(messages[:, self.element_size:], bits=self.bits, count=self.num_params)
-        return ((symbols.double() - self.levels) * (scales / self.levels)).to(self.device)
+        split = self.num_buckets * self.element_size
+        scales = bytes_as(messages[:, :split], self.dtype).double()
+        symbols = unpack_bits(messages[:, split:], bits=self.bits, count=self.num_params)
+        per_coordinate = scales.repeat_interleave(self.bucket, dim=1)[:, : self.num_params]
+        return ((symbols.double() - self.levels) * (per_coordinate / self.levels)).to(self.device)
 
 
-def quantize_rows(v: torch.Tensor, *, levels: int, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows v_i -> (||v_i||_2, signed levels in -s..s as uint8-ready int16) with level
-    floor(r) + 1 when u < r - floor(r), r = s |v_ij| / ||v_i||: E[norm * level / s] = v."""
+def symbol_bits(levels: int) -> int:
+    """b = ceil(log2(2s + 1)): the bits of one signed level in 0..2s."""
+    return (2 * levels).bit_length()
+
+
+def quantize_rows(v: torch.Tensor, *, levels: int, uniforms: torch.Tensor, bucket: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows v_i -> ((k, buckets) bucket norms ||v_ib||_2, (k, P) signed levels in -s..s as int16)
+    with level floor(r) + 1 when u < r - floor(r), r = s |v_ij| / ||v_ib||: E[norm * level / s] = v.
+    bucket None: one bucket per row."""
     v = v.detach().double().cpu()
-    norms = torch.linalg.vector_norm(v, dim=1)
-    ratio = v.abs() / torch.where(norms > 0, norms, 1.0)[:, None] * levels
+    k, count = v.shape
+    width = count if bucket is None else min(bucket, max(count, 1))
+    num_buckets = math.ceil(count / width) if count else 0
+    padded = torch.zeros(k, num_buckets * width, dtype=torch.float64)
+    padded[:, :count] = v
+    norms = torch.linalg.vector_norm(padded.view(k, num_buckets, width), dim=2)
+    divisor = torch.where(norms > 0, norms, 1.0).repeat_interleave(width, dim=1)[:, :count]
+    ratio = v.abs() / divisor * levels
     lower = ratio.floor()
     level = (lower + (uniforms < ratio - lower).double()).clamp(max=levels)
     return norms, (torch.sign(v) * level).to(torch.int16)
 
 
 def qsgd_quantize(v: torch.Tensor, *, levels: int, generator: torch.Generator) -> tuple[float, torch.Tensor]:
-    """One vector: (||v||_2, signed levels) with E[||v|| * levels / s] = v."""
+    """One vector, one bucket: (||v||_2, signed levels) with E[||v|| * levels / s] = v."""
     uniforms = torch.rand(v.shape, generator=generator, dtype=torch.float64)
     norms, signed = quantize_rows(v.reshape(1, -1), levels=levels, uniforms=uniforms.reshape(1, -1))
-    return float(norms[0]), signed[0]
+    return float(norms[0, 0]), signed[0]
+
+
+_BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.int32)  # a byte's bits, least significant first
 
 
 def pack_bits(symbols: torch.Tensor, *, bits: int) -> torch.Tensor:
-    """(k, P) symbols in 0..2^bits-1 -> (k, ceil(P bits / 8)) bytes, 8/bits symbols per byte
-    (the last byte zero-padded)."""
-    per_byte = 8 // bits
+    """(k, P) symbols in 0..2^bits-1 -> (k, ceil(P bits / 8)) bytes: each symbol's `bits` bits,
+    least significant first, one stream per row (the last byte zero-padded). A width dividing 8
+    puts 8 / bits whole symbols in each byte (vectorized); another width is streamed one row at a
+    time, so the bit stream of a large model is never held for all clients at once."""
     k, count = symbols.shape
-    padded = torch.zeros(k, math.ceil(count / per_byte) * per_byte, dtype=torch.int32)
-    padded[:, :count] = symbols.cpu()
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    return (padded.view(k, padded.shape[1] // per_byte, per_byte) << shifts).sum(dim=2).to(torch.uint8)
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        padded = torch.zeros(k, math.ceil(count / per_byte) * per_byte, dtype=torch.int32)
+        padded[:, :count] = symbols.cpu()
+        shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+        return (padded.view(k, padded.shape[1] // per_byte, per_byte) << shifts).sum(dim=2).to(torch.uint8)
+    num_bytes = math.ceil(count * bits / 8)
+    shifts = torch.arange(bits, dtype=torch.int32)
+    out = torch.zeros(k, num_bytes, dtype=torch.uint8)
+    for i, row in enumerate(symbols.cpu().to(torch.int32)):
+        stream = torch.zeros(num_bytes * 8, dtype=torch.int32)
+        stream[: count * bits] = ((row[:, None] >> shifts) & 1).reshape(-1)
+        out[i] = (stream.view(num_bytes, 8) * _BIT_WEIGHTS).sum(dim=1).to(torch.uint8)
+    return out
 
 
 def unpack_bits(packed: torch.Tensor, *, bits: int, count: int) -> torch.Tensor:
-    per_byte = 8 // bits
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    symbols = (packed.to(torch.int32)[:, :, None] >> shifts) & (2**bits - 1)
-    return symbols.reshape(len(packed), packed.shape[1] * per_byte)[:, :count]
+    """The inverse of `pack_bits`: (k, bytes) -> (k, count) int32 symbols."""
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+        symbols = (packed.cpu().to(torch.int32)[:, :, None] >> shifts) & (2**bits - 1)
+        return symbols.reshape(len(packed), packed.shape[1] * per_byte)[:, :count]
+    shifts = torch.arange(bits, dtype=torch.int32)
+    out = torch.zeros(len(packed), count, dtype=torch.int32)
+    for i, row in enumerate(packed.cpu().to(torch.int32)):
+        stream = ((row[:, None] >> torch.arange(8, dtype=torch.int32)) & 1).reshape(-1)[: count * bits]
+        out[i] = (stream.view(count, bits) << shifts).sum(dim=1)
+    return out
 
 
 def bytes_as(columns: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -151,35 +213,16 @@ def bytes_as(columns: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return columns.reshape(-1).view(dtype).reshape(len(columns), width)
 
 
-def sum_in_order(rows: torch.Tensor) -> torch.Tensor:
-    """Rows added one after another (client-id order), so the float64 result is the same bits for
-    every world size and thread count."""
-    total = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
-    for row in rows:
-        total += row
-    return total
-
-
-def gather_messages(messages: torch.Tensor, wire: Wire, *, slots: int) -> torch.Tensor:
-    """One all_gather of this rank's (k, size) messages, padded to `slots` rows -> (W * slots, size)."""
-    chunk = torch.zeros(slots, messages.shape[1], dtype=torch.uint8, device=messages.device)
-    chunk[: len(messages)] = messages
-    return wire.all_gather(chunk.reshape(-1)).view(-1, messages.shape[1])
-
-
 def num_kept(fraction: float, num_params: int) -> int:
     """k = round(fraction * P), at least 1."""
     return max(1, min(num_params, round(fraction * num_params)))
 
 
-class TopK(Codec):
+class TopK(GatherCompressor):
     """Top-k sparsification with error feedback (Stich et al. 2018): a client sends the k
     largest |u_j| of u = Delta + e with their int32 indices, and keeps e <- u - sent (e = 0 when
     the message is kept state: `feedback_rule`). Messages travel by all_gather (each client's
     indices differ)."""
-
-    name = "topk"
-    error_feedback = True
 
     def setup(self) -> None:
         self.k = num_kept(float(self.spec.param or 1), self.num_params)
@@ -187,22 +230,37 @@ class TopK(Codec):
     def message_bytes(self) -> int:
         return self.k * (self.element_size + 4)
 
-    def aggregate(self, round_input: RoundInput, wire: Wire) -> torch.Tensor:
-        corrected = self.memory.corrected(round_input.updates, round_input.rows)
-        indices, values, residual = top_k_rows(corrected, self.k)
-        weighted = (values.double() * round_input.weights[:, None]).to(self.dtype)
-        num_clients, split = len(corrected), self.k * self.element_size
-        messages = torch.cat([weighted.view(torch.uint8).view(num_clients, split),
-                              indices.to(torch.int32).view(torch.uint8).view(num_clients, self.k * 4)], dim=1)
-        gathered = gather_messages(messages, wire, slots=round_input.layout.slots)[round_input.layout.positions()]
-        all_values = bytes_as(gathered[:, :split], self.dtype).double()
-        all_indices = bytes_as(gathered[:, split:], torch.int32).long()
+    def encode(self, vectors: torch.Tensor, *, round_idx: int, clients: torch.Tensor,
+               weights: torch.Tensor | None = None, control: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, P) -> (k, message_bytes) uint8: the k values w_i u_j (model dtype), then their int32
+        indices, ascending."""
+        indices, values, _ = top_k_rows(vectors, self.k)
+        weighted = (values.double() * _unit_weights(vectors, weights)[:, None].to(values.device)).to(self.dtype)
+        num_clients = len(vectors)
+        return torch.cat([weighted.view(torch.uint8).view(num_clients, self.k * self.element_size),
+                          indices.to(torch.int32).view(torch.uint8).view(num_clients, self.k * 4)], dim=1)
+
+    def _split(self, messages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        split = self.k * self.element_size
+        return bytes_as(messages[:, split:], torch.int32).long(), bytes_as(messages[:, :split], self.dtype).double()
+
+    def decode(self, messages: torch.Tensor, *, round_idx: int, control: torch.Tensor | None = None) -> torch.Tensor:
+        indices, values = self._split(messages)
+        dense = torch.zeros(len(messages), self.num_params, dtype=torch.float64, device=messages.device)
+        return dense.scatter_(1, indices, values)
+
+    def decode_sum(self, messages: torch.Tensor, *, round_idx: int) -> torch.Tensor:
+        """Each message's k values added at its indices, in client-id order (no dense rows)."""
         total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
-        for row_indices, row_values in zip(all_indices, all_values, strict=True):  # client-id order
+        for row_indices, row_values in zip(*self._split(messages), strict=True):
             total.index_add_(0, row_indices, row_values)
-        if len(corrected) and self.memory.keeps:
-            self.memory.keep(round_input.rows, residual)
-        return total.to(self.dtype)
+        return total
+
+    def residual(self, corrected: torch.Tensor, *, round_idx: int, messages: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """u with the sent coordinates zeroed: residual + sent is u exactly."""
+        assert messages is not None
+        return corrected.clone().scatter_(1, self._split(messages)[0].to(corrected.device), 0)
 
 
 def top_k_rows(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -220,34 +278,37 @@ def top_k(u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return indices[0], values[0], residual[0]
 
 
-class RandK(Codec):
+class RandK(SummingCompressor):
     """Rand-k with error feedback (Stich et al. 2018): every client sends its corrected update
     u = Delta + e at the same k coordinates, drawn from (seed, round), so no indices travel and
-    the k values are all-reduced; e <- u with those coordinates zeroed (e = 0 when the message is
-    kept state: `feedback_rule`)."""
-
-    name = "randk"
-    error_feedback = True
+    the messages (k values each) sum; e <- u with those coordinates zeroed (e = 0 when the message
+    is kept state: `feedback_rule`)."""
 
     def setup(self) -> None:
         self.k = num_kept(float(self.spec.param or 1), self.num_params)
+        self._drawn: tuple[int, torch.Tensor] | None = None  # (round, its coordinates)
 
     def message_bytes(self) -> int:
         return self.k * self.element_size
 
     def coordinates(self, round_idx: int) -> torch.Tensor:
-        chosen = torch.randperm(self.num_params, generator=generator(self.seed, _RANDK_STREAM, round_idx))[: self.k]
-        return chosen.sort().values.to(self.device)
+        """The round's k coordinates, ascending: the same on every rank and for every client."""
+        if self._drawn is None or self._drawn[0] != round_idx:
+            chosen = torch.randperm(self.num_params, generator=generator(self.seed, _RANDK_STREAM, round_idx))[: self.k]
+            self._drawn = (round_idx, chosen.sort().values.to(self.device))
+        return self._drawn[1]
 
-    def aggregate(self, round_input: RoundInput, wire: Wire) -> torch.Tensor:
-        chosen = self.coordinates(round_input.round_idx)
-        corrected = self.memory.corrected(round_input.updates, round_input.rows)
-        partial = (round_input.weights @ corrected[:, chosen].double()).to(self.dtype)
-        reduced = wire.all_reduce(partial)
-        if len(corrected) and self.memory.keeps:
-            residual = corrected.clone()
-            residual[:, chosen] = 0
-            self.memory.keep(round_input.rows, residual)
-        total = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
-        total[chosen] = reduced
-        return total
+    def encode_sum(self, vectors: torch.Tensor, *, weights: torch.Tensor, round_idx: int,
+                   control: torch.Tensor | None) -> torch.Tensor:
+        return (weights @ vectors[:, self.coordinates(round_idx)].double()).to(self.dtype)
+
+    def decode(self, messages: torch.Tensor, *, round_idx: int, control: torch.Tensor | None = None) -> torch.Tensor:
+        dense = torch.zeros(len(messages), self.num_params, dtype=torch.float64, device=messages.device)
+        dense[:, self.coordinates(round_idx)] = messages.double()
+        return dense
+
+    def residual(self, corrected: torch.Tensor, *, round_idx: int, messages: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        residual = corrected.clone()
+        residual[:, self.coordinates(round_idx)] = 0
+        return residual

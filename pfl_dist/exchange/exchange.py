@@ -39,13 +39,9 @@ import torch
 from pfl_dist.comm import Communicator, Traffic
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import Codec, GatherLayout, RoundInput
-from pfl_dist.exchange.codecs import QSGD, BFloat16, HalfPrecision, RandK, TopK
-from pfl_dist.exchange.powersgd import PowerSGD
 from pfl_dist.exchange.spec import parse_codec
 from pfl_dist.sampling import client_block
 from pfl_dist.store import ClientStore
-
-CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (HalfPrecision, BFloat16, QSGD, TopK, RandK, PowerSGD)}
 
 
 class TrainingWire:
@@ -78,9 +74,8 @@ class Exchange:
         self.model_bytes = self.num_params * torch.empty((), dtype=dtype).element_size()
         self.codec: Codec | None = None
         if self.spec.name != "none":
-            self.codec = CODECS[self.spec.name](self.spec, shapes=shapes, num_local_clients=len(client_ids),
-                                                dtype=dtype, device=device, seed=seed, message=message,
-                                                store=store)
+            self.codec = Codec(self.spec, shapes=shapes, num_local_clients=len(client_ids), dtype=dtype,
+                               device=device, seed=seed, message=message, store=store)
 
     def message_bytes(self) -> int:
         """The exact encoded size of one client's message."""

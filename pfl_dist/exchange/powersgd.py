@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pfl_dist.exchange.base import Codec, RoundInput, Wire, generator
+from pfl_dist.exchange.base import RoundInput, SummingCompressor, Wire, generator
 
 _INIT_STREAM = 0x50_53
 
@@ -63,15 +63,19 @@ def plan_blocks(shapes: list[torch.Size], rank: int) -> tuple[list[Block], torch
     return blocks, torch.cat(dense) if dense else torch.zeros(0, dtype=torch.long)
 
 
-class PowerSGD(Codec):
-    name = "powersgd"
-    error_feedback = True
+class PowerSGD(SummingCompressor):
+    """The plan (`plan_blocks`: which matrices are compressed at rank r, which indices go dense) is
+    fixed at set-up; the round's arithmetic is `reduce` (two linear all-reduces, above), and a
+    standalone `encode`/`decode` is the same arithmetic for each vector on its own (one worker of
+    the paper's Algorithm 1, from the current Q): its message is P^ (rows x r), its Q (cols x r) per
+    matrix and the dense values, exactly `message_bytes`."""
 
     def setup(self) -> None:
         self.blocks, dense = plan_blocks(self.shapes, int(self.spec.param or 1))
         self.dense = dense.to(self.device)
         self.q = torch.zeros(sum(b.cols * b.rank for b in self.blocks), dtype=self.dtype, device=self.device)
         self.warm = False  # set once a Q has been reduced: from then on it is reused
+        self.bases: list[torch.Tensor] = []  # the last reduced round's P^ per block (its residuals)
 
     def message_bytes(self) -> int:
         low_rank = sum((b.rows + b.cols) * b.rank for b in self.blocks)
@@ -87,16 +91,17 @@ class PowerSGD(Codec):
             start += b.cols * b.rank
         return out
 
-    def aggregate(self, round_input: RoundInput, wire: Wire) -> torch.Tensor:
-        corrected = self.memory.corrected(round_input.updates, round_input.rows)  # (k, P)
+    def _basis(self, p: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.qr(p).Q
+
+    def reduce(self, corrected: torch.Tensor, round_input: RoundInput, wire: Wire) -> torch.Tensor:
         mean = (round_input.weights @ corrected.double()).to(self.dtype)  # this rank's sum_i w_i M_i
         qs = self._qs()
         ps = [mean[b.span].view(b.rows, b.cols) @ q for b, q in zip(self.blocks, qs, strict=True)]
         first = wire.all_reduce(torch.cat([*(p.reshape(-1) for p in ps), mean[self.dense]]))
         bases, start = [], 0
         for b in self.blocks:
-            p = first[start: start + b.rows * b.rank].view(b.rows, b.rank)
-            bases.append(torch.linalg.qr(p).Q)
+            bases.append(self._basis(first[start: start + b.rows * b.rank].view(b.rows, b.rank)))
             start += b.rows * b.rank
         new_qs = [mean[b.span].view(b.rows, b.cols).T @ basis for b, basis in zip(self.blocks, bases, strict=True)]
         # (no matrix worth compressing: every rank skips the second all-reduce alike)
@@ -108,19 +113,44 @@ class PowerSGD(Codec):
             q = second[start: start + b.cols * b.rank].view(b.cols, b.rank)
             total[b.span] = (basis @ q.T).reshape(-1)
             start += b.cols * b.rank
-        self.q, self.warm = second, True
-        if len(corrected) and self.memory.keeps:
-            self.memory.keep(round_input.rows, self._errors(corrected, bases))
+        self.q, self.warm, self.bases = second, True, bases
         return total
 
-    def _errors(self, corrected: torch.Tensor, bases: list[torch.Tensor]) -> torch.Tensor:
-        """e_i = M_i - P^ P^T M_i on compressed matrices, 0 where sent dense."""
+    def residual(self, corrected: torch.Tensor, *, round_idx: int, messages: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """e_i = M_i - P^ P^T M_i on compressed matrices (the round just reduced), 0 where sent dense."""
         errors = corrected.clone()
         errors[:, self.dense] = 0
-        for b, basis in zip(self.blocks, bases, strict=True):
+        for b, basis in zip(self.blocks, self.bases, strict=True):
             matrices = corrected[:, b.span].view(-1, b.rows, b.cols)
             errors[:, b.span] = (matrices - basis @ (basis.T @ matrices)).reshape(len(corrected), -1)
         return errors
+
+    def encode_sum(self, vectors: torch.Tensor, *, weights: torch.Tensor, round_idx: int,
+                   control: torch.Tensor | None) -> torch.Tensor:
+        """The message of sum_i w_i M_i on its own, from the current Q (state is not advanced):
+        [P^ per block, Q per block, dense values] in the model dtype."""
+        mean = (weights @ vectors.double()).to(self.dtype)
+        bases, qs = [], []
+        for b, q in zip(self.blocks, self._qs(), strict=True):
+            matrix = mean[b.span].view(b.rows, b.cols)
+            basis = self._basis(matrix @ q)
+            bases.append(basis.reshape(-1))
+            qs.append((matrix.T @ basis).reshape(-1))
+        return torch.cat([*bases, *qs, mean[self.dense]])
+
+    def decode(self, messages: torch.Tensor, *, round_idx: int, control: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, message) -> (n, P) float64: P^ Q^T per block, the dense values where they belong."""
+        out = torch.zeros(len(messages), self.num_params, dtype=torch.float64, device=messages.device)
+        low_rank = sum(b.rows * b.rank for b in self.blocks)
+        p_start, q_start = 0, low_rank
+        for b in self.blocks:
+            basis = messages[:, p_start: p_start + b.rows * b.rank].reshape(-1, b.rows, b.rank)
+            q = messages[:, q_start: q_start + b.cols * b.rank].reshape(-1, b.cols, b.rank)
+            out[:, b.span] = (basis @ q.transpose(1, 2)).reshape(len(messages), -1).double()
+            p_start, q_start = p_start + b.rows * b.rank, q_start + b.cols * b.rank
+        out[:, self.dense] = messages[:, q_start:].double()
+        return out
 
     def replicated_state(self) -> dict[str, torch.Tensor]:
         return {"q": self.q.cpu(), "warm": torch.tensor(self.warm)}

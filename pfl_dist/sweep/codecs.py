@@ -33,6 +33,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from pfl_dist.exchange.spec import CODEC_NAMES
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sweep.results import Run
 from pfl_dist.sweep.stats import t_interval
@@ -63,7 +64,6 @@ from pfl_dist.sweep.tradeoff import (
 TARGET_DROP = 0.01  # the target: the dense run's final personal accuracy minus 1 point
 DENSE = "D"  # over several seeds, a codec's mark against the dense codec ('D−': worse than `none`)
 METRIC = "acc_personal"
-_CODEC_ORDER = ("none", "fp16", "bf16", "qsgd", "topk", "randk", "powersgd")
 
 
 def codec_of(run: Run) -> str:
@@ -71,9 +71,10 @@ def codec_of(run: Run) -> str:
 
 
 def codec_order(codec: str) -> tuple[int, str]:
-    """Legend order of codecs: dense first, then by how they compress (pfl_dist/exchange/)."""
+    """Legend order of codecs: the registry's order (pfl_dist/exchange/spec.py `CODECS`: dense first,
+    then by how they compress), plug-ins last."""
     name = codec.split(":")[0]
-    return (_CODEC_ORDER.index(name) if name in _CODEC_ORDER else len(_CODEC_ORDER), codec)
+    return (CODEC_NAMES.index(name) if name in CODEC_NAMES else len(CODEC_NAMES), codec)
 
 
 def groups(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:

@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pfl_dist.exchange.spec import parse_codec
+from pfl_dist.exchange.spec import codec_label
 from pfl_dist.methods import (
     GD_SCHEDULE,
     METHODS,
@@ -274,7 +274,7 @@ def settings_used(run: Run) -> dict[str, Any]:
         section, name = key.split(".")
         value = run.config.get(section, {}).get(name)
         if key == "comm.codec":
-            used["codec"] = str(parse_codec(value if value is not None else "none"))
+            used["codec"] = codec_label(value if value is not None else "none")
         elif key != "algorithm.lam":
             column = _RESOLVED.get(key, name)
             used[column] = resolved.get(column, value)

@@ -17,8 +17,9 @@ from pfl_dist.checkpoint import StopRequest
 from pfl_dist.comm import COLLECTIVES, ByteLedger, Communicator, Traffic
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
-from pfl_dist.exchange.exchange import CODECS, Exchange
-from pfl_dist.exchange.spec import CODEC_NAMES
+from pfl_dist.exchange.base import GatherCompressor, GatherLayout, RoundInput, SummingCompressor, compressor_class
+from pfl_dist.exchange.exchange import Exchange
+from pfl_dist.exchange.spec import ALL_REDUCE, CODEC_NAMES, CODECS, parse_codec
 from pfl_dist.methods import INCREMENT, METHODS, STATE
 from pfl_dist.runtime import Runtime, init_runtime
 from pfl_dist.train import Trainer, run_session
@@ -97,17 +98,69 @@ def test_codec_round_records_the_encoded_messages_as_uplink() -> None:
     assert train.compression_ratio == (28 * 8) / (7 * 12)
 
 
-def test_each_codec_uses_exactly_the_collectives_its_spec_declares() -> None:
-    """TensorBoard leaves out the counters of collective types a codec never uses
-    (`CodecSpec.collectives`): that declaration must match what a round really issues."""
-    for name in CODEC_NAMES:
-        exchange, ledger = make(name)  # the codec's default parameter
-        global_model, sent, counts = inputs()
-        exchange.run_round(0, global_model=global_model, sent=sent, rows=torch.arange(3), counts=counts,
-                           sampled=np.arange(3), stop=False)
-        train = ledger.round[Traffic.TRAIN]
-        used = tuple(kind for kind in COLLECTIVES if getattr(train, f"{kind}_num_collectives") > 0)
-        assert used == exchange.spec.collectives, name
+@pytest.mark.parametrize("name", CODEC_NAMES)
+def test_each_registry_entry_agrees_with_its_compressor_and_transport(name: str) -> None:
+    """One registry (pfl_dist/exchange/spec.py `CODECS`) states each codec's string, compressor,
+    transport and error feedback; the Exchange, TensorBoard (`collectives`) and the feedback rule
+    read it. Its claims must hold for what a round really does."""
+    entry = CODECS[name]
+    spec = parse_codec(name)  # the default parameters
+    assert parse_codec(str(spec)) == spec and spec.entry is entry
+    exchange, ledger = make(name)
+    global_model, sent, counts = inputs()
+    average = exchange.run_round(0, global_model=global_model, sent=sent, rows=torch.arange(3), counts=counts,
+                                 sampled=np.arange(3), stop=False)
+    # TensorBoard leaves out the counters of collective types a codec never uses
+    train = ledger.round[Traffic.TRAIN]
+    assert tuple(kind for kind in COLLECTIVES if getattr(train, f"{kind}_num_collectives") > 0) == entry.collectives
+    if exchange.codec is None:
+        assert not entry.compressor and entry.transport == ALL_REDUCE
+        return
+    compressor = exchange.codec.compressor
+    # the compressor is the kind its transport carries, loaded through the plug-in path
+    assert type(compressor) is compressor_class(entry)
+    assert isinstance(compressor, SummingCompressor if entry.transport == ALL_REDUCE else GatherCompressor)
+    # a residual exactly where the entry says the codec feeds back
+    assert (set(exchange.client_state()) == {"codec_residual"}) == entry.error_feedback
+    # the standalone encode/decode is what the transport computes: one client of weight 1 on one rank
+    fresh, _ = make(name, num_clients=1)
+    codec = fresh.codec
+    assert codec is not None
+    update = sent[1:2] - global_model
+    ones = torch.ones(1, dtype=torch.float64)
+    control = codec.compressor.control_words(update, ones)
+    messages = codec.compressor.encode(update, round_idx=4, clients=torch.tensor([0]), control=control)
+    assert messages.shape[0] == 1 and messages[0].numel() * messages.element_size() == codec.message_bytes()
+    decoded = codec.compressor.decode(messages, round_idx=4, control=control)
+    through_transport = codec.aggregate(RoundInput(
+        round_idx=4, updates=update, weights=ones, rows=torch.arange(1), client_ids=torch.tensor([0]),
+        control=control, weight_total=1.0, layout=GatherLayout((1,))), fresh.wire)
+    assert torch.equal(decoded[0].to(torch.float64), through_transport.double()), name
+    assert average is not None and torch.isfinite(average).all()
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "randk:0.5"])
+def test_the_messages_of_a_summing_compressor_sum(name: str) -> None:
+    """What lets the all-reduce transport send one message per rank: the sum of the clients'
+    weighted messages decodes to the message of their weighted sum (to the message dtype's
+    rounding). PowerSGD sums in two linear steps around a shared basis, so its per-client
+    messages (each its own basis) do not; its reduce is checked against the paper's algorithm
+    (tests/unit/test_codecs.py)."""
+    exchange, _ = make(name)
+    assert exchange.codec is not None
+    compressor = exchange.codec.compressor
+    assert isinstance(compressor, SummingCompressor)
+    global_model, sent, counts = inputs()
+    updates, weights = sent - global_model, counts / counts.sum()
+    control = compressor.control_words(updates, weights)
+    each = compressor.encode(updates, round_idx=2, clients=torch.arange(3), weights=weights, control=control)
+    at_once = compressor.encode_sum(updates, weights=weights, round_idx=2, control=control)
+    summed = compressor.decode(each.double().sum(dim=0, keepdim=True), round_idx=2, control=control)[0]
+    expected = compressor.decode(at_once[None], round_idx=2, control=control)[0]
+    half = getattr(compressor, "half", torch.float64)
+    tolerance = 3 * torch.finfo(half).eps * float(expected.abs().max())
+    assert float((summed - expected).abs().max()) <= tolerance
+    assert float(expected.abs().max()) > 0
 
 
 # --- error feedback per (algorithm, codec) pair ----------------------------------------------------
@@ -144,7 +197,7 @@ def test_kept_state_sent_through_an_error_feedback_codec_ends_near_the_dense_run
 
 
 def test_a_residual_is_kept_exactly_for_a_fresh_increment_through_an_error_feedback_codec() -> None:
-    for codec in CODECS:
+    for codec in CODEC_NAMES:
         for message in (INCREMENT, STATE):
             exchange, _ = make(f"{codec}", message=message)
             global_model, sent, counts = inputs()

@@ -104,6 +104,24 @@ def test_keys_added_later_are_left_out_at_their_earlier_value_unless_the_method_
             f"{method}'s results changed in pfl_dist since that run ({key}, now {LATER_KEYS[key]!r})"]
 
 
+def test_a_qsgd_run_from_before_bucketed_norms_is_another_config_while_other_codecs_keep_their_hash() -> None:
+    # A qsgd run made before issue 25 recorded its short string: one norm per update, other results
+    for short in ("qsgd", "qsgd:4", "qsgd:2"):
+        cfg = at_one_process(load_config(None, [f"comm.codec={short}"]))
+        full = cfg.comm.codec
+        assert full == f"qsgd:{short.partition(':')[2] or 4}:512"
+        before = {**cfg.identity(), "comm": {**cfg.identity()["comm"], "codec": short}}
+        assert config_hash(before) != config_hash(cfg.identity())
+        assert cfg.run_dir.name == f"fedclup-{config_hash(cfg.identity())[:8]}"
+        assert changed_keys(result_config(before), result_config(cfg.identity())) == [
+            f"comm.codec={short} gives other results in pfl_dist since that run (now recorded as {full})"]
+    # the spelled-out string is the same run as the short one today
+    assert load_config(None, ["comm.codec=qsgd:4:512"]).comm.codec == load_config(None, ["comm.codec=qsgd"]).comm.codec
+    # the codecs whose results did not change keep their string, so their runs keep their hash and dir
+    for text in ("none", "fp16", "topk", "randk:0.1", "powersgd"):
+        assert load_config(None, [f"comm.codec={text}"]).comm.codec == text
+
+
 # --- which files ------------------------------------------------------------------------------
 
 
