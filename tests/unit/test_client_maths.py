@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,13 +143,36 @@ def test_the_paper_methods_take_the_fused_solver_on_synthetic_data(method: type,
     torch.testing.assert_close(out.sent, loop, rtol=0, atol=1e-12)
 
 
-def test_clients_of_different_sizes_take_the_loop() -> None:
-    """Where no fused solver applies the task says so (None), and `local_sgd` runs the loop."""
-    task = synthetic()
-    start, anchor = start_and_anchor(task, torch.float64)
-    assert task.fused_local_phase(start.clone(), ROWS, anchor=anchor, lam=0.5, lr=0.2, round_idx=1) is not None
-    task.equal_counts = False  # type: ignore[attr-defined]  # as with clients of different sizes
-    assert task.fused_local_phase(start.clone(), ROWS, anchor=anchor, lam=0.5, lr=0.2, round_idx=1) is None
+def npz_clients(directory: Path, counts: tuple[int, ...]) -> Task:
+    """A client_files task (float64, 3 classes, 4 features) of NPZ clients with these sample counts."""
+    rng = np.random.default_rng(1)
+    for k, n in enumerate(counts):
+        np.savez(directory / f"{k + 1}_client_data.npz", X=rng.standard_normal((n, 4)), y=rng.integers(0, 3, size=n))
+    cfg = load_config(None, ["data.kind=client_files", f"data.data_dir={directory}", f"data.num_clients={len(counts)}",
+                             "data.dim=4", "data.num_classes=3", "algorithm.num_local_steps=25", "train.dtype=float64"])
+    return build_task(cfg, client_ids=range(len(counts)), device=CPU)
+
+
+@pytest.mark.parametrize("counts", [(5, 9, 14), (9, 9, 9)])
+def test_fused_is_taken_on_equal_counts_only(tmp_path: Path, counts: tuple[int, ...]) -> None:
+    # Prepare
+    task = npz_clients(tmp_path, counts)
+    rows = torch.arange(len(counts))
+    start = torch.from_numpy(np.random.default_rng(2).standard_normal((len(counts), task.num_params)))
+    anchor = start[0].clone()
+    lr = stable_lr(task, 0.5)
+    # Execute
+    fast = task.fused_local_phase(start.clone(), rows, anchor=anchor, lam=0.5, lr=lr, round_idx=0)
+    fused = local_sgd(task, start.clone(), rows, round_idx=0, lr=lr, anchor=anchor, lam=0.5, fused=True)
+    loop = local_sgd(task, start.clone(), rows, round_idx=0, lr=lr, anchor=anchor, lam=0.5)
+    # Assert: clients of different sizes have no fused solver and take the loop, bit for bit;
+    # equal ones take the fused solver, equal to the loop up to rounding.
+    if len(set(counts)) > 1:
+        assert fast is None and torch.equal(fused, loop)
+    else:
+        assert fast is not None and torch.equal(fused, fast)
+        torch.testing.assert_close(fused, loop, rtol=0, atol=1e-12)
+    assert not torch.equal(loop, start)
 
 
 # --- docs/EXTENDING.md, "### The client maths: one path" -----------------------------------------
