@@ -9,7 +9,8 @@ What is compared (same data, same work):
   samples/s = (sum of the clients' training images x epochs) / wall time;
 - bare PyTorch: the textbook loop, one client after another: `PaperCNN` nn.Module, torch.optim.SGD,
   a fresh randperm per epoch, forward, cross_entropy, backward, step;
-- pfl_dist: `ImageTask.local_update` on all clients at once (k = --clients: torch.func.vmap over
+- pfl_dist: the client-maths path (`local_sgd`, pfl_dist/algorithms/base.py) on an ImageTask's
+  clients all at once (k = --clients: torch.func.vmap over
   the stacked flat parameters), i.e. exactly what one rank hosting k virtual clients runs, with
   lam = 0 (FedAvg's local step; pass --lam for FedCLUP's proximal step);
 - pfl_dist k=1: the same, one client per call (the 1-client-per-process deployment).
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from _common import machine_line, print_table
 
+from pfl_dist.algorithms.base import local_sgd
 from pfl_dist.config import Config, load_config
 from pfl_dist.data.images import FASHION_MNIST_DIR
 from pfl_dist.models.cnn import PaperCNN
@@ -64,12 +66,13 @@ def bare_pytorch(task: ImageTask, *, epochs: int, batch_size: int, lr: float) ->
 
 
 def pfl_dist_local(task: ImageTask, *, clients_per_call: int, lam: float, lr: float) -> None:
-    """ImageTask.local_update on `clients_per_call` clients at a time (the whole rank: k)."""
+    """The local phase (`local_sgd`, as FedAvg/FedCLUP call it) on `clients_per_call` clients at a
+    time (the whole rank: k)."""
     init = task.init_model()
     rows = torch.arange(len(task.train_counts))
     for chunk in rows.split(clients_per_call):
         models = init.repeat(len(chunk), 1)
-        task.local_update(models, chunk, anchor=init, lam=lam, lr=lr, round_idx=0)
+        local_sgd(task, models, chunk, round_idx=0, lr=lr, anchor=init, lam=lam, fused=True)
 
 
 def timed(fn: Callable[[], None]) -> tuple[float, float]:

@@ -13,7 +13,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pfl_dist import plugins
-from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, RoundEnd
+from pfl_dist.algorithms.base import (
+    Algorithm,
+    ClientOutput,
+    ClientRound,
+    ClientState,
+    RoundEnd,
+    local_sgd,
+    prox_step,
+)
 from pfl_dist.algorithms.classic import FedAvg, FedCLUP, FedProx, LocalTrain, theory_lambda
 from pfl_dist.algorithms.groups import FedPer, FedRep
 from pfl_dist.algorithms.personal import APFL, Ditto, FedAvgFT, PerFedAvg, PFedMe
@@ -67,4 +75,4 @@ def build_algorithm(cfg: AlgorithmConfig, *, smoothness: float, groups: dict[str
 
 __all__ = ["ALGORITHMS", "APFL", "Algorithm", "ClientOutput", "ClientRound", "ClientState", "Ditto", "FedAvg",
            "FedAvgFT", "FedCLUP", "FedPer", "FedProx", "FedRep", "LocalTrain", "PFedMe", "PerFedAvg", "RoundEnd",
-           "Row", "Scaffold", "algorithm_class", "build_algorithm", "theory_lambda"]
+           "Row", "Scaffold", "algorithm_class", "build_algorithm", "local_sgd", "prox_step", "theory_lambda"]

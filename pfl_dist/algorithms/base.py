@@ -23,9 +23,22 @@ A round on every rank (pfl_dist/train.py):
   (docs/ARCHITECTURE.md, "Error feedback per (algorithm, codec) pair").
 - Server-side state that is not w_g (SCAFFOLD's c, FedCLUP's lambda history) is the algorithm's
   own `state_dict`, saved in the checkpoint's replicated section.
-- The task's solver primitives (pfl_dist/tasks/base.py): `local_update` (the fused proximal
-  solver of FedCLUP/FedAvg/FedProx), `batches` (the local schedule), `gradient`, `full_batch`,
-  `parameter_groups`. `local_sgd` below composes the last ones into the steps most methods take.
+- The client maths is one path, below: `prox_step` is THE proximal step (one step of every
+  client on one batch: w <- w - lr (grad f_i(w; batch) + lam (w - anchor) [+ correction]), on
+  the parameters trained, for the batch's active clients), and `local_sgd` is THE local loop
+  (`prox_step` over the task's schedule, `Task.batches`: K full-batch steps or E epochs of each
+  client's own shuffled minibatches). Every method's client steps go through them: FedCLUP,
+  FedAvg, FedProx, LocalTrain and FedAdam (`local_sgd` with the proximal term), Ditto, FedAvg-FT,
+  FedRep, FedPer, SCAFFOLD (`local_sgd`), pFedMe's inner solve (`prox_step`); APFL and
+  Per-FedAvg compose `Task.gradient` themselves (their steps are not proximal steps). A plug-in
+  uses the same two functions.
+- Fast path: `local_sgd(..., fused=True)` lets the task run the whole local phase with a fused
+  solver when it has one for it (`Task.fused_local_phase`: the linear softmax kernels of
+  pfl_dist/solvers/linear.py on clients with equal sample counts, full-batch). The same steps,
+  other rounding (tests/unit/test_client_maths.py: to 1e-12 in float64); the paper's four
+  methods take it, so their float64 runs stay what tests/unit/test_golden.py pins. Where no
+  fused solver applies (minibatches, padded clients, other models, a correction, a subset of
+  parameters) the generic loop runs.
 """
 
 from __future__ import annotations
@@ -79,24 +92,51 @@ class RoundEnd:
     is_logging_rank: bool
 
 
-def local_sgd(task: Task, models: torch.Tensor, batches: Iterable[Batch], *, lr: float,
+def prox_step(task: Task, models: torch.Tensor, batch: Batch, *, lr: float, anchor: torch.Tensor | None = None,
+              lam: float = 0.0, correction: torch.Tensor | None = None, trained: slice | None = None) -> None:
+    """The proximal step, in place, of every client on its rows of `batch`:
+
+        w <- w - lr * (grad f_i(w; batch) + lam (w - anchor) + correction)
+
+    only on the parameters `trained` (all when None), only for the batch's active clients (a
+    client whose epoch is over sits the step out). `anchor` is (P,) (w_g: FedProx, FedCLUP, Ditto's
+    personal solve) or (k, P) (each client's own: pFedMe's w_i); `correction` (k, P) or (P,) is
+    SCAFFOLD's c - c_i. Its operations, in their order, are those of the former padded image
+    solvers and of the methods' own loops it replaced, so their results kept every bit."""
+    grad = task.gradient(models, batch)
+    if lam:
+        assert anchor is not None, "a proximal weight needs an anchor"
+        grad.add_(models - anchor, alpha=lam)
+    if correction is not None:
+        grad.add_(correction)
+    if batch.active is not None:
+        grad.mul_(batch.active.unsqueeze(1))
+    if trained is None:
+        models.sub_(grad, alpha=lr)
+    else:
+        models[:, trained].sub_(grad[:, trained], alpha=lr)
+
+
+def local_sgd(task: Task, models: torch.Tensor, rows: torch.Tensor, *, round_idx: int, lr: float,
               anchor: torch.Tensor | None = None, lam: float = 0.0, correction: torch.Tensor | None = None,
-              trained: slice | None = None) -> torch.Tensor:
-    """In place, for every batch: w <- w - lr * (grad f(w; batch) + lam (w - anchor) + correction),
-    only on the parameters `trained` (all when None), only for the batch's active clients."""
-    for batch in batches:
-        grad = task.gradient(models, batch)
-        if lam:
-            assert anchor is not None
-            grad.add_(models - anchor, alpha=lam)
-        if correction is not None:
-            grad.add_(correction)
-        if batch.active is not None:
-            grad.mul_(batch.active.unsqueeze(1))
-        if trained is None:
-            models.sub_(grad, alpha=lr)
-        else:
-            models[:, trained].sub_(grad[:, trained], alpha=lr)
+              trained: slice | None = None, epochs: int | None = None, stream: int = 0,
+              fused: bool = False) -> torch.Tensor:
+    """The local loop, in place on `models` (one row per client in `rows`), returned: `prox_step`
+    on every batch of the task's schedule `task.batches(rows, round_idx=, epochs=, stream=)`
+    (epochs None = the configured local phase; `stream` > 0 = shuffles of a second solve).
+
+    fused=True: when the call is the configured local phase of the proximal objective (all
+    parameters, no correction, epochs None, stream 0), the task may run it with its fused solver
+    (`Task.fused_local_phase`; None = it has none for this case, and the loop runs). The same
+    steps with other rounding: the paper's four methods pass it (their float64 runs are pinned to
+    it by tests/unit/test_golden.py); the others keep the loop, so their results are unchanged."""
+    if fused and correction is None and trained is None and epochs is None and stream == 0:
+        done = task.fused_local_phase(models, rows, anchor=models.new_zeros(models.shape[1]) if anchor is None
+                                      else anchor, lam=lam, lr=lr, round_idx=round_idx)
+        if done is not None:
+            return done
+    for batch in task.batches(rows, round_idx=round_idx, epochs=epochs, stream=stream):
+        prox_step(task, models, batch, lr=lr, anchor=anchor, lam=lam, correction=correction, trained=trained)
     return models
 
 

@@ -1,9 +1,11 @@
 """FedCLUP and the baselines of its paper: FedAvg, FedProx, LocalTrain.
 
-All four run the task's fused proximal solver (`Task.local_update`: K full-batch steps or E
-epochs of minibatch SGD on f_i(w) + (lam/2)||w - anchor||^2) and send the whole model; they differ
-in where a sampled client starts, the proximal weight, and the global step. Their float64 runs
-are pinned bit for bit (tests/unit/test_golden.py).
+All four run the local phase of proximal steps on f_i(w) + (lam/2)||w - w_g||^2 (K full-batch
+steps or E epochs of minibatch SGD) through the one client-maths path, `local_sgd`
+(pfl_dist/algorithms/base.py), with `fused=True`: where the task has a fused solver for it (the
+linear softmax kernels on equal-count clients) that runs instead of the generic loop. They send
+the whole model; they differ in where a sampled client starts, the proximal weight, and the
+global step. Their float64 runs are pinned bit for bit (tests/unit/test_golden.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 
 from pfl_dist.aggregate import envelope_step
-from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, RoundEnd
+from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, RoundEnd, local_sgd
 from pfl_dist.comm import Traffic
 from pfl_dist.methods import MethodInfo
 
@@ -27,8 +29,8 @@ class ProxLocalUpdate(Algorithm):
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         local = state["local_models"]
         models = ctx.global_model.expand_as(local).clone() if self.resets_local_models else local.clone()
-        models = ctx.task.local_update(models, ctx.rows, anchor=ctx.global_model, lam=self.prox_weight,
-                                       lr=self.local_lr, round_idx=ctx.round_idx)
+        models = local_sgd(ctx.task, models, ctx.rows, round_idx=ctx.round_idx, lr=self.local_lr,
+                           anchor=ctx.global_model, lam=self.prox_weight, fused=True)
         return ClientOutput(sent=models, keep={"local_models": models})
 
 

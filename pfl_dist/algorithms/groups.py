@@ -78,9 +78,9 @@ class FedRep(BodyHead):
         assert self.groups is not None
         task = ctx.task
         models = with_head(ctx.global_model, state["local_models"], self.groups)
-        local_sgd(task, models, task.batches(ctx.rows, round_idx=ctx.round_idx, epochs=self.cfg.personal_epochs,
-                                             stream=PERSONAL_STREAM), lr=self.personal_lr, trained=self.head)
-        local_sgd(task, models, task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr, trained=self.body)
+        local_sgd(task, models, ctx.rows, round_idx=ctx.round_idx, lr=self.personal_lr, trained=self.head,
+                  epochs=self.cfg.personal_epochs, stream=PERSONAL_STREAM)
+        local_sgd(task, models, ctx.rows, round_idx=ctx.round_idx, lr=self.local_lr, trained=self.body)
         return ClientOutput(sent=models[:, self.body], keep={"local_models": models})
 
     def describe(self) -> dict[str, Any]:
@@ -104,5 +104,5 @@ class FedPer(BodyHead):
         assert self.groups is not None
         task = ctx.task
         models = with_head(ctx.global_model, state["local_models"], self.groups)
-        local_sgd(task, models, task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr)
+        local_sgd(task, models, ctx.rows, round_idx=ctx.round_idx, lr=self.local_lr)
         return ClientOutput(sent=models[:, self.body], keep={"local_models": models})

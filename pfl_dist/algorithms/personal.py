@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, local_sgd
+from pfl_dist.algorithms.base import Algorithm, ClientOutput, ClientRound, ClientState, local_sgd, prox_step
 from pfl_dist.methods import MethodInfo
 from pfl_dist.store import Row
 from pfl_dist.tasks.base import Task
@@ -60,11 +60,10 @@ class Ditto(Algorithm):
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
-        sent = local_sgd(task, _reset(ctx), task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr)
-        personal = local_sgd(task, state["personal_models"].clone(),
-                             task.batches(ctx.rows, round_idx=ctx.round_idx, epochs=self.cfg.personal_epochs,
-                                          stream=PERSONAL_STREAM),
-                             lr=self.personal_lr, anchor=ctx.global_model, lam=self.lam)
+        sent = local_sgd(task, _reset(ctx), ctx.rows, round_idx=ctx.round_idx, lr=self.local_lr)
+        personal = local_sgd(task, state["personal_models"].clone(), ctx.rows, round_idx=ctx.round_idx,
+                             lr=self.personal_lr, anchor=ctx.global_model, lam=self.lam,
+                             epochs=self.cfg.personal_epochs, stream=PERSONAL_STREAM)
         return ClientOutput(sent=sent, keep={"personal_models": personal})
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
@@ -125,10 +124,7 @@ class PFedMe(Algorithm):
         theta = state["personal_models"].clone() if self.cfg.inner_warm_start else _reset(ctx)
         for batch in task.batches(ctx.rows, round_idx=ctx.round_idx):
             for _ in range(self.cfg.inner_steps):
-                grad = task.gradient(theta, batch).add_(theta - local, alpha=self.lam)
-                if batch.active is not None:
-                    grad.mul_(batch.active.unsqueeze(1))
-                theta.sub_(grad, alpha=self.personal_lr)
+                prox_step(task, theta, batch, lr=self.personal_lr, anchor=local, lam=self.lam)
             step = (local - theta).mul_(self.local_lr * self.lam)
             if batch.active is not None:
                 step.mul_(batch.active.unsqueeze(1))
@@ -258,12 +254,12 @@ class FedAvgFT(StartsFromGlobal):
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task
-        sent = local_sgd(task, _reset(ctx), task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr)
+        sent = local_sgd(task, _reset(ctx), ctx.rows, round_idx=ctx.round_idx, lr=self.local_lr)
         return ClientOutput(sent=sent, keep={})
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
                         round_idx: int) -> torch.Tensor:
         rows = torch.arange(len(task.client_ids), device=global_model.device)
         models = global_model.expand(len(rows), -1).clone()
-        batches = task.batches(rows, round_idx=round_idx, epochs=self.cfg.personal_epochs, stream=FINETUNE_STREAM)
-        return local_sgd(task, models, batches, lr=self.personal_lr)
+        return local_sgd(task, models, rows, round_idx=round_idx, lr=self.personal_lr,
+                         epochs=self.cfg.personal_epochs, stream=FINETUNE_STREAM)

@@ -58,8 +58,7 @@ class Scaffold(Algorithm):
         task, x = ctx.task, ctx.global_model
         c_i = state["control_variates"]
         models = x.expand(len(ctx.rows), -1).clone()
-        local_sgd(task, models, task.batches(ctx.rows, round_idx=ctx.round_idx), lr=self.local_lr,
-                  correction=self.control - c_i)
+        local_sgd(task, models, ctx.rows, round_idx=ctx.round_idx, lr=self.local_lr, correction=self.control - c_i)
         steps = count_steps(task.batches(ctx.rows, round_idx=ctx.round_idx), len(ctx.rows), x.dtype, x.device)
         c_new = c_i - self.control + (x - models) / (steps.clamp(min=1) * self.local_lr).unsqueeze(1)
         sent = torch.cat([models, self.control + (c_new - c_i)], dim=1)

@@ -1,6 +1,12 @@
-"""Local solvers: K proximal steps on L_i(w) + (lam/2)||w - w_g||^2, vectorized over clients.
+"""The fused fast path of the client maths: K full-batch proximal steps on
+L_i(w) + (lam/2)||w - w_g||^2 for linear softmax models, vectorized over clients,
 
-    w <- w - eta * (grad L_i(w) + lam * (w - w_g))
+    w <- w - eta * (grad L_i(w) + lam * (w - w_g)),
+
+the steps of the one client-maths path (pfl_dist/algorithms/base.py: `prox_step` looped by
+`local_sgd`), which reaches this through `Task.fused_local_phase` when asked (`fused=True`) on
+equal-count clients. tests/unit/test_client_maths.py checks both kernels below against that loop
+(1e-12 in float64).
 
 `models` is (k, P), one row per sampled client of this rank, updated in place. Two kernels run
 this same update; `reference_kernels(dtype)` (models/linear.py) picks one:

@@ -1,10 +1,11 @@
-"""Minibatch proximal SGD (the paper's image solver), vectorized over a rank's sampled clients.
-
-Every step of every client is
+"""The minibatch schedule of clients padded to one length (the paper's image solver's batches),
+vectorized over a rank's sampled clients. The steps themselves are the one proximal step of
+pfl_dist/algorithms/base.py (`prox_step`, looped by `local_sgd` over `Task.batches`, which
+pfl_dist/tasks/base.py's `padded_batches` draws from `plan_epoch` below):
 
     w_i <- w_i - eta * ( grad L_i(w_i; batch) + lam * (w_i - w_g) )
 
-for `num_epochs` epochs of batches of `batch_size` (lam = 0 for FedAvg and LocalTrain).
+for `local_epochs` epochs of batches of `batch_size` (lam = 0 for FedAvg and LocalTrain).
 
 How k clients with different sample counts n_i advance together, without a Python loop over
 clients in the hot path:
@@ -27,21 +28,12 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 
 # The tag keeps its original module name: it seeds every shuffle, so renaming it would change results.
 _SHUFFLE = zlib.crc32(b"pfl_dist.local_sgd.shuffle")
-
-
-class MinibatchModel(Protocol):
-    def weighted_grad(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor
-    ) -> torch.Tensor:
-        """(k, P) gradients of sum_j weights[i, j] * CE(model_i(x[i, j]), y[i, j])."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -98,99 +90,3 @@ def full_batch_weights(counts: Sequence[int], *, num_positions: int, dtype: torc
     """(k, num_positions): 1/n_i on each client's n_i real samples, 0 on its padding."""
     counts_array = np.asarray(counts)[:, None]
     return torch.from_numpy((np.arange(num_positions) < counts_array) / counts_array).to(dtype)
-
-
-def _prox_step(
-    model: MinibatchModel,
-    models: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    weights: torch.Tensor,
-    *,
-    anchor: torch.Tensor,
-    lam: float,
-    lr: float,
-    active: torch.Tensor | None = None,
-) -> None:
-    """One proximal step of every client, in place; `active` (k,) masks clients that sit out."""
-    grad = model.weighted_grad(models, x, y, weights)
-    if lam:
-        grad.add_(models - anchor, alpha=lam)
-    if active is not None:
-        grad.mul_(active.unsqueeze(1))
-    models.sub_(grad, alpha=lr)
-
-
-def run_plan(
-    model: MinibatchModel,
-    models: torch.Tensor,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    plan: EpochPlan,
-    *,
-    rows: torch.Tensor,
-    anchor: torch.Tensor,
-    lam: float,
-    lr: float,
-) -> None:
-    """All steps of `plan`, in place on `models` (k, P); `rows` picks the clients' data rows."""
-    device = models.device
-    row_index = rows.to(device).unsqueeze(1)
-    positions, weights, active = (t.to(device) for t in (plan.positions, plan.weights, plan.active))
-    for step in range(positions.shape[0]):
-        batch_x = features[row_index, positions[step]]
-        batch_y = labels[row_index, positions[step]]
-        _prox_step(model, models, batch_x, batch_y, weights[step], anchor=anchor, lam=lam, lr=lr,
-                   active=active[step] if plan.ragged else None)
-
-
-def prox_sgd_padded(
-    model: MinibatchModel,
-    models: torch.Tensor,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    rows: torch.Tensor,
-    counts: Sequence[int],
-    client_ids: Sequence[int],
-    anchor: torch.Tensor,
-    lam: float,
-    lr: float,
-    num_epochs: int,
-    batch_size: int,
-    seed: int,
-    round_idx: int,
-) -> torch.Tensor:
-    """`num_epochs` epochs of minibatch proximal SGD for the clients in `rows`, in place.
-
-    features/labels hold every client of the rank, padded to a common length; `counts`,
-    `client_ids` describe the k clients of `rows` in the same order as the rows of `models`.
-    """
-    for epoch in range(num_epochs):
-        plan = plan_epoch(counts, client_ids=client_ids, batch_size=batch_size, seed=seed,
-                          round_idx=round_idx, epoch=epoch, dtype=models.dtype)
-        run_plan(model, models, features, labels, plan, rows=rows, anchor=anchor, lam=lam, lr=lr)
-    return models
-
-
-def prox_gd_padded(
-    model: MinibatchModel,
-    models: torch.Tensor,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    rows: torch.Tensor,
-    counts: Sequence[int],
-    anchor: torch.Tensor,
-    lam: float,
-    lr: float,
-    num_steps: int,
-) -> torch.Tensor:
-    """Full-batch proximal GD (algorithm.batch_size = null) on padded data, in place. The clients'
-    data is gathered once: every step uses all of it."""
-    rows = rows.to(models.device)
-    x, y = features[rows], labels[rows]
-    weights = full_batch_weights(counts, num_positions=features.shape[1], dtype=models.dtype).to(models.device)
-    for _ in range(num_steps):
-        _prox_step(model, models, x, y, weights, anchor=anchor, lam=lam, lr=lr)
-    return models

@@ -55,13 +55,18 @@ class Task(Protocol):
         """The largest smoothness constant among this rank's clients (for L = 'auto')."""
         ...
 
-    def local_update(
-        self, models: torch.Tensor, rows: torch.Tensor, *, anchor: torch.Tensor, lam: float, lr: float, round_idx: int
-    ) -> torch.Tensor:
-        """Train `models` (one row per client in `rows`, local row indices) in place."""
-        ...
+    # --- solver primitives the client maths composes (pfl_dist/algorithms/base.py: `prox_step`,
+    # `local_sgd`) ---------------------------------------------------------------------------
 
-    # --- solver primitives an algorithm composes (pfl_dist/algorithms/) ----------------------
+    def fused_local_phase(
+        self, models: torch.Tensor, rows: torch.Tensor, *, anchor: torch.Tensor, lam: float, lr: float, round_idx: int
+    ) -> torch.Tensor | None:
+        """A fast path for `local_sgd`: the configured local phase of proximal steps on
+        f_i(w) + (lam/2)||w - anchor||^2 for the clients in `rows` (local row indices), run by a
+        fused solver in place on `models` and returned, or None when the task has no fused solver
+        for this case (then `local_sgd` runs `prox_step` over `batches`). The same steps as that
+        loop up to rounding."""
+        ...
 
     def parameter_groups(self) -> dict[str, slice] | None:
         """{"body": slice, "head": slice} of the flat model, or None for a model without a split."""
@@ -109,9 +114,10 @@ def padded_batches(
     stream: int,
     dtype: torch.dtype,
 ) -> Iterator[Batch]:
-    """The local steps' batches of the clients in `rows` on padded (k, n, ...) data: the full batch
-    K times (algorithm.batch_size null), else each client's own shuffled epochs (solvers/padded.py);
-    `epochs` overrides the configured count."""
+    """The local schedule (the one epoch loop): the batches of the clients in `rows` on padded
+    (k, n, ...) data: the full batch K times (algorithm.batch_size null), else each client's own
+    shuffled epochs of minibatches (`plan_epoch`, solvers/padded.py), a client whose epoch is over
+    marked inactive for the remaining steps; `epochs` overrides the configured count."""
     algo = cfg.algorithm
     if not len(rows):
         return

@@ -68,7 +68,7 @@ from pfl_dist.models import ModelEntry, model_entry
 from pfl_dist.models.init_file import check_init_file
 from pfl_dist.models.linear import LinearSoftmax
 from pfl_dist.models.module import ModuleModel
-from pfl_dist.solvers.padded import full_batch_weights, prox_gd_padded, prox_sgd_padded
+from pfl_dist.solvers.padded import full_batch_weights
 from pfl_dist.tasks.base import Batch, padded_batches
 
 LOG_PROB_FLOOR = math.log(1e-12)
@@ -342,20 +342,12 @@ class ImageTask:
             bounds.append(float(torch.linalg.eigvalsh(gram)[-1]) / (4 * n))
         return max(bounds)
 
-    def local_update(
+    def fused_local_phase(
         self, models: torch.Tensor, rows: torch.Tensor, *, anchor: torch.Tensor, lam: float, lr: float, round_idx: int
-    ) -> torch.Tensor:
-        if not len(rows):
-            return models
-        algo = self.cfg.algorithm
-        counts = [self.train_counts[int(r)] for r in rows]
-        if algo.batch_size is None:
-            return prox_gd_padded(self.model, models, self.train_x, self.train_y, rows=rows, counts=counts,
-                               anchor=anchor, lam=lam, lr=lr, num_steps=algo.num_local_steps)
-        return prox_sgd_padded(self.model, models, self.train_x, self.train_y, rows=rows, counts=counts,
-                            client_ids=[self.client_ids.start + int(r) for r in rows], anchor=anchor, lam=lam,
-                            lr=lr, num_epochs=algo.local_epochs, batch_size=algo.batch_size,
-                            seed=self.cfg.run.seed, round_idx=round_idx)
+    ) -> None:
+        """No fused solver: the generic loop (`local_sgd` on `batches` and `gradient`) is the
+        image solver, vectorized over the rank's clients as it is."""
+        return None
 
     # --- solver primitives (pfl_dist/algorithms/ composes them) ---------------------------
 

@@ -14,10 +14,13 @@ paper's metrics.
   names say which (`metrics_measured_on`: train/... or eval/...).
 ITR and ATR are reported only when the true models are known.
 
-When every client has the same number of samples (always on synthetic data) the local solver
-and the metrics run the unpadded kernels of pfl_dist/solvers/linear.py, bit for bit what the
-synthetic task always ran (tests/unit/test_golden.py). Different counts take the padded solver
-and masked metrics; `algorithm.batch_size` takes local minibatch SGD (pfl_dist/solvers/padded.py).
+When every client has the same number of samples (always on synthetic data) the metrics run the
+unpadded kernels of pfl_dist/models/linear.py, and a full-batch local phase that asks for it
+(`local_sgd(..., fused=True)`: the paper's four methods) runs the fused solver of
+pfl_dist/solvers/linear.py (`fused_local_phase`), bit for bit what the synthetic task always ran
+(tests/unit/test_golden.py). Everything else (different counts, `algorithm.batch_size`
+minibatches, the other methods) takes the generic loop on `batches` and `gradient`
+(pfl_dist/algorithms/base.py `local_sgd`) and masked metrics.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 from pfl_dist.config import Config
 from pfl_dist.models.linear import LinearSoftmax
 from pfl_dist.solvers.linear import prox_gd_linear_softmax
-from pfl_dist.solvers.padded import full_batch_weights, prox_gd_padded, prox_sgd_padded
+from pfl_dist.solvers.padded import full_batch_weights
 from pfl_dist.tasks.base import Batch, padded_batches
 
 BLOCK = 256  # clients per float64 block in the smoothness bound
@@ -93,30 +96,16 @@ class LinearClientsTask:
             largest = max(largest, float(torch.linalg.eigvalsh(gram)[:, -1].max()))
         return largest
 
-    def local_update(
+    def fused_local_phase(
         self, models: torch.Tensor, rows: torch.Tensor, *, anchor: torch.Tensor, lam: float, lr: float, round_idx: int
-    ) -> torch.Tensor:
-        algo = self.cfg.algorithm
-        if algo.batch_size is not None:
-            if not len(rows):
-                return models
-            return prox_sgd_padded(
-                self.model, models, self.features, self.labels, rows=rows,
-                counts=[self.counts[int(r)] for r in rows], client_ids=[self.client_ids.start + int(r) for r in rows],
-                anchor=anchor, lam=lam, lr=lr, num_epochs=algo.local_epochs, batch_size=algo.batch_size,
-                seed=self.cfg.run.seed, round_idx=round_idx)
-        if self.equal_counts:
-            return prox_gd_linear_softmax(
-                self.model, models, self.features[rows], self.labels[rows],
-                anchor=anchor, lam=lam, lr=lr, num_steps=algo.num_local_steps,
-            )
-        if not len(rows):
-            return models
-        return prox_gd_padded(self.model, models, self.features, self.labels, rows=rows,
-                              counts=[self.counts[int(r)] for r in rows], anchor=anchor, lam=lam, lr=lr,
-                              num_steps=algo.num_local_steps)
+    ) -> torch.Tensor | None:
+        """The fused linear softmax solver (pfl_dist/solvers/linear.py) when every client fills the
+        padded length and the phase is full-batch; None (the generic loop) otherwise."""
+        if self.cfg.algorithm.batch_size is not None or not self.equal_counts:
+            return None
+        return prox_gd_linear_softmax(self.model, models, self.features[rows], self.labels[rows],
+                                      anchor=anchor, lam=lam, lr=lr, num_steps=self.cfg.algorithm.num_local_steps)
 
-    # --- solver primitives an algorithm composes (pfl_dist/algorithms/) -------------------------
 
     def parameter_groups(self) -> dict[str, slice] | None:
         return None  # one linear layer: no body/head split

@@ -1,4 +1,5 @@
-"""ImageTask, local SGD and the CNN (pfl_dist.tasks.images, pfl_dist.solvers.padded, pfl_dist.models.cnn).
+"""ImageTask, local SGD and the CNN (pfl_dist.tasks.images, pfl_dist.solvers.padded, the client-maths path
+of pfl_dist.algorithms.base, pfl_dist.models.cnn).
 
 Mechanics run on a small learnable MNIST-layout dataset written here (class templates plus
 noise). The paper's expected shape and the accuracy bars on the real data are slow runs in
@@ -7,18 +8,22 @@ tests/integration/test_paper_shape.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 import torch
 
+from pfl_dist.algorithms.base import local_sgd
 from pfl_dist.config import Config, load_config
 from pfl_dist.data.images import load_images
 from pfl_dist.errors import ConfigError
 from pfl_dist.models.cnn import CNNModel, PaperCNN
 from pfl_dist.sampling import client_block
-from pfl_dist.solvers.padded import epoch_permutation, plan_epoch, prox_sgd_padded
+from pfl_dist.solvers.padded import epoch_permutation, full_batch_weights, plan_epoch
+from pfl_dist.tasks.base import Batch, Task, padded_batches
 from pfl_dist.tasks.images import ImageTask, LogRegModel, check_image_config, client_index_sets, global_test_slice
 from tests.helpers import run_inprocess, run_main, write_learnable_mnist
 
@@ -57,6 +62,26 @@ def test_epoch_plan_is_each_clients_own_shuffled_epoch() -> None:
     assert plan.weights[2, 0].tolist() == [0.5, 0.5, 0.0, 0.0]  # 10 = 4 + 4 + 2
 
 
+class PaddedClients:
+    """The two primitives the client-maths path reads (`batches`, `gradient`) on raw padded data."""
+
+    def __init__(self, model: LogRegModel, x: torch.Tensor, y: torch.Tensor, counts: list[int], cfg: Config) -> None:
+        self.model, self.x, self.y, self.counts, self.cfg = model, x, y, counts, cfg
+
+    def full_batch(self, rows: torch.Tensor) -> Batch:
+        weights = full_batch_weights([self.counts[int(r)] for r in rows], num_positions=self.x.shape[1],
+                                     dtype=self.x.dtype)
+        return Batch(self.x[rows], self.y[rows], weights)
+
+    def batches(self, rows: torch.Tensor, *, round_idx: int, epochs: int | None = None,
+                stream: int = 0) -> Iterator[Batch]:
+        return padded_batches(self.full_batch, self.x, self.y, rows, counts=self.counts, first_client_id=0,
+                              cfg=self.cfg, round_idx=round_idx, epochs=epochs, stream=stream, dtype=self.x.dtype)
+
+    def gradient(self, models: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.model.weighted_grad(models, batch.x, batch.y, batch.weights)
+
+
 def test_batched_sgd_equals_each_client_alone() -> None:
     # Prepare: 3 clients with 50, 37 and 12 samples, padded to 50, float64 logreg.
     g = torch.Generator().manual_seed(0)
@@ -65,12 +90,13 @@ def test_batched_sgd_equals_each_client_alone() -> None:
     y = torch.randint(0, 10, (3, 50), generator=g)
     start = torch.randn(3, model.num_params, generator=g, dtype=torch.float64) * 0.01
     anchor = torch.zeros(model.num_params, dtype=torch.float64)
-    common = dict(anchor=anchor, lam=0.7, lr=0.05, num_epochs=3, batch_size=8, seed=3, round_idx=4)
+    cfg = load_config(None, ["data.kind=mnist", "algorithm.batch_size=8", "algorithm.local_epochs=3", "run.seed=3"])
+    task = cast(Task, PaddedClients(model, x, y, counts, cfg))
+    common = dict(anchor=anchor, lam=0.7, lr=0.05, round_idx=4)
     # Execute: all three at once, then each alone (as it would run on its own rank).
-    together = prox_sgd_padded(model, start.clone(), x, y, rows=torch.arange(3), counts=counts,
-                            client_ids=[0, 1, 2], **common)  # type: ignore[arg-type]
-    alone = [prox_sgd_padded(model, start[i:i + 1].clone(), x, y, rows=torch.tensor([i]), counts=[counts[i]],
-                          client_ids=[i], **common) for i in range(3)]  # type: ignore[arg-type]
+    together = local_sgd(task, start.clone(), torch.arange(3), **common)  # type: ignore[arg-type]
+    alone = [local_sgd(task, start[i:i + 1].clone(), torch.tensor([i]), **common)  # type: ignore[arg-type]
+             for i in range(3)]
     # Assert
     assert torch.allclose(together, torch.cat(alone), rtol=0, atol=1e-12)
     assert not torch.allclose(together, start)
