@@ -138,16 +138,8 @@ def method_info(name: str) -> MethodInfo:
 def plugin_info(plugin: plugins.PluginName) -> MethodInfo:
     """A plug-in class's declared `info = MethodInfo(...)`, read by AST (no import, no torch)."""
     where = f"algorithm.name={plugin}"
-    path = plugins.source_path(plugin.module)
-    if path is None:
-        raise ConfigError(f"{where}: cannot find module {plugin.module} (is its folder on PYTHONPATH?)")
-    try:
-        declared = plugins.class_declaration(path, "info")
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ConfigError(f"{where}: cannot read {path}: {type(err).__name__}: {err}") from None
-    if plugin.attr not in declared:
-        raise ConfigError(f"{where}: {path} has no class {plugin.attr} declaring 'info = MethodInfo(...)' in its body")
-    return replace(declared_info(declared[plugin.attr], where=where), name=str(plugin))
+    declaration = plugins.plugin_declaration(plugin, "info", "MethodInfo", where=where)
+    return replace(declared_info(declaration, where=where), name=str(plugin))
 
 
 def declared_info(call: ast.Call, *, where: str) -> MethodInfo:

@@ -114,6 +114,22 @@ def class_declaration(path: Path, attr: str) -> dict[str, ast.Call]:
     return found
 
 
+def plugin_declaration(plugin: PluginName, attr: str, kind: str, *, where: str) -> ast.Call:
+    """The `kind(...)` call a plug-in class assigns to `attr` in its body (`info = MethodInfo(...)`,
+    `codec = CodecInfo(...)`), read from its source without importing it; ConfigError naming
+    `where` (one line) when the module, its source or the class's declaration is missing."""
+    path = source_path(plugin.module)
+    if path is None:
+        raise ConfigError(f"{where}: cannot find module {plugin.module} (is its folder on PYTHONPATH?)")
+    try:
+        declared = class_declaration(path, attr)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ConfigError(f"{where}: cannot read {path}: {type(err).__name__}: {err}") from None
+    if plugin.attr not in declared:
+        raise ConfigError(f"{where}: {path} has no class {plugin.attr} declaring '{attr} = {kind}(...)' in its body")
+    return declared[plugin.attr]
+
+
 def literal_call(call: ast.Call, *, where: str) -> tuple[list[Any], dict[str, Any]]:
     """The positional and keyword arguments of `call`, each a Python literal; ValueError naming
     `where` otherwise (a declaration that computes its values cannot be read without running)."""

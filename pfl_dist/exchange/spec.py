@@ -99,17 +99,9 @@ def plugin_entry(name: str, *, key: str = "comm.codec") -> CodecEntry:
     ConfigError (one line) when the module, the class or a valid declaration is missing."""
     plugin = plugins.parse(name, key=key)
     where = f"{key}={plugin}"
-    path = plugins.source_path(plugin.module)
-    if path is None:
-        raise ConfigError(f"{where}: cannot find module {plugin.module} (is its folder on PYTHONPATH?)")
+    declaration = plugins.plugin_declaration(plugin, "codec", "CodecInfo", where=where)
     try:
-        declared = plugins.class_declaration(path, "codec")
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ConfigError(f"{where}: cannot read {path}: {type(err).__name__}: {err}") from None
-    if plugin.attr not in declared:
-        raise ConfigError(f"{where}: {path} has no class {plugin.attr} declaring 'codec = CodecInfo(...)' in its body")
-    try:
-        args, kwargs = plugins.literal_call(declared[plugin.attr], where=where)
+        args, kwargs = plugins.literal_call(declaration, where=where)
         info = CodecInfo(*args, **kwargs)
     except (ValueError, TypeError) as err:
         message = str(err) if str(err).startswith(where) else f"{where}: its codec = CodecInfo(...) is not valid: {err}"

@@ -67,6 +67,18 @@ def python_command(line: str) -> tuple[str | None, list[str]]:
     return pythonpath, words[3:]
 
 
+def train_documented_plugin(line: str, shrink: tuple[str, ...], out_dir: Path) -> tuple[list[str], Path]:
+    """A documented 'PYTHONPATH=examples python -m pfl_dist.train ARGS' line run from the repo,
+    shrunk by `shrink` and written under `out_dir`: (ARGS, the one run dir it made)."""
+    pythonpath, args = python_command(line)
+    assert pythonpath == "examples"
+    done = run([sys.executable, "-m", "pfl_dist.train", *args, *shrink, f"run.out_dir={out_dir}"], cwd=REPO,
+               pythonpath=str(REPO / "examples"))
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = out_dir.iterdir()
+    return args, run_dir
+
+
 # --- as a plug-in ----------------------------------------------------------------------------------
 
 
@@ -78,14 +90,9 @@ def test_the_documented_plugin_is_examples_custom_algorithm() -> None:
 @pytest.mark.parametrize("line", section_blocks("sh", "As a plug-in")[0].strip().splitlines())
 def test_the_documented_plugin_commands_train_with_exact_bytes(line: str, tmp_path: Path) -> None:
     # Execute: the command as documented, from the repo, shrunk and written under tmp_path
-    pythonpath, args = python_command(line)
-    assert pythonpath == "examples"
-    done = run([sys.executable, "-m", "pfl_dist.train", *args, *SHRINK, f"run.out_dir={tmp_path}"], cwd=REPO,
-               pythonpath=str(REPO / "examples"))
+    args, run_dir = train_documented_plugin(line, SHRINK, tmp_path)
     # Assert: the run dir as documented; the plug-in's name and params; with the dense codec
     # uplink = messages x the model's parameter bytes
-    assert done.returncode == 0, done.stderr
-    (run_dir,) = tmp_path.iterdir()
     assert re.fullmatch(r"custom_algorithm\.FedAvgM-[0-9a-f]{8}", run_dir.name)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"]["name"] == "custom_algorithm:FedAvgM"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from pfl_dist.methods import INCREMENT
 from pfl_dist.sampling import sample_clients
 from tests.helpers import REPO
 from tests.unit.test_codecs import ThreadGroup
-from tests.unit.test_extending_algorithm import python_command, run, without_docstrings
+from tests.unit.test_extending_algorithm import train_documented_plugin, without_docstrings
 
 SHRINK = ("data.num_clients=4", "train.num_rounds=2", "train.eval_every=2")
 PLUGIN = "custom_codec:ScaledSign"
@@ -49,13 +48,8 @@ def test_the_documented_plugin_is_examples_custom_codec() -> None:
 @pytest.mark.parametrize("line", section_blocks("sh", "As a plug-in")[0].strip().splitlines())
 def test_the_documented_plugin_commands_train_with_exact_bytes(line: str, tmp_path: Path) -> None:
     # Execute: the command as documented, from the repo, shrunk and written under tmp_path
-    pythonpath, args = python_command(line)
-    assert pythonpath == "examples"
-    done = run([sys.executable, "-m", "pfl_dist.train", *args, *SHRINK, f"run.out_dir={tmp_path}"], cwd=REPO,
-               pythonpath=str(REPO / "examples"))
+    _, run_dir = train_documented_plugin(line, SHRINK, tmp_path)
     # Assert: recorded as named; uplink = messages x (4 + ceil(P / 8)) for the float32 model
-    assert done.returncode == 0, done.stderr
-    (run_dir,) = tmp_path.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["comm"]["codec"] == PLUGIN
     final = torch.load(run_dir / "final" / "global.pt", weights_only=True)
