@@ -74,9 +74,16 @@ class MethodInfo:
     # algorithm.params: the settings of a plug-in algorithm, (name, default) pairs; a value given in
     # algorithm.params must have its default's type (ints widen to float) (`check_params`)
     params: tuple[tuple[str, Any], ...] = ()
+    # per-client rows of the model's size that its `client_rows()` declare (FedCLUP's local model,
+    # Ditto's personal one; SCAFFOLD 2 with c_i; 0 for a method that keeps nothing): the memory
+    # estimate counts them without torch (pfl_dist/resources.py); the Trainer refuses a class whose
+    # declared rows differ from it
+    kept_models: int = 1
 
     def __post_init__(self) -> None:
         assert self.message in MESSAGES, self.message
+        if type(self.kept_models) is not int or self.kept_models < 0:
+            raise ValueError(f"kept_models must be an integer >= 0, got {self.kept_models!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """As summary.json records it (JSON: `reads` as a list, `params` as [name, default] lists;

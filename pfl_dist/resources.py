@@ -8,11 +8,16 @@ line holding both numbers.
 
 The estimate counts only what certainly gets allocated, so it errs low and never refuses a
 config that fits: the rank's client data (features and labels, padded to its largest client as
-the tasks store them) and its per-client models (the local models, the copies a round trains
-and the new ones it returns: 3 x k x P values, P the model's size for the dataset's input shape
-and classes: the model registry's `memory_bytes`, pfl_dist/models/__init__.py; a plug-in model's
-P is counted on the module its factory builds). Per data.kind, from what is known without loading
-the data:
+the tasks store them) and its per-client models and state: (2 + kept) x k x P values, P the
+model's size for the dataset's input shape and classes (the model registry's `memory_bytes`,
+pfl_dist/models/__init__.py; a plug-in model's P is counted on the module its factory builds).
+The 2 are the copies a round trains and the new ones it returns; `kept` the per-client rows of
+the model's size kept between rounds, which each registry entry declares: the algorithm's
+(`MethodInfo.kept_models`: FedCLUP's local model 1, SCAFFOLD's y_i and c_i 2, Per-FedAvg 0) and
+the codec's error-feedback residual (1 where `feedback_rule` keeps one, pfl_dist/exchange/spec.py:
+a residual has the wire's size, so SCAFFOLD's 2-model one counts as 1, and FedRep's and FedPer's,
+the body's only, not at all).
+Per data.kind, from what is known without loading the data:
 - synthetic: exact, k x n x (d values + a label);
 - fashion_mnist, mnist, mnist5k: the dataset's standard training size, cut as the partitioner
   cuts it (classes: N // (partitions x c) images of each of c classes; iid: N // partitions;
@@ -44,6 +49,9 @@ from pfl_dist.data import cifar, leaf
 from pfl_dist.data.client_files import FORMATS, client_file, samples_at_least
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 from pfl_dist.errors import ConfigError
+from pfl_dist.exchange.spec import feedback_rule, parse_codec
+from pfl_dist.methods import method_info
+from pfl_dist.models import WORKING_COPIES
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sampling import client_block
 from pfl_dist.tasks import task_model
@@ -97,10 +105,21 @@ def _client_files_data_bytes(cfg: Config, block: range, value: int) -> int:
     return padded + as_read + len(block) * data.dim * 8  # + the per-client feature scales (float64)
 
 
+def model_copies(cfg: Config) -> int:
+    """The (k, P) matrices of client models a rank holds: a round's working copies, the algorithm's
+    kept rows and the codec's residual where the (algorithm, codec) pair keeps one."""
+    info = method_info(cfg.algorithm.name)
+    residual = feedback_rule(error_feedback=parse_codec(cfg.comm.codec).entry.error_feedback, message=info.message)
+    # a method that sends only the body (FedRep, FedPer) keeps a residual of the body's size, less
+    # than P and not known without the model: not counted, so the estimate stays a lower bound
+    return WORKING_COPIES + info.kept_models + int(residual and not info.parameter_groups)
+
+
 def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None) -> tuple[int, int]:
-    """-> (data bytes, per-client model bytes) of `rank`, or of the rank that needs the most."""
+    """-> (data bytes, per-client model and state bytes) of `rank`, or of the rank that needs the most."""
     data = cfg.data
     model = task_model(cfg)
+    copies = model_copies(cfg)
     value = _DTYPE_BYTES[cfg.train.dtype]
     k = clients_per_rank(data.num_clients, world_size) if rank is None \
         else len(client_block(rank, world_size=world_size, num_clients=data.num_clients))
@@ -108,17 +127,18 @@ def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None
     if data.kind == "synthetic":
         n, d = data.samples_per_client, data.dim
         data_bytes = k * n * (d * value + _LABEL_BYTES)
-        return data_bytes, model.memory_bytes((d,), data.num_classes, clients=k, value_bytes=value)
+        return data_bytes, model.memory_bytes((d,), data.num_classes, clients=k, value_bytes=value, copies=copies)
     if image is not None:
         num_train, input_shape, num_classes = image
         sample_values = math.prod(input_shape)
         data_bytes = k * _image_samples_per_client(cfg, num_train) * (sample_values * value + _LABEL_BYTES)
-        return data_bytes, model.memory_bytes(input_shape, num_classes, clients=k, value_bytes=value)
+        return data_bytes, model.memory_bytes(input_shape, num_classes, clients=k, value_bytes=value, copies=copies)
     if data.kind == "client_files":
         blocks = [client_block(r, world_size=world_size, num_clients=data.num_clients)
                   for r in (range(world_size) if rank is None else [rank])]  # ranks hold files of different sizes
         per_rank = [(_client_files_data_bytes(cfg, block, value),
-                     model.memory_bytes((data.dim,), data.num_classes, clients=len(block), value_bytes=value))
+                     model.memory_bytes((data.dim,), data.num_classes, clients=len(block), value_bytes=value,
+                                       copies=copies))
                     for block in blocks]
         return max(per_rank, key=sum)
     return 0, 0  # a task without an estimate here is never refused
@@ -186,5 +206,6 @@ def _refuse(cfg: Config, *, data_bytes: int, model_bytes: int, detail: str, limi
              "client_files": "data.num_clients"}.get(cfg.data.kind, "data.num_clients or the model (model.kind)")
     raise ConfigError(
         f"the config needs at least {format_bytes(data_bytes + model_bytes)} of memory per rank (data "
-        f"{format_bytes(data_bytes)} + client models {format_bytes(model_bytes)}{detail}), but only {limit}; "
+        f"{format_bytes(data_bytes)} + client models and state {format_bytes(model_bytes)}{detail}), but only "
+        f"{limit}; "
         f"lower {lower}, or use more ranks or nodes")

@@ -45,7 +45,7 @@ from pfl_dist.checkpoint import (
 )
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
-from pfl_dist.errors import NonFiniteMetricError, OneLineParser, PflError
+from pfl_dist.errors import ConfigError, NonFiniteMetricError, OneLineParser, PflError
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
@@ -110,7 +110,7 @@ class Trainer:
         # Every per-client row of this rank's clients, declared by its owner (pfl_dist/store.py):
         # the algorithm's (algo/), an error-feedback codec's residual (codec/), the update counts.
         self.store: ClientStore = DenseStore(len(block), global_model=self.global_model)
-        self.store.declare("algo", self.algorithm.client_rows())
+        self.store.declare("algo", self.kept_rows(self.algorithm))
         self.store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
         self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.algorithm.wire_shapes(
                                  self.parameter_shapes()), client_ids=block,
@@ -164,6 +164,19 @@ class Trainer:
         shapes = [t.shape for t in self.task.model_state_dict(self.global_model).values()]
         assert sum(s.numel() for s in shapes) == self.task.num_params
         return shapes
+
+    @staticmethod
+    def kept_rows(algorithm: Algorithm) -> tuple[Row, ...]:
+        """The algorithm's declared per-client rows; ConfigError (one line) when its rows of the
+        model's size are not as many as its `MethodInfo.kept_models`, which the memory estimate
+        counts before anything runs (pfl_dist/resources.py)."""
+        rows = tuple(algorithm.client_rows())
+        models = [row.name for row in rows if row.shape is None]
+        if len(models) != algorithm.info.kept_models:
+            raise ConfigError(f"algorithm.name={algorithm.info.name}: its client_rows() keep {len(models)} row(s) of "
+                              f"the model's size ({', '.join(models) or 'none'}) but its MethodInfo declares "
+                              f"kept_models={algorithm.info.kept_models}; declare kept_models={len(models)}")
+        return rows
 
     def _smoothness(self) -> float:
         """L: explicit, or the max over all clients of the per-client bound (one MAX reduce)."""

@@ -219,7 +219,7 @@ class PerFedAvg(StartsFromGlobal):
     No per-client state. alpha auto is eta (1/L under local_lr auto): a gradient step on f_i."""
 
     info = MethodInfo("perfedavg", "Per-FedAvg (FO)", reads=("algorithm.personal_lr",),
-                      paper="Fallah et al., NeurIPS 2020", colors="#a6761d", marker="*")  # ochre
+                      paper="Fallah et al., NeurIPS 2020", colors="#a6761d", marker="*", kept_models=0)  # ochre
     sent_step_keys = ("algorithm.local_lr", "algorithm.personal_lr")  # w_i steps from w_i - alpha grad
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
@@ -250,7 +250,7 @@ class FedAvgFT(StartsFromGlobal):
     under local_lr auto): fine-tuning is SGD on the same f_i as the local phase."""
 
     info = MethodInfo("fedavg_ft", "FedAvg-FT", reads=("algorithm.personal_lr", "algorithm.personal_epochs"),
-                      colors="#e78ac3", marker="d")  # pink
+                      colors="#e78ac3", marker="d", kept_models=0)  # pink
 
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         task = ctx.task

@@ -34,7 +34,8 @@ class Scaffold(Algorithm):
 
     # issue 21: the server's means are plain means (were n_i-weighted)
     info = MethodInfo("scaffold", "SCAFFOLD", reads=("algorithm.beta",), paper="Karimireddy et al., ICML 2020",
-                      colors="#bcbd22", marker="<", results_changed_with="algorithm.client_weights")  # olive
+                      colors="#bcbd22", marker="<", results_changed_with="algorithm.client_weights",
+                      kept_models=2)  # olive; y_i and c_i
     paper_client_weights = "uniform"
     kept_step_keys = ("algorithm.local_lr",)  # y_i and c_i+ come from the local steps
     server_step_keys = ("algorithm.beta",)

@@ -31,8 +31,7 @@ import torch
 
 from pfl_dist import plugins
 from pfl_dist.errors import ConfigError
-from pfl_dist.exchange.spec import ALL_GATHER, ALL_REDUCE, CodecEntry, CodecInfo, CodecSpec
-from pfl_dist.methods import INCREMENT
+from pfl_dist.exchange.spec import ALL_GATHER, ALL_REDUCE, CodecEntry, CodecInfo, CodecSpec, feedback_rule
 from pfl_dist.store import ClientStore, DenseStore, Row
 
 
@@ -308,15 +307,6 @@ def generator(seed: int, *words: int) -> torch.Generator:
     draws do not depend on which rank hosts it."""
     entropy = np.random.SeedSequence([seed, *words]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
-
-
-def feedback_rule(*, error_feedback: bool, message: str) -> bool:
-    """Whether a client keeps an error-feedback residual: only when its codec compresses with error
-    feedback and its message is a fresh increment (pfl_dist/methods.py INCREMENT: FedAvg's reset
-    update, SCAFFOLD's y_i - x and c_i+ - c_i). For kept state (STATE: FedCLUP's w_i - w_g) the part
-    C leaves out is still in w_i - w_g next round; with a residual as well it would be sent twice
-    (with rand-k:0.25 the issue-21 run's w_g ended 220 from the dense run's, ||w_g|| = 3.2)."""
-    return error_feedback and message == INCREMENT
 
 
 class ErrorFeedback:

@@ -41,9 +41,10 @@ DATASET_TASK = "pfl_dist.tasks.dataset:DatasetTask"  # a plug-in data.kind (Imag
 # clients with vmap. The linear-clients tasks (synthetic, client_files) are softmax regression
 # throughout: their solver, smoothness bound and ITR/ATR read w as a (d, C) matrix.
 MODULE_TASKS = (IMAGE_TASK, DATASET_TASK)
-# How many (k, P) client-model matrices a rank holds at once: the local models, the copies a
-# round trains and the new ones it returns (pfl_dist/resources.py's estimate).
-MODEL_COPIES = 3
+# The (k, P) client-model matrices a round works on besides the per-client rows kept between
+# rounds (the algorithm's and the codec's, counted by pfl_dist/resources.py): the copies it trains
+# and the new ones it returns.
+WORKING_COPIES = 2
 
 Shape = tuple[int, ...]
 
@@ -62,9 +63,10 @@ class ModelEntry:
     def plugin(self) -> bool:
         return self.kind not in MODELS
 
-    def memory_bytes(self, input_shape: Shape, num_classes: int, *, clients: int, value_bytes: int) -> int:
-        """Bytes of a rank's per-client models: MODEL_COPIES x k x P values."""
-        return MODEL_COPIES * clients * self.num_params(input_shape, num_classes) * value_bytes
+    def memory_bytes(self, input_shape: Shape, num_classes: int, *, clients: int, value_bytes: int,
+                     copies: int) -> int:
+        """Bytes of `copies` (k, P) matrices of a rank's k clients' models."""
+        return copies * clients * self.num_params(input_shape, num_classes) * value_bytes
 
 
 def _linear_params(input_shape: Shape, num_classes: int) -> int:

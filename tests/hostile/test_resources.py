@@ -13,17 +13,21 @@ import pytest
 import torch
 
 from pfl_dist import train
+from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import Config, load_config
 from pfl_dist.data import cifar, leaf
 from pfl_dist.data.client_files import samples_at_least
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 from pfl_dist.errors import ConfigError
-from pfl_dist.models import MODELS
+from pfl_dist.methods import INCREMENT, METHOD_NAMES, METHODS
+from pfl_dist.models import MODELS, WORKING_COPIES
 from pfl_dist.resources import available_bytes, check_memory, estimate_rank_bytes
+from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import client_block
 from pfl_dist.tasks.client_files import ClientFilesTask
 from pfl_dist.tasks.images import ImageTask, build_image_model
 from pfl_dist.tasks.synthetic import SyntheticTask
+from pfl_dist.train import Trainer
 from tests.data_fixtures import write_cifar10, write_leaf
 from tests.hostile.hostile import assert_one_line, run_main
 
@@ -39,6 +43,47 @@ def test_the_estimate_is_what_the_synthetic_task_allocates(dtype: str, num_clien
     assert data_bytes == task.features.nbytes + task.labels.nbytes
     local_models = task.init_model().repeat(len(block), 1)
     assert model_bytes == 3 * local_models.nbytes
+
+
+@pytest.mark.parametrize("codec", ["none", "topk:0.5"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_the_estimate_counts_the_rows_a_real_trainer_keeps(method: str, codec: str, tmp_path: Path) -> None:
+    # Prepare: a real Trainer of each built-in with a dense and an error-feedback codec (a residual
+    # is kept only for a fresh increment: FedAvg's yes, FedCLUP's w_i - w_g no)
+    data = (["data.kind=fashion_mnist", "model.kind=cnn"] if METHODS[method].parameter_groups  # a body/head split
+            else ["data.samples_per_client=20", "data.dim=6", "data.num_classes=3"])
+    cfg = load_config(None, [*data, "data.num_clients=5", f"algorithm.name={method}", f"comm.codec={codec}",
+                             "algorithm.local_lr=0.1", f"run.out_dir={tmp_path}", "train.dtype=float64"])
+    trainer = Trainer(cfg, init_runtime(cfg), stop=StopRequest())
+    # Execute
+    _, model_bytes = estimate_rank_bytes(cfg, world_size=1)
+    # Assert: the working copies, the algorithm's rows of the model's size and the residual the store
+    # holds, which is counted as one model (SCAFFOLD's is its 2-model wire, FedRep's the body:
+    # counted once and not at all, so the estimate never exceeds what is allocated)
+    num_params, working = trainer.global_model.numel(), WORKING_COPIES * 5 * trainer.global_model.nbytes
+    kept = [t for t in trainer.store.rows("algo").values() if t.shape[1:] == (num_params,)]
+    residuals = list(trainer.store.rows("codec").values())
+    counted_residual = sum(trainer.global_model.nbytes * 5 for t in residuals if t.shape[1] >= num_params)
+    assert model_bytes == working + sum(t.nbytes for t in kept) + counted_residual
+    assert model_bytes <= working + sum(t.nbytes for t in trainer.store.state_dict().values())
+    assert len(kept) == METHODS[method].kept_models
+    assert len(residuals) == (codec != "none" and METHODS[method].message == INCREMENT)
+
+
+def test_a_plugin_whose_rows_are_not_its_declared_kept_models_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "two_rows.py").write_text(
+        "from pfl_dist.algorithms import FedAvg, Row\n"
+        "from pfl_dist.methods import MethodInfo\n\n\n"
+        "class TwoRows(FedAvg):\n"
+        "    info = MethodInfo('tworows', 'TwoRows', colors='#123456', marker='8')\n\n"
+        "    def client_rows(self):\n"
+        "        return (*super().client_rows(), Row('momentum', 'zeros'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    outcome = run_main(train.main, ["algorithm.name=two_rows:TwoRows", "data.num_clients=4",
+                                    f"run.out_dir={tmp_path / 'out'}"])
+    assert_one_line(outcome, code=2, contains=["algorithm.name=two_rows:TwoRows", "keep 2 row(s)",
+                                               "local_models, momentum", "kept_models=1", "kept_models=2"])
 
 
 @pytest.mark.parametrize("kind", ["cnn", "logreg", "linear"])
@@ -127,7 +172,7 @@ def test_a_cifar_config_too_big_for_memory_is_one_line_before_any_data_is_read(t
     outcome = run_main(train.main, ["data.kind=cifar10", f"data.data_dir={tmp_path / 'cifar'}",
                                     "data.num_clients=100000", "model.kind=cnn", "algorithm.local_lr=0.01",
                                     "algorithm.name=fedavg", f"run.out_dir={tmp_path / 'out'}"])
-    assert_one_line(outcome, code=2, contains=["client models 654 GB", "is available", "model.kind"])
+    assert_one_line(outcome, code=2, contains=["client models and state 654 GB", "is available", "model.kind"])
     assert not (tmp_path / "out").exists()
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
-from pfl_dist.models import MODEL_COPIES, model_entry
+from pfl_dist.models import WORKING_COPIES, model_entry
 from pfl_dist.models.module import ModuleModel
 from pfl_dist.resources import estimate_rank_bytes
 from tests.faults import compare_runs
@@ -221,7 +221,8 @@ def test_a_plugin_model_applies_to_image_data_and_reaches_the_memory_estimate(us
     cfg = load_config(None, ["data.kind=mnist", f"data.data_dir={tmp_path}", "data.num_clients=6",
                              "model.kind=user_mlp:mlp", "algorithm.local_lr=0.1", "algorithm.name=fedavg"])
     _, model_bytes = estimate_rank_bytes(cfg, world_size=2)
-    assert model_bytes == MODEL_COPIES * 3 * MLP_PARAMS * 4  # 3 clients per rank, float32
+    # 3 clients per rank, float32: the working copies and FedAvg's one kept local model
+    assert model_bytes == (WORKING_COPIES + 1) * 3 * MLP_PARAMS * 4
 
 
 # --- whole runs --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pfl_dist.config import load_config
 from pfl_dist.data import cifar, leaf
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 from pfl_dist.errors import ConfigError
-from pfl_dist.models import MODEL_COPIES, MODELS, MODULE_TASKS, ModelEntry, model_entry
+from pfl_dist.models import MODELS, MODULE_TASKS, ModelEntry, model_entry
 from pfl_dist.models.module import ModuleModel, build_module
 from pfl_dist.tasks import TASKS, check_task_config, task_entry
 from pfl_dist.tasks.client_files import _build_model as client_files_model
@@ -62,7 +62,7 @@ def test_declared_sizes_heads_and_factories_are_the_built_models(kind: str) -> N
     for shape, classes, model in built:
         # the parameter count and the memory estimate
         assert entry.num_params(shape, classes) == model.num_params
-        assert entry.memory_bytes(shape, classes, clients=5, value_bytes=8) == MODEL_COPIES * 5 * model.num_params * 8
+        assert entry.memory_bytes(shape, classes, clients=5, value_bytes=8, copies=3) == 3 * 5 * model.num_params * 8
         # a factory <=> a module model, whose module is the factory's
         assert (entry.factory is not None) == isinstance(model, ModuleModel)
         if isinstance(model, ModuleModel):
