@@ -16,6 +16,7 @@ import torch
 from pfl_dist.config import Config, load_config
 from pfl_dist.data.images import load_images
 from pfl_dist.errors import ConfigError
+from pfl_dist.evaluation import CLIENT_PREFIX
 from pfl_dist.models.cnn import CNNModel, PaperCNN
 from pfl_dist.sampling import client_block
 from pfl_dist.solvers.padded import epoch_permutation, plan_epoch, prox_sgd_padded
@@ -166,12 +167,10 @@ def test_global_test_slices_cover_the_test_set_once() -> None:
         assert covered == list(range(10000))
 
 
-PER_CLIENT = ("client_correct", "client_count")  # (k,) per client: the Trainer places them by client id
-
-
 def _reduce(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The sums over ranks, without the per-client pairs (the Trainer places or summarizes them)."""
     return {k: sum((p[k] for p in parts), torch.zeros((), dtype=torch.float64)) for k in parts[0]
-            if k not in PER_CLIENT}
+            if not k.startswith(CLIENT_PREFIX)}
 
 
 def test_metric_sums_add_up_across_ranks_and_match_numpy(mnist_dir: Path) -> None:
@@ -183,13 +182,29 @@ def test_metric_sums_add_up_across_ranks_and_match_numpy(mnist_dir: Path) -> Non
     zero = torch.zeros(whole.num_params)
     # Execute
     whole_sums = whole.metric_sums(zero.repeat(10, 1), zero)
-    metrics = whole.finalize_metrics({k: v for k, v in whole_sums.items() if k not in PER_CLIENT}, zero)
+    metrics = whole.finalize_metrics(_reduce([whole_sums]), zero)
     sharded = [s.metric_sums(zero.repeat(len(s.client_ids), 1), zero) for s in shards]
     # Assert: the 3-rank sums reduce to the 1-rank metrics; the numbers match a numpy recount.
     assert whole.finalize_metrics(_reduce(sharded), zero) == pytest.approx(metrics, rel=1e-9)
-    for key in PER_CLIENT:  # each client's own numbers, in client order, on any sharding
-        assert torch.equal(torch.cat([p[key] for p in sharded]), whole_sums[key])
-    assert float(whole_sums["client_correct"].sum()) == float(whole_sums["correct_personal"])
+    pairs = [k for k in whole_sums if k.startswith(CLIENT_PREFIX)]
+    assert set(pairs) == {f"{CLIENT_PREFIX}{name}" for name in ("acc_personal", "loss_personal", "naive_acc",
+                                                                "naive_loss", "improvement_over_naive")}
+    for key in pairs:  # each client's own numerator and denominator, in client order, on any sharding
+        assert torch.equal(torch.cat([p[key] for p in sharded], dim=1), whole_sums[key])
+    assert float(whole_sums["client/acc_personal"][0].sum()) == float(whole_sums["correct_personal"])
+    assert float(whole_sums["client/naive_acc"][0].sum()) == float(whole_sums["naive_correct"])
+    # A cohort's rows: the sums of those clients only, and their pairs
+    rows = torch.tensor([1, 4, 7])
+    cohort = whole.metric_sums(zero.repeat(3, 1), zero, rows)
+    for key in pairs:
+        assert torch.equal(cohort[key], whole_sums[key][:, rows])
+    for total, key in (("correct_personal", "acc_personal"), ("naive_correct", "naive_acc"),
+                       ("loss_personal_sum", "loss_personal"), ("naive_loss_sum", "naive_loss"),
+                       ("num_test_personal", "acc_personal")):
+        column = 1 if total == "num_test_personal" else 0
+        assert float(cohort[total]) == pytest.approx(float(whole_sums[f"{CLIENT_PREFIX}{key}"][column, rows].sum()),
+                                                     rel=1e-12)
+    assert float(cohort["correct_global"]) == float(whole_sums["correct_global"])  # the official test set
     labels = load_images("mnist", data_dir=mnist_dir).train.labels
     test = [labels[c.test] for c in whole.clients]
     lowest = [labels[c.train].min() for c in whole.clients]

@@ -1,0 +1,140 @@
+"""Evaluation on a cohort (train.eval_clients): the cohort rule, the run identity, and a run's
+metrics and standard errors against a numpy reference computed from per-client accuracies."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pfl_dist.checkpoint import StopRequest
+from pfl_dist.config import load_config
+from pfl_dist.data.synthetic import generate_client
+from pfl_dist.evaluation import ratio_moments, ratio_standard_error
+from pfl_dist.rundir import config_hash
+from pfl_dist.runtime import init_runtime
+from pfl_dist.sampling import AUTO_COHORT, EVAL_ALL_UP_TO, client_block, eval_cohort, eval_cohort_size
+from pfl_dist.train import Trainer, run_session
+from tests.helpers import read_metrics
+
+M, N = 30, 12
+RUN = (f"data.num_clients={M}", "data.samples_per_client=40", "data.R=1.5", "run.seed=5",
+       "algorithm.name=fedclup", "algorithm.num_local_steps=10", "algorithm.sample_fraction=0.5",
+       "train.num_rounds=4", "train.eval_every=2", "train.dtype=float64")
+
+
+def hosted(rank: int, world_size: int, cohort: np.ndarray, num_clients: int) -> list[int]:
+    """The cohort members rank `rank` hosts (its clients' ids), as the Trainer picks its rows."""
+    block = client_block(rank, world_size=world_size, num_clients=num_clients)
+    return [int(c) for c in cohort if block.start <= c < block.stop]
+
+
+@pytest.mark.parametrize(("num_clients", "size", "seed"), [(30, 12, 5), (1000, 100, 0), (7, 6, 3), (10**8, 1000, 9)])
+def test_cohort_is_the_same_for_world_sizes_1_to_4_and_has_no_duplicates(num_clients: int, size: int,
+                                                                          seed: int) -> None:
+    cohort = eval_cohort(seed=seed, num_clients=num_clients, size=size)
+    assert len(cohort) == size and len(np.unique(cohort)) == size and np.all(np.diff(cohort) > 0)
+    assert cohort[0] >= 0 and cohort[-1] < num_clients
+    for world_size in (1, 2, 3, 4):  # each rank evaluates the members it hosts: together, the cohort
+        members = [c for rank in range(world_size) for c in hosted(rank, world_size, cohort, num_clients)]
+        assert members == cohort.tolist()
+    assert np.array_equal(cohort, eval_cohort(seed=seed, num_clients=num_clients, size=size))
+    assert not np.array_equal(cohort, eval_cohort(seed=seed + 1, num_clients=num_clients, size=size))
+
+
+def test_cohort_size_rule() -> None:
+    assert eval_cohort_size("all", 10**8) is None
+    assert eval_cohort_size("auto", EVAL_ALL_UP_TO) is None  # every run from before the key
+    assert eval_cohort_size("auto", EVAL_ALL_UP_TO + 1) == AUTO_COHORT
+    assert eval_cohort_size(12, 30) == 12
+    assert eval_cohort_size(30, 30) is None and eval_cohort_size(31, 30) is None  # N >= m: every client
+
+
+def test_the_key_enters_the_identity_only_when_it_changes_results() -> None:
+    def hashed(*overrides: str) -> str:
+        return config_hash(load_config(None, [f"data.num_clients={M}", *overrides]).to_dict())
+
+    def without_key(*overrides: str) -> str:  # the config of a run made before the key existed
+        config = load_config(None, [f"data.num_clients={M}", *overrides]).to_dict()
+        del config["train"]["eval_clients"]
+        return config_hash(config)
+
+    before = without_key()
+    assert hashed() == hashed("train.eval_clients=all") == hashed(f"train.eval_clients={M}") == before
+    assert hashed(f"train.eval_clients={N}") != before
+    big = f"data.num_clients={EVAL_ALL_UP_TO + 1}"
+    assert hashed(big) != without_key(big) == hashed(big, "train.eval_clients=all")  # auto is a cohort there
+
+
+def per_client_accuracy(trainer: Trainer) -> np.ndarray:
+    """(m,) each client's accuracy of its personal model on its own samples, in numpy, from the
+    released one-client generator and the models' named tensors."""
+    cfg = trainer.cfg
+    data = cfg.data
+    accuracy = []
+    for client_id, model in enumerate(trainer.local_models):
+        client = generate_client(client_id, seed=cfg.run.seed, num_clients=data.num_clients,
+                                 num_samples=data.samples_per_client, dim=data.dim, num_classes=data.num_classes,
+                                 R=data.R)
+        named = {k: v.numpy() for k, v in trainer.task.model_state_dict(model).items()}
+        logits = client.features @ named["weight"] + named.get("bias", 0.0)
+        accuracy.append(np.mean(np.argmax(logits, axis=1) == client.labels))
+    return np.array(accuracy)
+
+
+def train(tmp_path: Path, *overrides: str, name: str) -> tuple[dict[str, Any], Trainer]:
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", f"run.name={name}", *RUN, *overrides])
+    trainer = run_session(cfg, init_runtime(cfg), StopRequest())
+    return trainer.summary, trainer
+
+
+def test_cohort_metrics_are_the_mean_and_standard_error_of_its_clients(tmp_path: Path) -> None:
+    # Execute
+    summary, trainer = train(tmp_path, f"train.eval_clients={N}", name="cohort")
+    # Assert: the reference, from every client's accuracy in numpy, restricted to the cohort
+    accuracy = per_client_accuracy(trainer)
+    cohort = eval_cohort(seed=5, num_clients=M, size=N)
+    members = accuracy[cohort]
+    mean = members.mean()
+    se = members.std(ddof=1) / math.sqrt(N) * math.sqrt(1 - N / M)  # without replacement: the FPC
+    final = summary["final"]
+    assert final["train/acc_personal"] == pytest.approx(mean, rel=1e-12, abs=1e-15)
+    assert final["train/acc_personal_se"] == pytest.approx(se, rel=1e-12, abs=1e-15)
+    assert se > 0 and abs(accuracy.mean() - mean) > 1e-6  # the cohort is not the federation
+    assert summary["personal"] == pytest.approx({"acc_personal_mean": mean, "acc_personal_std": members.std()},
+                                                rel=1e-12)
+    # every evaluation of metrics.jsonl carries the standard errors, next to the metric's tag
+    for record in read_metrics(tmp_path / "cohort"):
+        assert {"train/acc_personal_se", "train/loss_personal_se", "eval/ITR_se"} <= set(record["metrics"])
+
+
+def test_cohort_of_every_client_is_the_evaluation_of_all(tmp_path: Path) -> None:
+    everyone, _ = train(tmp_path, "train.eval_clients=all", name="all")
+    clamped, _ = train(tmp_path, f"train.eval_clients={M + 5}", name="clamped")
+    assert clamped["final"] == everyone["final"] and clamped["personal"] == everyone["personal"]
+    assert not any(tag.endswith("_se") for tag in everyone["final"])
+
+
+def test_a_cohort_sends_no_per_client_vector(tmp_path: Path) -> None:
+    """The round-0 evaluation's telemetry bytes with a cohort do not grow with the federation."""
+    def evaluation_bytes(num_clients: int, eval_clients: str) -> int:
+        name = f"m{num_clients}_{eval_clients}"
+        train(tmp_path, f"data.num_clients={num_clients}", f"train.eval_clients={eval_clients}", name=name)
+        return int(read_metrics(tmp_path / name)[0]["comm_telemetry"]["payload_bytes"])
+
+    assert evaluation_bytes(30, "10") == evaluation_bytes(60, "10")
+    assert evaluation_bytes(30, "all") < evaluation_bytes(60, "all")  # two m-vectors: 16 bytes per client
+
+
+def test_ratio_standard_error_is_the_ratio_estimators_for_unequal_counts() -> None:
+    rng = np.random.default_rng(0)
+    v = rng.integers(1, 50, size=20).astype(float)
+    u = np.floor(v * rng.uniform(size=20))
+    ratio = u.sum() / v.sum()
+    expected = math.sqrt((1 - 20 / 100) * np.sum((u - ratio * v) ** 2) / 19 / 20) / v.mean()
+    got = ratio_standard_error(ratio_moments(torch.tensor(np.stack([u, v]))), population=100)
+    assert got == pytest.approx(expected, rel=1e-12)
