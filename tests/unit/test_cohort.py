@@ -19,6 +19,7 @@ from pfl_dist.rundir import config_hash
 from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import AUTO_COHORT, EVAL_ALL_UP_TO, client_block, eval_cohort, eval_cohort_size
 from pfl_dist.train import Trainer, run_session
+from tests.faults import scalar_points
 from tests.helpers import read_metrics
 
 M, N = 30, 12
@@ -107,9 +108,13 @@ def test_cohort_metrics_are_the_mean_and_standard_error_of_its_clients(tmp_path:
     assert se > 0 and abs(accuracy.mean() - mean) > 1e-6  # the cohort is not the federation
     assert summary["personal"] == pytest.approx({"acc_personal_mean": mean, "acc_personal_std": members.std()},
                                                 rel=1e-12)
-    # every evaluation of metrics.jsonl carries the standard errors, next to the metric's tag
-    for record in read_metrics(tmp_path / "cohort"):
+    # every evaluation of metrics.jsonl and TensorBoard carries the standard errors, next to the metric's tag
+    records = read_metrics(tmp_path / "cohort")
+    for record in records:
         assert {"train/acc_personal_se", "train/loss_personal_se", "eval/ITR_se"} <= set(record["metrics"])
+    points = scalar_points(tmp_path / "cohort")
+    assert [step for step, _ in points["train/acc_personal_se"]] == [r["round"] for r in records] == [0, 2, 4]
+    assert points["train/acc_personal_se"][-1][1] == pytest.approx(se, rel=1e-6)  # stored as float32
 
 
 def test_cohort_of_every_client_is_the_evaluation_of_all(tmp_path: Path) -> None:
