@@ -15,7 +15,7 @@ from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
 from pfl_dist.data.synthetic import generate_client
 from pfl_dist.evaluation import ratio_moments, ratio_standard_error
-from pfl_dist.rundir import config_hash
+from pfl_dist.rundir import changed_keys, config_hash, result_config
 from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import AUTO_COHORT, EVAL_ALL_UP_TO, client_block, eval_cohort, eval_cohort_size
 from pfl_dist.train import Trainer, run_session
@@ -67,6 +67,9 @@ def test_the_key_enters_the_identity_only_when_it_changes_results() -> None:
     before = without_key()
     assert hashed() == hashed("train.eval_clients=all") == hashed(f"train.eval_clients={M}") == before
     assert hashed(f"train.eval_clients={N}") != before
+    saved = result_config(load_config(None, [f"data.num_clients={M}"]).to_dict())
+    now = result_config(load_config(None, [f"data.num_clients={M}", f"train.eval_clients={N}"]).to_dict())
+    assert changed_keys(saved, now) == [f"train.eval_clients was 'auto', now {N}"]
     big = f"data.num_clients={EVAL_ALL_UP_TO + 1}"
     assert hashed(big) != without_key(big) == hashed(big, "train.eval_clients=all")  # auto is a cohort there
 
