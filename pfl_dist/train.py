@@ -338,7 +338,7 @@ class Trainer:
             self.algorithm.end_of_round(RoundEnd(
                 round_num=round_num, num_rounds=self.cfg.train.num_rounds, task=self.task, state=self.client_state,
                 update_counts=self.update_counts, global_model=self.global_model, comm=self.comm,
-                logger=self.logger, is_logging_rank=self.runtime.is_logging_rank))
+                logger=self.logger, is_logging_rank=self.runtime.is_logging_rank, cohort_rows=self.cohort_rows))
             if self._is_eval_round(round_num):
                 metrics = self.evaluate(round_num=round_num, final=round_num == self.cfg.train.num_rounds)
                 self.logger.log_round_times(self.last_round_times)

@@ -77,6 +77,9 @@ class RoundEnd:
     comm: Communicator
     logger: RunLogger | NullLogger
     is_logging_rank: bool
+    # The evaluation cohort's rows on this rank (train.eval_clients; pfl_dist/sampling.py), None
+    # when every client is evaluated: a statistic over clients may scan these rows, not all k.
+    cohort_rows: torch.Tensor | None = None
 
 
 def local_sgd(task: Task, models: torch.Tensor, batches: Iterable[Batch], *, lr: float,

@@ -146,3 +146,34 @@ def test_ratio_standard_error_is_the_ratio_estimators_for_unequal_counts() -> No
     expected = math.sqrt((1 - 20 / 100) * np.sum((u - ratio * v) ** 2) / 19 / 20) / v.mean()
     got = ratio_standard_error(ratio_moments(torch.tensor(np.stack([u, v]))), population=100)
     assert got == pytest.approx(expected, rel=1e-12)
+
+
+LAM_AUTO = (f"data.num_clients={M}", "data.samples_per_client=40", "algorithm.name=fedclup", "algorithm.lam=auto",
+            "algorithm.num_local_steps=10", "algorithm.sample_fraction=0.2", "train.num_rounds=2",
+            "algorithm.lam_auto_warmup=0.9", "train.dtype=float64")  # w = 2 rounds: chosen once, after the last
+
+
+def heterogeneity(trainer: Trainer, clients: np.ndarray) -> float:
+    """numpy: mean ||w_i - w_g|| over the trained clients among `clients` (the state after the last round)."""
+    models = trainer.local_models.numpy()[clients]
+    trained = trainer.update_counts.numpy()[clients] > 0
+    return float(np.mean(np.linalg.norm(models[trained] - trainer.global_model.numpy(), axis=1)))
+
+
+@pytest.mark.parametrize(("seed", "size", "members_trained"), [(5, 10, True), (5, 3, False)])
+def test_lambda_auto_uses_the_cohorts_statistic(tmp_path: Path, seed: int, size: int, members_trained: bool) -> None:
+    # Prepare: in the second case no cohort member was sampled in the two rounds
+    cohort = eval_cohort(seed=seed, num_clients=M, size=size)
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=run", f"run.seed={seed}", *LAM_AUTO,
+                             f"train.eval_clients={size}"])
+    # Execute
+    trainer = run_session(cfg, init_runtime(cfg), StopRequest())
+    # Assert: R_hat over the cohort's trained members, or over every trained client when it has none
+    assert bool(np.any(trainer.update_counts.numpy()[cohort] > 0)) == members_trained
+    choice = trainer.summary["lambda_auto"]
+    everyone = heterogeneity(trainer, np.arange(M))
+    if members_trained:
+        assert choice["R_hat"] == pytest.approx(heterogeneity(trainer, cohort), rel=1e-12)
+        assert abs(choice["R_hat"] - everyone) > 1e-6
+    else:
+        assert choice["R_hat"] == pytest.approx(everyone, rel=1e-12)
