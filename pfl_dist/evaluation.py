@@ -16,7 +16,8 @@ sum u / sum v (acc_personal: correct predictions and samples; ITR: the client's 
   wire: each pair becomes its six streaming sums (`ratio_moments`: N, sum u, sum v, sum u^2,
   sum v^2, sum uv), a fixed-size block whatever N and the world size, and the metric gets its
   standard error (`ratio_standard_error`); the distribution over clients is the cohort's mean and
-  std from (count, sum a, sum a^2) of the per-client accuracies a_i = u_i / v_i.
+  std from (count, sum a, sum a^2) of the per-client accuracies a_i = u_i / v_i, and its 10th
+  percentile from their histogram (HISTOGRAM_BINS bins: to within 0.001).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from pfl_dist.outputs import SE_SUFFIX  # acc_personal -> acc_personal_se
 CLIENT_PREFIX = "client/"  # a task's per-client pair of a metric: (2, r) numerators, denominators
 PERSONAL_KEY = "acc_personal"  # the metric whose per-client values give the distribution over clients
 COHORT_PREFIX = "cohort/"  # a metric's six streaming sums over the cohort (`ratio_moments`)
-COHORT_DISTRIBUTION = "cohort_distribution"  # the cohort's (count, sum a, sum a^2) of a_i = acc_personal_i
+COHORT_DISTRIBUTION = "cohort_distribution"  # the cohort's (count, sum a, sum a^2, histogram) of a_i = acc_personal_i
+HISTOGRAM_BINS = 1000  # the cohort's 10th percentile of acc_personal to within 0.001
 
 
 class EvalReduction:
@@ -88,23 +90,50 @@ def ratio_standard_error(moments: torch.Tensor, *, population: int) -> float:
 
 
 def accuracy_moments(pair: torch.Tensor) -> torch.Tensor:
-    """(3,) float64 [count, sum a, sum a^2] of the per-client accuracies a_i = u_i / v_i of the
-    clients with evaluation samples (v_i > 0)."""
-    u, v = pair.double()
+    """(3 + HISTOGRAM_BINS,) float64 [count, sum a, sum a^2, histogram] of the per-client
+    accuracies a_i = u_i / v_i of the clients with evaluation samples (v_i > 0); bin b holds
+    a in [b, b + 1) / HISTOGRAM_BINS (a = 1 in the last)."""
+    u, v = pair.double().cpu()
     has = v > 0
     acc = u[has] / v[has]
-    return torch.stack([torch.tensor(float(acc.numel()), dtype=torch.float64), acc.sum().cpu(),
-                        (acc * acc).sum().cpu()])
+    bins = (acc * HISTOGRAM_BINS).floor().long().clamp(0, HISTOGRAM_BINS - 1)
+    sums = torch.stack([torch.tensor(float(acc.numel()), dtype=torch.float64), acc.sum(), (acc * acc).sum()])
+    return torch.cat([sums, torch.bincount(bins, minlength=HISTOGRAM_BINS).double()])
 
 
-def cohort_distribution(moments: torch.Tensor) -> dict[str, float]:
-    """The cohort's per-client accuracy: mean (unweighted) and population standard deviation, the
-    definitions of train.accuracy_distribution; empty when no cohort client has samples."""
-    count, total, squares = (float(x) for x in moments)
+def cohort_distribution(block: torch.Tensor) -> dict[str, float]:
+    """The cohort's per-client accuracy, as train.accuracy_distribution defines it for every
+    client: mean (unweighted), population standard deviation (exact, from the sums), and the 10th
+    percentile (linear interpolation between order statistics) from the histogram, to within
+    1 / HISTOGRAM_BINS; empty when no cohort client has samples."""
+    count, total, squares = (float(x) for x in block[:3])
     if count == 0:
         return {}
     mean = total / count
-    return {"acc_personal_mean": mean, "acc_personal_std": math.sqrt(max(0.0, squares / count - mean * mean))}
+    return {"acc_personal_mean": mean, "acc_personal_p10": histogram_quantile(block[3:].tolist(), 0.1),
+            "acc_personal_std": math.sqrt(max(0.0, squares / count - mean * mean))}
+
+
+def histogram_quantile(histogram: list[float], q: float) -> float:
+    """The q-quantile (linear interpolation between the order statistics at q (n - 1), as
+    numpy's and torch's default) of the values counted in `histogram` (equal bins on [0, 1]),
+    each order statistic placed as if its bin's values were spread evenly across it: within one
+    bin width of the exact quantile."""
+    total = round(sum(histogram))
+    position = q * (total - 1)
+    low = math.floor(position)
+    high = min(low + 1, total - 1)
+
+    def order_statistic(index: int) -> float:
+        before = 0
+        for b, count in enumerate(histogram):
+            if index < before + count:
+                return (b + (index - before + 0.5) / count) / len(histogram)
+            before += round(count)
+        raise ValueError(f"order statistic {index} of {total} values")
+
+    fraction = position - low
+    return (1 - fraction) * order_statistic(low) + fraction * order_statistic(high)
 
 
 def with_standard_errors(metrics: dict[str, float], errors: dict[str, float]) -> dict[str, float]:

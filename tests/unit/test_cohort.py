@@ -14,7 +14,13 @@ import torch
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
 from pfl_dist.data.synthetic import generate_client
-from pfl_dist.evaluation import ratio_moments, ratio_standard_error
+from pfl_dist.evaluation import (
+    HISTOGRAM_BINS,
+    accuracy_moments,
+    cohort_distribution,
+    ratio_moments,
+    ratio_standard_error,
+)
 from pfl_dist.rundir import changed_keys, config_hash, result_config
 from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import AUTO_COHORT, EVAL_ALL_UP_TO, client_block, eval_cohort, eval_cohort_size
@@ -109,8 +115,9 @@ def test_cohort_metrics_are_the_mean_and_standard_error_of_its_clients(tmp_path:
     assert final["train/acc_personal"] == pytest.approx(mean, rel=1e-12, abs=1e-15)
     assert final["train/acc_personal_se"] == pytest.approx(se, rel=1e-12, abs=1e-15)
     assert se > 0 and abs(accuracy.mean() - mean) > 1e-6  # the cohort is not the federation
-    assert summary["personal"] == pytest.approx({"acc_personal_mean": mean, "acc_personal_std": members.std()},
-                                                rel=1e-12)
+    personal = dict(summary["personal"])
+    assert abs(personal.pop("acc_personal_p10") - np.quantile(members, 0.1)) <= 1 / HISTOGRAM_BINS
+    assert personal == pytest.approx({"acc_personal_mean": mean, "acc_personal_std": members.std()}, rel=1e-12)
     # every evaluation of metrics.jsonl and TensorBoard carries the standard errors, next to the metric's tag
     records = read_metrics(tmp_path / "cohort")
     for record in records:
@@ -136,6 +143,20 @@ def test_a_cohort_sends_no_per_client_vector(tmp_path: Path) -> None:
 
     assert evaluation_bytes(30, "10") == evaluation_bytes(60, "10")
     assert evaluation_bytes(30, "all") < evaluation_bytes(60, "all")  # two m-vectors: 16 bytes per client
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cohort_distribution_p10_is_within_one_bin_and_mean_std_are_exact(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, 60, size=200).astype(float)  # some clients without samples
+    correct = np.floor(samples * rng.beta(5, 2, size=200))
+    parts = [torch.tensor(np.stack([correct[i::3], samples[i::3]])) for i in range(3)]  # three ranks' clients
+    block = sum(accuracy_moments(p) for p in parts)
+    accuracy = correct[samples > 0] / samples[samples > 0]
+    got = cohort_distribution(block)
+    assert abs(got["acc_personal_p10"] - np.quantile(accuracy, 0.1)) <= 1 / HISTOGRAM_BINS
+    assert got["acc_personal_mean"] == pytest.approx(accuracy.mean(), rel=1e-12)
+    assert got["acc_personal_std"] == pytest.approx(accuracy.std(), rel=1e-12)
 
 
 def test_ratio_standard_error_is_the_ratio_estimators_for_unequal_counts() -> None:
