@@ -148,6 +148,10 @@ class Trainer:
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
                                          num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep,
                                          config=cfg.identity(), replace_other_configs=overwrite)
+        if self.cohort_size is not None and runtime.is_logging_rank:
+            print(f"evaluation: a cohort of {self.cohort_size} of {cfg.data.num_clients} clients (train.eval_clients="
+                  f"{cfg.train.eval_clients}); each metric on the clients carries its standard error, <metric>_se",
+                  flush=True)
         self.start_round, num_events = self._resume()
         self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
         self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), world_size=runtime.world_size,
@@ -475,6 +479,9 @@ class Trainer:
                      **self.timer.summary()},
             "global_model_sha256": model_sha256(final_model),
             "participation": participation_summary(self.final_update_counts),
+            # which clients the metrics are measured on (train.eval_clients resolved)
+            "evaluation": {"clients": self.cohort_size or self.cfg.data.num_clients,
+                           "cohort": self.cohort_size is not None},
         }
         if self.runtime.is_logging_rank:
             final_dir = self.cfg.run_dir / "final"

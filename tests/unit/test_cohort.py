@@ -26,7 +26,7 @@ from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import AUTO_COHORT, EVAL_ALL_UP_TO, client_block, eval_cohort, eval_cohort_size
 from pfl_dist.train import Trainer, run_session
 from tests.faults import scalar_points
-from tests.helpers import read_metrics
+from tests.helpers import crash_and_resume, read_metrics
 
 M, N = 30, 12
 RUN = (f"data.num_clients={M}", "data.samples_per_client=40", "data.R=1.5", "run.seed=5",
@@ -111,6 +111,7 @@ def test_cohort_metrics_are_the_mean_and_standard_error_of_its_clients(tmp_path:
     members = accuracy[cohort]
     mean = members.mean()
     se = members.std(ddof=1) / math.sqrt(N) * math.sqrt(1 - N / M)  # without replacement: the FPC
+    assert summary["evaluation"] == {"clients": N, "cohort": True}
     final = summary["final"]
     assert final["train/acc_personal"] == pytest.approx(mean, rel=1e-12, abs=1e-15)
     assert final["train/acc_personal_se"] == pytest.approx(se, rel=1e-12, abs=1e-15)
@@ -132,6 +133,15 @@ def test_cohort_of_every_client_is_the_evaluation_of_all(tmp_path: Path) -> None
     clamped, _ = train(tmp_path, f"train.eval_clients={M + 5}", name="clamped")
     assert clamped["final"] == everyone["final"] and clamped["personal"] == everyone["personal"]
     assert not any(tag.endswith("_se") for tag in everyone["final"])
+    assert everyone["evaluation"] == clamped["evaluation"] == {"clients": M, "cohort": False}
+
+
+def test_a_resumed_cohort_run_is_the_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    resumed = crash_and_resume(tmp_path, monkeypatch, *RUN, f"train.eval_clients={N}", "checkpoint.every=1",
+                               crash_round=3)
+    reference = read_metrics(tmp_path / "reference")
+    assert read_metrics(tmp_path / "run")[-1]["metrics"] == reference[-1]["metrics"]
+    assert resumed["resumed_from"] == [3] and "train/acc_personal_se" in resumed["final"]
 
 
 def test_a_cohort_sends_no_per_client_vector(tmp_path: Path) -> None:
