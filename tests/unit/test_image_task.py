@@ -287,3 +287,19 @@ def test_missing_and_corrupt_data_exit_2_with_one_line(tmp_path: Path, module: s
     (corrupt / "train-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])
     result = run_main(*args, f"data.data_dir={corrupt}", module=module)
     _assert_one_clear_line(result, "corrupt IDX file")
+
+
+def test_an_image_run_on_a_cohort_reports_standard_errors_of_the_clients_metrics(mnist_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    # Execute: 10 clients, a cohort of 4 evaluated, on the CNN (a body/head method's path too)
+    summary = run_inprocess(tmp_path, f"data.data_dir={mnist_dir}", "data.kind=mnist", "data.num_partitions=30",
+                            "data.num_clients=10", "algorithm.local_lr=0.05", "algorithm.global_lr=1/lam",
+                            "algorithm.batch_size=16", "algorithm.local_epochs=1", "train.num_rounds=2",
+                            "train.eval_clients=4")
+    # Assert: the metrics measured on the clients' test splits carry one; w_g's official test set none
+    final = summary["final"]
+    for name in ("acc_personal", "loss_personal", "naive_acc", "naive_loss", "improvement_over_naive"):
+        assert 0 <= final[f"eval/{name}_se"] < 10, final  # acc_personal may be 1.0 on every member: SE 0
+    assert final["eval/loss_personal_se"] > 0 and final["eval/naive_loss_se"] > 0, final
+    assert "eval/acc_global" in final and "eval/acc_global_se" not in final
+    assert set(summary["personal"]) == {"acc_personal_mean", "acc_personal_p10", "acc_personal_std"}
