@@ -60,3 +60,16 @@ def eval_cohort(*, seed: int, num_clients: int, size: int) -> np.ndarray:
     (each rank evaluates the members it hosts). O(size) memory for any num_clients."""
     rng = np.random.default_rng([seed, _COHORT_STREAM])
     return np.sort(rng.choice(num_clients, size=size, replace=False))
+
+
+def participation_counts(*, seed: int, num_clients: int, sample_fraction: float, num_rounds: int) -> np.ndarray:
+    """(m,) int64: in how many of rounds 0..num_rounds-1 each client is sampled, which is how many
+    local updates it has received when a run of num_rounds rounds completes. A run evaluated on a
+    cohort reports this instead of summing every client's count over the ranks, and checks it
+    against the counts each rank kept (pfl_dist/train.py)."""
+    if sample_fraction >= 1.0:
+        return np.full(num_clients, num_rounds, dtype=np.int64)
+    counts = np.zeros(num_clients, dtype=np.int64)
+    for round_idx in range(num_rounds):
+        counts[sample_clients(round_idx, seed=seed, num_clients=num_clients, sample_fraction=sample_fraction)] += 1
+    return counts

@@ -76,7 +76,7 @@ from pfl_dist.runtime import (
     set_num_threads,
     shutdown_runtime,
 )
-from pfl_dist.sampling import client_block, eval_cohort, eval_cohort_size, sample_clients
+from pfl_dist.sampling import client_block, eval_cohort, eval_cohort_size, participation_counts, sample_clients
 from pfl_dist.store import ClientStore, DenseStore, Row
 from pfl_dist.tasks import build_task
 from pfl_dist.tasks.base import Task
@@ -282,8 +282,14 @@ class Trainer:
             for name, pair in pairs.items():
                 reduction.add(f"{COHORT_PREFIX}{name}", ratio_moments(pair))
             reduction.add(COHORT_DISTRIBUTION, accuracy_moments(pairs[PERSONAL_KEY]))
-        if final:
+        expected_counts = None
+        if final and rows is None:
             reduction.add("update_counts", self._job_vector(self.update_counts))
+        elif final:  # on a cohort: the schedule's counts, checked against every rank's (one number)
+            expected_counts = self._scheduled_update_counts()
+            block = self.task.client_ids
+            mismatched = (self.update_counts.cpu().long() != expected_counts[block.start: block.stop]).sum()
+            reduction.add("update_count_mismatches", mismatched.double())
         if not self.communicates:  # no training all-reduce carries the stop flag
             reduction.add("stop_requests", torch.tensor(float(self.stop.requested), dtype=torch.float64))
         if self.ledger.measuring:
@@ -296,7 +302,12 @@ class Trainer:
         reduced = reduction.reduce(self.comm)
         if self.ledger.measuring:
             self.ledger.set_measured_totals(int(reduced.pop("measured_train")), int(reduced.pop("measured_telemetry")))
-        if final:
+        if expected_counts is not None:
+            differing = int(reduced.pop("update_count_mismatches"))
+            if differing:  # a bug, not bad input: the engine's counts disagree with its own schedule
+                raise RuntimeError(f"{differing} clients' local update counts differ from the sampling schedule's")
+            self.final_update_counts = expected_counts
+        elif final:
             self.final_update_counts = reduced.pop("update_counts").long()
         self.last_round_times = self.timer.absorb(round_num, reduced.pop(TIMING_KEY, None))
         self.stop_agreed = self.stop_agreed or float(reduced.pop("stop_requests", torch.zeros(()))) > 0
@@ -312,6 +323,14 @@ class Trainer:
         if not self.algorithm.info.global_model:  # FedRep/FedPer: w_g is a body without a trained head
             metrics = {k: v for k, v in metrics.items() if not k.endswith("_global")}
         return with_standard_errors(metrics, errors)
+
+    def _scheduled_update_counts(self) -> torch.Tensor:
+        """(m,) int64: how many local updates each client receives in the completed run, from the
+        sampling schedule (pfl_dist/sampling.py), with no communication."""
+        cfg = self.cfg
+        return torch.from_numpy(participation_counts(seed=cfg.run.seed, num_clients=cfg.data.num_clients,
+                                                     sample_fraction=cfg.algorithm.sample_fraction,
+                                                     num_rounds=cfg.train.num_rounds))
 
     def _is_eval_round(self, round_num: int) -> bool:
         return round_num % self.cfg.train.eval_every == 0 or round_num == self.cfg.train.num_rounds

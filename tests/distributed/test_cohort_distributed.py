@@ -31,6 +31,7 @@ def test_two_ranks_report_the_one_process_cohort_metrics(tmp_path: Path) -> None
         assert (one["world_size"], two["world_size"]) == (1, 2)
         # Assert: every evaluation's metrics, standard errors included, to 1e-12
         assert "train/acc_personal_se" in two["final"] and two["final"].keys() == one["final"].keys()
+        assert two["participation"] == one["participation"] and two["evaluation"] == one["evaluation"]
         for got, want in zip(read_metrics(tmp_path / "two" / name), read_metrics(tmp_path / "one" / name),
                              strict=True):
             assert got["round"] == want["round"]

@@ -23,10 +23,17 @@ from pfl_dist.evaluation import (
 )
 from pfl_dist.rundir import changed_keys, config_hash, result_config
 from pfl_dist.runtime import init_runtime
-from pfl_dist.sampling import AUTO_COHORT, EVAL_ALL_UP_TO, client_block, eval_cohort, eval_cohort_size
+from pfl_dist.sampling import (
+    AUTO_COHORT,
+    EVAL_ALL_UP_TO,
+    client_block,
+    eval_cohort,
+    eval_cohort_size,
+    participation_counts,
+)
 from pfl_dist.train import Trainer, run_session
 from tests.faults import scalar_points
-from tests.helpers import crash_and_resume, read_metrics
+from tests.helpers import crash_and_resume, read_metrics, read_summary
 
 M, N = 30, 12
 RUN = (f"data.num_clients={M}", "data.samples_per_client=40", "data.R=1.5", "run.seed=5",
@@ -134,6 +141,11 @@ def test_cohort_of_every_client_is_the_evaluation_of_all(tmp_path: Path) -> None
     assert clamped["final"] == everyone["final"] and clamped["personal"] == everyone["personal"]
     assert not any(tag.endswith("_se") for tag in everyone["final"])
     assert everyone["evaluation"] == clamped["evaluation"] == {"clients": M, "cohort": False}
+    # participation: a cohort run reports the schedule's counts, checked against the ones it kept
+    cohort, _ = train(tmp_path, f"train.eval_clients={N}", name="cohort")
+    assert cohort["participation"] == everyone["participation"]
+    assert everyone["participation"]["update_counts"] == participation_counts(
+        seed=5, num_clients=M, sample_fraction=0.5, num_rounds=4).tolist()
 
 
 def test_a_resumed_cohort_run_is_the_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,6 +165,21 @@ def test_a_cohort_sends_no_per_client_vector(tmp_path: Path) -> None:
 
     assert evaluation_bytes(30, "10") == evaluation_bytes(60, "10")
     assert evaluation_bytes(30, "all") < evaluation_bytes(60, "all")  # two m-vectors: 16 bytes per client
+
+    def run_bytes(num_clients: int, eval_clients: str) -> int:  # every evaluation, the final one included
+        return int(read_summary(tmp_path / f"m{num_clients}_{eval_clients}")["comm_telemetry"]["payload_bytes"])
+
+    assert run_bytes(30, "10") == run_bytes(60, "10")
+    assert run_bytes(60, "all") - run_bytes(30, "all") > 8 * 30  # ... and the final update counts, m more
+
+
+def test_a_cohort_run_refuses_update_counts_that_the_schedule_did_not_give(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check that lets a cohort run report the schedule's counts can fail."""
+    monkeypatch.setattr(Trainer, "_scheduled_update_counts",
+                        lambda self: torch.zeros(self.cfg.data.num_clients, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="clients' local update counts differ from the sampling schedule's"):
+        train(tmp_path, f"train.eval_clients={N}", name="bad")
 
 
 @pytest.mark.parametrize("seed", range(5))
