@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -267,9 +268,8 @@ class Trainer:
         evaluation ride along (pfl_dist/timing.py).
         """
         global_model = self.evaluation_model()
-        personal = self.algorithm.personal_models(self.task, self.client_state, global_model, round_num)
         rows = self.cohort_rows
-        sums = self.task.metric_sums(personal if rows is None else personal[rows], global_model, rows)
+        sums = self.task.metric_sums(self._evaluated_models(global_model, round_num), global_model, rows)
         pairs = {name.removeprefix(CLIENT_PREFIX): sums.pop(name) for name in list(sums)
                  if name.startswith(CLIENT_PREFIX)}
         reduction = EvalReduction(self.runtime.device)
@@ -323,6 +323,18 @@ class Trainer:
         if not self.algorithm.info.global_model:  # FedRep/FedPer: w_g is a body without a trained head
             metrics = {k: v for k, v in metrics.items() if not k.endswith("_global")}
         return with_standard_errors(metrics, errors)
+
+    def _evaluated_models(self, global_model: torch.Tensor, round_num: int) -> torch.Tensor:
+        """The models the evaluated clients of this rank are evaluated with: every client's, or on a
+        cohort only its members' (their rows of the state; a fine-tuning method fine-tunes only
+        them). An algorithm whose personal_models takes no `rows` (a plug-in written before
+        cohorts) computes every row, and the members' are taken."""
+        algorithm, rows = self.algorithm, self.cohort_rows
+        if rows is None:
+            return algorithm.personal_models(self.task, self.client_state, global_model, round_num)
+        if "rows" not in inspect.signature(algorithm.personal_models).parameters:
+            return algorithm.personal_models(self.task, self.client_state, global_model, round_num)[rows]
+        return algorithm.personal_models(self.task, self.store.read("algo", rows), global_model, round_num, rows=rows)
 
     def _scheduled_update_counts(self) -> torch.Tensor:
         """(m,) int64: how many local updates each client receives in the completed run, from the

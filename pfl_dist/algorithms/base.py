@@ -215,8 +215,10 @@ class Algorithm:
     # --- evaluation ----------------------------------------------------------------------------
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
-                        round_idx: int) -> torch.Tensor:
-        """(k, P) the model each client of this rank is evaluated with (default: its local model)."""
+                        round_idx: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, P) the model each client of this rank is evaluated with (default: its local model).
+        With `rows` (local row indices: the evaluation cohort's members) `state` holds those rows
+        only, and the result is (len(rows), P): an evaluation on a cohort computes no other row."""
         return state["local_models"]
 
     # --- checkpointed server-side state and the summary ------------------------------------------

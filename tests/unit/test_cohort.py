@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from pfl_dist.algorithms import Algorithm
+from pfl_dist.algorithms.classic import FedAvg
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
 from pfl_dist.data.synthetic import generate_client
@@ -21,6 +23,7 @@ from pfl_dist.evaluation import (
     ratio_moments,
     ratio_standard_error,
 )
+from pfl_dist.methods import METHODS
 from pfl_dist.rundir import changed_keys, config_hash, result_config
 from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import (
@@ -235,3 +238,30 @@ def test_lambda_auto_uses_the_cohorts_statistic(tmp_path: Path, seed: int, size:
         assert abs(choice["R_hat"] - everyone) > 1e-6
     else:
         assert choice["R_hat"] == pytest.approx(everyone, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", [n for n, info in METHODS.items() if not info.parameter_groups])
+def test_every_method_evaluates_only_its_cohort_members_models(tmp_path: Path, name: str) -> None:
+    # Prepare: a trained run of the method on a cohort
+    _, trainer = train(tmp_path, f"algorithm.name={name}", f"train.eval_clients={N}", name=name)
+    model = trainer.evaluation_model()
+    # Execute: the members' models alone (their state rows; FedAvg-FT fine-tunes only them)
+    got = trainer._evaluated_models(model, 4)
+    # Assert: the members' rows of every client's personal models
+    everyone = trainer.algorithm.personal_models(trainer.task, trainer.client_state, model, 4)
+    assert trainer.cohort_rows is not None and got.shape == (N, everyone.shape[1])
+    torch.testing.assert_close(got, everyone[trainer.cohort_rows], rtol=1e-12, atol=1e-12)
+
+
+def test_a_plug_in_personal_models_without_rows_still_evaluates_a_cohort(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    reference, _ = train(tmp_path, "algorithm.name=fedavg", f"train.eval_clients={N}", name="reference")
+
+    def personal_models(self: Algorithm, task: Any, state: Any, global_model: torch.Tensor,
+                        round_idx: int) -> torch.Tensor:  # the signature before cohorts: every row
+        assert len(state["local_models"]) == M
+        return state["local_models"]
+
+    monkeypatch.setattr(FedAvg, "personal_models", personal_models)
+    old, _ = train(tmp_path, "algorithm.name=fedavg", f"train.eval_clients={N}", name="old")
+    assert old["final"] == reference["final"]

@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import Config, load_config
 from pfl_dist.data.images import load_images
 from pfl_dist.errors import ConfigError
 from pfl_dist.evaluation import CLIENT_PREFIX
 from pfl_dist.models.cnn import CNNModel, PaperCNN
+from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import client_block
 from pfl_dist.solvers.padded import epoch_permutation, plan_epoch, prox_sgd_padded
 from pfl_dist.tasks.images import ImageTask, LogRegModel, check_image_config, client_index_sets, global_test_slice
+from pfl_dist.train import run_session
 from tests.helpers import run_inprocess, run_main, write_learnable_mnist
 
 CPU = torch.device("cpu")
@@ -303,3 +306,21 @@ def test_an_image_run_on_a_cohort_reports_standard_errors_of_the_clients_metrics
     assert final["eval/loss_personal_se"] > 0 and final["eval/naive_loss_se"] > 0, final
     assert "eval/acc_global" in final and "eval/acc_global_se" not in final
     assert set(summary["personal"]) == {"acc_personal_mean", "acc_personal_p10", "acc_personal_std"}
+
+
+@pytest.mark.parametrize(("method", "model"), [("fedavg_ft", "logreg"), ("perfedavg", "logreg"), ("fedrep", "cnn")])
+def test_a_cohort_evaluates_only_its_members_models_on_minibatches(mnist_dir: Path, tmp_path: Path,
+                                                                     method: str, model: str) -> None:
+    # Prepare: a trained image run on a cohort (FedAvg-FT fine-tunes with minibatch SGD at evaluation)
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=run", f"data.data_dir={mnist_dir}",
+                             "data.kind=mnist", "data.num_partitions=30", "data.num_clients=10", f"model.kind={model}",
+                             f"algorithm.name={method}", "algorithm.local_lr=0.05", "algorithm.personal_lr=0.05",
+                             "algorithm.batch_size=16", "algorithm.local_epochs=1", "train.num_rounds=1",
+                             "train.dtype=float64", "train.eval_clients=4"])
+    trainer = run_session(cfg, init_runtime(cfg), StopRequest())
+    model = trainer.evaluation_model()
+    # Execute / Assert: the members' models alone are the members' rows of every client's
+    got = trainer._evaluated_models(model, 1)
+    everyone = trainer.algorithm.personal_models(trainer.task, trainer.client_state, model, 1)
+    assert trainer.cohort_rows is not None and len(got) == 4
+    torch.testing.assert_close(got, everyone[trainer.cohort_rows], rtol=1e-12, atol=1e-12)
