@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from pfl_dist import sampling
 from pfl_dist.algorithms import Algorithm
 from pfl_dist.algorithms.classic import FedAvg
 from pfl_dist.checkpoint import StopRequest
@@ -265,3 +266,17 @@ def test_a_plug_in_personal_models_without_rows_still_evaluates_a_cohort(tmp_pat
     monkeypatch.setattr(FedAvg, "personal_models", personal_models)
     old, _ = train(tmp_path, "algorithm.name=fedavg", f"train.eval_clients={N}", name="old")
     assert old["final"] == reference["final"]
+
+
+def test_auto_evaluates_a_cohort_above_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: the thresholds scaled down, so that M clients are "many"
+    monkeypatch.setattr(sampling, "EVAL_ALL_UP_TO", M - 1)
+    monkeypatch.setattr(sampling, "AUTO_COHORT", 5)
+    # Execute: the default, auto
+    summary, trainer = train(tmp_path, name="auto")
+    # Assert: a cohort of AUTO_COHORT, with standard errors, and a run identity of its own
+    assert summary["evaluation"] == {"clients": 5, "cohort": True} and trainer.cohort_rows is not None
+    assert "train/acc_personal_se" in summary["final"]
+    assert len(trainer.cohort_rows) == 5
+    auto, everyone = (load_config(None, [*RUN, f"train.eval_clients={v}"]).to_dict() for v in ("auto", "all"))
+    assert config_hash(auto) != config_hash(everyone)
