@@ -262,10 +262,11 @@ class Trainer:
         Every client evaluated (train.eval_clients all): each client's personal accuracy travels as
         one of m numbers, for the distribution over clients (mean, 10th percentile, std). On a
         cohort (self.cohort_rows: its members on this rank) each per-client metric travels as six
-        sums instead, which give its standard error (`<metric>_se`). The final evaluation also sums
-        how often each client was trained (m numbers, once), so the summary shows which clients
-        took part, independent of the world size. Every rank's round timings since the last
-        evaluation ride along (pfl_dist/timing.py).
+        sums instead, which give its standard error (`<metric>_se`). The final evaluation of all
+        also sums how often each client was trained (m numbers, once), so the summary shows which
+        clients took part, independent of the world size; on a cohort those counts come from the
+        sampling schedule and only the number of clients whose kept count differs travels. Every
+        rank's round timings since the last evaluation ride along (pfl_dist/timing.py).
         """
         global_model = self.evaluation_model()
         rows = self.cohort_rows
