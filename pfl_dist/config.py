@@ -273,6 +273,10 @@ class TrainConfig:
     num_rounds: int = 50
     eval_every: int = 5  # evaluate (one extra collective) every this many rounds, and at the end
     dtype: Literal["float32", "float64"] = "float32"
+    # which clients an evaluation measures: all; N >= 2, a fixed seeded cohort of N clients (every
+    # client when N >= data.num_clients), whose metrics carry a standard error (<metric>_se); auto =
+    # all up to sampling.EVAL_ALL_UP_TO clients, a cohort of sampling.AUTO_COHORT above
+    eval_clients: int | Literal["all", "auto"] = "auto"
 
     def __post_init__(self) -> None:
         _require(self.num_rounds >= 1, "train.num_rounds", f"must be >= 1, got {self.num_rounds}")
@@ -281,6 +285,10 @@ class TrainConfig:
         _require(self.eval_every >= 1, "train.eval_every", f"must be >= 1, got {self.eval_every}")
         _require(self.eval_every <= MAX_ROUNDS, "train.eval_every",
                  f"must be at most {MAX_ROUNDS}, got {self.eval_every}")
+        if isinstance(self.eval_clients, int):
+            _require(2 <= self.eval_clients <= MAX_COUNT, "train.eval_clients",
+                     f"must be 'all', 'auto' or a number of clients in [2, {MAX_COUNT}] (a standard error needs "
+                     f"two clients), got {self.eval_clients}")
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,15 @@ def check_result_paths(run_dir: Path) -> None:
 
 
 PARAMETER_ERRORS = ("ITR", "ATR", "IOR", "AOR")  # distances of the models to the truth: no data split
+SE_SUFFIX = "_se"  # a metric's standard error on an evaluation cohort (pfl_dist/evaluation.py): tagged as the metric
 
 
 def metric_tag(name: str, measured_on: str) -> str:
     """'train/loss_personal' for a metric measured on training samples, 'eval/acc_global' for one
     measured on a test split; the parameter errors are always eval/. The name of a metric in
-    TensorBoard, metrics.jsonl, summary.json `final`, results.csv and the printed lines."""
-    return f"eval/{name}" if name in PARAMETER_ERRORS else f"{measured_on}/{name}"
+    TensorBoard, metrics.jsonl, summary.json `final`, results.csv and the printed lines. A
+    standard error sits beside its metric: 'eval/ITR_se', 'train/acc_personal_se'."""
+    return f"eval/{name}" if name.removesuffix(SE_SUFFIX) in PARAMETER_ERRORS else f"{measured_on}/{name}"
 
 
 def metric_name(tag: str) -> str:

@@ -84,6 +84,7 @@ from pfl_dist.errors import PflError
 from pfl_dist.exchange.spec import recorded_codec
 from pfl_dist.methods import METHODS
 from pfl_dist.outputs import check_result_paths
+from pfl_dist.sampling import eval_cohort_size
 
 if TYPE_CHECKING:
     from pfl_dist.config import Config
@@ -94,7 +95,9 @@ IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "comm.
 # had: at it a key is left out of the identity, so earlier runs keep their hash and run dir; except
 # for a method whose results at that value changed with the key (`MethodInfo.results_changed_with`).
 LATER_KEYS: dict[str, Any] = {"algorithm.client_weights": "auto", "algorithm.inner_warm_start": False,
-                              "model.head": None, "algorithm.params": {}, "data.params": {}}
+                              "model.head": None, "algorithm.params": {}, "data.params": {},
+                              "train.eval_clients": "auto"}
+EVAL_CLIENTS_KEY = "train.eval_clients"
 IGNORED_SECTIONS = ("checkpoint",)
 LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
@@ -120,7 +123,16 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
     method = METHODS.get(str(flat.get("algorithm.name")))
     changed_with = method.results_changed_with if method is not None else ""
     return {key: value for key, value in flat.items() if key not in IGNORED_KEYS
-            and not (key in LATER_KEYS and value == LATER_KEYS[key] and key != changed_with)}
+            and not (key in LATER_KEYS and _earlier_results(key, value, flat) and key != changed_with)}
+
+
+def _earlier_results(key: str, value: Any, flat: dict[str, Any]) -> bool:
+    """`value` of the later key `key` gives the results every run before the key had.
+    train.eval_clients: any value that evaluates every client (all; auto, or N >= m, on m clients)."""
+    if key == EVAL_CLIENTS_KEY:
+        num_clients = flat.get("data.num_clients")
+        return isinstance(num_clients, int) and eval_cohort_size(value, num_clients) is None
+    return bool(value == LATER_KEYS[key])
 
 
 WORLD_SECTION, WORLD_FIELD = "launch", "world_size"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -46,6 +47,18 @@ from pfl_dist.checkpoint import (
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
 from pfl_dist.errors import ConfigError, NonFiniteMetricError, OneLineParser, PflError
+from pfl_dist.evaluation import (
+    CLIENT_PREFIX,
+    COHORT_DISTRIBUTION,
+    COHORT_PREFIX,
+    PERSONAL_KEY,
+    EvalReduction,
+    accuracy_moments,
+    cohort_distribution,
+    ratio_moments,
+    ratio_standard_error,
+    with_standard_errors,
+)
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_output
 from pfl_dist.interpreter import tool_command
@@ -64,7 +77,7 @@ from pfl_dist.runtime import (
     set_num_threads,
     shutdown_runtime,
 )
-from pfl_dist.sampling import client_block, sample_clients
+from pfl_dist.sampling import client_block, eval_cohort, eval_cohort_size, participation_counts, sample_clients
 from pfl_dist.store import ClientStore, DenseStore, Row
 from pfl_dist.tasks import build_task
 from pfl_dist.tasks.base import Task
@@ -118,6 +131,10 @@ class Trainer:
                                  device=runtime.device, seed=cfg.run.seed, message=self.algorithm.info.message,
                                  store=self.store)
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
+        # train.eval_clients: None = evaluate every client; else the cohort's members on this rank
+        self.cohort_size = eval_cohort_size(cfg.train.eval_clients, cfg.data.num_clients)
+        self.cohort_rows = None if self.cohort_size is None else self._my_rows(torch.from_numpy(eval_cohort(
+            seed=cfg.run.seed, num_clients=cfg.data.num_clients, size=self.cohort_size)))
         self.round_times: list[float] = []
         self.timer = RoundTimer(rank=runtime.rank, world_size=runtime.world_size)  # compute / comm / wait
         self.last_round_times: list[RoundTimes] = []
@@ -132,6 +149,10 @@ class Trainer:
         self.checkpointer = Checkpointer(cfg.run_dir / "ckpt", rank=runtime.rank, world_size=runtime.world_size,
                                          num_clients=cfg.data.num_clients, keep=cfg.checkpoint.keep,
                                          config=cfg.identity(), replace_other_configs=overwrite)
+        if self.cohort_size is not None and runtime.is_logging_rank:
+            print(f"evaluation: a cohort of {self.cohort_size} of {cfg.data.num_clients} clients (train.eval_clients="
+                  f"{cfg.train.eval_clients}); each metric on the clients carries its standard error, <metric>_se",
+                  flush=True)
         self.start_round, num_events = self._resume()
         self.already_complete = self.start_round == RUN_COMPLETE  # nothing to train, nothing to write
         self.logger = (RunLogger(cfg.run_dir, cfg.to_dict(), world_size=runtime.world_size,
@@ -248,49 +269,94 @@ class Trainer:
         return vector
 
     def evaluate(self, *, round_num: int = 0, final: bool = False) -> dict[str, float]:
-        """Metric sums of every rank in one all-reduce (telemetry, not training traffic).
+        """Metric sums of every rank in one all-reduce (telemetry, not training traffic), owned by
+        pfl_dist/evaluation.py's EvalReduction: each part adds its block.
 
-        Each client's personal accuracy travels as one of m numbers, for the distribution over
-        clients (mean, 10th percentile, std). The final evaluation also sums how often each
-        client was trained (m numbers, once), so the summary shows which clients took part,
-        independent of the world size. Every rank's round timings since the last evaluation
-        ride along (pfl_dist/timing.py).
+        Every client evaluated (train.eval_clients all): each client's personal accuracy travels as
+        one of m numbers, for the distribution over clients (mean, 10th percentile, std). On a
+        cohort (self.cohort_rows: its members on this rank) each per-client metric travels as six
+        sums instead, which give its standard error (`<metric>_se`). The final evaluation of all
+        also sums how often each client was trained (m numbers, once), so the summary shows which
+        clients took part, independent of the world size; on a cohort those counts come from the
+        sampling schedule and only the number of clients whose kept count differs travels. Every
+        rank's round timings since the last evaluation ride along (pfl_dist/timing.py).
         """
         global_model = self.evaluation_model()
-        personal = self.algorithm.personal_models(self.task, self.client_state, global_model, round_num)
-        sums = self.task.metric_sums(personal, global_model)
-        sums["client_correct"] = self._job_vector(sums["client_correct"])
-        sums["client_count"] = self._job_vector(sums["client_count"])
-        if final:
-            sums["update_counts"] = self._job_vector(self.update_counts)
+        rows = self.cohort_rows
+        sums = self.task.metric_sums(self._evaluated_models(global_model, round_num), global_model, rows)
+        pairs = {name.removeprefix(CLIENT_PREFIX): sums.pop(name) for name in list(sums)
+                 if name.startswith(CLIENT_PREFIX)}
+        reduction = EvalReduction(self.runtime.device)
+        for name, value in sums.items():
+            reduction.add(name, value)
+        if rows is None:
+            reduction.add("client_correct", self._job_vector(pairs[PERSONAL_KEY][0]))
+            reduction.add("client_count", self._job_vector(pairs[PERSONAL_KEY][1]))
+        else:
+            for name, pair in pairs.items():
+                reduction.add(f"{COHORT_PREFIX}{name}", ratio_moments(pair))
+            reduction.add(COHORT_DISTRIBUTION, accuracy_moments(pairs[PERSONAL_KEY]))
+        expected_counts = None
+        if final and rows is None:
+            reduction.add("update_counts", self._job_vector(self.update_counts))
+        elif final:  # on a cohort: the schedule's counts, checked against every rank's (one number)
+            expected_counts = self._scheduled_update_counts()
+            block = self.task.client_ids
+            mismatched = (self.update_counts.cpu().long() != expected_counts[block.start: block.stop]).sum()
+            reduction.add("update_count_mismatches", mismatched.double())
         if not self.communicates:  # no training all-reduce carries the stop flag
-            sums["stop_requests"] = torch.tensor(float(self.stop.requested), dtype=torch.float64)
+            reduction.add("stop_requests", torch.tensor(float(self.stop.requested), dtype=torch.float64))
         if self.ledger.measuring:
-            sums["measured_train"] = torch.tensor(float(self.ledger.measured_local[Traffic.TRAIN]), dtype=torch.float64)
-            sums["measured_telemetry"] = torch.tensor(float(self.ledger.measured_local[Traffic.TELEMETRY]),
-                                                      dtype=torch.float64)
+            reduction.add("measured_train", torch.tensor(float(self.ledger.measured_local[Traffic.TRAIN]),
+                                                         dtype=torch.float64))
+            reduction.add("measured_telemetry", torch.tensor(float(self.ledger.measured_local[Traffic.TELEMETRY]),
+                                                             dtype=torch.float64))
         if self.runtime.distributed:
-            sums[TIMING_KEY] = self.timer.eval_block(round_num, self.runtime.device)
-        names = sorted(sums)
-        flat = torch.cat([sums[k].reshape(-1).double().to(self.runtime.device) for k in names])
-        self.comm.all_reduce(flat, traffic=Traffic.TELEMETRY)
-        reduced, offset = {}, 0
-        for name in names:
-            size = sums[name].numel()
-            reduced[name] = flat[offset: offset + size].reshape(sums[name].shape).cpu()
-            offset += size
+            reduction.add(TIMING_KEY, self.timer.eval_block(round_num, self.runtime.device))
+        reduced = reduction.reduce(self.comm)
         if self.ledger.measuring:
             self.ledger.set_measured_totals(int(reduced.pop("measured_train")), int(reduced.pop("measured_telemetry")))
-        if final:
+        if expected_counts is not None:
+            differing = int(reduced.pop("update_count_mismatches"))
+            if differing:  # a bug, not bad input: the engine's counts disagree with its own schedule
+                raise RuntimeError(f"{differing} clients' local update counts differ from the sampling schedule's")
+            self.final_update_counts = expected_counts
+        elif final:
             self.final_update_counts = reduced.pop("update_counts").long()
         self.last_round_times = self.timer.absorb(round_num, reduced.pop(TIMING_KEY, None))
         self.stop_agreed = self.stop_agreed or float(reduced.pop("stop_requests", torch.zeros(()))) > 0
-        self.personal_distribution = accuracy_distribution(reduced.pop("client_correct"),
-                                                           reduced.pop("client_count"))
+        errors: dict[str, float] = {}
+        if rows is None:
+            self.personal_distribution = accuracy_distribution(reduced.pop("client_correct"),
+                                                               reduced.pop("client_count"))
+        else:
+            self.personal_distribution = cohort_distribution(reduced.pop(COHORT_DISTRIBUTION))
+            errors = {name: ratio_standard_error(reduced.pop(f"{COHORT_PREFIX}{name}"),
+                                                 population=self.cfg.data.num_clients) for name in pairs}
         metrics = self.task.finalize_metrics(reduced, global_model.cpu())
         if not self.algorithm.info.global_model:  # FedRep/FedPer: w_g is a body without a trained head
             metrics = {k: v for k, v in metrics.items() if not k.endswith("_global")}
-        return metrics
+        return with_standard_errors(metrics, errors)
+
+    def _evaluated_models(self, global_model: torch.Tensor, round_num: int) -> torch.Tensor:
+        """The models the evaluated clients of this rank are evaluated with: every client's, or on a
+        cohort only its members' (their rows of the state; a fine-tuning method fine-tunes only
+        them). An algorithm whose personal_models takes no `rows` (a plug-in written before
+        cohorts) computes every row, and the members' are taken."""
+        algorithm, rows = self.algorithm, self.cohort_rows
+        if rows is None:
+            return algorithm.personal_models(self.task, self.client_state, global_model, round_num)
+        if "rows" not in inspect.signature(algorithm.personal_models).parameters:
+            return algorithm.personal_models(self.task, self.client_state, global_model, round_num)[rows]
+        return algorithm.personal_models(self.task, self.store.read("algo", rows), global_model, round_num, rows=rows)
+
+    def _scheduled_update_counts(self) -> torch.Tensor:
+        """(m,) int64: how many local updates each client receives in the completed run, from the
+        sampling schedule (pfl_dist/sampling.py), with no communication."""
+        cfg = self.cfg
+        return torch.from_numpy(participation_counts(seed=cfg.run.seed, num_clients=cfg.data.num_clients,
+                                                     sample_fraction=cfg.algorithm.sample_fraction,
+                                                     num_rounds=cfg.train.num_rounds))
 
     def _is_eval_round(self, round_num: int) -> bool:
         return round_num % self.cfg.train.eval_every == 0 or round_num == self.cfg.train.num_rounds
@@ -321,7 +387,7 @@ class Trainer:
             self.algorithm.end_of_round(RoundEnd(
                 round_num=round_num, num_rounds=self.cfg.train.num_rounds, task=self.task, state=self.client_state,
                 update_counts=self.update_counts, global_model=self.global_model, comm=self.comm,
-                logger=self.logger, is_logging_rank=self.runtime.is_logging_rank))
+                logger=self.logger, is_logging_rank=self.runtime.is_logging_rank, cohort_rows=self.cohort_rows))
             if self._is_eval_round(round_num):
                 metrics = self.evaluate(round_num=round_num, final=round_num == self.cfg.train.num_rounds)
                 self.logger.log_round_times(self.last_round_times)
@@ -458,6 +524,9 @@ class Trainer:
                      **self.timer.summary()},
             "global_model_sha256": model_sha256(final_model),
             "participation": participation_summary(self.final_update_counts),
+            # which clients the metrics are measured on (train.eval_clients resolved)
+            "evaluation": {"clients": self.cohort_size or self.cfg.data.num_clients,
+                           "cohort": self.cohort_size is not None},
         }
         if self.runtime.is_logging_rank:
             final_dir = self.cfg.run_dir / "final"

@@ -90,6 +90,9 @@ class RoundEnd:
     comm: Communicator
     logger: RunLogger | NullLogger
     is_logging_rank: bool
+    # The evaluation cohort's rows on this rank (train.eval_clients; pfl_dist/sampling.py), None
+    # when every client is evaluated: a statistic over clients may scan these rows, not all k.
+    cohort_rows: torch.Tensor | None = None
 
 
 def prox_step(task: Task, models: torch.Tensor, batch: Batch, *, lr: float, anchor: torch.Tensor | None = None,
@@ -252,8 +255,10 @@ class Algorithm:
     # --- evaluation ----------------------------------------------------------------------------
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
-                        round_idx: int) -> torch.Tensor:
-        """(k, P) the model each client of this rank is evaluated with (default: its local model)."""
+                        round_idx: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, P) the model each client of this rank is evaluated with (default: its local model).
+        With `rows` (local row indices: the evaluation cohort's members) `state` holds those rows
+        only, and the result is (len(rows), P): an evaluation on a cohort computes no other row."""
         return state["local_models"]
 
     # --- checkpointed server-side state and the summary ------------------------------------------

@@ -94,12 +94,13 @@ class FedCLUP(ProxLocalUpdate):
 
     def choose_lambda(self, end: RoundEnd) -> None:
         """R_hat = mean ||w_i - w_g|| over clients trained so far (one telemetry all-reduce),
-        then lambda by the paper's rule with n = the mean client sample count."""
-        trained = end.update_counts > 0
-        distances = torch.linalg.vector_norm(end.state["local_models"][trained] - end.global_model, dim=1)
-        sums = torch.stack([distances.double().sum(), trained.double().sum(),
-                            end.task.sample_counts.double().sum(), torch.tensor(float(len(trained)))])
-        end.comm.all_reduce(sums.to(end.global_model.device), traffic=Traffic.TELEMETRY)
+        then lambda by the paper's rule with n = the mean client sample count. With an evaluation
+        cohort (train.eval_clients=N) both are the cohort's statistics: the rows scanned are its
+        members, not every client; if no member has trained yet, every client's (one more
+        all-reduce, as without a cohort)."""
+        sums = self._heterogeneity_sums(end, end.cohort_rows)
+        if end.cohort_rows is not None and float(sums[1]) == 0:
+            sums = self._heterogeneity_sums(end, None)
         r_hat, mean_samples = float(sums[0] / sums[1]), float(sums[2] / sums[3])
         lam = theory_lambda(r_hat, num_samples=mean_samples, c=self.cfg.lam_auto_c)
         self.set_lam(lam)
@@ -109,6 +110,19 @@ class FedCLUP(ProxLocalUpdate):
         if end.is_logging_rank:
             print(f"lam=auto: after round {end.round_num}, R_hat {r_hat:.4g} with n {mean_samples:.0f} -> "
                   f"lam {lam:.4g}", flush=True)
+
+    @staticmethod
+    def _heterogeneity_sums(end: RoundEnd, rows: torch.Tensor | None) -> torch.Tensor:
+        """[sum ||w_i - w_g|| over trained clients, trained clients, sum n_i, clients] over every
+        rank's clients in `rows` (None: all of them)."""
+        counts, models, samples = end.update_counts, end.state["local_models"], end.task.sample_counts
+        if rows is not None:
+            counts, models, samples = counts[rows], models[rows], samples[rows]
+        trained = counts > 0
+        distances = torch.linalg.vector_norm(models[trained] - end.global_model, dim=1)
+        sums = torch.stack([distances.double().sum(), trained.double().sum(), samples.double().sum(),
+                            torch.tensor(float(len(trained)), dtype=torch.float64, device=distances.device)])
+        return end.comm.all_reduce(sums.to(end.global_model.device), traffic=Traffic.TELEMETRY).cpu()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "lambda_choices": list(self.lambda_choices)}

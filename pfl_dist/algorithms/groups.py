@@ -54,7 +54,7 @@ class BodyHead(Algorithm):
         return updated
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
-                        round_idx: int) -> torch.Tensor:
+                        round_idx: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         assert self.groups is not None
         return with_head(global_model, state["local_models"], self.groups)
 

@@ -67,7 +67,7 @@ class Ditto(Algorithm):
         return ClientOutput(sent=sent, keep={"personal_models": personal})
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
-                        round_idx: int) -> torch.Tensor:
+                        round_idx: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         return state["personal_models"]
 
     def describe(self) -> dict[str, Any]:
@@ -136,7 +136,7 @@ class PFedMe(Algorithm):
         return aggregate if beta == 1.0 else (1 - beta) * global_model + beta * aggregate
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
-                        round_idx: int) -> torch.Tensor:
+                        round_idx: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         return state["personal_models"]
 
     def describe(self) -> dict[str, Any]:
@@ -183,7 +183,7 @@ class APFL(Algorithm):
         return ClientOutput(sent=local, keep={"personal_models": personal, "alpha": alpha})
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
-                        round_idx: int) -> torch.Tensor:
+                        round_idx: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         alpha = state["alpha"]
         return alpha * state["personal_models"] + (1 - alpha) * global_model
 
@@ -236,8 +236,9 @@ class PerFedAvg(StartsFromGlobal):
         return ClientOutput(sent=local, keep={})
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
-                        round_idx: int) -> torch.Tensor:
-        rows = torch.arange(len(task.client_ids), device=global_model.device)
+                        round_idx: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            rows = torch.arange(len(task.client_ids), device=global_model.device)
         models = global_model.expand(len(rows), -1).clone()
         return models - self.personal_lr * task.gradient(models, task.full_batch(rows))
 
@@ -258,8 +259,9 @@ class FedAvgFT(StartsFromGlobal):
         return ClientOutput(sent=sent, keep={})
 
     def personal_models(self, task: Task, state: ClientState, global_model: torch.Tensor,
-                        round_idx: int) -> torch.Tensor:
-        rows = torch.arange(len(task.client_ids), device=global_model.device)
+                        round_idx: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            rows = torch.arange(len(task.client_ids), device=global_model.device)
         models = global_model.expand(len(rows), -1).clone()
         return local_sgd(task, models, rows, round_idx=round_idx, lr=self.personal_lr,
                          epochs=self.cfg.personal_epochs, stream=FINETUNE_STREAM)

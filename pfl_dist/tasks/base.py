@@ -91,9 +91,14 @@ class Task(Protocol):
         """(k, P): each client's gradient of its weighted loss on its rows of `batch`."""
         ...
 
-    def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Additive per-rank sums (float64) that one all-reduce turns into job totals; the per-client
-        "client_correct" and "client_count" (k,) give the personal accuracy distribution."""
+    def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor,
+                    rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Additive per-rank sums (float64) over the clients in `rows` (local row indices: the
+        evaluation cohort's members on this rank; None = every client of this rank; local_models
+        (r, P) holds their models in that order) that one all-reduce turns into job totals. Each
+        metric finalized as sum u / sum v over clients also comes as its per-client pair
+        "client/<metric>" (2, r): u_i and v_i (pfl_dist/evaluation.py: the distribution over
+        clients from "client/acc_personal", a cohort's standard errors)."""
         ...
 
     def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:

@@ -377,28 +377,36 @@ class ImageTask:
     # --- metrics -------------------------------------------------------------------------
 
     def _naive_sums(self) -> dict[str, torch.Tensor]:
-        """The class-frequency baseline on each client's test split (constant: computed once)."""
+        """The class-frequency baseline on each client's test split (constant: computed once):
+        this rank's sums, and each client's (k,) correct predictions and summed loss
+        (`naive_per_client`, for a cohort)."""
         valid = _valid(self.test_counts, self.test_y.shape[1])
         prediction = self.class_frequencies.argmax(dim=1, keepdim=True)
         probs = self.class_frequencies.gather(1, self.test_y)
         log_probs = torch.log(probs).clamp(min=LOG_PROB_FLOOR)
-        return {
-            "naive_correct": ((self.test_y == prediction) & valid).double().sum(),
-            "naive_loss_sum": -(log_probs * valid).double().sum(),
-        }
+        correct = ((self.test_y == prediction) & valid).double()
+        losses = -(log_probs * valid).double()
+        self.naive_per_client = (correct.sum(dim=1).cpu(), losses.sum(dim=1).cpu())
+        return {"naive_correct": correct.sum(), "naive_loss_sum": losses.sum()}
 
-    def _personal_sums(self, local_models: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.model.logits(local_models, self.test_x).double()
-        logits = logits.masked_fill(~self.class_mask.unsqueeze(1), -math.inf)
-        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, self.test_y.unsqueeze(-1)).squeeze(-1)
-        valid = _valid(self.test_counts, self.test_y.shape[1])
-        correct = (logits.argmax(dim=-1) == self.test_y) & valid
+    def _personal_sums(self, local_models: torch.Tensor, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        test_x, test_y, test_counts, class_mask = self.test_x, self.test_y, self.test_counts, self.class_mask
+        if rows is not None:
+            rows = rows.to(self.device)
+            test_x, test_y, test_counts, class_mask = test_x[rows], test_y[rows], test_counts[rows], class_mask[rows]
+        logits = self.model.logits(local_models, test_x).double()
+        logits = logits.masked_fill(~class_mask.unsqueeze(1), -math.inf)
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, test_y.unsqueeze(-1)).squeeze(-1)
+        valid = _valid(test_counts, test_y.shape[1])
+        correct = (logits.argmax(dim=-1) == test_y) & valid
+        losses = -(log_probs.clamp(min=LOG_PROB_FLOOR) * valid)
+        client_correct, samples = correct.double().sum(dim=1).cpu(), test_counts.double().cpu()
         return {
-            "num_test_personal": self.test_counts.double().sum(),
+            "num_test_personal": test_counts.double().sum(),
             "correct_personal": correct.double().sum(),
-            "client_correct": correct.double().sum(dim=1),
-            "client_count": self.test_counts.double(),
-            "loss_personal_sum": -(log_probs.clamp(min=LOG_PROB_FLOOR) * valid).sum(),
+            "loss_personal_sum": losses.sum(),
+            "client/acc_personal": torch.stack([client_correct, samples]),
+            "client/loss_personal": torch.stack([losses.sum(dim=1).cpu(), samples]),
         }
 
     def _global_sums(self, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -413,8 +421,23 @@ class ImageTask:
         return {"num_test_global": torch.tensor(float(len(self.global_y)), dtype=torch.float64),
                 "correct_global": correct, "loss_global_sum": loss}
 
-    def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {**self._personal_sums(local_models), **self._global_sums(global_model), **self.naive_sums}
+    def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor,
+                    rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The personal and baseline metrics of the clients in `rows` (None: every client of this
+        rank; local_models holds their models, in that order), w_g's on this rank's share of the
+        official test set (the same for any cohort: no per-client pair, no standard error)."""
+        personal = self._personal_sums(local_models, rows)
+        naive = self.naive_sums
+        correct, loss = self.naive_per_client
+        if rows is not None:
+            correct, loss = correct[rows.cpu()], loss[rows.cpu()]
+            naive = {"naive_correct": correct.sum(), "naive_loss_sum": loss.sum()}
+        samples = personal["client/acc_personal"][1]
+        per_client = {"client/naive_acc": torch.stack([correct, samples]),
+                      "client/naive_loss": torch.stack([loss, samples]),
+                      "client/improvement_over_naive": torch.stack([personal["client/acc_personal"][0] - correct,
+                                                                    samples])}
+        return {**personal, **self._global_sums(global_model), **naive, **per_client}
 
     def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:
         personal = float(sums["num_test_personal"])

@@ -134,11 +134,14 @@ class LinearClientsTask:
 
     # --- metrics -------------------------------------------------------------------------------
 
-    def _loss_and_correct_sums(self, models: torch.Tensor, *, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-client sums (k,) of the cross-entropy and of correct predictions on the real samples
-        of the evaluation rows, of each client's own row of `models` (k, P), or of one shared
-        model (P,)."""
-        features, labels = self.eval_features, self.eval_labels
+    def _loss_and_correct_sums(self, models: torch.Tensor, *, shared: bool,
+                               rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-client sums (r,) of the cross-entropy and of correct predictions on the real samples
+        of the evaluation rows of the clients in `rows` (None: every client of this rank), of each
+        client's own row of `models` (r, P), or of one shared model (P,)."""
+        features, labels, counts = self.eval_features, self.eval_labels, self.eval_counts
+        if rows is not None:
+            features, labels, counts = features[rows], labels[rows], [counts[int(r)] for r in rows]
         if self.eval_equal_counts:
             n = features.shape[1]
             if shared:
@@ -146,34 +149,43 @@ class LinearClientsTask:
             else:
                 loss, correct = self.model.loss_and_correct(models, features, labels)
             return loss.double() * n, correct.double()
-        rows = models.expand(len(features), -1) if shared else models
-        logits = self.model.logits(rows, features).double()
+        weights = models.expand(len(features), -1) if shared else models
+        logits = self.model.logits(weights, features).double()
         valid = torch.arange(features.shape[1], device=logits.device) < torch.tensor(
-            self.eval_counts, device=logits.device).unsqueeze(1)
+            counts, device=logits.device).unsqueeze(1)
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
         correct = (logits.argmax(dim=-1) == labels) & valid
         return (losses * valid).sum(dim=1), correct.double().sum(dim=1)
 
-    def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss_p, correct_p = self._loss_and_correct_sums(local_models, shared=False)
-        loss_g, correct_g = self._loss_and_correct_sums(global_model, shared=True)
+    def metric_sums(self, local_models: torch.Tensor, global_model: torch.Tensor,
+                    rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        loss_p, correct_p = self._loss_and_correct_sums(local_models, shared=False, rows=rows)
+        loss_g, correct_g = self._loss_and_correct_sums(global_model, shared=True, rows=rows)
+        counts = self.eval_counts if rows is None else [self.eval_counts[int(r)] for r in rows]
+        samples = torch.tensor([float(n) for n in counts], dtype=torch.float64)
         sums = {
-            "num_clients": torch.tensor(float(len(self.client_ids)), dtype=torch.float64),
-            "num_samples": torch.tensor(float(sum(self.eval_counts)), dtype=torch.float64),
+            "num_clients": torch.tensor(float(len(counts)), dtype=torch.float64),
+            "num_samples": torch.tensor(float(sum(counts)), dtype=torch.float64),
         }
-        if self.true_models is not None:
-            raw_models = self.model.weight_matrix(local_models).double() / self.scale.unsqueeze(-1)
-            sums["ITR_sum"] = torch.linalg.matrix_norm(raw_models - self.true_models).sum()
+        truth, scale = self.true_models, self.scale
+        if truth is not None and rows is not None:
+            truth, scale = truth[rows], scale[rows]
+        if truth is not None:
+            raw_models = self.model.weight_matrix(local_models).double() / scale.unsqueeze(-1)
+            errors = torch.linalg.matrix_norm(raw_models - truth)
+            sums["ITR_sum"] = errors.sum()
+            sums["client/ITR"] = torch.stack([errors.cpu(), torch.ones_like(samples)])
         sums |= {
             "loss_personal_sum": loss_p.sum(),
             "correct_personal": correct_p.sum(),
-            "client_correct": correct_p,
-            "client_count": torch.tensor([float(n) for n in self.eval_counts], dtype=torch.float64),
             "loss_global_sum": loss_g.sum(),
             "correct_global": correct_g.sum(),
         }
-        if self.true_models is not None:
-            sums["true_model_sum"] = self.true_models.sum(dim=0).flatten()
+        for name, per_client in (("acc_personal", correct_p), ("loss_personal", loss_p),
+                                 ("acc_global", correct_g), ("loss_global", loss_g)):
+            sums[f"client/{name}"] = torch.stack([per_client.cpu(), samples])
+        if truth is not None:
+            sums["true_model_sum"] = truth.sum(dim=0).flatten()
         return sums
 
     def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:

@@ -72,6 +72,10 @@ def _assert_one_clear_line(result, fragment: str) -> None:
         (["algorithm.lam=0", "algorithm.global_lr=0.1"], "algorithm.global_lr must be 'auto'"),
         (["checkpoint.keep=0"], "checkpoint.keep must be >= 1"),
         (["comm.timeout_s=-3"], "comm.timeout_s must be > 0"),
+        (["train.eval_clients=1"], "train.eval_clients must be 'all', 'auto' or a number of clients in [2, "),
+        (["train.eval_clients=0"], "train.eval_clients must be 'all', 'auto' or a number of clients in [2, "),
+        (["train.eval_clients=some"], "train.eval_clients must be int or 'all' | 'auto', got 'some'"),
+        (["train.eval_clients=2.5"], "train.eval_clients must be int or 'all' | 'auto', got 2.5"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args: list[str], fragment: str) -> None:

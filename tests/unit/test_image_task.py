@@ -17,14 +17,18 @@ import pytest
 import torch
 
 from pfl_dist.algorithms.base import local_sgd
+from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import Config, load_config
 from pfl_dist.data.images import load_images
 from pfl_dist.errors import ConfigError
+from pfl_dist.evaluation import CLIENT_PREFIX
 from pfl_dist.models.cnn import CNNModel, PaperCNN
+from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import client_block
 from pfl_dist.solvers.padded import epoch_permutation, full_batch_weights, plan_epoch
 from pfl_dist.tasks.base import Batch, Task, padded_batches
 from pfl_dist.tasks.images import ImageTask, LogRegModel, check_image_config, client_index_sets, global_test_slice
+from pfl_dist.train import run_session
 from tests.helpers import run_inprocess, run_main, write_learnable_mnist
 
 CPU = torch.device("cpu")
@@ -192,12 +196,10 @@ def test_global_test_slices_cover_the_test_set_once() -> None:
         assert covered == list(range(10000))
 
 
-PER_CLIENT = ("client_correct", "client_count")  # (k,) per client: the Trainer places them by client id
-
-
 def _reduce(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The sums over ranks, without the per-client pairs (the Trainer places or summarizes them)."""
     return {k: sum((p[k] for p in parts), torch.zeros((), dtype=torch.float64)) for k in parts[0]
-            if k not in PER_CLIENT}
+            if not k.startswith(CLIENT_PREFIX)}
 
 
 def test_metric_sums_add_up_across_ranks_and_match_numpy(mnist_dir: Path) -> None:
@@ -209,13 +211,29 @@ def test_metric_sums_add_up_across_ranks_and_match_numpy(mnist_dir: Path) -> Non
     zero = torch.zeros(whole.num_params)
     # Execute
     whole_sums = whole.metric_sums(zero.repeat(10, 1), zero)
-    metrics = whole.finalize_metrics({k: v for k, v in whole_sums.items() if k not in PER_CLIENT}, zero)
+    metrics = whole.finalize_metrics(_reduce([whole_sums]), zero)
     sharded = [s.metric_sums(zero.repeat(len(s.client_ids), 1), zero) for s in shards]
     # Assert: the 3-rank sums reduce to the 1-rank metrics; the numbers match a numpy recount.
     assert whole.finalize_metrics(_reduce(sharded), zero) == pytest.approx(metrics, rel=1e-9)
-    for key in PER_CLIENT:  # each client's own numbers, in client order, on any sharding
-        assert torch.equal(torch.cat([p[key] for p in sharded]), whole_sums[key])
-    assert float(whole_sums["client_correct"].sum()) == float(whole_sums["correct_personal"])
+    pairs = [k for k in whole_sums if k.startswith(CLIENT_PREFIX)]
+    assert set(pairs) == {f"{CLIENT_PREFIX}{name}" for name in ("acc_personal", "loss_personal", "naive_acc",
+                                                                "naive_loss", "improvement_over_naive")}
+    for key in pairs:  # each client's own numerator and denominator, in client order, on any sharding
+        assert torch.equal(torch.cat([p[key] for p in sharded], dim=1), whole_sums[key])
+    assert float(whole_sums["client/acc_personal"][0].sum()) == float(whole_sums["correct_personal"])
+    assert float(whole_sums["client/naive_acc"][0].sum()) == float(whole_sums["naive_correct"])
+    # A cohort's rows: the sums of those clients only, and their pairs
+    rows = torch.tensor([1, 4, 7])
+    cohort = whole.metric_sums(zero.repeat(3, 1), zero, rows)
+    for key in pairs:
+        assert torch.equal(cohort[key], whole_sums[key][:, rows])
+    for total, key in (("correct_personal", "acc_personal"), ("naive_correct", "naive_acc"),
+                       ("loss_personal_sum", "loss_personal"), ("naive_loss_sum", "naive_loss"),
+                       ("num_test_personal", "acc_personal")):
+        column = 1 if total == "num_test_personal" else 0
+        assert float(cohort[total]) == pytest.approx(float(whole_sums[f"{CLIENT_PREFIX}{key}"][column, rows].sum()),
+                                                     rel=1e-12)
+    assert float(cohort["correct_global"]) == float(whole_sums["correct_global"])  # the official test set
     labels = load_images("mnist", data_dir=mnist_dir).train.labels
     test = [labels[c.test] for c in whole.clients]
     lowest = [labels[c.train].min() for c in whole.clients]
@@ -298,3 +316,37 @@ def test_missing_and_corrupt_data_exit_2_with_one_line(tmp_path: Path, module: s
     (corrupt / "train-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])
     result = run_main(*args, f"data.data_dir={corrupt}", module=module)
     _assert_one_clear_line(result, "corrupt IDX file")
+
+
+def test_an_image_run_on_a_cohort_reports_standard_errors_of_the_clients_metrics(mnist_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    # Execute: 10 clients, a cohort of 4 evaluated, on the CNN (a body/head method's path too)
+    summary = run_inprocess(tmp_path, f"data.data_dir={mnist_dir}", "data.kind=mnist", "data.num_partitions=30",
+                            "data.num_clients=10", "algorithm.local_lr=0.05", "algorithm.global_lr=1/lam",
+                            "algorithm.batch_size=16", "algorithm.local_epochs=1", "train.num_rounds=2",
+                            "train.eval_clients=4")
+    # Assert: the metrics measured on the clients' test splits carry one; w_g's official test set none
+    final = summary["final"]
+    for name in ("acc_personal", "loss_personal", "naive_acc", "naive_loss", "improvement_over_naive"):
+        assert 0 <= final[f"eval/{name}_se"] < 10, final  # acc_personal may be 1.0 on every member: SE 0
+    assert final["eval/loss_personal_se"] > 0 and final["eval/naive_loss_se"] > 0, final
+    assert "eval/acc_global" in final and "eval/acc_global_se" not in final
+    assert set(summary["personal"]) == {"acc_personal_mean", "acc_personal_p10", "acc_personal_std"}
+
+
+@pytest.mark.parametrize(("method", "model"), [("fedavg_ft", "logreg"), ("perfedavg", "logreg"), ("fedrep", "cnn")])
+def test_a_cohort_evaluates_only_its_members_models_on_minibatches(mnist_dir: Path, tmp_path: Path,
+                                                                     method: str, model: str) -> None:
+    # Prepare: a trained image run on a cohort (FedAvg-FT fine-tunes with minibatch SGD at evaluation)
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=run", f"data.data_dir={mnist_dir}",
+                             "data.kind=mnist", "data.num_partitions=30", "data.num_clients=10", f"model.kind={model}",
+                             f"algorithm.name={method}", "algorithm.local_lr=0.05", "algorithm.personal_lr=0.05",
+                             "algorithm.batch_size=16", "algorithm.local_epochs=1", "train.num_rounds=1",
+                             "train.dtype=float64", "train.eval_clients=4"])
+    trainer = run_session(cfg, init_runtime(cfg), StopRequest())
+    model = trainer.evaluation_model()
+    # Execute / Assert: the members' models alone are the members' rows of every client's
+    got = trainer._evaluated_models(model, 1)
+    everyone = trainer.algorithm.personal_models(trainer.task, trainer.client_state, model, 1)
+    assert trainer.cohort_rows is not None and len(got) == 4
+    torch.testing.assert_close(got, everyone[trainer.cohort_rows], rtol=1e-12, atol=1e-12)
