@@ -64,8 +64,6 @@ from pfl_dist.plugins import is_plugin_name, source_path
 SECTION = "inputs"  # the pseudo-section of the identity, and summary.json's field
 RECORD_FILE = "inputs.json"  # in the run dir
 CHUNK_BYTES = 1 << 20
-# data.kind -> the files it reads below data.data_dir (the task modules' layouts).
-FOLDER_KINDS = ("client_files", "leaf", "cifar10")
 CIFAR10_FILES = (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH)
 MISSING = "missing"
 RACY_NS = 2_000_000_000
@@ -91,12 +89,22 @@ Inputs = dict[str, InputRecord]
 
 
 def input_keys(config: dict[str, Any]) -> list[str]:
-    """The config keys (`Config.to_dict()`) naming user files that need a fingerprint."""
+    """The config keys (`Config.to_dict()`) naming user files that need a fingerprint: data.data_dir
+    of a data kind whose registry entry reads a folder (`TaskEntry.input_files`)."""
     data = config.get("data", {})
+    kind = str(data.get("kind"))
     return [key for key, reads in (("model.init_file", bool(config.get("model", {}).get("init_file"))),
-                                   ("data.data_dir", data.get("kind") in FOLDER_KINDS
-                                    and data.get("data_dir") is not None),
-                                   ("data.kind", is_plugin_name(str(data.get("kind"))))) if reads]
+                                   ("data.data_dir", data.get("data_dir") is not None
+                                    and _folder_reader(kind) is not None),
+                                   ("data.kind", is_plugin_name(kind))) if reads]
+
+
+def _folder_reader(kind: str) -> str | None:
+    """The entry's "module:function" naming the files below data.data_dir its task reads; None for
+    a kind that reads no folder (or an unknown one)."""
+    from pfl_dist.tasks import TASKS
+
+    return TASKS[kind].input_files if kind in TASKS else None
 
 
 def plugin_source(kind: str) -> Path | None:
@@ -106,11 +114,23 @@ def plugin_source(kind: str) -> Path | None:
 
 def folder_files(kind: str, root: Path, num_clients: int) -> list[str]:
     """The names below `root` the `kind` task reads (those that exist; the required ones always)."""
-    if kind == "cifar10":
-        return list(CIFAR10_FILES)
-    if kind == "leaf":
-        return [f"{split}/{path.name}" for split in LEAF_SPLITS if (root / split).is_dir()
-                for path in leaf_split_files(root / split)]
+    from pfl_dist.tasks import entry_function
+
+    reader = _folder_reader(kind)
+    assert reader is not None, kind
+    return list(entry_function(reader)(root, num_clients))
+
+
+def cifar10_files(root: Path, num_clients: int) -> list[str]:
+    return list(CIFAR10_FILES)
+
+
+def leaf_files(root: Path, num_clients: int) -> list[str]:
+    return [f"{split}/{path.name}" for split in LEAF_SPLITS if (root / split).is_dir()
+            for path in leaf_split_files(root / split)]
+
+
+def client_files_files(root: Path, num_clients: int) -> list[str]:
     names = []
     for client in range(num_clients):
         files = [client_file(root, client, fmt) for fmt in CLIENT_FORMATS]

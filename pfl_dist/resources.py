@@ -17,7 +17,8 @@ the model's size kept between rounds, which each registry entry declares: the al
 the codec's error-feedback residual (1 where `feedback_rule` keeps one, pfl_dist/exchange/spec.py:
 a residual has the wire's size, so SCAFFOLD's 2-model one counts as 1, and FedRep's and FedPer's,
 the body's only, not at all).
-Per data.kind, from what is known without loading the data:
+Per data.kind, from what is known without loading the data, by the function its registry entry
+names (`TaskEntry.memory`, pfl_dist/tasks/__init__.py):
 - synthetic: exact, k x n x (d values + a label);
 - fashion_mnist, mnist, mnist5k: the dataset's standard training size, cut as the partitioner
   cuts it (classes: N // (partitions x c) images of each of c classes; iid: N // partitions;
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import math
 import resource
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -54,16 +56,12 @@ from pfl_dist.methods import method_info
 from pfl_dist.models import WORKING_COPIES
 from pfl_dist.outputs import format_bytes
 from pfl_dist.sampling import client_block
-from pfl_dist.tasks import task_model
+from pfl_dist.tasks import entry_function, task_entry, task_model
 
 _DTYPE_BYTES = {"float32": 4, "float64": 8}
 _LABEL_BYTES = 8  # int64 labels
 PAPER_CLIENT_SIZE = 200  # tasks/images.py: num_partitions 'auto' keeps 200 images per client
 IMAGE_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "mnist5k": 4_000}
-
-
-def clients_per_rank(num_clients: int, world_size: int) -> int:
-    return math.ceil(num_clients / world_size)  # client_block gives the first ranks one extra
 
 
 def _image_samples_per_client(cfg: Config, num_train: int) -> int:
@@ -92,19 +90,6 @@ def _image_kind(cfg: Config) -> tuple[int, tuple[int, int, int], int] | None:
     return None
 
 
-def _client_files_data_bytes(cfg: Config, block: range, value: int) -> int:
-    data = cfg.data
-    if data.data_dir is None:
-        return 0
-    counts = []
-    for client in block:
-        paths = [client_file(Path(data.data_dir), client, fmt) for fmt in FORMATS]
-        counts.append(max((samples_at_least(path, dim=data.dim) for path in paths if path.is_file()), default=0))
-    padded = len(block) * max(counts, default=0) * (data.dim * value + _LABEL_BYTES)
-    as_read = sum(counts) * (data.dim * 8 + _LABEL_BYTES)  # ClientArrays: float64 features, int64 labels
-    return padded + as_read + len(block) * data.dim * 8  # + the per-client feature scales (float64)
-
-
 def model_copies(cfg: Config) -> int:
     """The (k, P) matrices of client models a rank holds: a round's working copies, the algorithm's
     kept rows and the codec's residual where the (algorithm, codec) pair keeps one."""
@@ -115,33 +100,59 @@ def model_copies(cfg: Config) -> int:
     return WORKING_COPIES + info.kept_models + int(residual and not info.parameter_groups)
 
 
-def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None) -> tuple[int, int]:
-    """-> (data bytes, per-client model and state bytes) of `rank`, or of the rank that needs the most."""
+Shape = tuple[int, ...]
+Estimate = tuple[int, Shape, int]  # (data bytes of a block's clients, one sample's input shape, classes)
+
+
+def synthetic_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[Estimate]:
+    """Exact: k x n x (d values + a label) per block."""
     data = cfg.data
-    model = task_model(cfg)
-    copies = model_copies(cfg)
-    value = _DTYPE_BYTES[cfg.train.dtype]
-    k = clients_per_rank(data.num_clients, world_size) if rank is None \
-        else len(client_block(rank, world_size=world_size, num_clients=data.num_clients))
+    return [(len(block) * data.samples_per_client * (data.dim * value + _LABEL_BYTES), (data.dim,), data.num_classes)
+            for block in blocks]
+
+
+def image_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[Estimate]:
+    """The fewest images the largest client of each block can hold, cut as the partitioner cuts."""
     image = _image_kind(cfg)
-    if data.kind == "synthetic":
-        n, d = data.samples_per_client, data.dim
-        data_bytes = k * n * (d * value + _LABEL_BYTES)
-        return data_bytes, model.memory_bytes((d,), data.num_classes, clients=k, value_bytes=value, copies=copies)
-    if image is not None:
-        num_train, input_shape, num_classes = image
-        sample_values = math.prod(input_shape)
-        data_bytes = k * _image_samples_per_client(cfg, num_train) * (sample_values * value + _LABEL_BYTES)
-        return data_bytes, model.memory_bytes(input_shape, num_classes, clients=k, value_bytes=value, copies=copies)
-    if data.kind == "client_files":
-        blocks = [client_block(r, world_size=world_size, num_clients=data.num_clients)
-                  for r in (range(world_size) if rank is None else [rank])]  # ranks hold files of different sizes
-        per_rank = [(_client_files_data_bytes(cfg, block, value),
-                     model.memory_bytes((data.dim,), data.num_classes, clients=len(block), value_bytes=value,
-                                       copies=copies))
-                    for block in blocks]
-        return max(per_rank, key=sum)
-    return 0, 0  # a task without an estimate here is never refused
+    assert image is not None, cfg.data.kind
+    num_train, input_shape, num_classes = image
+    per_client = _image_samples_per_client(cfg, num_train) * (math.prod(input_shape) * value + _LABEL_BYTES)
+    return [(len(block) * per_client, input_shape, num_classes) for block in blocks]
+
+
+def client_files_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[Estimate]:
+    """Each client's sample count from its file's header or rows: the padded tensors, the arrays as
+    read (float64) and the feature scales, which the task keeps."""
+    data, shape = cfg.data, (cfg.data.dim,)
+    if data.data_dir is None:
+        return [(0, shape, data.num_classes) for _ in blocks]
+    estimates: list[Estimate] = []
+    for block in blocks:
+        counts = []
+        for client in block:
+            paths = [client_file(Path(data.data_dir), client, fmt) for fmt in FORMATS]
+            counts.append(max((samples_at_least(path, dim=data.dim) for path in paths if path.is_file()), default=0))
+        padded = len(block) * max(counts, default=0) * (data.dim * value + _LABEL_BYTES)
+        as_read = sum(counts) * (data.dim * 8 + _LABEL_BYTES)  # ClientArrays: float64 features, int64 labels
+        scales = len(block) * data.dim * 8  # the per-client feature scales (float64)
+        estimates.append((padded + as_read + scales, shape, data.num_classes))
+    return estimates
+
+
+def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None) -> tuple[int, int]:
+    """-> (data bytes, per-client model and state bytes) of `rank`, or of the rank that needs the
+    most: the data kind's registry entry estimates its data (`TaskEntry.memory`), the model's its
+    size, the algorithm's and the codec's the copies (`model_copies`)."""
+    entry = task_entry(cfg.data.kind)
+    if entry.memory is None:
+        return 0, 0  # a kind without an estimate (a plug-in dataset) is never refused
+    model, value, copies = task_model(cfg), _DTYPE_BYTES[cfg.train.dtype], model_copies(cfg)
+    blocks = [client_block(r, world_size=world_size, num_clients=cfg.data.num_clients)
+              for r in (range(world_size) if rank is None else [rank])]
+    needs = [(data_bytes, model.memory_bytes(shape, classes, clients=len(block), value_bytes=value, copies=copies))
+             for block, (data_bytes, shape, classes) in zip(blocks, entry_function(entry.memory)(cfg, blocks, value),
+                                                            strict=True)]
+    return max(needs, key=sum)
 
 
 def _read_int(path: Path) -> int | None:

@@ -49,6 +49,14 @@ class TaskEntry:
     # "module:factory" of a federated dataset (pfl_dist/tasks/dataset.py) that DatasetTask trains on;
     # a plug-in kind's is its own name. None for the tasks that read their own data.
     factory: str | None = None
+    # "module:function" of its memory estimate (pfl_dist/resources.py), torch-free and without
+    # loading the data: estimate(cfg, blocks, value_bytes) -> one (data bytes, one sample's input
+    # shape, classes) per block of client ids. None: no estimate, never refused.
+    memory: str | None = None
+    # "module:function" naming the files below data.data_dir it reads (pfl_dist/inputs.py):
+    # files(root, num_clients) -> names relative to root, which enter the run identity. None: it
+    # reads no folder of the user's.
+    input_files: str | None = None
 
 
 _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_partitions",
@@ -60,6 +68,7 @@ _IMAGES = TaskEntry(
     unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS),
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
     auto_model="logreg",
+    memory="pfl_dist.resources:image_data_bytes",
 )
 
 # A federated dataset (DatasetTask) brings its own clients, splits, shapes and classes: of the data
@@ -72,6 +81,7 @@ TASKS: dict[str, TaskEntry] = {
         target="pfl_dist.tasks.synthetic:SyntheticTask",
         unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES, _PARAMS),
         description="the paper's generator: per-client softmax-regression data around true models",
+        memory="pfl_dist.resources:synthetic_data_bytes",
     ),
     "fashion_mnist": _IMAGES,
     "mnist": _IMAGES,
@@ -81,6 +91,8 @@ TASKS: dict[str, TaskEntry] = {
         unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES, _PARAMS),
         description="CIFAR-10 (3x32x32 colour, 10 classes) from its python pickle batches, partitioned into clients",
         auto_model="logreg",
+        memory="pfl_dist.resources:image_data_bytes",
+        input_files="pfl_dist.inputs:cifar10_files",
     ),
     "leaf": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
@@ -88,12 +100,16 @@ TASKS: dict[str, TaskEntry] = {
                      "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE, _PARAMS),
         description="LEAF FEMNIST JSON (28x28, 62 classes): each writer is one client, with its own test samples",
         auto_model="logreg",
+        memory="pfl_dist.resources:image_data_bytes",
+        input_files="pfl_dist.inputs:leaf_files",
     ),
     "client_files": TaskEntry(
         target="pfl_dist.tasks.client_files:ClientFilesTask",
         unused_keys=("data.samples_per_client", "data.R", "data.center_scale",
                      *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES, _PARAMS),
         description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
+        memory="pfl_dist.resources:client_files_data_bytes",
+        input_files="pfl_dist.inputs:client_files_files",
     ),
 }
 
@@ -104,6 +120,13 @@ _DATASET_PLUGIN = TaskEntry(
     description="a user's federated dataset: factory(**data.params) gives its clients' arrays, shape and classes",
     auto_model="logreg",
 )
+
+
+def entry_function(name: str, *, key: str = "data.kind") -> Any:
+    """A registry entry's "module:function" (its memory estimate, its input files), imported."""
+    from pfl_dist import plugins
+
+    return plugins.load(plugins.parse(name, key=key), key=key)
 
 
 def task_entry(kind: str) -> TaskEntry:
