@@ -94,7 +94,8 @@ IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "comm.
 # had: at it a key is left out of the identity, so earlier runs keep their hash and run dir; except
 # for a method whose results at that value changed with the key (`MethodInfo.results_changed_with`).
 LATER_KEYS: dict[str, Any] = {"algorithm.client_weights": "auto", "algorithm.inner_warm_start": False,
-                              "model.head": None, "algorithm.params": {}, "data.params": {}}
+                              "model.head": None, "algorithm.params": {}, "data.params": {},
+                              "comm.downlink_codec": "none"}
 IGNORED_SECTIONS = ("checkpoint",)
 LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
