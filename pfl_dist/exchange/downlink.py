@@ -55,7 +55,7 @@ class Downlink:
 
     def __init__(self, spec: CodecSpec, *, shapes: Sequence[torch.Size], reference: torch.Tensor, seed: int) -> None:
         self.spec = spec
-        self.compressor: Compressor = compressor_class(spec.entry)(
+        self.compressor: Compressor = compressor_class(spec.entry, key="comm.downlink_codec")(
             spec, shapes=shapes, dtype=reference.dtype, device=reference.device, seed=downlink_seed(seed))
         self.reference = reference.clone()  # h: the last received model
 
