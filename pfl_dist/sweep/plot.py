@@ -64,6 +64,7 @@ from pfl_dist.sweep.style import (
     value_styles,
 )
 from pfl_dist.sweep.tradeoff import (
+    SHORT_KEYS,
     Curve,
     build_curves,
     byte_axis,
@@ -83,7 +84,8 @@ from pfl_dist.sweep.tradeoff import (
 
 AXIS_KEYS = ("data.R", "algorithm.num_local_steps", "data.classes_per_client", "comm.codec", "comm.downlink_codec")
 FACET_KEYS = ("data.kind", "data.R", "data.classes_per_client")  # problem settings: one panel per value
-LABEL_KEYS = ("algorithm.num_local_steps", "comm.codec")  # algorithm settings: one curve per value
+LABEL_KEYS = ("algorithm.num_local_steps", "comm.codec", "comm.downlink_codec")  # algorithm settings: a curve per value
+CODEC_KEYS = ("comm.codec", "comm.downlink_codec")
 METRIC_LABELS = {
     "ITR": r"ITR $= \frac{1}{m}\sum_i \|w_i/s_i - W_i^\top\|_F$ (lower is better)",
     "ATR": r"ATR $= \|w_g - \frac{1}{m}\sum_k W_k^\top\|_F$ (lower is better)",
@@ -194,7 +196,9 @@ def palette_of(runs: Sequence[Run], label_keys: Sequence[str]) -> Palette:
     by_value = sorted({setting_label(r, label_keys): tuple(setting_order(k, r.setting(k)) for k in label_keys)
                        for r in ordered if r.communicates}.items(), key=lambda item: item[1])
     numeric = all(isinstance(r.setting(k), (int, float)) for r in runs for k in label_keys)
-    dense = "codec=none" if list(label_keys) == ["comm.codec"] else None
+    # the dense codec ('codec=none', 'codec=none, down=none') is the dashed reference
+    dense = (", ".join(f"{SHORT_KEYS[k]}=none" for k in label_keys)
+             if set(label_keys) <= set(CODEC_KEYS) else None)
     values = value_styles([value for value, _ in by_value], numeric=numeric, dashed=dense)
     method = styles(runs, label_keys)
     return {run_label(r, label_keys): (values[setting_label(r, label_keys)], setting_label(r, label_keys))

@@ -140,5 +140,8 @@ def test_codec_table_has_a_row_per_uplink_downlink_pair(tmp_path: Path) -> None:
         assert row["downlink compression"] == f"{comm['downlink_bytes_dense'] / comm['downlink_bytes']:.1f}x"
     assert rows[0]["downlink compression"] == "1.0x" and rows[1]["downlink compression"] != "1.0x"
     assert {"codecs", "codecs_table"} <= set(rendered.figures)
+    # the trade-off table: a curve per pair too, not two pairs averaged as seeds
+    tradeoff = [line for line in rendered.table_markdown.splitlines()[2:] if line.startswith("|")]
+    assert len(tradeoff) == 4 and sum("down=fp16" in row for row in tradeoff) == 2
     # runs without a downlink codec keep the table they had: no downlink columns
     assert "downlink bytes" not in table_rows([r for r in runs if r.setting("comm.downlink_codec") == "none"])[0]
