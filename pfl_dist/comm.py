@@ -8,9 +8,10 @@ Byte accounting, in one place, per collective type (all_reduce, all_gather):
   was measured to move exactly the ring amount).
 - uplink_bytes / downlink_bytes: FL-equivalent traffic, the exact encoded size of each
   participating client's message to a server (the model, or the codec's encoding with its
-  indices and scales) and of the model sent back. Comparable with papers that count
-  rounds x model size. uplink_bytes_dense is the uplink without a codec, so
-  uplink_bytes_dense / uplink_bytes is the codec's compression ratio.
+  indices and scales) and of the model sent back (comm.downlink_codec's message, with its control
+  words). Comparable with papers that count rounds x model size. uplink_bytes_dense and
+  downlink_bytes_dense are the same without a codec, so uplink_bytes_dense / uplink_bytes is the
+  codec's compression ratio (downlink_bytes_dense / downlink_bytes the downlink codec's).
 - wire_bytes_measured: the interface's tx_bytes counter around each collective, read on local
   rank 0 of every node when GLOO_SOCKET_IFNAME names an interface; None otherwise.
 
@@ -73,6 +74,7 @@ class Counters:
     uplink_bytes: int = 0
     uplink_bytes_dense: int = 0  # the uplink had every client sent its dense model
     downlink_bytes: int = 0
+    downlink_bytes_dense: int = 0  # the downlink had every client received the dense model
     num_collectives: int = 0
     # The same three numbers per collective type (they add up to the totals above).
     all_reduce_payload_bytes: int = 0
@@ -219,8 +221,10 @@ class Communicator:
         self.ledger.record(traffic, Counters.collective(kind, payload_bytes=payload * world_size,
                                                         wire_bytes_model=wire * world_size))
 
-    def record_client_traffic(self, *, uplink_bytes: int, uplink_bytes_dense: int, downlink_bytes: int) -> None:
-        """FL-equivalent bytes of a round: the participants' encoded messages to the server (and
-        what they would have been dense), and the models sent back to them."""
+    def record_client_traffic(self, *, uplink_bytes: int, uplink_bytes_dense: int, downlink_bytes: int,
+                              downlink_bytes_dense: int) -> None:
+        """FL-equivalent bytes of a round: the participants' encoded messages to the server and the
+        encoded models sent to them (comm.downlink_codec), each beside what it would have been dense."""
         self.ledger.record(Traffic.TRAIN, Counters(uplink_bytes=uplink_bytes, uplink_bytes_dense=uplink_bytes_dense,
-                                                   downlink_bytes=downlink_bytes))
+                                                   downlink_bytes=downlink_bytes,
+                                                   downlink_bytes_dense=downlink_bytes_dense))

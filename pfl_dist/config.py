@@ -302,13 +302,18 @@ class CommConfig:
     # powersgd:RANK; a codec without its parameter takes the default (qsgd:4:512, topk:0.01, ...);
     # qsgd is recorded with its bucket written out (pfl_dist/exchange/spec.py `spelled_out`)
     codec: str = "none"
+    # what the clients receive of the server's model (pfl_dist/exchange/downlink.py): the same
+    # codecs and strings as `codec`, applied to the change since the last broadcast model; none =
+    # the dense model, as before the key existed (left out of the run identity at none)
+    downlink_codec: str = "none"
 
     def __post_init__(self) -> None:
         _require(self.timeout_s > 0, "comm.timeout_s", f"must be > 0, got {self.timeout_s}")
-        try:
-            object.__setattr__(self, "codec", recorded_codec(self.codec))  # qsgd:4 -> qsgd:4:512
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        for key in ("codec", "downlink_codec"):
+            try:  # qsgd:4 -> qsgd:4:512
+                object.__setattr__(self, key, recorded_codec(getattr(self, key), key=f"comm.{key}"))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         _require_range(self.timeout_s, "comm.timeout_s", *TIMEOUT_RANGE_S)
 
 

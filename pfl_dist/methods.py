@@ -59,7 +59,7 @@ class MethodInfo:
     global_model: bool = True  # w_g is a complete model whose accuracy is meaningful
     # the algorithm.* keys its updates read besides lam (`uses_lam`), what every method reads (the
     # local schedule, local_lr, sample_fraction) and what every communicating one reads
-    # (client_weights, comm.codec): `keys_read`, results.csv's settings columns
+    # (client_weights, comm.codec, comm.downlink_codec): `keys_read`, results.csv's settings columns
     reads: tuple[str, ...] = ()
     paper: str = ""
     # figures: its colour family, a matplotlib sequential colormap name or a '#rrggbb' base colour
@@ -194,14 +194,14 @@ def keys_read(info: MethodInfo, config: dict[str, Any]) -> list[str]:
     local_epochs and batch_size for minibatch SGD), local_lr, lam where it enters the updates, the
     method's own keys (`reads`; the lam=auto ones only with lam: auto), algorithm.params when it
     declares params (a plug-in's own settings), and when it communicates
-    algorithm.client_weights (the server's means) and comm.codec. sample_fraction, read by every
+    algorithm.client_weights (the server's means), comm.codec and comm.downlink_codec. sample_fraction, read by every
     method, is left out."""
     algorithm = config["algorithm"]
     schedule = GD_SCHEDULE if algorithm.get("batch_size") is None else MINIBATCH_SCHEDULE
     own = [key for key in info.reads if key not in LAM_AUTO_KEYS or algorithm.get("lam") == "auto"]
     return [*schedule, "algorithm.local_lr", *(["algorithm.lam"] if info.uses_lam else []), *own,
             *(["algorithm.params"] if info.params else []),
-            *(["algorithm.client_weights", "comm.codec"] if info.communicates else [])]
+            *(["algorithm.client_weights", "comm.codec", "comm.downlink_codec"] if info.communicates else [])]
 
 
 def info_from_summary(summary: dict[str, Any]) -> MethodInfo:

@@ -17,7 +17,8 @@ so runs at different world sizes never share a wire-byte chart.
 Counters. `comm/*` holds what the run's traffic can make nonzero: the FL bytes (`comm/fl_bytes_cum`)
 always, the wire bytes for W > 1, the other training counters only for a method that communicates,
 the per-collective breakdown only for a codec that uses two collective types (with one it repeats
-the totals: `CodecSpec.collectives`), the dense uplink and compression ratio only with a codec.
+the totals: `CodecSpec.collectives`), the dense uplink and compression ratio only with a codec,
+the dense downlink only with a downlink codec.
 
 Custom scalars. One category per trade-off metric and axis, open for FL bytes and wire bytes,
 closed for time; in each, a chart of all runs and a chart per method. TensorBoard colours runs
@@ -82,12 +83,15 @@ class RunViews:
     world_size: int
     collectives: tuple[str, ...]  # the training collective types it uses; () = it does not communicate
     compressed: bool  # a codec other than none
+    downlink_compressed: bool = False  # a comm.downlink_codec other than none
 
     @classmethod
     def of(cls, config: dict[str, Any], *, world_size: int) -> RunViews:
         method = config["algorithm"]["name"]
         codec = parse_codec(config["comm"]["codec"])
+        downlink = parse_codec(config["comm"].get("downlink_codec", "none"), key="comm.downlink_codec")
         return cls(method=method, world_size=world_size, compressed=codec.name != "none",
+                   downlink_compressed=downlink.name != "none",
                    collectives=codec.collectives if method_info(method).communicates else ())
 
     @property
@@ -108,6 +112,7 @@ class RunViews:
         keys = ["payload_bytes", "uplink_bytes", "downlink_bytes", "num_collectives", "wire_bytes_measured"]
         keys += ["wire_bytes_model"] if self.world_size > 1 else []
         keys += ["uplink_bytes_dense"] if self.compressed else []
+        keys += ["downlink_bytes_dense"] if self.downlink_compressed else []
         if len(self.collectives) > 1:
             fields = ("payload_bytes", "num_collectives", *(("wire_bytes_model",) if self.world_size > 1 else ()))
             keys += [f"{kind}_{name}" for kind in self.collectives for name in fields]

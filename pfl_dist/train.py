@@ -129,7 +129,8 @@ class Trainer:
                                  self.parameter_shapes()), client_ids=block,
                                  num_clients=cfg.data.num_clients, dtype=self.global_model.dtype,
                                  device=runtime.device, seed=cfg.run.seed, message=self.algorithm.info.message,
-                                 store=self.store)
+                                 store=self.store, downlink_codec=cfg.comm.downlink_codec,
+                                 reference=self.algorithm.wire_reference(self.global_model))
         self.final_update_counts = torch.zeros(0, dtype=torch.long)
         # train.eval_clients: None = evaluate every client; else the cohort's members on this rank
         self.cohort_size = eval_cohort_size(cfg.train.eval_clients, cfg.data.num_clients)
@@ -223,9 +224,14 @@ class Trainer:
                                                   sample_fraction=cfg.algorithm.sample_fraction))
         rows = self._my_rows(sampled)
         algo = self.algorithm
+        # comm.downlink_codec: the clients start from (and anchor to) what they received of w_g,
+        # the same on every rank (pfl_dist/exchange/downlink.py); None = w_g itself.
+        received = (self.exchange.receive(round_idx, algo.wire_reference(self.global_model))
+                    if self.communicates and self.exchange.downlink is not None else None)
+        client_model = self.global_model if received is None else algo.received_model(self.global_model, received)
         # The sampled rows of the state (copies): committed only once the round completes.
         out = algo.client_update(ClientRound(task=self.task, rows=rows, round_idx=round_idx,
-                                             global_model=self.global_model),
+                                             global_model=client_model, received=received),
                                  self.store.read("algo", rows))
         diverged = divergence.diverged_parts(out, len(rows))
         first_client = self.task.client_ids.start
@@ -234,9 +240,12 @@ class Trainer:
             average = self.exchange.run_round(round_idx, global_model=algo.wire_reference(self.global_model),
                                               sent=divergence.carrying_divergence(out.sent, diverged), rows=rows,
                                               counts=algo.aggregation_weights(self.task.sample_counts[rows]),
-                                              sampled=sampled.numpy(), stop=self.stop.requested)
+                                              sampled=sampled.numpy(), stop=self.stop.requested,
+                                              received=received)
             if average is None:
                 return False
+            if received is not None:
+                self.exchange.commit_received(received)
             self.global_model = algo.server_update(self.global_model, average)
             divergence.check_round(round_idx + 1, diverged, rows=rows, first_client=first_client,
                                    num_clients=cfg.data.num_clients, mean=average, global_model=self.global_model,
@@ -467,6 +476,7 @@ class Trainer:
             "clients": self.store.state_dict(),
             "replicated": {"global_model": self.global_model.cpu(), "ledger_total": ledger["total"],
                            "exchange": self.exchange.replicated_state(),
+                           **({"downlink": downlink} if (downlink := self.exchange.downlink_state()) else {}),
                            "algorithm": self.algorithm.state_dict(), "resumed_from": list(self.resumed_from)},
             "rank": {"round_times": list(self.round_times), "measured_local": ledger["measured_local"],
                      "timing": self.timer.state_dict(),
@@ -480,6 +490,7 @@ class Trainer:
         self.store.load_state_dict(state["clients"])
         replicated, own = state["replicated"], state["rank"]
         self.exchange.load_replicated_state(replicated["exchange"])
+        self.exchange.load_downlink_state(replicated.get("downlink", {}))  # none: not in the checkpoint
         self.global_model = replicated["global_model"].to(device)
         self.ledger.load_state_dict({"total": replicated["ledger_total"], "measured_local": own["measured_local"]})
         # This attempt's set-up collectives (smoothness, the vote) are not part of the run: the

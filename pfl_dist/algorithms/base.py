@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from pfl_dist.config import AlgorithmConfig
+from pfl_dist.errors import ConfigError
 from pfl_dist.methods import MethodInfo
 from pfl_dist.store import Row
 from pfl_dist.tasks.base import Batch, Task
@@ -68,7 +69,10 @@ class ClientRound:
     task: Task
     rows: torch.Tensor  # local row indices of this rank's sampled clients, sorted by client id
     round_idx: int
-    global_model: torch.Tensor  # w_g at the start of the round (P,)
+    global_model: torch.Tensor  # w_g at the start of the round (P,): what the clients received of it
+    # comm.downlink_codec: the clients' decoded copy of `wire_reference(w_g)` (SCAFFOLD's [x, c]);
+    # None without a downlink codec (then they received w_g itself)
+    received: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,16 @@ class Algorithm:
     def wire_reference(self, global_model: torch.Tensor) -> torch.Tensor:
         """What the server holds of what clients send (a codec codes sent - this)."""
         return global_model
+
+    def received_model(self, global_model: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """(P,) the model a client starts from when it received `received`, its decoded copy of
+        `wire_reference(global_model)` (comm.downlink_codec): the inverse of `wire_reference`
+        (default: the received vector is the model)."""
+        if received.shape != global_model.shape:
+            raise ConfigError(f"comm.downlink_codec: algorithm {self.name} sends a wire reference of "
+                              f"{received.numel()} values, not the model's {global_model.numel()}; it needs "
+                              "its own received_model to take a downlink codec")
+        return received
 
     def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         """w_g from the weighted mean of what was sent (default: the mean itself)."""

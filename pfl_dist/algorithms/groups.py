@@ -48,6 +48,12 @@ class BodyHead(Algorithm):
     def wire_reference(self, global_model: torch.Tensor) -> torch.Tensor:
         return global_model[self.body]
 
+    def received_model(self, global_model: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """w_g with the received body (the head is each client's own: `with_head`)."""
+        model = global_model.clone()
+        model[self.body] = received
+        return model
+
     def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         updated = global_model.clone()
         updated[self.body] = aggregate

@@ -57,12 +57,14 @@ class Scaffold(Algorithm):
     def client_update(self, ctx: ClientRound, state: ClientState) -> ClientOutput:
         assert self.control is not None
         task, x = ctx.task, ctx.global_model
+        # c as the clients received it (comm.downlink_codec: the second half of [x, c]), else c itself
+        control = self.control if ctx.received is None else ctx.received[len(x):]
         c_i = state["control_variates"]
         models = x.expand(len(ctx.rows), -1).clone()
-        local_sgd(task, models, ctx.rows, round_idx=ctx.round_idx, lr=self.local_lr, correction=self.control - c_i)
+        local_sgd(task, models, ctx.rows, round_idx=ctx.round_idx, lr=self.local_lr, correction=control - c_i)
         steps = count_steps(task.batches(ctx.rows, round_idx=ctx.round_idx), len(ctx.rows), x.dtype, x.device)
-        c_new = c_i - self.control + (x - models) / (steps.clamp(min=1) * self.local_lr).unsqueeze(1)
-        sent = torch.cat([models, self.control + (c_new - c_i)], dim=1)
+        c_new = c_i - control + (x - models) / (steps.clamp(min=1) * self.local_lr).unsqueeze(1)
+        sent = torch.cat([models, control + (c_new - c_i)], dim=1)
         return ClientOutput(sent=sent, keep={"local_models": models, "control_variates": c_new})
 
     def wire_shapes(self, shapes: list[torch.Size]) -> list[torch.Size]:
@@ -71,6 +73,10 @@ class Scaffold(Algorithm):
     def wire_reference(self, global_model: torch.Tensor) -> torch.Tensor:
         assert self.control is not None
         return torch.cat([global_model, self.control])
+
+    def received_model(self, global_model: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """x of the received [x, c] (c is read from `ClientRound.received` in `client_update`)."""
+        return received[: len(global_model)]
 
     def server_update(self, global_model: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         assert self.control is not None

@@ -240,17 +240,18 @@ class AllGatherTransport:
 TRANSPORTS: dict[str, Transport] = {ALL_REDUCE: AllReduceTransport(), ALL_GATHER: AllGatherTransport()}
 
 
-def compressor_class(entry: CodecEntry) -> type[Compressor]:
-    """The entry's Compressor class, imported through pfl_dist/plugins.py (built-ins and plug-ins alike)."""
-    cls = plugins.load(plugins.parse(entry.compressor, key="comm.codec"), key="comm.codec")
+def compressor_class(entry: CodecEntry, *, key: str = "comm.codec") -> type[Compressor]:
+    """The entry's Compressor class, imported through pfl_dist/plugins.py (built-ins and plug-ins
+    alike); errors name `key` (comm.codec or comm.downlink_codec)."""
+    cls = plugins.load(plugins.parse(entry.compressor, key=key), key=key)
     expected = SummingCompressor if entry.transport == ALL_REDUCE else GatherCompressor
     if not (isinstance(cls, type) and issubclass(cls, expected)):
-        raise ConfigError(f"comm.codec={entry.name}: {entry.compressor} is not a {expected.__name__} "
+        raise ConfigError(f"{key}={entry.name}: {entry.compressor} is not a {expected.__name__} "
                           f"(pfl_dist/exchange/base.py), which its transport {entry.transport} needs")
     declared = getattr(cls, "codec", None)
     if entry.compressor == entry.name and declared != CodecInfo(entry.transport, entry.error_feedback):
         # a plug-in: what was read from its source must be what the class holds once imported
-        raise ConfigError(f"comm.codec={entry.name}: its imported codec declaration {declared!r} is not the one "
+        raise ConfigError(f"{key}={entry.name}: its imported codec declaration {declared!r} is not the one "
                           f"read from its source ({entry.transport}, error_feedback={entry.error_feedback})")
     return cls
 

@@ -39,6 +39,7 @@ import torch
 from pfl_dist.comm import Communicator, Traffic
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import Codec, GatherLayout, RoundInput
+from pfl_dist.exchange.downlink import Downlink
 from pfl_dist.exchange.spec import parse_codec
 from pfl_dist.sampling import client_block
 from pfl_dist.store import ClientStore
@@ -61,8 +62,12 @@ class TrainingWire:
 class Exchange:
     def __init__(self, codec: str, *, comm: Communicator, shapes: Sequence[torch.Size], client_ids: range,
                  num_clients: int, dtype: torch.dtype, device: torch.device, seed: int, message: str,
-                 store: ClientStore | None = None) -> None:
+                 store: ClientStore | None = None, downlink_codec: str = "none",
+                 reference: torch.Tensor | None = None) -> None:
+        """`downlink_codec` other than none needs `reference`: what every client holds at the start
+        (the algorithm's wire reference of the initial w_g, pfl_dist/exchange/downlink.py)."""
         self.spec = parse_codec(codec)
+        self.downlink_spec = parse_codec(downlink_codec, key="comm.downlink_codec")
         self.message = message
         self.comm = comm
         self.wire = TrainingWire(comm)
@@ -76,25 +81,51 @@ class Exchange:
         if self.spec.name != "none":
             self.codec = Codec(self.spec, shapes=shapes, num_local_clients=len(client_ids), dtype=dtype,
                                device=device, seed=seed, message=message, store=store)
+        self.downlink: Downlink | None = None
+        if self.downlink_spec.name != "none":
+            assert reference is not None, "a downlink codec needs the clients' initial reference"
+            self.downlink = Downlink(self.downlink_spec, shapes=shapes, reference=reference, seed=seed)
+
+    def downlink_message_bytes(self) -> int:
+        """The exact size of one client's downlink message (the dense model without a downlink codec)."""
+        return self.downlink.message_bytes() if self.downlink is not None else self.model_bytes
+
+    def receive(self, round_idx: int, reference: torch.Tensor) -> torch.Tensor:
+        """What every client receives of the server's `reference` this round: itself without a
+        downlink codec, otherwise the same decoded broadcast on every rank (no collective)."""
+        return reference if self.downlink is None else self.downlink.receive(round_idx, reference)
+
+    def commit_received(self, received: torch.Tensor) -> None:
+        """The round completed: what the clients received is the next round's reference."""
+        if self.downlink is not None:
+            self.downlink.commit(received)
 
     def message_bytes(self) -> int:
         """The exact encoded size of one client's message."""
         return self.codec.message_bytes() if self.codec is not None else self.model_bytes
 
     def run_round(self, round_idx: int, *, global_model: torch.Tensor, sent: torch.Tensor, rows: torch.Tensor,
-                  counts: torch.Tensor, sampled: np.ndarray, stop: bool) -> torch.Tensor | None:
+                  counts: torch.Tensor, sampled: np.ndarray, stop: bool,
+                  received: torch.Tensor | None = None) -> torch.Tensor | None:
         """`sent` (k, P): what this rank's sampled clients send (rows `rows`, weights `counts`,
-        sorted by client id); `sampled`: every sampled client id. -> the weighted mean of what
-        was sent, or None when some rank asked to stop."""
+        sorted by client id); `sampled`: every sampled client id; `received`: what the clients
+        received of `global_model` (`receive`; None: `global_model` itself). -> `global_model` plus
+        the weighted mean of sent_i - received (what was sent, with a dense downlink), or None when
+        some rank asked to stop: the uplink deltas are taken against what the clients received and
+        the server's step is applied to the true model (EF21-P's rule)."""
+        reference = global_model if received is None else received
         if self.codec is None:
             average = self._dense_round(sent, counts, stop=stop)
         else:
-            average = self._codec_round(self.codec, round_idx, global_model, sent, rows, counts, sampled, stop=stop)
+            average = self._codec_round(self.codec, round_idx, reference, sent, rows, counts, sampled, stop=stop)
+        if average is not None and received is not None:
+            average = average + (global_model - received)  # the clients' mean change, on the true model
         if average is not None:
             num_sampled = len(sampled)
             self.comm.record_client_traffic(uplink_bytes=num_sampled * self.message_bytes(),
                                             uplink_bytes_dense=num_sampled * self.model_bytes,
-                                            downlink_bytes=num_sampled * self.model_bytes)
+                                            downlink_bytes=num_sampled * self.downlink_message_bytes(),
+                                            downlink_bytes_dense=num_sampled * self.model_bytes)
         return average
 
     def _dense_round(self, sent: torch.Tensor, counts: torch.Tensor, *, stop: bool) -> torch.Tensor | None:
@@ -159,3 +190,11 @@ class Exchange:
     def load_replicated_state(self, state: dict[str, torch.Tensor]) -> None:
         if self.codec is not None:
             self.codec.load_replicated_state(state)
+
+    def downlink_state(self) -> dict[str, object]:
+        """The downlink's replicated state (the clients' reference h, its compressor's state); {} without."""
+        return self.downlink.state() if self.downlink is not None else {}
+
+    def load_downlink_state(self, state: dict[str, object]) -> None:
+        if self.downlink is not None:
+            self.downlink.load_state(state)

@@ -169,10 +169,10 @@ def feedback_rule(*, error_feedback: bool, message: str) -> bool:
     return error_feedback and message == INCREMENT
 
 
-def recorded_codec(text: str) -> str:
-    """The `comm.codec` a run records: `text` as given, or with every parameter written out for a
-    `spelled_out` entry ("qsgd:4" -> "qsgd:4:512")."""
-    spec = parse_codec(text)
+def recorded_codec(text: str, *, key: str = "comm.codec") -> str:
+    """The `comm.codec` (or `comm.downlink_codec`, `key`) a run records: `text` as given, or with
+    every parameter written out for a `spelled_out` entry ("qsgd:4" -> "qsgd:4:512")."""
+    spec = parse_codec(text, key=key)
     return str(spec) if spec.entry.spelled_out else str(text)
 
 

@@ -11,7 +11,9 @@ Drawn by `python -m pfl_dist.plot RESULTS_DIR` when the runs vary `comm.codec`:
 - codecs_wire.png: the same against the modelled wire bytes, which depend on the world size W
   (an all_gather codec grows with W): one figure per W (codecs_wire_W2.png, ... when the runs
   differ in W), W in its axis label; none when no run put bytes on a wire (one process).
-- codecs_table.md / .csv: per data set, method and codec, the final personal and global
+- codecs_table.md / .csv: per data set, method and codec (the (uplink, downlink) pair when runs
+  vary comm.downlink_codec: 'fp16, down qsgd:4:512', with the downlink bytes and the downlink
+  compression beside the uplink's), the final personal and global
   accuracy and where they were measured (eval: test splits; train: the clients' training
   rows), the total wire bytes (the header names W; a W column when the runs' W differ) and
   uplink bytes, the compression ratio (dense uplink / encoded
@@ -66,19 +68,36 @@ DENSE = "D"  # over several seeds, a codec's mark against the dense codec ('D−
 METRIC = "acc_personal"
 
 
+DOWNLINK_MARK = ", down "  # 'fp16, down qsgd:4:512': uplink fp16, downlink qsgd:4:512
+
+
 def codec_of(run: Run) -> str:
-    return str(run.setting("comm.codec"))
+    """The run's (uplink, downlink) codec pair as one label: the uplink codec alone with a dense
+    downlink (comm.downlink_codec none, or a run from before the key), else 'UP, down DOWN'."""
+    downlink = str(run.setting("comm.downlink_codec"))
+    uplink = str(run.setting("comm.codec"))
+    return uplink if downlink == "none" else f"{uplink}{DOWNLINK_MARK}{downlink}"
 
 
-def codec_order(codec: str) -> tuple[int, str]:
-    """Legend order of codecs: the registry's order (pfl_dist/exchange/spec.py `CODECS`: dense first,
-    then by how they compress), plug-ins last."""
+def has_downlink_codec(runs: Sequence[Run]) -> bool:
+    return any(str(run.setting("comm.downlink_codec")) != "none" for run in runs)
+
+
+def _registry_order(codec: str) -> int:
     name = codec.split(":")[0]
-    return (CODEC_NAMES.index(name) if name in CODEC_NAMES else len(CODEC_NAMES), codec)
+    return CODEC_NAMES.index(name) if name in CODEC_NAMES else len(CODEC_NAMES)
+
+
+def codec_order(codec: str) -> tuple[int, int, str]:
+    """Legend order of codecs (and of 'UP, down DOWN' pairs): the registry's order of the uplink
+    codec, then of the downlink codec (pfl_dist/exchange/spec.py `CODECS`: dense first, then by how
+    they compress), plug-ins last."""
+    uplink, _, downlink = codec.partition(DOWNLINK_MARK)
+    return (_registry_order(uplink), _registry_order(downlink or "none"), codec)
 
 
 def groups(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
-    """(data set, method label) -> its runs, in codec order."""
+    """(data set, method label) -> its runs, in codec order (uplink, then downlink)."""
     out: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         out.setdefault((str(run.setting("data.kind")), run.label), []).append(run)
@@ -91,15 +110,25 @@ def reached(run: Run, target: float) -> dict[str, Any] | None:
 
 
 def by_codec(members: Sequence[Run]) -> dict[str, list[Run]]:
-    """codec -> its runs (one per seed), in codec order."""
+    """codec (the (uplink, downlink) pair, `codec_of`) -> its runs (one per seed), in codec order."""
     out: dict[str, list[Run]] = {}
     for run in sorted(members, key=lambda r: codec_order(codec_of(r))):
         out.setdefault(codec_of(run), []).append(run)
     return out
 
 
-def _seed_rows(data: str, method: str, members: Sequence[Run], *, wire: str, sizes: tuple[int, ...]
-               ) -> list[dict[str, Any]]:
+def downlink_cells(comm: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The downlink columns of a table with a downlink codec: the mean downlink bytes and the
+    downlink codec's compression (dense downlink / downlink; a run from before
+    `downlink_bytes_dense` received the dense model: 1.0x)."""
+    downlink = fmean(c["downlink_bytes"] for c in comm)
+    dense = fmean(c.get("downlink_bytes_dense", c["downlink_bytes"]) for c in comm)
+    return {"downlink bytes": format_bytes(downlink), "downlink compression": f"{dense / downlink:.1f}x"
+            if downlink else ""}
+
+
+def _seed_rows(data: str, method: str, members: Sequence[Run], *, wire: str, sizes: tuple[int, ...],
+               downlink: bool) -> list[dict[str, Any]]:
     """The rows of one (data set, method) whose codecs ran several seeds: accuracies as mean ± 95% t
     over the seeds, marked 'D+'/'D−' where the paired interval to the dense codec (`none`) on the
     same seeds excludes 0; bytes as means; the target the dense mean final minus 1 point, reached
@@ -107,11 +136,12 @@ def _seed_rows(data: str, method: str, members: Sequence[Run], *, wire: str, siz
     codecs = by_codec(members)
     cells: dict[str, dict[str, Any]] = {codec: {} for codec in codecs}
     dense_final = None
+    keys = ["comm.codec", "comm.downlink_codec"]  # a curve per (uplink, downlink) pair
     for metric in (METRIC, "acc_global"):
         if not all(metric in r.summary["final"] for r in members):
             continue
-        curves = {codec_of(next(r for r in members if run_label(r, ["comm.codec"]) == c.label)): c
-                  for c in build_curves(members, metric=metric, kind="fl", label_keys=["comm.codec"])}
+        curves = {codec_of(next(r for r in members if run_label(r, keys) == c.label)): c
+                  for c in build_curves(members, metric=metric, kind="fl", label_keys=keys)}
         dense = curves.get("none")
         references = {DENSE: ("codec=none", dense)} if dense is not None else {}
         for codec, curve in curves.items():
@@ -138,6 +168,7 @@ def _seed_rows(data: str, method: str, members: Sequence[Run], *, wire: str, siz
             wire: format_bytes(fmean(c["wire_bytes_model"] for c in comm)),
             "uplink bytes": format_bytes(uplink),
             "compression": f"{dense_up / uplink:.1f}x" if uplink else "",
+            **(downlink_cells(comm) if downlink else {}),
             "collectives/round": comm[0]["num_collectives"] // max(1, run.summary["num_rounds_completed"]),
             "target": f"{run.tag(METRIC)} >= {target:.4g}" if target is not None else "no dense run",
             f"{wire} to target": (f"{format_bytes(fmean(rec['comm']['wire_bytes_model'] for rec in at_records))} "
@@ -149,15 +180,18 @@ def _seed_rows(data: str, method: str, members: Sequence[Run], *, wire: str, siz
 
 
 def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """Wire bytes are named with the world size they were modelled for ('wire bytes (W=2)'); runs
+    """A row per (uplink, downlink) codec pair (`codec_of`: 'fp16, down qsgd:4:512'); when some run
+    has a downlink codec, downlink bytes and the downlink compression beside the uplink's.
+    Wire bytes are named with the world size they were modelled for ('wire bytes (W=2)'); runs
     of different world sizes get a W column. A (data set, method) whose codecs ran several seeds
     gets a row per codec over its seeds (`_seed_rows`); with one seed a row per run, as recorded."""
     sizes = world_sizes(runs)
     wire = wire_name(sizes)
+    downlink = has_downlink_codec(runs)  # then a row per (uplink, downlink) pair, with downlink columns
     rows = []
     for (data, method), members in groups(runs).items():
         if any(len(v) > 1 for v in by_codec(members).values()):
-            rows += _seed_rows(data, method, members, wire=wire, sizes=sizes)
+            rows += _seed_rows(data, method, members, wire=wire, sizes=sizes, downlink=downlink)
             continue
         dense = next((r for r in members if codec_of(r) == "none"), None)
         target = dense.summary["final"][METRIC] - TARGET_DROP if dense is not None else None
@@ -173,6 +207,7 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 wire: format_bytes(comm["wire_bytes_model"]),
                 "uplink bytes": format_bytes(comm["uplink_bytes"]),
                 "compression": f"{ratio:.1f}x" if ratio is not None else "",
+                **(downlink_cells([comm]) if downlink else {}),
                 "collectives/round": comm["num_collectives"] // max(1, run.summary["num_rounds_completed"]),
                 "target": f"{run.tag(METRIC)} >= {target:.4g}" if target is not None else "no dense run",
                 f"{wire} to target": (f"{format_bytes(hit['comm']['wire_bytes_model'])} (round {hit['round']})"

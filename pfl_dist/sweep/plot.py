@@ -5,10 +5,11 @@ What is drawn follows from what the runs vary (config values in each summary.jso
 - data.R varies                      -> stat_error_vs_R.png: final ITR and ATR vs R (the paper's figure)
 - algorithm.num_local_steps varies   -> local_steps.png: ITR and ATR per round, one curve per K
 - data.classes_per_client varies     -> images_vs_classes.png: personal/global accuracy vs classes
-- comm.codec varies                  -> codecs.png, codecs_wire.png and codecs_table.md/.csv
+- comm.codec or comm.downlink_codec varies -> codecs.png, codecs_wire.png and codecs_table.md/.csv
+                                        (a curve and a row per (uplink, downlink) pair)
                                         (pfl_dist/sweep/codecs.py)
 - 4 or more methods, none of these   -> family.png and family_table.md/.csv (pfl_dist/sweep/family.py)
-- none of the four settings          -> total_error_vs_rounds.png (synthetic) or accuracy_vs_rounds.png
+- none of these settings            -> total_error_vs_rounds.png (synthetic) or accuracy_vs_rounds.png
 - always                             -> tradeoff.png: the personal and global metric vs cumulative
   FL training bytes (uplink + downlink: the same for any world size), one curve per method/lambda,
   Pareto front marked (faceted by the varied problem setting; with a varied codec or K, a column
@@ -63,6 +64,7 @@ from pfl_dist.sweep.style import (
     value_styles,
 )
 from pfl_dist.sweep.tradeoff import (
+    SHORT_KEYS,
     Curve,
     build_curves,
     byte_axis,
@@ -80,9 +82,10 @@ from pfl_dist.sweep.tradeoff import (
     write_table,
 )
 
-AXIS_KEYS = ("data.R", "algorithm.num_local_steps", "data.classes_per_client", "comm.codec")
+AXIS_KEYS = ("data.R", "algorithm.num_local_steps", "data.classes_per_client", "comm.codec", "comm.downlink_codec")
 FACET_KEYS = ("data.kind", "data.R", "data.classes_per_client")  # problem settings: one panel per value
-LABEL_KEYS = ("algorithm.num_local_steps", "comm.codec")  # algorithm settings: one curve per value
+LABEL_KEYS = ("algorithm.num_local_steps", "comm.codec", "comm.downlink_codec")  # algorithm settings: a curve per value
+CODEC_KEYS = ("comm.codec", "comm.downlink_codec")
 METRIC_LABELS = {
     "ITR": r"ITR $= \frac{1}{m}\sum_i \|w_i/s_i - W_i^\top\|_F$ (lower is better)",
     "ATR": r"ATR $= \|w_g - \frac{1}{m}\sum_k W_k^\top\|_F$ (lower is better)",
@@ -152,7 +155,7 @@ def wire_views(runs: Sequence[Run]) -> list[tuple[ByteView, list[Run]]]:
 
 def setting_order(key: str, value: Any) -> Any:
     """How a varied setting's values sort in legends: codecs in codec order, numbers by value."""
-    return codec_order(str(value)) if key == "comm.codec" else value
+    return codec_order(str(value)) if key in ("comm.codec", "comm.downlink_codec") else value
 
 
 def series_key(run: Run) -> tuple[Any, ...]:
@@ -193,7 +196,9 @@ def palette_of(runs: Sequence[Run], label_keys: Sequence[str]) -> Palette:
     by_value = sorted({setting_label(r, label_keys): tuple(setting_order(k, r.setting(k)) for k in label_keys)
                        for r in ordered if r.communicates}.items(), key=lambda item: item[1])
     numeric = all(isinstance(r.setting(k), (int, float)) for r in runs for k in label_keys)
-    dense = "codec=none" if list(label_keys) == ["comm.codec"] else None
+    # the dense codec ('codec=none', 'codec=none, down=none') is the dashed reference
+    dense = (", ".join(f"{SHORT_KEYS[k]}=none" for k in label_keys)
+             if set(label_keys) <= set(CODEC_KEYS) else None)
     values = value_styles([value for value, _ in by_value], numeric=numeric, dashed=dense)
     method = styles(runs, label_keys)
     return {run_label(r, label_keys): (values[setting_label(r, label_keys)], setting_label(r, label_keys))
@@ -458,7 +463,7 @@ def choose_figures(runs: Sequence[Run], out: Path, prefix: str, fmt: str = "png"
     if varies(runs, "data.classes_per_client"):
         figures["images"] = plot_vs_setting(runs, "data.classes_per_client", accuracy,
                                             out / f"{prefix}images_vs_classes.{fmt}", "accuracy vs classes per client")
-    if varies(runs, "comm.codec"):
+    if varies(runs, "comm.codec") or varies(runs, "comm.downlink_codec"):  # a curve and row per (up, down) pair
         for view, members in [(FL_VIEW, list(runs)), *wire_views(runs)]:
             figures[f"codecs{view.suffix}"] = plot_codecs(members, out / f"{prefix}codecs{view.suffix}.{fmt}",
                                                           kind=view.kind, axis_label=view.label, title=view.title)

@@ -34,7 +34,7 @@ from pfl_dist.methods import (
 )
 from pfl_dist.outputs import metric_name, metric_tag, parse_record, write_bytes_atomic
 from pfl_dist.plugins import is_plugin_name
-from pfl_dist.rundir import summary_identity
+from pfl_dist.rundir import LATER_KEYS, summary_identity
 from pfl_dist.tasks import TASKS, task_entry
 
 POINT_FILE = "sweep_point.json"  # what the sweep knows about a run: variant, varied values, wall time
@@ -45,7 +45,7 @@ _RESOLVED = {"algorithm.local_lr": "local_lr", "algorithm.personal_lr": "persona
              "algorithm.global_lr": "global_step_factor"}
 _SETTING_KEYS = (*GD_SCHEDULE, *MINIBATCH_SCHEDULE, "algorithm.local_lr",
                  *dict.fromkeys(key for info in METHODS.values() for key in info.reads), "algorithm.client_weights",
-                 "comm.codec")
+                 "comm.codec", "comm.downlink_codec")
 _SETTING_COLUMNS = tuple(_RESOLVED.get(key, key.split(".")[1]) for key in _SETTING_KEYS)
 _FIXED_COLUMNS = ("name", "variant", "seed", "method", "label", "lam", "lam_used", "R_hat", "data_kind", "R",
                   "num_clients", "sample_fraction", *_SETTING_COLUMNS, "classes_per_client", "num_rounds",
@@ -156,9 +156,11 @@ class Run:
         return method_label(self.config, self.info)
 
     def setting(self, key: str) -> Any:
-        """A config value by dotted key, e.g. setting('data.R')."""
+        """A config value by dotted key, e.g. setting('data.R'); a key added to the config after
+        the run was made (pfl_dist/rundir.py `LATER_KEYS`) reads as the value every run before it had."""
         section, name = key.split(".")
-        return self.summary["config"][section][name]
+        values = self.summary["config"][section]
+        return values[name] if name in values or key not in LATER_KEYS else LATER_KEYS[key]
 
 
 # Data kinds whose metrics were measured on the clients' training rows before summary.json keyed
@@ -265,16 +267,16 @@ def _data_setting(config: dict[str, Any], key: str) -> Any:
 
 def settings_used(run: Run) -> dict[str, Any]:
     """The settings the run's method read (`methods.keys_read`: its schedule, step sizes, own keys
-    and codec) by column name, step sizes as the algorithm resolved them (summary.json
-    "algorithm", where a run recorded them), the codec with its parameter; lam has its own
+    and codecs) by column name, step sizes as the algorithm resolved them (summary.json
+    "algorithm", where a run recorded them), the uplink and downlink codecs with their parameters; lam has its own
     columns. A setting the method does not read has no entry (an empty cell)."""
     resolved = run.summary.get("algorithm") or {}
     used: dict[str, Any] = {}
     for key in keys_read(run.info, run.config):
         section, name = key.split(".")
         value = run.config.get(section, {}).get(name)
-        if key == "comm.codec":
-            used["codec"] = codec_label(value if value is not None else "none")
+        if key in ("comm.codec", "comm.downlink_codec"):  # none for a run from before the key
+            used[name] = codec_label(value if value is not None else "none")
         elif key != "algorithm.lam":
             column = _RESOLVED.get(key, name)
             used[column] = resolved.get(column, value)

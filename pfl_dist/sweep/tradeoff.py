@@ -116,7 +116,8 @@ def byte_series(run: Run, kind: str = FL) -> tuple[list[int], list[float]]:
     return [r["round"] for r in run.records], [record_bytes(r, kind) for r in run.records]
 
 
-SHORT_KEYS = {"algorithm.num_local_steps": "K", "algorithm.lam": "λ", "data.classes_per_client": "classes"}
+SHORT_KEYS = {"algorithm.num_local_steps": "K", "algorithm.lam": "λ", "data.classes_per_client": "classes",
+              "comm.codec": "codec", "comm.downlink_codec": "down"}
 
 
 def setting_label(run: Run, label_keys: Sequence[str]) -> str:

@@ -75,3 +75,19 @@ def test_error_feedback_residuals_reshard_by_client_id(tmp_path: Path) -> None:
     got, want = read_summary(tmp_path / "reshard"), read_summary(reference)
     for key in ("uplink_bytes", "downlink_bytes", "num_collectives", "all_gather_num_collectives"):
         assert got["comm"][key] == want["comm"][key]
+
+
+def test_kill_and_resume_is_bitwise_with_downlink_error_feedback(tmp_path: Path) -> None:
+    # Prepare: top-k on the downlink, whose error-feedback memory is the replicated reference h
+    # (the last received model, pfl_dist/exchange/downlink.py), rand-k with residuals on the uplink
+    overrides = (*BASE, "algorithm.name=fedavg", "comm.codec=randk:0.5", "comm.downlink_codec=topk:0.1")
+    reference = run_reference(tmp_path / "reference_out", nproc=NPROC, overrides=overrides)
+    # Execute
+    run_dir, resumed_from = crash_and_resume(tmp_path, overrides, kill_after=6)
+    # Assert: every rank's shard holds the same h, and the resumed run is the uninterrupted one
+    shards = [torch.load(run_dir / "ckpt" / f"round_{resumed_from:06d}" / f"shard_0000{rank}_of_00002.pt",
+                         weights_only=True) for rank in range(NPROC)]
+    references = [shard["replicated"].get("downlink", {}).get("reference") for shard in shards]
+    assert references[0] is not None and references[0].shape == (20,)
+    assert all(torch.equal(references[0], other) for other in references[1:] if other is not None)
+    assert compare_runs(run_dir, reference) == []

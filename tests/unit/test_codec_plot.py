@@ -10,7 +10,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 
 from pfl_dist.outputs import format_bytes
-from pfl_dist.sweep.codecs import table_rows
+from pfl_dist.sweep.codecs import codec_of, table_rows
 from pfl_dist.sweep.plot import render
 from pfl_dist.sweep.results import find_runs
 from tests.figures import (
@@ -121,3 +121,27 @@ def test_codec_figure_has_no_empty_panel_and_readable_byte_ticks(tmp_path: Path,
         assert not overlapping(fig, labels)
     synthetic = [ax for ax in panels if "synthetic" in ax.get_title()]
     assert all(any("fp16" in note and "bf16" in note for note in notes(ax)) for ax in synthetic)
+
+
+def test_codec_table_has_a_row_per_uplink_downlink_pair(tmp_path: Path) -> None:
+    # Prepare: FedAvg with fp16 or none in each direction (2 x 2 runs)
+    sweep = tiny_sweep(tmp_path / "pairs", variants={"fedavg": {"algorithm.name": "fedavg"}},
+                       grid={"comm.codec": ["none", "fp16"], "comm.downlink_codec": ["none", "fp16"]})
+    runs = find_runs(sweep)
+    # Execute
+    rows = table_rows(runs)
+    rendered = render(sweep, tmp_path / "figures")
+    # Assert: four rows, not two averaged as seeds; the downlink's bytes and compression beside the uplink's
+    assert [r["codec"] for r in rows] == ["none", "none, down fp16", "fp16", "fp16, down fp16"]
+    for row in rows:
+        run = next(r for r in runs if codec_of(r) == row["codec"])
+        comm = run.summary["comm"]
+        assert row["downlink bytes"] == format_bytes(comm["downlink_bytes"])
+        assert row["downlink compression"] == f"{comm['downlink_bytes_dense'] / comm['downlink_bytes']:.1f}x"
+    assert rows[0]["downlink compression"] == "1.0x" and rows[1]["downlink compression"] != "1.0x"
+    assert {"codecs", "codecs_table"} <= set(rendered.figures)
+    # the trade-off table: a curve per pair too, not two pairs averaged as seeds
+    tradeoff = [line for line in rendered.table_markdown.splitlines()[2:] if line.startswith("|")]
+    assert len(tradeoff) == 4 and sum("down=fp16" in row for row in tradeoff) == 2
+    # runs without a downlink codec keep the table they had: no downlink columns
+    assert "downlink bytes" not in table_rows([r for r in runs if r.setting("comm.downlink_codec") == "none"])[0]

@@ -56,7 +56,8 @@ def test_the_plugin_class_declares_the_facts_the_torch_free_side_reads() -> None
     assert issubclass(cls, Algorithm) and cls.name == FEDAVGM and cls.info == info
     assert FEDAVGM not in METHODS and "fedavgm" not in METHODS  # no collision with a built-in
     cfg = load_config(None, [f"algorithm.name={FEDAVGM}"]).to_dict()
-    assert keys_read(info, cfg)[-3:] == ["algorithm.params", "algorithm.client_weights", "comm.codec"]
+    assert keys_read(info, cfg)[-4:] == ["algorithm.params", "algorithm.client_weights", "comm.codec",
+                                         "comm.downlink_codec"]
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -104,11 +104,12 @@ def test_keys_read_follow_the_schedule_lam_auto_and_communication() -> None:
     gd = {"algorithm": {"batch_size": None, "lam": 0.5}}
     minibatch = {"algorithm": {"batch_size": 32, "lam": "auto"}}
     assert keys_read(METHODS["fedavg"], gd) == ["algorithm.num_local_steps", "algorithm.local_lr",
-                                                "algorithm.client_weights", "comm.codec"]
+                                                "algorithm.client_weights", "comm.codec", "comm.downlink_codec"]
     assert keys_read(METHODS["local"], minibatch) == ["algorithm.local_epochs", "algorithm.batch_size",
                                                       "algorithm.local_lr"]
     assert keys_read(METHODS["fedclup"], gd) == ["algorithm.num_local_steps", "algorithm.local_lr", "algorithm.lam",
-                                                 "algorithm.global_lr", "algorithm.client_weights", "comm.codec"]
+                                                 "algorithm.global_lr", "algorithm.client_weights", "comm.codec",
+                                                 "comm.downlink_codec"]
     assert set(LAM_AUTO_KEYS) <= set(keys_read(METHODS["fedclup"], minibatch))
 
 

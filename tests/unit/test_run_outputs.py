@@ -98,11 +98,11 @@ def test_image_metrics_are_named_eval(tmp_path: Path) -> None:
 def test_results_csv_records_the_settings_each_method_read(runs: Path, tmp_path: Path) -> None:
     """Full-batch runs record their steps K, minibatch runs their epochs and batch size; step sizes
     are the numbers the algorithm used, not 'auto'; a family method's own keys and the codec (with
-    its parameter) appear where they are read, and nowhere else."""
-    # Prepare: Ditto with minibatch SGD and top-k on the CSV sample, beside the synthetic GD runs
+    its parameter, up and down) appear where they are read, and nowhere else."""
+    # Prepare: Ditto with minibatch SGD, top-k up and qsgd down on the CSV sample, beside the synthetic GD runs
     data = ("data.kind=client_files", "data.data_dir=tests/data/fedclup_csv_sample", "data.num_clients=3",
             "data.dim=10", "data.num_classes=2", "train.num_rounds=2", "algorithm.batch_size=8",
-            "algorithm.local_epochs=2", "algorithm.local_lr=0.05", "comm.codec=topk")
+            "algorithm.local_epochs=2", "algorithm.local_lr=0.05", "comm.codec=topk", "comm.downlink_codec=qsgd:4")
     ditto = run_inprocess(runs, *data, "algorithm.name=ditto", "algorithm.lam=0.1", name="ditto")
     names = [*METHODS, "ditto"]
     # Execute
@@ -124,6 +124,8 @@ def test_results_csv_records_the_settings_each_method_read(runs: Path, tmp_path:
     assert (rows["ditto"]["personal_epochs"], rows["ditto"]["inner_steps"], rows["ditto"]["beta"]) == ("1", "", "")
     assert (rows["fedclup"]["personal_lr"], rows["fedclup"]["personal_epochs"]) == ("", "")
     assert (rows["ditto"]["codec"], rows["fedavg"]["codec"], rows["local"]["codec"]) == ("topk:0.01", "none", "")
+    assert (rows["ditto"]["downlink_codec"], rows["fedavg"]["downlink_codec"], rows["local"]["downlink_codec"]) == (
+        "qsgd:4:512", "none", "")
     assert rows["fedavg"]["global_step_factor"] == "" and rows["ditto"]["R"] == "" and rows["fedavg"]["R"] == "1.0"
     # the server's weighting as resolved (auto -> the method's paper), only where there is a server mean
     assert (rows["fedavg"]["client_weights"], rows["local"]["client_weights"]) == ("samples", "")

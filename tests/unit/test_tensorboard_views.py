@@ -51,15 +51,18 @@ def hparams(events: EventAccumulator) -> tuple[Any, dict[str, Any]]:
 
 
 def log_synthetic_run(run_dir: Path, *, codec: str = "none", method: str = "fedclup", world_size: int = 2,
-                      metrics: tuple[str, ...] = ("ITR", "acc_personal")) -> None:
-    """Two evaluated rounds through RunLogger, with the counters a real round of `codec` has."""
-    logger = RunLogger(run_dir, {"algorithm": {"name": method}, "comm": {"codec": codec}}, world_size=world_size,
+                      metrics: tuple[str, ...] = ("ITR", "acc_personal"), downlink: str | None = None) -> None:
+    """Two evaluated rounds through RunLogger, with the counters a real round of `codec` (and
+    `downlink`, comm.downlink_codec; None: a config from before the key) has."""
+    comm = {"codec": codec, **({} if downlink is None else {"downlink_codec": downlink})}
+    logger = RunLogger(run_dir, {"algorithm": {"name": method}, "comm": comm}, world_size=world_size,
                        metrics_measured_on="train")
     kinds = ("all_reduce", "all_gather") if codec.startswith(("qsgd", "topk")) else ("all_reduce",)
     total = Counters()
     for round_num in (0, 1):
         if round_num:
-            traffic = Counters(uplink_bytes=40, uplink_bytes_dense=80, downlink_bytes=80)
+            traffic = Counters(uplink_bytes=40, uplink_bytes_dense=80, downlink_bytes_dense=80,
+                               downlink_bytes=80 if downlink in (None, "none") else 40)
             for kind in kinds:
                 traffic.add(Counters.collective(kind, payload_bytes=24, wire_bytes_model=24 * (world_size - 1)))
             total.add(traffic)
@@ -102,6 +105,11 @@ def test_structurally_zero_counters_are_not_written(tmp_path: Path) -> None:
     topk = comm_tags(tmp_path / "topk")
     assert {"comm/all_gather_payload_bytes_cum", "comm/all_reduce_wire_bytes_model_cum", "comm/compression_ratio",
             "comm/uplink_bytes_dense_cum", "comm/wire_bytes_model"} <= topk
+    assert "comm/downlink_bytes_dense_cum" not in dense | topk  # no downlink codec: it is the downlink
+    log_synthetic_run(tmp_path / "down", downlink="fp16", world_size=1)
+    down = comm_tags(tmp_path / "down")
+    assert {"comm/downlink_bytes_dense_cum", "comm/downlink_bytes_cum", "comm/downlink_bytes"} <= down
+    assert "comm/uplink_bytes_dense_cum" not in down
     log_synthetic_run(tmp_path / "local", method="local", world_size=2)
     # LocalTrain sends nothing: only the trade-off's byte axes, at 0
     assert comm_tags(tmp_path / "local") == {"comm/fl_bytes_cum", "comm/wire_bytes_model_cum"}
