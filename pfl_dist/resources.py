@@ -18,7 +18,9 @@ the codec's error-feedback residual (1 where `feedback_rule` keeps one, pfl_dist
 a residual has the wire's size, so SCAFFOLD's 2-model one counts as 1, and FedRep's and FedPer's,
 the body's only, not at all).
 Per data.kind, from what is known without loading the data:
-- synthetic: exact, k x n x (d values + a label);
+- synthetic: exact, k x n x (d values + a label), k the clients that hold data at once: every
+  client of the rank, or with lazy data the cache's bound (pfl_dist/data/lazy.py
+  `resident_clients`: a round's sampled clients plus the evaluation cohort);
 - fashion_mnist, mnist, mnist5k: the dataset's standard training size, cut as the partitioner
   cuts it (classes: N // (partitions x c) images of each of c classes; iid: N // partitions;
   dirichlet: ragged, so one image);
@@ -48,6 +50,7 @@ from pfl_dist.config import Config
 from pfl_dist.data import cifar, leaf
 from pfl_dist.data.client_files import FORMATS, client_file, samples_at_least
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
+from pfl_dist.data.lazy import resident_clients
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.spec import feedback_rule, parse_codec
 from pfl_dist.methods import method_info
@@ -126,7 +129,7 @@ def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None
     image = _image_kind(cfg)
     if data.kind == "synthetic":
         n, d = data.samples_per_client, data.dim
-        data_bytes = k * n * (d * value + _LABEL_BYTES)
+        data_bytes = resident_clients(cfg, k) * n * (d * value + _LABEL_BYTES)
         return data_bytes, model.memory_bytes((d,), data.num_classes, clients=k, value_bytes=value, copies=copies)
     if image is not None:
         num_train, input_shape, num_classes = image
