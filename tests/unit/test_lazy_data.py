@@ -65,8 +65,8 @@ def test_lazy_equals_eager_bit_for_bit(tmp_path: Path, name: str, smoothness: st
     assert lazy_trainer.algorithm.smoothness == eager_trainer.algorithm.smoothness
 
 
-def test_start_up_generates_no_client_and_the_cache_holds_at_most_its_bound(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_start_up_generates_no_client_and_the_cache_holds_at_most_its_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # Prepare: count every client the task generates; an explicit L (no smoothness pass)
     counting = CountingGenerate()
     monkeypatch.setattr(synthetic_task, "generate_clients", counting)
@@ -78,6 +78,8 @@ def test_start_up_generates_no_client_and_the_cache_holds_at_most_its_bound(tmp_
     # Assert: nothing generated yet; then each round generates only its sampled clients (and the
     # cohort once), and the cache never holds more than the LRU's bound plus the pinned cohort
     assert counting.ids == [] and len(task.cache) == 0
+    assert "data: lazy (data.lazy=true): each client generated when sampled or evaluated, at most 18 clients' " \
+        in capsys.readouterr().out  # the choice is logged, with the bound
     capacity = cache_capacity(cfg)
     cohort = set(eval_cohort(seed=7, num_clients=M, size=COHORT).tolist())
     assert capacity == 10 and task.cache.pinned_ids == cohort
@@ -97,13 +99,14 @@ def test_start_up_generates_no_client_and_the_cache_holds_at_most_its_bound(tmp_
     assert len(generated) < M  # and the unsampled clients were never generated
 
 
-def test_eager_start_up_generates_every_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eager_start_up_generates_every_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     counting = CountingGenerate()
     monkeypatch.setattr(synthetic_task, "generate_clients", counting)
     cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=eager", *RUN, "data.lazy=false",
                              "algorithm.smoothness=4.0"])
     Trainer(cfg, init_runtime(cfg), stop=StopRequest())
-    assert sorted(counting.ids) == list(range(M))
+    assert sorted(counting.ids) == list(range(M)) and "data: lazy" not in capsys.readouterr().out
 
 
 def test_lazy_smoothness_auto_generates_each_client_once_and_keeps_none(tmp_path: Path,
