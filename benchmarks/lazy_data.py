@@ -3,10 +3,10 @@
 FedCLUP on synthetic data (n = 200, d = 10, C = 2, float32), 1,000 clients sampled per round
 (algorithm.sample_fraction = 1000 / m), 20 local steps, train.eval_clients = 1000, a few rounds,
 ONE process, for m = 10^4 .. 10^6 (10^7 with --sizes). algorithm.smoothness is a number, 100 (lazy
-data would otherwise generate every client once at start-up for the exact max L_i; see
-pfl_dist/data/lazy.py; the exact max over 10^4 clients is 86.3), the same for both modes, so the two
-runs are the same run (same
-global_model_sha256, checked).
+data would otherwise generate every client once at start-up for the exact max L_i, see
+pfl_dist/data/lazy.py; --smoothness auto measures that pass; the exact max over 10^4 clients is
+86.3), the same for both modes, so the two runs are the same run (same global_model_sha256,
+checked).
 
 Each point is a fresh `python benchmarks/lazy_data.py --worker ...` process, so its peak RSS
 (getrusage ru_maxrss) is its own. It reports:
@@ -20,7 +20,8 @@ Each point is a fresh `python benchmarks/lazy_data.py --worker ...` process, so 
 Eager points whose memory estimate (pfl_dist/resources.py) exceeds --eager-max-gb are skipped.
 
     .venv/bin/python benchmarks/lazy_data.py                      # 10^4, 10^5, 10^6
-    .venv/bin/python benchmarks/lazy_data.py --sizes 10000 10000000 --rounds 3
+    .venv/bin/python benchmarks/lazy_data.py --sizes 10000000 --modes true
+    .venv/bin/python benchmarks/lazy_data.py --sizes 100000 --smoothness auto
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLED = 1000
 
 
-def overrides(num_clients: int, lazy: str, rounds: int, out_dir: str) -> list[str]:
+def overrides(num_clients: int, lazy: str, rounds: int, out_dir: str, smoothness: str = "100.0") -> list[str]:
     return ["data.kind=synthetic", f"data.num_clients={num_clients}", "algorithm.name=fedclup",
             f"algorithm.sample_fraction={SAMPLED / num_clients!r}", "algorithm.num_local_steps=20",
-            "algorithm.smoothness=100.0", "train.eval_clients=1000", f"train.num_rounds={rounds}",
+            f"algorithm.smoothness={smoothness}", "train.eval_clients=1000", f"train.num_rounds={rounds}",
             f"train.eval_every={rounds}", f"data.lazy={lazy}", f"run.out_dir={out_dir}", "run.name=point"]
 
 
@@ -65,7 +66,7 @@ def worker(args: argparse.Namespace) -> None:
             measured["rss_after_startup_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     train_module.Trainer = Measured  # type: ignore[misc]
-    cfg = load_config(None, overrides(args.clients, args.lazy, args.rounds, args.out_dir))
+    cfg = load_config(None, overrides(args.clients, args.lazy, args.rounds, args.out_dir, args.smoothness))
     trainer = train_module.run_session(cfg, init_runtime(cfg), StopRequest())
     task: Any = trainer.task
     if task.lazy:
@@ -83,10 +84,10 @@ def worker(args: argparse.Namespace) -> None:
                       "sha": trainer.summary["global_model_sha256"], "torch": torch.__version__}))
 
 
-def run_point(num_clients: int, lazy: str, rounds: int) -> dict[str, Any]:
+def run_point(num_clients: int, lazy: str, rounds: int, smoothness: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out_dir:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--clients", str(num_clients),
-                   "--lazy", lazy, "--rounds", str(rounds), "--out-dir", out_dir]
+                   "--lazy", lazy, "--rounds", str(rounds), "--out-dir", out_dir, "--smoothness", smoothness]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                                 env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
@@ -100,6 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10**4, 10**5, 10**6])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--smoothness", default="100.0",
+                        help="algorithm.smoothness; auto adds the exact max L_i pass over every client")
+    parser.add_argument("--modes", nargs="+", default=["true", "false"], help="data.lazy values to run")
     parser.add_argument("--eager-max-gb", type=float, default=4.0, help="skip eager points estimated above this")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
@@ -118,14 +122,14 @@ def main() -> None:
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     for num_clients in args.sizes:
         shas = {}
-        for lazy in ("true", "false"):
-            cfg = load_config(None, overrides(num_clients, lazy, args.rounds, "/tmp"))
+        for lazy in args.modes:
+            cfg = load_config(None, overrides(num_clients, lazy, args.rounds, "/tmp", args.smoothness))
             estimate = sum(estimate_rank_bytes(cfg, world_size=1)) / 2**30
             if lazy == "false" and estimate > args.eager_max_gb:
                 print(f"| {num_clients:,} | false | not run: estimated {estimate:.1f} GB > --eager-max-gb "
                       f"{args.eager_max_gb} | | | | | | | |", flush=True)
                 continue
-            point = run_point(num_clients, lazy, args.rounds)
+            point = run_point(num_clients, lazy, args.rounds, args.smoothness)
             if "error" in point:
                 print(f"| {num_clients:,} | {lazy} | failed: {point['error']} | | | | | | | |", flush=True)
                 continue

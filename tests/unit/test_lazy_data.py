@@ -16,12 +16,13 @@ from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
 from pfl_dist.data.lazy import ClientCache, cache_capacity, lazy_data, resident_clients
 from pfl_dist.errors import ConfigError
+from pfl_dist.methods import METHODS
 from pfl_dist.resources import estimate_rank_bytes
 from pfl_dist.rundir import config_hash, result_config
 from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import eval_cohort, sample_clients
 from pfl_dist.train import Trainer, run_session
-from tests.helpers import read_metrics
+from tests.helpers import crash_and_resume, read_metrics, read_summary
 
 M, COHORT = 40, 8
 RUN = (f"data.num_clients={M}", "data.samples_per_client=30", "data.dim=6", "data.num_classes=3", "data.R=1.5",
@@ -47,8 +48,10 @@ class CountingGenerate:
         return self.original(client_ids, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["fedclup", "scaffold", "ditto"])
-@pytest.mark.parametrize("smoothness", ["auto", "4.0"])
+@pytest.mark.parametrize(("name", "smoothness"), [
+    *((name, "auto") for name, info in METHODS.items() if not info.parameter_groups),  # FedRep/FedPer: CNN only
+    *((name, "4.0") for name in ("fedclup", "scaffold", "ditto")),
+])
 def test_lazy_equals_eager_bit_for_bit(tmp_path: Path, name: str, smoothness: str) -> None:
     # Execute: the same run with every client generated at start-up, and lazily
     common = (f"algorithm.name={name}", f"algorithm.smoothness={smoothness}")
@@ -186,3 +189,12 @@ def test_memory_estimate_counts_the_resident_clients_only() -> None:
     assert resident_clients(cfg, 10**6) == 2000 and resident_clients(eager, 10**6) == 10**6
     assert lazy_bytes * 500 == eager_bytes and store == eager_store  # the store is not data's to shrink
     assert np.isclose(lazy_bytes, 2000 * 200 * (10 * 4 + 8))
+
+
+def test_a_resumed_lazy_run_is_the_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    resumed = crash_and_resume(tmp_path, monkeypatch, *RUN, "algorithm.name=scaffold", "data.lazy=true",
+                               "checkpoint.every=1", crash_round=3)
+    reference = read_metrics(tmp_path / "reference")
+    assert resumed["resumed_from"] == [3]
+    assert read_metrics(tmp_path / "run")[-1]["metrics"] == reference[-1]["metrics"]
+    assert resumed["global_model_sha256"] == read_summary(tmp_path / "reference")["global_model_sha256"]
