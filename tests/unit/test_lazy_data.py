@@ -198,3 +198,24 @@ def test_a_resumed_lazy_run_is_the_uninterrupted_run(tmp_path: Path, monkeypatch
     assert resumed["resumed_from"] == [3]
     assert read_metrics(tmp_path / "run")[-1]["metrics"] == reference[-1]["metrics"]
     assert resumed["global_model_sha256"] == read_summary(tmp_path / "reference")["global_model_sha256"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lazy_rows_index_as_the_eager_tensors(dtype: torch.dtype) -> None:
+    # Prepare: one rank's clients 10..39 of M, eager and lazy
+    cfg = load_config(None, [*RUN, "data.lazy=true"])
+    eager_cfg = load_config(None, [*RUN, "data.lazy=false"])
+    block, device = range(10, M), torch.device("cpu")
+    lazy = synthetic_task.SyntheticTask(cfg, client_ids=block, device=device, dtype=dtype)
+    eager = synthetic_task.SyntheticTask(eager_cfg, client_ids=block, device=device, dtype=dtype)
+    assert lazy.lazy and not eager.lazy
+    # Execute and assert: unsorted, repeated and empty rows give the same values, dtype and layout
+    for rows in ([3, 0, 3, 29], [], [5], list(range(30))):
+        index = torch.tensor(rows, dtype=torch.long)
+        for field in ("features", "labels", "scale", "true_models"):
+            got, want = getattr(lazy, field)[index], getattr(eager, field)[index]
+            assert got.dtype == want.dtype and got.shape == want.shape and got.stride() == want.stride(), field
+            assert torch.equal(got, want), (field, rows)
+    assert lazy.local_smoothness() == eager.local_smoothness()
+    with pytest.raises(TypeError, match="1-D tensor of rows"):
+        lazy.features[0:2]
