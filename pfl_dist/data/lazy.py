@@ -16,6 +16,9 @@ The solver and the metrics see the same tensors in the same order as the eager p
 number of a run is bit for bit the same (tests/unit/test_lazy_data.py), which is why data.lazy is
 no part of the run identity (pfl_dist/rundir.py IGNORED_KEYS).
 
+The price is time: a round regenerates its sampled clients (the LRU rarely holds them when few of
+many are sampled), where eager data pays the generation once per client at start-up.
+
 Evaluating every client (train.eval_clients all) would materialize every client at each
 evaluation: lazy data needs a cohort, and `data.lazy=true` without one is refused in one line.
 `auto` is lazy from LAZY_FROM clients on when the evaluation is on a cohort (every run before
