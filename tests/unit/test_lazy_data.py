@@ -219,3 +219,10 @@ def test_lazy_rows_index_as_the_eager_tensors(dtype: torch.dtype) -> None:
     assert lazy.local_smoothness() == eager.local_smoothness()
     with pytest.raises(TypeError, match="1-D tensor of rows"):
         lazy.features[0:2]
+
+
+def test_the_docs_state_the_threshold() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    readme, architecture = ((repo / doc).read_text() for doc in ("README.md", "docs/ARCHITECTURE.md"))
+    assert f"`auto` = lazy from {lazy_module.LAZY_FROM:,} clients on when a cohort is evaluated" in readme
+    assert f"`auto` is lazy from {lazy_module.LAZY_FROM:,} clients on (`LAZY_FROM`)" in architecture
