@@ -19,7 +19,9 @@ a residual has the wire's size, so SCAFFOLD's 2-model one counts as 1, and FedRe
 the body's only, not at all).
 Per data.kind, from what is known without loading the data, by the function its registry entry
 names (`TaskEntry.memory`, pfl_dist/tasks/__init__.py):
-- synthetic: exact, k x n x (d values + a label);
+- synthetic: exact, k x n x (d values + a label), k the clients that hold data at once: every
+  client of the rank, or with lazy data the cache's bound (pfl_dist/data/lazy.py
+  `resident_clients`: a round's sampled clients plus the evaluation cohort);
 - fashion_mnist, mnist, mnist5k: the dataset's standard training size, cut as the partitioner
   cuts it (classes: N // (partitions x c) images of each of c classes; iid: N // partitions;
   dirichlet: ragged, so one image);
@@ -50,6 +52,7 @@ from pfl_dist.config import Config
 from pfl_dist.data import cifar, leaf
 from pfl_dist.data.client_files import FORMATS, client_file, samples_at_least
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
+from pfl_dist.data.lazy import resident_clients
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.spec import feedback_rule, parse_codec
 from pfl_dist.methods import method_info
@@ -105,10 +108,11 @@ Estimate = tuple[int, Shape, int]  # (data bytes of a block's clients, one sampl
 
 
 def synthetic_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[Estimate]:
-    """Exact: k x n x (d values + a label) per block."""
+    """Exact: k x n x (d values + a label) per block, k the block's clients that hold data at once
+    (all of them, or with lazy data the cache's bound: `resident_clients`)."""
     data = cfg.data
-    return [(len(block) * data.samples_per_client * (data.dim * value + _LABEL_BYTES), (data.dim,), data.num_classes)
-            for block in blocks]
+    return [(resident_clients(cfg, len(block)) * data.samples_per_client * (data.dim * value + _LABEL_BYTES),
+             (data.dim,), data.num_classes) for block in blocks]
 
 
 def image_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[Estimate]:

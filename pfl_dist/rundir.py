@@ -4,7 +4,8 @@ No torch here: the sweep driver uses the same identity without paying torch's im
 
 Identity. A run's numbers depend on its config minus the keys that provably do not change them
 (`IGNORED_KEYS`, `IGNORED_SECTIONS`: where it is written, the device choice, whether data may be
-downloaded, the collective timeout and backend, checkpoint cadence; `comm.codec` counts), on
+downloaded, whether synthetic data is generated lazily (bit for bit the same data), the
+collective timeout and backend, checkpoint cadence; `comm.codec` counts), on
 the contents of the user's files it reads (`model.init_file`; `data.data_dir` of client_files, leaf
 and cifar10), and on the number of processes W it runs on (the modelled wire bytes are 2(W-1)/W x
 payload per rank, the float summation order differs; FL uplink/downlink bytes do not depend on
@@ -90,7 +91,8 @@ if TYPE_CHECKING:
     from pfl_dist.config import Config
 
 # Keys that may change between attempts without changing any number of the run.
-IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "comm.backend", "comm.timeout_s")
+IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "data.lazy", "comm.backend",
+                "comm.timeout_s")
 # Keys added to the config after runs were made, with the value that gives the results those runs
 # had: at it a key is left out of the identity, so earlier runs keep their hash and run dir; except
 # for a method whose results at that value changed with the key (`MethodInfo.results_changed_with`).

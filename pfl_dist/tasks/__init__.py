@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pfl_dist.data.lazy import check_lazy
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import method_info
 from pfl_dist.models import DATASET_TASK, MODELS, PLUGIN_FORM, ModelEntry, kinds_for_task, model_entry
@@ -63,9 +64,10 @@ _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_par
                "data.classes_per_client", "data.alpha", "data.test_fraction")
 _SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "data.R", "data.center_scale")
 _SCALE, _MIN_SAMPLES, _PARAMS = "data.scale_features", "data.min_samples_per_client", "data.params"
+_LAZY = "data.lazy"  # only synthetic clients are materialized from their id (pfl_dist/data/lazy.py)
 _IMAGES = TaskEntry(
     target="pfl_dist.tasks.images:ImageTask",
-    unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS),
+    unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS, _LAZY),
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
     auto_model="logreg",
     memory="pfl_dist.resources:image_data_bytes",
@@ -74,7 +76,7 @@ _IMAGES = TaskEntry(
 # A federated dataset (DatasetTask) brings its own clients, splits, shapes and classes: of the data
 # keys it reads data.num_clients (how many of its clients take part) and data.params (the factory's
 # arguments).
-DATASET_UNUSED_KEYS = (*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES)
+DATASET_UNUSED_KEYS = (*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _LAZY)
 
 TASKS: dict[str, TaskEntry] = {
     "synthetic": TaskEntry(
@@ -88,7 +90,7 @@ TASKS: dict[str, TaskEntry] = {
     "mnist5k": _IMAGES,
     "cifar10": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
-        unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES, _PARAMS),
+        unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES, _PARAMS, _LAZY),
         description="CIFAR-10 (3x32x32 colour, 10 classes) from its python pickle batches, partitioned into clients",
         auto_model="logreg",
         memory="pfl_dist.resources:image_data_bytes",
@@ -97,7 +99,7 @@ TASKS: dict[str, TaskEntry] = {
     "leaf": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
         unused_keys=(*_SYNTHETIC_ONLY, "data.download", "data.partition", "data.num_partitions",
-                     "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE, _PARAMS),
+                     "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE, _PARAMS, _LAZY),
         description="LEAF FEMNIST JSON (28x28, 62 classes): each writer is one client, with its own test samples",
         auto_model="logreg",
         memory="pfl_dist.resources:image_data_bytes",
@@ -106,7 +108,8 @@ TASKS: dict[str, TaskEntry] = {
     "client_files": TaskEntry(
         target="pfl_dist.tasks.client_files:ClientFilesTask",
         unused_keys=("data.samples_per_client", "data.R", "data.center_scale",
-                     *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES, _PARAMS),
+                     *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES, _PARAMS,
+                     _LAZY),
         description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
         memory="pfl_dist.resources:client_files_data_bytes",
         input_files="pfl_dist.inputs:client_files_files",
@@ -204,6 +207,7 @@ def check_task_config(cfg: Config) -> None:
                              for key in ignored)
         raise ConfigError(f"data.kind {kind!r} does not use {settings}: remove "
                           f"{'it' if len(ignored) == 1 else 'them'} from the config")
+    check_lazy(cfg)
 
 
 def task_class(kind: str) -> type[Task]:

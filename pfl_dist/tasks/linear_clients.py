@@ -44,6 +44,17 @@ def _equal(counts: list[int], features: torch.Tensor) -> bool:
     return len(set(counts)) <= 1 and (not counts or counts[0] == features.shape[1])
 
 
+def block_smoothness(features: torch.Tensor, counts: list[int] | None) -> float:
+    """max over a block of clients (b, n_max, d) of lambda_max(X_i^T X_i / (4 n_i)); counts None:
+    every client fills n_max."""
+    x = features.double()
+    if counts is None:
+        gram = x.transpose(1, 2) @ x / (4 * x.shape[1])
+    else:  # padding rows are zero: they add nothing to X^T X
+        gram = x.transpose(1, 2) @ x / (4 * torch.tensor(counts, dtype=torch.float64, device=x.device)).view(-1, 1, 1)
+    return float(torch.linalg.eigvalsh(gram)[:, -1].max())
+
+
 class LinearClientsTask:
     # One intra-op thread, whatever the rank's share of the cores: the local solver works on
     # cache-sized chunks of clients (~10k-100k-element ops), which OpenMP synchronisation makes
@@ -87,13 +98,8 @@ class LinearClientsTask:
         """max_i lambda_max(X_i^T X_i / (4 n_i)) on the scaled features (docs/METHOD.md §2)."""
         largest = -math.inf
         for start in range(0, len(self.features), BLOCK):  # a float64 copy per block, not of all
-            x = self.features[start: start + BLOCK].double()
-            if self.equal_counts:
-                gram = x.transpose(1, 2) @ x / (4 * x.shape[1])
-            else:  # padding rows are zero: they add nothing to X^T X
-                counts = torch.tensor(self.counts[start: start + BLOCK], dtype=torch.float64, device=x.device)
-                gram = x.transpose(1, 2) @ x / (4 * counts).view(-1, 1, 1)
-            largest = max(largest, float(torch.linalg.eigvalsh(gram)[:, -1].max()))
+            largest = max(largest, block_smoothness(self.features[start: start + BLOCK],
+                                                    None if self.equal_counts else self.counts[start: start + BLOCK]))
         return largest
 
     def fused_local_phase(

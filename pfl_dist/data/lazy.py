@@ -1,0 +1,133 @@
+"""Lazy client data (`data.lazy`): a client's arrays exist only while it is sampled or evaluated.
+
+A synthetic client's data is a pure function of (seed, client id, num_clients)
+(pfl_dist/data/synthetic.py), and generating any subset of clients gives each client the same bits
+as generating them all. So instead of every client of a rank at start-up, the lazy task
+(pfl_dist/tasks/synthetic.py) generates a client the first time a round samples it or an
+evaluation measures it, and keeps it in a `ClientCache`:
+- the evaluation cohort's members on this rank (train.eval_clients = N) are pinned: measured at
+  every evaluation, generated once, kept for the run (at most N clients);
+- any other client goes through an LRU of `cache_capacity` clients, derived from the config (no
+  key): the clients one round samples (algorithm.sample_fraction x data.num_clients), so that a
+  round's clients are generated once per round; an evicted client is dropped and regenerated if
+  sampled again.
+So a rank holds at most (sampled per round + cohort) clients' data, whatever data.num_clients.
+The solver and the metrics see the same tensors in the same order as the eager path: every
+number of a run is bit for bit the same (tests/unit/test_lazy_data.py), which is why data.lazy is
+no part of the run identity (pfl_dist/rundir.py IGNORED_KEYS).
+
+The price is time: a round regenerates its sampled clients (the LRU rarely holds them when few of
+many are sampled), where eager data pays the generation once per client at start-up.
+
+Evaluating every client (train.eval_clients all) would materialize every client at each
+evaluation: lazy data needs a cohort, and `data.lazy=true` without one is refused in one line.
+`auto` is lazy from LAZY_FROM clients on when the evaluation is on a cohort (every run before
+the key had fewer clients or evaluated all: they stay eager); below that eager start-up costs
+little (10^4 synthetic clients: ~0.1 GB, ~1 s).
+
+algorithm.smoothness=auto, max_i L_i over every client, stays exact with lazy data: the rank's
+clients are generated once at start-up in blocks of 256, each block's bound taken and the block
+dropped (O(block) memory, O(clients) time; the same L bit for bit). A number for
+algorithm.smoothness skips that pass, and start-up is then O(sampled + cohort).
+
+No torch here: the config check (pfl_dist/tasks/__init__.py) and the memory estimate
+(pfl_dist/resources.py) read it before any process starts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from pfl_dist.errors import ConfigError
+from pfl_dist.sampling import eval_cohort_size, num_sampled
+
+if TYPE_CHECKING:
+    from pfl_dist.config import Config
+
+LAZY_FROM = 100_000  # data.lazy=auto: lazy from this many clients on (with an evaluation cohort)
+LAZY_KINDS = ("synthetic",)  # the data kinds that can materialize a client from its id
+
+V = TypeVar("V")
+
+
+def lazy_data(cfg: Config) -> bool:
+    """Whether the config's clients are materialized lazily (data.lazy with auto resolved)."""
+    data = cfg.data
+    if data.lazy != "auto":
+        return bool(data.lazy)
+    return (data.kind in LAZY_KINDS and data.num_clients >= LAZY_FROM
+            and eval_cohort_size(cfg.train.eval_clients, data.num_clients) is not None)
+
+
+def check_lazy(cfg: Config) -> None:
+    """data.lazy=true on a config that cannot run lazily: ConfigError, one line."""
+    data = cfg.data
+    if data.lazy is not True:
+        return
+    if data.kind not in LAZY_KINDS:
+        raise ConfigError(f"data.lazy=true is for data.kind {' or '.join(LAZY_KINDS)}, not {data.kind!r}: "
+                          "remove data.lazy")
+    if eval_cohort_size(cfg.train.eval_clients, data.num_clients) is None:
+        raise ConfigError(f"data.lazy=true needs an evaluation cohort: train.eval_clients={cfg.train.eval_clients} "
+                          f"evaluates all {data.num_clients} clients, which materializes every client; set "
+                          f"train.eval_clients to a number below data.num_clients, or data.lazy=false")
+
+
+def cache_capacity(cfg: Config) -> int:
+    """The LRU's size in clients: what one round samples (the cohort is pinned besides)."""
+    return num_sampled(cfg.data.num_clients, cfg.algorithm.sample_fraction)
+
+
+def resident_clients(cfg: Config, hosted: int) -> int:
+    """At most how many of a rank's `hosted` clients hold data at once: all of them eagerly; lazily
+    the LRU plus the pinned cohort (pfl_dist/resources.py counts these)."""
+    if not lazy_data(cfg):
+        return hosted
+    cohort = eval_cohort_size(cfg.train.eval_clients, cfg.data.num_clients) or 0
+    return min(hosted, cache_capacity(cfg) + cohort)
+
+
+class ClientCache(Generic[V]):
+    """Materialized clients by global id: `pinned` ids kept once made, the others in an LRU of
+    `capacity`. `make(ids)` returns the clients of `ids` in order; `materialized` counts every
+    client it made (tests check that start-up makes none and that eviction bounds what is kept)."""
+
+    def __init__(self, make: Callable[[list[int]], list[V]], *, capacity: int, pinned: Iterable[int] = ()) -> None:
+        if capacity < 1:
+            raise ValueError(f"a client cache holds at least 1 client, got capacity {capacity}")
+        self._make = make
+        self.capacity = capacity
+        self.pinned_ids = frozenset(pinned)
+        self._pinned: dict[int, V] = {}
+        self._lru: OrderedDict[int, V] = OrderedDict()
+        self.materialized = 0
+
+    def __len__(self) -> int:
+        """Clients held now (pinned and LRU)."""
+        return len(self._pinned) + len(self._lru)
+
+    def get(self, ids: Sequence[int]) -> list[V]:
+        """The clients of `ids` (distinct), made once if not held; the LRU then keeps the most
+        recently used `capacity` of the unpinned ones."""
+        missing = [i for i in ids if i not in self._pinned and i not in self._lru]
+        made = dict(zip(missing, self._make(missing), strict=True)) if missing else {}
+        self.materialized += len(made)
+        result = []
+        for i in ids:
+            if i in made:
+                value = made[i]
+                if i in self.pinned_ids:
+                    self._pinned[i] = value
+                else:
+                    self._lru[i] = value
+            elif i in self._pinned:
+                value = self._pinned[i]
+            else:
+                value = self._lru[i]
+                self._lru.move_to_end(i)
+            result.append(value)
+        while len(self._lru) > self.capacity:
+            self._lru.popitem(last=False)
+        return result

@@ -1,0 +1,37 @@
+"""Lazy client data (data.lazy=true) on 2 ranks: each rank generates the sampled and cohort clients
+it hosts; the run is the 2-rank eager run bit for bit and the one-process run to 1e-12."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import read_metrics, read_summary, run_inprocess, run_torchrun_points
+
+pytestmark = pytest.mark.distributed
+
+BASE = ("data.num_clients=24", "data.samples_per_client=30", "data.dim=6", "data.num_classes=3", "run.seed=3",
+        "algorithm.num_local_steps=5", "algorithm.sample_fraction=0.25", "train.num_rounds=4",
+        "train.eval_every=2", "train.dtype=float64", "train.eval_clients=7")
+METHODS = ("fedclup", "scaffold")
+POINTS = {f"{name}_{lazy}": (*BASE, f"algorithm.name={name}", f"data.lazy={lazy}")
+          for name in METHODS for lazy in ("true", "false")}
+
+
+def test_two_lazy_ranks_are_the_eager_run_and_the_one_process_run(tmp_path: Path) -> None:
+    # Execute: lazy and eager on 2 ranks (one torchrun job), lazy on one process
+    run_torchrun_points(tmp_path / "two", 2, POINTS)
+    for name in METHODS:
+        lazy, eager = (read_summary(tmp_path / "two" / f"{name}_{v}") for v in ("true", "false"))
+        one = run_inprocess(tmp_path / "one", *POINTS[f"{name}_true"], name=name)
+        # Assert: 2 lazy ranks = 2 eager ranks bit for bit; = one process to 1e-12 (summation order)
+        assert lazy["world_size"] == 2 and one["world_size"] == 1
+        assert lazy["global_model_sha256"] == eager["global_model_sha256"]
+        assert lazy["final"] == eager["final"] and lazy["participation"] == eager["participation"]
+        assert lazy["participation"] == one["participation"] and lazy["evaluation"] == one["evaluation"]
+        for got, want in zip(read_metrics(tmp_path / "two" / f"{name}_true"), read_metrics(tmp_path / "one" / name),
+                             strict=True):
+            assert got["round"] == want["round"]
+            assert got["metrics"] == pytest.approx(want["metrics"], rel=1e-12, abs=1e-12)
+            assert got["personal"] == pytest.approx(want["personal"], rel=1e-12, abs=1e-12)
