@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import pfl_dist
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import Codec, GatherLayout, RoundInput
@@ -59,6 +60,19 @@ def test_the_documented_plugin_commands_train_with_exact_bytes(line: str, tmp_pa
     assert summary["comm"]["uplink_bytes_dense"] == messages * 4 * num_params
     assert summary["comm"]["all_gather_num_collectives"] == 2  # its transport: one all_gather a round
     assert all(math.isfinite(value) for value in summary["final"].values() if isinstance(value, float))
+
+
+def test_the_plugin_serves_the_downlink_with_exact_bytes(examples_importable: None, tmp_path: Path) -> None:
+    # Execute: the example as the downlink codec, the uplink dense
+    result = pfl_dist.run(None, {"comm.downlink_codec": PLUGIN, "data.num_clients": 4, "train.num_rounds": 2,
+                                 "train.eval_every": 2, "run.out_dir": str(tmp_path)})
+    # Assert: every sampled client receives one message of 4 + ceil(P / 8) bytes a round
+    num_params = sum(t.numel() for t in torch.load(result.run_dir / "final" / "global.pt", weights_only=True).values())
+    messages = sum(len(sample_clients(t, seed=0, num_clients=4, sample_fraction=1.0)) for t in range(2))
+    assert result.summary["config"]["comm"]["downlink_codec"] == PLUGIN
+    assert result.summary["comm"]["downlink_bytes"] == messages * (4 + math.ceil(num_params / 8))
+    assert result.summary["comm"]["downlink_bytes_dense"] == result.summary["comm"]["uplink_bytes"] \
+        == messages * 4 * num_params
 
 
 def reference_scaled_sign(v: np.ndarray, weight: float) -> tuple[bytes, np.ndarray]:
