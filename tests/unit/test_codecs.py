@@ -151,6 +151,29 @@ def test_half_precision_mean_of_10000_clients_is_within_epsilon_and_never_overfl
         assert relative <= eps, (relative, eps)
 
 
+@pytest.mark.parametrize("num_params", [7, 1000])
+def test_fp16_matches_a_numpy_reference_in_bytes_and_values(num_params: int) -> None:
+    # Prepare: three clients' updates of very different sizes, their weights and the round's bound
+    # B = sum_i w_i max|v_i| (the control word per unit weight)
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((3, num_params)) * 10.0 ** rng.uniform(-6, 3, size=(3, 1))
+    weights = np.array([0.2, 0.3, 0.5])
+    bound = float(weights @ np.abs(v).max(axis=1))
+    compressor = make("fp16", [(num_params,)], num_local_clients=3).compressor
+    control = torch.tensor([bound], dtype=torch.float64)
+    # Execute
+    messages = compressor.encode(torch.from_numpy(v), round_idx=0, clients=torch.arange(3),
+                                 weights=torch.from_numpy(weights), control=control)
+    decoded = compressor.decode(messages, round_idx=0, control=control)
+    # Assert: fp16_compress_hook's cast of w_i v_i times the power of two 2^e with 2^e B <= 65504 / 2,
+    # written independently in numpy; 2 bytes per coordinate; decoding divides the scale back out
+    scale = 2.0 ** math.floor(math.log2(65504.0 / 2 / bound))
+    reference = (weights[:, None] * v * scale).astype(np.float16)
+    assert compressor.message_bytes() == reference[0].nbytes == 2 * num_params
+    np.testing.assert_array_equal(messages.numpy(), reference)
+    np.testing.assert_array_equal(decoded.numpy(), reference.astype(np.float64) / scale)
+
+
 def test_half_precision_scale_is_a_power_of_two_bounding_every_partial_sum() -> None:
     codec = make("fp16", [(4,)], num_local_clients=1)
     scale = codec.compressor.scale(3.0)  # type: ignore[attr-defined]
