@@ -151,27 +151,40 @@ def test_half_precision_mean_of_10000_clients_is_within_epsilon_and_never_overfl
         assert relative <= eps, (relative, eps)
 
 
+def half_reference(x: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the half values' 16-bit patterns, their float64 values) of float64 `x`: fp16 by numpy's
+    cast; bf16 written out: to float32 (nearest), then the upper 16 bits rounded to nearest even."""
+    if name == "fp16":
+        half = x.astype(np.float16)
+        return half.view(np.uint16), half.astype(np.float64)
+    bits = x.astype(np.float32).view(np.uint32)
+    upper = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32)
+    return upper.astype(np.uint16), (upper << 16).view(np.float32).astype(np.float64)
+
+
 @pytest.mark.parametrize("num_params", [7, 1000])
-def test_fp16_matches_a_numpy_reference_in_bytes_and_values(num_params: int) -> None:
+@pytest.mark.parametrize(("name", "largest"), [("fp16", 65504.0), ("bf16", 3.3895313892515355e38)])
+def test_half_precision_matches_a_numpy_reference_in_bytes_and_values(name: str, largest: float,
+                                                                     num_params: int) -> None:
     # Prepare: three clients' updates of very different sizes, their weights and the round's bound
     # B = sum_i w_i max|v_i| (the control word per unit weight)
     rng = np.random.default_rng(3)
     v = rng.standard_normal((3, num_params)) * 10.0 ** rng.uniform(-6, 3, size=(3, 1))
     weights = np.array([0.2, 0.3, 0.5])
     bound = float(weights @ np.abs(v).max(axis=1))
-    compressor = make("fp16", [(num_params,)], num_local_clients=3).compressor
+    compressor = make(name, [(num_params,)], num_local_clients=3).compressor
     control = torch.tensor([bound], dtype=torch.float64)
     # Execute
     messages = compressor.encode(torch.from_numpy(v), round_idx=0, clients=torch.arange(3),
                                  weights=torch.from_numpy(weights), control=control)
     decoded = compressor.decode(messages, round_idx=0, control=control)
-    # Assert: fp16_compress_hook's cast of w_i v_i times the power of two 2^e with 2^e B <= 65504 / 2,
+    # Assert: fp16_compress_hook's cast of w_i v_i times the power of two 2^e with 2^e B <= max / 2,
     # written independently in numpy; 2 bytes per coordinate; decoding divides the scale back out
-    scale = 2.0 ** math.floor(math.log2(65504.0 / 2 / bound))
-    reference = (weights[:, None] * v * scale).astype(np.float16)
-    assert compressor.message_bytes() == reference[0].nbytes == 2 * num_params
-    np.testing.assert_array_equal(messages.numpy(), reference)
-    np.testing.assert_array_equal(decoded.numpy(), reference.astype(np.float64) / scale)
+    scale = 2.0 ** math.floor(math.log2(largest / 2 / bound))
+    bits, values = half_reference(weights[:, None] * v * scale, name)
+    assert compressor.message_bytes() == bits[0].nbytes == 2 * num_params
+    np.testing.assert_array_equal(messages.view(torch.int16).numpy().view(np.uint16), bits)
+    np.testing.assert_array_equal(decoded.numpy(), values / scale)
 
 
 def test_half_precision_scale_is_a_power_of_two_bounding_every_partial_sum() -> None:
