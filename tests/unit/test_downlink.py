@@ -21,12 +21,9 @@ from pfl_dist.exchange.downlink import Downlink, downlink_seed
 from pfl_dist.exchange.spec import parse_codec
 from pfl_dist.rundir import config_hash
 from tests.helpers import crash_and_resume, global_weights, messages_sent, read_metrics, run_inprocess
+from tests.unit.test_golden import SMALL  # 8 clients, half sampled, float64: the golden runs' shape
 
 SHAPES = [torch.Size((6, 4)), torch.Size((4,))]  # P = 28
-# 8 clients, half sampled, float64: the golden runs' shape (tests/unit/test_golden.py SMALL)
-SMALL = ("data.num_clients=8", "data.samples_per_client=50", "data.R=1.5", "run.seed=3",
-         "algorithm.num_local_steps=20", "algorithm.sample_fraction=0.5", "train.num_rounds=6",
-         "train.eval_every=3", "train.dtype=float64")
 # Fashion-MNIST (offline copy), logistic regression, 10 of 20 clients a round, one local epoch
 FASHION = ("data.kind=fashion_mnist", "data.num_partitions=40", "data.num_clients=20", "algorithm.name=fedavg",
            "algorithm.local_lr=0.01", "algorithm.batch_size=32", "algorithm.local_epochs=1",
