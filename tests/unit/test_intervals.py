@@ -286,7 +286,8 @@ def test_family_table_and_figure_over_three_seeds(tmp_path: Path, drawn: list[Sa
     assert float(by_method["Ditto λ=0.5"]["acc_personal ci95"]) == pytest.approx(half)
 
 
-IMAGE_SWEEPS = ("images.yaml", "codecs.yaml", "pfl_family.yaml", "pfl_family_dirichlet.yaml", "pfl_family_options.yaml")
+IMAGE_SWEEPS = ("images.yaml", "codecs.yaml", "downlink.yaml", "pfl_family.yaml", "pfl_family_dirichlet.yaml",
+                "pfl_family_options.yaml")
 
 
 @pytest.mark.parametrize("name", IMAGE_SWEEPS)
