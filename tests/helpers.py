@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,6 +36,16 @@ TINY = {"data.num_clients": 4, "data.samples_per_client": 40, "algorithm.num_loc
         "train.num_rounds": 4, "train.eval_every": 2}
 _IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B, np.dtype(np.int32): 0x0C,
               np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+
+
+def extending_blocks(section: str, language: str, subsection: str | None = None) -> list[str]:
+    """The code blocks of `language` in docs/EXTENDING.md's '## <section>' (or in its
+    '### <subsection>'), in order: the tests that keep the plug-in guide true read them."""
+    text = (REPO / "docs" / "EXTENDING.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    if subsection is not None:
+        body = body.split(f"\n### {subsection}", 1)[1].split("\n### ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", body, flags=re.DOTALL)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -24,21 +24,11 @@ import torch
 from pfl_dist.algorithms import ALGORITHMS, Algorithm
 from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.methods import METHODS, MethodInfo, read_builtins
-from tests.helpers import REPO
+from tests.helpers import REPO, extending_blocks
 from tests.unit import test_methods as method_tests
 from tests.unit import test_style as style_tests
 
 SHRINK = ("data.num_clients=2", "train.num_rounds=2", "train.eval_every=2")
-
-
-def section_blocks(language: str, subsection: str | None = None) -> list[str]:
-    """The code blocks of `language` in EXTENDING.md's '## An algorithm' section (or in its
-    '### <subsection>')."""
-    text = (REPO / "docs" / "EXTENDING.md").read_text()
-    section = text.split("\n## An algorithm\n", 1)[1].split("\n## ", 1)[0]
-    if subsection is not None:
-        section = section.split(f"\n### {subsection}", 1)[1].split("\n### ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
 
 
 def without_docstrings(source: str) -> str:
@@ -83,11 +73,11 @@ def train_documented_plugin(line: str, shrink: tuple[str, ...], out_dir: Path) -
 
 
 def test_the_documented_plugin_is_examples_custom_algorithm() -> None:
-    (code,) = section_blocks("python", "As a plug-in")
+    (code,) = extending_blocks("An algorithm", "python", "As a plug-in")
     assert without_docstrings(code) == without_docstrings((REPO / "examples" / "custom_algorithm.py").read_text())
 
 
-@pytest.mark.parametrize("line", section_blocks("sh", "As a plug-in")[0].strip().splitlines())
+@pytest.mark.parametrize("line", extending_blocks("An algorithm", "sh", "As a plug-in")[0].strip().splitlines())
 def test_the_documented_plugin_commands_train_with_exact_bytes(line: str, tmp_path: Path) -> None:
     # Execute: the command as documented, from the repo, shrunk and written under tmp_path
     args, run_dir = train_documented_plugin(line, SHRINK, tmp_path)
@@ -111,7 +101,7 @@ def test_the_documented_plugin_commands_train_with_exact_bytes(line: str, tmp_pa
 
 def test_the_documented_builtin_trains_in_a_copy_of_the_package_with_no_other_change(tmp_path: Path) -> None:
     # Prepare: a copy of pfl_dist, and the documented cp into it
-    copy_line, train_line = section_blocks("sh", "As a built-in")[0].strip().splitlines()
+    copy_line, train_line = extending_blocks("An algorithm", "sh", "As a built-in")[0].strip().splitlines()
     cp, source, target = shlex.split(copy_line)
     assert cp == "cp" and target.startswith("pfl_dist/algorithms/")
     shutil.copytree(REPO / "pfl_dist", tmp_path / "pfl_dist", ignore=shutil.ignore_patterns("__pycache__"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +19,12 @@ from pfl_dist.exchange.base import Codec, GatherLayout, RoundInput
 from pfl_dist.exchange.spec import ALL_GATHER, parse_codec, plugin_entry
 from pfl_dist.methods import INCREMENT
 from pfl_dist.sampling import sample_clients
-from tests.helpers import REPO
+from tests.helpers import REPO, extending_blocks
 from tests.unit.test_codecs import ThreadGroup
 from tests.unit.test_extending_algorithm import train_documented_plugin, without_docstrings
 
 SHRINK = ("data.num_clients=4", "train.num_rounds=2", "train.eval_every=2")
 PLUGIN = "custom_codec:ScaledSign"
-
-
-def section_blocks(language: str, subsection: str) -> list[str]:
-    text = (REPO / "docs" / "EXTENDING.md").read_text()
-    section = text.split("\n## A codec\n", 1)[1].split("\n## ", 1)[0]
-    section = section.split(f"\n### {subsection}", 1)[1].split("\n### ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
 
 
 @pytest.fixture
@@ -42,11 +34,11 @@ def examples_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_documented_plugin_is_examples_custom_codec() -> None:
-    (code,) = section_blocks("python", "As a plug-in")
+    (code,) = extending_blocks("A codec", "python", "As a plug-in")
     assert without_docstrings(code) == without_docstrings((REPO / "examples" / "custom_codec.py").read_text())
 
 
-@pytest.mark.parametrize("line", section_blocks("sh", "As a plug-in")[0].strip().splitlines())
+@pytest.mark.parametrize("line", extending_blocks("A codec", "sh", "As a plug-in")[0].strip().splitlines())
 def test_the_documented_plugin_commands_train_with_exact_bytes(line: str, tmp_path: Path) -> None:
     # Execute: the command as documented, from the repo, shrunk and written under tmp_path
     _, run_dir = train_documented_plugin(line, SHRINK, tmp_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -25,25 +24,18 @@ from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.launch import TORCHRUN_ENV
 from pfl_dist.tasks import DATASET_TASK, DATASET_UNUSED_KEYS, TASKS, TaskEntry, build_task
-from tests.helpers import REPO, read_summary, run_cli
+from tests.helpers import REPO, extending_blocks, read_summary, run_cli
 from tests.unit.test_dataset_plugin import check_dataset_kind
 
 SHRINK = ("train.num_rounds=3", "train.eval_every=3")
 
 
-def section_blocks(language: str) -> list[str]:
-    """The code blocks of `language` in EXTENDING.md's '## A dataset' section."""
-    text = (REPO / "docs" / "EXTENDING.md").read_text()
-    section = text.split("\n## A dataset\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
-
-
 def test_the_documented_dataset_is_examples_my_dataset() -> None:
-    (dataset_code, _api_code, _entry_code) = section_blocks("python")
+    (dataset_code, _api_code, _entry_code) = extending_blocks("A dataset", "python")
     assert dataset_code in (REPO / "examples" / "my_dataset.py").read_text()
 
 
-@pytest.mark.parametrize("line", section_blocks("sh")[0].strip().splitlines())
+@pytest.mark.parametrize("line", extending_blocks("A dataset", "sh")[0].strip().splitlines())
 def test_the_documented_commands_train(line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env, python, dash_m, module, *args = shlex.split(line)
     assert (env, python, dash_m, module) == ("PYTHONPATH=examples", "python", "-m", "pfl_dist.train")
@@ -59,7 +51,7 @@ def test_the_documented_commands_train(line: str, tmp_path: Path, monkeypatch: p
 
 def test_the_documented_python_call_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    (_dataset_code, api_code, _entry_code) = section_blocks("python")
+    (_dataset_code, api_code, _entry_code) = extending_blocks("A dataset", "python")
     monkeypatch.syspath_prepend(str(REPO / "examples"))
     monkeypatch.chdir(tmp_path)
     try:
@@ -78,7 +70,7 @@ def blobs_as_builtin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     exec(compile((REPO / "examples" / "my_dataset.py").read_text(), "pfl_dist/data/blobs.py", "exec"),  # noqa: S102
          module.__dict__)
     monkeypatch.setitem(sys.modules, "pfl_dist.data.blobs", module)
-    (_dataset_code, _api_code, entry_code) = section_blocks("python")
+    (_dataset_code, _api_code, entry_code) = extending_blocks("A dataset", "python")
     entries = eval("{" + entry_code + "}", {"TaskEntry": TaskEntry, "DATASET_TASK": DATASET_TASK,  # noqa: S307
                                             "DATASET_UNUSED_KEYS": DATASET_UNUSED_KEYS})
     monkeypatch.setitem(TASKS, "blobs", entries["blobs"])
@@ -112,7 +104,7 @@ def test_a_builtin_dataset_is_two_files_in_a_copy_of_the_package(tmp_path: Path)
     shutil.copytree(REPO / "pfl_dist", tmp_path / "pfl_dist", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "examples" / "my_dataset.py", tmp_path / "pfl_dist" / "data" / "blobs.py")
     registry = tmp_path / "pfl_dist" / "tasks" / "__init__.py"
-    (_dataset_code, _api_code, entry_code) = section_blocks("python")
+    (_dataset_code, _api_code, entry_code) = extending_blocks("A dataset", "python")
     opening = "TASKS: dict[str, TaskEntry] = {\n"
     assert registry.read_text().count(opening) == 1
     registry.write_text(registry.read_text().replace(opening, opening + textwrap.indent(entry_code, "    ")))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import re
 import shlex
 import sys
 import types
@@ -20,19 +19,12 @@ from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
 from pfl_dist.models import MODELS, MODULE_TASKS, ModelEntry
 from pfl_dist.models.module import ModuleModel
 from pfl_dist.tasks.images import build_image_model
-from tests.helpers import HAS_FASHION, REPO, read_summary, run_cli
+from tests.helpers import HAS_FASHION, REPO, extending_blocks, read_summary, run_cli
 from tests.unit import test_model_registry as registry_tests
 
 
-def section_blocks(language: str) -> list[str]:
-    """The code blocks of `language` in EXTENDING.md's '## A model' section."""
-    text = (REPO / "docs" / "EXTENDING.md").read_text()
-    section = text.split("\n## A model\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
-
-
 def test_the_documented_factory_is_examples_mlp_and_builds() -> None:
-    (factory_code, _entry_code) = section_blocks("python")
+    (factory_code, _entry_code) = extending_blocks("A model", "python")
     example = (REPO / "examples" / "mlp.py").read_text()
     assert factory_code in example  # the doc shows the shipped file's code
     namespace: dict[str, object] = {}
@@ -43,7 +35,7 @@ def test_the_documented_factory_is_examples_mlp_and_builds() -> None:
 
 
 @pytest.mark.skipif(not HAS_FASHION, reason="Debian package dataset-fashion-mnist not installed (make install)")
-@pytest.mark.parametrize("line", section_blocks("sh")[0].strip().splitlines())
+@pytest.mark.parametrize("line", extending_blocks("A model", "sh")[0].strip().splitlines())
 def test_the_documented_commands_train(line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env, python, dash_m, module, *args = shlex.split(line)
     assert (env, python, dash_m, module) == ("PYTHONPATH=examples", "python", "-m", "pfl_dist.train")
@@ -73,7 +65,7 @@ def mlp_as_builtin_module() -> Iterator[None]:
 def test_the_documented_builtin_entry_is_all_a_builtin_model_needs(mlp_as_builtin_module: None,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: the documented MODELS entry, added to the registry
-    (_factory_code, entry_code) = section_blocks("python")
+    (_factory_code, entry_code) = extending_blocks("A model", "python")
     entries = eval("{" + entry_code + "}", {"ModelEntry": ModelEntry, "MODULE_TASKS": MODULE_TASKS,  # noqa: S307
                                             "math": math})
     monkeypatch.setitem(MODELS, "mlp", entries["mlp"])
