@@ -125,6 +125,8 @@ class Trainer:
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, smoothness=self._smoothness(),
                                                     groups=self.task.parameter_groups(),
                                                     participation=num_sampled / cfg.data.num_clients)
+        # A plug-in written before cohorts has personal_models without `rows`: it computes every row.
+        self.personal_models_take_rows = "rows" in inspect.signature(self.algorithm.personal_models).parameters
         self.global_model = initial_model(cfg.model.init_file, self.task)
         self.algorithm.init_server_state(self.global_model)
         # Every per-client row of this rank's clients, declared by its owner (pfl_dist/store.py):
@@ -362,7 +364,7 @@ class Trainer:
         algorithm, rows = self.algorithm, self.cohort_rows
         if rows is None:
             return algorithm.personal_models(self.task, self.client_state, global_model, round_num)
-        if "rows" not in inspect.signature(algorithm.personal_models).parameters:
+        if not self.personal_models_take_rows:
             return algorithm.personal_models(self.task, self.client_state, global_model, round_num)[rows]
         return algorithm.personal_models(self.task, self.store.read("algo", rows), global_model, round_num, rows=rows)
 
