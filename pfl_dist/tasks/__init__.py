@@ -65,6 +65,7 @@ _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_par
 _SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "data.R", "data.center_scale")
 _SCALE, _MIN_SAMPLES, _PARAMS = "data.scale_features", "data.min_samples_per_client", "data.params"
 _LAZY = "data.lazy"  # only synthetic clients are materialized from their id (pfl_dist/data/lazy.py)
+_VAL = "data.val_fraction"  # validation rows: the image tasks' (pfl_dist/tasks/images.py)
 _IMAGES = TaskEntry(
     target="pfl_dist.tasks.images:ImageTask",
     unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS, _LAZY),
@@ -81,7 +82,8 @@ DATASET_UNUSED_KEYS = (*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _LA
 TASKS: dict[str, TaskEntry] = {
     "synthetic": TaskEntry(
         target="pfl_dist.tasks.synthetic:SyntheticTask",
-        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES, _PARAMS),
+        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES, _PARAMS,
+                     _VAL),
         description="the paper's generator: per-client softmax-regression data around true models",
         memory="pfl_dist.resources:synthetic_data_bytes",
     ),
@@ -109,7 +111,7 @@ TASKS: dict[str, TaskEntry] = {
         target="pfl_dist.tasks.client_files:ClientFilesTask",
         unused_keys=("data.samples_per_client", "data.R", "data.center_scale",
                      *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES, _PARAMS,
-                     _LAZY),
+                     _LAZY, _VAL),
         description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
         memory="pfl_dist.resources:client_files_data_bytes",
         input_files="pfl_dist.inputs:client_files_files",
