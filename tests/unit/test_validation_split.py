@@ -126,7 +126,7 @@ def test_val_metrics_are_computed_on_the_validation_rows(mnist_dir: Path) -> Non
     # trained on are excluded, log-probabilities floored at log(1e-12)).
     correct = loss = count = 0.0
     for rank in ranks:
-        for i, client in enumerate(rank.clients):
+        for client in rank.clients:
             w = models[client.client_id].numpy()
             weight, bias = w[: 784 * 10].reshape(784, 10), w[784 * 10:]  # (d, C) then the bias
             trained = np.unique(source.labels[client.train])
