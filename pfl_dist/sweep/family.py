@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from pfl_dist.errors import OneLineParser
+from pfl_dist.errors import ConfigError, OneLineParser
 from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.stats import t_interval
@@ -240,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pfl_dist: error: no finished runs under {args.results_dir}", flush=True)
         return 2
     out = args.out or args.results_dir
-    spec = tune_of(args.results_dir)
+    try:
+        spec = tune_of(args.results_dir)
+    except ConfigError as err:
+        print(f"pfl_dist: error: {err}", file=sys.stderr, flush=True)
+        return 2
     if spec is not None:  # a tuned sweep: the picks' table, and the grid with each pick beside it
         picks = select(runs, spec)
         out.mkdir(parents=True, exist_ok=True)

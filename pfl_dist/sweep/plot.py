@@ -511,7 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"pfl_dist.plot: error: {err}", file=sys.stderr)
         return 2
-    rendered = render(args.results_dir, out, prefix=args.prefix, targets=args.target, fmt=args.format)
+    try:
+        rendered = render(args.results_dir, out, prefix=args.prefix, targets=args.target, fmt=args.format)
+    except ConfigError as err:  # a tuned out dir whose sweep.yaml copy is damaged
+        print(f"pfl_dist.plot: error: {err}", file=sys.stderr)
+        return 2
     warning = world_size_warning(find_runs(args.results_dir))  # wire bytes of different W side by side
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,15 +75,15 @@ def parse_tune(raw: Any) -> TuneSpec:
 
 def tune_of(results_dir: Path) -> TuneSpec | None:
     """The `tune` section of the sweep file a sweep kept in its out dir; None for an untuned one
-    (or a folder of runs no sweep wrote)."""
+    (or a folder of runs no sweep wrote). ConfigError when the copy cannot be read or its section is bad."""
     copy = results_dir / SWEEP_COPY
     if not copy.is_file():
         return None
     try:
         raw = read_yaml(copy, what="sweep file")
-    except PflError:
-        return None
-    return parse_tune(raw["tune"]) if "tune" in raw else None
+        return parse_tune(raw["tune"]) if "tune" in raw else None
+    except PflError as err:  # a hand-edited copy: the table would show every grid run as a method's
+        raise ConfigError(f"{copy}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ def tuned_runs(results_dir: Path, runs: Sequence[Run]) -> list[Run]:
     missing = [p.variant for p in picks if p.chosen is None]
     if missing:
         print(f"pfl_dist: warning: no grid point of {', '.join(missing)} finished on every seed; "
-              "left out of the tuned table", flush=True)
+              "left out of the tuned table", file=sys.stderr, flush=True)
     return picked_runs(picks)
 
 

@@ -29,7 +29,7 @@ from pfl_dist.sweep.tuning import (
     validation_final,
     write_tuning,
 )
-from tests.helpers import REPO, write_learnable_mnist
+from tests.helpers import REPO, run_main, write_learnable_mnist
 
 VAL = TuneSpec(metric="val/acc_personal", goal="max")
 
@@ -182,3 +182,14 @@ def test_a_tuned_sweep_file_is_parsed_and_checked(tmp_path: Path, mnist_dir: Pat
     with pytest.raises(ConfigError, match=r"^tune.metric val/acc_personal is measured on validation rows: set "
                                           r"data.val_fraction > 0 for every point"):
         load_sweep(no_val)
+
+
+def test_a_damaged_tune_section_in_the_kept_sweep_file_is_one_line(tmp_path: Path) -> None:
+    grid_runs(tmp_path)
+    (tmp_path / "sweep.yaml").write_text("tune: {metric: eval/acc_personal}\n")
+    for module in ("pfl_dist.sweep.family", "pfl_dist.plot"):
+        result = run_main(str(tmp_path), module=module)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{tmp_path / 'sweep.yaml'}: tune.metric must be a metric of the validation" \
+            in lines[0], result.stderr
