@@ -122,7 +122,7 @@ class DataConfig:
     # per-client held-out test split, drawn from (seed, client); auto = 0.1 for the image data sets
     # (the paper's 90/10), none for client_files (every row trains; its metrics are train/...)
     test_fraction: float | Auto = "auto"
-    # images: the fraction of each client's training rows (what the test split left) held out as
+    # images and client_files: the fraction of each client's training rows (what the test split left) held out as
     # its validation rows, drawn from (seed, client) like the test split: never trained on, measured
     # as val/... (acc_personal, loss_personal) beside eval/...; 0 = none (every training row trains)
     val_fraction: float = 0.0

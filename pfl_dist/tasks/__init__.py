@@ -65,7 +65,7 @@ _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_par
 _SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "data.R", "data.center_scale")
 _SCALE, _MIN_SAMPLES, _PARAMS = "data.scale_features", "data.min_samples_per_client", "data.params"
 _LAZY = "data.lazy"  # only synthetic clients are materialized from their id (pfl_dist/data/lazy.py)
-_VAL = "data.val_fraction"  # validation rows: the image tasks' (pfl_dist/tasks/images.py)
+_VAL = "data.val_fraction"  # validation rows: the image tasks' and client_files' (not the synthetic generator's)
 _IMAGES = TaskEntry(
     target="pfl_dist.tasks.images:ImageTask",
     unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS, _LAZY),
@@ -111,7 +111,7 @@ TASKS: dict[str, TaskEntry] = {
         target="pfl_dist.tasks.client_files:ClientFilesTask",
         unused_keys=("data.samples_per_client", "data.R", "data.center_scale",
                      *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES, _PARAMS,
-                     _LAZY, _VAL),
+                     _LAZY),
         description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
         memory="pfl_dist.resources:client_files_data_bytes",
         input_files="pfl_dist.inputs:client_files_files",
