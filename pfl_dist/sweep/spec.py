@@ -241,7 +241,7 @@ def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
     base_config = read_yaml(base_path) if base_path is not None else {}  # a broken base is named now
     grid = _parse_axes(raw.get("grid", {}), "grid", lists_only=True)
     variants = _parse_variants(raw["variants"], grid) if "variants" in raw else {}
-    tune = parse_tune(raw["tune"]) if "tune" in raw else None
+    tune = parse_tune(raw["tune"], raw.get("variants")) if "tune" in raw else None
     _require(tune is None or not grid, "tune picks per variant: a tuned sweep has no top-level grid (put each "
              "method's grid in its variant)")
     _require(tune is None or bool(variants), "tune picks per variant: give the methods as variants, each with its grid")

@@ -15,7 +15,8 @@ over the seeds of the final `metric`. The metric must be one measured on the cli
 rows (`val/...`, data.val_fraction > 0): selection never reads a test (`eval/`) metric, so the
 test metrics of the pick are an honest report. A grid point counts only when it finished on as
 many seeds as the variant's most complete point (a partial --only run picks nothing it cannot
-compare); ties go to the first value of the grid.
+compare); ties go to the first value of the grid. The grid is the one the sweep file states (kept
+as sweep.yaml in the out dir): a value with no finished run is listed as not run, never picked.
 
 The picks are not rerun: the grid runs already hold them (same config, same seeds, so a rerun
 would repeat them bit for bit), and the pick's test metrics are read from its grid runs. What is
@@ -30,9 +31,10 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -51,13 +53,16 @@ SWEEP_COPY = "sweep.yaml"  # the sweep file as run, kept in its out dir by the s
 class TuneSpec:
     metric: str  # a validation metric's tag: val/acc_personal, val/loss_personal
     goal: str  # "max" or "min"
+    # variant -> (tuned keys, grid values): the grids the sweep file states (`stated_grids`)
+    grids: dict[str, tuple[tuple[str, ...], tuple[tuple[Any, ...], ...]]] = field(default_factory=dict)
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.goal == "max" else a < b
 
 
-def parse_tune(raw: Any) -> TuneSpec:
-    """The `tune` section: its metric must be a validation metric (val/...), never a test metric."""
+def parse_tune(raw: Any, variants: Any = None) -> TuneSpec:
+    """The `tune` section: its metric must be a validation metric (val/...), never a test metric;
+    `variants` (the sweep file's) state the grids."""
     if not isinstance(raw, dict):
         raise ConfigError(f"tune must be a mapping such as {{metric: val/acc_personal}}, got {raw!r}")
     unknown = [key for key in raw if key not in TUNE_KEYS]
@@ -70,7 +75,7 @@ def parse_tune(raw: Any) -> TuneSpec:
     goal = raw.get("goal", "min" if "loss" in metric else "max")
     if goal not in ("max", "min"):
         raise ConfigError(f"tune.goal must be 'max' or 'min', got {goal!r}")
-    return TuneSpec(metric=metric, goal=goal)
+    return TuneSpec(metric=metric, goal=goal, grids=stated_grids(variants))
 
 
 def tune_of(results_dir: Path) -> TuneSpec | None:
@@ -81,7 +86,7 @@ def tune_of(results_dir: Path) -> TuneSpec | None:
         return None
     try:
         raw = read_yaml(copy, what="sweep file")
-        return parse_tune(raw["tune"]) if "tune" in raw else None
+        return parse_tune(raw["tune"], raw.get("variants")) if "tune" in raw else None
     except PflError as err:  # a hand-edited copy: the table would show every grid run as a method's
         raise ConfigError(f"{copy}: {err}") from None
 
@@ -115,10 +120,14 @@ def validation_final(run: Run, metric: str) -> float | None:
 
 
 def select(runs: Sequence[Run], spec: TuneSpec) -> list[Pick]:
-    """Per variant (in the runs' order), the grid point with the best mean validation metric over
-    its seeds. The runs are a sweep's (their sweep_point.json names variant and varied values)."""
+    """Per variant (in the stated order, then the runs'), the grid point with the best mean
+    validation metric over its seeds. The runs are a sweep's (their sweep_point.json names variant
+    and varied values); a stated grid value without a finished run is listed, never picked."""
     groups: dict[str, dict[tuple[Any, ...], list[Run]]] = {}
     keys_of: dict[str, tuple[str, ...]] = {}
+    for variant, (keys, grid) in spec.grids.items():
+        keys_of[variant] = keys
+        groups[variant] = {values: [] for values in grid}
     for run in runs:
         variant = run.point.get("variant")
         variant = str(variant) if variant is not None else run.method
@@ -127,11 +136,13 @@ def select(runs: Sequence[Run], spec: TuneSpec) -> list[Pick]:
         groups.setdefault(variant, {}).setdefault(tuple(values.get(k) for k in keys), []).append(run)
     picks = []
     for variant, grid in groups.items():
+        if not any(grid.values()):
+            continue  # no run of this method yet: nothing to report
         seeds = max(len({r.config["run"]["seed"] for r in members}) for members in grid.values())
         candidates = []
         for values, members in grid.items():
             scores = [validation_final(run, spec.metric) for run in members]
-            complete = len({r.config["run"]["seed"] for r in members}) == seeds and None not in scores
+            complete = bool(members) and len({r.config["run"]["seed"] for r in members}) == seeds and None not in scores
             candidates.append(Candidate(values=values, runs=tuple(members),
                                         score=fmean(s for s in scores if s is not None) if complete else None))
         chosen: Candidate | None = None
@@ -139,10 +150,21 @@ def select(runs: Sequence[Run], spec: TuneSpec) -> list[Pick]:
         for candidate in candidates:  # the first of equal scores wins
             if candidate.score is not None and (chosen is None or spec.better(candidate.score, best)):
                 chosen, best = candidate, candidate.score
-        first = candidates[0].runs[0]
+        first = next(c.runs[0] for c in candidates if c.runs)
         picks.append(Pick(variant=variant, method=first.info.label, keys=keys_of[variant],
                           candidates=tuple(candidates), chosen=chosen))
     return picks
+
+
+def stated_grids(variants: Any) -> dict[str, tuple[tuple[str, ...], tuple[tuple[Any, ...], ...]]]:
+    """variant -> (its tuned keys, its grid values in the sweep's order): the lists of each variant
+    of a sweep file (their product, as the sweep expands them); () and one empty point without."""
+    grids = {}
+    for name, axes in (variants if isinstance(variants, dict) else {}).items():
+        if isinstance(axes, dict):
+            keys = tuple(str(k) for k, v in axes.items() if isinstance(v, list))
+            grids[str(name)] = (keys, tuple(itertools.product(*(axes[k] for k in keys))))
+    return grids
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -225,7 +247,8 @@ def tuning_markdown(picks: Sequence[Pick], spec: TuneSpec) -> str:
     head = ["method", "tuned", "grid", f"mean final {spec.metric} per grid value ({spec.goal})", "seeds", "pick"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for pick in picks:
-        scores = " / ".join("incomplete" if c.score is None else f"{c.score:.4f}" for c in pick.candidates)
+        scores = " / ".join("not run" if not c.runs else "incomplete" if c.score is None else f"{c.score:.4f}"
+                            for c in pick.candidates)
         seeds = max(len(c.runs) for c in pick.candidates)
         chosen = ("-" if not pick.keys else "none (no grid value finished on every seed)" if pick.chosen is None
                   else ", ".join(map(value_text, pick.chosen.values)))

@@ -165,7 +165,8 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_tuned_sweep_file_is_parsed_and_checked(tmp_path: Path, mnist_dir: Path) -> None:
     loaded = load_sweep(sweep(tmp_path, mnist_dir))
-    assert loaded.tune == VAL
+    assert loaded.tune is not None and (loaded.tune.metric, loaded.tune.goal) == ("val/acc_personal", "max")
+    assert loaded.tune.grids == {"ditto": (("algorithm.lam",), ((0.1,), (1.0,))), "fedavg": ((), ((),))}
     assert sorted(p.name for p in loaded.points) == sorted(
         f"{v}__seed={s}" for v in ("ditto__lam=0.1", "ditto__lam=1.0", "fedavg") for s in (0, 1))
     bad = {
@@ -193,3 +194,19 @@ def test_a_damaged_tune_section_in_the_kept_sweep_file_is_one_line(tmp_path: Pat
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and f"{tmp_path / 'sweep.yaml'}: tune.metric must be a metric of the validation" \
             in lines[0], result.stderr
+
+
+def test_the_stated_grid_is_reported_whole_and_a_value_not_run_is_never_picked(tmp_path: Path) -> None:
+    # Prepare: the sweep file states lam 0.1 / 0.5 / 2 / 8, and 8 has no run
+    spec = parse_tune({"metric": "val/acc_personal"},
+                      {"ditto": {"algorithm.name": "ditto", "algorithm.lam": [0.1, 0.5, 2.0, 8.0]},
+                       "apfl": {"algorithm.name": "apfl", "algorithm.alpha": [0.25, 0.75]},
+                       "fedavg": {"algorithm.name": "fedavg"}})
+    picks = {p.variant: p for p in select(grid_runs(tmp_path), spec)}
+    ditto = picks["ditto"]
+    assert [c.values for c in ditto.candidates] == [(0.1,), (0.5,), (2.0,), (8.0,)]
+    assert ditto.candidates[-1].runs == () and ditto.candidates[-1].score is None
+    assert ditto.chosen is not None and ditto.chosen.values == (0.5,)
+    assert picked_label(ditto) == "Ditto (λ=0.5, picked from 0.1/0.5/2/8)"
+    assert "| Ditto | algorithm.lam | 0.1/0.5/2/8 | 0.7050 / 0.8050 / 0.7550 / not run | 2 | 0.5 |" in \
+        write_tuning(tmp_path, list(picks.values()), spec).read_text()
