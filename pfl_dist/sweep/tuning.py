@@ -125,15 +125,15 @@ def select(runs: Sequence[Run], spec: TuneSpec) -> list[Pick]:
     and varied values); a stated grid value without a finished run is listed, never picked."""
     groups: dict[str, dict[tuple[Any, ...], list[Run]]] = {}
     keys_of: dict[str, tuple[str, ...]] = {}
-    for variant, (keys, grid) in spec.grids.items():
-        keys_of[variant] = keys
-        groups[variant] = {values: [] for values in grid}
+    for name, (stated_keys, stated) in spec.grids.items():
+        keys_of[name] = stated_keys
+        groups[name] = {values: [] for values in stated}
     for run in runs:
-        variant = run.point.get("variant")
-        variant = str(variant) if variant is not None else run.method
-        values = run.point.get("values") or {}
-        keys = keys_of.setdefault(variant, tuple(values))
-        groups.setdefault(variant, {}).setdefault(tuple(values.get(k) for k in keys), []).append(run)
+        recorded = run.point.get("variant")
+        variant = str(recorded) if recorded is not None else run.method
+        point_values = run.point.get("values") or {}
+        keys = keys_of.setdefault(variant, tuple(point_values))
+        groups.setdefault(variant, {}).setdefault(tuple(point_values.get(k) for k in keys), []).append(run)
     picks = []
     for variant, grid in groups.items():
         if not any(grid.values()):
