@@ -122,6 +122,10 @@ class DataConfig:
     # per-client held-out test split, drawn from (seed, client); auto = 0.1 for the image data sets
     # (the paper's 90/10), none for client_files (every row trains; its metrics are train/...)
     test_fraction: float | Auto = "auto"
+    # images and client_files: the fraction of each client's training rows (what the test split left) held out as
+    # its validation rows, drawn from (seed, client) like the test split: never trained on, measured
+    # as val/... (acc_personal, loss_personal) beside eval/...; 0 = none (every training row trains)
+    val_fraction: float = 0.0
     # client_files: divide each client's features by their standard deviation (no centring);
     # auto = on for CSV files (the reference code's StandardScaler(with_mean=False)), off for NPZ
     scale_features: bool | Auto = "auto"
@@ -161,6 +165,8 @@ class DataConfig:
         _require(self.alpha > 0, "data.alpha", f"must be > 0, got {self.alpha}")
         _require(self.test_fraction == "auto" or 0 < self.test_fraction < 1, "data.test_fraction",
                  f"must be in (0, 1) or 'auto', got {self.test_fraction}")
+        _require(0 <= self.val_fraction < 1, "data.val_fraction",
+                 f"must be in [0, 1) (0 = no validation rows), got {self.val_fraction}")
 
     @property
     def held_out_fraction(self) -> float:

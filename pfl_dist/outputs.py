@@ -40,19 +40,26 @@ def check_result_paths(run_dir: Path) -> None:
 
 PARAMETER_ERRORS = ("ITR", "ATR", "IOR", "AOR")  # distances of the models to the truth: no data split
 SE_SUFFIX = "_se"  # a metric's standard error on an evaluation cohort (pfl_dist/evaluation.py): tagged as the metric
+SPLITS = ("train", "eval")  # where a bare metric name is measured (a task's `metrics_measured_on`)
+VAL_PREFIX = "val/"  # metrics on the clients' validation rows (data.val_fraction): named with their split
 
 
 def metric_tag(name: str, measured_on: str) -> str:
     """'train/loss_personal' for a metric measured on training samples, 'eval/acc_global' for one
-    measured on a test split; the parameter errors are always eval/. The name of a metric in
-    TensorBoard, metrics.jsonl, summary.json `final`, results.csv and the printed lines. A
+    measured on a test split; the parameter errors are always eval/; a metric a task names with its
+    split already ('val/acc_personal', on the validation rows) stays as it is. The name of a metric
+    in TensorBoard, metrics.jsonl, summary.json `final`, results.csv and the printed lines. A
     standard error sits beside its metric: 'eval/ITR_se', 'train/acc_personal_se'."""
+    if "/" in name:
+        return name
     return f"eval/{name}" if name.removesuffix(SE_SUFFIX) in PARAMETER_ERRORS else f"{measured_on}/{name}"
 
 
 def metric_name(tag: str) -> str:
-    """A metric's bare name from its tag: 'train/loss_global' -> 'loss_global'."""
-    return tag.rsplit("/", 1)[-1]
+    """A metric's name from its tag: 'train/loss_global' -> 'loss_global'; a validation metric
+    keeps its split ('val/acc_personal'), so it never shadows the test metric of the same name."""
+    split, sep, name = tag.partition("/")
+    return name if sep and split in SPLITS else tag
 
 
 def parse_record(line: bytes | str) -> dict[str, Any] | None:

@@ -98,7 +98,8 @@ IGNORED_KEYS = ("run.name", "run.out_dir", "run.device", "data.download", "data.
 # for a method whose results at that value changed with the key (`MethodInfo.results_changed_with`).
 LATER_KEYS: dict[str, Any] = {"algorithm.client_weights": "auto", "algorithm.inner_warm_start": False,
                               "model.head": None, "algorithm.params": {}, "data.params": {},
-                              "train.eval_clients": "auto", "comm.downlink_codec": "none"}
+                              "train.eval_clients": "auto", "comm.downlink_codec": "none",
+                              "data.val_fraction": 0.0}
 EVAL_CLIENTS_KEY = "train.eval_clients"
 IGNORED_SECTIONS = ("checkpoint",)
 LOCK_FILE = ".lock"

@@ -184,7 +184,7 @@ def hparams_summaries(hparams: dict[str, Any], metric_tags: list[str]) -> list[A
 def hparams_metric_tags(tags: list[str]) -> list[str]:
     """The HParams metric columns, given the run's metric tags: final accuracy, FL bytes, wire
     bytes, then the other metrics."""
-    first = [tag for tag in tags if tag.endswith("/acc_personal")]
+    first = [tag for tag in tags if tag.endswith("/acc_personal") and not tag.startswith("val/")]
     return [*first, FL_BYTES_TAG, WIRE_BYTES_TAG, *(tag for tag in tags if tag not in first)]
 
 

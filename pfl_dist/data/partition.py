@@ -28,6 +28,7 @@ _DIRICHLET = _purpose("dirichlet")
 _IID = _purpose("iid")
 _SPLIT = _purpose("client_split")
 _SELECT = _purpose("select_clients")
+_VALIDATION = _purpose("validation_split")
 
 
 def _rng(seed: int, purpose: int, *ids: int) -> np.random.Generator:
@@ -280,6 +281,30 @@ def train_test_split_client(
         )
     order = _rng(seed, _SPLIT, client_id).permutation(indices.size)
     return np.sort(indices[order[num_test:]]), np.sort(indices[order[:num_test]])
+
+
+def validation_split_client(
+    indices: np.ndarray, *, val_fraction: float, seed: int, client_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split one client's training indices into (train, validation), as `train_test_split_client`
+    does (round-half-up size, at least 1 when val_fraction > 0, train never empty, both sorted,
+    disjoint, together `indices`) but from its own stream keyed by (seed, client_id): the test
+    split is drawn first and is the same with or without validation rows."""
+    indices = np.asarray(indices, dtype=np.int64)
+    _check_int("seed", seed, low=0)
+    _check_int("client_id", client_id, low=0)
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if val_fraction == 0:
+        return indices, np.zeros(0, dtype=np.int64)
+    num_val = max(int(np.floor(indices.size * val_fraction + 0.5)), 1)
+    if num_val >= indices.size:
+        raise DataError(
+            f"too few samples: client {client_id} has {indices.size} training samples, cannot keep "
+            f"{num_val} for validation (val_fraction={val_fraction}) and still train"
+        )
+    order = _rng(seed, _VALIDATION, client_id).permutation(indices.size)
+    return np.sort(indices[order[num_val:]]), np.sort(indices[order[:num_val]])
 
 
 def select_clients(num_partitions: int, *, num_clients: int, seed: int) -> np.ndarray:

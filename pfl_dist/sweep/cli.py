@@ -161,6 +161,18 @@ def report(sweep: Sweep) -> None:
     print(f"redraw: {python_command()} -m pfl_dist.plot {shlex.quote(str(sweep.out_dir))}")
 
 
+def report_tuning(sweep: Sweep) -> None:
+    """A tuned sweep: each method's pick on the validation rows, as tuning.md/.csv (pfl_dist/sweep/tuning.py)."""
+    from pfl_dist.sweep.tuning import select, tuning_markdown, write_tuning
+
+    assert sweep.tune is not None
+    picks = select(find_runs(sweep.out_dir), sweep.tune)
+    path = write_tuning(sweep.out_dir, picks, sweep.tune)
+    print(f"\ntuning (picked on {sweep.tune.metric}, never on test metrics):")
+    print(tuning_markdown(picks, sweep.tune), end="")
+    print(f"tuning: {path} (and .csv)")
+
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted()
 
@@ -198,6 +210,8 @@ def finish(sweep: Sweep, runner: JobRunner, status: str, *, wall_s: float, plot:
         print(f"  failed {name}: {reason}")
     if missing:
         print(f"rerun the same command to run the {missing} missing point(s); complete ones are skipped")
+    if sweep.tune is not None and rows:
+        report_tuning(sweep)
     if plot and rows and status != "interrupted":
         report(sweep)
     print(f"TensorBoard: {tool_command('tensorboard', module='tensorboard.main')} --logdir "

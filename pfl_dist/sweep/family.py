@@ -19,6 +19,10 @@ paired interval to FedAvg, LocalTrain or FedCLUP on the same seeds excludes 0 (a
 table says how), the curve is the mean with a shaded band, and the bytes to the target are the
 mean curve's. With one seed per method everything is as the run recorded it.
 
+A tuned sweep's out dir (its sweep file has `tune`: pfl_dist/sweep/tuning.py) gets tuning.md/.csv
+too, and the table and figure show only each method's pick (picked on the validation rows, never
+on test metrics), named with it: `Ditto (λ=0.5, picked from 0.1/0.5/2)`.
+
 `python -m pfl_dist.plot RESULTS_DIR` writes the same two files (with its --prefix) when the runs
 compare FAMILY_METHODS or more methods and vary none of the settings it draws on an axis.
 """
@@ -27,13 +31,14 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from pfl_dist.errors import OneLineParser
+from pfl_dist.errors import ConfigError, OneLineParser
 from pfl_dist.outputs import format_bytes, write_bytes_atomic
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.stats import t_interval
@@ -53,6 +58,7 @@ from pfl_dist.sweep.style import (
     seeds_note,
 )
 from pfl_dist.sweep.tradeoff import Final, build_curves, csv_row, final_cell, interval_note, references_in
+from pfl_dist.sweep.tuning import select, tune_of, tuned_runs, tuning_markdown, write_tuning
 
 FAMILY_METHODS = 4  # runs of this many methods or more are a family comparison: pfl_dist.plot draws it too
 COLUMNS = ("method", "measured_on", "acc_personal", "acc_personal_mean", "acc_personal_p10", "acc_personal_std",
@@ -235,6 +241,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pfl_dist: error: no finished runs under {args.results_dir}", flush=True)
         return 2
     out = args.out or args.results_dir
+    try:
+        spec = tune_of(args.results_dir)
+    except ConfigError as err:
+        print(f"pfl_dist: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    if spec is not None:  # a tuned sweep: the picks' table, and the grid with each pick beside it
+        picks = select(runs, spec)
+        out.mkdir(parents=True, exist_ok=True)
+        print(tuning_markdown(picks, spec), end="")
+        print(f"wrote {write_tuning(out, picks, spec)} (and .csv)\n")
+        runs = tuned_runs(args.results_dir, runs)
+        if not runs:
+            print(f"pfl_dist: error: no method of {args.results_dir} has a grid value finished on every seed",
+                  flush=True)
+            return 2
     path, table = write_family(runs, out, fraction=args.fraction)
     print(table.read_text(), end="")
     print(f"wrote {table}, {table.with_suffix('.csv')}, {path}")

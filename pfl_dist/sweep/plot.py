@@ -81,6 +81,7 @@ from pfl_dist.sweep.tradeoff import (
     world_size_warning,
     write_table,
 )
+from pfl_dist.sweep.tuning import tuned_runs
 
 AXIS_KEYS = ("data.R", "algorithm.num_local_steps", "data.classes_per_client", "comm.codec", "comm.downlink_codec")
 FACET_KEYS = ("data.kind", "data.R", "data.classes_per_client")  # problem settings: one panel per value
@@ -479,7 +480,7 @@ def choose_figures(runs: Sequence[Run], out: Path, prefix: str, fmt: str = "png"
 
 def render(results_dir: Path, out: Path, *, prefix: str = "", targets: Sequence[float] | None = None,
            fmt: str = "png") -> Rendered:
-    runs = find_runs(results_dir)
+    runs = tuned_runs(results_dir, find_runs(results_dir))  # a tuned sweep: its picks only
     if not runs:
         raise SystemExit(f"pfl_dist.plot: error: no finished runs (summary.json) below {results_dir}")
     figures = choose_figures(runs, out, prefix, fmt)
@@ -510,7 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"pfl_dist.plot: error: {err}", file=sys.stderr)
         return 2
-    rendered = render(args.results_dir, out, prefix=args.prefix, targets=args.target, fmt=args.format)
+    try:
+        rendered = render(args.results_dir, out, prefix=args.prefix, targets=args.target, fmt=args.format)
+    except ConfigError as err:  # a tuned out dir whose sweep.yaml copy is damaged
+        print(f"pfl_dist.plot: error: {err}", file=sys.stderr)
+        return 2
     warning = world_size_warning(find_runs(args.results_dir))  # wire bytes of different W side by side
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ A sweep YAML (configs/sweeps/*.yaml):
       fedclup: {algorithm.name: fedclup, algorithm.lam: [0.02, 0.1, 0.5]}
     grid: {data.R: [0.1, 1.0, 3.0]}  # crossed with every variant
     seeds: [0]                       # or `repetitions: 3` for seeds 0, 1, 2
+    tune: {metric: val/acc_personal} # optional: each variant's lists are its tuning grid (tuning.py)
     launch: {nproc_per_node: 2, torchrun_args: [], mode: per_point, jobs: 1}
 
 Variants exist because a pure cartesian product cannot say "FedAvg once, FedCLUP at three
@@ -24,6 +25,10 @@ the sweep varies (a list in the grid or in a variant) is refused in one line: ov
 collapse that axis while the point names still name its values. Every point's
 config is built and validated here, so a bad value costs one line before any process starts.
 Points of one variant whose configs are equal once validated (a grid of [1.0, 1]) run once.
+
+`tune` (pfl_dist/sweep/tuning.py) makes each variant's lists a grid to pick from on the validation
+rows: every point of it must then measure them (data.val_fraction > 0), and the sweep has no
+top-level `grid` (a pick is per variant).
 """
 
 from __future__ import annotations
@@ -52,9 +57,11 @@ from pfl_dist.config import (
     read_yaml,
 )
 from pfl_dist.errors import ConfigError, PflError
+from pfl_dist.sweep.tuning import TuneSpec, parse_tune
 
 Mode = Literal["per_point", "in_job"]
-_TOP_KEYS = ("description", "base", "out_dir", "overrides", "variants", "grid", "seeds", "repetitions", "launch")
+_TOP_KEYS = ("description", "base", "out_dir", "overrides", "variants", "grid", "seeds", "repetitions", "launch",
+             "tune")
 _LAUNCH_KEYS = ("nproc_per_node", "torchrun_args", "mode", "jobs")
 _SWEEP_OWNED = ("run.name", "run.out_dir", "run.seed")  # set per point by the sweep itself
 MAX_POINTS = 100_000  # a sweep file's points; at ~1 s each that is already more than a day
@@ -114,6 +121,7 @@ class Sweep:
     base_config: dict[str, Any] = field(default_factory=dict)  # the base file, parsed once
     given: dict[str, Any] = field(default_factory=dict)  # the overrides given at the start, for every point
     text: bytes = b""  # the sweep file's bytes (a mapping's YAML), kept as out_dir/sweep.yaml
+    tune: TuneSpec | None = None  # each variant's lists are a grid picked from on validation rows
 
 
 def _require(ok: bool, message: str) -> None:
@@ -233,6 +241,10 @@ def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
     base_config = read_yaml(base_path) if base_path is not None else {}  # a broken base is named now
     grid = _parse_axes(raw.get("grid", {}), "grid", lists_only=True)
     variants = _parse_variants(raw["variants"], grid) if "variants" in raw else {}
+    tune = parse_tune(raw["tune"], raw.get("variants")) if "tune" in raw else None
+    _require(tune is None or not grid, "tune picks per variant: a tuned sweep has no top-level grid (put each "
+             "method's grid in its variant)")
+    _require(tune is None or bool(variants), "tune picks per variant: give the methods as variants, each with its grid")
     launch_raw = {**_mapping(raw.get("launch", {}), "launch"), **(launch_overrides or {})}
     out = out_dir or raw.get("out_dir") or f"runs/sweeps/{path.stem}"
     _require(isinstance(out, str), f"out_dir must be a path, got {out!r}")
@@ -240,7 +252,7 @@ def parse_sweep(raw: dict[str, Any], *, path: Path, out_dir: str | None = None,
     return Sweep(path=path, base=base_path, out_dir=Path(out),
                  overrides=_parse_axes(raw.get("overrides", {}), "overrides", lists_only=False),
                  variants=variants, grid=grid, seeds=_parse_seeds(raw), launch=_parse_launch(launch_raw),
-                 base_config=base_config, given=parse_given(overrides, grid, variants))
+                 base_config=base_config, given=parse_given(overrides, grid, variants), tune=tune)
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
@@ -339,6 +351,10 @@ def expand_points(sweep: Sweep) -> tuple[Point, ...]:
     names = [p.name for p in points]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     _require(duplicate is None, f"sweep: two points share the name {duplicate}; make variant names distinct")
+    without = next((p for p in points if p.cfg.data.val_fraction == 0), None)
+    _require(sweep.tune is None or without is None, f"tune.metric {sweep.tune.metric if sweep.tune else ''} is "
+             f"measured on validation rows: set data.val_fraction > 0 for every point (in overrides; "
+             f"{without.name if without else ''} has none)")
     if sweep.launch.mode == "in_job":
         shared = {(p.cfg.run.device, p.cfg.comm.backend, p.cfg.comm.timeout_s) for p in points}
         _require(len(shared) <= 1, "launch.mode in_job needs the same run.device, comm.backend and "

@@ -65,6 +65,7 @@ _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_par
 _SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "data.R", "data.center_scale")
 _SCALE, _MIN_SAMPLES, _PARAMS = "data.scale_features", "data.min_samples_per_client", "data.params"
 _LAZY = "data.lazy"  # only synthetic clients are materialized from their id (pfl_dist/data/lazy.py)
+_VAL = "data.val_fraction"  # validation rows: the image tasks' and client_files' (not the synthetic generator's)
 _IMAGES = TaskEntry(
     target="pfl_dist.tasks.images:ImageTask",
     unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS, _LAZY),
@@ -81,7 +82,8 @@ DATASET_UNUSED_KEYS = (*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _LA
 TASKS: dict[str, TaskEntry] = {
     "synthetic": TaskEntry(
         target="pfl_dist.tasks.synthetic:SyntheticTask",
-        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES, _PARAMS),
+        unused_keys=(*_IMAGE_ONLY, "algorithm.batch_size", "algorithm.local_epochs", _SCALE, _MIN_SAMPLES, _PARAMS,
+                     _VAL),
         description="the paper's generator: per-client softmax-regression data around true models",
         memory="pfl_dist.resources:synthetic_data_bytes",
     ),

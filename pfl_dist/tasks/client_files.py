@@ -13,6 +13,10 @@ processes. The test rows are never trained on: the local solver, the smoothness 
 the feature scale see only the training rows, and the losses and accuracies are measured on the
 test rows (named eval/...). `auto` (the default) keeps every row for training, as the reference
 code does, and the losses and accuracies are then measured on those training rows (train/...).
+With `data.val_fraction` > 0 the training rows (what the test split left) are split again, by the
+images' `validation_split_client` from (run.seed, client id): the validation rows are never
+trained on (nor enter L or the feature scale) and each client's own model is measured on them as
+val/loss_personal and val/acc_personal.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pfl_dist.data.client_files import (
     read_client,
     read_true_models,
 )
-from pfl_dist.data.partition import train_test_split_client
+from pfl_dist.data.partition import train_test_split_client, validation_split_client
 from pfl_dist.errors import DataError
 from pfl_dist.models.init_file import check_init_file
 from pfl_dist.models.linear import LinearSoftmax
@@ -56,6 +60,17 @@ def held_out_split(cfg: Config, client: int, num_rows: int) -> tuple[np.ndarray,
     except DataError:  # too few rows to hold some out: name the key and the client
         raise DataError(f"data.test_fraction={fraction:g}: client {client + 1} has {num_rows} row(s), too few to "
                         "hold a test split out and still train") from None
+
+
+def validation_split(cfg: Config, client: int, train_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of client `client`'s training rows (data.val_fraction; the
+    images' `validation_split_client`, from (run.seed, client id) alone); none at 0."""
+    fraction = cfg.data.val_fraction
+    try:
+        return validation_split_client(train_rows, val_fraction=fraction, seed=cfg.run.seed, client_id=client)
+    except DataError:  # too few training rows to hold some out: name the key and the client
+        raise DataError(f"data.val_fraction={fraction:g}: client {client + 1} has {len(train_rows)} training "
+                        "row(s), too few to hold validation rows out and still train") from None
 
 
 def _rows(arrays: ClientArrays, rows: np.ndarray) -> ClientArrays:
@@ -88,6 +103,8 @@ class ClientFilesTask(LinearClientsTask):
         self.arrays: list[ClientArrays] = clients  # as read, for inspection
         splits = [held_out_split(cfg, client, len(arrays.labels)) for client, arrays in zip(client_ids, clients,
                                                                                           strict=True)]
+        validation = [validation_split(cfg, client, rows) for client, (rows, _) in zip(client_ids, splits, strict=True)]
+        splits = [(train_rows, test_rows) for (train_rows, _), (_, test_rows) in zip(validation, splits, strict=True)]
         train = [_rows(arrays, rows) for arrays, (rows, _) in zip(clients, splits, strict=True)]
         scale = np.ones((len(clients), data.dim))
         for i, arrays in enumerate(train):
@@ -104,6 +121,10 @@ class ClientFilesTask(LinearClientsTask):
             test = [_rows(arrays, rows) for arrays, (_, rows) in zip(clients, splits, strict=True)]
             self.test_rows = [rows for _, rows in splits]  # each client's held-out row numbers, for inspection
             self._set_eval(*_padded(test, scale, device=device, dtype=dtype), measured_on="eval")
+        if data.val_fraction > 0:
+            val = [_rows(arrays, rows) for arrays, (_, rows) in zip(clients, validation, strict=True)]
+            self.val_row_numbers = [rows for _, rows in validation]  # each client's validation row numbers
+            self.val_rows = _padded(val, scale, device=device, dtype=dtype)
 
     @classmethod
     def preflight(cls, cfg: Config) -> None:
@@ -114,7 +135,7 @@ class ClientFilesTask(LinearClientsTask):
         fmt = detect_format(directory)
         for client in range(data.num_clients):
             arrays = read_client(directory, client, fmt=fmt, dim=data.dim, num_classes=data.num_classes)
-            held_out_split(cfg, client, len(arrays.labels))
+            validation_split(cfg, client, held_out_split(cfg, client, len(arrays.labels))[0])
         read_true_models(directory, range(data.num_clients), num_clients=data.num_clients, dim=data.dim,
                          num_classes=data.num_classes)
         check_init_file(cfg.model.init_file, _build_model(cfg))

@@ -45,7 +45,7 @@ from pfl_dist.errors import ConfigError
 from pfl_dist.models.init_file import check_init_file
 from pfl_dist.plugins import load, parse
 from pfl_dist.tasks import task_entry
-from pfl_dist.tasks.images import ClientSplit, ImageTask, build_image_model, check_image_config
+from pfl_dist.tasks.images import ClientSplit, ImageTask, build_image_model, check_image_config, with_validation
 
 PROTOCOL = "num_clients, input_shape, num_classes and client(i) -> (x_train, y_train, x_test, y_test)"
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
@@ -197,7 +197,9 @@ class DatasetTask(ImageTask):
         check_image_config(cfg)
         dataset, meta = load_dataset(cfg)
         for client in range(cfg.data.num_clients):
-            client_arrays(dataset, meta, client, kind=cfg.data.kind)
+            arrays = client_arrays(dataset, meta, client, kind=cfg.data.kind)
+            train = np.arange(len(arrays.y_train))
+            with_validation(cfg, [ClientSplit(client_id=client, partition_id=client, train=train, test=train[:0])])
         model = build_image_model(cfg.model.kind, input_shape=meta.input_shape, num_classes=meta.num_classes,
                                   head=cfg.model.head)
         check_init_file(cfg.model.init_file, model)

@@ -9,7 +9,10 @@ arithmetic on every rank; only the rank's own clients are turned into tensors. E
 c is partition `selected[c]`; `client_index_sets` is the one function that maps clients to
 sample index sets, so a 1-rank and an N-rank run use the same partition by construction.
 LEAF data comes partitioned (one client per writer, with its own test samples): the dataset's
-`clients` replaces the partitioner (`dataset_clients`).
+`clients` replaces the partitioner (`dataset_clients`). With `data.val_fraction` > 0 each
+client's training indices are then split into training and validation rows (`with_validation`,
+keyed by (seed, partition id) on a stream of its own: the test rows are the same with or without
+it); the validation rows are never trained on (nor enter the class mask, the naive baseline or L).
 
 Features are pixels / 255 in [0, 1], neither centred nor standardised (the paper's
 ToTensor-only pipeline); LEAF's float samples are used as stored. The input shape and class
@@ -17,6 +20,8 @@ count are the dataset's (`ImageDataset.input_shape`, `num_classes`): flat vector
 models (784 for 28x28, 3072 for CIFAR-10), (channels, height, width) for the CNN.
 
 Metrics (all additive float64 sums, reduced by the engine's one evaluation all-reduce):
+- val/acc_personal / val/loss_personal (data.val_fraction > 0): the same on each client's
+  validation rows, named with their split (what a sweep's `tune` selects by, never eval/).
 - acc_personal / loss_personal: each client's own model on its own test split, with the
   prediction restricted to the classes present in the client's training split (logits of other
   classes are masked to -inf before argmax and softmax), weighted by test samples.
@@ -44,6 +49,7 @@ otherwise L is reported as 0 (unused).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Iterator, Sequence
@@ -62,8 +68,9 @@ from pfl_dist.data.partition import (
     partition_iid,
     select_clients,
     train_test_split_client,
+    validation_split_client,
 )
-from pfl_dist.errors import ConfigError
+from pfl_dist.errors import ConfigError, DataError
 from pfl_dist.models import ModelEntry, model_entry
 from pfl_dist.models.init_file import check_init_file
 from pfl_dist.models.linear import LinearSoftmax
@@ -132,6 +139,8 @@ class ClientSplit:
     partition_id: int  # which of the num_partitions partitions it is
     train: np.ndarray  # sorted indices into the official training split
     test: np.ndarray
+    # validation rows (data.val_fraction): held out of `train`, never trained on
+    val: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 PAPER_CLIENT_SIZE = 200  # 60000 training images over 300 clients (docs/METHOD.md §4)
@@ -167,6 +176,25 @@ def client_index_sets(cfg: Config, train_labels: np.ndarray, *, client_ids: Sequ
                                               seed=cfg.run.seed, client_id=partition_id)
         splits.append(ClientSplit(client_id=client_id, partition_id=partition_id, train=train, test=test))
     return splits
+
+
+def with_validation(cfg: Config, splits: Sequence[ClientSplit]) -> list[ClientSplit]:
+    """Each client's training rows split into training and validation rows (data.val_fraction,
+    `validation_split_client`, keyed by (seed, partition id) like the test split: the same on any
+    number of processes). The test rows are untouched; 0 leaves every split as it is."""
+    fraction = cfg.data.val_fraction
+    if fraction == 0:
+        return list(splits)
+    out = []
+    for split in splits:
+        try:
+            train, val = validation_split_client(split.train, val_fraction=fraction, seed=cfg.run.seed,
+                                                 client_id=split.partition_id)
+        except DataError:  # too few training rows: name the key and the client
+            raise DataError(f"data.val_fraction={fraction:g}: client {split.client_id} has {len(split.train)} "
+                            "training row(s), too few to hold validation rows out and still train") from None
+        out.append(dataclasses.replace(split, train=train, val=val))
+    return out
 
 
 def keys_needing_smoothness(cfg: Config) -> list[str]:
@@ -229,7 +257,7 @@ def preflight(cfg: Config) -> None:
     """Everything a launcher can check before starting ranks: config, files, the partition, the
     initial model's file."""
     dataset = dataset_for(cfg)
-    dataset_clients(cfg, dataset, client_ids=range(cfg.data.num_clients))
+    with_validation(cfg, dataset_clients(cfg, dataset, client_ids=range(cfg.data.num_clients)))
     model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
                               head=cfg.model.head)
     check_init_file(cfg.model.init_file, model)
@@ -270,7 +298,7 @@ class ImageTask:
         self.model = build_image_model(cfg.model.kind, input_shape=dataset.input_shape, num_classes=self.num_classes,
                                        head=cfg.model.head)
         self.num_params = self.model.num_params
-        self.clients = self.client_splits(cfg, dataset, client_ids)
+        self.clients = with_validation(cfg, self.client_splits(cfg, dataset, client_ids))
         self.sample_ndim = dataset.train.images.ndim - 1  # dims of one stored sample
         self._materialize_clients(dataset)
         shard = self.global_test_shard(cfg, dataset, client_ids)
@@ -315,6 +343,11 @@ class ImageTask:
         self.test_x = self._features(_padded([source.images[c.test] for c in self.clients]))
         self.test_y = torch.from_numpy(_padded([source.labels[c.test] for c in self.clients])).to(self.device)
         self.test_counts = torch.tensor([len(c.test) for c in self.clients], device=self.device)
+        self.val_counts: torch.Tensor | None = None  # data.val_fraction: the validation rows, measured as val/...
+        if self.cfg.data.val_fraction > 0:
+            self.val_x = self._features(_padded([source.images[c.val] for c in self.clients]))
+            self.val_y = torch.from_numpy(_padded([source.labels[c.val] for c in self.clients])).to(self.device)
+            self.val_counts = torch.tensor([len(c.val) for c in self.clients], device=self.device)
         self.sample_counts = torch.tensor(self.train_counts, dtype=self.dtype, device=self.device)
         class_counts = np.stack([np.bincount(source.labels[c.train], minlength=self.num_classes) for c in self.clients])
         frequencies = class_counts / class_counts.sum(axis=1, keepdims=True)
@@ -390,24 +423,40 @@ class ImageTask:
         return {"naive_correct": correct.sum(), "naive_loss_sum": losses.sum()}
 
     def _personal_sums(self, local_models: torch.Tensor, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        test_x, test_y, test_counts, class_mask = self.test_x, self.test_y, self.test_counts, self.class_mask
-        if rows is not None:
-            rows = rows.to(self.device)
-            test_x, test_y, test_counts, class_mask = test_x[rows], test_y[rows], test_counts[rows], class_mask[rows]
-        logits = self.model.logits(local_models, test_x).double()
-        logits = logits.masked_fill(~class_mask.unsqueeze(1), -math.inf)
-        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, test_y.unsqueeze(-1)).squeeze(-1)
-        valid = _valid(test_counts, test_y.shape[1])
-        correct = (logits.argmax(dim=-1) == test_y) & valid
-        losses = -(log_probs.clamp(min=LOG_PROB_FLOOR) * valid)
-        client_correct, samples = correct.double().sum(dim=1).cpu(), test_counts.double().cpu()
+        correct, losses, test_counts = self._personal_terms(local_models, rows, self.test_x, self.test_y,
+                                                            self.test_counts)
+        client_correct, samples = correct.sum(dim=1).cpu(), test_counts.double().cpu()
         return {
             "num_test_personal": test_counts.double().sum(),
-            "correct_personal": correct.double().sum(),
+            "correct_personal": correct.sum(),
             "loss_personal_sum": losses.sum(),
             "client/acc_personal": torch.stack([client_correct, samples]),
             "client/loss_personal": torch.stack([losses.sum(dim=1).cpu(), samples]),
         }
+
+    def _val_sums(self, local_models: torch.Tensor, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The personal accuracy and loss on the validation rows (data.val_fraction), as on the test rows."""
+        if self.val_counts is None:
+            return {}
+        correct, losses, counts = self._personal_terms(local_models, rows, self.val_x, self.val_y, self.val_counts)
+        return {"val_num_personal": counts.double().sum(), "val_correct_personal": correct.sum(),
+                "val_loss_personal_sum": losses.sum()}
+
+    def _personal_terms(self, local_models: torch.Tensor, rows: torch.Tensor | None, x: torch.Tensor,
+                        y: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k, n) float64 correct predictions and losses of each client's own model on its rows `x`,
+        `y` (padding 0), and the (k,) row counts, for the clients in `rows` (None: all)."""
+        class_mask = self.class_mask
+        if rows is not None:
+            rows = rows.to(self.device)
+            x, y, counts, class_mask = x[rows], y[rows], counts[rows], class_mask[rows]
+        logits = self.model.logits(local_models, x).double()
+        logits = logits.masked_fill(~class_mask.unsqueeze(1), -math.inf)
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        valid = _valid(counts, y.shape[1])
+        correct = (logits.argmax(dim=-1) == y) & valid
+        losses = -(log_probs.clamp(min=LOG_PROB_FLOOR) * valid)
+        return correct.double(), losses, counts
 
     def _global_sums(self, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
         correct = torch.zeros((), dtype=torch.float64)
@@ -437,13 +486,19 @@ class ImageTask:
                       "client/naive_loss": torch.stack([loss, samples]),
                       "client/improvement_over_naive": torch.stack([personal["client/acc_personal"][0] - correct,
                                                                     samples])}
-        return {**personal, **self._global_sums(global_model), **naive, **per_client}
+        return {**personal, **self._global_sums(global_model), **naive, **per_client,
+                **self._val_sums(local_models, rows)}
 
     def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:
         personal = float(sums["num_test_personal"])
         num_global = float(sums["num_test_global"])
         acc_personal = float(sums["correct_personal"]) / personal
         naive_acc = float(sums["naive_correct"]) / personal
+        val = {}
+        if "val_num_personal" in sums:  # data.val_fraction: the validation rows, named val/...
+            num_val = float(sums["val_num_personal"])
+            val = {"val/acc_personal": float(sums["val_correct_personal"]) / num_val,
+                   "val/loss_personal": float(sums["val_loss_personal_sum"]) / num_val}
         return {
             "acc_personal": acc_personal,
             "acc_global": float(sums["correct_global"]) / num_global,
@@ -452,4 +507,5 @@ class ImageTask:
             "naive_acc": naive_acc,
             "naive_loss": float(sums["naive_loss_sum"]) / personal,
             "improvement_over_naive": acc_personal - naive_acc,
+            **val,
         }

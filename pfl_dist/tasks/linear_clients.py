@@ -11,7 +11,9 @@ paper's metrics.
   the reference code does (kept for comparability; see docs/ARCHITECTURE.md).
 - Accuracies and losses are measured on the clients' own training samples, or on held-out rows
   when the subclass sets them (`_set_eval`: client_files with data.test_fraction); the metric
-  names say which (`metrics_measured_on`: train/... or eval/...).
+  names say which (`metrics_measured_on`: train/... or eval/...). With validation rows
+  (`val_rows`: client_files with data.val_fraction) the personal loss and accuracy on them too,
+  named val/loss_personal and val/acc_personal.
 ITR and ATR are reported only when the true models are known.
 
 When every client has the same number of samples (always on synthetic data) the metrics run the
@@ -78,6 +80,8 @@ class LinearClientsTask:
     eval_features: torch.Tensor
     eval_labels: torch.Tensor
     eval_counts: list[int]
+    # The clients' validation rows (data.val_fraction; client_files), measured as val/...: None = none.
+    val_rows: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
 
     def _set_counts(self, counts: list[int], device: torch.device) -> None:
         self.counts = counts
@@ -140,15 +144,18 @@ class LinearClientsTask:
 
     # --- metrics -------------------------------------------------------------------------------
 
-    def _loss_and_correct_sums(self, models: torch.Tensor, *, shared: bool,
-                               rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_and_correct_sums(self, models: torch.Tensor, *, shared: bool, rows: torch.Tensor | None,
+                               on: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-client sums (r,) of the cross-entropy and of correct predictions on the real samples
-        of the evaluation rows of the clients in `rows` (None: every client of this rank), of each
-        client's own row of `models` (r, P), or of one shared model (P,)."""
-        features, labels, counts = self.eval_features, self.eval_labels, self.eval_counts
+        of the evaluation rows (`on`: other rows, the validation rows) of the clients in `rows`
+        (None: every client of this rank), of each client's own row of `models` (r, P), or of one
+        shared model (P,)."""
+        features, labels, counts = (self.eval_features, self.eval_labels, self.eval_counts) if on is None else on
+        equal = self.eval_equal_counts if on is None else _equal(counts, features)
         if rows is not None:
             features, labels, counts = features[rows], labels[rows], [counts[int(r)] for r in rows]
-        if self.eval_equal_counts:
+        if equal:
             n = features.shape[1]
             if shared:
                 loss, correct = self.model.shared_loss_and_correct(models, features, labels)
@@ -192,6 +199,11 @@ class LinearClientsTask:
             sums[f"client/{name}"] = torch.stack([per_client.cpu(), samples])
         if truth is not None:
             sums["true_model_sum"] = truth.sum(dim=0).flatten()
+        if self.val_rows is not None:  # each client's own model on its validation rows
+            loss_v, correct_v = self._loss_and_correct_sums(local_models, shared=False, rows=rows, on=self.val_rows)
+            val_counts = self.val_rows[2] if rows is None else [self.val_rows[2][int(r)] for r in rows]
+            sums |= {"val_num_samples": torch.tensor(float(sum(val_counts)), dtype=torch.float64),
+                     "val_loss_personal_sum": loss_v.sum(), "val_correct_personal": correct_v.sum()}
         return sums
 
     def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:
@@ -202,9 +214,14 @@ class LinearClientsTask:
             global_weights = self.model.weight_matrix(global_model.unsqueeze(0)).double().flatten()
             metrics["ITR"] = float(sums["ITR_sum"] / sums["num_clients"])
             metrics["ATR"] = float(torch.linalg.vector_norm(global_weights - mean_truth))
-        return metrics | {
+        metrics |= {
             "loss_personal": float(sums["loss_personal_sum"]) / samples,
             "loss_global": float(sums["loss_global_sum"]) / samples,
             "acc_personal": float(sums["correct_personal"]) / samples,
             "acc_global": float(sums["correct_global"]) / samples,
         }
+        if "val_num_samples" in sums:  # data.val_fraction: named with their split
+            num_val = float(sums["val_num_samples"])
+            metrics |= {"val/acc_personal": float(sums["val_correct_personal"]) / num_val,
+                        "val/loss_personal": float(sums["val_loss_personal_sum"]) / num_val}
+        return metrics

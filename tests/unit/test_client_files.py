@@ -203,3 +203,66 @@ def test_too_few_rows_to_hold_some_out_is_one_line(tmp_path: Path) -> None:
                              "data.test_fraction=0.2"])
     with pytest.raises(DataError, match=r"^data.test_fraction=0.2: client 1 has 1 row\(s\), too few to hold a test "):
         preflight(cfg)
+
+
+# --- data.val_fraction: validation rows ----------------------------------------------------------
+
+
+def test_validation_rows_come_out_of_the_training_rows_the_same_for_any_world_size(tmp_path: Path) -> None:
+    # Prepare: 5 clients of 30 rows, 20% held out for test, 25% of the other 24 for validation
+    data = write_reference_csv_clients(tmp_path / "data", num_clients=5, num_samples=30)
+    args = ("data.num_clients=5", "data.test_fraction=0.2", "data.val_fraction=0.25")
+    # Execute: one process hosting all five, and the blocks of 2 ranks (3 + 2 clients)
+    one = _task(data, *args, clients=range(5))
+    two = [_task(data, *args, clients=range(0, 3)), _task(data, *args, clients=range(3, 5))]
+    plain = _task(data, "data.num_clients=5", "data.test_fraction=0.2", clients=range(5))
+    # Assert: 6 validation rows per client, the same whoever hosts it, disjoint from the test rows,
+    # which are the same as without validation rows; 18 rows train
+    val = [rows.tolist() for rows in one.val_row_numbers]
+    assert val == [rows.tolist() for task in two for rows in task.val_row_numbers]
+    assert [rows.tolist() for rows in one.test_rows] == [rows.tolist() for rows in plain.test_rows]
+    for rows, test in zip(val, one.test_rows, strict=True):
+        assert len(rows) == 6 and not set(rows) & set(test.tolist())
+    assert one.counts == [18] * 5 and one.eval_counts == [6] * 5 and one.val_rows is not None
+    assert one.val_rows[2] == [6] * 5 and plain.val_rows is None
+
+
+def test_validation_rows_are_not_trained_on_and_are_what_the_val_metrics_measure(tmp_path: Path) -> None:
+    # Prepare: the same clients twice; in the second copy every validation row has its label flipped
+    data = write_reference_csv_clients(tmp_path / "data", num_clients=4, num_samples=25)
+    split = ("data.num_clients=4", "data.test_fraction=0.2", "data.val_fraction=0.2")
+    args = ("data.kind=client_files", *split, "train.num_rounds=3", "train.eval_every=1",
+            "algorithm.num_local_steps=10", "train.dtype=float64")
+    val_rows = _task(data, *split, clients=range(4)).val_row_numbers
+    flipped = tmp_path / "flipped"
+    flipped.mkdir()
+    for k, rows in enumerate(val_rows):
+        lines = (data / f"{k + 1}_client_data.csv").read_text().splitlines()
+        for row in rows:
+            features, label = lines[row].rsplit(",", 1)
+            lines[row] = f"{features},{1.0 - float(label)!r}"
+        (flipped / f"{k + 1}_client_data.csv").write_text("\n".join(lines) + "\n")
+    # Execute
+    summaries = []
+    for name, folder in (("kept", data), ("flipped", flipped)):
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", f"run.name={name}", f"data.data_dir={folder}", *args])
+        summaries.append(run_session(cfg, init_runtime(cfg), StopRequest()).summary)
+    kept, changed = summaries
+    # Assert: training never saw those rows (the same models, bit for bit, and test metrics); the
+    # validation accuracies measured on them flip (a + a' = 1)
+    assert kept["global_model_sha256"] == changed["global_model_sha256"]
+    assert kept["final"]["eval/acc_personal"] == changed["final"]["eval/acc_personal"]
+    assert kept["final"]["val/acc_personal"] + changed["final"]["val/acc_personal"] == pytest.approx(1.0)
+    assert kept["final"]["val/loss_personal"] != changed["final"]["val/loss_personal"]
+
+
+def test_too_few_training_rows_to_hold_validation_rows_out_is_one_line(tmp_path: Path) -> None:
+    from pfl_dist.errors import DataError
+    from pfl_dist.tasks import preflight
+
+    data = write_reference_csv_clients(tmp_path / "data", num_clients=2, num_samples=2)
+    cfg = load_config(None, ["data.kind=client_files", f"data.data_dir={data}", "data.num_clients=2",
+                             "data.test_fraction=0.2", "data.val_fraction=0.5"])
+    with pytest.raises(DataError, match=r"^data.val_fraction=0.5: client 1 has 1 training row\(s\), too few to hold "
+                                        "validation rows out and still train$"):
+        preflight(cfg)

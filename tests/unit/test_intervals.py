@@ -287,7 +287,7 @@ def test_family_table_and_figure_over_three_seeds(tmp_path: Path, drawn: list[Sa
 
 
 IMAGE_SWEEPS = ("images.yaml", "codecs.yaml", "downlink.yaml", "pfl_family.yaml", "pfl_family_dirichlet.yaml",
-                "pfl_family_options.yaml")
+                "pfl_family_options.yaml", "pfl_family_tuned.yaml")
 
 
 @pytest.mark.parametrize("name", IMAGE_SWEEPS)
