@@ -49,6 +49,7 @@ MAX_MAGNITUDE = 1e6  # data.R and data.center_scale: 1e300 turns the synthetic d
 TIMEOUT_RANGE_S = (1.0, 7 * 24 * 3600.0)  # below 1 s every collective times out; timedelta overflows
 MAX_NAME_BYTES = 255  # a file name on Linux file systems
 MAX_PATH_BYTES = 4095  # Linux's PATH_MAX (4096) without the final NUL: the longest path a system call takes
+MAX_CACHE_MB = 2**30  # store.cache_mb: a PiB; memory decides first
 # run.out_dir leaves room for what is written below it: the run dir's name (run.name or a sweep
 # point's name, up to 255 bytes, in a sweep also as replaced/<name>.<hash8>.N) and the run's files
 # (.replaced/ckpt/round_000012/.shard_00001_of_00004.json.tmp, event files named after the host):
@@ -341,6 +342,20 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    # where the per-client rows live (pfl_dist/store.py): dense = every client's rows in memory; lazy =
+    # only written rows, the most recently written in a RAM cache of cache_mb, the others spilled to
+    # <run_dir>/store/; auto = dense when it fits comfortably in memory (pfl_dist/resources.py
+    # `store_backend`). No part of the run identity: the back-ends agree to rounding
+    backend: Literal["auto", "dense", "lazy"] = "auto"
+    cache_mb: float = 256.0  # lazy: the RAM cache's bound, in MiB (2**20 bytes)
+
+    def __post_init__(self) -> None:
+        _require(0 < self.cache_mb <= MAX_CACHE_MB, "store.cache_mb",
+                 f"must be in (0, {MAX_CACHE_MB}] MiB, got {self.cache_mb:g}")
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -349,6 +364,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     @property
     def run_dir(self) -> Path:

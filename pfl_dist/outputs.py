@@ -12,7 +12,7 @@ from typing import Any
 from pfl_dist.errors import ConfigError
 
 # What a run writes below its run dir, by kind: checked by `check_result_paths` before any write.
-RUN_DIR_FOLDERS = ("final", "ckpt")
+RUN_DIR_FOLDERS = ("final", "ckpt", "store")  # store: the lazy store's row files (scratch)
 RUN_DIR_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "inputs.json", "sweep_point.json", "final/global.pt")
 
 

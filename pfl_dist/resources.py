@@ -8,15 +8,22 @@ line holding both numbers.
 
 The estimate counts only what certainly gets allocated, so it errs low and never refuses a
 config that fits: the rank's client data (features and labels, padded to its largest client as
-the tasks store them) and its per-client models and state: (2 + kept) x k x P values, P the
-model's size for the dataset's input shape and classes (the model registry's `memory_bytes`,
-pfl_dist/models/__init__.py; a plug-in model's P is counted on the module its factory builds).
-The 2 are the copies a round trains and the new ones it returns; `kept` the per-client rows of
-the model's size kept between rounds, which each registry entry declares: the algorithm's
+the tasks store them) and its per-client models and state: 2 x t x P values for a round's working
+copies, t the rank's share of the clients one round trains (the copies it trains and the new ones
+it returns, `WORKING_COPIES`), plus the store of the rows kept between rounds: dense, kept x k x P
+values for the rank's k clients; lazy, at most its cache's bound (`store.cache_mb`; rows never
+written cost nothing, spilled rows are on disk). P is the model's size for the dataset's input
+shape and classes (the model registry's `memory_bytes`, pfl_dist/models/__init__.py; a plug-in
+model's P is counted on the module its factory builds); `kept` the per-client rows of the model's
+size kept between rounds, which each registry entry declares: the algorithm's
 (`MethodInfo.kept_models`: FedCLUP's local model 1, SCAFFOLD's y_i and c_i 2, Per-FedAvg 0) and
 the codec's error-feedback residual (1 where `feedback_rule` keeps one, pfl_dist/exchange/spec.py:
 a residual has the wire's size, so SCAFFOLD's 2-model one counts as 1, and FedRep's and FedPer's,
 the body's only, not at all).
+store.backend=auto chooses the back-end from the same numbers (`store_backend`): dense while the
+dense store takes at most DENSE_STORE_SHARE (a quarter) of the memory available to the rank,
+which leaves the data, the working copies and an evaluation room; lazy above. Each rank chooses
+for itself (the Trainer logs rank 0's choice); with the available memory unknown, dense.
 Per data.kind, from what is known without loading the data, by the function its registry entry
 names (`TaskEntry.memory`, pfl_dist/tasks/__init__.py):
 - synthetic: exact, k x n x (d values + a label), k the clients that hold data at once: every
@@ -58,10 +65,11 @@ from pfl_dist.exchange.spec import feedback_rule, parse_codec
 from pfl_dist.methods import method_info
 from pfl_dist.models import WORKING_COPIES
 from pfl_dist.outputs import format_bytes
-from pfl_dist.sampling import client_block
+from pfl_dist.sampling import client_block, num_sampled
 from pfl_dist.tasks import entry_function, task_entry, task_model
 
 _DTYPE_BYTES = {"float32": 4, "float64": 8}
+DENSE_STORE_SHARE = 0.25  # store.backend=auto: dense while its rows take at most this share of a rank's memory
 _LABEL_BYTES = 8  # int64 labels
 PAPER_CLIENT_SIZE = 200  # tasks/images.py: num_partitions 'auto' keeps 200 images per client
 IMAGE_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "mnist5k": 4_000}
@@ -93,14 +101,40 @@ def _image_kind(cfg: Config) -> tuple[int, tuple[int, int, int], int] | None:
     return None
 
 
-def model_copies(cfg: Config) -> int:
-    """The (k, P) matrices of client models a rank holds: a round's working copies, the algorithm's
+def kept_copies(cfg: Config) -> int:
+    """The rows of the model's size the store keeps per client between rounds: the algorithm's
     kept rows and the codec's residual where the (algorithm, codec) pair keeps one."""
     info = method_info(cfg.algorithm.name)
     residual = feedback_rule(error_feedback=parse_codec(cfg.comm.codec).entry.error_feedback, message=info.message)
     # a method that sends only the body (FedRep, FedPer) keeps a residual of the body's size, less
     # than P and not known without the model: not counted, so the estimate stays a lower bound
-    return WORKING_COPIES + info.kept_models + int(residual and not info.parameter_groups)
+    return info.kept_models + int(residual and not info.parameter_groups)
+
+
+def trained_clients(cfg: Config, clients: int) -> int:
+    """A rank of `clients` clients' share of the clients one round trains (rounded down: the
+    estimate errs low)."""
+    data = cfg.data
+    return min(clients, num_sampled(data.num_clients, cfg.algorithm.sample_fraction) * clients // data.num_clients)
+
+
+def dense_store_bytes(cfg: Config, *, clients: int, num_params: int) -> int:
+    """The dense store's rows of the model's size for a rank of `clients` clients."""
+    return kept_copies(cfg) * clients * num_params * _DTYPE_BYTES[cfg.train.dtype]
+
+
+def store_backend(cfg: Config, *, dense_bytes: int, available: int | None) -> tuple[str, str]:
+    """(store.backend with auto resolved, why) for a rank whose dense store would take
+    `dense_bytes`, with `available` bytes of memory (None: unknown)."""
+    backend = cfg.store.backend
+    if backend != "auto":
+        return backend, f"store.backend={backend}"
+    if available is None:
+        return "dense", "store.backend=auto: the available memory is unknown"
+    share = f"{format_bytes(dense_bytes)} of the {format_bytes(available)} available to a rank"
+    if dense_bytes <= DENSE_STORE_SHARE * available:
+        return "dense", f"store.backend=auto: the dense rows take {share} (dense up to a quarter)"
+    return "lazy", f"store.backend=auto: the dense rows would take {share} (dense up to a quarter)"
 
 
 Shape = tuple[int, ...]
@@ -143,20 +177,32 @@ def client_files_data_bytes(cfg: Config, blocks: Sequence[range], value: int) ->
     return estimates
 
 
-def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None) -> tuple[int, int]:
+def estimate_rank_bytes(cfg: Config, *, world_size: int, rank: int | None = None,
+                        available: int | None = None) -> tuple[int, int]:
     """-> (data bytes, per-client model and state bytes) of `rank`, or of the rank that needs the
     most: the data kind's registry entry estimates its data (`TaskEntry.memory`), the model's its
-    size, the algorithm's and the codec's the copies (`model_copies`)."""
+    size, the algorithm's and the codec's the kept rows (`kept_copies`), held as the back-end
+    `store_backend` chooses with `available` bytes per rank."""
     entry = task_entry(cfg.data.kind)
     if entry.memory is None:
         return 0, 0  # a kind without an estimate (a plug-in dataset) is never refused
-    model, value, copies = task_model(cfg), _DTYPE_BYTES[cfg.train.dtype], model_copies(cfg)
+    model, value = task_model(cfg), _DTYPE_BYTES[cfg.train.dtype]
     blocks = [client_block(r, world_size=world_size, num_clients=cfg.data.num_clients)
               for r in (range(world_size) if rank is None else [rank])]
-    needs = [(data_bytes, model.memory_bytes(shape, classes, clients=len(block), value_bytes=value, copies=copies))
-             for block, (data_bytes, shape, classes) in zip(blocks, entry_function(entry.memory)(cfg, blocks, value),
-                                                            strict=True)]
+    needs = []
+    for block, (data_bytes, shape, classes) in zip(blocks, entry_function(entry.memory)(cfg, blocks, value),
+                                                   strict=True):
+        working = model.memory_bytes(shape, classes, clients=trained_clients(cfg, len(block)), value_bytes=value,
+                                     copies=WORKING_COPIES)
+        dense = model.memory_bytes(shape, classes, clients=len(block), value_bytes=value, copies=kept_copies(cfg))
+        lazy = store_backend(cfg, dense_bytes=dense, available=available)[0] == "lazy"
+        needs.append((data_bytes, working + (min(dense, cache_bytes(cfg)) if lazy else dense)))
     return max(needs, key=sum)
+
+
+def cache_bytes(cfg: Config) -> int:
+    """The lazy store's RAM cache bound (store.cache_mb) in bytes."""
+    return int(cfg.store.cache_mb * 2**20)
 
 
 def _read_int(path: Path) -> int | None:
@@ -203,9 +249,10 @@ def check_memory(cfg: Config, *, world_size: int, ranks_here: int = 1, rank: int
     """ConfigError when `ranks_here` ranks of this config cannot fit in the available memory
     (`rank`: a rank checking itself; None: the rank that needs the most), or one rank cannot fit
     in the address space `ulimit -v` leaves a process (each rank is a process of its own)."""
-    data_bytes, model_bytes = estimate_rank_bytes(cfg, world_size=world_size, rank=rank)
-    per_rank = data_bytes + model_bytes
     available = available_bytes() if available is None else available
+    data_bytes, model_bytes = estimate_rank_bytes(cfg, world_size=world_size, rank=rank,
+                                                  available=None if available is None else available // ranks_here)
+    per_rank = data_bytes + model_bytes
     if available is not None and per_rank * ranks_here > available:
         ranks = f"; {ranks_here} ranks here: {format_bytes(per_rank * ranks_here)}" if ranks_here > 1 else ""
         _refuse(cfg, data_bytes=data_bytes, model_bytes=model_bytes, detail=ranks,

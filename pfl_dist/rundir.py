@@ -5,7 +5,8 @@ No torch here: the sweep driver uses the same identity without paying torch's im
 Identity. A run's numbers depend on its config minus the keys that provably do not change them
 (`IGNORED_KEYS`, `IGNORED_SECTIONS`: where it is written, the device choice, whether data may be
 downloaded, whether synthetic data is generated lazily (bit for bit the same data), the
-collective timeout and backend, checkpoint cadence; `comm.codec` counts), on
+collective timeout and backend, checkpoint cadence, where the per-client rows are kept (`store`:
+the back-ends agree to rounding); `comm.codec` counts), on
 the contents of the user's files it reads (`model.init_file`; `data.data_dir` of client_files, leaf
 and cifar10), and on the number of processes W it runs on (the modelled wire bytes are 2(W-1)/W x
 payload per rank, the float summation order differs; FL uplink/downlink bytes do not depend on
@@ -101,11 +102,12 @@ LATER_KEYS: dict[str, Any] = {"algorithm.client_weights": "auto", "algorithm.inn
                               "train.eval_clients": "auto", "comm.downlink_codec": "none",
                               "data.val_fraction": 0.0}
 EVAL_CLIENTS_KEY = "train.eval_clients"
-IGNORED_SECTIONS = ("checkpoint",)
+IGNORED_SECTIONS = ("checkpoint", "store")
 LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"
 # What a run writes into its run dir (ckpt/ included: it belongs to the run it resumes).
-RESULT_NAMES = ("config.yaml", "inputs.json", "metrics.jsonl", "summary.json", "final", "ckpt", "sweep_point.json")
+RESULT_NAMES = ("config.yaml", "inputs.json", "metrics.jsonl", "summary.json", "final", "ckpt", "store",
+                "sweep_point.json")
 EVENTS_PREFIX = "events.out.tfevents."  # how torch's SummaryWriter names an event file
 HIDDEN_EVENTS_PREFIX = "events.out.replaced."  # a replaced run's event file: TensorBoard skips it
 RESULT_GLOBS = (f"{EVENTS_PREFIX}*",)

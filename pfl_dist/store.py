@@ -16,24 +16,49 @@ had, so older checkpoints load), and pfl_dist/checkpoint.py re-shards every one 
 no code per algorithm. Bare names are therefore unique across namespaces (`declare` refuses a
 clash).
 
-`DenseStore` is the only back-end: every row of every client of this rank in memory, as before.
-The interface (`declare`, `read`, `write`, `rows`, `state_dict`, `load_state_dict`) is what a lazy
-back-end (a bounded cache spilling to disk, pfl-research's AbstractUserStateStorage) would provide;
-`rows` (every row of a namespace at once, for evaluation and end-of-round callbacks) is the one
-call such a back-end would have to stream.
+Two back-ends (`store.backend`, chosen by pfl_dist/resources.py `store_backend`):
+- `DenseStore`: every row of every client of this rank in memory, one (k, ...) tensor per row.
+  Fastest, and k x P values per model-sized row: 40 GB at k = 5 x 10^6 clients and P = 1010
+  float64.
+- `LazyStore`: a row never written costs nothing (it is its default, made when read). A written
+  row lives in a RAM cache of the most recently written rows, bounded in bytes (`store.cache_mb`);
+  the least recently written are spilled, when the bound is passed, to a row file per declared
+  row under <run_dir>/store/rank<r>/ (k fixed-size slots, sized by ftruncate so the file is
+  sparse and only spilled rows take disk; pwrite into a slot, pread back). Why slots and not an
+  append-only row log with an index: a row has a fixed size and one place, so a spill is an
+  overwrite (no stale copies, no compaction, no index to keep), and the disk used is bounded by
+  the clients ever written; not memory-mapped, because mapped pages count in the process's RSS.
+  The measurement is benchmarks/store_spill.py (docs/PERFORMANCE.md "store_spill"). The files
+  are scratch: the checkpoint holds the rows, and a new store starts with none.
+
+A row read is a copy the caller may change; a write stores a copy. `chunks` (blocks of clients,
+each block's rows) is how every caller that needs all clients reads them: the LocalTrain
+evaluation model, FedCLUP's lam = auto statistic, the codec's checkpointed residuals. A dense
+store gives one block (every client, as before: the same sums bit for bit); a lazy one blocks
+of at most the cache's bound, so reading every client never holds more than one block. `rows`
+(every client at once) is for rows of a few numbers per client (the update counts) and for
+tests; the engine never calls it for a row of the model's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import math
+import os
+import shutil
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from pfl_dist.errors import ConfigError
 
 NAMESPACES = ("algo", "codec", "engine")
+STORE_DIR = "store"  # the lazy store's row files: <run_dir>/store/rank<r>/
 Default = Literal["global", "zeros"] | float
 
 
@@ -63,6 +88,8 @@ class Row:
 class ClientStore:
     """Every per-client row of this rank's `num_clients` clients, keyed "namespace/name"."""
 
+    backend: str  # "dense" or "lazy", the store.backend value it implements
+
     def __init__(self, num_clients: int, *, global_model: torch.Tensor) -> None:
         self.num_clients = num_clients
         self.global_model = global_model.detach().clone()  # what "global" rows start from
@@ -89,12 +116,37 @@ class ClientStore:
         model = self.global_model
         if row.default == "global":
             return model.repeat(num_clients, 1)
-        shape = (num_clients, *((len(model),) if row.shape is None else row.shape))
-        dtype = model.dtype if row.dtype is None else row.dtype
         fill = 0.0 if row.default == "zeros" else float(row.default)
-        return torch.full(shape, fill, dtype=dtype, device=model.device)
+        return torch.full((num_clients, *self.row_shape(row)), fill, dtype=self.row_dtype(row), device=model.device)
+
+    def row_shape(self, row: Row) -> tuple[int, ...]:
+        """One client's row of `row`."""
+        return (len(self.global_model),) if row.shape is None else row.shape
+
+    def row_dtype(self, row: Row) -> torch.dtype:
+        return self.global_model.dtype if row.dtype is None else row.dtype
+
+    def rows(self, namespace: str) -> dict[str, torch.Tensor]:
+        """{name: (num_clients, ...)}: every client's rows of `namespace` at once, read-only. For
+        rows of a few numbers per client and for tests: a row of the model's size is read by
+        `chunks` (a lazy store would materialize it here)."""
+        return self.read(namespace, torch.arange(self.num_clients, device=self.global_model.device))
+
+    def chunks(self, namespace: str, rows: torch.Tensor | None = None
+               ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """(block, {name: (len(block), ...)}) for consecutive blocks of `rows` (None: every client),
+        read-only: how a caller that needs many clients reads them without holding them all."""
+        everyone = torch.arange(self.num_clients, device=self.global_model.device) if rows is None else rows
+        step = self.chunk_rows()
+        for start in range(0, len(everyone), step):
+            block = everyone[start: start + step]
+            yield block, self.read(namespace, block)
 
     # --- the back-end's part ---------------------------------------------------------------
+
+    def chunk_rows(self) -> int:
+        """How many clients one block of `chunks` holds."""
+        raise NotImplementedError
 
     def _allocate(self, key: str, row: Row) -> None:
         raise NotImplementedError
@@ -107,10 +159,6 @@ class ClientStore:
         """Set the given clients' rows of the named rows of `namespace` (others are unchanged)."""
         raise NotImplementedError
 
-    def rows(self, namespace: str) -> dict[str, torch.Tensor]:
-        """{name: (num_clients, ...)}: every client's rows of `namespace`, read-only."""
-        raise NotImplementedError
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         """{bare name: (num_clients, ...) on the CPU}: the checkpoint's "clients" section."""
         raise NotImplementedError
@@ -121,18 +169,39 @@ class ClientStore:
         (`undeclared`)."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the store holds outside memory (default: nothing)."""
+
     def undeclared(self, names: Iterable[str]) -> list[str]:
         """The names among `names` that no namespace declares, sorted."""
         bare = {key.split("/", 1)[1] for key in self.declared}
         return sorted(set(names) - bare)
 
+    def _saved_row(self, state: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+        """The checkpoint's rows of `key`, checked against the declaration (one line when not)."""
+        name = key.split("/", 1)[1]
+        if name not in state:
+            raise ConfigError(f"cannot resume: the checkpoint has no per-client row {name!r}, which this run "
+                              f"declares ({key}); use another run.name or --overwrite")
+        saved, row = state[name], self.declared[key]
+        expected = (self.num_clients, *self.row_shape(row))
+        if tuple(saved.shape) != expected:
+            raise ConfigError(f"cannot resume: per-client row {key} is {tuple(saved.shape)} in the checkpoint "
+                              f"and {expected} in this run; use another run.name or --overwrite")
+        return saved.to(dtype=self.row_dtype(row))
+
 
 class DenseStore(ClientStore):
     """Every row of every client in memory: one (num_clients, ...) tensor per declared row."""
 
+    backend = "dense"
+
     def __init__(self, num_clients: int, *, global_model: torch.Tensor) -> None:
         super().__init__(num_clients, global_model=global_model)
         self.tensors: dict[str, torch.Tensor] = {}
+
+    def chunk_rows(self) -> int:
+        return max(1, self.num_clients)  # one block: every caller's sums as they were before chunks
 
     def _allocate(self, key: str, row: Row) -> None:
         self.tensors[key] = self.default(row, self.num_clients)
@@ -142,25 +211,165 @@ class DenseStore(ClientStore):
 
     def write(self, namespace: str, rows: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
         for name, value in values.items():
-            key = f"{namespace}/{name}"
-            if key not in self.tensors:
-                raise KeyError(f"per-client row {key} was not declared (declared: {', '.join(self.tensors)})")
-            self.tensors[key][rows] = value
+            self.tensors[_declared_key(self.declared, namespace, name)][rows] = value
 
     def rows(self, namespace: str) -> dict[str, torch.Tensor]:
         return {name: self.tensors[f"{namespace}/{name}"] for name in self.names(namespace)}
+
+    def chunks(self, namespace: str, rows: torch.Tensor | None = None
+               ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        if rows is None:  # the tensors themselves, not a copy of every row
+            yield torch.arange(self.num_clients, device=self.global_model.device), self.rows(namespace)
+        else:
+            yield rows, self.read(namespace, rows)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {key.split("/", 1)[1]: tensor.cpu() for key, tensor in self.tensors.items()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         for key, tensor in self.tensors.items():
-            name = key.split("/", 1)[1]
-            if name not in state:
-                raise ConfigError(f"cannot resume: the checkpoint has no per-client row {name!r}, which this run "
-                                  f"declares ({key}); use another run.name or --overwrite")
-            saved = state[name]
-            if saved.shape != tensor.shape:
-                raise ConfigError(f"cannot resume: per-client row {key} is {tuple(saved.shape)} in the checkpoint "
-                                  f"and {tuple(tensor.shape)} in this run; use another run.name or --overwrite")
-            self.tensors[key] = saved.to(device=tensor.device, dtype=tensor.dtype)
+            self.tensors[key] = self._saved_row(state, key).to(device=tensor.device)
+
+
+class LazyStore(ClientStore):
+    """Rows that cost nothing until written: a byte-bounded LRU of written rows in RAM, spilled to
+    one row file of fixed slots per declared row (see the module docstring for the design).
+
+    Named state: `written[key]` (k,) bool, which clients' rows of `key` hold a value (the others
+    read the default); `cache` (key, client row) -> that row, least recently written first,
+    `cached_bytes` their size (element bytes) and `cache_bytes` its bound; `spilled[key]` the
+    descriptor of `key`'s row file once a row of it was evicted (client c's row at c x row
+    bytes); `spills` how many rows were written to the files. Reads do not enter the cache (an
+    evaluation of every client would flush it); a read of a spilled row reads the file. A write
+    replaces the cached copy or adds one, then evicts the least recently written rows until the
+    cache is within its bound.
+    """
+
+    backend = "lazy"
+
+    def __init__(self, num_clients: int, *, global_model: torch.Tensor, spill_dir: Path, cache_bytes: int) -> None:
+        super().__init__(num_clients, global_model=global_model)
+        self.spill_dir = spill_dir
+        self.cache_bytes = cache_bytes
+        self.written: dict[str, np.ndarray] = {}
+        self.cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self.cached_bytes = 0
+        self.spilled: dict[str, int] = {}  # key -> its row file's descriptor
+        self.spills = 0
+        shutil.rmtree(spill_dir, ignore_errors=True)  # a previous attempt's rows: the checkpoint holds them
+
+    def chunk_rows(self) -> int:
+        """The clients whose rows of every declared row fit in the cache's bound (at least one)."""
+        widest = max((self._row_bytes(row) for row in self.declared.values()), default=1)
+        return max(1, self.cache_bytes // widest)
+
+    def _row_bytes(self, row: Row) -> int:
+        return math.prod(self.row_shape(row)) * self.row_dtype(row).itemsize
+
+    def _allocate(self, key: str, row: Row) -> None:
+        self.written[key] = np.zeros(self.num_clients, dtype=bool)
+
+    def read(self, namespace: str, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        clients = rows.cpu().numpy()
+        out = {}
+        for name in self.names(namespace):
+            key = f"{namespace}/{name}"
+            values = self.default(self.declared[key], len(clients))
+            from_file = []
+            for position in np.flatnonzero(self.written[key][clients]):
+                cached = self.cache.get((key, int(clients[position])))
+                if cached is None:
+                    from_file.append(position)
+                else:
+                    values[position] = cached
+            if from_file:
+                spilled = self._unspill(key, clients[from_file])
+                values[torch.from_numpy(np.asarray(from_file))] = torch.from_numpy(spilled).to(values)
+            out[name] = values
+        return out
+
+    def write(self, namespace: str, rows: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
+        clients = rows.cpu().tolist()
+        for name, value in values.items():
+            key = _declared_key(self.declared, namespace, name)
+            for position, client in enumerate(clients):
+                row = value[position].detach().clone()
+                previous = self.cache.pop((key, client), None)
+                self.cached_bytes += row.numel() * row.element_size() - (
+                    0 if previous is None else previous.numel() * previous.element_size())
+                self.cache[(key, client)] = row
+            self.written[key][clients] = True
+        self._evict()
+
+    def _evict(self) -> None:
+        """Spill the least recently written rows until the cache is within its bound."""
+        evicted: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
+        while self.cached_bytes > self.cache_bytes and self.cache:
+            (key, client), row = self.cache.popitem(last=False)
+            self.cached_bytes -= row.numel() * row.element_size()
+            clients, rows = evicted.setdefault(key, ([], []))
+            clients.append(client)
+            rows.append(row)
+        for key, (clients, rows) in evicted.items():
+            self._spill(key, np.asarray(clients), torch.stack(rows).cpu().numpy())
+            self.spills += len(clients)
+
+    def _spill(self, key: str, clients: np.ndarray, rows: np.ndarray) -> None:
+        """Write `rows` into their clients' slots of `key`'s row file (one positioned write each)."""
+        fd, size = self._row_file(key), self._row_bytes(self.declared[key])
+        for client, row in zip(clients.tolist(), np.ascontiguousarray(rows), strict=True):
+            os.pwrite(fd, row.tobytes(), client * size)
+
+    def _unspill(self, key: str, clients: np.ndarray) -> np.ndarray:
+        """The spilled rows of `clients`, read from their slots (one positioned read each)."""
+        row = self.declared[key]
+        fd, size = self.spilled[key], self._row_bytes(row)
+        data = bytearray(b"".join(os.pread(fd, size, client * size) for client in clients.tolist()))
+        dtype = torch.empty((), dtype=self.row_dtype(row)).numpy().dtype
+        return np.frombuffer(data, dtype=dtype).reshape(len(clients), *self.row_shape(row))
+
+    def _row_file(self, key: str) -> int:
+        """`key`'s row file (a descriptor), made at its first spill: k slots of one row each, sized
+        by ftruncate, so the file is sparse and only the slots written take disk."""
+        if key not in self.spilled:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.spill_dir / f"{key.replace('/', '.')}.rows", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(fd, self.num_clients * self._row_bytes(self.declared[key]))
+            self.spilled[key] = fd
+        return self.spilled[key]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        everyone = torch.arange(self.num_clients, device=self.global_model.device)
+        return {key.split("/", 1)[1]: self.read(key.split("/", 1)[0], everyone)[key.split("/", 1)[1]].cpu()
+                for key in self.declared}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Rows whose bits differ from their default's are written (to the row files directly: a
+        resume does not pass the whole checkpoint through the cache); the others stay unwritten
+        (they read the same bits)."""
+        self.cache.clear()
+        self.cached_bytes = 0
+        for key, row in self.declared.items():
+            saved = self._saved_row(state, key).cpu().contiguous()
+            default = self.default(row, 1).cpu().contiguous()
+            differs = (saved.view(torch.uint8).reshape(self.num_clients, -1)
+                       != default.view(torch.uint8).reshape(1, -1)).any(dim=1).numpy()
+            self.written[key] = differs
+            if differs.any():
+                self._spill(key, np.flatnonzero(differs), saved[torch.from_numpy(differs)].numpy())
+
+    def close(self) -> None:
+        """Drop the row files (scratch: the checkpoint holds the rows)."""
+        for fd in self.spilled.values():
+            os.close(fd)
+        self.spilled.clear()
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # <run_dir>/store/, once every rank's folder is gone
+            self.spill_dir.parent.rmdir()
+
+
+def _declared_key(declared: Mapping[str, Row], namespace: str, name: str) -> str:
+    key = f"{namespace}/{name}"
+    if key not in declared:
+        raise KeyError(f"per-client row {key} was not declared (declared: {', '.join(declared)})")
+    return key

@@ -65,7 +65,7 @@ from pfl_dist.guard import ParentDied, check_parent, die_with_parent, guard_outp
 from pfl_dist.interpreter import tool_command
 from pfl_dist.models.init_file import initial_model
 from pfl_dist.outputs import check_result_paths, format_bytes, metric_tag, write_bytes_atomic
-from pfl_dist.resources import check_memory
+from pfl_dist.resources import available_bytes, cache_bytes, check_memory, dense_store_bytes, store_backend
 from pfl_dist.rundir import is_disk_error, os_error_text, prepare_run_dir, print_notes, saved_config
 from pfl_dist.runtime import (
     Runtime,
@@ -79,7 +79,7 @@ from pfl_dist.runtime import (
     shutdown_runtime,
 )
 from pfl_dist.sampling import client_block, eval_cohort, eval_cohort_size, participation_counts, sample_clients
-from pfl_dist.store import ClientStore, DenseStore, Row
+from pfl_dist.store import STORE_DIR, ClientStore, DenseStore, LazyStore, Row
 from pfl_dist.tasks import build_task
 from pfl_dist.tasks.base import Task
 from pfl_dist.timing import TIMING_KEY, RoundTimer, RoundTimes
@@ -131,7 +131,7 @@ class Trainer:
         self.algorithm.init_server_state(self.global_model)
         # Every per-client row of this rank's clients, declared by its owner (pfl_dist/store.py):
         # the algorithm's (algo/), an error-feedback codec's residual (codec/), the update counts.
-        self.store: ClientStore = DenseStore(len(block), global_model=self.global_model)
+        self.store, self.store_choice = self._build_store(len(block))
         self.store.declare("algo", self.kept_rows(self.algorithm))
         self.store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
         self.exchange = Exchange(cfg.comm.codec, comm=self.comm, shapes=self.algorithm.wire_shapes(
@@ -195,6 +195,25 @@ class Trainer:
         shapes = [t.shape for t in self.task.model_state_dict(self.global_model).values()]
         assert sum(s.numel() for s in shapes) == self.task.num_params
         return shapes
+
+    def _build_store(self, num_clients: int) -> tuple[ClientStore, str]:
+        """The store.backend back-end (auto resolved by pfl_dist/resources.py `store_backend` from
+        the dense store's size and the memory available to this rank), and why; logged once."""
+        cfg, runtime = self.cfg, self.runtime
+        dense = dense_store_bytes(cfg, clients=num_clients, num_params=self.task.num_params)
+        available = available_bytes()
+        backend, why = store_backend(cfg, dense_bytes=dense, available=None if available is None
+                                     else available // runtime.local_world_size)
+        store: ClientStore
+        if backend == "dense":
+            store = DenseStore(num_clients, global_model=self.global_model)
+        else:
+            store = LazyStore(num_clients, global_model=self.global_model, cache_bytes=cache_bytes(cfg),
+                              spill_dir=cfg.run_dir / STORE_DIR / f"rank{runtime.rank}")
+            why += f"; a RAM cache of {cfg.store.cache_mb:g} MiB, spilled to {cfg.run_dir / STORE_DIR}"
+        if runtime.is_logging_rank:
+            print(f"store: {backend} ({why})", flush=True)
+        return store, why
 
     @staticmethod
     def kept_rows(algorithm: Algorithm) -> tuple[Row, ...]:
@@ -274,8 +293,13 @@ class Trainer:
         """w_g, or for LocalTrain the sample-weighted mean of local models (evaluation only)."""
         if self.communicates:
             return self.global_model
-        buffer = pack_weighted_sum(self.client_state["local_models"], self.task.sample_counts,
+        # block by block (pfl_dist/store.py `chunks`; a dense store's one block is every client)
+        parts = (pack_weighted_sum(state["local_models"], self.task.sample_counts[rows],
                                    num_params=self.task.num_params)
+                 for rows, state in self.store.chunks("algo"))
+        buffer = next(parts)
+        for part in parts:
+            buffer += part
         self.comm.all_reduce(buffer, traffic=Traffic.TELEMETRY)
         return weighted_average(buffer)
 
@@ -403,7 +427,7 @@ class Trainer:
             if not self.run_round(round_idx):
                 self._stop(completed=round_idx)
             self.algorithm.end_of_round(RoundEnd(
-                round_num=round_num, num_rounds=self.cfg.train.num_rounds, task=self.task, state=self.client_state,
+                round_num=round_num, num_rounds=self.cfg.train.num_rounds, task=self.task, store=self.store,
                 update_counts=self.update_counts, global_model=self.global_model, comm=self.comm,
                 logger=self.logger, is_logging_rank=self.runtime.is_logging_rank, cohort_rows=self.cohort_rows))
             if self._is_eval_round(round_num):
@@ -547,6 +571,8 @@ class Trainer:
             # which clients the metrics are measured on (train.eval_clients resolved)
             "evaluation": {"clients": self.cohort_size or self.cfg.data.num_clients,
                            "cohort": self.cohort_size is not None},
+            # where rank 0 kept the per-client rows (store.backend resolved) and why
+            "store": {"backend": self.store.backend, "why": self.store_choice},
         }
         if self.runtime.is_logging_rank:
             final_dir = self.cfg.run_dir / "final"
@@ -569,6 +595,7 @@ class Trainer:
 
     def close(self) -> None:
         self.logger.close()
+        self.store.close()
 
 
 def participation_summary(update_counts: torch.Tensor) -> dict[str, Any]:

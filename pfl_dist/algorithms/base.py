@@ -52,7 +52,7 @@ import torch
 from pfl_dist.config import AlgorithmConfig
 from pfl_dist.errors import ConfigError
 from pfl_dist.methods import MethodInfo
-from pfl_dist.store import Row
+from pfl_dist.store import ClientStore, Row
 from pfl_dist.tasks.base import Batch, Task
 
 if TYPE_CHECKING:
@@ -88,7 +88,9 @@ class RoundEnd:
     round_num: int
     num_rounds: int
     task: Task
-    state: ClientState  # all rows of this rank's per-client state
+    # this rank's per-client rows: read the clients needed, or every client block by block
+    # (`store.chunks`), never every row of the model's size at once
+    store: ClientStore
     update_counts: torch.Tensor  # (k,) local updates each client of this rank received
     global_model: torch.Tensor
     comm: Communicator

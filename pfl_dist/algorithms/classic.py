@@ -115,11 +115,13 @@ class FedCLUP(ProxLocalUpdate):
     def _heterogeneity_sums(end: RoundEnd, rows: torch.Tensor | None) -> torch.Tensor:
         """[sum ||w_i - w_g|| over trained clients, trained clients, sum n_i, clients] over every
         rank's clients in `rows` (None: all of them)."""
-        counts, models, samples = end.update_counts, end.state["local_models"], end.task.sample_counts
+        counts, samples = end.update_counts, end.task.sample_counts
         if rows is not None:
-            counts, models, samples = counts[rows], models[rows], samples[rows]
+            counts, samples = counts[rows], samples[rows]
         trained = counts > 0
-        distances = torch.linalg.vector_norm(models[trained] - end.global_model, dim=1)
+        distances = torch.cat([torch.linalg.vector_norm(state["local_models"][end.update_counts[block] > 0]
+                                                        - end.global_model, dim=1)
+                               for block, state in end.store.chunks("algo", rows)])
         sums = torch.stack([distances.double().sum(), trained.double().sum(), samples.double().sum(),
                             torch.tensor(float(len(trained)), dtype=torch.float64, device=distances.device)])
         return end.comm.all_reduce(sums.to(end.global_model.device), traffic=Traffic.TELEMETRY).cpu()

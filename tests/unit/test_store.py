@@ -15,7 +15,7 @@ from pfl_dist.checkpoint import Checkpointer
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import ErrorFeedback
-from pfl_dist.store import DenseStore, Row
+from pfl_dist.store import DenseStore, LazyStore, Row
 from tests.helpers import crash_and_resume
 from tests.unit.test_checkpoint import assert_same_run
 
@@ -151,14 +151,16 @@ RESUME = ("data.num_clients=6", "data.samples_per_client=60", "train.num_rounds=
           "train.dtype=float64", "algorithm.name=visits_algo:Visits", "comm.codec=topk:0.5")
 
 
+@pytest.mark.parametrize("backend", ["dense", "lazy"])
 def test_a_declared_row_is_checkpointed_and_resumed_with_no_code_of_its_own(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     # Prepare: a plug-in with its own row, with an error-feedback codec; a reference run and a run
     # that crashes in round 8, after the checkpoint of round 6
     (tmp_path / "visits_algo.py").write_text(VISITS)
     monkeypatch.syspath_prepend(str(tmp_path))
     # Execute: the run again resumes
-    crash_and_resume(tmp_path, monkeypatch, *RESUME, crash_round=7)
+    crash_and_resume(tmp_path, monkeypatch, *RESUME, f"store.backend={backend}", "store.cache_mb=0.0001",
+                     crash_round=7)
     # Assert: the same run; every row under the name checkpoints always had, and the plug-in's row
     # carried across the resume (the resumed process wrote round 9's checkpoint: a row reset to its
     # default at the resume would count fewer visits than the Trainer's update counts)
@@ -223,3 +225,70 @@ def test_a_checkpoint_without_a_declared_row_or_with_another_shape_is_one_config
     with pytest.raises(ConfigError, match=r"^cannot resume: per-client row algo/alpha is \(2, 2\) in the checkpoint "
                                           r"and \(2, 1\) in this run"):
         store.load_state_dict({**saved, "alpha": torch.zeros(2, 2, dtype=torch.float64)})
+
+
+# --- the lazy back-end -------------------------------------------------------------------------
+
+ROW = 3 * 8  # bytes of one row of W_G's size (float64)
+
+
+def lazy_store(tmp_path: Path, num_clients: int, *, cache_rows: int) -> LazyStore:
+    """A lazy store whose cache holds `cache_rows` rows of the model's size."""
+    store = LazyStore(num_clients, global_model=W_G, spill_dir=tmp_path / "store" / "rank0",
+                      cache_bytes=cache_rows * ROW)
+    store.declare("algo", [Row("models", "global"), Row("c", "zeros")])
+    return store
+
+
+def test_a_lazy_row_never_written_costs_nothing_and_reads_its_default(tmp_path: Path) -> None:
+    # Execute: a store of 10^7 clients (dense: two rows of 240 MB), one client written
+    store = lazy_store(tmp_path, 10**7, cache_rows=4)
+    store.write("algo", torch.tensor([7]), {"c": torch.ones(1, 3, dtype=torch.float64)})
+    got = store.read("algo", torch.tensor([7, 10**7 - 1]))
+    # Assert: the defaults and the write, one row cached, nothing on disk
+    assert torch.equal(got["models"], W_G.repeat(2, 1))
+    assert got["c"].tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    assert list(store.cache) == [("algo/c", 7)] and store.cached_bytes == ROW
+    assert store.spills == 0 and not (tmp_path / "store").exists()
+
+
+def test_evicted_rows_are_spilled_to_row_files_and_read_back_exactly(tmp_path: Path) -> None:
+    # Prepare: 20 clients, a cache of 3 rows, a dense store as the reference
+    store, dense = lazy_store(tmp_path, 20, cache_rows=3), DenseStore(20, global_model=W_G)
+    dense.declare("algo", [Row("models", "global"), Row("c", "zeros")])
+    generator = torch.Generator().manual_seed(0)
+    # Execute: rounds of writes of a few clients each, some clients written twice
+    for _ in range(6):
+        rows = torch.randperm(20, generator=generator)[:4]
+        values = {"models": torch.randn(4, 3, generator=generator, dtype=torch.float64),
+                  "c": torch.randn(4, 3, generator=generator, dtype=torch.float64)}
+        store.write("algo", rows, values)
+        dense.write("algo", rows, values)
+        assert store.cached_bytes <= 3 * ROW  # the bound holds after every write
+    # Assert: rows spilled to one file per row; every client reads what the dense store holds
+    assert store.spills > 0
+    assert sorted(p.name for p in (tmp_path / "store" / "rank0").iterdir()) == ["algo.c.rows", "algo.models.rows"]
+    everyone = torch.arange(20)
+    for name, rows in dense.read("algo", everyone).items():
+        assert torch.equal(store.read("algo", everyone)[name], rows), name
+    # the blocks of `chunks` cover every client once, each within the cache's bound
+    blocks = list(store.chunks("algo"))
+    assert torch.equal(torch.cat([block for block, _ in blocks]), everyone)
+    assert max(len(block) for block, _ in blocks) == 3
+    assert torch.equal(torch.cat([values["c"] for _, values in blocks]), dense.rows("algo")["c"])
+    # close drops the scratch files
+    store.close()
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_lazy_store_round_trips_a_checkpoint_keeping_default_rows_unwritten(tmp_path: Path) -> None:
+    dense = DenseStore(6, global_model=W_G)
+    dense.declare("algo", [Row("models", "global"), Row("c", "zeros")])
+    dense.write("algo", torch.tensor([1, 4]), {"models": torch.ones(2, 3, dtype=torch.float64)})
+    dense.write("algo", torch.tensor([2]), {"c": torch.tensor([[0.0, -0.0, 0.0]], dtype=torch.float64)})
+    store = lazy_store(tmp_path, 6, cache_rows=1)
+    store.load_state_dict(dense.state_dict())
+    assert store.written["algo/models"].tolist() == [False, True, False, False, True, False]
+    assert store.written["algo/c"].tolist() == [False, False, True, False, False, False]  # -0.0 is not 0.0's bits
+    for name, rows in dense.state_dict().items():
+        assert store.state_dict()[name].numpy().tobytes() == rows.numpy().tobytes(), name
