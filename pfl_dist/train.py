@@ -196,9 +196,12 @@ class Trainer:
         assert sum(s.numel() for s in shapes) == self.task.num_params
         return shapes
 
-    def _build_store(self, num_clients: int) -> tuple[ClientStore, str]:
+    def _build_store(self, num_clients: int) -> tuple[ClientStore, dict[str, Any]]:
         """The store.backend back-end (auto resolved by pfl_dist/resources.py `store_backend` from
-        the dense store's size and the memory available to this rank), and why; logged once."""
+        the dense store's size and the memory available to this rank), and its summary record:
+        the setting, the back-end and the dense rows' size (not the available memory, which varies
+        from run to run; the console line says it). Printed only when the store is lazy: a dense
+        store is what every run had before the key."""
         cfg, runtime = self.cfg, self.runtime
         dense = dense_store_bytes(cfg, clients=num_clients, num_params=self.task.num_params)
         available = available_bytes()
@@ -210,10 +213,10 @@ class Trainer:
         else:
             store = LazyStore(num_clients, global_model=self.global_model, cache_bytes=cache_bytes(cfg),
                               spill_dir=cfg.run_dir / STORE_DIR / f"rank{runtime.rank}")
-            why += f"; a RAM cache of {cfg.store.cache_mb:g} MiB, spilled to {cfg.run_dir / STORE_DIR}"
-        if runtime.is_logging_rank:
-            print(f"store: {backend} ({why})", flush=True)
-        return store, why
+            if runtime.is_logging_rank:
+                print(f"store: lazy ({why}; a RAM cache of {cfg.store.cache_mb:g} MiB, spilled to "
+                      f"{cfg.run_dir / STORE_DIR})", flush=True)
+        return store, {"setting": cfg.store.backend, "backend": backend, "dense_rows_bytes": dense}
 
     @staticmethod
     def kept_rows(algorithm: Algorithm) -> tuple[Row, ...]:
@@ -572,7 +575,7 @@ class Trainer:
             "evaluation": {"clients": self.cohort_size or self.cfg.data.num_clients,
                            "cohort": self.cohort_size is not None},
             # where rank 0 kept the per-client rows (store.backend resolved) and why
-            "store": {"backend": self.store.backend, "why": self.store_choice},
+            "store": self.store_choice,
         }
         if self.runtime.is_logging_rank:
             final_dir = self.cfg.run_dir / "final"

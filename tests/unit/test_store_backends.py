@@ -20,7 +20,7 @@ from pfl_dist.resources import estimate_rank_bytes, store_backend
 from pfl_dist.runtime import init_runtime
 from pfl_dist.store import NAMESPACES, LazyStore
 from pfl_dist.train import Trainer, run_session
-from tests.helpers import write_learnable_mnist
+from tests.helpers import run_inprocess, write_learnable_mnist
 
 TOL = 1e-12
 M = 1000
@@ -169,7 +169,17 @@ def test_the_choice_is_printed_once_and_recorded_in_the_summary(tmp_path: Path, 
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("store: ")]
     assert lines == [f"store: lazy (store.backend=lazy; a RAM cache of {CACHE_MB:g} MiB, spilled to "
                      f"{tmp_path / 'lazy' / 'store'})"]
-    assert trainer.summary["store"] == {"backend": "lazy", "why": lines[0].removeprefix("store: lazy (")[:-1]}
+    assert trainer.summary["store"] == {"setting": "lazy", "backend": "lazy",
+                                        "dense_rows_bytes": trainer.summary["store"]["dense_rows_bytes"]}
+    assert trainer.summary["store"]["dense_rows_bytes"] > 0
+
+
+def test_a_dense_store_by_auto_prints_nothing_and_is_recorded(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    summary = run_inprocess(tmp_path, "data.num_clients=4", "train.num_rounds=2", "train.eval_every=2")
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("store: ")]
+    # 4 clients' FedCLUP local models (20 float32 values each): 320 B, dense by any memory
+    assert summary["store"] == {"setting": "auto", "backend": "dense", "dense_rows_bytes": 4 * 20 * 4}
 
 
 @pytest.mark.parametrize("value", ["fast", "0", "-1"])
