@@ -3,7 +3,9 @@ against an independent numpy round written from docs/METHOD.md §2 (float64)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +30,25 @@ def _task(directory: Path, *overrides: str, clients: range) -> ClientFilesTask:
 def _numpy_scale(x: np.ndarray) -> np.ndarray:
     std = np.sqrt(((x - x.mean(axis=0)) ** 2).mean(axis=0))  # population std, as StandardScaler
     return np.where(std == 0, 1.0, std)
+
+
+def flip_labels(data: Path, rows_per_client: Sequence[Sequence[int]], out: Path) -> Path:
+    """A copy of the reference CSV clients in `data` with the 0/1 labels of the given rows of each
+    client flipped (row numbers in the client's file)."""
+    out.mkdir()
+    for k, rows in enumerate(rows_per_client):
+        lines = (data / f"{k + 1}_client_data.csv").read_text().splitlines()
+        for row in rows:
+            features, label = lines[row].rsplit(",", 1)
+            lines[row] = f"{features},{1.0 - float(label)!r}"
+        (out / f"{k + 1}_client_data.csv").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def run_folder(tmp_path: Path, name: str, folder: Path, args: Sequence[str]) -> dict[str, Any]:
+    """The summary of one in-process run on the client files in `folder`."""
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", f"run.name={name}", f"data.data_dir={folder}", *args])
+    return run_session(cfg, init_runtime(cfg), StopRequest()).summary
 
 
 def test_reads_the_reference_codes_own_files() -> None:
@@ -171,20 +192,9 @@ def test_the_held_out_rows_are_not_trained_on_and_are_what_the_metrics_measure(t
     args = ("data.kind=client_files", "data.num_clients=4", "data.test_fraction=0.2", "train.num_rounds=3",
             "train.eval_every=1", "algorithm.num_local_steps=10", "train.dtype=float64")
     held_out = _task(data, "data.num_clients=4", "data.test_fraction=0.2", clients=range(4)).test_rows
-    flipped = tmp_path / "flipped"
-    flipped.mkdir()
-    for k, rows in enumerate(held_out):
-        lines = (data / f"{k + 1}_client_data.csv").read_text().splitlines()
-        for row in rows:
-            features, label = lines[row].rsplit(",", 1)
-            lines[row] = f"{features},{1.0 - float(label)!r}"
-        (flipped / f"{k + 1}_client_data.csv").write_text("\n".join(lines) + "\n")
+    flipped = flip_labels(data, held_out, tmp_path / "flipped")
     # Execute
-    summaries = []
-    for name, folder in (("kept", data), ("flipped", flipped)):
-        cfg = load_config(None, [f"run.out_dir={tmp_path}", f"run.name={name}", f"data.data_dir={folder}", *args])
-        summaries.append(run_session(cfg, init_runtime(cfg), StopRequest()).summary)
-    kept, changed = summaries
+    kept, changed = run_folder(tmp_path, "kept", data, args), run_folder(tmp_path, "flipped", flipped, args)
     # Assert: training never saw those rows (the same models, bit for bit); the accuracies measured
     # on them flip (a + a' = 1), and are named eval/ in summary.json and metrics.jsonl
     assert kept["global_model_sha256"] == changed["global_model_sha256"]
@@ -234,20 +244,9 @@ def test_validation_rows_are_not_trained_on_and_are_what_the_val_metrics_measure
     args = ("data.kind=client_files", *split, "train.num_rounds=3", "train.eval_every=1",
             "algorithm.num_local_steps=10", "train.dtype=float64")
     val_rows = _task(data, *split, clients=range(4)).val_row_numbers
-    flipped = tmp_path / "flipped"
-    flipped.mkdir()
-    for k, rows in enumerate(val_rows):
-        lines = (data / f"{k + 1}_client_data.csv").read_text().splitlines()
-        for row in rows:
-            features, label = lines[row].rsplit(",", 1)
-            lines[row] = f"{features},{1.0 - float(label)!r}"
-        (flipped / f"{k + 1}_client_data.csv").write_text("\n".join(lines) + "\n")
+    flipped = flip_labels(data, val_rows, tmp_path / "flipped")
     # Execute
-    summaries = []
-    for name, folder in (("kept", data), ("flipped", flipped)):
-        cfg = load_config(None, [f"run.out_dir={tmp_path}", f"run.name={name}", f"data.data_dir={folder}", *args])
-        summaries.append(run_session(cfg, init_runtime(cfg), StopRequest()).summary)
-    kept, changed = summaries
+    kept, changed = run_folder(tmp_path, "kept", data, args), run_folder(tmp_path, "flipped", flipped, args)
     # Assert: training never saw those rows (the same models, bit for bit, and test metrics); the
     # validation accuracies measured on them flip (a + a' = 1)
     assert kept["global_model_sha256"] == changed["global_model_sha256"]
