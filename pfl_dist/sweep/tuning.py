@@ -43,6 +43,7 @@ from pfl_dist.config import read_yaml
 from pfl_dist.errors import ConfigError, PflError
 from pfl_dist.outputs import VAL_PREFIX, write_bytes_atomic
 from pfl_dist.sweep.results import Run, read_summary
+from pfl_dist.sweep.stats import Estimate, t_interval
 
 TUNE_KEYS = ("metric", "goal")
 TUNING_FILES = ("tuning.md", "tuning.csv")
@@ -94,11 +95,23 @@ def tune_of(results_dir: Path) -> TuneSpec | None:
 @dataclass(frozen=True)
 class Candidate:
     """One grid point of a variant: its values (by tuned key), its runs (one per seed) and the mean
-    final validation metric over them (None while it cannot be compared)."""
+    final validation metric over them (None while it cannot be compared), with its 95% t interval
+    over the seeds (`spread`; no half-width with one seed): the tables state how far apart the
+    grid values are, the pick is by the mean alone."""
 
     values: tuple[Any, ...]
     runs: tuple[Run, ...]
     score: float | None
+    spread: Estimate | None = None
+
+    def text(self) -> str:
+        """'0.8185 ± 0.041' (or 'not run', 'incomplete'), as the tuning table prints it."""
+        if not self.runs:
+            return "not run"
+        if self.score is None:
+            return "incomplete"
+        half = None if self.spread is None else self.spread.half_width
+        return f"{self.score:.4f}" if half is None else f"{self.score:.4f} ± {half:.2g}"
 
 
 @dataclass(frozen=True)
@@ -143,8 +156,10 @@ def select(runs: Sequence[Run], spec: TuneSpec) -> list[Pick]:
         for values, members in grid.items():
             scores = [validation_final(run, spec.metric) for run in members]
             complete = bool(members) and len({r.config["run"]["seed"] for r in members}) == seeds and None not in scores
+            finals = [s for s in scores if s is not None]
             candidates.append(Candidate(values=values, runs=tuple(members),
-                                        score=fmean(s for s in scores if s is not None) if complete else None))
+                                        score=fmean(finals) if complete else None,
+                                        spread=t_interval(finals) if complete else None))
         chosen: Candidate | None = None
         best = 0.0
         for candidate in candidates:  # the first of equal scores wins
@@ -244,19 +259,20 @@ def tuned_runs(results_dir: Path, runs: Sequence[Run]) -> list[Run]:
 
 
 def tuning_markdown(picks: Sequence[Pick], spec: TuneSpec) -> str:
-    head = ["method", "tuned", "grid", f"mean final {spec.metric} per grid value ({spec.goal})", "seeds", "pick"]
+    head = ["method", "tuned", "grid", f"mean final {spec.metric} ± 95% t per grid value ({spec.goal})", "seeds",
+            "pick"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for pick in picks:
-        scores = " / ".join("not run" if not c.runs else "incomplete" if c.score is None else f"{c.score:.4f}"
-                            for c in pick.candidates)
+        scores = " / ".join(c.text() for c in pick.candidates)
         seeds = max(len(c.runs) for c in pick.candidates)
         chosen = ("-" if not pick.keys else "none (no grid value finished on every seed)" if pick.chosen is None
                   else ", ".join(map(value_text, pick.chosen.values)))
         lines.append("| " + " | ".join([pick.method, ", ".join(pick.keys) or "(nothing: runs once)",
                                         grid_text(pick) if pick.keys else "-", scores, str(seeds), chosen]) + " |")
     note = (f"\nPicked per method on the clients' validation rows (data.val_fraction): the grid value with the "
-            f"best mean final {spec.metric} over the seeds; test (eval/) metrics are never read to pick. The "
-            "family table reports the picks' test metrics from these same runs.\n")
+            f"best mean final {spec.metric} over the seeds (± the 95% Student t half-width over them; the pick "
+            "is by the mean); test (eval/) metrics are never read to pick. The family table reports the picks' "
+            "test metrics from these same runs.\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -264,12 +280,14 @@ def write_tuning(out: Path, picks: Sequence[Pick], spec: TuneSpec) -> Path:
     """tuning.md and tuning.csv (a row per grid value of each method) in `out`; the .md's path."""
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["variant", "method", "keys", "values", "seeds", f"mean {spec.metric}", "picked"])
+    writer.writerow(["variant", "method", "keys", "values", "seeds", f"mean {spec.metric}", "ci95", "picked"])
     for pick in picks:
         for candidate in pick.candidates:
             writer.writerow([pick.variant, pick.method, " ".join(pick.keys),
                              " ".join(map(value_text, candidate.values)), len(candidate.runs),
                              "" if candidate.score is None else repr(candidate.score),
+                             "" if candidate.spread is None or candidate.spread.half_width is None
+                             else repr(candidate.spread.half_width),
                              str(candidate is pick.chosen).lower()])
     write_bytes_atomic(out / "tuning.csv", text.getvalue().encode())
     path = out / "tuning.md"

@@ -126,15 +126,17 @@ def test_tuning_files_state_the_grid_scores_and_pick(tmp_path: Path) -> None:
     picks = select(grid_runs(tmp_path), VAL)
     path = write_tuning(tmp_path, picks, VAL)
     text = path.read_text()
-    assert "| Ditto | algorithm.lam | 0.1/0.5/2 | 0.7050 / 0.8050 / 0.7550 | 2 | 0.5 |" in text
-    assert "| APFL | algorithm.alpha | 0.25/0.75 | 0.6000 / 0.6500 | 2 | 0.75 |" in text
-    assert "| FedAvg | (nothing: runs once) | - | 0.5000 | 2 | - |" in text
+    # Ditto's seeds differ by 0.01: t_{0.975, 1} x 0.01 / sqrt(2) / sqrt(2) = 12.706 x 0.005 = 0.064
+    assert "| Ditto | algorithm.lam | 0.1/0.5/2 | 0.7050 ± 0.064 / 0.8050 ± 0.064 / 0.7550 ± 0.064 | 2 | 0.5 |" in text
+    assert "| APFL | algorithm.alpha | 0.25/0.75 | 0.6000 ± 0 / 0.6500 ± 0 | 2 | 0.75 |" in text
+    assert "| FedAvg | (nothing: runs once) | - | 0.5000 ± 0 | 2 | - |" in text
     with open(tmp_path / "tuning.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     picked = [(r["variant"], r["values"]) for r in rows if r["picked"] == "true"]
     assert picked == [("fedavg", ""), ("ditto", "0.5"), ("apfl", "0.75")]
-    assert float(next(r for r in rows if r["values"] == "2.0" or r["values"] == "2")["mean val/acc_personal"]) == \
-        pytest.approx(0.755)
+    ditto_2 = next(r for r in rows if r["values"] == "2.0" or r["values"] == "2")
+    assert float(ditto_2["mean val/acc_personal"]) == pytest.approx(0.755)
+    assert float(ditto_2["ci95"]) == pytest.approx(12.7062 * 0.005, rel=1e-4)
 
 
 def test_tuned_runs_reads_the_tune_section_the_sweep_kept(tmp_path: Path) -> None:
@@ -208,5 +210,6 @@ def test_the_stated_grid_is_reported_whole_and_a_value_not_run_is_never_picked(t
     assert ditto.candidates[-1].runs == () and ditto.candidates[-1].score is None
     assert ditto.chosen is not None and ditto.chosen.values == (0.5,)
     assert picked_label(ditto) == "Ditto (λ=0.5, picked from 0.1/0.5/2/8)"
-    assert "| Ditto | algorithm.lam | 0.1/0.5/2/8 | 0.7050 / 0.8050 / 0.7550 / not run | 2 | 0.5 |" in \
-        write_tuning(tmp_path, list(picks.values()), spec).read_text()
+    row = ("| Ditto | algorithm.lam | 0.1/0.5/2/8 | 0.7050 ± 0.064 / 0.8050 ± 0.064 / 0.7550 ± 0.064 / not run "
+           "| 2 | 0.5 |")
+    assert row in write_tuning(tmp_path, list(picks.values()), spec).read_text()
