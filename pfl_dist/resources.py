@@ -31,7 +31,7 @@ names (`TaskEntry.memory`, pfl_dist/tasks/__init__.py):
   `resident_clients`: a round's sampled clients plus the evaluation cohort);
 - fashion_mnist, mnist, mnist5k: the dataset's standard training size, cut as the partitioner
   cuts it (classes: N // (partitions x c) images of each of c classes; iid: N // partitions;
-  dirichlet: ragged, so one image);
+  dirichlet: ragged, so one image); with lazy data for `resident_clients` only;
 - cifar10: the same, with N read from the training batches' pickle openings (their array shape;
   pfl_dist/data/cifar.py) and 3 x 32 x 32 samples;
 - leaf: every chosen writer has at least data.min_samples_per_client training samples of 784
@@ -155,7 +155,7 @@ def image_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[E
     assert image is not None, cfg.data.kind
     num_train, input_shape, num_classes = image
     per_client = _image_samples_per_client(cfg, num_train) * (math.prod(input_shape) * value + _LABEL_BYTES)
-    return [(len(block) * per_client, input_shape, num_classes) for block in blocks]
+    return [(resident_clients(cfg, len(block)) * per_client, input_shape, num_classes) for block in blocks]
 
 
 def client_files_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[Estimate]:

@@ -13,7 +13,13 @@ pfl_dist/tasks/__init__.py: how the task makes one client, as the console says i
   The launcher's preflight still reads and checks every file once (one at a time), so a bad
   file stops the launch in one line as before; a file that changes during the run is one line
   when its client is read.
-Plug-in datasets and the image kinds hold every client of a rank from start-up (not built yet).
+- the image kinds (mnist, fashion_mnist, mnist5k, cifar10, leaf; pfl_dist/tasks/images.py): the
+  partition (client -> indices into the dataset), the labels, counts, class masks and naive
+  baseline are made at start-up (label arithmetic); a client's images are gathered from the
+  dataset and padded when it is sampled or evaluated. The dataset's arrays themselves stay
+  loaded once per process, as eagerly (the official test set, w_g's evaluation, needs them).
+Plug-in datasets (`data.kind: package.module:factory`) hold every client of a rank from start-up:
+not built yet (their sample counts, which fix the padded length, need client(i) called).
 Instead of every client of a rank at start-up, a lazy task makes a client the first time a round
 samples it or an evaluation measures it, and keeps it in a `ClientCache`:
 - the evaluation cohort's members on this rank (train.eval_clients = N) are pinned: measured at

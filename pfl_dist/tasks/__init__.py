@@ -75,6 +75,7 @@ _IMAGES = TaskEntry(
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
     auto_model="logreg",
     memory="pfl_dist.resources:image_data_bytes",
+    lazy="gathered from the dataset",
 )
 
 # A federated dataset (DatasetTask) brings its own clients, splits, shapes and classes: of the data
@@ -100,6 +101,7 @@ TASKS: dict[str, TaskEntry] = {
         description="CIFAR-10 (3x32x32 colour, 10 classes) from its python pickle batches, partitioned into clients",
         auto_model="logreg",
         memory="pfl_dist.resources:image_data_bytes",
+        lazy="gathered from the dataset",
         input_files="pfl_dist.inputs:cifar10_files",
     ),
     "leaf": TaskEntry(
@@ -109,6 +111,7 @@ TASKS: dict[str, TaskEntry] = {
         description="LEAF FEMNIST JSON (28x28, 62 classes): each writer is one client, with its own test samples",
         auto_model="logreg",
         memory="pfl_dist.resources:image_data_bytes",
+        lazy="gathered from the dataset",
         input_files="pfl_dist.inputs:leaf_files",
     ),
     "client_files": TaskEntry(
