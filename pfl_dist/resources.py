@@ -31,7 +31,7 @@ names (`TaskEntry.memory`, pfl_dist/tasks/__init__.py):
   `resident_clients`: a round's sampled clients plus the evaluation cohort);
 - fashion_mnist, mnist, mnist5k: the dataset's standard training size, cut as the partitioner
   cuts it (classes: N // (partitions x c) images of each of c classes; iid: N // partitions;
-  dirichlet: ragged, so one image);
+  dirichlet: ragged, so one image); with lazy data for `resident_clients` only;
 - cifar10: the same, with N read from the training batches' pickle openings (their array shape;
   pfl_dist/data/cifar.py) and 3 x 32 x 32 samples;
 - leaf: every chosen writer has at least data.min_samples_per_client training samples of 784
@@ -40,7 +40,7 @@ names (`TaskEntry.memory`, pfl_dist/tasks/__init__.py):
   the CSV reader's own function (`csv_rows`, pfl_dist/data/client_files.py: the same blocks and
   the same size bound, so a file the reader refuses is refused here, before anything is
   allocated); the padded tensors, plus the arrays as read (float64) and the feature scales, which
-  the task keeps.
+  the task keeps; with lazy data the padded tensors and scales of `resident_clients` only.
 Available memory is /proc/meminfo's MemAvailable, or the cgroup (v2) limit minus current usage
 when that is lower (a container's limit, not the host's free memory), for all the ranks on this
 machine; and one rank must fit in the address space `ulimit -v` (RLIMIT_AS) leaves a process,
@@ -59,7 +59,7 @@ from pfl_dist.config import Config
 from pfl_dist.data import cifar, leaf
 from pfl_dist.data.client_files import FORMATS, client_file, samples_at_least
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE
-from pfl_dist.data.lazy import resident_clients
+from pfl_dist.data.lazy import lazy_data, resident_clients
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.spec import feedback_rule, parse_codec
 from pfl_dist.methods import method_info
@@ -155,12 +155,13 @@ def image_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[E
     assert image is not None, cfg.data.kind
     num_train, input_shape, num_classes = image
     per_client = _image_samples_per_client(cfg, num_train) * (math.prod(input_shape) * value + _LABEL_BYTES)
-    return [(len(block) * per_client, input_shape, num_classes) for block in blocks]
+    return [(resident_clients(cfg, len(block)) * per_client, input_shape, num_classes) for block in blocks]
 
 
 def client_files_data_bytes(cfg: Config, blocks: Sequence[range], value: int) -> list[Estimate]:
     """Each client's sample count from its file's header or rows: the padded tensors, the arrays as
-    read (float64) and the feature scales, which the task keeps."""
+    read (float64) and the feature scales, which the task keeps; with lazy data the padded tensors
+    and scales of the clients that hold data at once (`resident_clients`), no arrays kept as read."""
     data, shape = cfg.data, (cfg.data.dim,)
     if data.data_dir is None:
         return [(0, shape, data.num_classes) for _ in blocks]
@@ -170,9 +171,11 @@ def client_files_data_bytes(cfg: Config, blocks: Sequence[range], value: int) ->
         for client in block:
             paths = [client_file(Path(data.data_dir), client, fmt) for fmt in FORMATS]
             counts.append(max((samples_at_least(path, dim=data.dim) for path in paths if path.is_file()), default=0))
-        padded = len(block) * max(counts, default=0) * (data.dim * value + _LABEL_BYTES)
-        as_read = sum(counts) * (data.dim * 8 + _LABEL_BYTES)  # ClientArrays: float64 features, int64 labels
-        scales = len(block) * data.dim * 8  # the per-client feature scales (float64)
+        resident = resident_clients(cfg, len(block))
+        padded = resident * max(counts, default=0) * (data.dim * value + _LABEL_BYTES)
+        # ClientArrays, float64 features and int64 labels: kept eagerly, dropped once padded when lazy
+        as_read = 0 if lazy_data(cfg) else sum(counts) * (data.dim * 8 + _LABEL_BYTES)
+        scales = resident * data.dim * 8  # the per-client feature scales (float64)
         estimates.append((padded + as_read + scales, shape, data.num_classes))
     return estimates
 

@@ -46,7 +46,7 @@ from pfl_dist.checkpoint import (
 )
 from pfl_dist.comm import ByteLedger, Communicator, Counters, Traffic
 from pfl_dist.config import Config, load_config
-from pfl_dist.data.lazy import lazy_data, resident_clients
+from pfl_dist.data.lazy import lazy_client, lazy_data, resident_clients
 from pfl_dist.errors import ConfigError, NonFiniteMetricError, OneLineParser, PflError
 from pfl_dist.evaluation import (
     CLIENT_PREFIX,
@@ -114,9 +114,10 @@ class Trainer:
         block = client_block(runtime.rank, world_size=runtime.world_size, num_clients=cfg.data.num_clients)
         self.task: Task = build_task(cfg, client_ids=block, device=runtime.device)
         if lazy_data(cfg) and runtime.is_logging_rank:
-            smoothness = ("; algorithm.smoothness=auto generates every client once at start-up (not kept), a number "
+            made = lazy_client(cfg.data.kind)
+            smoothness = (f"; algorithm.smoothness=auto: every client {made} once at start-up (not kept), a number "
                           "skips that" if cfg.algorithm.smoothness == "auto" else "")
-            print(f"data: lazy (data.lazy={str(cfg.data.lazy).lower()}): each client generated when sampled or "
+            print(f"data: lazy (data.lazy={str(cfg.data.lazy).lower()}): each client {made} when sampled or "
                   f"evaluated, at most {resident_clients(cfg, len(block))} clients' data held per rank (a round's "
                   f"sample + the evaluation cohort){smoothness}", flush=True)
         set_num_threads(runtime.local_world_size, cap=self.task.max_threads)

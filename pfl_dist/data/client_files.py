@@ -18,7 +18,7 @@ import functools
 import stat
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,9 +161,32 @@ def read_client(directory: Path, client: int, *, fmt: str, dim: int, num_classes
     return ClientArrays(features=np.ascontiguousarray(table[:, :-1]), labels=labels.astype(np.int64))
 
 
-def read_true_models(directory: Path, clients: range, *, num_clients: int, dim: int,
-                     num_classes: int) -> np.ndarray | None:
-    """W_k of `clients`, (k, C, d) float64, from local_true_model.npy; None if there is no such file."""
+def client_rows(directory: Path, client: int, *, fmt: str, dim: int) -> int:
+    """How many samples experiment client `client`'s file holds, without parsing a number (lazy
+    data, pfl_dist/tasks/client_files.py): a CSV's rows counted as `_read_csv` counts them
+    (`csv_rows`), an .npz's from X's header. DataError, one line, for a missing file, a file the
+    reader refuses before parsing, or no samples; what only parsing finds (a bad number or label)
+    is found when the client is read."""
+    path = client_file(directory, client, fmt)
+    if not path.is_file():
+        problem = "not a regular file" if path.exists() else "file not found"
+        raise DataError(f"{path}: {problem} (client {client + 1} of data.num_clients)")
+    if fmt == "csv":
+        rows = csv_rows(path, dim=dim)
+    else:
+        try:
+            info = path.stat()
+            rows = _npz_rows(path, info.st_size, info.st_mtime_ns)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+            raise DataError(f"{path}: not a readable .npz file ({str(err).splitlines()[0] if str(err) else 'corrupt'})"
+                            ) from None
+    if rows == 0:
+        raise DataError(f"{path}: the client has no samples")
+    return rows
+
+
+def true_models_file(directory: Path, *, num_clients: int, dim: int, num_classes: int) -> np.ndarray | None:
+    """local_true_model.npy memory-mapped, its shape checked (no row read); None if there is no such file."""
     path = directory / TRUE_MODELS
     if not path.is_file():
         return None
@@ -176,10 +199,25 @@ def read_true_models(directory: Path, clients: range, *, num_clients: int, dim: 
                         f"(m, {num_classes}, {dim}) numbers (m clients, data.num_classes, data.dim)")
     if stored.shape[0] < num_clients:
         raise DataError(f"{path}: holds {stored.shape[0]} true models, data.num_clients is {num_clients}")
-    rows = np.array(stored[clients.start: clients.stop], dtype=np.float64)
+    return stored
+
+
+def true_model_rows(stored: np.ndarray, clients: Sequence[int] | range, directory: Path) -> np.ndarray:
+    """W_k of `clients` from the memory-mapped file, (k, C, d) float64, checked finite."""
+    if isinstance(clients, range):
+        rows = np.array(stored[clients.start: clients.stop], dtype=np.float64)
+    else:
+        rows = np.array(stored[list(clients)], dtype=np.float64)
     if not np.isfinite(rows).all():
-        raise DataError(f"{path}: contains NaN or infinite values")
+        raise DataError(f"{directory / TRUE_MODELS}: contains NaN or infinite values")
     return rows
+
+
+def read_true_models(directory: Path, clients: range, *, num_clients: int, dim: int,
+                     num_classes: int) -> np.ndarray | None:
+    """W_k of `clients`, (k, C, d) float64, from local_true_model.npy; None if there is no such file."""
+    stored = true_models_file(directory, num_clients=num_clients, dim=dim, num_classes=num_classes)
+    return None if stored is None else true_model_rows(stored, clients, directory)
 
 
 def feature_scale(features: np.ndarray) -> np.ndarray:

@@ -1,34 +1,55 @@
 """Lazy client data (`data.lazy`): a client's arrays exist only while it is sampled or evaluated.
 
-A synthetic client's data is a pure function of (seed, client id, num_clients)
-(pfl_dist/data/synthetic.py), and generating any subset of clients gives each client the same bits
-as generating them all. So instead of every client of a rank at start-up, the lazy task
-(pfl_dist/tasks/synthetic.py) generates a client the first time a round samples it or an
-evaluation measures it, and keeps it in a `ClientCache`:
+Which data kinds can be lazy is a fact of their task registry entry (`TaskEntry.lazy`,
+pfl_dist/tasks/__init__.py: how the task makes one client, as the console says it):
+- synthetic: a client's data is a pure function of (seed, client id, num_clients)
+  (pfl_dist/data/synthetic.py), and generating any subset of clients gives each client the same
+  bits as generating them all: the task (pfl_dist/tasks/synthetic.py) generates it;
+- client_files: the task (pfl_dist/tasks/client_files.py) reads the client's file, splits it
+  (held-out and validation rows, from (seed, client id) alone) and scales it (the feature scale
+  is per client, of its own training rows: no other client's rows are needed). Start-up reads no
+  number: it counts each of the rank's clients' rows (a CSV's lines, without parsing; an .npz's
+  header) for the sample counts and the padded length, and memory-maps the true models' file.
+  The launcher's preflight still reads and checks every file once (one at a time), so a bad
+  file stops the launch in one line as before; a file that changes during the run is one line
+  when its client is read.
+- the image kinds (mnist, fashion_mnist, mnist5k, cifar10, leaf; pfl_dist/tasks/images.py): the
+  partition (client -> indices into the dataset), the labels, counts, class masks and naive
+  baseline are made at start-up (label arithmetic); a client's images are gathered from the
+  dataset and padded when it is sampled or evaluated. The dataset's arrays themselves stay
+  loaded once per process, as eagerly (the official test set, w_g's evaluation, needs them).
+Plug-in datasets (`data.kind: package.module:factory`) hold every client of a rank from start-up:
+not built yet (their sample counts, which fix the padded length, need client(i) called).
+Instead of every client of a rank at start-up, a lazy task makes a client the first time a round
+samples it or an evaluation measures it, and keeps it in a `ClientCache`:
 - the evaluation cohort's members on this rank (train.eval_clients = N) are pinned: measured at
-  every evaluation, generated once, kept for the run (at most N clients);
+  every evaluation, made once, kept for the run (at most N clients);
 - any other client goes through an LRU of `cache_capacity` clients, derived from the config (no
   key): the clients one round samples (algorithm.sample_fraction x data.num_clients), so that a
-  round's clients are generated once per round; an evicted client is dropped and regenerated if
+  round's clients are made once per round; an evicted client is dropped and made again if
   sampled again.
 So a rank holds at most (sampled per round + cohort) clients' data, whatever data.num_clients.
-The solver and the metrics see the same tensors in the same order as the eager path: every
-number of a run is bit for bit the same (tests/unit/test_lazy_data.py), which is why data.lazy is
+The task's tensors are `LazyRows` (pfl_dist/tasks/lazy_rows.py): each client's tensors are its
+row of the eager tensors (padded to the same length), so the solver and the metrics see the same
+tensors in the same order as the eager path: every number of a run is bit for bit the same
+(tests/unit/test_lazy_data.py, tests/unit/test_lazy_client_files.py), which is why data.lazy is
 no part of the run identity (pfl_dist/rundir.py IGNORED_KEYS).
 
-The price is time: a round regenerates its sampled clients (the LRU rarely holds them when few of
-many are sampled), where eager data pays the generation once per client at start-up.
+The price is time: a round makes its sampled clients again (the LRU rarely holds them when few
+of many are sampled), where eager data pays that once per client at start-up.
 
 Evaluating every client (train.eval_clients all) would materialize every client at each
-evaluation: lazy data needs a cohort, and `data.lazy=true` without one is refused in one line.
-`auto` is lazy from LAZY_FROM clients on when the evaluation is on a cohort (every run before
-the key had fewer clients or evaluated all: they stay eager); below that eager start-up costs
-little (10^4 synthetic clients: ~0.1 GB, ~1 s).
+evaluation: lazy data needs a cohort, and `data.lazy=true` without one is refused in one line,
+as is `true` on a kind that cannot be lazy. `auto` is lazy for a kind that can be, from
+LAZY_FROM clients on, when the evaluation is on a cohort (every run before the key had fewer
+clients or evaluated all: they stay eager); below that eager start-up costs little (10^4
+synthetic clients: ~0.1 GB, ~1 s); another kind is always eager.
 
 algorithm.smoothness=auto, max_i L_i over every client, stays exact with lazy data: the rank's
-clients are generated once at start-up in blocks of 256, each block's bound taken and the block
+clients are made once at start-up in blocks of 256, each block's bound taken and the block
 dropped (O(block) memory, O(clients) time; the same L bit for bit). A number for
-algorithm.smoothness skips that pass, and start-up is then O(sampled + cohort).
+algorithm.smoothness skips that pass, and start-up is then O(sampled + cohort) clients made
+(client_files: plus the row counts).
 
 No torch here: the config check (pfl_dist/tasks/__init__.py) and the memory estimate
 (pfl_dist/resources.py) read it before any process starts.
@@ -41,15 +62,29 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pfl_dist.errors import ConfigError
-from pfl_dist.sampling import eval_cohort_size, num_sampled
+from pfl_dist.sampling import eval_cohort, eval_cohort_size, num_sampled
 
 if TYPE_CHECKING:
     from pfl_dist.config import Config
 
 LAZY_FROM = 100_000  # data.lazy=auto: lazy from this many clients on (with an evaluation cohort)
-LAZY_KINDS = ("synthetic",)  # the data kinds that can materialize a client from its id
 
 V = TypeVar("V")
+
+
+def lazy_client(kind: str) -> str | None:
+    """How a client of data kind `kind` is materialized lazily ("generated", "read from its file",
+    ...), its task registry entry's `lazy` (pfl_dist/tasks/__init__.py); None: it cannot be."""
+    from pfl_dist.tasks import task_entry  # the registry imports this module
+
+    return task_entry(kind).lazy
+
+
+def lazy_kinds() -> list[str]:
+    """The built-in data kinds whose clients can be materialized lazily."""
+    from pfl_dist.tasks import TASKS
+
+    return [kind for kind, entry in TASKS.items() if entry.lazy is not None]
 
 
 def lazy_data(cfg: Config) -> bool:
@@ -57,7 +92,7 @@ def lazy_data(cfg: Config) -> bool:
     data = cfg.data
     if data.lazy != "auto":
         return bool(data.lazy)
-    return (data.kind in LAZY_KINDS and data.num_clients >= LAZY_FROM
+    return (lazy_client(data.kind) is not None and data.num_clients >= LAZY_FROM
             and eval_cohort_size(cfg.train.eval_clients, data.num_clients) is not None)
 
 
@@ -66,8 +101,8 @@ def check_lazy(cfg: Config) -> None:
     data = cfg.data
     if data.lazy is not True:
         return
-    if data.kind not in LAZY_KINDS:
-        raise ConfigError(f"data.lazy=true is for data.kind {' or '.join(LAZY_KINDS)}, not {data.kind!r}: "
+    if lazy_client(data.kind) is None:
+        raise ConfigError(f"data.lazy=true is for data.kind {' or '.join(lazy_kinds())}, not {data.kind!r}: "
                           "remove data.lazy")
     if eval_cohort_size(cfg.train.eval_clients, data.num_clients) is None:
         raise ConfigError(f"data.lazy=true needs an evaluation cohort: train.eval_clients={cfg.train.eval_clients} "
@@ -87,6 +122,21 @@ def resident_clients(cfg: Config, hosted: int) -> int:
         return hosted
     cohort = eval_cohort_size(cfg.train.eval_clients, cfg.data.num_clients) or 0
     return min(hosted, cache_capacity(cfg) + cohort)
+
+
+def cohort_members(cfg: Config, client_ids: range) -> list[int]:
+    """The evaluation cohort's members among `client_ids` (a rank's: pinned in its cache)."""
+    data = cfg.data
+    size = eval_cohort_size(cfg.train.eval_clients, data.num_clients)
+    if size is None:
+        return []
+    cohort = eval_cohort(seed=cfg.run.seed, num_clients=data.num_clients, size=size)
+    return [int(i) for i in cohort if client_ids.start <= i < client_ids.stop]
+
+
+def client_cache(cfg: Config, client_ids: range, make: Callable[[list[int]], list[V]]) -> ClientCache[V]:
+    """A rank's cache of the clients `client_ids`: an LRU of `cache_capacity`, the cohort pinned."""
+    return ClientCache(make, capacity=cache_capacity(cfg), pinned=cohort_members(cfg, client_ids))
 
 
 class ClientCache(Generic[V]):

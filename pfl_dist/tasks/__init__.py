@@ -58,26 +58,30 @@ class TaskEntry:
     # files(root, num_clients) -> names relative to root, which enter the run identity. None: it
     # reads no folder of the user's.
     input_files: str | None = None
+    # data.lazy (pfl_dist/data/lazy.py): how the task makes one client when a round samples it or an
+    # evaluation measures it, as the console says it ("generated", "read from its file"); None: the
+    # task holds every client of a rank from start-up, and data.lazy=true is refused.
+    lazy: str | None = None
 
 
 _IMAGE_ONLY = ("data.data_dir", "data.download", "data.partition", "data.num_partitions",
                "data.classes_per_client", "data.alpha", "data.test_fraction")
 _SYNTHETIC_ONLY = ("data.samples_per_client", "data.dim", "data.num_classes", "data.R", "data.center_scale")
 _SCALE, _MIN_SAMPLES, _PARAMS = "data.scale_features", "data.min_samples_per_client", "data.params"
-_LAZY = "data.lazy"  # only synthetic clients are materialized from their id (pfl_dist/data/lazy.py)
 _VAL = "data.val_fraction"  # validation rows: the image tasks' and client_files' (not the synthetic generator's)
 _IMAGES = TaskEntry(
     target="pfl_dist.tasks.images:ImageTask",
-    unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS, _LAZY),
+    unused_keys=(*_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _PARAMS),
     description="28x28 grey images from IDX files, partitioned into non-IID clients",
     auto_model="logreg",
     memory="pfl_dist.resources:image_data_bytes",
+    lazy="gathered from the dataset",
 )
 
 # A federated dataset (DatasetTask) brings its own clients, splits, shapes and classes: of the data
 # keys it reads data.num_clients (how many of its clients take part) and data.params (the factory's
 # arguments).
-DATASET_UNUSED_KEYS = (*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES, _LAZY)
+DATASET_UNUSED_KEYS = (*_IMAGE_ONLY, *_SYNTHETIC_ONLY, _SCALE, _MIN_SAMPLES)
 
 TASKS: dict[str, TaskEntry] = {
     "synthetic": TaskEntry(
@@ -86,35 +90,38 @@ TASKS: dict[str, TaskEntry] = {
                      _VAL),
         description="the paper's generator: per-client softmax-regression data around true models",
         memory="pfl_dist.resources:synthetic_data_bytes",
+        lazy="generated",
     ),
     "fashion_mnist": _IMAGES,
     "mnist": _IMAGES,
     "mnist5k": _IMAGES,
     "cifar10": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
-        unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES, _PARAMS, _LAZY),
+        unused_keys=(*_SYNTHETIC_ONLY, "data.download", _SCALE, _MIN_SAMPLES, _PARAMS),
         description="CIFAR-10 (3x32x32 colour, 10 classes) from its python pickle batches, partitioned into clients",
         auto_model="logreg",
         memory="pfl_dist.resources:image_data_bytes",
+        lazy="gathered from the dataset",
         input_files="pfl_dist.inputs:cifar10_files",
     ),
     "leaf": TaskEntry(
         target="pfl_dist.tasks.images:ImageTask",
         unused_keys=(*_SYNTHETIC_ONLY, "data.download", "data.partition", "data.num_partitions",
-                     "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE, _PARAMS, _LAZY),
+                     "data.classes_per_client", "data.alpha", "data.test_fraction", _SCALE, _PARAMS),
         description="LEAF FEMNIST JSON (28x28, 62 classes): each writer is one client, with its own test samples",
         auto_model="logreg",
         memory="pfl_dist.resources:image_data_bytes",
+        lazy="gathered from the dataset",
         input_files="pfl_dist.inputs:leaf_files",
     ),
     "client_files": TaskEntry(
         target="pfl_dist.tasks.client_files:ClientFilesTask",
         unused_keys=("data.samples_per_client", "data.R", "data.center_scale",
-                     *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES, _PARAMS,
-                     _LAZY),
+                     *(key for key in _IMAGE_ONLY[1:] if key != "data.test_fraction"), _MIN_SAMPLES, _PARAMS),
         description="softmax regression on one CSV or NPZ file per client (the reference code's layout)",
         memory="pfl_dist.resources:client_files_data_bytes",
         input_files="pfl_dist.inputs:client_files_files",
+        lazy="read from its file",
     ),
 }
 

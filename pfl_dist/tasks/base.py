@@ -133,6 +133,8 @@ def padded_batches(
         return
     chosen = [counts[int(r)] for r in rows]
     client_ids = [first_client_id + int(r) for r in rows]
+    if not isinstance(features, torch.Tensor):  # lazy client data (LazyRows): the chosen clients' rows, once
+        features, labels, rows = features[rows], labels[rows], torch.arange(len(rows))
     device = features.device
     row_index = rows.to(device).unsqueeze(1)
     for epoch in range(algo.local_epochs if epochs is None else epochs):

@@ -13,6 +13,8 @@ LEAF data comes partitioned (one client per writer, with its own test samples): 
 client's training indices are then split into training and validation rows (`with_validation`,
 keyed by (seed, partition id) on a stream of its own: the test rows are the same with or without
 it); the validation rows are never trained on (nor enter the class mask, the naive baseline or L).
+With lazy data (data.lazy, pfl_dist/data/lazy.py) the images of a client are gathered (`LazyRows`)
+only when it is sampled or evaluated; the labels and everything computed from them stay.
 
 Features are pixels / 255 in [0, 1], neither centred nor standardised (the paper's
 ToTensor-only pipeline); LEAF's float samples are used as stored. The input shape and class
@@ -54,6 +56,7 @@ import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -61,6 +64,7 @@ import torch
 from pfl_dist.config import Config
 from pfl_dist.data.cifar import load_cifar10
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE, ImageDataset, load_images
+from pfl_dist.data.lazy import client_cache, lazy_data
 from pfl_dist.data.leaf import load_leaf
 from pfl_dist.data.partition import (
     partition_classes,
@@ -77,6 +81,7 @@ from pfl_dist.models.linear import LinearSoftmax
 from pfl_dist.models.module import ModuleModel
 from pfl_dist.solvers.padded import full_batch_weights
 from pfl_dist.tasks.base import Batch, padded_batches
+from pfl_dist.tasks.lazy_rows import LazyRows
 
 LOG_PROB_FLOOR = math.log(1e-12)
 EVAL_CHUNK = 1000  # global-test images per forward pass (bounds CNN activation memory)
@@ -276,6 +281,21 @@ def _padded(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _padded_to(array: np.ndarray, length: int) -> np.ndarray:
+    """One client's row of `_padded`: (n, ...) zero-padded to (length, ...)."""
+    out = np.zeros((length, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+class ImageClient(NamedTuple):
+    """One client's images with lazy data: its rows of the eager train/test/validation tensors."""
+
+    train_x: torch.Tensor
+    test_x: torch.Tensor
+    val_x: torch.Tensor
+
+
 def _valid(counts: torch.Tensor, length: int) -> torch.Tensor:
     """(k, length) True on real samples, False on padding."""
     return torch.arange(length, device=counts.device) < counts.unsqueeze(1)
@@ -286,6 +306,9 @@ class ImageTask:
 
     max_threads: int | None = None  # the runtime's thread rule: CNN and 784-wide batches do split
     metrics_measured_on = "eval"  # accuracies and losses: the clients' test splits and the official test set
+    train_x: torch.Tensor  # (k, n_max, *input_shape); with lazy data `LazyRows` (pfl_dist/tasks/lazy_rows.py)
+    test_x: torch.Tensor
+    val_x: torch.Tensor
 
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         check_image_config(cfg)
@@ -335,17 +358,32 @@ class ImageTask:
         return features.reshape(*images.shape[: images.ndim - self.sample_ndim], *self.model.input_shape)
 
     def _materialize_clients(self, dataset: ImageDataset) -> None:
-        """Padded (k, max n_i, ...) tensors of this rank's clients' train and test samples."""
+        """Padded (k, max n_i, ...) tensors of this rank's clients' train and test samples. With
+        lazy data (data.lazy) the images are `LazyRows`: a client's are gathered from the dataset
+        (loaded once per process) when it is sampled or evaluated; the labels stay (cheap)."""
         source = dataset.train  # a client's test split is held-out images of its own partition
+        self.lazy = lazy_data(self.cfg)
         self.train_counts = [len(c.train) for c in self.clients]
-        self.train_x = self._features(_padded([source.images[c.train] for c in self.clients]))
+        if self.lazy:
+            self._source = source
+            self._lengths = tuple(max(len(getattr(c, split)) for c in self.clients)
+                                  for split in ("train", "test", "val"))
+            self.cache = client_cache(self.cfg, self.client_ids, self._materialize)
+            shape = (len(self.clients), *self.model.input_shape)
+            field = functools.partial(LazyRows, self.cache, first_id=self.client_ids.start, dtype=self.dtype,
+                                      device=self.device)
+            self.train_x = field(field="train_x", shape=(shape[0], self._lengths[0], *shape[1:]))  # type: ignore
+            self.test_x = field(field="test_x", shape=(shape[0], self._lengths[1], *shape[1:]))  # type: ignore
+        else:
+            self.train_x = self._features(_padded([source.images[c.train] for c in self.clients]))
+            self.test_x = self._features(_padded([source.images[c.test] for c in self.clients]))
         self.train_y = torch.from_numpy(_padded([source.labels[c.train] for c in self.clients])).to(self.device)
-        self.test_x = self._features(_padded([source.images[c.test] for c in self.clients]))
         self.test_y = torch.from_numpy(_padded([source.labels[c.test] for c in self.clients])).to(self.device)
         self.test_counts = torch.tensor([len(c.test) for c in self.clients], device=self.device)
         self.val_counts: torch.Tensor | None = None  # data.val_fraction: the validation rows, measured as val/...
         if self.cfg.data.val_fraction > 0:
-            self.val_x = self._features(_padded([source.images[c.val] for c in self.clients]))
+            self.val_x = (field(field="val_x", shape=(shape[0], self._lengths[2], *shape[1:]))  # type: ignore
+                          if self.lazy else self._features(_padded([source.images[c.val] for c in self.clients])))
             self.val_y = torch.from_numpy(_padded([source.labels[c.val] for c in self.clients])).to(self.device)
             self.val_counts = torch.tensor([len(c.val) for c in self.clients], device=self.device)
         self.sample_counts = torch.tensor(self.train_counts, dtype=self.dtype, device=self.device)
@@ -353,6 +391,17 @@ class ImageTask:
         frequencies = class_counts / class_counts.sum(axis=1, keepdims=True)
         self.class_frequencies = torch.from_numpy(frequencies).to(self.device)
         self.class_mask = self.class_frequencies > 0  # (k, C): the classes each client trained on
+
+    def _materialize(self, ids: list[int]) -> list[ImageClient]:
+        """Lazy data: the clients of `ids` (global) gathered from the dataset and padded to the
+        rank's lengths as the eager tensors are (their rows of them, bit for bit)."""
+        out = []
+        for client in ids:
+            split = self.clients[client - self.client_ids.start]
+            parts = [self._features(_padded_to(self._source.images[getattr(split, name)], length))
+                     for name, length in zip(("train", "test", "val"), self._lengths, strict=True)]
+            out.append(ImageClient(*parts))
+        return out
 
     # --- the Task protocol ---------------------------------------------------------------
 
@@ -368,7 +417,9 @@ class ImageTask:
             return 0.0
         bounds = []
         for i, n in enumerate(self.train_counts):
-            x = self.train_x[i, :n].double()
+            # lazy data: each client gathered once for it, not kept
+            train_x = self._materialize([self.client_ids.start + i])[0].train_x if self.lazy else self.train_x[i]
+            x = train_x[:n].double()
             if self.model.linear.bias:
                 x = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], dim=1)
             gram = x @ x.T if n < x.shape[1] else x.T @ x  # same largest eigenvalue, smaller matrix

@@ -2,14 +2,15 @@
 
 The data comes from pfl_dist/data/synthetic.py (each rank generates only its own clients): all of
 them at start-up, or, with lazy data (data.lazy, pfl_dist/data/lazy.py), each client when it is
-sampled or evaluated, through a bounded cache (`LazyRows` stands where the eager tensors stand,
-and indexing it by rows gives the very tensor indexing them would). The
+sampled or evaluated, through a bounded cache (`LazyRows`, pfl_dist/tasks/lazy_rows.py, stands where the eager
+tensors stand, and indexing it by rows gives the very tensor indexing them would). The
 solver, smoothness bound and metrics (ITR, ATR, losses and accuracies on the clients' training
 samples) are the ones every linear per-client task shares (pfl_dist/tasks/linear_clients.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -17,11 +18,11 @@ from typing import NamedTuple
 import torch
 
 from pfl_dist.config import Config
-from pfl_dist.data.lazy import ClientCache, cache_capacity, lazy_data
+from pfl_dist.data.lazy import client_cache, lazy_data
 from pfl_dist.data.synthetic import SyntheticBlock, generate_clients
 from pfl_dist.models.init_file import check_init_file
 from pfl_dist.models.linear import LinearSoftmax
-from pfl_dist.sampling import eval_cohort, eval_cohort_size
+from pfl_dist.tasks.lazy_rows import LazyRows
 from pfl_dist.tasks.linear_clients import BLOCK, LinearClientsTask, block_smoothness
 
 _GENERATION_BLOCK = 256  # clients generated per numpy block
@@ -37,37 +38,6 @@ class ClientArrays(NamedTuple):
     true_model: torch.Tensor
 
 
-class LazyRows:
-    """One of the task's per-client tensors (features, labels, scale, true_models), materialized
-    on indexing: `rows[index]`, index a 1-D tensor of local rows, is exactly `eager[index]`. The
-    distinct clients are stacked in the eager tensor's memory layout and indexed the same way,
-    so what follows (the solver, the metrics' reductions) sees the same tensor."""
-
-    def __init__(self, task: SyntheticTask, field: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        self.task, self.field, self.shape, self.dtype = task, field, torch.Size(shape), dtype
-        self.device = task.device
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: object) -> torch.Tensor:
-        if not isinstance(index, torch.Tensor) or index.dim() != 1:
-            raise TypeError(f"lazy client data is indexed by a 1-D tensor of rows, not {type(index).__name__}")
-        rows = index.tolist()
-        distinct = list(dict.fromkeys(rows))
-        position = {row: i for i, row in enumerate(distinct)}
-        start = self.task.client_ids.start
-        clients = self.task.cache.get([start + row for row in distinct])
-        parts = [getattr(client, self.field) for client in clients]
-        if self.field == "true_model":  # eager: W_k^T viewed from (k, C, d) memory
-            stacked = (torch.stack(parts) if parts else torch.empty(0, *self.shape[2:0:-1], dtype=self.dtype)
-                       ).transpose(1, 2)
-        else:
-            stacked = torch.stack(parts) if parts else torch.empty(0, *self.shape[1:], dtype=self.dtype)
-        return stacked.to(self.device)[torch.tensor([position[row] for row in rows], dtype=torch.long,
-                                                    device=self.device)]
-
-
 class SyntheticTask(LinearClientsTask):
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         data = cfg.data
@@ -80,12 +50,13 @@ class SyntheticTask(LinearClientsTask):
         self.lazy = lazy_data(cfg)
         num_clients, n, d, c = len(client_ids), data.samples_per_client, data.dim, data.num_classes
         if self.lazy:
-            self.cache = ClientCache(self._materialize, capacity=cache_capacity(cfg), pinned=self._cohort_members())
-            self.features = LazyRows(self, "features", (num_clients, n, d), dtype)  # type: ignore[assignment]
-            self.labels = LazyRows(self, "labels", (num_clients, n), torch.long)  # type: ignore[assignment]
-            self.scale = LazyRows(self, "scale", (num_clients, d), torch.float64)  # type: ignore[assignment]
-            self.true_models = LazyRows(self, "true_model", (num_clients, d, c),  # type: ignore[assignment]
-                                        torch.float64)
+            self.cache = client_cache(cfg, client_ids, self._materialize)
+            field = functools.partial(LazyRows, self.cache, first_id=client_ids.start, device=device)
+            self.features = field(field="features", shape=(num_clients, n, d), dtype=dtype)  # type: ignore[assignment]
+            self.labels = field(field="labels", shape=(num_clients, n), dtype=torch.long)  # type: ignore[assignment]
+            self.scale = field(field="scale", shape=(num_clients, d), dtype=torch.float64)  # type: ignore[assignment]
+            self.true_models = field(field="true_model", shape=(num_clients, d, c),  # type: ignore[assignment]
+                                    dtype=torch.float64, transposed=True)
             self._set_counts([n] * num_clients, device)
             return
         self.features = torch.empty(num_clients, n, d, dtype=dtype)
@@ -112,15 +83,6 @@ class SyntheticTask(LinearClientsTask):
         return generate_clients(ids, seed=self.cfg.run.seed, num_clients=data.num_clients,
                                 num_samples=data.samples_per_client, dim=data.dim, num_classes=data.num_classes,
                                 R=data.R, center_scale=data.center_scale)
-
-    def _cohort_members(self) -> list[int]:
-        """The evaluation cohort's members on this rank (pinned in the cache)."""
-        data = self.cfg.data
-        size = eval_cohort_size(self.cfg.train.eval_clients, data.num_clients)
-        if size is None:
-            return []
-        cohort = eval_cohort(seed=self.cfg.run.seed, num_clients=data.num_clients, size=size)
-        return [int(i) for i in cohort if self.client_ids.start <= i < self.client_ids.stop]
 
     def _materialize(self, ids: list[int]) -> list[ClientArrays]:
         """The clients of `ids` (global), generated in blocks, each client's tensors its own copy

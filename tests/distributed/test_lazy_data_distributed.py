@@ -1,5 +1,6 @@
-"""Lazy client data (data.lazy=true) on 2 ranks: each rank generates the sampled and cohort clients
-it hosts; the run is the 2-rank eager run bit for bit and the one-process run to 1e-12."""
+"""Lazy client data (data.lazy=true) on 2 ranks: each rank generates (synthetic) or reads (client
+files) the sampled and cohort clients it hosts; the run is the 2-rank eager run bit for bit (and,
+synthetic, the one-process run to 1e-12)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.data_fixtures import write_reference_csv_clients
 from tests.helpers import read_metrics, read_summary, run_inprocess, run_torchrun_points
 
 pytestmark = pytest.mark.distributed
@@ -35,3 +37,22 @@ def test_two_lazy_ranks_are_the_eager_run_and_the_one_process_run(tmp_path: Path
             assert got["round"] == want["round"]
             assert got["metrics"] == pytest.approx(want["metrics"], rel=1e-12, abs=1e-12)
             assert got["personal"] == pytest.approx(want["personal"], rel=1e-12, abs=1e-12)
+
+
+def test_two_lazy_ranks_on_client_files_are_the_eager_run(tmp_path: Path) -> None:
+    # Prepare: CSV clients (scaled; true models) read lazily by 2 ranks, each its own clients' files
+    folder = write_reference_csv_clients(tmp_path / "files", num_clients=14, num_samples=20, dim=5, seed=4)
+    base = ("data.kind=client_files", f"data.data_dir={folder}", "data.num_clients=14", "data.dim=5",
+            "data.test_fraction=0.2", "data.val_fraction=0.2", "run.seed=3", "algorithm.name=scaffold",
+            "algorithm.num_local_steps=3", "algorithm.sample_fraction=0.3", "train.num_rounds=4",
+            "train.eval_every=2", "train.dtype=float64", "train.eval_clients=5")
+    points = {f"files_{lazy}": (*base, f"data.lazy={lazy}") for lazy in ("true", "false")}
+    # Execute
+    run_torchrun_points(tmp_path / "two", 2, points)
+    lazy, eager = (read_summary(tmp_path / "two" / f"files_{v}") for v in ("true", "false"))
+    # Assert: 2 lazy ranks = 2 eager ranks bit for bit, every metric of every evaluation
+    assert lazy["world_size"] == eager["world_size"] == 2
+    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
+    assert lazy["final"] == eager["final"] and lazy["participation"] == eager["participation"]
+    assert [r["metrics"] for r in read_metrics(tmp_path / "two" / "files_true")] == \
+        [r["metrics"] for r in read_metrics(tmp_path / "two" / "files_false")]

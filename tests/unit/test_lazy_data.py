@@ -3,6 +3,7 @@ clients generated only when sampled or evaluated, at most the cache's bound kept
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pfl_dist.resources import estimate_rank_bytes
 from pfl_dist.rundir import config_hash, result_config
 from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import eval_cohort, sample_clients
+from pfl_dist.tasks import TASKS
 from pfl_dist.train import Trainer, run_session
 from tests.helpers import crash_and_resume, read_metrics, read_summary
 
@@ -173,10 +175,18 @@ def test_bad_values_are_one_line(overrides: tuple[str, ...], message: str) -> No
     assert "\n" not in str(raised.value)
 
 
-def test_only_synthetic_data_is_lazy() -> None:
-    with pytest.raises(ConfigError, match=r"^data.kind 'mnist' does not use data.lazy=True: remove it") as raised:
+def test_a_kind_that_cannot_be_lazy_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A kind whose registry entry has no `lazy` (how it makes one client) holds every client eagerly.
+    monkeypatch.setitem(TASKS, "mnist", dataclasses.replace(TASKS["mnist"], lazy=None))
+    lazy = " or ".join(kind for kind, entry in TASKS.items() if entry.lazy is not None)
+    assert "synthetic" in lazy and "client_files" in lazy and "mnist5k" in lazy
+    with pytest.raises(ConfigError, match=rf"^data.lazy=true is for data.kind {lazy}, not 'mnist': remove "
+                                          r"data.lazy$") as raised:
         load_config(None, ["data.kind=mnist", "data.lazy=true", "train.eval_clients=8"])
     assert "\n" not in str(raised.value)
+    monkeypatch.setattr(lazy_module, "LAZY_FROM", 10)  # auto is eager for it whatever the size
+    assert not lazy_data(load_config(None, ["data.kind=mnist", "data.num_clients=20", "train.eval_clients=8"]))
+    assert not lazy_data(load_config(None, ["data.kind=mnist", "data.lazy=false", "train.eval_clients=8"]))
 
 
 def test_memory_estimate_counts_the_resident_clients_only() -> None:
