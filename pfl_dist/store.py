@@ -187,10 +187,12 @@ class ClientStore:
 
     def _differs(self, key: str, values: torch.Tensor) -> np.ndarray:
         """(len(values),) bool: which rows of `key` differ bit for bit from the default."""
-        default = self.default(self.declared[key], 1).cpu().contiguous()
+        default = self.default(self.declared[key], 1).cpu().contiguous().view(torch.uint8).reshape(1, -1)
         rows = values.cpu().contiguous()
-        return (rows.view(torch.uint8).reshape(len(rows), -1)
-                != default.view(torch.uint8).reshape(1, -1)).any(dim=1).numpy()
+        raw = rows.view(torch.uint8).reshape(len(rows), -1)
+        step = max(1, 2**22 // max(1, raw.shape[1]))  # a comparison of 4 MiB at a time, not one of the block
+        return np.concatenate([(raw[start: start + step] != default).any(dim=1).numpy()
+                               for start in range(0, len(rows), step)] or [np.zeros(0, dtype=bool)])
 
     def close(self) -> None:
         """Release what the store holds outside memory (default: nothing)."""
