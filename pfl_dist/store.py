@@ -38,6 +38,11 @@ store gives one block (every client, as before: the same sums bit for bit); a la
 of at most the cache's bound, so reading every client never holds more than one block. `rows`
 (every client at once) is for rows of a few numbers per client (the update counts) and for
 tests; the engine never calls it for a row of the model's size.
+
+`written_rows(key, max_rows)` streams, block by block (ascending client ids, at most `max_rows`
+rows a block), only the rows whose bits differ from their default, and `load_rows` sets given
+rows (a lazy store writes them to its row files, not through the cache): the pieces a checkpoint
+by segments of written rows is built from (issue 24; the checkpoint does not use them yet).
 """
 
 from __future__ import annotations
@@ -169,6 +174,26 @@ class ClientStore:
         (`undeclared`)."""
         raise NotImplementedError
 
+    def written_rows(self, key: str, max_rows: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(local client ids, ascending, int64; their rows of `key` on the CPU) for every client
+        whose row of `key` differs bit for bit from its default, in blocks of at most `max_rows`
+        rows: how a caller writes the rows that matter without holding more than one block."""
+        raise NotImplementedError
+
+    def load_rows(self, key: str, clients: np.ndarray, values: torch.Tensor) -> None:
+        """Set the rows of `key` of the given local clients (a resume's rows, which differ from
+        their default), without passing them through the cache."""
+        raise NotImplementedError
+
+    def _differs(self, key: str, values: torch.Tensor) -> np.ndarray:
+        """(len(values),) bool: which rows of `key` differ bit for bit from the default."""
+        default = self.default(self.declared[key], 1).cpu().contiguous().view(torch.uint8).reshape(1, -1)
+        rows = values.cpu().contiguous()
+        raw = rows.view(torch.uint8).reshape(len(rows), -1)
+        step = max(1, 2**22 // max(1, raw.shape[1]))  # a comparison of 4 MiB at a time, not one of the block
+        return np.concatenate([(raw[start: start + step] != default).any(dim=1).numpy()
+                               for start in range(0, len(rows), step)] or [np.zeros(0, dtype=bool)])
+
     def close(self) -> None:
         """Release what the store holds outside memory (default: nothing)."""
 
@@ -229,6 +254,22 @@ class DenseStore(ClientStore):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         for key, tensor in self.tensors.items():
             self.tensors[key] = self._saved_row(state, key).to(device=tensor.device)
+
+    def written_rows(self, key: str, max_rows: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        tensor, held = self.tensors[key], np.empty(0, dtype=np.int64)
+        scan = max(1, min(max_rows, 4096))  # the bit comparison's block: a few MiB at most
+        for start in range(0, self.num_clients, scan):
+            found = np.flatnonzero(self._differs(key, tensor[start: start + scan])) + start
+            held = np.concatenate([held, found.astype(np.int64)])
+            while len(held) >= max_rows:
+                block, held = held[:max_rows], held[max_rows:]
+                yield block, tensor[torch.from_numpy(block).to(tensor.device)].cpu()
+        if len(held):
+            yield held, tensor[torch.from_numpy(held).to(tensor.device)].cpu()
+
+    def load_rows(self, key: str, clients: np.ndarray, values: torch.Tensor) -> None:
+        tensor = self.tensors[key]
+        tensor[torch.from_numpy(np.asarray(clients, dtype=np.int64)).to(tensor.device)] = values.to(tensor)
 
 
 class LazyStore(ClientStore):
@@ -357,6 +398,40 @@ class LazyStore(ClientStore):
             self.written[key] = differs
             if differs.any():
                 self._spill(key, np.flatnonzero(differs), saved[torch.from_numpy(differs)].numpy())
+
+    def written_rows(self, key: str, max_rows: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Written flags scanned in windows, each block's rows gathered from the cache or read
+        straight into the block from the row file (no second copy), default bits dropped."""
+        row = self.declared[key]
+        window = 1 << 20  # flags scanned at once: 8 MiB of ids at most
+        for start in range(0, self.num_clients, window):
+            ids = np.flatnonzero(self.written[key][start: start + window]).astype(np.int64) + start
+            for first in range(0, len(ids), max(1, max_rows)):
+                block = ids[first: first + max(1, max_rows)]
+                values = torch.empty((len(block), *self.row_shape(row)), dtype=self.row_dtype(row))
+                raw = values.view(torch.uint8).reshape(len(block), -1).numpy()
+                size = self._row_bytes(row)
+                for position, client in enumerate(block.tolist()):
+                    cached = self.cache.get((key, client))
+                    if cached is not None:
+                        values[position] = cached
+                    else:
+                        os.preadv(self.spilled[key], [memoryview(raw[position])], client * size)
+                keep = self._differs(key, values)
+                if keep.all():
+                    yield block, values
+                elif keep.any():
+                    yield block[keep], values[torch.from_numpy(keep)]
+
+    def load_rows(self, key: str, clients: np.ndarray, values: torch.Tensor) -> None:
+        clients = np.asarray(clients, dtype=np.int64)
+        for client in clients.tolist():  # a stale cached copy would shadow the loaded row
+            cached = self.cache.pop((key, client), None)
+            if cached is not None:
+                self.cached_bytes -= cached.numel() * cached.element_size()
+        if len(clients):
+            self._spill(key, clients, values.to(dtype=self.row_dtype(self.declared[key])).cpu().contiguous().numpy())
+            self.written[key][clients] = True
 
     def close(self) -> None:
         """Drop the row files (scratch: the checkpoint holds the rows)."""

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from pfl_dist.checkpoint import Checkpointer
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import ErrorFeedback
-from pfl_dist.store import DenseStore, LazyStore, Row
+from pfl_dist.store import ClientStore, DenseStore, LazyStore, Row
 from tests.helpers import crash_and_resume
 from tests.unit.test_checkpoint import assert_same_run
 
@@ -292,3 +293,43 @@ def test_a_lazy_store_round_trips_a_checkpoint_keeping_default_rows_unwritten(tm
     assert store.written["algo/c"].tolist() == [False, False, True, False, False, False]  # -0.0 is not 0.0's bits
     for name, rows in dense.state_dict().items():
         assert store.state_dict()[name].numpy().tobytes() == rows.numpy().tobytes(), name
+
+
+# --- streaming the written rows (the checkpoint's segments, issue 24) ---------------------------
+
+
+@pytest.mark.parametrize("backend", ["dense", "lazy"])
+def test_written_rows_stream_only_the_rows_that_differ_from_the_default_in_bounded_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    # Prepare: 1000 clients, 37 written with values made of their ids (client 0's equals its
+    # default, so it is not held); a lazy cache of two rows, so most rows are in the row file
+    def make(name: str) -> ClientStore:
+        if backend == "dense":
+            return DenseStore(1000, global_model=W_G)
+        return LazyStore(1000, global_model=W_G, spill_dir=tmp_path / name, cache_bytes=2 * 3 * 8)
+
+    store = make("saved")
+    store.declare("algo", [Row("local_models", "global")])
+    written = torch.tensor(sorted({0, *range(5, 1000, 27)}))
+    values = W_G.repeat(len(written), 1) + written.double().unsqueeze(1)
+    store.write("algo", written, {"local_models": values})
+    monkeypatch.setattr(type(store), "rows", lambda *_: pytest.fail("read every client at once"))
+    monkeypatch.setattr(type(store), "state_dict", lambda *_: pytest.fail("read every client at once"))
+    # Execute
+    blocks = list(store.written_rows("algo/local_models", max_rows=5))
+    # Assert: ascending ids, at most 5 rows a block, exactly the rows that differ, bit for bit
+    ids = np.concatenate([block for block, _ in blocks])
+    assert all(len(block) <= 5 for block, _ in blocks)
+    assert ids.tolist() == written[1:].tolist()
+    assert torch.equal(torch.cat([rows for _, rows in blocks]), values[1:])
+    # Execute: the blocks loaded into a fresh store
+    fresh = make("loaded")
+    fresh.declare("algo", [Row("local_models", "global")])
+    for block, rows in blocks:
+        fresh.load_rows("algo/local_models", block, rows)
+    # Assert: every client reads what the first store reads
+    monkeypatch.undo()
+    everyone = torch.arange(1000)
+    assert torch.equal(fresh.read("algo", everyone)["local_models"], store.read("algo", everyone)["local_models"])
+    store.close()
+    fresh.close()
