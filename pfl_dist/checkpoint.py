@@ -3,15 +3,27 @@
 Layout (one shard per rank, so no rank ever waits for another to write):
 
     <run_dir>/ckpt/round_000012/
-        shard_00001_of_00004.pt    rank 1 of 4: its clients' rows (local models, update counts),
-                                   keyed by client id, plus the replicated state (w_g, ledger, ...)
-        shard_00001_of_00004.json  its completion marker, written last: sha256 and size of the
-                                   .pt, the client ids it holds, and the result-relevant config
+        shard_00001_of_00004.pt       rank 1 of 4: the replicated state (w_g, ledger, ...) and
+                                      this rank's own (round times, measured bytes, RNG)
+        shard_00001_of_00004.clients/ its clients' per-client rows, by segments:
+            local_models.00000.bin      int64 client ids (ascending), then their rows' bytes;
+            local_models.00001.bin      at most SEGMENT_BYTES each
+            update_counts.00000.bin
+        shard_00001_of_00004.json     its completion marker, written last: sha256 and size of the
+                                      .pt, the client ids it holds, the result-relevant config,
+                                      and the manifest of the client rows (name, dtype, row shape,
+                                      default, and every segment's clients, size and sha256)
 
-Both files are written atomically (temp file + fsync + os.replace). A shard counts only when its
+A segment holds only rows that differ from their default (pfl_dist/store.py `written_rows`): a
+client never trained costs nothing on disk, so 10^7 clients of which 50,000 were trained write
+50,000 rows, and neither the save nor the load ever holds more than one segment. (Format 1, still
+loaded, kept every row of every client inside the .pt: one blob of k x P values.)
+
+Every file is written atomically (temp file + fsync + os.replace). A shard counts only when its
 marker exists, the .pt matches the marker's checksum and it loads (torch.load with
-weights_only, the expected round and client rows), so a truncated, corrupt or undecodable newest
-shard is skipped with a warning and an older round is used.
+weights_only, the expected round), and every segment holding this rank's clients matches its
+manifest entry (size, sha256 streamed), so a truncated, corrupt or undecodable newest shard is
+skipped with a warning and an older round is used.
 
 Resume: each rank votes, for every round, whether it can load that round (all the shards
 holding its clients verify). One all_reduce(MIN) of the votes, through the Communicator as
@@ -31,11 +43,14 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -50,8 +65,11 @@ from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.rundir import config_difference, resume_identity
 from pfl_dist.sampling import client_block
 from pfl_dist.signals import StopSignals, every_process_signalled
+from pfl_dist.store import ClientStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: client rows by segments (the manifest in the marker); 1: rows inside the .pt
+LOADABLE_FORMATS = (1, 2)
+SEGMENT_BYTES = 64 << 20  # a segment's rows (and one block of the save or load) at most this size
 STOPPED_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: stopped on request, rerun to resume
 _SHARD = re.compile(r"shard_(\d{5})_of_(\d{5})\.json")
 _ROUND = re.compile(r"round_(\d{6})")
@@ -98,13 +116,20 @@ class Shard:
     num_bytes: int
     sha256: str
     config: dict[str, Any]
+    format: int = 1
+    rows: tuple[dict[str, Any], ...] = ()  # format 2: the client rows' manifest
 
     @classmethod
     def from_marker(cls, marker: Path) -> Shard:
         info = json.loads(marker.read_text())
         return cls(path=marker.with_suffix(".pt"), rank=int(info["rank"]), world_size=int(info["world_size"]),
                    clients=range(*info["clients"]), num_bytes=int(info["num_bytes"]), sha256=str(info["sha256"]),
-                   config=dict(info["config"]))
+                   config=dict(info["config"]), format=int(info.get("format", 1)),
+                   rows=tuple(dict(row) for row in info.get("rows", ())))
+
+    @property
+    def segment_dir(self) -> Path:
+        return self.path.with_suffix(".clients")
 
     def read_verified(self) -> bytes:
         """The .pt's bytes; ValueError when they do not match the marker (truncated, corrupt)."""
@@ -114,6 +139,109 @@ class Shard:
         if hashlib.sha256(data).hexdigest() != self.sha256:
             raise ValueError(f"{self.path} is corrupt (sha256 mismatch)")
         return data
+
+    def segments(self, name: str, clients: range) -> list[tuple[Path, dict[str, Any]]]:
+        """Row `name`'s segments that hold a client of `clients` (all of them when none does)."""
+        row = next((row for row in self.rows if row["name"] == name), None)
+        if row is None:
+            raise ValueError(f"{self.path.with_suffix('.json')} lists no client row {name!r}")
+        return [(self.segment_dir / segment["file"], segment) for segment in row["segments"]
+                if segment["first"] < clients.stop and segment["last"] >= clients.start]
+
+    def verify_segments(self, clients: range) -> None:
+        """Every segment holding a client of `clients` is as its manifest entry says (size, sha256,
+        read 1 MiB at a time); ValueError naming the first that is not."""
+        for row in self.rows:
+            for path, segment in self.segments(row["name"], clients):
+                digest, size = hashlib.sha256(), 0
+                try:
+                    with open(path, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            digest.update(chunk)
+                            size += len(chunk)
+                except OSError as err:
+                    raise ValueError(f"{path} is unreadable ({err.strerror or err})") from None
+                if size != segment["num_bytes"]:
+                    raise ValueError(f"{path} is truncated ({size} of {segment['num_bytes']} bytes)")
+                if digest.hexdigest() != segment["sha256"]:
+                    raise ValueError(f"{path} is corrupt (sha256 mismatch)")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} in a checkpoint manifest")
+    return dtype
+
+
+class SavedRows(Mapping[str, torch.Tensor]):
+    """One round's per-client rows of a client range, read from format-2 shards segment by segment.
+
+    `blocks(name)` streams (client ids local to the range, rows): how a store loads them without
+    holding more than one segment (pfl_dist/store.py `load_saved`). As a Mapping, `rows[name]` is
+    the whole (len(range), ...) tensor, a never-written row read as its default: for tests and
+    tools, never for 10^7 clients.
+    """
+
+    def __init__(self, shards: Sequence[Shard], clients: range, default_model: torch.Tensor | None) -> None:
+        self.shards = list(shards)
+        self.clients = clients
+        self.default_model = default_model  # the store's initial w_g: the "global" rows' default
+        self.meta = {row["name"]: row for row in self.shards[0].rows}
+
+    @classmethod
+    def of_shard(cls, marker: Path) -> SavedRows:
+        """Every client row of one shard (its marker's path), for tools and tests."""
+        shard = Shard.from_marker(marker)
+        state = torch.load(shard.path, map_location="cpu", weights_only=True)
+        return cls([shard], shard.clients, state.get("store_default_model"))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.meta)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.meta[name]["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        return _dtype(self.meta[name]["dtype"])
+
+    def blocks(self, name: str) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        shape, dtype = self.shape(name), self.dtype(name)
+        start, stop = self.clients.start, self.clients.stop
+        for shard in self.shards:
+            for path, segment in shard.segments(name, self.clients):
+                data = path.read_bytes()
+                count = int(segment["count"])
+                if len(data) != segment["num_bytes"]:
+                    raise ValueError(f"{path} is truncated ({len(data)} of {segment['num_bytes']} bytes)")
+                ids = np.frombuffer(data, dtype="<i8", count=count)
+                values = torch.frombuffer(bytearray(data[8 * count:]), dtype=dtype).reshape(count, *shape)
+                keep = (ids >= start) & (ids < stop)
+                yield ids[keep] - start, values[torch.from_numpy(keep)]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.meta:
+            raise KeyError(name)
+        default, shape, dtype = self.meta[name]["default"], self.shape(name), self.dtype(name)
+        size = len(self.clients)
+        if default == "global" and self.default_model is not None:
+            out = self.default_model.to(dtype).repeat(size, 1)
+        else:
+            out = torch.full((size, *shape), 0.0 if default in ("zeros", None) else float(default), dtype=dtype)
+        seen = np.zeros(size, dtype=bool)
+        for ids, values in self.blocks(name):
+            out[torch.from_numpy(ids)] = values
+            seen[ids] = True
+        if default is None and not seen.all():
+            raise ValueError(f"client row {name!r} lacks {int((~seen).sum())} of its {size} clients")
+        return out
 
 
 # --- RNG state ---------------------------------------------------------------------------------
@@ -152,11 +280,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Checkpointer:
     """Writes this rank's shards, finds the rounds it can load, loads and prunes them.
 
-    A shard's state is `{"clients": {name: (k, ...) tensor}, "replicated": {...}, "rank": {...}}`:
-    client rows (the rank's ClientStore, pfl_dist/store.py; re-sharded here by name, whatever
-    rows the algorithm and codec declared) are keyed by client id through the shard's client
-    range; the replicated part is identical on every rank; the per-rank part (round times,
-    measured bytes, RNG) is this rank's.
+    A shard's state is `{"clients": ..., "replicated": {...}, "rank": {...}}`: the client rows
+    (the rank's ClientStore, pfl_dist/store.py, or a {name: (k, ...) tensor} mapping; re-sharded
+    here by client id, whatever rows the algorithm and codec declared) go to segments; the
+    replicated part is identical on every rank; the per-rank part (round times, measured bytes,
+    RNG) is this rank's. `load` gives the client rows back as `SavedRows`.
     """
 
     def __init__(self, root: Path, *, rank: int, world_size: int, num_clients: int, keep: int,
@@ -179,19 +307,62 @@ class Checkpointer:
     def save(self, round_num: int, state: dict[str, Any]) -> Path:
         folder = round_dir(self.root, round_num)
         folder.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save({"format": FORMAT_VERSION, "round": round_num, **state}, buffer)
-        data = buffer.getvalue()
         stem = shard_stem(self.rank, self.world_size)
+        # A shard of this round from an abandoned attempt stops counting before its files change.
+        (folder / f"{stem}.json").unlink(missing_ok=True)
+        segment_dir = folder / f"{stem}.clients"
+        shutil.rmtree(segment_dir, ignore_errors=True)
+        segment_dir.mkdir()
+        clients = state["clients"]
+        rows = self._save_rows(segment_dir, clients)
+        fsync_dir(segment_dir)
+        buffer = io.BytesIO()
+        extra = {"store_default_model": clients.global_model.cpu()} if isinstance(clients, ClientStore) else {}
+        torch.save({"format": FORMAT_VERSION, "round": round_num, **{k: v for k, v in state.items() if k != "clients"},
+                    **extra}, buffer)
+        data = buffer.getvalue()
         write_bytes_atomic(folder / f"{stem}.pt", data)
         marker = {"round": round_num, "rank": self.rank, "world_size": self.world_size,
                   "clients": [self.clients.start, self.clients.stop], "num_bytes": len(data),
-                  "sha256": hashlib.sha256(data).hexdigest(), "config": self.config}
+                  "sha256": hashlib.sha256(data).hexdigest(), "config": self.config,
+                  "format": FORMAT_VERSION, "rows": rows}
         # the marker goes last
         write_bytes_atomic(folder / f"{stem}.json", json.dumps(marker, allow_nan=False).encode())
         fsync_dir(folder)
         self.prune()
         return folder
+
+    def _save_rows(self, segment_dir: Path, clients: ClientStore | Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+        """Write every client row by segments; -> the manifest. From a store: only the rows that
+        differ from their default, streamed (`written_rows`); from a mapping (tests): every row."""
+        manifest = []
+        if isinstance(clients, ClientStore):
+            for key, row in clients.declared.items():
+                shape, dtype = clients.row_shape(row), clients.row_dtype(row)
+                per_block = max(1, SEGMENT_BYTES // max(1, math.prod(shape) * dtype.itemsize))
+                blocks = clients.written_rows(key, per_block)
+                manifest.append(self._save_row(segment_dir, key.split("/", 1)[1], shape, dtype, row.default, blocks))
+        else:
+            for name, tensor in clients.items():
+                shape, dtype = tuple(tensor.shape[1:]), tensor.dtype
+                per_block = max(1, SEGMENT_BYTES // max(1, math.prod(shape) * dtype.itemsize))
+                blocks = ((np.arange(start, min(start + per_block, len(tensor)), dtype=np.int64),
+                           tensor[start: start + per_block].cpu()) for start in range(0, len(tensor), per_block))
+                manifest.append(self._save_row(segment_dir, name, shape, dtype, None, blocks))
+        return manifest
+
+    def _save_row(self, segment_dir: Path, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                  default: Any, blocks: Iterator[tuple[np.ndarray, torch.Tensor]]) -> dict[str, Any]:
+        segments = []
+        for index, (local, values) in enumerate(blocks):
+            ids = (np.asarray(local, dtype=np.int64) + self.clients.start).astype("<i8")
+            data = ids.tobytes() + values.contiguous().view(torch.uint8).numpy().tobytes()
+            file = f"{name}.{index:05d}.bin"
+            write_bytes_atomic(segment_dir / file, data)
+            segments.append({"file": file, "count": len(ids), "first": int(ids[0]), "last": int(ids[-1]),
+                             "num_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        return {"name": name, "dtype": _dtype_name(dtype), "shape": list(shape), "default": default,
+                "segments": segments}
 
     def prune(self) -> None:
         """Keep `keep` complete checkpoints, plus the one just written, which other ranks may
@@ -223,10 +394,13 @@ class Checkpointer:
             paths = list(folder.iterdir())
         except FileNotFoundError:
             return  # after a re-shard every rank removes the old world size's files: another was first
-        for path in paths:
+        for path in sorted(paths, key=lambda p: p.suffix != ".json"):  # markers first: the shard stops counting
             foreign = f"_of_{self.world_size:05d}" not in path.name
             if path.name.startswith(own) or path.name.startswith(f".{own}") or foreign:
-                path.unlink(missing_ok=True)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # other ranks' files are still there
             folder.rmdir()
 
@@ -274,20 +448,25 @@ class Checkpointer:
                 raise ValueError(f"{shard.path} holds clients {shard.clients}, expected {block}")
             if verify:
                 self._verified[shard.path] = self._read_state(shard, round_num)
+                shard.verify_segments(self.clients)
             shards.append(shard)
+        if len({shard.format for shard in shards}) > 1:
+            raise ValueError(f"{folder} mixes checkpoint formats")
         return shards
 
     @staticmethod
     def _read_state(shard: Shard, round_num: int) -> dict[str, Any]:
-        """The shard's state, checksum verified and decoded; ValueError when it does not load (a
+        """The shard's .pt, checksum verified and decoded; ValueError when it does not load (a
         matching checksum only proves the bytes are the ones written, not that they decode)."""
         data = shard.read_verified()
+        parts = ("replicated", "rank") if shard.format == 2 else ("clients", "replicated", "rank")
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            ok = (isinstance(state, dict) and state.get("format") == FORMAT_VERSION and state.get("round") == round_num
-                  and all(isinstance(state.get(part), dict) for part in ("clients", "replicated", "rank"))
+            ok = (isinstance(state, dict) and state.get("format") == shard.format in LOADABLE_FORMATS
+                  and state.get("round") == round_num
+                  and all(isinstance(state.get(part), dict) for part in parts)
                   and all(isinstance(rows, torch.Tensor) and rows.shape[:1] == (len(shard.clients),)
-                          for rows in state["clients"].values()))
+                          for rows in state.get("clients", {}).values()))
         except Exception as err:  # noqa: BLE001 (unpickling raises anything from the bytes it reads)
             raise ValueError(f"{shard.path} does not load ({type(err).__name__})") from None
         if not ok:
@@ -326,10 +505,12 @@ class Checkpointer:
             parts.append((shard, state))
         self._verified.clear()
         first = parts[0][1]
-        clients = {}
-        for name in first["clients"]:
-            rows = [state["clients"][name][self._overlap(shard.clients)] for shard, state in parts]
-            clients[name] = torch.cat(rows)
+        clients: Mapping[str, torch.Tensor]
+        if parts[0][0].format == 2:
+            clients = SavedRows([shard for shard, _ in parts], self.clients, first.get("store_default_model"))
+        else:  # format 1: every row inside the .pt
+            clients = {name: torch.cat([state["clients"][name][self._overlap(shard.clients)] for shard, state in parts])
+                       for name in first["clients"]}
         # Every old rank's measured bytes go to exactly one new rank (the one holding its first
         # client), so their sum over ranks survives a re-shard.
         measured = {key: sum(int(state["rank"]["measured_local"][key]) for shard, state in parts

@@ -10,11 +10,12 @@ Nobody allocates them by hand: each part declares its rows (name, default, shape
 reads and writes them by client row through the store. A row never written reads its default
 ("global": a copy of the initial w_g; "zeros"; or a constant such as APFL's alpha_0).
 
-The checkpoint's "clients" section is `state_dict()`: one (k, ...) tensor per row, named by the
-row's bare name (`local_models`, `codec_residual`, `update_counts`, the names checkpoints always
-had, so older checkpoints load), and pfl_dist/checkpoint.py re-shards every one by client id with
-no code per algorithm. Bare names are therefore unique across namespaces (`declare` refuses a
-clash).
+A checkpoint (pfl_dist/checkpoint.py) writes every declared row by segments of the rows that
+differ from their default (`written_rows`), named by the row's bare name (`local_models`,
+`codec_residual`, `update_counts`, the names checkpoints always had, so older checkpoints load),
+and re-shards every one by client id with no code per algorithm; a resume streams them back
+(`load_saved`). Bare names are therefore unique across namespaces (`declare` refuses a clash).
+`state_dict` (one (k, ...) tensor per row) is for tests and for checkpoints of format 1.
 
 Two back-ends (`store.backend`, chosen by pfl_dist/resources.py `store_backend`):
 - `DenseStore`: every row of every client of this rank in memory, one (k, ...) tensor per row.
@@ -41,8 +42,8 @@ tests; the engine never calls it for a row of the model's size.
 
 `written_rows(key, max_rows)` streams, block by block (ascending client ids, at most `max_rows`
 rows a block), only the rows whose bits differ from their default, and `load_rows` sets given
-rows (a lazy store writes them to its row files, not through the cache): the pieces a checkpoint
-by segments of written rows is built from (issue 24; the checkpoint does not use them yet).
+rows (a lazy store writes them to its row files, not through the cache): what the checkpoint's
+segments are written from and loaded with.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -65,6 +66,14 @@ from pfl_dist.errors import ConfigError
 NAMESPACES = ("algo", "codec", "engine")
 STORE_DIR = "store"  # the lazy store's row files: <run_dir>/store/rank<r>/
 Default = Literal["global", "zeros"] | float
+
+
+class SavedRowSource(Protocol):
+    """A checkpoint's client rows of this rank's clients (pfl_dist/checkpoint.py `SavedRows`)."""
+
+    def __contains__(self, name: object) -> bool: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def blocks(self, name: str) -> Iterator[tuple[np.ndarray, torch.Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,26 @@ class ClientStore:
         (`undeclared`)."""
         raise NotImplementedError
 
+    def load_saved(self, saved: SavedRowSource) -> None:
+        """Every declared row from a checkpoint's segments, one block at a time (the rows not in
+        them read their default): how a resume loads 10^7 clients' rows without holding them."""
+        self._reset()
+        for key, row in self.declared.items():
+            name = key.split("/", 1)[1]
+            if name not in saved:
+                raise ConfigError(f"cannot resume: the checkpoint has no per-client row {name!r}, which this run "
+                                  f"declares ({key}); use another run.name or --overwrite")
+            if saved.shape(name) != self.row_shape(row):
+                raise ConfigError(f"cannot resume: per-client row {key} is {(self.num_clients, *saved.shape(name))} "
+                                  f"in the checkpoint and {(self.num_clients, *self.row_shape(row))} in this run; "
+                                  "use another run.name or --overwrite")
+            for clients, values in saved.blocks(name):
+                self.load_rows(key, clients, values)
+
+    def _reset(self) -> None:
+        """Every row back to its default."""
+        raise NotImplementedError
+
     def written_rows(self, key: str, max_rows: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """(local client ids, ascending, int64; their rows of `key` on the CPU) for every client
         whose row of `key` differs bit for bit from its default, in blocks of at most `max_rows`
@@ -254,6 +283,10 @@ class DenseStore(ClientStore):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         for key, tensor in self.tensors.items():
             self.tensors[key] = self._saved_row(state, key).to(device=tensor.device)
+
+    def _reset(self) -> None:
+        for key, row in self.declared.items():
+            self._allocate(key, row)
 
     def written_rows(self, key: str, max_rows: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         tensor, held = self.tensors[key], np.empty(0, dtype=np.int64)
@@ -398,6 +431,12 @@ class LazyStore(ClientStore):
             self.written[key] = differs
             if differs.any():
                 self._spill(key, np.flatnonzero(differs), saved[torch.from_numpy(differs)].numpy())
+
+    def _reset(self) -> None:
+        self.cache.clear()
+        self.cached_bytes = 0
+        for flags in self.written.values():
+            flags[:] = False
 
     def written_rows(self, key: str, max_rows: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Written flags scanned in windows, each block's rows gathered from the cache or read

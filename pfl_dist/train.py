@@ -39,6 +39,7 @@ from pfl_dist.checkpoint import (
     STOPPED_EXIT_CODE,
     Checkpointer,
     RunStopped,
+    SavedRows,
     StopRequest,
     agree_on_resume_round,
     rng_state,
@@ -510,7 +511,7 @@ class Trainer:
         logger's event count lets a resume cut the event files back to it."""
         ledger = self.ledger.state_dict()
         return {
-            "clients": self.store.state_dict(),
+            "clients": self.store,  # written by segments (pfl_dist/checkpoint.py)
             "replicated": {"global_model": self.global_model.cpu(), "ledger_total": ledger["total"],
                            "exchange": self.exchange.replicated_state(),
                            **({"downlink": downlink} if (downlink := self.exchange.downlink_state()) else {}),
@@ -523,8 +524,12 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any], *, round_num: int) -> None:
         device = self.runtime.device
-        self.exchange.check_client_rows(self.store.undeclared(state["clients"]))
-        self.store.load_state_dict(state["clients"])
+        clients = state["clients"]
+        self.exchange.check_client_rows(self.store.undeclared(clients))
+        if isinstance(clients, SavedRows):
+            self.store.load_saved(clients)
+        else:  # a checkpoint of format 1
+            self.store.load_state_dict(clients)
         replicated, own = state["replicated"], state["rank"]
         self.exchange.load_replicated_state(replicated["exchange"])
         self.exchange.load_downlink_state(replicated.get("downlink", {}))  # none: not in the checkpoint

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pfl_dist.checkpoint import SavedRows
 from pfl_dist.methods import METHODS
 from pfl_dist.models.cnn import PaperCNN
 from pfl_dist.sampling import sample_clients
@@ -103,10 +104,11 @@ def test_kill_and_resume_is_bitwise_with_per_client_state(tmp_path: Path, method
     # Assert: the checkpoint holds the algorithm's per-client state; the resumed run is the uninterrupted one
     resumed_from = read_summary(tmp_path / "crashed")["resumed_from"]
     assert resumed_from == [6]  # the kill came at the held checkpoint
-    shard = torch.load(tmp_path / "crashed" / "ckpt" / f"round_{resumed_from[0]:06d}" / "shard_00001_of_00002.pt",
-                       weights_only=True)
-    assert shard["clients"][state].shape == (4, 20)  # rank 1's 4 clients x P
-    assert float(shard["clients"][state].abs().sum()) > 0
+    folder = tmp_path / "crashed" / "ckpt" / f"round_{resumed_from[0]:06d}"
+    shard = torch.load(folder / "shard_00001_of_00002.pt", weights_only=True)
+    rows = SavedRows.of_shard(folder / "shard_00001_of_00002.json")  # the client rows, by segments
+    assert rows[state].shape == (4, 20)  # rank 1's 4 clients x P
+    assert float(rows[state].abs().sum()) > 0
     if method == "scaffold":
         assert float(shard["replicated"]["algorithm"]["control"].abs().sum()) > 0
     assert compare_runs(tmp_path / "crashed", reference) == []

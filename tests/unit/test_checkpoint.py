@@ -3,8 +3,11 @@ and in-process crash/stop + resume runs that must end bitwise equal to an uninte
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pfl_dist import checkpoint as checkpoint_module
 from pfl_dist.algorithms import FedCLUP
 from pfl_dist.checkpoint import (
     RUN_COMPLETE,
@@ -29,6 +33,7 @@ from pfl_dist.errors import ConfigError, DivergenceError
 from pfl_dist.rundir import RunDirError
 from pfl_dist.runtime import Runtime
 from pfl_dist.sampling import client_block
+from pfl_dist.store import ClientStore, LazyStore, Row
 from pfl_dist.tensorboard_views import TIME_GROUP
 from pfl_dist.train import Trainer, run
 from tests.helpers import crash_at, make_client_diverge, read_metrics, read_summary, run_inprocess
@@ -74,7 +79,11 @@ def test_round_trip_restores_every_field(tmp_path: Path) -> None:
     loaded = ckpt.load(4)
     # Assert
     assert folder == tmp_path / "round_000004"
-    assert sorted(p.name for p in folder.iterdir()) == ["shard_00000_of_00001.json", "shard_00000_of_00001.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["shard_00000_of_00001.clients", "shard_00000_of_00001.json",
+                                                        "shard_00000_of_00001.pt"]
+    assert sorted(p.name for p in (folder / "shard_00000_of_00001.clients").iterdir()) == [
+        "local_models.00000.bin", "update_counts.00000.bin"]
+    assert list(loaded["clients"]) == ["local_models", "update_counts"]
     for name, tensor in state["clients"].items():
         assert torch.equal(loaded["clients"][name], tensor)
     assert torch.equal(loaded["replicated"]["global_model"], state["replicated"]["global_model"])
@@ -82,6 +91,13 @@ def test_round_trip_restores_every_field(tmp_path: Path) -> None:
     assert loaded["rank"]["round_times"] == [0.1, 0.2]
     marker = json.loads((folder / "shard_00000_of_00001.json").read_text())
     assert marker["clients"] == [0, 8] and marker["num_bytes"] == (folder / "shard_00000_of_00001.pt").stat().st_size
+    assert marker["format"] == 2 and [row["name"] for row in marker["rows"]] == ["local_models", "update_counts"]
+    segment = marker["rows"][0]["segments"][0]
+    data = (folder / "shard_00000_of_00001.clients" / segment["file"]).read_bytes()
+    assert (segment["count"], segment["first"], segment["last"]) == (8, 0, 7)
+    assert segment["num_bytes"] == len(data) == 8 * 8 + 8 * 3 * 4  # int64 ids, then float32 rows
+    assert segment["sha256"] == hashlib.sha256(data).hexdigest()
+    assert np.frombuffer(data[:64], dtype="<i8").tolist() == list(range(8))
 
 
 def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
@@ -156,6 +172,115 @@ def test_pruning_a_round_another_rank_removes_meanwhile_is_not_an_error(
     monkeypatch.setattr(Path, "iterdir", other_rank_first)
     checkpointer(tmp_path, rank=1, world_size=4)._remove_stale(2)
     assert not (tmp_path / "round_000002").exists()
+
+
+# --- client rows by segments (format 2) ----------------------------------------------------------
+
+W_G = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+
+
+def big_lazy_store(tmp_path: Path, name: str, num_clients: int) -> LazyStore:
+    store = LazyStore(num_clients, global_model=W_G, spill_dir=tmp_path / name, cache_bytes=2 * 3 * 8)
+    store.declare("algo", [Row("local_models", "global"), Row("control_variates", "zeros")])
+    store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
+    return store
+
+
+def store_state(store: ClientStore) -> dict[str, Any]:
+    return {"clients": store, "replicated": {}, "rank": {"measured_local": {"train": 0, "telemetry": 0}}}
+
+
+def test_a_store_of_a_million_clients_saves_and_loads_only_its_written_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: 10^6 clients (dense: 48 MB a row), 5 trained; client 3's update equals its default
+    store = big_lazy_store(tmp_path, "saved", 10**6)
+    trained = torch.tensor([3, 17, 40_000, 654_321, 999_999])
+    models = W_G.repeat(5, 1) + torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64).unsqueeze(1)
+    store.write("algo", trained, {"local_models": models, "control_variates": -models})
+    store.write("engine", trained, {"update_counts": torch.ones(5, dtype=torch.float64)})
+    for cls in (LazyStore, ClientStore):
+        monkeypatch.setattr(cls, "rows", lambda *_: pytest.fail("held every client at once"))
+        monkeypatch.setattr(cls, "state_dict", lambda *_: pytest.fail("held every client at once"))
+    ckpt = checkpointer(tmp_path / "ckpt", num_clients=10**6)
+    # Execute
+    folder = ckpt.save(4, store_state(store))
+    fresh = big_lazy_store(tmp_path, "loaded", 10**6)
+    fresh.load_saved(ckpt.load(4)["clients"])
+    # Assert: a few KB on disk; the rows that differ from their default, and nothing else, loaded
+    segments = folder / "shard_00000_of_00001.clients"
+    assert sum(p.stat().st_size for p in segments.iterdir()) == 8 * 4 + 4 * 24 + 8 * 5 + 5 * 24 + 8 * 5 + 5 * 8
+    assert np.flatnonzero(fresh.written["algo/local_models"]).tolist() == [17, 40_000, 654_321, 999_999]
+    assert np.flatnonzero(fresh.written["algo/control_variates"]).tolist() == trained.tolist()
+    probe = torch.tensor([0, 3, 17, 500, 654_321, 999_999])
+    monkeypatch.undo()
+    for namespace in ("algo", "engine"):
+        want, got = store.read(namespace, probe), fresh.read(namespace, probe)
+        for name in want:
+            assert want[name].numpy().tobytes() == got[name].numpy().tobytes(), name
+    store.close()
+    fresh.close()
+
+
+def test_segments_are_bounded_and_a_rerun_of_a_round_replaces_them(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: segments of at most 2 rows of 3 float32
+    monkeypatch.setattr(checkpoint_module, "SEGMENT_BYTES", 2 * 3 * 4)
+    ckpt = checkpointer(tmp_path, num_clients=8)
+    # Execute: round 4 saved twice (an abandoned attempt, then the rerun), the second with other rows
+    ckpt.save(4, shard_state(ckpt.clients))
+    rerun = shard_state(ckpt.clients)
+    rerun["clients"] = {"local_models": rerun["clients"]["local_models"] * 10}
+    folder = ckpt.save(4, rerun)
+    # Assert: four segments of two rows, none of the first attempt left, the rerun's rows loaded
+    files = sorted(p.name for p in (folder / "shard_00000_of_00001.clients").iterdir())
+    assert files == [f"local_models.{i:05d}.bin" for i in range(4)]
+    assert torch.equal(ckpt.load(4)["clients"]["local_models"], rerun["clients"]["local_models"])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_segment_skips_the_round_only_for_the_ranks_needing_it(
+        tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: two rounds of 2 ranks; rank 1's newest segment of local models damaged
+    for round_num in (2, 4):
+        save_all_ranks(tmp_path, round_num, world_size=2)
+    segment = tmp_path / "round_000004" / "shard_00001_of_00002.clients" / "local_models.00000.bin"
+    data = bytearray(segment.read_bytes())
+    if damage == "delete":
+        segment.unlink()
+    else:
+        if damage == "truncate":
+            data = data[:-1]
+        else:
+            data[-1] ^= 0xFF
+        segment.write_bytes(bytes(data))
+    # Execute / Assert: rank 1 (clients 4-7) falls back to round 2, with the reason; rank 0 does not
+    # need the segment; at 4 ranks, rank 2 (clients 4, 5) needs it and rank 1 (2, 3) does not
+    assert vote(checkpointer(tmp_path, rank=1, world_size=2)) == 2
+    assert re.search(r"skipping checkpoint round 4: \S+local_models.00000.bin is (truncated|corrupt|unreadable)",
+                     capsys.readouterr().err)
+    assert vote(checkpointer(tmp_path, rank=0, world_size=2)) == 4
+    assert checkpointer(tmp_path, rank=1, world_size=4).votes(10, complete=False)[2 + 4] == 1
+    assert checkpointer(tmp_path, rank=2, world_size=4).votes(10, complete=False)[2 + 4] == 0
+
+
+def test_a_checkpoint_of_format_1_still_loads(tmp_path: Path) -> None:
+    # Prepare: a shard as pfl_dist wrote them before segments: every row inside the .pt
+    state = shard_state(range(0, 8), measured=5)
+    buffer = io.BytesIO()
+    torch.save({"format": 1, "round": 6, **state}, buffer)
+    folder = tmp_path / "round_000006"
+    folder.mkdir()
+    (folder / "shard_00000_of_00001.pt").write_bytes(buffer.getvalue())
+    (folder / "shard_00000_of_00001.json").write_text(json.dumps(
+        {"round": 6, "rank": 0, "world_size": 1, "clients": [0, 8], "num_bytes": len(buffer.getvalue()),
+         "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), "config": checkpointer(tmp_path).config}))
+    # Execute: resumed on 2 ranks
+    for rank in range(2):
+        ckpt = checkpointer(tmp_path, rank=rank, world_size=2)
+        assert vote(ckpt) == 6
+        loaded = ckpt.load(6)
+        # Assert
+        assert loaded["clients"]["update_counts"].tolist() == [float(c) for c in ckpt.clients]
 
 
 # --- re-sharding and the vote ----------------------------------------------------------------

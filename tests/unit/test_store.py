@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pfl_dist.algorithms import ALGORITHMS, algorithm_class
-from pfl_dist.checkpoint import Checkpointer
+from pfl_dist.checkpoint import Checkpointer, SavedRows
 from pfl_dist.config import load_config
 from pfl_dist.errors import ConfigError
 from pfl_dist.exchange.base import ErrorFeedback
@@ -166,8 +166,7 @@ def test_a_declared_row_is_checkpointed_and_resumed_with_no_code_of_its_own(
     # carried across the resume (the resumed process wrote round 9's checkpoint: a row reset to its
     # default at the resume would count fewer visits than the Trainer's update counts)
     assert_same_run(tmp_path / "run", tmp_path / "reference")
-    clients = torch.load(tmp_path / "run" / "ckpt" / "round_000009" / "shard_00000_of_00001.pt",
-                         weights_only=False)["clients"]
+    clients = SavedRows.of_shard(tmp_path / "run" / "ckpt" / "round_000009" / "shard_00000_of_00001.json")
     assert list(clients) == ["local_models", "visits", "update_counts", "codec_residual"]
     assert torch.equal(clients["visits"], clients["update_counts"]) and float(clients["visits"].sum()) == 27.0
     assert float(clients["codec_residual"].abs().sum()) > 0
@@ -189,34 +188,39 @@ def declared_store(clients: range) -> DenseStore:
     return store
 
 
-@pytest.mark.parametrize(("old", "new"), [(4, 2), (2, 3), (3, 1), (1, 4)])
-def test_a_store_reshards_through_the_checkpoint_with_no_code_per_row(tmp_path: Path, old: int, new: int) -> None:
-    # Prepare: every rank of `old` saves its store as the Trainer does
+@pytest.mark.parametrize(("old", "new", "backend"), [(4, 2, "dense"), (2, 3, "lazy"), (3, 1, "lazy"), (1, 4, "dense")])
+def test_a_store_reshards_through_the_checkpoint_with_no_code_per_row(tmp_path: Path, old: int, new: int,
+                                                                      backend: str) -> None:
+    # Prepare: every rank of `old` saves its store as the Trainer does (the store itself: its
+    # written rows go to segments)
     config = load_config(None, []).to_dict()
     for rank in range(old):
-        ckpt = Checkpointer(tmp_path, rank=rank, world_size=old, num_clients=9, keep=2, config=config)
-        ckpt.save(3, {"clients": declared_store(ckpt.clients).state_dict(), "replicated": {},
-                          "rank": {"measured_local": {"train": 0, "telemetry": 0}}})
+        ckpt = Checkpointer(tmp_path / "ckpt", rank=rank, world_size=old, num_clients=9, keep=2, config=config)
+        ckpt.save(3, {"clients": declared_store(ckpt.clients), "replicated": {},
+                      "rank": {"measured_local": {"train": 0, "telemetry": 0}}})
     reference = declared_store(range(9))
     for rank in range(new):
-        # Execute: a rank of `new` loads its block into a fresh store
-        ckpt = Checkpointer(tmp_path, rank=rank, world_size=new, num_clients=9, keep=2, config=config)
-        store = DenseStore(len(ckpt.clients), global_model=W_G)
+        # Execute: a rank of `new` loads its block into a fresh store of `backend`, segment by segment
+        ckpt = Checkpointer(tmp_path / "ckpt", rank=rank, world_size=new, num_clients=9, keep=2, config=config)
+        store: ClientStore = (DenseStore(len(ckpt.clients), global_model=W_G) if backend == "dense" else
+                              LazyStore(len(ckpt.clients), global_model=W_G, spill_dir=tmp_path / f"spill{rank}",
+                                        cache_bytes=8))
         store.declare("algo", [Row("local_models", "global"), Row("control_variates"), Row("alpha", 0.5, shape=(1,))])
         store.declare("engine", [Row("update_counts", "zeros", shape=(), dtype=torch.float64)])
         ErrorFeedback(len(ckpt.clients), 6, dtype=torch.float64, device=torch.device("cpu"), store=store)
-        store.load_state_dict(ckpt.load(3)["clients"])
+        store.load_saved(ckpt.load(3)["clients"])
         # Assert: its rows are the single store's rows of its clients, in every namespace
         block = torch.arange(ckpt.clients.start, ckpt.clients.stop)
         for namespace in ("algo", "engine", "codec"):
             want = reference.read(namespace, block)
-            got = store.rows(namespace)
+            got = store.read(namespace, torch.arange(len(ckpt.clients)))
             assert list(got) == list(want)
             for name in want:
                 assert torch.equal(got[name], want[name]), (namespace, name)
+        store.close()
 
 
-def test_a_checkpoint_without_a_declared_row_or_with_another_shape_is_one_config_error_line() -> None:
+def test_a_checkpoint_without_a_declared_row_or_with_another_shape_is_one_config_error_line(tmp_path: Path) -> None:
     store = DenseStore(2, global_model=W_G)
     store.declare("algo", [Row("local_models", "global"), Row("alpha", 0.5, shape=(1,))])
     saved = store.state_dict()
@@ -226,6 +230,16 @@ def test_a_checkpoint_without_a_declared_row_or_with_another_shape_is_one_config
     with pytest.raises(ConfigError, match=r"^cannot resume: per-client row algo/alpha is \(2, 2\) in the checkpoint "
                                           r"and \(2, 1\) in this run"):
         store.load_state_dict({**saved, "alpha": torch.zeros(2, 2, dtype=torch.float64)})
+    # the same two lines from a checkpoint's segments
+    ckpt = Checkpointer(tmp_path, rank=0, world_size=1, num_clients=2, keep=2, config=load_config(None, []).to_dict())
+    for round_num, rows in ((2, {"local_models": saved["local_models"]}),
+                            (4, {**saved, "alpha": torch.zeros(2, 2, dtype=torch.float64)})):
+        ckpt.save(round_num, {"clients": rows, "replicated": {}, "rank": {"measured_local": {}}})
+    with pytest.raises(ConfigError, match=r"^cannot resume: the checkpoint has no per-client row 'alpha'"):
+        store.load_saved(ckpt.load(2)["clients"])
+    with pytest.raises(ConfigError, match=r"^cannot resume: per-client row algo/alpha is \(2, 2\) in the checkpoint "
+                                          r"and \(2, 1\) in this run"):
+        store.load_saved(ckpt.load(4)["clients"])
 
 
 # --- the lazy back-end -------------------------------------------------------------------------
