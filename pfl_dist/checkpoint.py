@@ -206,6 +206,9 @@ class SavedRows(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self.meta)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would build the whole tensor
+        return name in self.meta
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(int(n) for n in self.meta[name]["shape"])
 

@@ -22,6 +22,7 @@ from pfl_dist.checkpoint import (
     RUN_COMPLETE,
     Checkpointer,
     RunStopped,
+    SavedRows,
     StopRequest,
     agree_on_resume_round,
     rng_state,
@@ -201,6 +202,7 @@ def test_a_store_of_a_million_clients_saves_and_loads_only_its_written_rows(
     for cls in (LazyStore, ClientStore):
         monkeypatch.setattr(cls, "rows", lambda *_: pytest.fail("held every client at once"))
         monkeypatch.setattr(cls, "state_dict", lambda *_: pytest.fail("held every client at once"))
+    monkeypatch.setattr(SavedRows, "__getitem__", lambda *_: pytest.fail("built a whole row of every client"))
     ckpt = checkpointer(tmp_path / "ckpt", num_clients=10**6)
     # Execute
     folder = ckpt.save(4, store_state(store))
