@@ -77,7 +77,8 @@ def main() -> None:
     rows = []
     for num_clients in sizes:
         runs = [one_job(num_clients, args) for _ in range(args.repeats)]
-        point = {key: median([float(r[key]) for r in runs]) for key in ("ms", "startup", "job", "rss", "ckpt_mb", "load")}
+        point = {key: median([float(r[key]) for r in runs])
+                 for key in ("ms", "startup", "job", "rss", "ckpt_mb", "load")}
         rows.append([f"{num_clients:,}", point["ms"], point["startup"], point["job"], point["rss"], point["ckpt_mb"],
                      runs[0]["store"], point["load"]])
         print(f"  m={num_clients:,}: {point['ms']:.1f} ms/round, start-up {point['startup']:.2f} s, "

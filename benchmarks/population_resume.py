@@ -104,9 +104,9 @@ def one_method(method: str, args: argparse.Namespace) -> list[object]:
                             env={"PFL_BENCH_RSS_DIR": str(out / "rss_reference")}, run_dir=out / "reference",
                             timeout=3600)
         rss = peak_rss(out / "rss_reference")
+        store = reference.summary.get("store", {}).get("backend")
         print(f"  {method}: reference {reference.summary['time']['round_s_median']:.2f} s/round, job "
-              f"{reference.wall_s:.0f} s, peak RSS {rss:.0f} MB, store {reference.summary.get('store', {}).get('backend')}",
-              flush=True)
+              f"{reference.wall_s:.0f} s, peak RSS {rss:.0f} MB, store {store}", flush=True)
         trial = killed_and_resumed(method, args, out)
         problems = compare_runs(out / "killed", out / "reference")
         for problem in problems:
