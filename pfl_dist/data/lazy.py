@@ -57,6 +57,8 @@ No torch here: the config check (pfl_dist/tasks/__init__.py) and the memory esti
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -67,6 +69,7 @@ from pfl_dist.sampling import eval_cohort, eval_cohort_size, num_sampled
 if TYPE_CHECKING:
     from pfl_dist.config import Config
 
+SIZE_MEMBER = "client_size"  # a federated dataset's optional member for lazy data: client_size(i) -> (n_train, n_test)
 LAZY_FROM = 100_000  # data.lazy=auto: lazy from this many clients on (with an evaluation cohort)
 
 V = TypeVar("V")
@@ -93,7 +96,32 @@ def lazy_data(cfg: Config) -> bool:
     if data.lazy != "auto":
         return bool(data.lazy)
     return (lazy_client(data.kind) is not None and data.num_clients >= LAZY_FROM
-            and eval_cohort_size(cfg.train.eval_clients, data.num_clients) is not None)
+            and eval_cohort_size(cfg.train.eval_clients, data.num_clients) is not None
+            and dataset_has_sizes(cfg))
+
+
+def dataset_has_sizes(cfg: Config) -> bool:
+    """Whether the config's data can tell a client's row counts without its arrays: every kind
+    with a task of its own can; a federated dataset (pfl_dist/tasks/dataset.py) if it has the
+    optional `client_size(i)` (so data.lazy=auto calls the factory once to look; a dataset that
+    fails to load answers False, and the eager task then reports why in one line)."""
+    from pfl_dist.tasks import task_entry
+
+    factory = task_entry(cfg.data.kind).factory
+    if factory is None:
+        return True
+    return _has_client_size(factory, json.dumps(cfg.data.params, sort_keys=True, default=repr))
+
+
+@functools.lru_cache(maxsize=8)
+def _has_client_size(factory: str, params: str) -> bool:
+    from pfl_dist.plugins import load, parse
+
+    try:
+        dataset = load(parse(factory, key="data.kind"), key="data.kind")(**json.loads(params))
+        return callable(getattr(dataset, SIZE_MEMBER, None))
+    except Exception:  # the eager path's load_dataset names the problem in one line
+        return False
 
 
 def check_lazy(cfg: Config) -> None:
