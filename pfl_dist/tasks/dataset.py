@@ -35,6 +35,7 @@ DatasetTask as its target and the factory as `factory` (docs/EXTENDING.md, "As a
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -188,13 +189,17 @@ def client_sizes(member: Any, client: int, *, kind: str) -> tuple[int, int]:
     except Exception as err:
         raise ConfigError(f"data.kind={kind}: {SIZE_MEMBER}({client}) raised {type(err).__name__}: "
                           f"{_first_line(err)}") from None
-    if not isinstance(sizes, (tuple, list)) or len(sizes) != 2 or not all(_is_int(n) for n in sizes):
+    if type(sizes) is tuple and len(sizes) == 2 and type(sizes[0]) is int and type(sizes[1]) is int:
+        n_train, n_test = sizes  # the common case, checked without the general test (once per hosted client)
+    elif isinstance(sizes, (tuple, list)) and len(sizes) == 2 and all(_is_int(n) for n in sizes):
+        n_train, n_test = int(sizes[0]), int(sizes[1])
+    else:
         raise ConfigError(f"data.kind={kind}: {SIZE_MEMBER}({client}) must return (n_train, n_test), two ints, "
                           f"got {sizes!r}")
-    if sizes[0] < 1 or sizes[1] < 1:
-        raise ConfigError(f"data.kind={kind}: {SIZE_MEMBER}({client}) returned ({sizes[0]}, {sizes[1]}): every "
+    if n_train < 1 or n_test < 1:
+        raise ConfigError(f"data.kind={kind}: {SIZE_MEMBER}({client}) returned ({n_train}, {n_test}): every "
                           "client needs at least one train and one test row")
-    return int(sizes[0]), int(sizes[1])
+    return n_train, n_test
 
 
 def check_sizes(arrays: ClientArrays, sizes: tuple[int, int], client: int, *, kind: str) -> None:
@@ -267,14 +272,17 @@ class DatasetTask(ImageTask):
         # Start-up: each client's row counts from client_size(i) (no arrays), for the sample counts
         # and the padded lengths; the validation rows' count from the train count alone.
         k, fraction = len(client_ids), cfg.data.val_fraction
-        self._sizes = np.zeros((k, 2), dtype=np.int64)  # (n_train, n_test) as client_size gave them
+        # (n_train, n_test) as client_size gave them
+        self._sizes = np.fromiter(itertools.chain.from_iterable(client_sizes(size, client, kind=kind)
+                                                                for client in client_ids),
+                                  dtype=np.int64, count=2 * k).reshape(k, 2)
         val_counts = np.zeros(k, dtype=np.int64)
-        for row, client in enumerate(client_ids):
-            self._sizes[row] = client_sizes(size, client, kind=kind)
-            val_counts[row] = validation_size(int(self._sizes[row, 0]), fraction)
-            if fraction > 0 and val_counts[row] >= self._sizes[row, 0]:  # with_validation's line
-                raise DataError(f"data.val_fraction={fraction:g}: client {client} has {self._sizes[row, 0]} "
-                                "training row(s), too few to hold validation rows out and still train")
+        if fraction > 0:
+            for row, (client, n_train) in enumerate(zip(client_ids, self._sizes[:, 0].tolist(), strict=True)):
+                val_counts[row] = validation_size(n_train, fraction)
+                if val_counts[row] >= n_train:  # with_validation's line
+                    raise DataError(f"data.val_fraction={fraction:g}: client {client} has {n_train} training "
+                                    "row(s), too few to hold validation rows out and still train")
         train_counts = self._sizes[:, 0] - val_counts
         self._lengths = (int(train_counts.max(initial=0)), int(self._sizes[:, 1].max(initial=0)),
                          int(val_counts.max(initial=0)))
