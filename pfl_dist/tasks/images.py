@@ -56,7 +56,7 @@ import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ import torch
 from pfl_dist.config import Config
 from pfl_dist.data.cifar import load_cifar10
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE, ImageDataset, load_images
-from pfl_dist.data.lazy import client_cache, lazy_data
+from pfl_dist.data.lazy import ClientCache, client_cache, lazy_data
 from pfl_dist.data.leaf import load_leaf
 from pfl_dist.data.partition import (
     partition_classes,
@@ -320,6 +320,7 @@ class ImageTask:
     train_x: torch.Tensor  # (k, n_max, *input_shape); with lazy data `LazyRows` (pfl_dist/tasks/lazy_rows.py)
     test_x: torch.Tensor
     val_x: torch.Tensor
+    cache: ClientCache[Any]  # lazy data: the clients made (ImageClient here, a subclass's own tuple)
 
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         check_image_config(cfg)

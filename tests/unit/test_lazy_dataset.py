@@ -156,7 +156,8 @@ def test_lazy_rows_are_the_eager_tensors_rows(user: Any) -> None:
     eager: Any = build_task(eager_cfg, client_ids=ids, device=torch.device("cpu"))
     for field in ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y", "class_frequencies", "class_mask"):
         got, want = getattr(lazy, field)[rows], getattr(eager, field)[rows]
-        assert got.dtype == want.dtype and torch.equal(got, want), field
+        assert got.dtype == want.dtype and got.shape == want.shape and got.stride() == want.stride(), field
+        assert torch.equal(got, want), field
     assert lazy.train_counts == eager.train_counts
     assert torch.equal(lazy.test_counts, eager.test_counts) and torch.equal(lazy.val_counts, eager.val_counts)
     assert torch.equal(lazy.sample_counts, eager.sample_counts)
