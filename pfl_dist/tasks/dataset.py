@@ -9,21 +9,35 @@ returns a federated dataset: any object with
 - `num_classes`: an int >= 2;
 - `client(i)`: client i's arrays `(x_train, y_train, x_test, y_test)`: floating-point features of
   shape (n, *input_shape) and integer labels in [0, num_classes) of shape (n,), with at least one
-  train and one test row.
+  train and one test row;
+and optionally
+- `client_size(i)`: client i's row counts `(n_train, n_test)`, two ints >= 1, without its arrays,
+  which lazy client data needs (below).
 `client(i)` is called only for the clients a rank hosts (and once for every client, one at a
 time, by the launcher's preflight), so a dataset can generate or read each client on demand.
+
+Lazy client data (data.lazy, pfl_dist/data/lazy.py): start-up calls `client_size(i)` once per
+hosted client (the sample counts and the padded lengths) and `client(i)` for none; `client(i)` is
+called when client i is sampled or evaluated, through the rank's `ClientCache`, and its rows of
+every per-client tensor (features, labels, validation rows, class frequencies and mask) are the
+eager tensors' rows bit for bit (`LazyRows`). The preflight then asks for client 0 only. Without
+`client_size`, data.lazy=true is one line naming it (`auto` stays eager); a client whose arrays
+do not have client_size's row counts is one line when it is read.
 
 Training is ImageTask's, on these arrays (DatasetTask overrides only where the samples come from):
 the same models (linear, logreg, cnn, a plug-in model), solvers, byte ledger and metrics. Two
 metrics read the dataset's own split: acc_personal is each client's model on its test rows, and
-acc_global is w_g on the union of all the clients' test rows (each rank evaluates its own
-clients' rows; the sums are reduced over ranks, so any world size evaluates the same rows).
+acc_global is w_g on the union of the evaluated clients' test rows: every client's, or on a
+cohort (train.eval_clients N) the cohort's, with each one's pair for a standard error (each rank
+evaluates its own clients' rows; the sums are reduced over ranks, so any world size evaluates the
+same rows).
 
 Every check is one ConfigError line naming `data.kind`: a module that cannot be imported, a name
 that is missing or not callable, a factory that raises or returns something without the four
 members, bad metadata, fewer clients than data.num_clients, a client(i) that raises, arrays of the
 wrong type, shape or dtype, labels out of range, non-finite features, a client without train or
-test rows.
+test rows; with lazy data a missing, raising or ill-typed client_size, or one that disagrees with
+client(i).
 
 The run's identity holds `data.params` (in the config) and the sha256 of the factory's module
 source (pfl_dist/inputs.py, key `data.kind`), so editing the generator makes another run.
