@@ -26,7 +26,7 @@ from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import eval_cohort, sample_clients
 from pfl_dist.tasks import build_task, preflight
 from pfl_dist.train import Trainer, run_session
-from tests.helpers import read_metrics
+from tests.helpers import crash_and_resume, read_metrics, read_summary
 
 USER_DATASET = '''
 import numpy as np
@@ -285,3 +285,13 @@ def test_acc_global_on_a_cohort_is_w_g_on_the_cohorts_test_rows(user: Any, lazy:
     assert float(sums["loss_global_sum"]) == pytest.approx(sum(losses), rel=1e-12)
     assert sums["client/acc_global"].tolist() == [correct, counts]
     assert sums["client/loss_global"][0].tolist() == pytest.approx(losses, rel=1e-12)
+
+
+def test_a_resumed_lazy_run_is_the_uninterrupted_run(tmp_path: Path, user: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A checkpoint holds no client data: the resumed rank asks client(i) again for what it needs
+    resumed = crash_and_resume(tmp_path, monkeypatch, *RUN, "algorithm.name=ditto", "data.lazy=true",
+                               "algorithm.smoothness=4.0", "checkpoint.every=2", crash_round=3)
+    assert resumed["resumed_from"] == [2]
+    assert resumed["global_model_sha256"] == read_summary(tmp_path / "reference")["global_model_sha256"]
+    assert resumed["final"] == read_summary(tmp_path / "reference")["final"]
