@@ -7,6 +7,8 @@ has a centre shared by all clients; a sample of class c is its centre plus Gauss
 i draws its labels mostly from its own class, i % num_classes (with probability `skew`), and
 uniformly otherwise, so the clients are non-IID. A client's rows are generated from (seed, i)
 when pfl_dist asks for them (`client(i)`), so a rank makes only the clients it hosts.
+`client_size(i)` (optional) gives a client's row counts without making it, which lets a run with
+`data.lazy=true` make each client only when it is sampled or evaluated.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 
 class Blobs:
-    """The federated dataset: num_clients, input_shape, num_classes and client(i)."""
+    """The federated dataset: num_clients, input_shape, num_classes, client(i) and client_size(i)."""
 
     def __init__(self, *, num_clients: int = 20, dim: int = 10, num_classes: int = 4, train_samples: int = 60,
                  test_samples: int = 20, skew: float = 0.8, noise: float = 1.0, seed: int = 0) -> None:
@@ -39,6 +41,10 @@ class Blobs:
         y = rng.choice(self.num_classes, size=n, p=probs)
         x = self.centers[y] + self.noise * rng.normal(size=(n, *self.input_shape))
         return x[: self.train_samples], y[: self.train_samples], x[self.train_samples:], y[self.train_samples:]
+
+    def client_size(self, i: int) -> tuple[int, int]:
+        """(n_train, n_test) of client i without making its rows (optional: data.lazy needs it)."""
+        return self.train_samples, self.test_samples
 
 
 def blobs(**params: object) -> Blobs:

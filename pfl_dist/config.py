@@ -133,8 +133,8 @@ class DataConfig:
     min_samples_per_client: int = 1  # leaf: writers with fewer training samples are left out
     # a plug-in dataset's keyword arguments (factory(**params)); they enter the run identity
     params: dict[str, Any] = field(default_factory=dict)
-    # synthetic, client_files and the image kinds (not plug-in datasets): make (generate / read /
-    # gather) a client's data when it is sampled or
+    # synthetic, client_files, the image kinds and plug-in datasets with client_size(i): make
+    # (generate / read / gather / client(i)) a client's data when it is sampled or
     # evaluated, through a bounded LRU, instead of every client at start-up (pfl_dist/data/lazy.py);
     # the same numbers bit for bit, so not part of the run identity. auto = lazy from
     # data.lazy.LAZY_FROM clients on, when the evaluation is on a cohort (train.eval_clients); true

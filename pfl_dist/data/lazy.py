@@ -18,8 +18,13 @@ pfl_dist/tasks/__init__.py: how the task makes one client, as the console says i
   baseline are made at start-up (label arithmetic); a client's images are gathered from the
   dataset and padded when it is sampled or evaluated. The dataset's arrays themselves stay
   loaded once per process, as eagerly (the official test set, w_g's evaluation, needs them).
-Plug-in datasets (`data.kind: package.module:factory`) hold every client of a rank from start-up:
-not built yet (their sample counts, which fix the padded length, need client(i) called).
+- plug-in datasets (`data.kind: package.module:factory`, pfl_dist/tasks/dataset.py), through the
+  dataset's optional `client_size(i) -> (n_train, n_test)` (SIZE_MEMBER): start-up calls it once
+  per hosted client for the sample counts and the padded lengths, and `client(i)` for none; a
+  client's arrays come from `client(i)` when it is sampled or evaluated (checked against its
+  client_size: one line if they differ), labels and class masks included. The launcher's
+  preflight asks for client 0 only. Without client_size, data.lazy=true is one line naming it
+  and `auto` stays eager (`dataset_has_sizes` calls the factory once, cached, to look).
 Instead of every client of a rank at start-up, a lazy task makes a client the first time a round
 samples it or an evaluation measures it, and keeps it in a `ClientCache`:
 - the evaluation cohort's members on this rank (train.eval_clients = N) are pinned: measured at
@@ -32,8 +37,9 @@ So a rank holds at most (sampled per round + cohort) clients' data, whatever dat
 The task's tensors are `LazyRows` (pfl_dist/tasks/lazy_rows.py): each client's tensors are its
 row of the eager tensors (padded to the same length), so the solver and the metrics see the same
 tensors in the same order as the eager path: every number of a run is bit for bit the same
-(tests/unit/test_lazy_data.py, tests/unit/test_lazy_client_files.py), which is why data.lazy is
-no part of the run identity (pfl_dist/rundir.py IGNORED_KEYS).
+(tests/unit/test_lazy_data.py, tests/unit/test_lazy_client_files.py,
+tests/unit/test_lazy_dataset.py), which is why data.lazy is no part of the run identity
+(pfl_dist/rundir.py IGNORED_KEYS).
 
 The price is time: a round makes its sampled clients again (the LRU rarely holds them when few
 of many are sampled), where eager data pays that once per client at start-up.
@@ -43,13 +49,14 @@ evaluation: lazy data needs a cohort, and `data.lazy=true` without one is refuse
 as is `true` on a kind that cannot be lazy. `auto` is lazy for a kind that can be, from
 LAZY_FROM clients on, when the evaluation is on a cohort (every run before the key had fewer
 clients or evaluated all: they stay eager); below that eager start-up costs little (10^4
-synthetic clients: ~0.1 GB, ~1 s); another kind is always eager.
+synthetic clients: ~0.1 GB, ~1 s); another kind, or a plug-in dataset without client_size, is
+always eager.
 
 algorithm.smoothness=auto, max_i L_i over every client, stays exact with lazy data: the rank's
 clients are made once at start-up in blocks of 256, each block's bound taken and the block
 dropped (O(block) memory, O(clients) time; the same L bit for bit). A number for
 algorithm.smoothness skips that pass, and start-up is then O(sampled + cohort) clients made
-(client_files: plus the row counts).
+(client_files: plus the row counts; plug-in datasets: plus one client_size call per client).
 
 No torch here: the config check (pfl_dist/tasks/__init__.py) and the memory estimate
 (pfl_dist/resources.py) read it before any process starts.
@@ -57,6 +64,8 @@ No torch here: the config check (pfl_dist/tasks/__init__.py) and the memory esti
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -67,6 +76,7 @@ from pfl_dist.sampling import eval_cohort, eval_cohort_size, num_sampled
 if TYPE_CHECKING:
     from pfl_dist.config import Config
 
+SIZE_MEMBER = "client_size"  # a federated dataset's optional member for lazy data: client_size(i) -> (n_train, n_test)
 LAZY_FROM = 100_000  # data.lazy=auto: lazy from this many clients on (with an evaluation cohort)
 
 V = TypeVar("V")
@@ -93,7 +103,32 @@ def lazy_data(cfg: Config) -> bool:
     if data.lazy != "auto":
         return bool(data.lazy)
     return (lazy_client(data.kind) is not None and data.num_clients >= LAZY_FROM
-            and eval_cohort_size(cfg.train.eval_clients, data.num_clients) is not None)
+            and eval_cohort_size(cfg.train.eval_clients, data.num_clients) is not None
+            and dataset_has_sizes(cfg))
+
+
+def dataset_has_sizes(cfg: Config) -> bool:
+    """Whether the config's data can tell a client's row counts without its arrays: every kind
+    with a task of its own can; a federated dataset (pfl_dist/tasks/dataset.py) if it has the
+    optional `client_size(i)` (so data.lazy=auto calls the factory once to look; a dataset that
+    fails to load answers False, and the eager task then reports why in one line)."""
+    from pfl_dist.tasks import task_entry
+
+    factory = task_entry(cfg.data.kind).factory
+    if factory is None:
+        return True
+    return _has_client_size(factory, json.dumps(cfg.data.params, sort_keys=True, default=repr))
+
+
+@functools.lru_cache(maxsize=8)
+def _has_client_size(factory: str, params: str) -> bool:
+    from pfl_dist.plugins import load, parse
+
+    try:
+        dataset = load(parse(factory, key="data.kind"), key="data.kind")(**json.loads(params))
+        return callable(getattr(dataset, SIZE_MEMBER, None))
+    except Exception:  # the eager path's load_dataset names the problem in one line
+        return False
 
 
 def check_lazy(cfg: Config) -> None:

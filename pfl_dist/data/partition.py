@@ -283,6 +283,14 @@ def train_test_split_client(
     return np.sort(indices[order[num_test:]]), np.sort(indices[order[:num_test]])
 
 
+def validation_size(num_train: int, val_fraction: float) -> int:
+    """How many of `num_train` training rows `validation_split_client` holds out for validation
+    (round half up, at least 1; 0 at val_fraction 0): from the count alone, without the rows."""
+    if val_fraction == 0:
+        return 0
+    return max(int(np.floor(num_train * val_fraction + 0.5)), 1)
+
+
 def validation_split_client(
     indices: np.ndarray, *, val_fraction: float, seed: int, client_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -297,7 +305,7 @@ def validation_split_client(
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if val_fraction == 0:
         return indices, np.zeros(0, dtype=np.int64)
-    num_val = max(int(np.floor(indices.size * val_fraction + 0.5)), 1)
+    num_val = validation_size(indices.size, val_fraction)
     if num_val >= indices.size:
         raise DataError(
             f"too few samples: client {client_id} has {indices.size} training samples, cannot keep "

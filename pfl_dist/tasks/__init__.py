@@ -131,6 +131,7 @@ _DATASET_PLUGIN = TaskEntry(
     unused_keys=DATASET_UNUSED_KEYS,
     description="a user's federated dataset: factory(**data.params) gives its clients' arrays, shape and classes",
     auto_model="logreg",
+    lazy="made by the dataset's client(i)",  # with the dataset's optional client_size(i) (pfl_dist/tasks/dataset.py)
 )
 
 

@@ -56,7 +56,7 @@ import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ import torch
 from pfl_dist.config import Config
 from pfl_dist.data.cifar import load_cifar10
 from pfl_dist.data.images import MNIST_CLASSES, MNIST_INPUT_SHAPE, ImageDataset, load_images
-from pfl_dist.data.lazy import client_cache, lazy_data
+from pfl_dist.data.lazy import ClientCache, client_cache, lazy_data
 from pfl_dist.data.leaf import load_leaf
 from pfl_dist.data.partition import (
     partition_classes,
@@ -288,6 +288,17 @@ def _padded_to(array: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
+def naive_terms(frequencies: torch.Tensor, test_y: torch.Tensor,
+                test_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, n) float64 correct predictions and losses of the class-frequency baseline (each
+    client's training class `frequencies` (k, C)) on its padded test labels (k, n); padding 0."""
+    valid = _valid(test_counts, test_y.shape[1])
+    prediction = frequencies.argmax(dim=1, keepdim=True)
+    probs = frequencies.gather(1, test_y)
+    log_probs = torch.log(probs).clamp(min=LOG_PROB_FLOOR)
+    return ((test_y == prediction) & valid).double(), -(log_probs * valid).double()
+
+
 class ImageClient(NamedTuple):
     """One client's images with lazy data: its rows of the eager train/test/validation tensors."""
 
@@ -309,6 +320,7 @@ class ImageTask:
     train_x: torch.Tensor  # (k, n_max, *input_shape); with lazy data `LazyRows` (pfl_dist/tasks/lazy_rows.py)
     test_x: torch.Tensor
     val_x: torch.Tensor
+    cache: ClientCache[Any]  # lazy data: the clients made (ImageClient here, a subclass's own tuple)
 
     def __init__(self, cfg: Config, *, client_ids: range, device: torch.device, dtype: torch.dtype) -> None:
         check_image_config(cfg)
@@ -464,14 +476,18 @@ class ImageTask:
         """The class-frequency baseline on each client's test split (constant: computed once):
         this rank's sums, and each client's (k,) correct predictions and summed loss
         (`naive_per_client`, for a cohort)."""
-        valid = _valid(self.test_counts, self.test_y.shape[1])
-        prediction = self.class_frequencies.argmax(dim=1, keepdim=True)
-        probs = self.class_frequencies.gather(1, self.test_y)
-        log_probs = torch.log(probs).clamp(min=LOG_PROB_FLOOR)
-        correct = ((self.test_y == prediction) & valid).double()
-        losses = -(log_probs * valid).double()
+        correct, losses = naive_terms(self.class_frequencies, self.test_y, self.test_counts)
         self.naive_per_client = (correct.sum(dim=1).cpu(), losses.sum(dim=1).cpu())
         return {"naive_correct": correct.sum(), "naive_loss_sum": losses.sum()}
+
+    def _naive_for(self, rows: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The baseline's sums over the clients in `rows` (None: all of this rank), and their (r,)
+        correct predictions and summed losses."""
+        correct, loss = self.naive_per_client
+        if rows is None:
+            return self.naive_sums, correct, loss
+        correct, loss = correct[rows.cpu()], loss[rows.cpu()]
+        return {"naive_correct": correct.sum(), "naive_loss_sum": loss.sum()}, correct, loss
 
     def _personal_sums(self, local_models: torch.Tensor, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
         correct, losses, test_counts = self._personal_terms(local_models, rows, self.test_x, self.test_y,
@@ -509,7 +525,8 @@ class ImageTask:
         losses = -(log_probs.clamp(min=LOG_PROB_FLOOR) * valid)
         return correct.double(), losses, counts
 
-    def _global_sums(self, global_model: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _global_sums(self, global_model: torch.Tensor, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """w_g on this rank's share of the official test set, whatever `rows` (the cohort)."""
         correct = torch.zeros((), dtype=torch.float64)
         loss = torch.zeros((), dtype=torch.float64)
         params = global_model.to(self.device, self.dtype).unsqueeze(0)
@@ -527,17 +544,13 @@ class ImageTask:
         rank; local_models holds their models, in that order), w_g's on this rank's share of the
         official test set (the same for any cohort: no per-client pair, no standard error)."""
         personal = self._personal_sums(local_models, rows)
-        naive = self.naive_sums
-        correct, loss = self.naive_per_client
-        if rows is not None:
-            correct, loss = correct[rows.cpu()], loss[rows.cpu()]
-            naive = {"naive_correct": correct.sum(), "naive_loss_sum": loss.sum()}
+        naive, correct, loss = self._naive_for(rows)
         samples = personal["client/acc_personal"][1]
         per_client = {"client/naive_acc": torch.stack([correct, samples]),
                       "client/naive_loss": torch.stack([loss, samples]),
                       "client/improvement_over_naive": torch.stack([personal["client/acc_personal"][0] - correct,
                                                                     samples])}
-        return {**personal, **self._global_sums(global_model), **naive, **per_client,
+        return {**personal, **self._global_sums(global_model, rows), **naive, **per_client,
                 **self._val_sums(local_models, rows)}
 
     def finalize_metrics(self, sums: dict[str, torch.Tensor], global_model: torch.Tensor) -> dict[str, float]:

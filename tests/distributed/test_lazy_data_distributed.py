@@ -1,15 +1,16 @@
-"""Lazy client data (data.lazy=true) on 2 ranks: each rank generates (synthetic) or reads (client
-files) the sampled and cohort clients it hosts; the run is the 2-rank eager run bit for bit (and,
-synthetic, the one-process run to 1e-12)."""
+"""Lazy client data (data.lazy=true) on 2 ranks: each rank generates (synthetic), reads (client
+files) or asks a plug-in dataset's client(i) for the sampled and cohort clients it hosts; the run
+is the 2-rank eager run bit for bit (and, synthetic, the one-process run to 1e-12)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.data_fixtures import write_reference_csv_clients
-from tests.helpers import read_metrics, read_summary, run_inprocess, run_torchrun_points
+from tests.helpers import read_metrics, read_summary, run_inprocess, run_torchrun_points, user_folder
 
 pytestmark = pytest.mark.distributed
 
@@ -56,3 +57,25 @@ def test_two_lazy_ranks_on_client_files_are_the_eager_run(tmp_path: Path) -> Non
     assert lazy["final"] == eager["final"] and lazy["participation"] == eager["participation"]
     assert [r["metrics"] for r in read_metrics(tmp_path / "two" / "files_true")] == \
         [r["metrics"] for r in read_metrics(tmp_path / "two" / "files_false")]
+
+
+def test_two_lazy_ranks_on_a_plugin_dataset_are_the_eager_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: tests/unit/test_lazy_dataset.py's ragged dataset (client_size; float32 and float64
+    # clients of 6..19 train rows) in a folder of its own on PYTHONPATH, read lazily by 2 ranks
+    from tests.unit.test_lazy_dataset import USER_DATASET
+
+    user_folder(tmp_path, monkeypatch, user_lazy=textwrap.dedent(USER_DATASET))
+    base = ("data.kind=user_lazy:ragged", "data.num_clients=14", "data.val_fraction=0.2", "run.seed=3",
+            "algorithm.name=scaffold", "algorithm.num_local_steps=3", "algorithm.sample_fraction=0.3",
+            "train.num_rounds=4", "train.eval_every=2", "train.dtype=float64", "train.eval_clients=5")
+    points = {f"plugin_{lazy}": (*base, f"data.lazy={lazy}") for lazy in ("true", "false")}
+    # Execute
+    run_torchrun_points(tmp_path / "two", 2, points)
+    lazy, eager = (read_summary(tmp_path / "two" / f"plugin_{v}") for v in ("true", "false"))
+    # Assert: 2 lazy ranks = 2 eager ranks bit for bit, every metric of every evaluation
+    assert lazy["world_size"] == eager["world_size"] == 2
+    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
+    assert lazy["final"] == eager["final"] and lazy["participation"] == eager["participation"]
+    metrics = [r["metrics"] for r in read_metrics(tmp_path / "two" / "plugin_true")]
+    assert metrics == [r["metrics"] for r in read_metrics(tmp_path / "two" / "plugin_false")]
+    assert "eval/acc_global_se" in metrics[-1]
