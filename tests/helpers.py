@@ -220,3 +220,41 @@ def run_cli(*args: str, module: str = "pfl_dist.train", timeout: float = 120) ->
     env = {**os.environ, **TORCHRUN_ENV}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def assert_lazy_equals_eager(tmp_path: Path, lazy: dict[str, Any], lazy_trainer: Any, eager: dict[str, Any],
+                             eager_trainer: Any) -> list[dict[str, Any]]:
+    """The run in tmp_path/lazy was lazy, and every number is the eager run's (tmp_path/eager): w_g,
+    every metrics.jsonl line, the final and personal metrics, the per-client state rows, L.
+    -> the lazy run's metrics, for more checks."""
+    assert lazy_trainer.task.lazy and not eager_trainer.task.lazy
+    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
+    lazy_metrics = [r["metrics"] for r in read_metrics(tmp_path / "lazy")]
+    assert lazy_metrics == [r["metrics"] for r in read_metrics(tmp_path / "eager")]
+    assert lazy["final"] == eager["final"] and lazy["personal"] == eager["personal"]
+    for key, rows in eager_trainer.client_state.items():
+        assert torch.equal(rows, lazy_trainer.client_state[key]), key
+    assert lazy_trainer.algorithm.smoothness == eager_trainer.algorithm.smoothness
+    return lazy_metrics
+
+
+def assert_rounds_make_only_their_clients(trainer: Trainer, made: list[int], *, seed: int, num_clients: int,
+                                          capacity: int, cohort: set[int], rounds: int = 6) -> set[int]:
+    """Evaluate (the cohort's clients made once), then train `rounds` rounds of a quarter of the
+    clients, each making only its sampled clients not already held, each once, the cache within its
+    bound (capacity + the pinned cohort). `made`: the ids the task asked for, appended as it asks.
+    -> every client made."""
+    cache: Any = trainer.task.cache  # type: ignore[attr-defined]
+    trainer.evaluate(round_num=0)
+    assert sorted(made) == sorted(cohort) and len(cache) == len(cohort)
+    made_in_all = set(cohort)
+    for round_idx in range(rounds):
+        before = len(made)
+        trainer.run_round(round_idx)
+        sampled = set(sample_clients(round_idx, seed=seed, num_clients=num_clients, sample_fraction=0.25).tolist())
+        new = made[before:]
+        assert len(new) == len(set(new)) and set(new) <= sampled - cohort  # only sampled, each once
+        made_in_all |= set(new)
+        assert len(cache._lru) <= capacity and len(cache) <= capacity + len(cohort)
+    assert len(made_in_all) < num_clients  # the clients never sampled nor evaluated were never made
+    return made_in_all

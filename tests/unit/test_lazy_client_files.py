@@ -18,10 +18,10 @@ from pfl_dist.data.lazy import cache_capacity, lazy_data, resident_clients
 from pfl_dist.errors import ConfigError, DataError
 from pfl_dist.resources import estimate_rank_bytes
 from pfl_dist.runtime import init_runtime
-from pfl_dist.sampling import eval_cohort, sample_clients
+from pfl_dist.sampling import eval_cohort
 from pfl_dist.train import Trainer, run_session
 from tests.data_fixtures import write_reference_csv_clients
-from tests.helpers import read_metrics
+from tests.helpers import assert_lazy_equals_eager, assert_rounds_make_only_their_clients
 
 M, COHORT = 16, 5
 RUN = (f"data.num_clients={M}", "data.kind=client_files", "run.seed=5", "algorithm.num_local_steps=4",
@@ -87,14 +87,7 @@ def test_lazy_files_equal_eager_bit_for_bit(tmp_path: Path, case: str) -> None:
     eager, eager_trainer = train(tmp_path, folder, *overrides, "data.lazy=false", name="eager")
     lazy, lazy_trainer = train(tmp_path, folder, *overrides, "data.lazy=true", name="lazy")
     # Assert: the lazy run was lazy, and every number is the same: w_g, the metrics, the state rows, L
-    assert lazy_trainer.task.lazy and not eager_trainer.task.lazy  # type: ignore[attr-defined]
-    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
-    assert [r["metrics"] for r in read_metrics(tmp_path / "lazy")] == [r["metrics"] for r in
-                                                                       read_metrics(tmp_path / "eager")]
-    assert lazy["final"] == eager["final"] and lazy["personal"] == eager["personal"]
-    for key, rows in eager_trainer.client_state.items():
-        assert torch.equal(rows, lazy_trainer.client_state[key]), key
-    assert lazy_trainer.algorithm.smoothness == eager_trainer.algorithm.smoothness
+    assert_lazy_equals_eager(tmp_path, lazy, lazy_trainer, eager, eager_trainer)
     task: Any = lazy_trainer.task
     assert 0 < len(task.cache) <= cache_capacity(lazy_trainer.cfg) + COHORT
 
@@ -120,20 +113,10 @@ def test_start_up_reads_no_file_and_the_cache_holds_at_most_its_bound(
     capacity = cache_capacity(cfg)
     cohort = set(eval_cohort(seed=5, num_clients=M, size=COHORT).tolist())
     assert capacity == 4 and task.cache.pinned_ids == cohort
-    trainer.evaluate(round_num=0)
-    assert sorted(counting.ids) == sorted(cohort) and len(task.cache) == COHORT
-    read = set(cohort)
-    for round_idx in range(6):
-        before = len(counting.ids)
-        trainer.run_round(round_idx)
-        sampled = set(sample_clients(round_idx, seed=5, num_clients=M, sample_fraction=0.25).tolist())
-        made = counting.ids[before:]
-        assert len(made) == len(set(made)) and set(made) <= sampled - cohort  # only sampled, each once
-        read |= set(made)
-        assert len(task.cache._lru) <= capacity and len(task.cache) <= capacity + COHORT
-        assert task.cache.materialized == len(counting.ids)
+    read = assert_rounds_make_only_their_clients(trainer, counting.ids, seed=5, num_clients=M, capacity=capacity,
+                                                 cohort=cohort)
+    assert task.cache.materialized == len(counting.ids)
     assert len(read) > capacity + COHORT  # the bound was reached: clients were evicted
-    assert len(read) < M  # and the unsampled clients were never read
 
 
 def test_smoothness_auto_reads_each_file_once_and_keeps_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

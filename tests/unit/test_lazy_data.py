@@ -21,10 +21,16 @@ from pfl_dist.methods import METHODS
 from pfl_dist.resources import estimate_rank_bytes
 from pfl_dist.rundir import config_hash, result_config
 from pfl_dist.runtime import init_runtime
-from pfl_dist.sampling import eval_cohort, sample_clients
+from pfl_dist.sampling import eval_cohort
 from pfl_dist.tasks import TASKS
 from pfl_dist.train import Trainer, run_session
-from tests.helpers import crash_and_resume, read_metrics, read_summary
+from tests.helpers import (
+    assert_lazy_equals_eager,
+    assert_rounds_make_only_their_clients,
+    crash_and_resume,
+    read_metrics,
+    read_summary,
+)
 
 M, COHORT = 40, 8
 RUN = (f"data.num_clients={M}", "data.samples_per_client=30", "data.dim=6", "data.num_classes=3", "data.R=1.5",
@@ -60,14 +66,7 @@ def test_lazy_equals_eager_bit_for_bit(tmp_path: Path, name: str, smoothness: st
     eager, eager_trainer = train(tmp_path, *common, "data.lazy=false", name="eager")
     lazy, lazy_trainer = train(tmp_path, *common, "data.lazy=true", name="lazy")
     # Assert: the lazy run was lazy, and every number is the same: w_g, the metrics, the state rows
-    assert lazy_trainer.task.lazy and not eager_trainer.task.lazy  # type: ignore[attr-defined]
-    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
-    assert [r["metrics"] for r in read_metrics(tmp_path / "lazy")] == [r["metrics"] for r in
-                                                                       read_metrics(tmp_path / "eager")]
-    assert lazy["final"] == eager["final"] and lazy["personal"] == eager["personal"]
-    for key, rows in eager_trainer.client_state.items():
-        assert torch.equal(rows, lazy_trainer.client_state[key]), key
-    assert lazy_trainer.algorithm.smoothness == eager_trainer.algorithm.smoothness
+    assert_lazy_equals_eager(tmp_path, lazy, lazy_trainer, eager, eager_trainer)
 
 
 def test_start_up_generates_no_client_and_the_cache_holds_at_most_its_bound(
@@ -88,20 +87,10 @@ def test_start_up_generates_no_client_and_the_cache_holds_at_most_its_bound(
     capacity = cache_capacity(cfg)
     cohort = set(eval_cohort(seed=7, num_clients=M, size=COHORT).tolist())
     assert capacity == 10 and task.cache.pinned_ids == cohort
-    trainer.evaluate(round_num=0)
-    assert sorted(counting.ids) == sorted(cohort) and len(task.cache) == COHORT
-    generated = set(cohort)
-    for round_idx in range(6):
-        before = len(counting.ids)
-        trainer.run_round(round_idx)
-        sampled = set(sample_clients(round_idx, seed=7, num_clients=M, sample_fraction=0.25).tolist())
-        made = counting.ids[before:]
-        assert len(made) == len(set(made)) and set(made) <= sampled - cohort  # only sampled, each once
-        generated |= set(made)
-        assert len(task.cache._lru) <= capacity and len(task.cache) <= capacity + COHORT
-        assert task.cache.materialized == len(counting.ids)
+    generated = assert_rounds_make_only_their_clients(trainer, counting.ids, seed=7, num_clients=M,
+                                                      capacity=capacity, cohort=cohort)
+    assert task.cache.materialized == len(counting.ids)
     assert len(generated) > capacity + COHORT  # the bound was reached: clients were evicted
-    assert len(generated) < M  # and the unsampled clients were never generated
 
 
 def test_eager_start_up_generates_every_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -23,10 +23,15 @@ from pfl_dist.config import load_config
 from pfl_dist.data.lazy import cache_capacity, lazy_data
 from pfl_dist.errors import ConfigError, DataError
 from pfl_dist.runtime import init_runtime
-from pfl_dist.sampling import eval_cohort, sample_clients
+from pfl_dist.sampling import eval_cohort
 from pfl_dist.tasks import build_task, preflight
 from pfl_dist.train import Trainer, run_session
-from tests.helpers import crash_and_resume, read_metrics, read_summary
+from tests.helpers import (
+    assert_lazy_equals_eager,
+    assert_rounds_make_only_their_clients,
+    crash_and_resume,
+    read_summary,
+)
 
 USER_DATASET = '''
 import numpy as np
@@ -132,17 +137,10 @@ def test_lazy_dataset_equals_eager_bit_for_bit(tmp_path: Path, user: Any, case: 
     eager, eager_trainer = train(tmp_path, *CASES[case], "data.lazy=false", name="eager")
     lazy, lazy_trainer = train(tmp_path, *CASES[case], "data.lazy=true", name="lazy")
     # Assert: the lazy run was lazy, and every number is the same: w_g, every metric, the state rows, L
-    assert lazy_trainer.task.lazy and not eager_trainer.task.lazy  # type: ignore[attr-defined]
-    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
-    lazy_metrics = [r["metrics"] for r in read_metrics(tmp_path / "lazy")]
-    assert lazy_metrics == [r["metrics"] for r in read_metrics(tmp_path / "eager")]
+    lazy_metrics = assert_lazy_equals_eager(tmp_path, lazy, lazy_trainer, eager, eager_trainer)
     assert "eval/acc_global_se" in lazy_metrics[-1] and "eval/naive_acc" in lazy_metrics[-1]
     if "data.val_fraction=0.25" in CASES[case]:
         assert "val/acc_personal" in lazy_metrics[-1]
-    assert lazy["final"] == eager["final"] and lazy["personal"] == eager["personal"]
-    for key, rows in eager_trainer.client_state.items():
-        assert torch.equal(rows, lazy_trainer.client_state[key]), key
-    assert lazy_trainer.algorithm.smoothness == eager_trainer.algorithm.smoothness
     task: Any = lazy_trainer.task
     assert 0 < len(task.cache) <= cache_capacity(lazy_trainer.cfg) + COHORT
 
@@ -181,18 +179,8 @@ def test_start_up_asks_for_sizes_only_and_rounds_for_their_clients(
     capacity = cache_capacity(cfg)
     cohort = set(eval_cohort(seed=5, num_clients=M, size=COHORT).tolist())
     assert capacity == 4 and task.cache.pinned_ids == cohort
-    trainer.evaluate(round_num=0)
-    assert sorted(user.CALLS) == sorted(cohort)
-    made_in_all = set(cohort)
-    for round_idx in range(6):
-        before = len(user.CALLS)
-        trainer.run_round(round_idx)
-        sampled = set(sample_clients(round_idx, seed=5, num_clients=M, sample_fraction=0.25).tolist())
-        made = user.CALLS[before:]
-        assert len(made) == len(set(made)) and set(made) <= sampled - cohort
-        made_in_all |= set(made)
-        assert len(task.cache._lru) <= capacity and len(task.cache) <= capacity + COHORT
-    assert len(made_in_all) < M  # the clients never sampled nor evaluated were never asked for
+    assert_rounds_make_only_their_clients(trainer, user.CALLS, seed=5, num_clients=M, capacity=capacity,
+                                          cohort=cohort)
     assert list(range(M)) == user.SIZE_CALLS
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from pfl_dist.checkpoint import StopRequest
 from pfl_dist.config import load_config
@@ -18,7 +17,7 @@ from pfl_dist.resources import estimate_rank_bytes
 from pfl_dist.runtime import init_runtime
 from pfl_dist.sampling import eval_cohort, sample_clients
 from pfl_dist.train import Trainer, run_session
-from tests.helpers import read_metrics, write_learnable_mnist
+from tests.helpers import assert_lazy_equals_eager, write_learnable_mnist
 
 M, COHORT = 12, 4
 RUN = ("data.kind=mnist", "data.num_partitions=30", f"data.num_clients={M}", "algorithm.local_lr=0.01",
@@ -46,14 +45,7 @@ def train(tmp_path: Path, mnist_dir: Path, *overrides: str, name: str) -> tuple[
 def test_lazy_images_equal_eager_bit_for_bit(tmp_path: Path, mnist_dir: Path, overrides: tuple[str, ...]) -> None:
     eager, eager_trainer = train(tmp_path, mnist_dir, *overrides, "data.lazy=false", name="eager")
     lazy, lazy_trainer = train(tmp_path, mnist_dir, *overrides, "data.lazy=true", name="lazy")
-    assert lazy_trainer.task.lazy and not eager_trainer.task.lazy  # type: ignore[attr-defined]
-    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
-    assert [r["metrics"] for r in read_metrics(tmp_path / "lazy")] == [r["metrics"] for r in
-                                                                       read_metrics(tmp_path / "eager")]
-    assert lazy["final"] == eager["final"] and lazy["personal"] == eager["personal"]
-    for key, rows in eager_trainer.client_state.items():
-        assert torch.equal(rows, lazy_trainer.client_state[key]), key
-    assert lazy_trainer.algorithm.smoothness == eager_trainer.algorithm.smoothness
+    assert_lazy_equals_eager(tmp_path, lazy, lazy_trainer, eager, eager_trainer)
 
 
 def test_start_up_gathers_no_client_and_the_cache_holds_at_most_its_bound(
