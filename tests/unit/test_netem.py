@@ -352,3 +352,6 @@ def test_the_report_gives_the_mean_and_t_interval_over_seeds(tmp_path: Path,
     # after 15 s: seed 0 holds round 1 (10 s), seed 1 round 1 (11 s), seed 2 round 1 (12 s): 0.5 each
     assert fedavg["acc_personal at 15 s"] == "0.5 (on every seed)"
     assert "LocalTrain" in capsys.readouterr().out.split("first to acc_personal >= 0.75: ")[1].splitlines()[0]
+    note = (tmp_path / "time_to_accuracy.md").read_text()
+    assert "over n = 3 seeds" in note and "Times to a target: each seed's own curve." in note
+    assert "Bytes to a target" not in note
