@@ -1,6 +1,7 @@
 """Which error feedback a message of kept state needs: the candidate rules, measured.
 
-    python benchmarks/error_feedback_rules.py [--rounds 40] [--settings c2,c5,sampled] [--out DIR] [--json]
+    python benchmarks/error_feedback_rules.py [--rounds 40] [--settings c2,c5,sampled] [--seeds 0 1 2]
+        [--out DIR] [--json | --markdown]
 
 FedCLUP sends w_i - w_g and keeps w_i (pfl_dist/methods.py STATE). Issue 21's run (synthetic, 4
 clients, float64, lam 0.1, global_lr 1/lam, K = 5 steps of lr 0.1, 40 rounds) is trained dense and
@@ -17,7 +18,14 @@ Settings: c2 (the run as filed, 2 classes: every update of the linear model is a
 which PowerSGD at rank 1 sends exactly), c5 (5 classes), sampled (8 clients, half sampled per
 round: residual and none only). Per run: max|w_g - w_g(dense)|, that over ||w_g(dense)||, the final
 global and personal training accuracy. One process hosts every client; the codec is the
-production one, only what it is handed changes.
+production one, only what it is handed changes. With several --seeds (run.seed: the data, the
+initial model, the sampled clients and the codecs' randomness), each (setting, codec, rule) is run
+on every seed against that seed's dense run, and the table gives each quantity as the mean ± the
+half-width of the 95% Student t interval over the seeds (pfl_dist/sweep/stats.py); a quantity that
+is the same on every seed is printed once, "(exact on every seed)". The last column compares each
+rule's distance with rule none's on the same seeds (paired t interval; '<' nearer to dense, '>'
+farther, where it excludes 0); --markdown then lists the final accuracies that differ from the
+same seed's dense run (paired t interval excluding 0).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from pfl_dist.exchange.base import ErrorFeedback
 from pfl_dist.exchange.exchange import Exchange
 from pfl_dist.methods import INCREMENT
 from pfl_dist.runtime import init_runtime
+from pfl_dist.sweep.stats import paired_difference, t_interval
 from pfl_dist.train import Trainer
 
 ISSUE_21 = ("algorithm.name=fedclup", "algorithm.lam=0.1", "algorithm.global_lr=1/lam", "algorithm.num_local_steps=5",
@@ -59,8 +68,10 @@ class MirrorExchange(Exchange):
         self.mean = torch.zeros(0)  # H
 
     def run_round(self, round_idx: int, *, global_model: torch.Tensor, sent: torch.Tensor, rows: torch.Tensor,
-                  counts: torch.Tensor, sampled: np.ndarray, stop: bool) -> torch.Tensor | None:
+                  counts: torch.Tensor, sampled: np.ndarray, stop: bool,
+                  received: torch.Tensor | None = None) -> torch.Tensor | None:
         assert len(sampled) == self.num_clients, "EF21's H is the mean of the sampled mirrors only with everyone"
+        assert received is None or torch.equal(received, global_model), "measured with a dense downlink only"
         assert self.codec is not None and isinstance(self.codec.memory, ErrorFeedback)
         if self.mirrors is None:
             self.mirrors, self.mean = global_model.repeat(len(self.client_ids), 1), global_model.clone()
@@ -94,16 +105,16 @@ def train(cfg: Config, rule: str) -> Trainer:
     return trainer
 
 
-def measure(out: Path, setting: str, *, rounds: int) -> list[dict[str, Any]]:
+def measure(out: Path, setting: str, *, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
     def run(codec: str, rule: str) -> Trainer:
         cfg = load_config(None, [*ISSUE_21, *SETTINGS[setting], f"comm.codec={codec}", f"train.num_rounds={rounds}",
-                                 f"train.eval_every={rounds}", f"run.out_dir={out / setting}",
-                                 f"run.name={rule}_{codec.replace(':', '-')}"])
+                                 f"train.eval_every={rounds}", f"run.seed={seed}", f"run.out_dir={out / setting}",
+                                 f"run.name={rule}_{codec.replace(':', '-')}_seed{seed}"])
         return train(cfg, rule)
 
     dense = run("none", "none")
     norm = float(torch.linalg.vector_norm(dense.global_model))
-    results = [{"setting": setting, "codec": "none", "rule": "dense", "distance": 0.0, "relative": 0.0,
+    results = [{"setting": setting, "seed": seed, "codec": "none", "rule": "dense", "distance": 0.0, "relative": 0.0,
                 **dense.summary["final"]}]
     for codec in CODECS:
         for rule in RULES:
@@ -111,30 +122,104 @@ def measure(out: Path, setting: str, *, rounds: int) -> list[dict[str, Any]]:
                 continue
             trainer = run(codec, rule)
             distance = float((trainer.global_model - dense.global_model).abs().max())
-            results.append({"setting": setting, "codec": codec, "rule": rule, "distance": distance,
+            results.append({"setting": setting, "seed": seed, "codec": codec, "rule": rule, "distance": distance,
                             "relative": distance / norm, **trainer.summary["final"]})
     return results
+
+
+QUANTITIES = ("distance", "relative", "train/acc_global", "train/acc_personal")  # per run, in table order
+HEADERS = ("setting", "codec", "rule", "max abs w_g - dense", "/ norm of dense w_g", "acc_global", "acc_personal",
+           "distance - rule none's (paired)")
+
+
+def over_seeds(values: list[float]) -> str:
+    """One quantity over the seeds: '0.135 ± 0.041' (mean to 3 significant digits, the 95% t
+    half-width to 2), the value and '(exact on every seed)' when every seed gave it, the value
+    alone for one seed."""
+    if len(values) > 1 and all(v == values[0] for v in values):
+        return f"{values[0]:.3g} (exact on every seed)"
+    estimate = t_interval(values)
+    return f"{estimate.mean:.3g}" + ("" if estimate.half_width is None else f" ± {estimate.half_width:.2g}")
+
+
+def paired_to_none(results: list[dict[str, Any]], key: tuple[str, str, str]) -> str:
+    """The rule's distance minus rule `none`'s for the same setting, codec and seed: the paired 95%
+    t interval over the seeds, with '<' / '>' when it excludes 0 (nearer to / farther from dense
+    than `none`); '' for `none` and the dense run, or with one seed."""
+    setting, codec, rule = key
+    if rule in ("none", "dense"):
+        return ""
+    def distances(rule: str) -> dict[int, float]:
+        return {r["seed"]: r["distance"] for r in results
+                if (r["setting"], r["codec"], r["rule"]) == (setting, codec, rule)}
+
+    diff = paired_difference(distances(rule), distances("none"))
+    if diff is None:
+        return ""
+    mark = (" <" if diff.high < 0 else " >") if diff.excludes_zero() else ""
+    return f"{diff.mean:+.3g} ± {diff.half_width:.2g}{mark}"
+
+
+def accuracy_differences(results: list[dict[str, Any]]) -> list[str]:
+    """Each run's final accuracies minus the same seed's dense run's, where the paired 95% t interval
+    over the seeds excludes 0: 'c2 randk:0.25 residual: train/acc_personal -0.153 ± 0.13'."""
+    found = []
+    for key in dict.fromkeys((r["setting"], r["codec"], r["rule"]) for r in results):
+        if key[2] == "dense":
+            continue
+        for metric in ("train/acc_personal", "train/acc_global"):
+            def values(k: tuple[str, str, str], m: str = metric) -> dict[int, float]:
+                return {r["seed"]: r[m] for r in results if (r["setting"], r["codec"], r["rule"]) == k}
+
+            diff = paired_difference(values(key), values((key[0], "none", "dense")))
+            if diff is not None and diff.excludes_zero():
+                found.append(f"{' '.join(key)}: {metric} {diff.mean:+.3f} ± {diff.half_width:.3f}")
+    return found
+
+
+def aggregate(results: list[dict[str, Any]]) -> list[list[str]]:
+    """A row per (setting, codec, rule), in the order measured, of each quantity over the seeds,
+    and its distance's paired difference to rule `none`'s."""
+    keys = list(dict.fromkeys((r["setting"], r["codec"], r["rule"]) for r in results))
+    return [[*key, *(over_seeds([r[q] for r in results if (r["setting"], r["codec"], r["rule"]) == key])
+                     for q in QUANTITIES), paired_to_none(results, key)] for key in keys]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run.seed of each repetition (default: 0)")
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here (default: a temporary dir)")
-    parser.add_argument("--json", action="store_true")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="every run's numbers")
+    output.add_argument("--markdown", action="store_true", help="the table over seeds as GitHub markdown")
     args = parser.parse_args()
+    unknown = [s for s in args.settings.split(",") if s not in SETTINGS]
+    if unknown or len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        parser.error(f"--settings must be among {', '.join(SETTINGS)}, got {unknown[0]}" if unknown
+                     else "--seeds must be distinct integers >= 0")
     with tempfile.TemporaryDirectory(prefix="pfl_ef_rules_") as scratch:
         out = args.out or Path(scratch)
-        results = [row for setting in args.settings.split(",") for row in measure(out, setting, rounds=args.rounds)]
+        results = [row for seed in args.seeds for setting in args.settings.split(",")
+                   for row in measure(out, setting, rounds=args.rounds, seed=seed)]
     if args.json:
         print(json.dumps(results, indent=1))
         return
-    print(machine_line())
     # summary.json's final metrics are keyed by tag: the synthetic task measures on its training rows
-    print_table(["setting", "codec", "rule", "max|w_g - dense|", "/ ||w_g dense||", "train/acc_global",
-                 "train/acc_personal"],
-                [[r["setting"], r["codec"], r["rule"], r["distance"], r["relative"], r["train/acc_global"],
-                  r["train/acc_personal"]] for r in results])
+    rows = aggregate(results)
+    seeds = ", ".join(map(str, args.seeds))
+    if args.markdown:
+        print("| " + " | ".join(HEADERS) + " |\n|" + "---|" * len(HEADERS))
+        print("\n".join("| " + " | ".join(row) + " |" for row in rows))
+        differences = accuracy_differences(results)
+        if differences:
+            print("\nFinal accuracies that differ from the same seed's dense run (paired 95% t interval excludes 0):")
+            print("\n".join(f"- {line}" for line in differences))
+        print(f"\nseeds {seeds}; {machine_line()}")
+        return
+    print(f"{machine_line()}; seeds {seeds}")
+    print_table(list(HEADERS), rows)
 
 
 if __name__ == "__main__":

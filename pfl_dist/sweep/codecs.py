@@ -19,6 +19,10 @@ Drawn by `python -m pfl_dist.plot RESULTS_DIR` when the runs vary `comm.codec`:
   uplink bytes, the compression ratio (dense uplink / encoded
   uplink), and the wire and uplink bytes at the first evaluated round whose personal accuracy
   reaches the target: the dense (`none`) run's final personal accuracy minus 1 point.
+- codecs_pairs_table.md / .csv (runs with a downlink codec): a row per (uplink, downlink) pair,
+  columns per data set: the total FL bytes (uplink + downlink; "exact on every seed" when every
+  run sent the same), the factor below the dense pair, and per method the FL bytes of the mean
+  curve to the target with the round at which each seed's own curve reaches it (`pair_rows`).
 
 With several seeds per codec (the sweep's `seeds`), a curve and a row are the codec's runs over
 its seeds: the curve is the mean with a shaded 95% t band, the accuracies are mean ± 95% t
@@ -215,6 +219,72 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "uplink to target": format_bytes(hit["comm"]["uplink_bytes"]) if hit else "",
             })
     return rows
+
+
+def fl_bytes(record: dict[str, Any]) -> float:
+    return float(record_bytes(record, "fl"))
+
+
+def _seeds_reaching(runs_of: Sequence[Run], target: float) -> str:
+    """Per seed (ascending), the round at which that seed's own curve first reaches `target`
+    ('–': never): 'seeds 0, 1, 2: rounds 6, 4, –'."""
+    ordered = sorted(runs_of, key=lambda r: int(r.config["run"]["seed"]))
+    rounds = [reached(r, target) for r in ordered]
+    return (f"seeds {', '.join(str(r.config['run']['seed']) for r in ordered)}: rounds "
+            + ", ".join(str(hit["round"]) if hit else "–" for hit in rounds))
+
+
+def _exact_or_mean(values: Sequence[float]) -> str:
+    """Bytes that are the same on every run: that value; else their mean and range."""
+    if len(set(values)) == 1:
+        return format_bytes(values[0]) + (" (exact on every seed)" if len(values) > 1 else "")
+    return f"{format_bytes(fmean(values))} (mean; {format_bytes(min(values))}-{format_bytes(max(values))})"
+
+
+def pair_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """The FL bytes (uplink + downlink) of each (uplink, downlink) pair, a row per pair and columns
+    per data set: the whole run's total (the same for every method and seed when the bytes are
+    counted, not sampled: 'exact on every seed'; else the mean and the range), the factor below
+    the dense pair, and per method the FL bytes of the mean curve over seeds at its first evaluation
+    at or above the target (the dense pair's mean final personal accuracy minus 1 point, as in the
+    codec table) with, for each seed, the round at which its own curve first reaches that same
+    target ('–': never): the seed-to-seed spread of 'to target' is the spread of that round."""
+    table: dict[str, dict[str, Any]] = {}
+    for (data, method), members in groups(runs).items():
+        codecs = by_codec(members)
+        curves = {codec: build_curves(runs_of, metric=METRIC, kind="fl")[0] for codec, runs_of in codecs.items()}
+        dense = curves.get("none")
+        target = dense.final.mean - TARGET_DROP if dense is not None and dense.final is not None else None
+        dense_total = fmean(fl_bytes({"comm": r.summary["comm"]}) for r in codecs.get("none", []) or members)
+        for codec, runs_of in codecs.items():
+            row = table.setdefault(codec, {"pair (up, down)": codec})
+            totals = [fl_bytes({"comm": r.summary["comm"]}) for r in runs_of]
+            row.setdefault(f"{data} totals", []).extend(totals)
+            row[f"{data} vs dense"] = f"{dense_total / fmean(totals):.1f}x" if dense is not None else ""
+            if target is None:
+                row[f"{data} {method} to target"] = "no dense run"
+                continue
+            curve = curves[codec]
+            at = next((t for t, v in zip(curve.rounds, curve.values, strict=True) if v >= target), None)
+            mean_text = (f"{format_bytes(curve.num_bytes[curve.rounds.index(at)])} (round {at})" if at is not None
+                         else "not reached")
+            row[f"{data} {method} to target"] = f"{mean_text}; {_seeds_reaching(runs_of, target)}"
+    rows = []
+    for codec in sorted(table, key=codec_order):
+        row = table[codec]
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if key.endswith(" totals"):
+                out[key.replace(" totals", " total")] = _exact_or_mean(value)
+            else:
+                out[key] = value
+        rows.append(out)
+    return rows
+
+
+def write_pair_table(runs: Sequence[Run], *, stem: Path) -> tuple[str, tuple[Path, Path]]:
+    rows = pair_rows(runs)
+    return markdown_table(rows), write_table(rows, stem=stem)
 
 
 def write_codec_table(runs: Sequence[Run], *, stem: Path) -> tuple[str, tuple[Path, Path]]:

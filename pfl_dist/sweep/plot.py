@@ -6,7 +6,10 @@ What is drawn follows from what the runs vary (config values in each summary.jso
 - algorithm.num_local_steps varies   -> local_steps.png: ITR and ATR per round, one curve per K
 - data.classes_per_client varies     -> images_vs_classes.png: personal/global accuracy vs classes
 - comm.codec or comm.downlink_codec varies -> codecs.png, codecs_wire.png and codecs_table.md/.csv
-                                        (a curve and a row per (uplink, downlink) pair)
+                                        (a curve and a row per (uplink, downlink) pair); with a
+                                        downlink codec also codecs_pairs_table.md/.csv (each
+                                        pair's FL bytes per data set, and the round each seed
+                                        reaches the target)
                                         (pfl_dist/sweep/codecs.py)
 - 4 or more methods, none of these   -> family.png and family_table.md/.csv (pfl_dist/sweep/family.py)
 - none of these settings            -> total_error_vs_rounds.png (synthetic) or accuracy_vs_rounds.png
@@ -40,7 +43,7 @@ from matplotlib.axes import Axes
 
 from pfl_dist.config import check_path_text
 from pfl_dist.errors import ConfigError, OneLineParser
-from pfl_dist.sweep.codecs import codec_order, plot_codecs, write_codec_table
+from pfl_dist.sweep.codecs import codec_order, has_downlink_codec, plot_codecs, write_codec_table, write_pair_table
 from pfl_dist.sweep.family import FAMILY_METHODS, write_family
 from pfl_dist.sweep.results import Run, find_runs
 from pfl_dist.sweep.stats import Estimate, paired_difference, t_interval
@@ -469,6 +472,8 @@ def choose_figures(runs: Sequence[Run], out: Path, prefix: str, fmt: str = "png"
             figures[f"codecs{view.suffix}"] = plot_codecs(members, out / f"{prefix}codecs{view.suffix}.{fmt}",
                                                           kind=view.kind, axis_label=view.label, title=view.title)
         figures["codecs_table"] = write_codec_table(runs, stem=out / f"{prefix}codecs_table")[1][0]
+        if has_downlink_codec(runs):
+            figures["codecs_pairs"] = write_pair_table(runs, stem=out / f"{prefix}codecs_pairs_table")[1][0]
     if len({r.method for r in runs}) >= FAMILY_METHODS and not any(varies(runs, key) for key in AXIS_KEYS):
         figures["family"], figures["family_table"] = write_family(runs, out, prefix=prefix, fmt=fmt)
     if not any(varies(runs, key) for key in AXIS_KEYS):

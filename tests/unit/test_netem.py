@@ -3,6 +3,9 @@ model against hand-computed numbers, the round-time decomposition, and the one-l
 
 from __future__ import annotations
 
+import csv
+import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -198,7 +201,7 @@ def test_the_sweep_takes_a_plugin_algorithm_and_its_lambda(plugins_on_path: None
 
     assert method_overrides(method) == overrides
     check_methods([method], overrides=ANY_METHOD)  # the whole point's config validates
-    assert ":" not in run_dir_name(method)
+    assert ":" not in run_dir_name(method, 0)
 
 
 @pytest.mark.parametrize(("methods", "names"), [
@@ -259,3 +262,96 @@ def test_the_tool_compares_the_other_ranks_mean_wait_with_the_straggler_model() 
     assert result["others_wait_s_model_steady"] == pytest.approx(chunk)  # mean over ranks 0, 1, 2
     assert result["others_wait_s_measured_steady"] == pytest.approx(1.0)
     assert result["others_wait_s_model"] == pytest.approx(chunk / 2)  # half the rounds follow an evaluation
+
+
+def test_each_seed_runs_in_its_own_dir_with_its_run_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--seeds reaches every point's command as run.seed, one run dir per (rate, method, seed),
+    seed by seed; the default is 0 1 2."""
+    from pfl_dist.netem import sweep
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(sweep.subprocess, "run",
+                        lambda command, **_: commands.append(command) or subprocess.CompletedProcess(command, 0))
+    args, netem_args = sweep.parse_args(["--out", str(tmp_path), "--nodes", "2", "--rates", "1mbit", "10mbit",
+                                         "--methods", "fedavg", "--seeds", "7", "3", "--config", "c.yaml", "x.y=1"])
+    sweep.run_points(args, netem_args)
+    seen = [(c[c.index("--rate") + 1], next(a for a in c if a.startswith("run.seed=")),
+             next(a for a in c if a.startswith("run.name=")), next(a for a in c if a.startswith("run.out_dir=")))
+            for c in commands]
+    assert seen == [("1mbit", "run.seed=7", "run.name=fedavg__seed=7", f"run.out_dir={tmp_path / '1mbit'}"),
+                    ("10mbit", "run.seed=7", "run.name=fedavg__seed=7", f"run.out_dir={tmp_path / '10mbit'}"),
+                    ("1mbit", "run.seed=3", "run.name=fedavg__seed=3", f"run.out_dir={tmp_path / '1mbit'}"),
+                    ("10mbit", "run.seed=3", "run.name=fedavg__seed=3", f"run.out_dir={tmp_path / '10mbit'}")]
+    assert all(c.index("--config") < c.index(s[1]) for c, s in zip(commands, seen, strict=True))  # after the config
+    default, _ = sweep.parse_args(["--out", str(tmp_path), "--nodes", "2", "--rates", "1mbit", "--methods", "local"])
+    assert default.seeds == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("extra", "names"), [
+    (["--seeds", "1", "1"], "--seeds: 1 is given twice"),
+    (["--seeds", "x"], "--seeds"),
+    (["--seeds", "-1"], "--seeds"),
+    (["--seeds", "0", "--target", "0.5", "run.seed=4"], "run.seed is set by the sweep"),
+])
+def test_bad_seeds_are_one_line_and_exit_2_before_anything_runs(tmp_path: Path, extra: list[str], names: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pfl_dist.netem.sweep", "--out", str(tmp_path / "out"), "--nodes",
+                           "2", "--rates", "1mbit", "--methods", "fedavg", *extra],
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("pfl_dist: error: ") and names in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+T_975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (statistical tables)
+
+
+def fake_netem_run(path: Path, *, method: str, seed: int, accs: list[float], seconds: list[float],
+                   comm_s: float) -> None:
+    """A finished 2-node run of `method` on one seed: an evaluation per round (round 0 at 0 s)."""
+    records = [{"round": r, "metrics": {"eval/acc_personal": a, "eval/acc_global": a / 2},
+                "comm": {"wire_bytes_model": 100 * r, "uplink_bytes": 10 * r, "downlink_bytes": 10 * r},
+                "time": {"train_s": s}} for r, (a, s) in enumerate(zip(accs, seconds, strict=True))]
+    config = {"run": {"seed": seed}, "data": {"kind": "fashion_mnist", "num_clients": 2},
+              "algorithm": {"name": method, "lam": 0.0}, "train": {"num_rounds": len(accs) - 1},
+              "comm": {"codec": "none"}}
+    summary = {"config": config, "world_size": 2, "final": records[-1]["metrics"], "comm": records[-1]["comm"],
+               "time": {"wall_s": 1.0, "compute_s_per_round": 0.5, "comm_s_per_round": comm_s,
+                        "wait_s_per_round": 0.0}, "num_rounds_completed": len(accs) - 1}
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_the_report_gives_the_mean_and_t_interval_over_seeds(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from pfl_dist.netem import sweep
+
+    finals = {0: 0.6, 1: 0.8, 2: 0.7}
+    for seed, final in finals.items():
+        fake_netem_run(tmp_path / "1mbit" / f"fedavg__seed={seed}", method="fedavg", seed=seed,
+                       accs=[0.1, 0.5, final], seconds=[0.0, 10.0 + seed, 20.0 + 2 * seed], comm_s=9.0 + seed)
+        fake_netem_run(tmp_path / "1mbit" / f"local__seed={seed}", method="local", seed=seed,
+                       accs=[0.1, 0.9, 0.9], seconds=[0.0, 1.0, 2.0], comm_s=0.0)
+    code = sweep.main(["--out", str(tmp_path), "--nodes", "2", "--rates", "1mbit", "--methods", "fedavg", "local",
+                       "--target", "0.75", "--budget", "15", "--report-only"])
+    assert code == 0
+    with open(tmp_path / "time_to_accuracy.csv", newline="") as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
+    fedavg, local = rows["FedAvg"], rows["LocalTrain"]
+    sd = statistics.stdev(finals.values())  # independent of pfl_dist.sweep.stats
+    assert float(fedavg["final acc_personal"]) == pytest.approx(0.7)
+    assert float(fedavg["final acc_personal ci95"]) == pytest.approx(T_975_2 * sd / 3 ** 0.5)
+    assert float(fedavg["comm s/round"]) == pytest.approx(10.0)
+    assert float(fedavg["comm s/round ci95"]) == pytest.approx(T_975_2 * 1.0 / 3 ** 0.5)
+    assert float(fedavg["train time s"]) == pytest.approx(22.0)
+    # seed 1 reaches 0.75 at round 2 (22 s), seeds 0 and 2 never: each seed's own curve counts
+    assert fedavg["time to acc_personal >= 0.75"] == "seed 1: 22.0 s (round 2); seed 0, 2: not reached"
+    assert local["time to acc_personal >= 0.75"] == "1.0 s on every seed (round 1)"
+    assert local["final acc_personal"] == "0.9 (on every seed)"
+    # after 15 s: seed 0 holds round 1 (10 s), seed 1 round 1 (11 s), seed 2 round 1 (12 s): 0.5 each
+    assert fedavg["acc_personal at 15 s"] == "0.5 (on every seed)"
+    assert "LocalTrain" in capsys.readouterr().out.split("first to acc_personal >= 0.75: ")[1].splitlines()[0]
+    note = (tmp_path / "time_to_accuracy.md").read_text()
+    assert "over n = 3 seeds" in note and "Times to a target: each seed's own curve." in note
+    assert "Bytes to a target" not in note

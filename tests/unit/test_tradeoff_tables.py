@@ -102,3 +102,40 @@ def test_the_sweep_report_warns_only_when_world_sizes_differ(tmp_path: Path, siz
     assert plot.main([str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert ("their wire bytes are not comparable" in err) == (sizes[0] != sizes[1])
+
+
+def fake_pair_run(path: Path, *, seed: int, up: str, down: str, accs: list[float], per_round: int) -> Run:
+    """A finished FedAvg run of one (uplink, downlink) pair on one seed: rounds 0, 2, 4 with the
+    personal accuracies `accs` and `per_round` FL bytes up and as many down each round."""
+    records = [{"round": r, "metrics": {"eval/acc_personal": a, "eval/acc_global": a / 2},
+                "comm": {"wire_bytes_model": r * per_round, "uplink_bytes": r * per_round,
+                         "downlink_bytes": r * per_round, "uplink_bytes_dense": r * 80, "downlink_bytes_dense": r * 80,
+                         "num_collectives": r}} for r, a in zip(ROUNDS, accs, strict=True)]
+    config = {"run": {"seed": seed}, "data": {"kind": "fashion_mnist", "num_clients": 4},
+              "algorithm": {"name": "fedavg", "lam": 0.0}, "train": {"num_rounds": ROUNDS[-1]},
+              "comm": {"codec": up, "downlink_codec": down}}
+    summary = {"config": config, "world_size": 2, "final": records[-1]["metrics"], "comm": records[-1]["comm"],
+               "time": {"wall_s": 1.0}, "num_rounds_completed": ROUNDS[-1]}
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return Run(path)
+
+
+def test_the_pair_table_gives_exact_totals_and_the_round_each_seed_reaches_the_target(tmp_path: Path) -> None:
+    # dense finals 0.80, 0.90, 0.70 (mean 0.80, target 0.79); fp16's mean curve is 0.5, 0.8, 0.8
+    dense = {0: [0.1, 0.8, 0.8], 1: [0.1, 0.6, 0.9], 2: [0.1, 0.5, 0.7]}
+    half = {0: [0.1, 0.9, 0.9], 1: [0.1, 0.9, 0.9], 2: [0.1, 0.6, 0.6]}
+    runs = [fake_pair_run(tmp_path / f"dense{s}", seed=s, up="none", down="none", accs=a, per_round=80)
+            for s, a in dense.items()]
+    runs += [fake_pair_run(tmp_path / f"fp16{s}", seed=s, up="fp16", down="fp16", accs=a, per_round=40)
+             for s, a in half.items()]
+    rows = {row["pair (up, down)"]: row for row in codecs.pair_rows(runs)}
+    assert set(rows) == {"none", "fp16, down fp16"}
+    assert rows["none"]["fashion_mnist total"] == "640 B (exact on every seed)"  # 4 rounds x 80 B x 2 directions
+    assert rows["fp16, down fp16"]["fashion_mnist total"] == "320 B (exact on every seed)"
+    assert rows["fp16, down fp16"]["fashion_mnist vs dense"] == "2.0x"
+    # dense mean curve 0.1, 0.633, 0.8: first >= 0.79 at round 4; seed 0 at round 2, seed 1 at 4, seed 2 never
+    assert rows["none"]["fashion_mnist FedAvg to target"] == "640 B (round 4); seeds 0, 1, 2: rounds 2, 4, –"
+    # fp16 mean curve 0.1, 0.8, 0.8: round 2 (160 B); seeds 0 and 1 at round 2, seed 2 never
+    assert rows["fp16, down fp16"]["fashion_mnist FedAvg to target"] == "160 B (round 2); seeds 0, 1, 2: rounds 2, 2, –"
