@@ -141,12 +141,17 @@ class Shard:
         return data
 
     def segments(self, name: str, clients: range) -> list[tuple[Path, dict[str, Any]]]:
-        """Row `name`'s segments that hold a client of `clients` (all of them when none does)."""
-        row = next((row for row in self.rows if row["name"] == name), None)
-        if row is None:
-            raise ValueError(f"{self.path.with_suffix('.json')} lists no client row {name!r}")
-        return [(self.segment_dir / segment["file"], segment) for segment in row["segments"]
-                if segment["first"] < clients.stop and segment["last"] >= clients.start]
+        """Row `name`'s segments that hold a client of `clients`; ValueError when the manifest
+        does not list the row or cannot be read."""
+        marker = self.path.with_suffix(".json")
+        try:
+            row = next((row for row in self.rows if row["name"] == name), None)
+            if row is None:
+                raise ValueError(f"{marker} lists no client row {name!r}")
+            return [(self.segment_dir / str(segment["file"]), segment) for segment in row["segments"]
+                    if int(segment["first"]) < clients.stop and int(segment["last"]) >= clients.start]
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{marker} has an unreadable manifest ({type(err).__name__}: {err})") from None
 
     def verify_segments(self, clients: range) -> None:
         """Every segment holding a client of `clients` is as its manifest entry says (size, sha256,

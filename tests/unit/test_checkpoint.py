@@ -265,6 +265,19 @@ def test_a_damaged_segment_skips_the_round_only_for_the_ranks_needing_it(
     assert checkpointer(tmp_path, rank=2, world_size=4).votes(10, complete=False)[2 + 4] == 0
 
 
+def test_a_marker_with_a_damaged_manifest_skips_its_round(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = checkpointer(tmp_path)
+    ckpt.save(2, shard_state(ckpt.clients))
+    ckpt.save(4, shard_state(ckpt.clients))
+    marker = tmp_path / "round_000004" / "shard_00000_of_00001.json"
+    info = json.loads(marker.read_text())
+    del info["rows"][0]["segments"][0]["first"]
+    marker.write_text(json.dumps(info))
+    assert vote(ckpt) == 2
+    assert "skipping checkpoint round 4: " in capsys.readouterr().err
+
+
 def test_a_checkpoint_of_format_1_still_loads(tmp_path: Path) -> None:
     # Prepare: a shard as pfl_dist wrote them before segments: every row inside the .pt
     state = shard_state(range(0, 8), measured=5)
