@@ -65,7 +65,7 @@ from pfl_dist.outputs import write_bytes_atomic
 from pfl_dist.rundir import config_difference, resume_identity
 from pfl_dist.sampling import client_block
 from pfl_dist.signals import StopSignals, every_process_signalled
-from pfl_dist.store import ClientStore
+from pfl_dist.store import ClientStore, default_rows
 
 FORMAT_VERSION = 2  # 2: client rows by segments (the manifest in the marker); 1: rows inside the .pt
 LOADABLE_FORMATS = (1, 2)
@@ -172,6 +172,10 @@ class Shard:
                     raise ValueError(f"{path} is corrupt (sha256 mismatch)")
 
 
+def _rows_per_segment(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return max(1, SEGMENT_BYTES // max(1, math.prod(shape) * dtype.itemsize))
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -237,12 +241,11 @@ class SavedRows(Mapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.meta:
             raise KeyError(name)
-        default, shape, dtype = self.meta[name]["default"], self.shape(name), self.dtype(name)
-        size = len(self.clients)
-        if default == "global" and self.default_model is not None:
-            out = self.default_model.to(dtype).repeat(size, 1)
-        else:
-            out = torch.full((size, *shape), 0.0 if default in ("zeros", None) else float(default), dtype=dtype)
+        default, size = self.meta[name]["default"], len(self.clients)
+        model = torch.zeros(0) if self.default_model is None else self.default_model
+        # Rows saved from a mapping have no default (None): every row is in the segments.
+        out = default_rows("zeros" if default is None else default, size, shape=self.shape(name),
+                           dtype=self.dtype(name), global_model=model)
         seen = np.zeros(size, dtype=bool)
         for ids, values in self.blocks(name):
             out[torch.from_numpy(ids)] = values
@@ -347,13 +350,12 @@ class Checkpointer:
         if isinstance(clients, ClientStore):
             for key, row in clients.declared.items():
                 shape, dtype = clients.row_shape(row), clients.row_dtype(row)
-                per_block = max(1, SEGMENT_BYTES // max(1, math.prod(shape) * dtype.itemsize))
-                blocks = clients.written_rows(key, per_block)
+                blocks = clients.written_rows(key, _rows_per_segment(shape, dtype))
                 manifest.append(self._save_row(segment_dir, key.split("/", 1)[1], shape, dtype, row.default, blocks))
         else:
             for name, tensor in clients.items():
                 shape, dtype = tuple(tensor.shape[1:]), tensor.dtype
-                per_block = max(1, SEGMENT_BYTES // max(1, math.prod(shape) * dtype.itemsize))
+                per_block = _rows_per_segment(shape, dtype)
                 blocks = ((np.arange(start, min(start + per_block, len(tensor)), dtype=np.int64),
                            tensor[start: start + per_block].cpu()) for start in range(0, len(tensor), per_block))
                 manifest.append(self._save_row(segment_dir, name, shape, dtype, None, blocks))

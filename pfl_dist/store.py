@@ -127,11 +127,8 @@ class ClientStore:
 
     def default(self, row: Row, num_clients: int) -> torch.Tensor:
         """(num_clients, *shape): `row` as it reads before any write."""
-        model = self.global_model
-        if row.default == "global":
-            return model.repeat(num_clients, 1)
-        fill = 0.0 if row.default == "zeros" else float(row.default)
-        return torch.full((num_clients, *self.row_shape(row)), fill, dtype=self.row_dtype(row), device=model.device)
+        return default_rows(row.default, num_clients, shape=self.row_shape(row), dtype=self.row_dtype(row),
+                            global_model=self.global_model)
 
     def row_shape(self, row: Row) -> tuple[int, ...]:
         """One client's row of `row`."""
@@ -421,13 +418,10 @@ class LazyStore(ClientStore):
         """Rows whose bits differ from their default's are written (to the row files directly: a
         resume does not pass the whole checkpoint through the cache); the others stay unwritten
         (they read the same bits)."""
-        self.cache.clear()
-        self.cached_bytes = 0
-        for key, row in self.declared.items():
+        self._reset()
+        for key in self.declared:
             saved = self._saved_row(state, key).cpu().contiguous()
-            default = self.default(row, 1).cpu().contiguous()
-            differs = (saved.view(torch.uint8).reshape(self.num_clients, -1)
-                       != default.view(torch.uint8).reshape(1, -1)).any(dim=1).numpy()
+            differs = self._differs(key, saved)
             self.written[key] = differs
             if differs.any():
                 self._spill(key, np.flatnonzero(differs), saved[torch.from_numpy(differs)].numpy())
@@ -480,6 +474,16 @@ class LazyStore(ClientStore):
         shutil.rmtree(self.spill_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # <run_dir>/store/, once every rank's folder is gone
             self.spill_dir.parent.rmdir()
+
+
+def default_rows(default: Default, num_clients: int, *, shape: tuple[int, ...], dtype: torch.dtype,
+                 global_model: torch.Tensor) -> torch.Tensor:
+    """(num_clients, *shape): a row of default `default` as it reads before any write ("global":
+    copies of `global_model`, the initial w_g)."""
+    if default == "global":
+        return global_model.to(dtype).repeat(num_clients, 1)
+    fill = 0.0 if default == "zeros" else float(default)
+    return torch.full((num_clients, *shape), fill, dtype=dtype, device=global_model.device)
 
 
 def _declared_key(declared: Mapping[str, Row], namespace: str, name: str) -> str:
