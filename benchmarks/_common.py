@@ -38,6 +38,16 @@ def machine_line() -> str:
     return f"cores {len(os.sched_getaffinity(0))}, python {sys.version.split()[0]}, load {load1():.2f}"
 
 
+def peak_rss_mb(rss_dir: Path) -> float:
+    """The largest peak RSS (MB) the ranks of a `_rss_worker.py` job wrote to `rss_dir`."""
+    return max(json.loads(p.read_text())["max_rss_mb"] for p in Path(rss_dir).glob("rank*.json"))
+
+
+def tree_mb(path: Path) -> float:
+    """MiB of every file below `path` (a checkpoint round: its shards, segments and markers)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

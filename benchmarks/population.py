@@ -30,7 +30,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from _common import machine_line, median, print_table, run_job, torchrun, verdict
+from _common import machine_line, median, peak_rss_mb, print_table, run_job, torchrun, tree_mb, verdict
 
 SAMPLED, LOCAL_STEPS = 1000, 20
 BASE = ("data.kind=synthetic", "data.samples_per_client=200", "data.dim=10", "data.num_classes=2", "data.R=2.0",
@@ -62,10 +62,9 @@ def one_job(num_clients: int, args: argparse.Namespace) -> dict[str, float | str
                       timeout=3600)
         ranks = [json.loads(p.read_text()) for p in Path(out).glob("rank*.json")]
         checkpoint = run_dir / "ckpt" / f"round_{args.rounds // 2:06d}"
-        ckpt_bytes = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())
         store = job.summary.get("store", {})
         return {"ms": 1000 * job.summary["time"]["round_s_median"], "startup": max(r["startup_s"] for r in ranks),
-                "job": job.wall_s, "rss": max(r["max_rss_mb"] for r in ranks), "ckpt_mb": ckpt_bytes / 2**20,
+                "job": job.wall_s, "rss": peak_rss_mb(Path(out)), "ckpt_mb": tree_mb(checkpoint),
                 "store": str(store.get("backend", "?")), "load": job.load}
 
 

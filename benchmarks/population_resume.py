@@ -28,7 +28,6 @@ rounds and every TensorBoard point). Targets: peak RSS <= 2 GB per process, the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, machine_line, print_table, run_job, torchrun, verdict
+from _common import REPO, machine_line, peak_rss_mb, print_table, run_job, torchrun, tree_mb, verdict
 
 sys.path.insert(0, str(REPO))
 from pfl_dist.launch import TORCHRUN_ENV  # noqa: E402
@@ -68,10 +67,6 @@ def overrides(method: str, args: argparse.Namespace, out: Path, name: str) -> li
             f"run.out_dir={out}", f"run.name={name}"]
 
 
-def peak_rss(rss_dir: Path) -> float:
-    return max(json.loads(p.read_text())["max_rss_mb"] for p in rss_dir.glob("rank*.json"))
-
-
 def killed_and_resumed(method: str, args: argparse.Namespace, out: Path) -> dict[str, float | str | bool]:
     run_dir, rss_dir = out / "killed", out / "rss_killed"
     rss_dir.mkdir()
@@ -87,13 +82,13 @@ def killed_and_resumed(method: str, args: argparse.Namespace, out: Path) -> dict
     job.wait(120)
     print(f"  {method}: SIGKILL after checkpoint {args.kill_after}", flush=True)
     checkpoint = run_dir / "ckpt" / f"round_{args.kill_after:06d}"
-    ckpt_mb = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file()) / 2**20
+    ckpt_mb = tree_mb(checkpoint)
     rss_resumed = out / "rss_resumed"
     rss_resumed.mkdir()
     started = time.perf_counter()
     resumed = run_job(command, env={"PFL_BENCH_RSS_DIR": str(rss_resumed)}, run_dir=run_dir, timeout=3600)
     return {"ckpt_mb": ckpt_mb, "resumed_from": str(resumed.summary.get("resumed_from")),
-            "rss_resumed": peak_rss(rss_resumed), "resume_wall": time.perf_counter() - started}
+            "rss_resumed": peak_rss_mb(rss_resumed), "resume_wall": time.perf_counter() - started}
 
 
 def one_method(method: str, args: argparse.Namespace) -> list[object]:
@@ -103,7 +98,7 @@ def one_method(method: str, args: argparse.Namespace) -> list[object]:
         reference = run_job(torchrun(NPROC, WORKER, *overrides(method, args, out, "reference")),
                             env={"PFL_BENCH_RSS_DIR": str(out / "rss_reference")}, run_dir=out / "reference",
                             timeout=3600)
-        rss = peak_rss(out / "rss_reference")
+        rss = peak_rss_mb(out / "rss_reference")
         store = reference.summary.get("store", {}).get("backend")
         print(f"  {method}: reference {reference.summary['time']['round_s_median']:.2f} s/round, job "
               f"{reference.wall_s:.0f} s, peak RSS {rss:.0f} MB, store {store}", flush=True)

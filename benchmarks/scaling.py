@@ -19,11 +19,10 @@ clients fit in memory on 2 ranks.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from _common import machine_line, median, print_table, run_job, torchrun
+from _common import machine_line, median, peak_rss_mb, print_table, run_job, torchrun
 
 from pfl_dist.sampling import num_sampled
 
@@ -52,8 +51,7 @@ def one_job(num_clients: int, args: argparse.Namespace) -> tuple[float, float, f
         worker = str(Path(__file__).with_name("_rss_worker.py"))
         job = run_job(torchrun(args.nproc, worker, *overrides), env={"PFL_BENCH_RSS_DIR": out},
                       run_dir=Path(out) / "scaling")
-        peaks = [json.loads(p.read_text())["max_rss_mb"] for p in Path(out).glob("rank*.json")]
-        return 1000 * job.summary["time"]["round_s_median"], max(peaks), job.wall_s
+        return 1000 * job.summary["time"]["round_s_median"], peak_rss_mb(Path(out)), job.wall_s
 
 
 def main() -> None:
