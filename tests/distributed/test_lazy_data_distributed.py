@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,20 @@ def test_two_lazy_ranks_are_the_eager_run_and_the_one_process_run(tmp_path: Path
             assert got["personal"] == pytest.approx(want["personal"], rel=1e-12, abs=1e-12)
 
 
+def assert_two_lazy_ranks_are_the_eager_run(out: Path, name: str, base: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`base` with data.lazy true and false on 2 ranks (one torchrun job): the same run bit for bit,
+    every metric of every evaluation. -> the lazy run's metrics."""
+    points = {f"{name}_{lazy}": (*base, f"data.lazy={lazy}") for lazy in ("true", "false")}
+    run_torchrun_points(out, 2, points)
+    lazy, eager = (read_summary(out / f"{name}_{v}") for v in ("true", "false"))
+    assert lazy["world_size"] == eager["world_size"] == 2
+    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
+    assert lazy["final"] == eager["final"] and lazy["participation"] == eager["participation"]
+    metrics = [r["metrics"] for r in read_metrics(out / f"{name}_true")]
+    assert metrics == [r["metrics"] for r in read_metrics(out / f"{name}_false")]
+    return metrics
+
+
 def test_two_lazy_ranks_on_client_files_are_the_eager_run(tmp_path: Path) -> None:
     # Prepare: CSV clients (scaled; true models) read lazily by 2 ranks, each its own clients' files
     folder = write_reference_csv_clients(tmp_path / "files", num_clients=14, num_samples=20, dim=5, seed=4)
@@ -47,16 +62,8 @@ def test_two_lazy_ranks_on_client_files_are_the_eager_run(tmp_path: Path) -> Non
             "data.test_fraction=0.2", "data.val_fraction=0.2", "run.seed=3", "algorithm.name=scaffold",
             "algorithm.num_local_steps=3", "algorithm.sample_fraction=0.3", "train.num_rounds=4",
             "train.eval_every=2", "train.dtype=float64", "train.eval_clients=5")
-    points = {f"files_{lazy}": (*base, f"data.lazy={lazy}") for lazy in ("true", "false")}
-    # Execute
-    run_torchrun_points(tmp_path / "two", 2, points)
-    lazy, eager = (read_summary(tmp_path / "two" / f"files_{v}") for v in ("true", "false"))
-    # Assert: 2 lazy ranks = 2 eager ranks bit for bit, every metric of every evaluation
-    assert lazy["world_size"] == eager["world_size"] == 2
-    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
-    assert lazy["final"] == eager["final"] and lazy["participation"] == eager["participation"]
-    assert [r["metrics"] for r in read_metrics(tmp_path / "two" / "files_true")] == \
-        [r["metrics"] for r in read_metrics(tmp_path / "two" / "files_false")]
+    # Execute / Assert: 2 lazy ranks = 2 eager ranks bit for bit, every metric of every evaluation
+    assert_two_lazy_ranks_are_the_eager_run(tmp_path / "two", "files", base)
 
 
 def test_two_lazy_ranks_on_a_plugin_dataset_are_the_eager_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,14 +75,6 @@ def test_two_lazy_ranks_on_a_plugin_dataset_are_the_eager_run(tmp_path: Path, mo
     base = ("data.kind=user_lazy:ragged", "data.num_clients=14", "data.val_fraction=0.2", "run.seed=3",
             "algorithm.name=scaffold", "algorithm.num_local_steps=3", "algorithm.sample_fraction=0.3",
             "train.num_rounds=4", "train.eval_every=2", "train.dtype=float64", "train.eval_clients=5")
-    points = {f"plugin_{lazy}": (*base, f"data.lazy={lazy}") for lazy in ("true", "false")}
-    # Execute
-    run_torchrun_points(tmp_path / "two", 2, points)
-    lazy, eager = (read_summary(tmp_path / "two" / f"plugin_{v}") for v in ("true", "false"))
-    # Assert: 2 lazy ranks = 2 eager ranks bit for bit, every metric of every evaluation
-    assert lazy["world_size"] == eager["world_size"] == 2
-    assert lazy["global_model_sha256"] == eager["global_model_sha256"]
-    assert lazy["final"] == eager["final"] and lazy["participation"] == eager["participation"]
-    metrics = [r["metrics"] for r in read_metrics(tmp_path / "two" / "plugin_true")]
-    assert metrics == [r["metrics"] for r in read_metrics(tmp_path / "two" / "plugin_false")]
+    # Execute / Assert: 2 lazy ranks = 2 eager ranks bit for bit, every metric of every evaluation
+    metrics = assert_two_lazy_ranks_are_the_eager_run(tmp_path / "two", "plugin", base)
     assert "eval/acc_global_se" in metrics[-1]
