@@ -66,7 +66,6 @@ from pfl_dist.plugins import load, parse
 from pfl_dist.tasks import task_entry
 from pfl_dist.tasks.images import (
     EVAL_CHUNK,
-    LOG_PROB_FLOOR,
     ClientSplit,
     ImageTask,
     _padded_to,
@@ -379,16 +378,12 @@ class DatasetTask(ImageTask):
         valid = _valid(counts, y.shape[1])
         x, y = self.test_x[rows][valid], y[valid]  # the clients' test rows, concatenated in order
         owner = torch.repeat_interleave(torch.arange(len(rows), device=self.device), counts)
-        params = global_model.to(self.device, self.dtype).unsqueeze(0)
         correct = torch.zeros((), dtype=torch.float64)
         loss = torch.zeros((), dtype=torch.float64)
         client_correct = torch.zeros(len(rows), dtype=torch.float64)
         client_loss = torch.zeros(len(rows), dtype=torch.float64)
-        for xs, ys, owners in zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK), owner.split(EVAL_CHUNK), strict=True):
-            logits = self.model.logits(params, xs.unsqueeze(0))[0].double()
-            losses = -torch.log_softmax(logits, dim=-1).gather(-1, ys.unsqueeze(-1)).squeeze(-1).clamp(
-                min=LOG_PROB_FLOOR).cpu()
-            hits = (logits.argmax(dim=-1) == ys).double().cpu()
+        for (hits, losses), owners in zip(self._global_terms(global_model, x, y), owner.split(EVAL_CHUNK),
+                                          strict=True):
             loss += losses.sum()
             correct += hits.sum()
             client_loss.index_add_(0, owners.cpu(), losses)

@@ -525,16 +525,23 @@ class ImageTask:
         losses = -(log_probs.clamp(min=LOG_PROB_FLOOR) * valid)
         return correct.double(), losses, counts
 
+    def _global_terms(self, global_model: torch.Tensor, x: torch.Tensor,
+                      y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """w_g on the samples `x`, `y`, EVAL_CHUNK at a time: each chunk's (n,) float64 correct
+        predictions and losses, on the CPU."""
+        params = global_model.to(self.device, self.dtype).unsqueeze(0)
+        for xs, ys in zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK), strict=True):
+            logits = self.model.logits(params, xs.unsqueeze(0))[0].double()
+            log_probs = torch.log_softmax(logits, dim=-1).gather(-1, ys.unsqueeze(-1)).squeeze(-1)
+            yield (logits.argmax(dim=-1) == ys).double().cpu(), -log_probs.clamp(min=LOG_PROB_FLOOR).cpu()
+
     def _global_sums(self, global_model: torch.Tensor, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """w_g on this rank's share of the official test set, whatever `rows` (the cohort)."""
         correct = torch.zeros((), dtype=torch.float64)
         loss = torch.zeros((), dtype=torch.float64)
-        params = global_model.to(self.device, self.dtype).unsqueeze(0)
-        for x, y in zip(self.global_x.split(EVAL_CHUNK), self.global_y.split(EVAL_CHUNK), strict=True):
-            logits = self.model.logits(params, x.unsqueeze(0))[0].double()
-            log_probs = torch.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-            loss -= log_probs.clamp(min=LOG_PROB_FLOOR).sum().cpu()
-            correct += (logits.argmax(dim=-1) == y).sum().cpu()
+        for hits, losses in self._global_terms(global_model, self.global_x, self.global_y):
+            loss += losses.sum()
+            correct += hits.sum()
         return {"num_test_global": torch.tensor(float(len(self.global_y)), dtype=torch.float64),
                 "correct_global": correct, "loss_global_sum": loss}
 
