@@ -61,15 +61,19 @@ def generate_clients(
     true_models = shared_center(seed, num_classes, dim, center_scale) + R * draws[:, :num_model].reshape(
         -1, num_classes, dim)
     center = draws[:, num_model: num_model + dim]
-    noise = draws[:, num_model + dim:].reshape(-1, num_samples, dim)
+    noise = draws[:, num_model + dim:]  # (k, n * d): each client's X_k draws, row after row
     feature_std = np.arange(1, dim + 1, dtype=np.float64) ** (-1.2 / 2)
-    features = center[:, None, :] + noise * feature_std
+    # v_k + noise * std, element by element, with the d standard deviations tiled along a client's
+    # whole n x d row: numpy then multiplies rows of n x d, not n rows of d (4x faster at d = 10).
+    features = (noise * np.tile(feature_std, num_samples)).reshape(-1, num_samples, dim)
+    features += center[:, None, :]
     labels = np.argmax(features @ true_models.transpose(0, 2, 1), axis=2).astype(np.int64)
     scale = features.std(axis=1)
     # A constant feature keeps scale 1, as StandardScaler does and as client files do: with one
     # sample per client every feature is constant, and dividing by its std 0 gave 0/0 = NaN.
     scale[scale == 0] = 1.0
-    return SyntheticBlock(features=features / scale[:, None, :], labels=labels, scale=scale, true_models=true_models)
+    features /= scale[:, None, :]
+    return SyntheticBlock(features=features, labels=labels, scale=scale, true_models=true_models)
 
 
 def shared_center(seed: int, num_classes: int, dim: int, center_scale: float) -> np.ndarray:
