@@ -86,7 +86,10 @@ class LinearClientsTask:
     def _set_counts(self, counts: list[int], device: torch.device) -> None:
         self.counts = counts
         self.equal_counts = _equal(counts, self.features)
-        self.sample_counts = torch.tensor(counts, dtype=self.dtype, device=device)
+        if self.equal_counts and counts:  # torch.tensor of a 5 x 10^6-long list: most of a 10^7 rank's start-up
+            self.sample_counts = torch.full((len(counts),), counts[0], dtype=self.dtype, device=device)
+        else:
+            self.sample_counts = torch.tensor(counts, dtype=self.dtype, device=device)
         self._set_eval(self.features, self.labels, counts, measured_on="train")
 
     def _set_eval(self, features: torch.Tensor, labels: torch.Tensor, counts: list[int], *, measured_on: str) -> None:
