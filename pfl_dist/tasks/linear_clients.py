@@ -43,7 +43,7 @@ BLOCK = 256  # clients per float64 block in the smoothness bound
 
 def _equal(counts: list[int], features: torch.Tensor) -> bool:
     """Every client fills the padded length: the unpadded kernels apply."""
-    return len(set(counts)) <= 1 and (not counts or counts[0] == features.shape[1])
+    return not counts or (counts[0] == features.shape[1] and counts.count(counts[0]) == len(counts))
 
 
 def block_smoothness(features: torch.Tensor, counts: list[int] | None) -> float:
