@@ -30,6 +30,7 @@ import torch
 from _common import machine_line, median, print_table
 
 from pfl_dist.api import build_config
+from pfl_dist.data.synthetic import client_draws
 from pfl_dist.solvers.linear import prox_gd_linear_softmax
 from pfl_dist.tasks.synthetic import SyntheticTask
 
@@ -64,8 +65,7 @@ def main() -> None:
         return sorted(rng.choice(len(task.client_ids), args.clients, replace=False).tolist())
 
     def part_draws(rows: list[int]) -> None:
-        for row, client in enumerate(rows):
-            np.random.default_rng(client + task.cfg.run.seed * data.num_clients).standard_normal(out=draws[row])
+        client_draws(rows, draws, seed=task.cfg.run.seed, num_clients=data.num_clients)
 
     def part_rows(rows: list[int]) -> None:
         index = torch.tensor(rows)

@@ -54,9 +54,8 @@ def generate_clients(
     center_scale: float = 0.0,
 ) -> SyntheticBlock:
     num_model = num_classes * dim
-    draws = np.empty((len(client_ids), num_model + dim + num_samples * dim))
-    for row, client_id in enumerate(client_ids):
-        np.random.default_rng(client_id + seed * num_clients).standard_normal(out=draws[row])
+    draws = client_draws(client_ids, np.empty((len(client_ids), num_model + dim + num_samples * dim)), seed=seed,
+                         num_clients=num_clients)
     # Generator.normal(loc, scale) is loc + scale * standard_normal, element by element.
     true_models = shared_center(seed, num_classes, dim, center_scale) + R * draws[:, :num_model].reshape(
         -1, num_classes, dim)
@@ -74,6 +73,14 @@ def generate_clients(
     scale[scale == 0] = 1.0
     features /= scale[:, None, :]
     return SyntheticBlock(features=features, labels=labels, scale=scale, true_models=true_models)
+
+
+def client_draws(client_ids: Sequence[int], out: np.ndarray, *, seed: int, num_clients: int) -> np.ndarray:
+    """Each client's standard normals, in its row of `out` (W_k's, then v_k's, then X_k's): its own
+    generator, seeded (client id + seed x m). These draws are the client's data bit for bit."""
+    for row, client_id in enumerate(client_ids):
+        np.random.default_rng(client_id + seed * num_clients).standard_normal(out=out[row])
+    return out
 
 
 def shared_center(seed: int, num_classes: int, dim: int, center_scale: float) -> np.ndarray:
