@@ -301,7 +301,7 @@ class DatasetTask(ImageTask):
                          int(val_counts.max(initial=0)))
         self.train_counts = train_counts.tolist()
         self.test_counts = torch.from_numpy(self._sizes[:, 1].copy()).to(device)
-        self.sample_counts = torch.tensor(self.train_counts, dtype=dtype, device=device)
+        self.sample_counts = torch.from_numpy(train_counts).to(device=device, dtype=dtype)  # not a list's k elements
         self.cache = client_cache(cfg, client_ids, self._materialize)
         rows = functools.partial(LazyRows, self.cache, first_id=client_ids.start, device=device)
         shape = self.model.input_shape
