@@ -46,7 +46,10 @@ ROUNDS = 80
 JOB = ("--config", "configs/default.yaml", "data.num_clients=4", "algorithm.num_local_steps=1500",
        f"train.num_rounds={ROUNDS}", "train.eval_every=10", "checkpoint.every=1")
 JOB_TIMEOUT_S = 600.0
-STOP_LINE = re.compile(rf"^pfl_dist: stopped by SIGTERM after round (\d+)/{ROUNDS}; checkpoint (\S+); ", re.M)
+# Rank 0's line. Slurm signals every process of the step at once, but rank 0's worker may see the
+# stop first through the agreement (another rank's SIGTERM) and then names that cause instead.
+STOP_LINE = re.compile(rf"^pfl_dist: stopped by (?:SIGTERM|a signal to another rank) after round (\d+)/{ROUNDS}; "
+                       r"checkpoint (\S+); ", re.M)
 
 
 def _say(message: str) -> None:
